@@ -1,0 +1,73 @@
+"""Kafka plumbing shared by the API (producer), the consumers and the stack (topics).
+
+Every client is configured here from :class:`Settings`, so the durability choices (``acks=all``,
+idempotent producer, manual commits) are made once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from online.connections import kafka_bootstrap
+from online.settings import Settings
+
+log = logging.getLogger("online.bus")
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
+    """Create the feedback topic (several partitions) and its dead-letter topic if missing."""
+    wanted = {settings.feedback_topic: settings.feedback_partitions, settings.dlq_topic: 1}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap(settings), client_id="online-admin")
+            try:
+                existing = set(admin.list_topics())
+                missing = [NewTopic(t, n, 1) for t, n in wanted.items() if t not in existing]
+                if missing:
+                    try:
+                        admin.create_topics(missing)
+                    except TopicAlreadyExistsError:
+                        pass
+                return
+            finally:
+                admin.close()
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("broker not ready (%s), retrying", exc)
+            time.sleep(0.5)
+
+
+def make_producer(settings: Settings, **overrides) -> KafkaProducer:
+    config = dict(
+        bootstrap_servers=kafka_bootstrap(settings),
+        acks="all",
+        linger_ms=5,
+        retries=5,
+        max_in_flight_requests_per_connection=1,
+        request_timeout_ms=10_000,
+        max_block_ms=5_000,
+    )
+    config.update(overrides)
+    return KafkaProducer(**config)
+
+
+def make_consumer(settings: Settings, **overrides) -> KafkaConsumer:
+    config = dict(
+        bootstrap_servers=kafka_bootstrap(settings),
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_interval_ms=settings.consumer_max_poll_interval_ms,
+        session_timeout_ms=settings.consumer_session_timeout_ms,
+        heartbeat_interval_ms=max(settings.consumer_session_timeout_ms // 6, 100),
+        max_poll_records=settings.consumer_batch_size,
+    )
+    config.update(overrides)
+    return KafkaConsumer(**config)

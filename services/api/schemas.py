@@ -1,0 +1,80 @@
+"""Request and response bodies of the HTTP API. Limits come from Settings, so the OpenAPI schema states them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
+
+from online.settings import Settings
+
+
+class PredictRequestBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "PredictRequestBase":
+        if (self.text is None) == (self.texts is None):  # type: ignore[attr-defined]
+            raise ValueError("give exactly one of `text` (one string) or `texts` (a list of strings)")
+        return self
+
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts)  # type: ignore[attr-defined]
+
+
+def predict_request_model(settings: Settings) -> type[PredictRequestBase]:
+    """The /v1/predict body with this deployment's limits baked into its schema."""
+    Text = Annotated[str, StringConstraints(min_length=1, max_length=settings.max_text_chars, pattern=r"\S")]
+    return create_model(
+        "PredictRequest",
+        __base__=PredictRequestBase,
+        text=(Text | None, Field(None, description="One text to classify.")),
+        texts=(
+            list[Text] | None,
+            Field(None, min_length=1, max_length=settings.max_texts_per_request, description="Several texts."),
+        ),
+        top_k=(int, Field(settings.top_k, ge=1, le=settings.max_top_k, description="Alternatives per text.")),
+    )
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class PredictionOut(BaseModel):
+    prediction_id: str = Field(description="Quote it in thumbs feedback.")
+    label: str
+    score: float
+    top_k: list[LabelScore]
+    model_version: int
+
+
+class PredictResponse(BaseModel):
+    model_version: int = Field(description="The version that served every prediction of this call.")
+    predictions: list[PredictionOut]
+
+
+class ModelOut(BaseModel):
+    version: int
+    parent: int | None
+    status: str
+    live: bool
+    created_at: float
+    labels: int
+    metrics: dict[str, float]
+
+
+class LiveChangeOut(BaseModel):
+    at: float
+    action: str
+    version: int
+    previous: int | None
+    reason: str
+
+
+class ModelsResponse(BaseModel):
+    live: int | None
+    served_by_this_replica: int | None
+    versions: list[ModelOut]
+    history: list[LiveChangeOut]

@@ -1,0 +1,179 @@
+"""The model service behind the API routers: the live predictor, micro-batching, hot swap.
+
+Routers stay thin; everything with state is here. The service follows the registry's ``live`` alias
+(pub/sub, with polling as the fallback), builds and warms the new predictor off the event loop, checks
+its sha256, then swaps one reference. A request keeps the predictor it started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio as aredis
+
+from online.inference import Prediction, Predictor
+from online.prediction_log import PredictionLog, PredictionRecord
+from online.registry import ModelRegistry
+from online.settings import Settings
+from services.api.batcher import MicroBatcher
+from services.api.metrics import ApiMetrics
+
+log = logging.getLogger("online.api")
+
+
+class NotReady(RuntimeError):
+    """No model version is loaded yet."""
+
+
+@dataclass(frozen=True)
+class ServedPrediction:
+    prediction_id: str
+    label: str
+    score: float
+    top_k: list[tuple[str, float]]
+    model_version: int
+
+
+class ModelService:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        prediction_log: PredictionLog,
+        async_redis: aredis.Redis,
+        metrics: ApiMetrics,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.prediction_log = prediction_log
+        self.metrics = metrics
+        self._aredis = async_redis
+        self.current: Predictor | None = None
+        self.last_load_error: str | None = None
+        self._failed_version: int | None = None
+        self._swap_lock = asyncio.Lock()
+        self._watcher: asyncio.Task | None = None
+        self.batcher: MicroBatcher[Predictor, ServedPrediction] = MicroBatcher(
+            self._forward,
+            max_batch=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            on_batch=self._observe_batch,
+        )
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.batcher.start()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._watcher:
+            self._watcher.cancel()
+            try:
+                await self._watcher
+            except asyncio.CancelledError:
+                pass
+        await self.batcher.stop()
+
+    @property
+    def version(self) -> int | None:
+        return self.current.version if self.current else None
+
+    # --- predicting ---------------------------------------------------------------------------
+    async def predict(self, texts: list[str], top_k: int) -> list[ServedPrediction]:
+        predictor = self.current
+        if predictor is None:
+            raise NotReady("no model version is loaded yet")
+        with self.metrics.request_latency.time():
+            served = await self.batcher.submit(predictor, texts)
+        return [
+            ServedPrediction(p.prediction_id, p.label, p.score, p.top_k[:top_k], p.model_version) for p in served
+        ]
+
+    def _forward(self, predictor: Predictor, texts: list[str]) -> list[ServedPrediction]:
+        """Runs on the forward thread: one batched pass, then one Redis round trip for the log."""
+        predictions: list[Prediction] = predictor.predict(texts, self.settings.max_top_k)
+        served = [
+            ServedPrediction(uuid.uuid4().hex, p.label, p.score, p.top_k, predictor.version) for p in predictions
+        ]
+        try:
+            self.prediction_log.record_many(
+                [
+                    PredictionRecord(
+                        prediction_id=s.prediction_id, text=t, label=s.label, score=s.score, version=s.model_version
+                    )
+                    for s, t in zip(served, texts)
+                ]
+            )
+        except redis.RedisError as exc:  # serving beats logging; thumbs on these ids will dead-letter
+            self.metrics.log_failures.inc()
+            log.warning("prediction log write failed: %s", exc)
+        self.metrics.predictions.labels(str(predictor.version)).inc(len(texts))
+        return served
+
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.forward_seconds.observe(seconds)
+
+    # --- following the live alias -------------------------------------------------------------
+    async def sync(self) -> None:
+        """Swap to the registry's live version if it differs from what is served."""
+        try:
+            live = await asyncio.to_thread(self.registry.live)
+        except redis.RedisError as exc:
+            log.warning("cannot read the live alias: %s", exc)
+            return
+        if live is None or live == self.version or live == self._failed_version:
+            return
+        await self.swap_to(live)
+
+    async def swap_to(self, version: int) -> bool:
+        async with self._swap_lock:
+            if version == self.version:
+                return True
+            try:
+                predictor = await asyncio.to_thread(self._build, version)
+            except Exception as exc:
+                self._failed_version = version
+                self.last_load_error = f"version {version}: {exc}"
+                self.metrics.load_failures.labels(str(version)).inc()
+                log.error("cannot load version %s, still serving %s: %s", version, self.version, exc)
+                return False
+            old = self.version
+            self.current = predictor  # the atomic swap: one reference
+            self._failed_version = None
+            self.last_load_error = None
+            self.metrics.live_version.set(version)
+            self.metrics.swaps.inc()
+            log.info("now serving version %s (was %s)", version, old)
+            return True
+
+    def _build(self, version: int) -> Predictor:
+        model, _ = self.registry.load(version)  # checks the sha256
+        predictor = Predictor(
+            model,
+            version,
+            device=self.settings.device,
+            precision=self.settings.precision,
+            max_seq_len=self.settings.max_seq_len,
+        )
+        predictor.warmup()
+        return predictor
+
+    async def _watch(self) -> None:
+        """Pub/sub wakes us at once; the timeout makes the same loop a polling fallback."""
+        pubsub = None
+        while True:
+            try:
+                if pubsub is None:
+                    pubsub = self._aredis.pubsub()
+                    await pubsub.subscribe(self.registry.channel)
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.settings.model_poll_s)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("live-alias subscription lost (%s); polling", exc)
+                pubsub = None
+                await asyncio.sleep(min(self.settings.model_poll_s, 1.0))
+            await self.sync()

@@ -1,0 +1,79 @@
+"""Session fixtures: real Tansu and Redis on free loopback ports (stopped by PID), a tiny random encoder."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from transformers import BertConfig, BertModel
+
+from online.model import default_base_model
+from online.settings import Settings
+from services.embedded import Server, start_redis, start_tansu
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clinc150"
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> object:
+    """Poll ``condition`` until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Server:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tansu_server(tmp_path_factory) -> Server:
+    server = start_tansu(tmp_path_factory.mktemp("tansu"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide BERT with random weights and MiniLM's tokenizer: fast, real code paths."""
+    path = tmp_path_factory.mktemp("tiny-encoder")
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=128,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(path)
+    real = Path(default_base_model())
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(real / name, path / name)
+    return str(path)
+
+
+@pytest.fixture
+def settings(tmp_path, tiny_base, redis_server) -> Settings:
+    """Settings for one test: tiny encoder, own key prefix in the shared Redis, own model store."""
+    return Settings(
+        _env_file=None,
+        state_dir=tmp_path / "state",
+        model_store=tmp_path / "models",
+        data_dir=DATA_DIR,
+        redis_url=f"redis://127.0.0.1:{redis_server.port}/0",
+        key_prefix=f"t{uuid.uuid4().hex[:8]}",
+        base_model=tiny_base,
+        seed_domains=1,
+        seed_per_label=20,
+        seed_epochs=2,
+        head_learning_rate=1e-2,
+        learning_rate=1e-3,
+        precision="fp32",
+        model_poll_s=0.5,
+    )

@@ -1,0 +1,115 @@
+"""The HTTP API: predictions name their version and id, bad input gets a 4xx naming the field."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from online.connections import redis_client
+from online.model import TextClassifier
+from online.prediction_log import PredictionLog
+from online.registry import ModelRegistry
+from services.api.app import create_app
+from tests.conftest import wait_for
+
+LABELS = ["balance", "transfer", "weather"]
+
+
+@pytest.fixture
+def registry(settings) -> ModelRegistry:
+    return ModelRegistry(redis_client(settings), settings.models_dir, settings.key_prefix)
+
+
+@pytest.fixture
+def client(settings, registry):
+    manifest = registry.publish(TextClassifier.from_base(settings.base_model, LABELS), parent=None)
+    registry.promote(manifest.version)
+    with TestClient(create_app(settings)) as c:
+        wait_for(lambda: c.get("/readyz").status_code == 200, what="a loaded model")
+        yield c
+
+
+def test_not_ready_without_a_model(settings):
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        resp = c.post("/v1/predict", json={"text": "hello"})
+        assert resp.status_code == 503 and "Retry-After" in resp.headers
+
+
+def test_predict_one_and_many(client, settings, registry):
+    one = client.post("/v1/predict", json={"text": "what is my balance"}).json()
+    assert one["model_version"] == registry.live()
+    (pred,) = one["predictions"]
+    assert pred["label"] in LABELS and 0 <= pred["score"] <= 1
+    assert len(pred["top_k"]) == settings.top_k
+    assert pred["top_k"][0]["label"] == pred["label"]
+
+    many = client.post("/v1/predict", json={"texts": ["a", "b", "c"], "top_k": 2}).json()
+    assert len(many["predictions"]) == 3
+    assert all(len(p["top_k"]) == 2 for p in many["predictions"])
+    assert len({p["prediction_id"] for p in many["predictions"]}) == 3
+
+
+def test_predictions_are_logged_for_feedback(client, settings):
+    text = "mail me at jane@example.com about my balance"
+    pred = client.post("/v1/predict", json={"text": text}).json()["predictions"][0]
+    record = PredictionLog(redis_client(settings), settings.key_prefix).get(pred["prediction_id"])
+    assert record is not None
+    assert record.label == pred["label"] and record.version == pred["model_version"]
+    assert "jane@example.com" not in record.text and "<EMAIL>" in record.text
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"text": ""}, "text"),
+        ({"text": "   "}, "text"),
+        ({"text": "x" * 1001}, "text"),
+        ({"texts": []}, "texts"),
+        ({"texts": ["ok"] * 65}, "texts"),
+        ({"texts": ["ok", ""]}, "texts.1"),
+        ({"text": 42}, "text"),
+        ({"texts": "not a list"}, "texts"),
+        ({"text": "ok", "top_k": 0}, "top_k"),
+        ({"text": "ok", "top_k": 11}, "top_k"),
+        ({"text": "ok", "unknown": 1}, "unknown"),
+        ({}, "body"),
+        ({"text": "a", "texts": ["b"]}, "body"),
+    ],
+)
+def test_bad_input_is_a_4xx_naming_the_field(client, body, field):
+    resp = client.post("/v1/predict", json=body)
+    assert resp.status_code == 422, resp.text
+    fields = [e["field"] for e in resp.json()["errors"]]
+    assert any(f == field or f.startswith(field) for f in fields), fields
+    assert resp.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("content", "headers"),
+    [
+        (b'{"text": "unterminated', {"content-type": "application/json"}),
+        (b"text=hello", {"content-type": "application/x-www-form-urlencoded"}),
+        (b"", {"content-type": "application/json"}),
+        (b"[1, 2]", {"content-type": "application/json"}),
+    ],
+)
+def test_malformed_bodies_are_4xx(client, content, headers):
+    resp = client.post("/v1/predict", content=content, headers=headers)
+    assert 400 <= resp.status_code < 500, resp.text
+    assert resp.json()["detail"]
+
+
+def test_models_lists_live_version(client, registry):
+    body = client.get("/v1/models").json()
+    assert body["live"] == registry.live() == body["served_by_this_replica"]
+    assert [v["version"] for v in body["versions"] if v["live"]] == [registry.live()]
+    assert body["history"][-1]["action"] == "promote"
+
+
+def test_metrics_exposed(client):
+    client.post("/v1/predict", json={"text": "hello"})
+    text = client.get("/metrics").text
+    assert "online_predictions_total" in text and "online_model_version" in text
