@@ -28,8 +28,6 @@ class Prediction:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto``: bf16 where the hardware runs it natively, else fp32 (fp16 on CUDA without bf16)."""
     if precision != "auto":
-        if precision == "int8":
-            raise ValueError("precision int8 is not offered: torch.ao dynamic quantization is deprecated; use bf16")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
