@@ -35,7 +35,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 class Predictor:
-    """A frozen copy of one model version, ready to serve. Thread-safe for one caller at a time."""
+    """A frozen copy of one model version, ready to serve.
+
+    Call it from one thread only, the same thread that built it: on a 2-core machine a second thread
+    running torch ops creates a second OpenMP team, libgomp then throttles its spin-waits and every
+    forward slows down about 2x for the life of the process (measured).
+    """
 
     def __init__(
         self,
@@ -46,6 +51,7 @@ class Predictor:
         precision: str = "auto",
         max_seq_len: int = 64,
         bucket_size: int = 16,
+        copy_model: bool = True,
     ) -> None:
         self.version = version
         self.labels = list(model.labels)
@@ -54,7 +60,7 @@ class Predictor:
         self.max_seq_len = max_seq_len
         self.bucket_size = bucket_size
         self.tokenizer = load_tokenizer(model.base_model)
-        served = copy.deepcopy(model).eval().to(self.device)
+        served = (copy.deepcopy(model) if copy_model else model).eval().to(self.device)
         self._autocast = self.device.type == "cuda" and self.precision != "fp32"
         if not self._autocast:
             served = served.to(_DTYPES[self.precision])

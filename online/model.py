@@ -56,15 +56,21 @@ class TextClassifier(nn.Module):
 
     @classmethod
     def load(cls, weights: Path, labels: list[str], base_model: str) -> "TextClassifier":
-        """Rebuild a saved version: architecture from ``base_model``'s config, every weight from the file."""
-        encoder = AutoModel.from_config(AutoConfig.from_pretrained(base_model))
-        model = cls(encoder, labels, base_model)
+        """Rebuild a saved version: architecture from ``base_model``'s config, every weight from the file.
+
+        The skeleton is built on the meta device and the file's tensors are assigned to it: no random
+        initialisation, no copy, so loading is cheap enough to run beside live traffic.
+        """
         state = load_file(str(weights))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        # Buffers such as position_ids are not saved by every transformers version.
-        missing = [k for k in missing if not k.endswith("position_ids")]
+        with torch.device("meta"):
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(base_model))
+            model = cls(encoder, labels, base_model)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        # Non-persistent buffers (position_ids, token_type_ids) are not in the file: rebuild them.
+        missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
         if missing or unexpected:
             raise ValueError(f"{weights}: weights do not match the model (missing {missing}, unexpected {unexpected})")
+        _materialise_buffers(model)
         return model.eval()
 
     def save(self, weights: Path) -> str:
@@ -101,6 +107,19 @@ class TextClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(input_ids, attention_mask))
+
+
+def _materialise_buffers(model: nn.Module) -> None:
+    """Buffers left on the meta device after an ``assign`` load get their real values."""
+    for module in model.modules():
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if buf is None or not buf.is_meta:
+                continue
+            if name == "position_ids":
+                value = torch.arange(buf.shape[-1]).expand(buf.shape).clone()
+            else:  # token_type_ids and any other index buffer start at zero
+                value = torch.zeros(buf.shape, dtype=buf.dtype)
+            module.register_buffer(name, value, persistent=False)
 
 
 def sha256_file(path: Path) -> str:

@@ -83,8 +83,8 @@ class ModelRegistry:
     def history(self) -> list[LiveChange]:
         return [LiveChange.model_validate_json(v) for v in self.r.lrange(self._history, 0, -1)]
 
-    def load(self, version: int) -> tuple[TextClassifier, Manifest]:
-        """Load a version's weights after checking them against the manifest's sha256."""
+    def verify(self, version: int) -> Manifest:
+        """Check a version's weight file against its manifest's sha256 (no torch involved)."""
         manifest = self.get(version)
         weights = self.path(version) / WEIGHTS_FILE
         if not weights.is_file():
@@ -92,7 +92,12 @@ class ModelRegistry:
         digest = sha256_file(weights)
         if digest != manifest.sha256:
             raise IntegrityError(f"version {version}: sha256 {digest[:12]} != manifest {manifest.sha256[:12]}")
-        return TextClassifier.load(weights, manifest.labels, manifest.base_model), manifest
+        return manifest
+
+    def load(self, version: int, verify: bool = True) -> tuple[TextClassifier, Manifest]:
+        """Load a version's weights, by default after :meth:`verify`."""
+        manifest = self.verify(version) if verify else self.get(version)
+        return TextClassifier.load(self.path(version) / WEIGHTS_FILE, manifest.labels, manifest.base_model), manifest
 
     # --- writing ------------------------------------------------------------------------------
     def publish(

@@ -36,6 +36,11 @@ def _logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def wide_console() -> Console:
+    """Benchmark tables are wide; keep them readable when output goes to a file or a pipe."""
+    return Console(width=max(console.width, 160))
+
+
 def _stop_event() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -134,4 +139,4 @@ def bench_serve(
     from services.bench.serve import run_bench_serve
 
     _logging("WARNING")
-    run_bench_serve(Settings(), requests, [int(c) for c in concurrency.split(",")], eval_limit, console)
+    run_bench_serve(Settings(), requests, [int(c) for c in concurrency.split(",")], eval_limit, wide_console())

@@ -55,6 +55,10 @@ class MicroBatcher(Generic[M, R]):
                 pass
         self._pool.shutdown(wait=True)
 
+    async def call(self, fn: Callable[[], R]) -> R:
+        """Run ``fn`` on the forward thread, between batches: the one thread that runs torch here."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
     async def submit(self, model: M, texts: list[str]) -> list[R]:
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(_Item(model, texts, future))

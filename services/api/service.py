@@ -135,7 +135,7 @@ class ModelService:
             if version == self.version:
                 return True
             try:
-                predictor = await asyncio.to_thread(self._build, version)
+                predictor = await self._build(version)
             except Exception as exc:
                 self._failed_version = version
                 self.last_load_error = f"version {version}: {exc}"
@@ -151,16 +151,21 @@ class ModelService:
             log.info("now serving version %s (was %s)", version, old)
             return True
 
-    def _build(self, version: int) -> Predictor:
-        model, _ = self.registry.load(version)  # checks the sha256
-        predictor = Predictor(
-            model,
-            version,
-            device=self.settings.device,
-            precision=self.settings.precision,
-            max_seq_len=self.settings.max_seq_len,
+    async def _build(self, version: int) -> Predictor:
+        """Verify off the forward thread; build and warm up on it, in steps so batches interleave."""
+        await asyncio.to_thread(self.registry.verify, version)
+        model, _ = await self.batcher.call(lambda: self.registry.load(version, verify=False))
+        predictor = await self.batcher.call(
+            lambda: Predictor(
+                model,
+                version,
+                device=self.settings.device,
+                precision=self.settings.precision,
+                max_seq_len=self.settings.max_seq_len,
+                copy_model=False,
+            )
         )
-        predictor.warmup()
+        await self.batcher.call(predictor.warmup)
         return predictor
 
     async def _watch(self) -> None:
