@@ -37,6 +37,12 @@ class PredictionLog:
                 pipe.set(self._prefix + rec.prediction_id, rec.model_dump_json(), ex=self.ttl_s)
             pipe.execute()
 
+    def get_many(self, prediction_ids: list[str]) -> list[PredictionRecord | None]:
+        if not prediction_ids:
+            return []
+        raws = self.r.mget([self._prefix + pid for pid in prediction_ids])
+        return [PredictionRecord.model_validate_json(raw) if raw else None for raw in raws]
+
     def get(self, prediction_id: str) -> PredictionRecord | None:
         raw = self.r.get(self._prefix + prediction_id)
         return PredictionRecord.model_validate_json(raw) if raw else None

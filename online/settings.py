@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     )
     consumer_max_poll_interval_ms: int = Field(30000, ge=1000, description="Also the rebalance timeout.")
     consumer_batch_size: int = Field(500, ge=1)
+    label_allowlist: list[str] | None = Field(None, description="If set (JSON list), other labels dead-letter.")
+    buffer_capacity: int = Field(50_000, ge=100, description="Replay buffer size (class-balanced eviction).")
+    dedup_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="How long event ids are remembered.")
+    feedback_rate_limit: int = Field(1000, ge=1, description="Feedback events per second per source.")
+    feedback_timeout_s: float = Field(5.0, gt=0, description="Broker acknowledgement wait before a 503.")
+    max_feedback_events: int = Field(1000, ge=1, description="Events per /v1/feedback call.")
     key_prefix: str = Field("online", description="Prefix of every Redis key, so stacks can share a server.")
 
     # --- model -------------------------------------------------------------------------------

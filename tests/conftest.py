@@ -77,3 +77,34 @@ def settings(tmp_path, tiny_base, redis_server) -> Settings:
         precision="fp32",
         model_poll_s=0.5,
     )
+
+
+@pytest.fixture
+def kafka_settings(settings, tansu_server) -> Settings:
+    """``settings`` plus the session broker, with topics and group of this test only."""
+    tag = settings.key_prefix
+    return settings.model_copy(
+        update={
+            "kafka_bootstrap": f"127.0.0.1:{tansu_server.port}",
+            "feedback_topic": f"{tag}.feedback",
+            "dlq_topic": f"{tag}.feedback.dlq",
+            "consumer_group": f"{tag}-group",
+            "feedback_partitions": 3,
+        }
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process see ``settings``."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONLINE_")}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if isinstance(value, (list, dict)):
+            import json
+
+            value = json.dumps(value)
+        elif hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"ONLINE_{name.upper()}"] = str(value)
+    return env

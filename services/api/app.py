@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -15,8 +16,9 @@ from online.prediction_log import PredictionLog
 from online.registry import ModelRegistry
 from online.settings import Settings
 from services.api.metrics import ApiMetrics
-from services.api.routers import health, models, predict
-from services.api.schemas import predict_request_model
+from services.api.feedback import BrokerUnavailable, FeedbackIntake, RateLimited
+from services.api.routers import feedback, health, models, predict
+from services.api.schemas import feedback_body_model, predict_request_model
 from services.api.service import ModelService, NotReady
 
 log = logging.getLogger("online.api")
@@ -37,11 +39,13 @@ def create_app(settings: Settings) -> FastAPI:
             metrics,
         )
         app.state.service = service
+        app.state.feedback = FeedbackIntake(settings, client)
         await service.start()
         try:
             yield
         finally:
             await service.stop()
+            await asyncio.to_thread(app.state.feedback.close)
             await async_client.aclose()
             client.close()
 
@@ -58,6 +62,18 @@ def create_app(settings: Settings) -> FastAPI:
     async def _not_ready(_: Request, exc: NotReady) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
+    @app.exception_handler(BrokerUnavailable)
+    async def _broker(_: Request, exc: BrokerUnavailable) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"feedback not accepted: the broker did not acknowledge ({exc}); retry with the same event_ids"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(RateLimited)
+    async def _rate(_: Request, exc: RateLimited) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
@@ -68,6 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"detail": reason, "errors": errors}, status_code=422)
 
     app.include_router(predict.router(predict_request_model(settings)))
+    app.include_router(feedback.router(feedback_body_model(settings)))
     app.include_router(models.api)
     app.include_router(health.api)
     return app

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 
+from online.events import FeedbackEvent
 from online.settings import Settings
 
 
@@ -78,3 +79,23 @@ class ModelsResponse(BaseModel):
     served_by_this_replica: int | None
     versions: list[ModelOut]
     history: list[LiveChangeOut]
+
+
+class FeedbackBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list  # replaced with the event union and this deployment's limit in feedback_body_model
+
+
+def feedback_body_model(settings: Settings) -> type:
+    """A single event or a batch, with this deployment's batch limit in the schema."""
+    batch = create_model(
+        "FeedbackBatch",
+        __base__=FeedbackBatch,
+        events=(list[FeedbackEvent], Field(min_length=1, max_length=settings.max_feedback_events)),
+    )
+    return batch | FeedbackEvent  # type: ignore[return-value]
+
+
+class FeedbackAccepted(BaseModel):
+    accepted: int
+    event_ids: list[str] = Field(description="Stored by the broker; the consumer deduplicates by these.")

@@ -1,0 +1,65 @@
+"""The feedback event contract (schema version 1), shared by the API, the consumer and any Kafka client.
+
+A record on ``online.feedback`` is one UTF-8 JSON object:
+
+- ``kind: "label"``: ``text`` and its correct ``label`` (optionally the ``prediction_id`` it corrects);
+- ``kind: "thumbs"``: ``prediction_id`` and ``vote`` ``up``/``down``, optionally the correct ``label``.
+
+Every event has ``event_id`` (idempotency key; assigned when absent), ``source`` (client id),
+``timestamp`` (epoch seconds; assigned when absent) and ``schema_version``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+
+SCHEMA_VERSION = 1
+LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/ -]{0,99}$"
+
+Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=10_000, pattern=r"\S")]
+
+
+class _EventBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: Id = Field(default_factory=lambda: uuid.uuid4().hex, description="Idempotency key.")
+    source: Id = Field(description="Who sends it (client id); rate limits and statistics are per source.")
+    timestamp: float = Field(default_factory=time.time, ge=0, description="Epoch seconds.")
+
+
+class LabelEvent(_EventBase):
+    kind: Literal["label"]
+    text: Text
+    label: Label
+    prediction_id: Id | None = Field(None, description="The prediction this label corrects, if any.")
+
+
+class ThumbsEvent(_EventBase):
+    kind: Literal["thumbs"]
+    prediction_id: Id
+    vote: Literal["up", "down"]
+    label: Label | None = Field(None, description="The correct label, for a thumbs down.")
+
+
+FeedbackEvent = Annotated[Union[LabelEvent, ThumbsEvent], Field(discriminator="kind")]
+EVENT_ADAPTER: TypeAdapter[LabelEvent | ThumbsEvent] = TypeAdapter(FeedbackEvent)
+
+
+def parse_event(raw: bytes) -> LabelEvent | ThumbsEvent:
+    """Validate one Kafka record value; raises ``pydantic.ValidationError`` (or ValueError) if bad."""
+    return EVENT_ADAPTER.validate_json(raw)
+
+
+def encode_event(event: LabelEvent | ThumbsEvent) -> bytes:
+    return event.model_dump_json(exclude_none=True).encode()
+
+
+def event_json_schema() -> dict:
+    return EVENT_ADAPTER.json_schema()

@@ -1,0 +1,74 @@
+"""Replay buffer semantics on a real Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from online.buffer import Incoming, ReplayBuffer
+from online.connections import redis_client
+
+
+@pytest.fixture
+def buffer(settings) -> ReplayBuffer:
+    return ReplayBuffer(redis_client(settings), settings.key_prefix, capacity=100)
+
+
+def ev(i: int, text: str, label: str) -> Incoming:
+    return Incoming(f"e{i}", text, label, "test", 0.0)
+
+
+def test_idempotent_by_event_id_and_duplicates_counted(buffer):
+    first = buffer.add([ev(1, "What is my balance", "balance"), ev(2, "what is my  BALANCE", "balance")])
+    assert (first.added, first.duplicates, first.replayed) == (1, 1, 0)
+    again = buffer.add([ev(1, "What is my balance", "balance"), ev(2, "what is my  BALANCE", "balance")])
+    assert (again.added, again.duplicates, again.replayed) == (0, 0, 2)
+    (sample,) = buffer.samples()
+    assert sample.count == 2 and sample.text == "What is my balance"
+    (stats,) = buffer.stats()
+    assert (stats.label, stats.stored, stats.total, stats.duplicates, stats.new) == ("balance", 1, 2, 1, 1)
+
+
+def test_same_text_other_label_is_another_sample(buffer):
+    buffer.add([ev(1, "book it", "book_flight"), ev(2, "book it", "book_hotel")])
+    assert {s.label for s in buffer.samples()} == {"book_flight", "book_hotel"}
+    assert buffer.labels() == {"book_flight", "book_hotel"}  # new labels just appear (class-incremental)
+
+
+def test_pii_is_masked_before_storage(buffer):
+    buffer.add([ev(1, "card 4111 1111 1111 1111, mail a@b.io, call +44 20 7946 0958", "report_lost_card")])
+    (sample,) = buffer.samples()
+    assert "4111" not in sample.text and "a@b.io" not in sample.text and "7946" not in sample.text
+    assert "<CARD>" in sample.text and "<EMAIL>" in sample.text and "<PHONE>" in sample.text
+
+
+def test_cursor_marks_what_is_new(buffer):
+    buffer.add([ev(i, f"text {i}", "a") for i in range(5)])
+    new, upto = buffer.new_samples()
+    assert len(new) == 5 and buffer.new_count() == 5
+    buffer.advance_cursor(upto)
+    assert buffer.new_count() == 0 and buffer.new_samples()[0] == []
+    buffer.add([ev(10, "text 10", "b")])
+    new, _ = buffer.new_samples()
+    assert [s.text for s in new] == ["text 10"]
+    assert buffer.advance_cursor(1) == upto  # never backwards
+
+
+def test_eviction_is_class_balanced_and_spares_untrained(buffer):
+    buffer.add([ev(i, f"big {i}", "big") for i in range(90)] + [ev(100 + i, f"small {i}", "small") for i in range(10)])
+    _, upto = buffer.new_samples()
+    buffer.advance_cursor(upto)
+    buffer.add([ev(200 + i, f"fresh {i}", "fresh") for i in range(30)])
+    assert buffer.size() == 100
+    by_label = {s.label: s.stored for s in buffer.stats()}
+    assert by_label == {"big": 60, "small": 10, "fresh": 30}
+    buffer.add([ev(300 + i, f"more {i}", "more") for i in range(20)])
+    assert {s.label: s.stored for s in buffer.stats()} == {"big": 40, "small": 10, "fresh": 30, "more": 20}
+
+
+def test_untrained_samples_are_never_evicted(settings):
+    buffer = ReplayBuffer(redis_client(settings), settings.key_prefix, capacity=100)
+    buffer.add([ev(i, f"text {i}", f"l{i % 3}") for i in range(120)])
+    assert buffer.size() == 120 and buffer.new_count() == 120  # over capacity until trained on
+    _, upto = buffer.new_samples()
+    buffer.advance_cursor(upto)
+    assert buffer.evict_over_capacity() == 20 and buffer.size() == 100
