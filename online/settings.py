@@ -7,6 +7,7 @@ so a test can build a ``Settings(...)`` by hand and run any component against it
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -80,6 +81,17 @@ class Settings(BaseSettings):
     train_min_new: int = Field(100, ge=1, description="A round starts at this many new samples...")
     train_max_wait_s: float = Field(60.0, gt=0, description="...or this long after the first new sample.")
     train_poll_s: float = Field(2.0, gt=0)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``ONLINE_*`` variables, for a child process (unset fields left out)."""
+        env = {}
+        for name, value in self.model_dump(exclude_none=True).items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, (list, dict)):
+                value = json.dumps(value)
+            env[f"ONLINE_{name.upper()}"] = str(value)
+        return env
 
     @property
     def models_dir(self) -> Path:

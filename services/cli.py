@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -18,6 +19,10 @@ from services.supervisor import running_stack
 app = typer.Typer(help="online: a continual-learning text classifier server with a feedback loop.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (ratios measured side by side in one run).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+feedback_app = typer.Typer(help="Send feedback events.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+buffer_app = typer.Typer(help="Inspect the replay buffer.", no_args_is_help=True)
+app.add_typer(buffer_app, name="buffer")
 console = Console()
 
 
@@ -127,6 +132,66 @@ def models() -> None:
             ", ".join(f"{k}={v:.4f}" for k, v in m.metrics.items()),
         )
     console.print(table)
+
+
+@feedback_app.command("send")
+def feedback_send(
+    file: Path | None = typer.Option(None, "--file", "-f", help="JSONL file, one event per line."),
+    text: str | None = typer.Option(None, help="Label event: the text..."),
+    label: str | None = typer.Option(None, help="...and its correct label (or the right label for a thumbs down)."),
+    prediction_id: str | None = typer.Option(None, help="Thumbs event: the prediction judged..."),
+    vote: str | None = typer.Option(None, help="...up or down."),
+    source: str = typer.Option("cli", help="Client id (rate limits are per source)."),
+    api: str | None = typer.Option(None, help="API base URL (default: ONLINE_API_HOST:ONLINE_API_PORT)."),
+    batch: int = typer.Option(200, min=1, help="Events per request."),
+) -> None:
+    """Send one event, or every event of a JSONL file (with a progress bar), through the API."""
+    from pydantic import ValidationError
+
+    from online.events import EVENT_ADAPTER
+    from services.feedback_cli import SendFailed, read_jsonl, send
+
+    settings = Settings()
+    url = api or f"http://{settings.api_host}:{settings.api_port}"
+    if file is not None:
+        events, errors = read_jsonl(file, source)
+        for err in errors:
+            console.print(f"[red]skipped[/] {err}")
+    else:
+        raw: dict = {"source": source}
+        if prediction_id:
+            raw.update(kind="thumbs", prediction_id=prediction_id, vote=vote, label=label)
+        else:
+            raw.update(kind="label", text=text, label=label)
+        try:
+            events, errors = [EVENT_ADAPTER.validate_python({k: v for k, v in raw.items() if v is not None})], []
+        except ValidationError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    try:
+        send(url, events, batch, console)
+    except (SendFailed, OSError) as exc:
+        console.print(f"[red]failed:[/] {exc}")
+        raise typer.Exit(2)
+    console.print(f"accepted {len(events)} event(s)" + (f", skipped {len(errors)} bad line(s)" if errors else ""))
+    if errors:
+        raise typer.Exit(1)
+
+
+@buffer_app.command("stats")
+def buffer_stats() -> None:
+    """Per label: stored, total events, new since the last round, duplicates, dead-lettered, evicted."""
+    from services.feedback_cli import buffer_table
+
+    console.print(buffer_table(_settings()))
+
+
+@bench_app.command("ingest")
+def bench_ingest(events: int = typer.Option(50_000, help="Events to push through.")) -> None:
+    """Producer -> Kafka -> consumer -> replay buffer, against the broker's raw produce+consume rate."""
+    from services.bench.ingest import run_bench_ingest
+
+    _logging("WARNING")
+    run_bench_ingest(Settings(), events, wide_console())
 
 
 @bench_app.command("serve")

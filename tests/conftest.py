@@ -98,13 +98,4 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process see ``settings``."""
     import os
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ONLINE_")}
-    for name, value in settings.model_dump(exclude_none=True).items():
-        if isinstance(value, (list, dict)):
-            import json
-
-            value = json.dumps(value)
-        elif hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"ONLINE_{name.upper()}"] = str(value)
-    return env
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("ONLINE_")}, **settings.to_env()}

@@ -1,0 +1,39 @@
+"""`online feedback send` pieces and `online buffer stats`, end to end through the API and consumer."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from services.api.app import create_app
+from services.cli import app as cli
+from services.feedback_cli import post_events, read_jsonl
+from tests.conftest import settings_env, wait_for
+from tests.test_feedback import ConsumerThread, buffer_of, total_events
+
+
+def test_jsonl_file_through_api_and_buffer_stats(kafka_settings, tmp_path, monkeypatch):
+    lines = [json.dumps({"kind": "label", "text": f"play song {i}", "label": "play_music"}) for i in range(5)]
+    lines.insert(2, "{not json")
+    lines.insert(4, json.dumps({"kind": "label", "text": "", "label": "x"}))
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines))
+    events, errors = read_jsonl(path, default_source="cli-test")
+    assert len(events) == 5 and [e.split(":")[0] for e in errors] == ["line 3", "line 5"]
+    assert all(e.source == "cli-test" for e in events)
+
+    with TestClient(create_app(kafka_settings)) as client:
+        post_events(client, events)
+        post_events(client, events)  # a retry of the same ids is harmless
+    buffer = buffer_of(kafka_settings)
+    with ConsumerThread(kafka_settings):
+        wait_for(lambda: total_events(buffer) == 5, timeout=60, what="the file's events")
+
+    for key, value in settings_env(kafka_settings).items():
+        monkeypatch.setenv(key, value)
+    result = CliRunner().invoke(cli, ["buffer", "stats"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "play_music" in line)
+    assert [c.strip() for c in row.split("│") if c.strip()] == ["play_music", "5", "5", "5", "0", "0", "0"]
