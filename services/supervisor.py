@@ -123,7 +123,6 @@ def run_up(settings: Settings, parts: tuple[str, ...] = ("serve", "consume", "tr
     signal.signal(signal.SIGINT, _raise_stop)
     stack: EmbeddedStack | None = None
     children: dict[str, subprocess.Popen] = {}
-    code = 0
     try:
         stack = EmbeddedStack.start(settings)
         log.info("kafka %s, redis %s", stack.settings.kafka_bootstrap, stack.settings.redis_url)
@@ -143,6 +142,7 @@ def run_up(settings: Settings, parts: tuple[str, ...] = ("serve", "consume", "tr
             time.sleep(0.5)
     except _Stop as why:
         log.info("%s received: stopping", why)
+        return 0
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -150,7 +150,6 @@ def run_up(settings: Settings, parts: tuple[str, ...] = ("serve", "consume", "tr
         if stack:
             stack.stop()
         log.info("stopped")
-    return code
 
 
 def stop_processes(procs: list[subprocess.Popen], timeout: float = 20.0) -> None:

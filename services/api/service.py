@@ -179,6 +179,11 @@ class ModelService:
                 await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.settings.model_poll_s)
             except (redis.RedisError, OSError) as exc:
                 log.warning("live-alias subscription lost (%s); polling", exc)
+                if pubsub is not None:
+                    try:
+                        await pubsub.aclose()
+                    except (redis.RedisError, OSError):
+                        pass
                 pubsub = None
                 await asyncio.sleep(min(self.settings.model_poll_s, 1.0))
             await self.sync()
