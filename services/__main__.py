@@ -1,3 +1,3 @@
-from services.cli import app
+from services.cli import main
 
-app(prog_name="online")
+main()

@@ -205,3 +205,16 @@ def bench_serve(
 
     _logging("WARNING")
     run_bench_serve(Settings(), requests, [int(c) for c in concurrency.split(",")], eval_limit, wide_console())
+
+
+def main() -> None:
+    """Console-script entry: configuration mistakes end with one clear line, not a traceback."""
+    from online.connections import NotConfigured
+    from online.data import DataNotFound
+    from services.embedded import ServerError
+
+    try:
+        app(prog_name="online")
+    except (NotConfigured, DataNotFound, ServerError) as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise SystemExit(2) from None

@@ -68,7 +68,9 @@ def send(api: str, events: list[Event], batch: int, console: Console) -> None:
 def buffer_table(settings: Settings) -> Table:
     buffer = ReplayBuffer(redis_client(settings), settings.key_prefix)
     rows = buffer.stats()
-    table = Table("label", "stored", "total", "new", "duplicates", "dead-lettered", "evicted", title="replay buffer")
+    table = Table("label", title="replay buffer")
+    for col in ("stored", "total", "new", "duplicates", "dead-lettered", "evicted"):
+        table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r.label, *(f"{v:,}" for v in (r.stored, r.total, r.new, r.duplicates, r.dead_lettered, r.evicted)))
     sums = [sum(getattr(r, f) for r in rows) for f in ("stored", "total", "new", "duplicates", "dead_lettered", "evicted")]
