@@ -145,7 +145,9 @@ class FeedbackConsumer:
             futures = [producer.send(self.settings.dlq_topic, d.encode(), key=d.record.key) for d in out.dead]
             for f in futures:
                 f.get(timeout=self.settings.feedback_timeout_s * 2)
-            self.buffer.record_dead_letters([d.label for d in out.dead])
+            self.buffer.record_dead_letters(
+                [(f"{d.record.topic}:{d.record.partition}:{d.record.offset}", d.label) for d in out.dead]
+            )
             for d in out.dead:
                 log.warning("dead-lettered %s[%d]@%d: %s", d.record.topic, d.record.partition, d.record.offset, d.reason)
         self.buffer.add(out.samples)

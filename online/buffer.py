@@ -66,6 +66,17 @@ redis.call('HINCRBY', p .. ':stats:' .. label, 'evicted', 1)
 return 1
 """
 
+_DEAD = """
+local p, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 0, n - 1 do
+  local rid, label = ARGV[4 + i * 2], ARGV[5 + i * 2]
+  if redis.call('SET', p .. ':seen:dlq:' .. rid, '1', 'NX', 'EX', ttl) then
+    redis.call('HINCRBY', p .. ':dlq', label, 1)
+  end
+end
+return n
+"""
+
 _ADVANCE = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local new = tonumber(ARGV[1])
@@ -138,6 +149,7 @@ class ReplayBuffer:
         self._add = client.register_script(_ADD)
         self._evict = client.register_script(_EVICT)
         self._advance = client.register_script(_ADVANCE)
+        self._dead = client.register_script(_DEAD)
         self._rng = random.Random()
 
     # --- writing ------------------------------------------------------------------------------
@@ -161,11 +173,14 @@ class ReplayBuffer:
                 pipe.set(f"{self.p}:seen:{eid}", "1", nx=True, ex=self.dedup_ttl_s)
             return [bool(x) for x in pipe.execute()]
 
-    def record_dead_letters(self, labels: list[str | None]) -> None:
-        with self.r.pipeline(transaction=False) as pipe:
-            for label in labels:
-                pipe.hincrby(f"{self.p}:dlq", label or NO_LABEL, 1)
-            pipe.execute()
+    def record_dead_letters(self, letters: list[tuple[str, str | None]]) -> None:
+        """Count dead letters per label, once per record id (``topic:partition:offset``) however often
+        a batch is redelivered. The dead-letter topic itself is at-least-once."""
+        if letters:
+            args: list[str | int] = [self.p, self.dedup_ttl_s, len(letters)]
+            for record_id, label in letters:
+                args += [record_id, label or NO_LABEL]
+            self._dead(args=args)
 
     def evict_over_capacity(self) -> int:
         """Class-balanced reservoir eviction of already-trained samples; returns how many went."""

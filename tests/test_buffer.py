@@ -72,3 +72,11 @@ def test_untrained_samples_are_never_evicted(settings):
     _, upto = buffer.new_samples()
     buffer.advance_cursor(upto)
     assert buffer.evict_over_capacity() == 20 and buffer.size() == 100
+
+
+def test_dead_letters_are_counted_once_per_record(buffer):
+    letters = [("t:0:5", None), ("t:1:7", "weather")]
+    buffer.record_dead_letters(letters)
+    buffer.record_dead_letters(letters)  # a redelivered batch
+    stats = {s.label: s.dead_lettered for s in buffer.stats()}
+    assert stats == {"weather": 1, "(none)": 1}
