@@ -171,7 +171,7 @@ def feedback_send(
         send(url, events, batch, console)
     except (SendFailed, OSError) as exc:
         console.print(f"[red]failed:[/] {exc}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     console.print(f"accepted {len(events)} event(s)" + (f", skipped {len(errors)} bad line(s)" if errors else ""))
     if errors:
         raise typer.Exit(1)

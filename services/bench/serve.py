@@ -35,6 +35,10 @@ def _raw(predictor: Predictor, texts: list[str], total: int, batch: int) -> Load
     return LoadResult(done, 0, time.perf_counter() - started, latencies)
 
 
+def _accuracy(predictor: Predictor, test: list[tuple[str, str]]) -> float:
+    return accuracy(lambda texts: [p.label for p in predictor.predict(texts, 1)], test)
+
+
 def run_bench_serve(settings: Settings, requests: int, levels: list[int], eval_limit: int, console: Console) -> None:
     clinc = Clinc150.open(settings.data_dir)
     found = latest_local_version(settings)
@@ -53,16 +57,16 @@ def run_bench_serve(settings: Settings, requests: int, levels: list[int], eval_l
             test = test[:eval_limit]
         texts = [t for t, _ in clinc.split("test")]
 
-        served = Predictor(model, manifest.version, device=env.device, precision=env.precision, max_seq_len=env.max_seq_len)
-        fp32 = Predictor(model, manifest.version, device=env.device, precision="fp32", max_seq_len=env.max_seq_len)
-        acc_served = accuracy(lambda ts: [p.label for p in served.predict(ts, 1)], test)
-        acc_fp32 = accuracy(lambda ts: [p.label for p in fp32.predict(ts, 1)], test)
-        del fp32
+        def predictor(precision: str) -> Predictor:
+            return Predictor(model, manifest.version, device=env.device, precision=precision, max_seq_len=env.max_seq_len)
 
+        acc_fp32 = _accuracy(predictor("fp32"), test)
+        served = predictor(env.precision)
+        acc_served = _accuracy(served, test)
         rows: dict[int, dict[str, LoadResult]] = {c: {} for c in levels}
         for c in levels:
             rows[c]["raw"] = _raw(served, texts, requests, c)
-        del served
+        served = None  # free it before the servers start
         with api_process(env) as url:
             for c in levels:
                 rows[c]["api"] = http_load(url, texts, requests, c)
