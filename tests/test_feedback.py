@@ -181,11 +181,11 @@ def test_poison_records_are_dead_lettered_and_good_ones_arrive(kafka_settings):
 
 
 def test_kill_9_mid_stream_then_restart_is_exactly_once(kafka_settings):
-    n = 3000
+    n = 5000
     ensure_topics(kafka_settings)
     produce(kafka_settings, label_events(n, "k9"))
     buffer = buffer_of(kafka_settings)
-    env = settings_env(kafka_settings.model_copy(update={"consumer_batch_size": 50}))
+    env = settings_env(kafka_settings.model_copy(update={"consumer_batch_size": 20}))
     proc = subprocess.Popen([sys.executable, "-m", "services", "consume"], env=env)
     try:
         wait_for(lambda: buffer.size() > 0, timeout=60, what="the consumer to start writing")
