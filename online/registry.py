@@ -133,6 +133,18 @@ class ModelRegistry:
         self.r.hset(self._index, str(version), manifest.model_dump_json())
         return manifest
 
+    def rollback(self, to: int | None = None, reason: str = "", action: str = "rollback") -> LiveChange:
+        """Point ``live`` back at ``to`` (default: the live version's parent) and tell every replica."""
+        live = self.live()
+        if live is None:
+            raise ValueError("nothing is live: there is nothing to roll back")
+        target = to if to is not None else self.get(live).parent
+        if target is None:
+            raise ValueError(f"version {live} has no parent to roll back to: name a version")
+        if target == live:
+            raise ValueError(f"version {target} is already live")
+        return self.promote(target, action=action, reason=reason or f"rollback from {live}")
+
     def promote(self, version: int, action: str = "promote", reason: str = "") -> LiveChange:
         """Point ``live`` at ``version`` atomically and tell every replica."""
         manifest = self.get(version)

@@ -134,6 +134,25 @@ def models() -> None:
     console.print(table)
 
 
+@app.command()
+def rollback(
+    to: int | None = typer.Option(None, "--to", help="Version to go back to (default: the live version's parent)."),
+    reason: str = typer.Option("", help="Why, for the history."),
+) -> None:
+    """Point the live alias back; every API replica swaps to it."""
+    from online.connections import redis_client
+    from online.registry import ModelRegistry
+
+    settings = _settings()
+    registry = ModelRegistry(redis_client(settings), settings.models_dir, settings.key_prefix)
+    try:
+        change = registry.rollback(to, reason or "manual rollback (CLI)")
+    except (KeyError, ValueError) as exc:
+        console.print(f"[red]refused:[/] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"live: version {change.version} (was {change.previous})")
+
+
 @feedback_app.command("send")
 def feedback_send(
     file: Path | None = typer.Option(None, "--file", "-f", help="JSONL file, one event per line."),

@@ -74,6 +74,12 @@ class LiveChangeOut(BaseModel):
     reason: str
 
 
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: int | None = Field(None, ge=1, description="Version to go back to (default: the live version's parent).")
+    reason: str = Field("", max_length=500)
+
+
 class ModelsResponse(BaseModel):
     live: int | None
     served_by_this_replica: int | None

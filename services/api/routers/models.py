@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 
-from services.api.schemas import LiveChangeOut, ModelOut, ModelsResponse
+from online.registry import IntegrityError
+from services.api.admin import require_admin
+from services.api.schemas import LiveChangeOut, ModelOut, ModelsResponse, RollbackRequest
 
 api = APIRouter(tags=["models"])
 
@@ -31,3 +33,19 @@ async def models(request: Request) -> ModelsResponse:
         ],
         history=[LiveChangeOut(**h.model_dump()) for h in history],
     )
+
+
+@api.post(
+    "/v1/models/rollback",
+    response_model=LiveChangeOut,
+    dependencies=[Depends(require_admin)],
+    responses={401: {"description": "No token"}, 403: {"description": "Wrong token or admin disabled"}},
+)
+async def rollback(body: RollbackRequest, request: Request) -> LiveChangeOut:
+    """Point the live alias back (default: the live version's parent); every replica swaps."""
+    registry = request.app.state.service.registry
+    try:
+        change = await asyncio.to_thread(registry.rollback, body.to, body.reason)
+    except (KeyError, ValueError, IntegrityError) as exc:
+        raise HTTPException(409, str(exc).strip("'\"")) from exc
+    return LiveChangeOut(**change.model_dump())
