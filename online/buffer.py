@@ -183,28 +183,34 @@ class ReplayBuffer:
             self._dead(args=args)
 
     def evict_over_capacity(self) -> int:
-        """Class-balanced reservoir eviction of already-trained samples; returns how many went."""
+        """Class-balanced reservoir eviction of already-trained samples; returns how many went.
+
+        The per-label counts are read once and kept up to date locally, so evicting a whole batch
+        costs one script call per sample, not a scan of every label per sample."""
+        over = self.size() - self.capacity
+        if over <= 0:
+            return 0
+        cursor = self.cursor()
+        labels = sorted(self.labels())
+        with self.r.pipeline(transaction=False) as pipe:
+            for label in labels:
+                pipe.zcard(f"{self.p}:l:{label}")
+                pipe.zcount(f"{self.p}:l:{label}", "-inf", cursor)
+            counts = pipe.execute()
+        stored = dict(zip(labels, counts[::2]))
+        evictable = dict(zip(labels, counts[1::2]))
         evicted = 0
-        over = self.r.zcard(f"{self.p}:log") - self.capacity
-        while over > 0:
-            cursor = self.cursor()
-            labels = sorted(self.labels())
-            with self.r.pipeline(transaction=False) as pipe:
-                for label in labels:
-                    pipe.zcard(f"{self.p}:l:{label}")
-                    pipe.zcount(f"{self.p}:l:{label}", "-inf", cursor)
-                counts = pipe.execute()
-            candidates = [
-                (stored, evictable, label)
-                for label, stored, evictable in zip(labels, counts[::2], counts[1::2])
-                if evictable > 0
-            ]
+        while evicted < over:
+            candidates = [(stored[lab], lab) for lab in labels if evictable[lab] > 0]
             if not candidates:
                 break  # everything is still untrained: stay over capacity until the trainer catches up
-            _, evictable, label = max(candidates)
-            if self._evict(args=[self.p, label, cursor, self._rng.randrange(evictable)]):
-                evicted += 1
-                over -= 1
+            _, label = max(candidates)
+            if not self._evict(args=[self.p, label, cursor, self._rng.randrange(evictable[label])]):
+                evictable[label] = 0  # changed under us (another consumer): leave this label for now
+                continue
+            stored[label] -= 1
+            evictable[label] -= 1
+            evicted += 1
         return evicted
 
     # --- reading (the trainer) ----------------------------------------------------------------

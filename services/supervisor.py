@@ -25,6 +25,12 @@ log = logging.getLogger("online.up")
 STACK_FILE = "stack.json"
 
 
+def child_env(settings: Settings, **overrides: str) -> dict[str, str]:
+    """The environment of a child `online` process: ours without ``ONLINE_*``, plus ``settings``."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("ONLINE_")}
+    return {**inherited, **settings.to_env(), **overrides}
+
+
 def _die_with_parent() -> None:
     """Children get SIGTERM if the supervisor itself is killed (Linux prctl PR_SET_PDEATHSIG)."""
     try:
@@ -74,14 +80,6 @@ class EmbeddedStack:
         }
         (self.settings.state_dir / STACK_FILE).write_text(json.dumps(info, indent=2))
 
-    def env(self) -> dict[str, str]:
-        """Environment for child processes: the addresses of these servers."""
-        return {
-            **os.environ,
-            "ONLINE_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap or "",
-            "ONLINE_REDIS_URL": self.settings.redis_url or "",
-        }
-
     def stop(self) -> None:
         for server in reversed(self.servers):
             server.stop()
@@ -128,7 +126,7 @@ def run_up(settings: Settings, parts: tuple[str, ...] = ("serve", "consume", "tr
         for part in parts:
             children[part] = subprocess.Popen(
                 [sys.executable, "-m", "services", part],
-                env=stack.env(),
+                env=child_env(stack.settings),
                 start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
                 preexec_fn=_die_with_parent,
             )

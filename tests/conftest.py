@@ -14,6 +14,7 @@ from transformers import BertConfig, BertModel
 from online.model import default_base_model
 from online.settings import Settings
 from services.embedded import Server, start_redis, start_tansu
+from services.supervisor import child_env
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clinc150"
 
@@ -96,6 +97,4 @@ def kafka_settings(settings, tansu_server) -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process see ``settings``."""
-    import os
-
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("ONLINE_")}, **settings.to_env()}
+    return child_env(settings)

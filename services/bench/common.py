@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -18,11 +17,11 @@ from typing import Iterator
 import httpx
 
 from online.connections import redis_client
-from online.model import TextClassifier
+from online.model import WEIGHTS_FILE, TextClassifier
 from online.registry import MANIFEST_FILE, Manifest, ModelRegistry
 from online.settings import Settings
 from services.embedded import free_port, start_redis
-from services.supervisor import stop_processes
+from services.supervisor import child_env, stop_processes
 
 
 @dataclass
@@ -67,11 +66,11 @@ def bench_environment(settings: Settings) -> Iterator[Settings]:
 def latest_local_version(settings: Settings) -> tuple[TextClassifier, Manifest] | None:
     """The newest version in the user's model store (read from disk, no server needed)."""
     store = settings.models_dir
-    manifests = sorted(store.glob(f"v*/{MANIFEST_FILE}"), key=lambda p: int(p.parent.name[1:])) if store.is_dir() else []
-    for path in reversed(manifests):
+    versions = [p for p in store.glob(f"v*/{MANIFEST_FILE}") if p.parent.name[1:].isdigit()] if store.is_dir() else []
+    for path in sorted(versions, key=lambda p: int(p.parent.name[1:]), reverse=True):
         manifest = Manifest.model_validate_json(path.read_text())
         if manifest.status == "published":
-            return TextClassifier.load(path.parent / "model.safetensors", manifest.labels, manifest.base_model), manifest
+            return TextClassifier.load(path.parent / WEIGHTS_FILE, manifest.labels, manifest.base_model), manifest
     return None
 
 
@@ -86,14 +85,7 @@ def publish_live(settings: Settings, model: TextClassifier) -> Manifest:
 def api_process(settings: Settings, **env_overrides: str) -> Iterator[str]:
     """`online serve` in a child process; yields its base URL once /readyz says ready."""
     port = free_port()
-    env = {
-        **os.environ,
-        "ONLINE_REDIS_URL": settings.redis_url or "",
-        "ONLINE_MODEL_STORE": str(settings.models_dir),
-        "ONLINE_STATE_DIR": str(settings.state_dir),
-        "ONLINE_API_PORT": str(port),
-        **env_overrides,
-    }
+    env = child_env(settings.model_copy(update={"api_port": port}), **env_overrides)
     proc = subprocess.Popen([sys.executable, "-m", "services", "serve"], env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

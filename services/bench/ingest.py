@@ -6,7 +6,6 @@ process, timed from the first send to the last record consumed (raw) or stored i
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from online.data import Clinc150
 from online.events import LabelEvent, encode_event
 from online.settings import Settings
 from services.embedded import start_redis, start_tansu
-from services.supervisor import stop_processes
+from services.supervisor import child_env, stop_processes
 
 
 def _produce(settings: Settings, topic: str, values: list[tuple[bytes, bytes]]) -> None:
@@ -100,7 +99,7 @@ def run_bench_ingest(settings: Settings, n: int, console: Console) -> None:
             buffer = ReplayBuffer(redis_client(env), env.key_prefix)
             consumer = subprocess.Popen(
                 [sys.executable, "-m", "services", "consume"],
-                env={**{k: v for k, v in os.environ.items() if not k.startswith("ONLINE_")}, **env.to_env()},
+                env=child_env(env),
             )
             procs.append(consumer)
             warm = LabelEvent(kind="label", text="warm up", label="warmup", source="bench")
