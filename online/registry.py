@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from online.model import WEIGHTS_FILE, TextClassifier, sha256_file
 
 MANIFEST_FILE = "manifest.json"
-Status = Literal["published", "rejected"]
+Status = Literal["published", "rejected", "collected"]
 
 
 class Manifest(BaseModel):
@@ -45,6 +45,10 @@ class LiveChange(BaseModel):
     version: int
     previous: int | None
     reason: str = ""
+
+
+class LiveMoved(RuntimeError):
+    """The live alias is no longer the version a promotion was based on (e.g. a rollback happened)."""
 
 
 class IntegrityError(RuntimeError):
@@ -145,16 +149,23 @@ class ModelRegistry:
             raise ValueError(f"version {target} is already live")
         return self.promote(target, action=action, reason=reason or f"rollback from {live}")
 
-    def promote(self, version: int, action: str = "promote", reason: str = "") -> LiveChange:
-        """Point ``live`` at ``version`` atomically and tell every replica."""
+    def promote(
+        self, version: int, action: str = "promote", reason: str = "", expect_live: int | None = None
+    ) -> LiveChange:
+        """Point ``live`` at ``version`` atomically and tell every replica.
+
+        ``expect_live``: only if live is still that version (raises :class:`LiveMoved` otherwise), so a
+        candidate trained from a version that was rolled back meanwhile never replaces the rollback."""
         manifest = self.get(version)
-        if manifest.status == "rejected":
-            raise ValueError(f"version {version} was rejected by the gate and can never be live")
+        if manifest.status != "published":
+            raise ValueError(f"version {version} is {manifest.status} and can never be live")
         with self.r.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(self._live)
                     previous = pipe.get(self._live)
+                    if expect_live is not None and (int(previous) if previous else None) != expect_live:
+                        raise LiveMoved(f"live is {previous}, not {expect_live}: version {version} not promoted")
                     change = LiveChange(
                         action=action, version=version, previous=int(previous) if previous else None, reason=reason
                     )
@@ -167,3 +178,39 @@ class ModelRegistry:
                     continue
         self.r.publish(self.channel, json.dumps({"live": version}))
         return change
+
+    def last_change(self) -> LiveChange | None:
+        raw = self.r.lindex(self._history, -1)
+        return LiveChange.model_validate_json(raw) if raw else None
+
+    def protected(self) -> set[int]:
+        """Versions never collected: live, its parent (the default rollback target), the previous live."""
+        keep: set[int] = set()
+        live = self.live()
+        if live is not None:
+            keep.add(live)
+            parent = self.get(live).parent
+            if parent is not None:
+                keep.add(parent)
+        last = self.last_change()
+        if last and last.previous is not None:
+            keep.add(last.previous)
+        return keep
+
+    def collect(self, keep: int) -> list[int]:
+        """Delete the files of versions older than the last ``keep`` (except :meth:`protected` ones).
+
+        The manifest stays in the index with status ``collected``, so history and lineage still read;
+        such a version can no longer be promoted or rolled back to. Returns the versions collected."""
+        manifests = [m for m in self.list() if m.status != "collected"]
+        recent = {m.version for m in manifests[-keep:]}
+        protected = self.protected()
+        collected = []
+        for m in manifests:
+            if m.version in recent or m.version in protected:
+                continue
+            m.status = "collected"
+            self.r.hset(self._index, str(m.version), m.model_dump_json())
+            shutil.rmtree(self.path(m.version), ignore_errors=True)
+            collected.append(m.version)
+        return collected

@@ -10,6 +10,7 @@ import time
 from collections import defaultdict
 
 from online.data import Clinc150, Example
+from online.gate import Gate, GoldenSet
 from online.inference import Predictor
 from online.model import TextClassifier, default_base_model, resolve_device
 from online.registry import Manifest, ModelRegistry
@@ -51,10 +52,13 @@ def train_version_one(settings: Settings, registry: ModelRegistry, progress: Pro
     model.cpu()
     predictor = Predictor(model, 0, device=settings.device, precision="fp32", max_seq_len=settings.max_seq_len)
     acc = accuracy(lambda texts: [p.label for p in predictor.predict(texts, 1)], test)
+    # The golden set is frozen now, from the seed test data, and never changes afterwards.
+    report = Gate(settings, GoldenSet.for_settings(settings, test)).baseline(model)
     manifest = registry.publish(
         model,
         parent=None,
-        metrics={"seed_test_accuracy": acc},
+        gate=report.model_dump(),
+        metrics={"seed_test_accuracy": acc, "golden_accuracy": report.golden_accuracy},
         round_stats={
             "kind": "seed",
             "examples": len(train),

@@ -77,10 +77,41 @@ class Settings(BaseSettings):
     model_poll_s: float = Field(5.0, gt=0, description="Polling fallback for the live alias.")
     admin_token: SecretStr | None = Field(None, description="Bearer token for admin endpoints; unset: refused.")
 
-    # --- trainer -----------------------------------------------------------------------------
+    # --- trainer: scheduling ----------------------------------------------------------------
     train_min_new: int = Field(100, ge=1, description="A round starts at this many new samples...")
-    train_max_wait_s: float = Field(60.0, gt=0, description="...or this long after the first new sample.")
-    train_poll_s: float = Field(2.0, gt=0)
+    train_max_wait_s: float = Field(15.0, gt=0, description="...or this long after the first new sample.")
+    train_poll_s: float = Field(1.0, gt=0, description="How often the trainer looks at the buffer.")
+    trainer_lock_ttl_s: float = Field(30.0, ge=1, description="Leader lock expiry: a dead trainer's lapses.")
+    trainer_metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port of the trainer.")
+    consumer_metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port of a consumer.")
+
+    # --- trainer: a round (defaults chosen by `online bench learn`) -------------------------
+    train_mode: Literal["full", "head", "lora"] = Field("full", description="What a round fine-tunes.")
+    rehearsal_strategy: Literal["balanced", "reservoir", "diverse"] = "balanced"
+    rehearsal_ratio: float = Field(1.0, ge=0, description="Rehearsed examples per new example...")
+    rehearsal_min: int = Field(256, ge=0, description="...but at least this many.")
+    distill_weight: float = Field(1.0, ge=0, description="Weight of distillation from the live model (0: off).")
+    train_epochs: int = Field(2, ge=1, description="Epochs of a continual round.")
+    round_max_new: int = Field(5000, ge=1, description="Most new samples one round takes (the rest wait).")
+    holdout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of a round's new samples kept for the gate.")
+    holdout_min_new: int = Field(50, ge=1, description="Rounds with fewer new samples hold none out.")
+
+    # --- gate ---------------------------------------------------------------------------------
+    golden_path: Path | None = Field(None, description="Golden set JSONL (text, label); unset: frozen at v1.")
+    golden_per_label: int = Field(30, ge=1, description="Golden examples per label when frozen at version 1.")
+    gate_max_golden_drop: float = Field(0.01, ge=0, description="Most golden accuracy a candidate may lose.")
+    gate_label_max_drop: float = Field(0.2, ge=0, description="Most accuracy one golden label may lose...")
+    gate_label_min_support: int = Field(10, ge=1, description="...if it has at least this many examples.")
+    gate_holdout_min: int = Field(5, ge=1, description="Holdout size below which its check is skipped.")
+    gate_latency_ratio: float = Field(1.5, gt=0, description="Most batch latency of candidate / live.")
+    keep_versions: int = Field(10, ge=2, description="Versions kept on disk (live, its parent always kept).")
+
+    # --- automatic rollback -------------------------------------------------------------------
+    auto_rollback: bool = True
+    auto_rollback_min_samples: int = Field(50, ge=1, description="Judged predictions needed on each version.")
+    auto_rollback_alpha: float = Field(0.01, gt=0, lt=1, description="One-sided two-proportion test level.")
+    auto_rollback_min_drop: float = Field(0.05, ge=0, description="Smallest accuracy drop worth a rollback.")
+    auto_rollback_window_s: float = Field(24 * 3600, gt=0, description="How long after promotion it may fire.")
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``ONLINE_*`` variables, for a child process (unset fields left out)."""

@@ -103,35 +103,99 @@ def consume() -> None:
 
 
 @app.command()
-def train() -> None:
+def train(
+    now: bool = typer.Option(False, "--now", help="Run one round at once (waiting for the leader lock) and exit."),
+) -> None:
     """Run the trainer scheduler (version 1 on an empty registry, then continual rounds)."""
-    from services.trainer import run_trainer
+    from services.trainer import run_trainer, train_now
 
     _logging()
-    run_trainer(_settings(), _stop_event())
+    if not now:
+        run_trainer(_settings(), _stop_event())
+        return
+    report = train_now(_settings(), _stop_event())
+    if report is None:
+        console.print("[red]no round:[/] stopped, or the leader lock was not free in time")
+        raise typer.Exit(1)
+    console.print(report.summary())
+    if report.gate is not None:
+        console.print(gate_table(report.gate.model_dump()))
+    raise typer.Exit(0 if report.status in ("promoted", "idle") else 3)
 
 
-@app.command()
-def models() -> None:
-    """List model versions, the live one marked."""
+def gate_table(gate: dict) -> Table:
+    table = Table("check", "passed", "value", "threshold", "detail", title="gate")
+    for c in gate.get("checks", []):
+        fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+        table.add_row(c["name"], "[green]yes[/]" if c["passed"] else "[red]no[/]", fmt(c["value"]),
+                      fmt(c["threshold"]), c.get("detail", ""))
+    return table
+
+
+models_app = typer.Typer(help="Model versions: list, show, history.", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+
+
+def _registry():
     from online.connections import redis_client
+    from online.live_accuracy import LiveAccuracy
     from online.registry import ModelRegistry
 
     settings = _settings()
-    registry = ModelRegistry(redis_client(settings), settings.models_dir, settings.key_prefix)
+    client = redis_client(settings)
+    return ModelRegistry(client, settings.models_dir, settings.key_prefix), LiveAccuracy(client, settings.key_prefix)
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+@models_app.callback()
+def models(ctx: typer.Context) -> None:
+    """List model versions (the live one marked), then the history of the live alias."""
+    if ctx.invoked_subcommand:
+        return
+    registry, live_acc = _registry()
     live = registry.live()
-    table = Table("version", "live", "parent", "status", "created", "labels", "metrics")
+    table = Table("version", "live", "parent", "status", "created", "labels", "gate", "golden", "live acc (n)")
     for m in registry.list():
+        acc = live_acc.get(m.version)
+        gate = "" if m.gate is None else ("passed" if m.gate.get("passed") else "failed: " + ", ".join(
+            c["name"] for c in m.gate.get("checks", []) if not c["passed"]))
         table.add_row(
-            str(m.version),
-            "●" if m.version == live else "",
-            str(m.parent or ""),
-            m.status,
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.created_at)),
-            str(len(m.labels)),
-            ", ".join(f"{k}={v:.4f}" for k, v in m.metrics.items()),
+            str(m.version), "●" if m.version == live else "", str(m.parent or ""), m.status, _when(m.created_at),
+            str(len(m.labels)), gate, f"{m.metrics['golden_accuracy']:.4f}" if "golden_accuracy" in m.metrics else "",
+            f"{acc.accuracy:.3f} ({acc.n})" if acc.n else "",
         )
     console.print(table)
+    history = Table("when", "action", "version", "previous", "reason", title="live alias history")
+    for ch in registry.history()[-15:]:
+        style = {"auto_rollback": "bold red", "rollback": "yellow"}.get(ch.action, "")
+        history.add_row(_when(ch.at), f"[{style}]{ch.action}[/]" if style else ch.action, str(ch.version),
+                        str(ch.previous or ""), ch.reason)
+    console.print(history)
+
+
+@models_app.command("show")
+def models_show(version: int = typer.Argument(..., help="Version to show.")) -> None:
+    """One version: manifest, round statistics and the gate report, check by check."""
+    registry, live_acc = _registry()
+    try:
+        m = registry.get(version)
+    except KeyError as exc:
+        console.print(f"[red]{exc.args[0]}[/]")
+        raise typer.Exit(1) from None
+    acc = live_acc.get(version)
+    console.print(f"[bold]version {m.version}[/] ({m.status}{', live' if registry.live() == m.version else ''}), "
+                  f"parent {m.parent}, created {_when(m.created_at)}, {len(m.labels)} labels, sha256 {m.sha256[:16]}")
+    console.print(f"metrics: {', '.join(f'{k}={v:.4f}' for k, v in m.metrics.items())}")
+    if acc.n:
+        console.print(f"live accuracy from feedback: {acc.accuracy:.4f} over {acc.n} judged predictions")
+    if m.round:
+        console.print("round: " + ", ".join(f"{k}={v}" for k, v in m.round.items() if k != "added_labels")
+                      + (f", added labels={len(m.round.get('added_labels', []))}" if m.round.get("added_labels") else ""))
+    if m.gate:
+        console.print(gate_table(m.gate))
 
 
 @app.command()
@@ -224,6 +288,30 @@ def bench_serve(
 
     _logging("WARNING")
     run_bench_serve(Settings(), requests, [int(c) for c in concurrency.split(",")], eval_limit, wide_console())
+
+
+@bench_app.command("learn")
+def bench_learn(
+    methods: str = typer.Option("", help="Comma-separated methods (default: all, joint included)."),
+    start: str = typer.Option("seed", help="seed: start from version 1's seed domains; first: from domain 1."),
+    per_intent: int = typer.Option(100, help="Train examples per intent arriving as feedback (CLINC150 has 100)."),
+    memory_per_intent: int = typer.Option(20, help="Remembered examples per intent that rehearsal picks from."),
+    epochs: int = typer.Option(2, help="Epochs a round."),
+    joint: str = typer.Option("final", help="Joint upper bound: after every round (every), the last (final), off."),
+    rounds: int = typer.Option(0, help="Stop after this many rounds (0: the whole stream)."),
+    out: Path | None = typer.Option(Path(".online/bench/learn.json"), help="Write the results as JSON here."),
+) -> None:
+    """Continual learning on the CLINC150 domain stream: our strategies against joint and naive training."""
+    from services.bench.learn import run_bench_learn
+
+    _logging("WARNING")
+    if start not in ("seed", "first") or joint not in ("every", "final", "off"):
+        raise typer.BadParameter("--start is seed or first; --joint is every, final or off")
+    run_bench_learn(
+        Settings(), wide_console(), names=[m for m in methods.split(",") if m] or None, start=start,
+        per_intent=per_intent, memory_per_intent=memory_per_intent, epochs=epochs, joint=joint,
+        rounds=rounds or None, out=out,
+    )
 
 
 def main() -> None:

@@ -1,28 +1,76 @@
 """`online train`: the trainer scheduler process.
 
-On an empty registry it trains version 1 from the seed data. Continual rounds (new feedback plus
-rehearsal, gated) are scheduled here as well; only the leader (a Redis lock) trains.
+On an empty registry it trains version 1 from the seed data. Then it watches the replay buffer: a round
+starts when ``train_min_new`` new samples wait, or ``train_max_wait_s`` after the first one arrived, or
+at once with `online train --now`. Only the holder of the leader lock (Redis, with expiry) trains, so
+any number of trainer processes can run and a dead one's lock lapses. Between rounds the leader also
+runs the automatic-rollback check and collects old versions.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from online import auto_rollback
+from online.buffer import ReplayBuffer
 from online.connections import redis_client
+from online.control import TrainingControl
+from online.gate import Gate, GoldenSet
+from online.live_accuracy import LiveAccuracy
 from online.registry import ModelRegistry
+from online.rounds import RoundReport, RoundRunner
 from online.seed import seed_data, train_version_one
 from online.settings import Settings
+from online.training import Progress as ProgressFn
 from online.training import configure_threads
 from services.leader import Leadership
 
 log = logging.getLogger("online.trainer")
 
+_STATUS_CODES = {"idle": 0, "promoted": 1, "rejected": 2, "superseded": 3, "failed": 4}
+
 
 class Stopped(Exception):
-    pass
+    """Raised from the progress callback to abandon a round (stop requested or leadership lost)."""
+
+
+class TrainerMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.rounds = Counter("online_trainer_rounds", "Rounds finished, by outcome", ["status"], registry=r)
+        self.round_seconds = Histogram(
+            "online_trainer_round_seconds",
+            "Duration of a round",
+            buckets=(5, 10, 20, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
+        self.samples = Counter("online_trainer_samples", "Samples trained on, by kind", ["kind"], registry=r)
+        self.last_status = Gauge(
+            "online_trainer_last_round_status",
+            "Last round: 0 idle, 1 promoted, 2 rejected, 3 superseded, 4 failed",
+            registry=r,
+        )
+        self.last_round_at = Gauge(
+            "online_trainer_last_round_timestamp", "When the last round ended (unix time)", registry=r
+        )
+        self.auto_rollbacks = Counter("online_auto_rollbacks", "Automatic rollbacks", registry=r)
+        self.collected = Counter("online_versions_collected", "Model versions whose files were collected", registry=r)
+        self.pending = Gauge("online_trainer_new_samples", "New buffer samples waiting for a round", registry=r)
+
+    def observe(self, report: RoundReport | None, status: str) -> None:
+        self.rounds.labels(status).inc()
+        self.last_status.set(_STATUS_CODES[status])
+        self.last_round_at.set(time.time())
+        if report is not None:
+            self.round_seconds.observe(report.duration_s)
+            self.samples.labels("new").inc(report.new - report.holdout)
+            self.samples.labels("rehearsal").inc(report.rehearsed)
 
 
 def progress_bar() -> Progress:
@@ -35,6 +83,15 @@ def progress_bar() -> Progress:
     )
 
 
+def _stoppable(bar: Progress, task, stop: threading.Event, leader: Leadership) -> ProgressFn:
+    def advance(n: int) -> None:
+        if stop.is_set() or leader.lost.is_set():
+            raise Stopped()
+        bar.advance(task, n)
+
+    return advance
+
+
 def ensure_version_one(settings: Settings, registry: ModelRegistry, leader: Leadership, stop: threading.Event) -> None:
     """Train version 1 if the registry has no live version; only the leader does it."""
     while registry.live() is None and not stop.is_set():
@@ -44,29 +101,137 @@ def ensure_version_one(settings: Settings, registry: ModelRegistry, leader: Lead
             if registry.live() is not None:
                 return
             train, _ = seed_data(settings)
-            total = len(train) * settings.seed_epochs
             log.info("empty registry: training version 1 on %d seed examples", len(train))
             with progress_bar() as bar:
-                task = bar.add_task("version 1 (seed data)", total=total)
-
-                def advance(n: int) -> None:
-                    if stop.is_set() or leader.lost.is_set():
-                        raise Stopped()
-                    bar.advance(task, n)
-
-                manifest = train_version_one(settings, registry, advance)
-            log.info("version %d live (seed test accuracy %.4f)", manifest.version, manifest.metrics["seed_test_accuracy"])
+                task = bar.add_task("version 1 (seed data)", total=len(train) * settings.seed_epochs)
+                manifest = train_version_one(settings, registry, _stoppable(bar, task, stop, leader))
+            log.info(
+                "version %d live (seed test accuracy %.4f)", manifest.version, manifest.metrics["seed_test_accuracy"]
+            )
         except Stopped:
             log.info("stopped before version 1 was published; nothing published")
         finally:
             leader.release()
 
 
+class Scheduler:
+    """Decides when a round is due and runs it under the leader lock."""
+
+    def __init__(self, settings: Settings, stop: threading.Event, metrics: TrainerMetrics | None = None) -> None:
+        self.s = settings
+        self.stop = stop
+        client = redis_client(settings)
+        self.registry = ModelRegistry(client, settings.models_dir, settings.key_prefix)
+        self.buffer = ReplayBuffer(client, settings.key_prefix, settings.buffer_capacity, settings.dedup_ttl_s)
+        self.live_accuracy = LiveAccuracy(client, settings.key_prefix, settings.dedup_ttl_s)
+        self.control = TrainingControl(client, settings.key_prefix)
+        self.leader = Leadership(client, f"{settings.key_prefix}:trainer:leader", ttl_s=settings.trainer_lock_ttl_s)
+        self.metrics = metrics or TrainerMetrics()
+        self._runner: RoundRunner | None = None
+        self._waiting_since: float | None = None
+
+    def runner(self) -> RoundRunner:
+        if self._runner is None:  # built lazily: the golden set exists only once version 1 does
+            self._runner = RoundRunner(self.s, self.registry, self.buffer, Gate(self.s, GoldenSet.for_settings(self.s)))
+        return self._runner
+
+    def due(self) -> bool:
+        pending = self.buffer.new_count()
+        self.metrics.pending.set(pending)
+        if pending == 0:
+            self._waiting_since = None
+            return False
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        return pending >= self.s.train_min_new or now - self._waiting_since >= self.s.train_max_wait_s
+
+    def run_round(self, wait_s: float | None = 0) -> RoundReport | None:
+        """One round under the leader lock; None if another trainer holds it (and ``wait_s`` ran out)."""
+        if not self.leader.acquire(wait_s=wait_s):
+            return None
+        try:
+            with progress_bar() as bar:
+                task = bar.add_task("round", total=None)
+
+                def on_start(total: int) -> ProgressFn:
+                    bar.update(task, total=total)
+                    return _stoppable(bar, task, self.stop, self.leader)
+
+                report = self.runner().run(on_start)
+        except Stopped:
+            log.info("round abandoned (stop or lost leadership): nothing published, cursor unchanged")
+            self.metrics.observe(None, "failed")
+            return None
+        except Exception:
+            log.exception("round failed: nothing published, cursor unchanged")
+            self.metrics.observe(None, "failed")
+            raise
+        finally:
+            self.leader.release()
+        self._waiting_since = None
+        self.metrics.observe(report if report.status != "idle" else None, report.status)
+        if report.status != "idle":
+            log.info("%s", report.summary())
+            log.info("round %s", json.dumps(_round_record(report)))
+        return report
+
+    def housekeeping(self) -> None:
+        """Automatic rollback and version collection, by whoever holds the lock right now."""
+        if not self.leader.acquire(wait_s=0):
+            return
+        try:
+            change = auto_rollback.check(self.registry, self.live_accuracy, self.s)
+            if change:
+                self.metrics.auto_rollbacks.inc()
+                log.warning("automatic rollback: live v%s -> v%s (%s)", change.previous, change.version, change.reason)
+            collected = self.registry.collect(self.s.keep_versions)
+            if collected:
+                self.metrics.collected.inc(len(collected))
+                log.info("collected versions %s (keeping the last %d)", collected, self.s.keep_versions)
+        finally:
+            self.leader.release()
+
+    def loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.housekeeping()
+                if self.control.paused() is None and self.due():
+                    self.run_round()
+            except Exception:
+                log.exception("trainer loop error; retrying")
+            self.stop.wait(self.s.train_poll_s)
+
+
+def _round_record(report: RoundReport) -> dict:
+    return {
+        "status": report.status,
+        "parent": report.parent,
+        "version": report.version,
+        "new": report.new,
+        "holdout": report.holdout,
+        "rehearsed": report.rehearsed,
+        "added_labels": len(report.added_labels),
+        "loss": round(report.mean_loss or 0.0, 5),
+        "train_s": round(report.train_s, 2),
+        "duration_s": round(report.duration_s, 2),
+        "gate": None if report.gate is None else {c.name: c.passed for c in report.gate.checks},
+    }
+
+
 def run_trainer(settings: Settings, stop: threading.Event) -> None:
     configure_threads(settings.num_threads)
-    client = redis_client(settings)
-    registry = ModelRegistry(client, settings.models_dir, settings.key_prefix)
-    leader = Leadership(client, f"{settings.key_prefix}:trainer:leader")
-    ensure_version_one(settings, registry, leader, stop)
-    while not stop.is_set():
-        stop.wait(settings.train_poll_s)  # continual rounds are scheduled here (issue: continual trainer)
+    scheduler = Scheduler(settings, stop)
+    if settings.trainer_metrics_port is not None:
+        start_http_server(settings.trainer_metrics_port, addr="0.0.0.0", registry=scheduler.metrics.registry)
+    ensure_version_one(settings, scheduler.registry, scheduler.leader, stop)
+    scheduler.loop()
+
+
+def train_now(settings: Settings, stop: threading.Event, wait_s: float = 600) -> RoundReport | None:
+    """`online train --now`: one round at once (waiting for the lock if another trainer holds it)."""
+    configure_threads(settings.num_threads)
+    scheduler = Scheduler(settings, stop)
+    if scheduler.registry.live() is None:
+        ensure_version_one(settings, scheduler.registry, scheduler.leader, stop)
+    return scheduler.run_round(wait_s=wait_s)

@@ -15,8 +15,8 @@ from online.connections import redis_client, redis_url
 from online.prediction_log import PredictionLog
 from online.registry import ModelRegistry
 from online.settings import Settings
-from services.api.metrics import ApiMetrics
 from services.api.feedback import BrokerUnavailable, FeedbackIntake, RateLimited
+from services.api.metrics import ApiMetrics
 from services.api.routers import feedback, health, models, predict
 from services.api.schemas import feedback_body_model, predict_request_model
 from services.api.service import ModelService, NotReady

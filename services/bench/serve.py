@@ -12,14 +12,21 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from online.connections import redis_client
 from online.data import Clinc150
 from online.inference import Predictor
-from online.seed import train_version_one
-from online.connections import redis_client
 from online.registry import ModelRegistry
+from online.seed import train_version_one
 from online.settings import Settings
 from online.training import accuracy
-from services.bench.common import LoadResult, api_process, bench_environment, http_load, latest_local_version, publish_live
+from services.bench.common import (
+    LoadResult,
+    api_process,
+    bench_environment,
+    http_load,
+    latest_local_version,
+    publish_live,
+)
 
 
 def _raw(predictor: Predictor, texts: list[str], total: int, batch: int) -> LoadResult:

@@ -1,0 +1,151 @@
+"""Rehearsal selection strategies: which remembered examples are replayed beside new feedback.
+
+Storage (what is remembered: the Redis replay buffer and the seed data) is one concern; selection (which
+of those a round replays) is another, and this module only does the second, the way Avalanche keeps
+strategies apart from storage policies. Every strategy takes the pool of remembered examples and how
+many to pick, and returns a list of examples; :data:`STRATEGIES` names them for settings and benchmarks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from online.data import Example
+
+Embed = Callable[[list[str]], np.ndarray]  # texts -> (n, d) float32 embeddings of the live model
+
+
+class Strategy(Protocol):
+    name: str
+    needs_embeddings: bool
+
+    def select(
+        self, pool: Sequence[Example], k: int, rng: random.Random, embed: Embed | None = None
+    ) -> list[Example]: ...
+
+
+def class_quotas(counts: dict[str, int], k: int) -> dict[str, int]:
+    """Split ``k`` picks evenly over labels; a label with fewer examples passes its share on."""
+    quotas = dict.fromkeys(counts, 0)
+    left = min(k, sum(counts.values()))
+    open_labels = sorted(counts)
+    while left > 0 and open_labels:
+        share = max(left // len(open_labels), 1)
+        for label in list(open_labels):
+            take = min(share, counts[label] - quotas[label], left)
+            quotas[label] += take
+            left -= take
+            if quotas[label] >= counts[label]:
+                open_labels.remove(label)
+            if left == 0:
+                break
+    return quotas
+
+
+def _by_label(pool: Sequence[Example]) -> dict[str, list[Example]]:
+    groups: dict[str, list[Example]] = defaultdict(list)
+    for ex in pool:
+        groups[ex[1]].append(ex)
+    return groups
+
+
+class Reservoir:
+    """Uniform over the pool: what a reservoir-sampled memory replays. Big labels get more replay."""
+
+    name = "reservoir"
+    needs_embeddings = False
+
+    def select(self, pool: Sequence[Example], k: int, rng: random.Random, embed: Embed | None = None) -> list[Example]:
+        return rng.sample(list(pool), min(k, len(pool)))
+
+
+class ClassBalanced:
+    """The same number of examples from every remembered label, random within a label."""
+
+    name = "balanced"
+    needs_embeddings = False
+
+    def select(self, pool: Sequence[Example], k: int, rng: random.Random, embed: Embed | None = None) -> list[Example]:
+        groups = _by_label(pool)
+        quotas = class_quotas({lab: len(exs) for lab, exs in groups.items()}, k)
+        return [ex for lab, exs in sorted(groups.items()) for ex in rng.sample(exs, quotas[lab])]
+
+
+class Diverse:
+    """Class-balanced, and within a label the examples that cover its region of embedding space.
+
+    Per label, faiss k-means with as many centroids as the label's quota, then the example nearest to
+    each centroid: paraphrases of one question do not crowd out the rest of the label. Labels with
+    many examples are first cut to ``candidates_per_pick`` random candidates per pick, so the cost of
+    embedding stays proportional to what is selected, not to the size of the buffer.
+    """
+
+    name = "diverse"
+    needs_embeddings = True
+
+    def __init__(self, candidates_per_pick: int = 4, niter: int = 10) -> None:
+        self.candidates_per_pick = candidates_per_pick
+        self.niter = niter
+
+    def select(self, pool: Sequence[Example], k: int, rng: random.Random, embed: Embed | None = None) -> list[Example]:
+        import faiss
+
+        if embed is None:
+            raise ValueError("the diverse strategy needs an embedding function")
+        groups = _by_label(pool)
+        quotas = class_quotas({lab: len(exs) for lab, exs in groups.items()}, k)
+        chosen: list[Example] = []
+        candidates: dict[str, list[Example]] = {}
+        for lab, exs in sorted(groups.items()):
+            q = quotas[lab]
+            if q == 0:
+                continue
+            if q >= len(exs):
+                chosen.extend(exs)
+            else:
+                candidates[lab] = rng.sample(exs, min(len(exs), q * self.candidates_per_pick))
+        if not candidates:
+            return chosen
+        texts = [t for exs in candidates.values() for t, _ in exs]
+        vectors = np.ascontiguousarray(embed(texts), dtype=np.float32)
+        faiss.normalize_L2(vectors)
+        start = 0
+        for lab, exs in candidates.items():
+            x = vectors[start : start + len(exs)]
+            start += len(exs)
+            q = quotas[lab]
+            km = faiss.Kmeans(x.shape[1], q, niter=self.niter, seed=rng.randrange(1 << 30), min_points_per_centroid=1)
+            km.train(x)
+            index = faiss.IndexFlatL2(x.shape[1])
+            index.add(x)
+            # The nearest distinct example to each centroid (a few neighbours each, in case two share one).
+            _, nn = index.search(km.centroids, min(len(exs), 4))
+            picked: list[int] = []
+            for row in nn:
+                for i in row:
+                    if i >= 0 and i not in picked:
+                        picked.append(int(i))
+                        break
+            rest = [i for i in range(len(exs)) if i not in picked]
+            picked += rng.sample(rest, q - len(picked)) if len(picked) < q else []
+            chosen.extend(exs[i] for i in picked[:q])
+        return chosen
+
+
+STRATEGIES: dict[str, Callable[[], Strategy]] = {
+    "balanced": ClassBalanced,
+    "reservoir": Reservoir,
+    "diverse": Diverse,
+}
+
+
+def strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]()
+    except KeyError:
+        raise ValueError(f"unknown rehearsal strategy {name!r}: choose one of {sorted(STRATEGIES)}") from None

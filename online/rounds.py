@@ -1,0 +1,180 @@
+"""A continual-learning round in production: buffer -> learn -> gate -> registry.
+
+Start from the live version; take the new samples since the buffer's cursor (a stable slice held out for
+the gate) plus a rehearsal sample from the buffer and the seed data; fine-tune (``online.continual``);
+judge the candidate (``online.gate``); publish it (rejected candidates too, marked, for inspection);
+promote it if it passed and live has not moved meanwhile; only then move the cursor.
+
+A crash or a stop before the end publishes nothing and leaves the cursor where it was, so the same
+samples are retried by the next round. A rejected round still moves the cursor: its samples stay in the
+buffer as rehearsal material, but are not retried as "new" forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from online.buffer import ReplayBuffer
+from online.continual import LearnConfig, learn, select_rehearsal, split_holdout
+from online.data import DataNotFound, Example
+from online.gate import Gate, GateReport
+from online.registry import LiveMoved, ModelRegistry
+from online.seed import seed_data
+from online.settings import Settings
+from online.training import Progress
+
+log = logging.getLogger("online.rounds")
+
+RoundStatus = Literal["promoted", "rejected", "superseded", "idle"]
+
+
+@dataclass
+class RoundReport:
+    status: RoundStatus
+    parent: int | None = None
+    version: int | None = None
+    new: int = 0
+    holdout: int = 0
+    rehearsed: int = 0
+    added_labels: list[str] = field(default_factory=list)
+    mean_loss: float | None = None
+    train_s: float = 0.0
+    duration_s: float = 0.0
+    gate: GateReport | None = None
+
+    def summary(self) -> str:
+        if self.status == "idle":
+            return "no new samples: nothing to train"
+        failed = f" (failed: {', '.join(self.gate.failed())})" if self.gate and not self.gate.passed else ""
+        return (
+            f"round from v{self.parent}: {self.status} v{self.version}{failed}; {self.new} new "
+            f"({self.holdout} held out), {self.rehearsed} rehearsed, new labels {len(self.added_labels)}, "
+            f"loss {self.mean_loss:.4f}, train {self.train_s:.1f} s, total {self.duration_s:.1f} s"
+        )
+
+
+def learn_config(settings: Settings) -> LearnConfig:
+    return LearnConfig(
+        mode=settings.train_mode,
+        strategy=settings.rehearsal_strategy,
+        rehearsal_ratio=settings.rehearsal_ratio,
+        rehearsal_min=settings.rehearsal_min,
+        distill_weight=settings.distill_weight,
+        epochs=settings.train_epochs,
+        batch_size=settings.train_batch_size,
+        lr=settings.learning_rate,
+        head_lr=settings.head_learning_rate,
+        max_seq_len=settings.max_seq_len,
+        device=settings.device,
+        seed=settings.seed,
+    )
+
+
+def seed_pool(settings: Settings) -> list[Example]:
+    """Version 1's training data, rehearsed beside the buffer (empty if the data is not there)."""
+    try:
+        return seed_data(settings)[0]
+    except DataNotFound:
+        log.warning("seed data not found under %s: rehearsal draws on the buffer only", settings.data_dir)
+        return []
+
+
+def work_units(n_examples: int, cfg: LearnConfig) -> int:
+    """What the progress callback will count up to for a round of ``n_examples``."""
+    return n_examples if cfg.mode == "head" else n_examples * cfg.epochs
+
+
+class RoundRunner:
+    """Runs rounds; the caller holds the trainer's leader lock."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        buffer: ReplayBuffer,
+        gate: Gate,
+        seed_examples: list[Example] | None = None,
+    ) -> None:
+        self.s = settings
+        self.registry = registry
+        self.buffer = buffer
+        self.gate = gate
+        self.cfg = learn_config(settings)
+        self.seed_examples = seed_pool(settings) if seed_examples is None else seed_examples
+
+    def run(self, on_start: Callable[[int], Progress] | None = None) -> RoundReport:
+        """One round. ``on_start(total)`` may return a progress callback (which may raise to stop)."""
+        started = time.perf_counter()
+        parent = self.registry.live()
+        if parent is None:
+            raise RuntimeError("nothing is live: version 1 comes first")
+        samples, upto = self.buffer.new_samples(limit=self.s.round_max_new)
+        if not samples:
+            return RoundReport(status="idle", parent=parent)
+        live, manifest = self.registry.load(parent)
+        new_ids = {s.sid for s in samples}
+        new = [(s.text, s.label) for s in samples]
+        train_new, holdout = split_holdout(new, self.s.holdout_fraction, self.s.holdout_min_new)
+        pool = [(s.text, s.label) for s in self.buffer.samples() if s.sid not in new_ids] + self.seed_examples
+        rng = random.Random(self.s.seed + upto)
+        rehearsal = select_rehearsal(live, pool, len(train_new), self.cfg, rng)
+        progress = on_start(work_units(len(train_new) + len(rehearsal), self.cfg)) if on_start else None
+        result = learn(live, train_new, rehearsal, self.cfg, progress)
+
+        live_report = GateReport.model_validate(manifest.gate) if manifest.gate else None
+        report = self.gate.evaluate(result.model, live, live_report, holdout)
+        round_stats = {
+            "kind": "continual",
+            "new": len(new),
+            "holdout": len(holdout),
+            "rehearsed": len(rehearsal),
+            "rehearsal_strategy": self.cfg.strategy,
+            "mode": self.cfg.mode,
+            "epochs": self.cfg.epochs,
+            "added_labels": result.added_labels,
+            "mean_loss": result.mean_loss,
+            "train_s": result.duration_s,
+            "cursor": upto,
+        }
+        metrics = {"golden_accuracy": report.golden_accuracy}
+        if report.holdout_accuracy is not None:
+            metrics["holdout_accuracy"] = report.holdout_accuracy
+        candidate = self.registry.publish(
+            result.model,
+            parent=parent,
+            metrics=metrics,
+            round_stats=round_stats,
+            gate=report.model_dump(),
+            status="published" if report.passed else "rejected",
+        )
+        status: RoundStatus = "rejected"
+        if report.passed:
+            try:
+                self.registry.promote(
+                    candidate.version, reason=f"round on {len(new)} new samples passed the gate", expect_live=parent
+                )
+                status = "promoted"
+            except LiveMoved as exc:
+                log.warning("%s", exc)
+                status = "superseded"
+        if status != "superseded":
+            # A superseded round is retried from the new live version: the cursor stays.
+            self.buffer.advance_cursor(upto)
+        return RoundReport(
+            status=status,
+            parent=parent,
+            version=candidate.version,
+            new=len(new),
+            holdout=len(holdout),
+            rehearsed=len(rehearsal),
+            added_labels=result.added_labels,
+            mean_loss=result.mean_loss,
+            train_s=result.duration_s,
+            duration_s=time.perf_counter() - started,
+            gate=report,
+        )

@@ -1,0 +1,56 @@
+"""A tiny keyword task a 2-layer random encoder learns in seconds: tests of learning behaviour."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from online.data import Example
+from online.model import TextClassifier
+from online.registry import Manifest, ModelRegistry
+from online.training import fit
+
+KEYWORDS = {
+    "weather": ["rain", "sunny", "forecast", "temperature", "umbrella"],
+    "music": ["song", "playlist", "album", "guitar", "concert"],
+    "bank": ["balance", "account", "transfer", "deposit", "mortgage"],
+    "travel": ["flight", "hotel", "passport", "luggage", "airport"],
+}
+FILLER = ["please", "can you", "tell me", "about my", "what is", "the", "now", "today", "i want", "help with"]
+OLD = ["weather", "music", "bank"]
+
+
+def examples(labels: list[str], n: int, seed: int) -> list[Example]:
+    rng = random.Random(seed)
+    out = []
+    for label in labels:
+        for _ in range(n):
+            out.append((f"{rng.choice(FILLER)} {rng.choice(KEYWORDS[label])} {rng.choice(FILLER)}", label))
+    return out
+
+
+def write_golden(path: Path, items: list[Example]) -> Path:
+    path.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in items))
+    return path
+
+
+def train_v1(settings, registry: ModelRegistry, epochs: int = 10) -> tuple[TextClassifier, Manifest]:
+    """Version 1 on the old labels, published and promoted with its gate baseline."""
+    from online.gate import Gate, GoldenSet
+
+    model = TextClassifier.from_base(settings.base_model, OLD)
+    fit(model, examples(OLD, 40, seed=1), epochs=epochs, lr=1e-3, head_lr=1e-2, seed=0)
+    baseline = Gate(settings, GoldenSet.for_settings(settings)).baseline(model)
+    manifest = registry.publish(
+        model, parent=None, gate=baseline.model_dump(), metrics={"golden_accuracy": baseline.golden_accuracy}
+    )
+    registry.promote(manifest.version)
+    return model, manifest
+
+
+def accuracy(model: TextClassifier, items: list[Example]) -> float:
+    from online.inference import Predictor
+
+    preds = Predictor(model, 0, precision="fp32").predict([t for t, _ in items], 1)
+    return sum(p.label == lab for p, (_, lab) in zip(preds, items)) / len(items)

@@ -1,0 +1,209 @@
+"""The continual trainer: a round learns a new label without forgetting, crashes publish nothing,
+one trainer at a time, the scheduler's triggers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from online import continual
+from online.buffer import Incoming, ReplayBuffer
+from online.connections import redis_client
+from online.gate import Gate, GoldenSet
+from online.registry import ModelRegistry
+from online.rounds import RoundRunner
+from services.leader import Leadership
+from services.trainer import Scheduler
+from tests import synthetic
+from tests.conftest import wait_for
+
+
+@pytest.fixture
+def tsettings(settings, tmp_path):
+    """Settings for the keyword task: its golden set, short rounds a tiny model learns from."""
+    golden = synthetic.write_golden(tmp_path / "golden.jsonl", synthetic.examples(synthetic.OLD, 15, seed=7))
+    return settings.model_copy(
+        update={
+            "golden_path": golden,
+            "train_epochs": 6,
+            "rehearsal_min": 60,
+            "holdout_fraction": 0.2,
+            "holdout_min_new": 20,
+            "gate_latency_ratio": 5.0,
+            "train_min_new": 5,
+            "train_max_wait_s": 0.5,
+            "train_poll_s": 0.1,
+            "distill_weight": 1.0,
+        }
+    )
+
+
+@pytest.fixture
+def parts(tsettings):
+    client = redis_client(tsettings)
+    registry = ModelRegistry(client, tsettings.models_dir, tsettings.key_prefix)
+    buffer = ReplayBuffer(client, tsettings.key_prefix)
+    model, v1 = synthetic.train_v1(tsettings, registry)
+    return registry, buffer, model, v1
+
+
+def feed(buffer: ReplayBuffer, items, tag: str = "e") -> None:
+    buffer.add([Incoming(f"{tag}{i}", t, lab, "test", time.time()) for i, (t, lab) in enumerate(items)])
+
+
+def runner(tsettings, registry, buffer) -> RoundRunner:
+    gate = Gate(tsettings, GoldenSet.for_settings(tsettings))
+    return RoundRunner(tsettings, registry, buffer, gate, seed_examples=synthetic.examples(synthetic.OLD, 40, seed=1))
+
+
+def test_a_round_learns_a_new_label_and_old_labels_keep_theirs(tsettings, parts):
+    registry, buffer, v1_model, v1 = parts
+    test_old = synthetic.examples(synthetic.OLD, 20, seed=11)
+    test_new = synthetic.examples(["travel"], 20, seed=12)
+    old_before = synthetic.accuracy(v1_model, test_old)
+    assert old_before >= 0.9  # the tiny model did learn the task
+    feed(buffer, synthetic.examples(["travel"], 30, seed=5))
+
+    report = runner(tsettings, registry, buffer).run()
+
+    assert report.status == "promoted", report.gate
+    assert report.added_labels == ["travel"] and report.holdout > 0 and report.rehearsed >= 60
+    assert registry.live() == report.version and registry.get(report.version).parent == v1.version
+    assert buffer.new_count() == 0  # the cursor moved past the round's samples
+    model, manifest = registry.load(report.version)
+    assert manifest.labels[:3] == v1.labels  # old head rows kept in place
+    assert synthetic.accuracy(model, test_new) >= 0.9
+    assert synthetic.accuracy(model, test_old) >= old_before - 0.05
+    assert {c.name for c in report.gate.checks} == {
+        "finite_outputs",
+        "golden_accuracy",
+        "label_regression",
+        "holdout",
+        "latency",
+    }
+
+
+def test_a_crash_mid_round_publishes_nothing_and_keeps_the_cursor(tsettings, parts):
+    registry, buffer, _, v1 = parts
+    feed(buffer, synthetic.examples(["travel"], 30, seed=5))
+    cursor, pending = buffer.cursor(), buffer.new_count()
+
+    def crash_after_first_batch(total: int):
+        def progress(n: int) -> None:
+            raise RuntimeError("trainer killed mid-round")
+
+        return progress
+
+    with pytest.raises(RuntimeError, match="killed mid-round"):
+        runner(tsettings, registry, buffer).run(crash_after_first_batch)
+    assert [m.version for m in registry.list()] == [v1.version]
+    assert registry.live() == v1.version
+    assert buffer.cursor() == cursor and buffer.new_count() == pending
+    # The next round retries the same samples.
+    assert runner(tsettings, registry, buffer).run().new == pending
+
+
+def test_a_broken_candidate_is_rejected_and_never_serves(tsettings, parts, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from services.api.app import create_app
+
+    registry, buffer, _, v1 = parts
+    feed(buffer, synthetic.examples(synthetic.OLD, 10, seed=21))
+    real_learn = continual.learn
+
+    def shuffled_head(*args, **kwargs):
+        result = real_learn(*args, **kwargs)
+        with __import__("torch").no_grad():
+            head = result.model.head
+            order = list(range(head.out_features))[1:] + [0]  # every label's row moved to another label
+            head.weight.copy_(head.weight[order].clone())
+            head.bias.copy_(head.bias[order].clone())
+        return result
+
+    monkeypatch.setattr("online.rounds.learn", shuffled_head)
+    with TestClient(create_app(tsettings)) as client:
+        wait_for(lambda: client.get("/readyz").json()["model_version"] == v1.version, what="v1 served")
+        report = runner(tsettings, registry, buffer).run()
+        assert report.status == "rejected"
+        assert "golden_accuracy" in report.gate.failed() and "label_regression" in report.gate.failed()
+        manifest = registry.get(report.version)
+        assert manifest.status == "rejected" and manifest.gate["passed"] is False
+        assert registry.live() == v1.version
+        with pytest.raises(ValueError, match="rejected"):
+            registry.promote(report.version)
+        for _ in range(5):
+            assert client.post("/v1/predict", json={"text": "rain today"}).json()["model_version"] == v1.version
+
+
+def test_two_trainers_never_train_at_once(tsettings, parts, monkeypatch):
+    registry, buffer, _, _ = parts
+    running, overlaps = [0], [0]
+    lock = threading.Lock()
+    real_learn = continual.learn
+
+    def watched_learn(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            overlaps[0] = max(overlaps[0], running[0])
+        try:
+            time.sleep(0.3)  # widen the window in which a second trainer could slip in
+            return real_learn(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr("online.rounds.learn", watched_learn)
+    stop = threading.Event()
+    trainers = [Scheduler(tsettings, stop), Scheduler(tsettings, stop)]
+    for t in trainers:
+        t._runner = runner(tsettings, registry, buffer)
+    threads = [threading.Thread(target=t.loop, daemon=True) for t in trainers]
+    for th in threads:
+        th.start()
+    try:
+        for batch in range(3):
+            feed(buffer, synthetic.examples(["travel"], 6, seed=30 + batch), tag=f"b{batch}-")
+            wait_for(lambda: buffer.new_count() == 0, timeout=120, what=f"batch {batch} trained")
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(timeout=60)
+    assert overlaps[0] == 1
+    assert len({m.version for m in registry.list()}) >= 2  # rounds did run
+
+
+def test_a_dead_trainers_lock_lapses(tsettings):
+    name = f"{tsettings.key_prefix}:trainer:leader"
+    code = (
+        "import sys, time, redis; from services.leader import Leadership;"
+        f"l = Leadership(redis.Redis.from_url({tsettings.redis_url!r}), {name!r}, ttl_s=1.0);"
+        "assert l.acquire(); print('held', flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        other = Leadership(redis_client(tsettings), name, ttl_s=1.0)
+        assert not other.acquire(wait_s=0)  # held and renewed while the holder lives
+        child.kill()
+        child.wait()
+        assert other.acquire(wait_s=10)  # the killed holder's lock expires
+        other.release()
+    finally:
+        child.kill()
+
+
+def test_scheduler_triggers_on_count_or_age(tsettings, parts):
+    _, buffer, _, _ = parts
+    scheduler = Scheduler(tsettings.model_copy(update={"train_max_wait_s": 1.0}), threading.Event())
+    assert not scheduler.due()
+    feed(buffer, synthetic.examples(["travel"], 1, seed=40), tag="one")
+    assert not scheduler.due()  # one sample: wait for more, up to train_max_wait_s
+    wait_for(scheduler.due, timeout=10, what="the age trigger")
+    scheduler._waiting_since = time.monotonic()
+    feed(buffer, synthetic.examples(["travel"], 6, seed=41), tag="many")
+    assert scheduler.due()  # at least train_min_new samples: at once
