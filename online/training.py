@@ -78,6 +78,7 @@ def fit(
     if distill:
         teacher_logits = teacher_logits.to(device)
     rng = random.Random(seed)
+    torch.manual_seed(seed)  # dropout masks: a round is reproducible from its inputs
     total_loss, steps, seen = 0.0, 0, 0
     for _ in range(epochs):
         for rows in length_bucketed_batches(examples, batch_size, rng):

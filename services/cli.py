@@ -176,6 +176,24 @@ def models(ctx: typer.Context) -> None:
     console.print(history)
 
 
+@models_app.command("promote")
+def models_promote(
+    version: int = typer.Argument(..., help="A published version."),
+    reason: str = typer.Option("", help="Why, for the history."),
+) -> None:
+    """Make a published version live (its weights are checked first); every API replica swaps to it."""
+    from online.registry import IntegrityError
+
+    registry, _ = _registry()
+    try:
+        registry.verify(version)
+        change = registry.promote(version, reason=reason or "manual promotion (CLI)")
+    except (KeyError, ValueError, IntegrityError) as exc:
+        console.print(f"[red]refused:[/] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"live: version {change.version} (was {change.previous})")
+
+
 @models_app.command("show")
 def models_show(version: int = typer.Argument(..., help="Version to show.")) -> None:
     """One version: manifest, round statistics and the gate report, check by check."""
@@ -215,6 +233,37 @@ def rollback(
         console.print(f"[red]refused:[/] {exc}")
         raise typer.Exit(1) from None
     console.print(f"live: version {change.version} (was {change.previous})")
+
+
+training_app = typer.Typer(help="Pause or resume continual training.", no_args_is_help=True)
+app.add_typer(training_app, name="training")
+
+
+def _control():
+    from online.connections import redis_client
+    from online.control import TrainingControl
+
+    settings = _settings()
+    return TrainingControl(redis_client(settings), settings.key_prefix)
+
+
+@training_app.command("pause")
+def training_pause(reason: str = typer.Option("", help="Why, shown in `online training status`.")) -> None:
+    """No new round starts until resumed (a running round finishes)."""
+    _control().pause(reason or "paused (CLI)")
+    console.print("training paused")
+
+
+@training_app.command("resume")
+def training_resume() -> None:
+    _control().resume()
+    console.print("training resumed")
+
+
+@training_app.command("status")
+def training_status() -> None:
+    state = _control().paused()
+    console.print("running" if state is None else f"paused since {_when(state['at'])}: {state.get('reason', '')}")
 
 
 @feedback_app.command("send")
@@ -288,6 +337,34 @@ def bench_serve(
 
     _logging("WARNING")
     run_bench_serve(Settings(), requests, [int(c) for c in concurrency.split(",")], eval_limit, wide_console())
+
+
+@bench_app.command("swap")
+def bench_swap(
+    versions: int = typer.Option(5, help="Versions promoted one after another (then one rollback)."),
+    steady_requests: int = typer.Option(3000, help="Requests of the steady phase."),
+    concurrency: int = typer.Option(32, help="Concurrent clients, spread over the two replicas."),
+    interval: float = typer.Option(3.0, help="Seconds between swaps."),
+) -> None:
+    """Hot swaps under load on two API processes: errors, p99 against steady, time to swap."""
+    from services.bench.swap import run_bench_swap
+
+    _logging("WARNING")
+    run_bench_swap(Settings(), wide_console(), versions=versions, steady_requests=steady_requests,
+                   concurrency=concurrency, interval_s=interval)
+
+
+@bench_app.command("freshness")
+def bench_freshness(
+    trials: int = typer.Option(5, help="New intents taught, one after another (one per later domain)."),
+    per_intent: int = typer.Option(20, help="Label events that teach each intent."),
+    timeout: float = typer.Option(300.0, help="Give up on a trial after this many seconds."),
+) -> None:
+    """Feedback teaching a new intent -> first answer by a version trained on it (whole system)."""
+    from services.bench.freshness import run_bench_freshness
+
+    _logging("WARNING")
+    run_bench_freshness(Settings(), wide_console(), trials=trials, per_intent=per_intent, timeout_s=timeout)
 
 
 @bench_app.command("learn")

@@ -12,12 +12,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from online.connections import redis_client, redis_url
+from online.control import TrainingControl
+from online.live_accuracy import LiveAccuracy
 from online.prediction_log import PredictionLog
 from online.registry import ModelRegistry
 from online.settings import Settings
 from services.api.feedback import BrokerUnavailable, FeedbackIntake, RateLimited
 from services.api.metrics import ApiMetrics
-from services.api.routers import feedback, health, models, predict
+from services.api.routers import feedback, health, models, predict, training
 from services.api.schemas import feedback_body_model, predict_request_model
 from services.api.service import ModelService, NotReady
 
@@ -40,6 +42,8 @@ def create_app(settings: Settings) -> FastAPI:
         )
         app.state.service = service
         app.state.feedback = FeedbackIntake(settings, client)
+        app.state.training = TrainingControl(client, settings.key_prefix)
+        app.state.live_accuracy = LiveAccuracy(client, settings.key_prefix, settings.dedup_ttl_s)
         await service.start()
         try:
             yield
@@ -86,5 +90,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(predict.router(predict_request_model(settings)))
     app.include_router(feedback.router(feedback_body_model(settings)))
     app.include_router(models.api)
+    app.include_router(training.api)
     app.include_router(health.api)
     return app

@@ -64,6 +64,9 @@ class ModelOut(BaseModel):
     created_at: float
     labels: int
     metrics: dict[str, float]
+    gate_passed: bool | None = None
+    live_accuracy: float | None = Field(None, description="From feedback on this version's own predictions.")
+    judged: int = Field(0, description="Predictions of this version judged by feedback.")
 
 
 class LiveChangeOut(BaseModel):
@@ -77,6 +80,23 @@ class LiveChangeOut(BaseModel):
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     to: int | None = Field(None, ge=1, description="Version to go back to (default: the live version's parent).")
+    reason: str = Field("", max_length=500)
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(..., ge=1, description="A published version (never a rejected or collected one).")
+    reason: str = Field("", max_length=500)
+
+
+class TrainingState(BaseModel):
+    paused: bool
+    paused_at: float | None = None
+    reason: str = ""
+
+
+class PauseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     reason: str = Field("", max_length=500)
 
 

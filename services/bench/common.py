@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import statistics
 import subprocess
@@ -10,9 +11,9 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 
@@ -30,6 +31,8 @@ class LoadResult:
     errors: int
     seconds: float
     latencies: list[float]
+    starts: list[float] = field(default_factory=list)  # perf_counter() at the start of each latency
+    versions: list[int] = field(default_factory=list)  # model_version of each answer, when asked for
 
     @property
     def throughput(self) -> float:
@@ -128,7 +131,8 @@ class _Connection:
     async def post_json(self, path: str, body: bytes) -> tuple[int, bytes]:
         self.writer.write(
             f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
         )
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
@@ -142,37 +146,59 @@ class _Connection:
         self.writer.close()
 
 
-async def _load(url: str, texts: list[str], total: int, concurrency: int) -> LoadResult:
+async def _load(
+    urls: list[str],
+    texts: list[str],
+    total: int | None,
+    concurrency: int,
+    until: Callable[[], bool] | None = None,
+    track_versions: bool = False,
+) -> LoadResult:
+    """``concurrency`` clients spread round-robin over ``urls``, until ``total`` requests were sent or
+    ``until()`` turns true."""
     latencies: list[float] = []
+    starts: list[float] = []
+    versions: list[int] = []
     errors = 0
-    counter = iter(range(total))
+    sent = 0
+    counter = itertools.count()
     bodies = [json.dumps({"text": t}).encode() for t in texts]
 
-    async def worker() -> None:
-        nonlocal errors
+    def more() -> int | None:
+        i = next(counter)
+        if (total is not None and i >= total) or (until is not None and until()):
+            return None
+        return i
+
+    async def worker(url: str) -> None:
+        nonlocal errors, sent
         conn = await _Connection.open(url)
         try:
-            for i in counter:
+            while (i := more()) is not None:
+                sent += 1
                 t0 = time.perf_counter()
                 try:
-                    status, _ = await conn.post_json("/v1/predict", bodies[i % len(bodies)])
+                    status, body = await conn.post_json("/v1/predict", bodies[i % len(bodies)])
                 except (OSError, asyncio.IncompleteReadError):
-                    status = 0
+                    status, body = 0, b""
                     conn.close()
                     conn = await _Connection.open(url)
                 if status == 200:
                     latencies.append(time.perf_counter() - t0)
+                    starts.append(t0)
+                    if track_versions:
+                        versions.append(json.loads(body)["model_version"])
                 else:
                     errors += 1
         finally:
             conn.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return LoadResult(total, errors, time.perf_counter() - started, latencies)
+    await asyncio.gather(*(worker(urls[w % len(urls)]) for w in range(concurrency)))
+    return LoadResult(sent, errors, time.perf_counter() - started, latencies, starts, versions)
 
 
 def http_load(url: str, texts: list[str], total: int, concurrency: int) -> LoadResult:
     """``total`` single-text /v1/predict calls from ``concurrency`` concurrent clients."""
-    asyncio.run(_load(url, texts, min(total, 4 * concurrency), concurrency))  # warm connections
-    return asyncio.run(_load(url, texts, total, concurrency))
+    asyncio.run(_load([url], texts, min(total, 4 * concurrency), concurrency))  # warm connections
+    return asyncio.run(_load([url], texts, total, concurrency))

@@ -1,0 +1,39 @@
+"""Operator switches for the trainer: pause and resume (admin), state (open)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Request
+
+from services.api.admin import require_admin
+from services.api.schemas import PauseRequest, TrainingState
+
+api = APIRouter(tags=["training"])
+_ADMIN = {401: {"description": "No token"}, 403: {"description": "Wrong token or admin disabled"}}
+
+
+def _state(raw: dict | None) -> TrainingState:
+    if raw is None:
+        return TrainingState(paused=False)
+    return TrainingState(paused=True, paused_at=raw.get("at"), reason=raw.get("reason", ""))
+
+
+@api.get("/v1/training", response_model=TrainingState)
+async def training_state(request: Request) -> TrainingState:
+    return _state(await asyncio.to_thread(request.app.state.training.paused))
+
+
+@api.post("/v1/training/pause", response_model=TrainingState, dependencies=[Depends(require_admin)], responses=_ADMIN)
+async def pause(body: PauseRequest, request: Request) -> TrainingState:
+    """No new round starts until resumed (a round already running finishes and is gated as usual)."""
+    control = request.app.state.training
+    await asyncio.to_thread(control.pause, body.reason or "paused (API)")
+    return _state(await asyncio.to_thread(control.paused))
+
+
+@api.post("/v1/training/resume", response_model=TrainingState, dependencies=[Depends(require_admin)], responses=_ADMIN)
+async def resume(request: Request) -> TrainingState:
+    control = request.app.state.training
+    await asyncio.to_thread(control.resume)
+    return _state(await asyncio.to_thread(control.paused))
