@@ -72,15 +72,21 @@ class Predictor:
         """One forward per bucket shape class, so the first real request pays no one-off costs."""
         self.probabilities(["warm up"] * self.bucket_size + ["a longer warm-up text " * 8])
 
-    @torch.inference_mode()
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         """Softmax over the head for each text, in input order, as float32 on the CPU."""
+        return self.probabilities_and_embeddings(texts)[0]
+
+    @torch.inference_mode()
+    def probabilities_and_embeddings(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax over the head and the sentence embedding (the head's input) of each text, in input
+        order, float32 on the CPU. The embedding comes free with the forward: drift monitoring uses it."""
         if not texts:
-            return torch.empty(0, len(self.labels))
+            return torch.empty(0, len(self.labels)), torch.empty(0, self.model.head.in_features)
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_seq_len)
         ids = enc["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         out = torch.empty(len(texts), len(self.labels))
+        emb = torch.empty(len(texts), self.model.head.in_features)
         pad = self.tokenizer.pad_token_id or 0
         for start in range(0, len(order), self.bucket_size):
             idx = order[start : start + self.bucket_size]
@@ -92,16 +98,24 @@ class Predictor:
                 mask[row, : len(ids[i])] = 1
             input_ids, mask = input_ids.to(self.device), mask.to(self.device)
             with torch.autocast(self.device.type, dtype=_DTYPES[self.precision], enabled=self._autocast):
-                logits = self.model(input_ids, mask)
+                pooled = self.model.embed(input_ids, mask)
+                logits = self.model.head(pooled)
             out[idx] = torch.softmax(logits.float(), dim=-1).cpu()
-        return out
+            emb[idx] = pooled.float().cpu()
+        return out, emb
 
     def predict(self, texts: list[str], top_k: int = 3) -> list[Prediction]:
-        probs = self.probabilities(texts)
+        return self.predict_with_probabilities(texts, top_k)[0]
+
+    def predict_with_probabilities(
+        self, texts: list[str], top_k: int = 3
+    ) -> tuple[list[Prediction], torch.Tensor, torch.Tensor]:
+        """Predictions plus the full probabilities and embeddings they came from (for monitoring)."""
+        probs, emb = self.probabilities_and_embeddings(texts)
         k = min(top_k, len(self.labels))
         scores, rows = probs.topk(k, dim=-1)
         result = []
         for s_row, i_row in zip(scores.tolist(), rows.tolist()):
             top = [(self.labels[i], round(s, 6)) for i, s in zip(i_row, s_row)]
             result.append(Prediction(label=top[0][0], score=top[0][1], top_k=top))
-        return result
+        return result, probs, emb

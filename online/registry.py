@@ -113,14 +113,19 @@ class ModelRegistry:
         round_stats: dict[str, Any] | None = None,
         gate: dict[str, Any] | None = None,
         status: Status = "published",
+        extra_files: dict[str, bytes] | None = None,
     ) -> Manifest:
-        """Store a new version (files, then index). It serves nothing until :meth:`promote`."""
+        """Store a new version (files, then index). It serves nothing until :meth:`promote`.
+
+        ``extra_files`` (e.g. the drift reference) are written into the version's directory too."""
         version = int(self.r.incr(self._seq))
         target = self.path(version)
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         sha = model.save(tmp / WEIGHTS_FILE)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
         manifest = Manifest(
             version=version,
             labels=model.labels,

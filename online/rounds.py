@@ -22,7 +22,9 @@ from typing import Literal
 from online.buffer import ReplayBuffer
 from online.continual import LearnConfig, learn, select_rehearsal, split_holdout
 from online.data import DataNotFound, Example
+from online.drift import REFERENCE_FILE
 from online.gate import Gate, GateReport
+from online.reference_builder import build_reference
 from online.registry import LiveMoved, ModelRegistry
 from online.seed import seed_data
 from online.settings import Settings
@@ -144,6 +146,10 @@ class RoundRunner:
         metrics = {"golden_accuracy": report.golden_accuracy}
         if report.holdout_accuracy is not None:
             metrics["holdout_accuracy"] = report.holdout_accuracy
+        extra = {}
+        if report.passed:  # the drift reference of a version that may go live
+            ref = build_reference(result.model, pool + new, list(self.gate.golden.examples) + holdout, self.s)
+            extra[REFERENCE_FILE] = ref.dumps()
         candidate = self.registry.publish(
             result.model,
             parent=parent,
@@ -151,6 +157,7 @@ class RoundRunner:
             round_stats=round_stats,
             gate=report.model_dump(),
             status="published" if report.passed else "rejected",
+            extra_files=extra,
         )
         status: RoundStatus = "rejected"
         if report.passed:

@@ -10,9 +10,11 @@ import time
 from collections import defaultdict
 
 from online.data import Clinc150, Example
+from online.drift import REFERENCE_FILE
 from online.gate import Gate, GoldenSet
 from online.inference import Predictor
 from online.model import TextClassifier, default_base_model, resolve_device
+from online.reference_builder import build_reference
 from online.registry import Manifest, ModelRegistry
 from online.settings import Settings
 from online.training import Progress, accuracy, fit
@@ -53,11 +55,14 @@ def train_version_one(settings: Settings, registry: ModelRegistry, progress: Pro
     predictor = Predictor(model, 0, device=settings.device, precision="fp32", max_seq_len=settings.max_seq_len)
     acc = accuracy(lambda texts: [p.label for p in predictor.predict(texts, 1)], test)
     # The golden set is frozen now, from the seed test data, and never changes afterwards.
-    report = Gate(settings, GoldenSet.for_settings(settings, test)).baseline(model)
+    golden = GoldenSet.for_settings(settings, test)
+    report = Gate(settings, golden).baseline(model)
+    reference = build_reference(model, train, golden.examples, settings)
     manifest = registry.publish(
         model,
         parent=None,
         gate=report.model_dump(),
+        extra_files={REFERENCE_FILE: reference.dumps()},
         metrics={"seed_test_accuracy": acc, "golden_accuracy": report.golden_accuracy},
         round_stats={
             "kind": "seed",

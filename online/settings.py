@@ -106,6 +106,18 @@ class Settings(BaseSettings):
     gate_latency_ratio: float = Field(1.5, gt=0, description="Most batch latency of candidate / live.")
     keep_versions: int = Field(10, ge=2, description="Versions kept on disk (live, its parent always kept).")
 
+    # --- drift monitoring (thresholds chosen by `online bench drift`) --------------------------
+    drift_window: int = Field(200, ge=20, description="Predictions per drift window.")
+    drift_reference_size: int = Field(2000, ge=50, description="Training embeddings in a version's faiss index.")
+    drift_knn_max_rate: float = Field(0.25, gt=0, le=1, description="Alert: share of a window far from training data.")
+    drift_mmd_alpha: float = Field(0.005, gt=0, lt=1, description="Alert: MMD test p-value below this.")
+    drift_oos_max_rate: float = Field(0.3, gt=0, le=1, description="Alert: out-of-scope share of a window.")
+    drift_confidence: float = Field(0.5, gt=0, lt=1, description="Below this top probability a text is out of scope.")
+    drift_js_alpha: float = Field(0.005, gt=0, lt=1, description="Alert: prediction-shift p-value below this.")
+    drift_min_live_accuracy: float = Field(0.8, ge=0, le=1, description="Alert: live accuracy of the live version...")
+    drift_live_accuracy_min_n: int = Field(30, ge=1, description="...once it has this many judged predictions.")
+    drift_history: int = Field(2000, ge=10, description="Window results kept in Redis for the dashboard.")
+
     # --- automatic rollback -------------------------------------------------------------------
     auto_rollback: bool = True
     auto_rollback_min_samples: int = Field(50, ge=1, description="Judged predictions needed on each version.")

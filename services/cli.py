@@ -217,6 +217,71 @@ def models_show(version: int = typer.Argument(..., help="Version to show.")) -> 
 
 
 @app.command()
+def status() -> None:
+    """Everything at a glance: live version, replicas, buffer, last rounds, drift signals and alerts."""
+    import json as _json
+
+    from online.buffer import ReplayBuffer
+    from online.control import TrainingControl
+    from services.api.drift import DriftMonitor
+    from services.api.metrics import ApiMetrics
+
+    settings = _settings()
+    registry, _ = _registry()
+    client = registry.r
+    live = registry.live()
+    paused = TrainingControl(client, settings.key_prefix).paused()
+    console.print(f"[bold]live version:[/] {live}   training: " + ("running" if paused is None else
+                  f"[yellow]paused[/] ({paused.get('reason', '')})"))
+
+    replicas = Table("replica", "serves", "last seen", "load error", title="API replicas")
+    for name, raw in sorted(client.hgetall(f"{settings.key_prefix}:replicas").items()):
+        r = _json.loads(raw)
+        age = time.time() - r["at"]
+        stale = age > 3 * settings.model_poll_s + 5
+        replicas.add_row(name, str(r["version"]), f"{age:.0f} s ago" + (" [red](stale)[/]" if stale else ""),
+                         r.get("last_load_error") or "")
+    console.print(replicas)
+
+    buffer = ReplayBuffer(client, settings.key_prefix)
+    stats = buffer.stats()
+    console.print(f"[bold]buffer:[/] {buffer.size()} samples, {buffer.new_count()} new since the last round, "
+                  f"{len([s for s in stats if s.stored])} labels, {sum(s.dead_lettered for s in stats)} dead-lettered")
+
+    rounds = Table("version", "parent", "status", "new", "rehearsed", "gate", "train s", "created", title="last rounds")
+    for m in [m for m in registry.list() if m.round.get("kind") == "continual"][-5:]:
+        gate = "passed" if (m.gate or {}).get("passed") else "failed: " + ", ".join(
+            c["name"] for c in (m.gate or {}).get("checks", []) if not c["passed"])
+        rounds.add_row(str(m.version), str(m.parent), m.status, str(m.round.get("new")), str(m.round.get("rehearsed")),
+                       gate, f"{m.round.get('train_s', 0):.1f}", _when(m.created_at))
+    console.print(rounds)
+
+    report = DriftMonitor(settings, client, registry, ApiMetrics()).report()
+    drift = Table("replica", "signal", "value", "threshold", "alert", title=f"drift (window {settings.drift_window})")
+    for snap in report["replicas"]:
+        for name, sig in snap["signals"].items():
+            drift.add_row(snap["replica"], name, f"{sig['value']:.4g}", f"{sig['threshold']:.4g}",
+                          "[red]ALERT[/]" if sig["alert"] else "ok")
+    for name, sig in report["feedback"].items():
+        drift.add_row("(feedback)", name, f"{sig['value']:.4g}", f"{sig['threshold']:.4g}",
+                      "[red]ALERT[/]" if sig["alert"] else "ok")
+    console.print(drift)
+    accs = Table("version", "judged", "live accuracy", "vs parent", title="live accuracy from feedback")
+    for e in report["live_accuracy"]:
+        vs = e.get("vs_parent")
+        accs.add_row(f"{e['version']}" + (" (live)" if e["live"] else ""), str(e["n"]),
+                     "" if e["accuracy"] is None else f"{e['accuracy']:.3f}",
+                     "" if not vs or vs["drop"] is None else f"{-vs['drop']:+.3f} (p={vs['p_value']:.2g})")
+    console.print(accs)
+    vol = report["feedback_volume"]
+    console.print(f"[bold]feedback:[/] {sum(n for _, n in vol[-10:])} events in the last 10 min, "
+                  f"{sum(n for _, n in vol)} in the last hour")
+    alerts = report["alerts"]
+    console.print("[bold]alerts:[/] " + ("[green]none[/]" if not alerts else ", ".join(
+        f"[red]{a['signal']}[/]={a['value']:.3g}" for a in alerts)))
+
+
+@app.command()
 def rollback(
     to: int | None = typer.Option(None, "--to", help="Version to go back to (default: the live version's parent)."),
     reason: str = typer.Option("", help="Why, for the history."),
@@ -365,6 +430,18 @@ def bench_freshness(
 
     _logging("WARNING")
     run_bench_freshness(Settings(), wide_console(), trials=trials, per_intent=per_intent, timeout_s=timeout)
+
+
+@bench_app.command("drift")
+def bench_drift(
+    windows: int = typer.Option(100, help="In-domain windows before the switch."),
+    after: int = typer.Option(10, help="Windows after the switch to out-of-scope traffic."),
+) -> None:
+    """In-domain traffic, then out-of-scope: false alarms and windows to alarm for every drift signal."""
+    from services.bench.drift import run_bench_drift
+
+    _logging("WARNING")
+    run_bench_drift(Settings(), wide_console(), windows=windows, after=after)
 
 
 @bench_app.command("learn")

@@ -39,14 +39,22 @@ def train_v1(settings, registry: ModelRegistry, epochs: int = 10) -> tuple[TextC
     """Version 1 on the old labels, published and promoted with its gate baseline."""
     import torch
 
+    from online.drift import REFERENCE_FILE
     from online.gate import Gate, GoldenSet
+    from online.reference_builder import build_reference
 
     torch.manual_seed(0)
     model = TextClassifier.from_base(settings.base_model, OLD)
     fit(model, examples(OLD, 40, seed=1), epochs=epochs, lr=1e-3, head_lr=1e-2, seed=0)
-    baseline = Gate(settings, GoldenSet.for_settings(settings)).baseline(model)
+    golden = GoldenSet.for_settings(settings)
+    baseline = Gate(settings, golden).baseline(model)
+    reference = build_reference(model, examples(OLD, 40, seed=1), golden.examples, settings)
     manifest = registry.publish(
-        model, parent=None, gate=baseline.model_dump(), metrics={"golden_accuracy": baseline.golden_accuracy}
+        model,
+        parent=None,
+        gate=baseline.model_dump(),
+        metrics={"golden_accuracy": baseline.golden_accuracy},
+        extra_files={REFERENCE_FILE: reference.dumps()},
     )
     registry.promote(manifest.version)
     return model, manifest

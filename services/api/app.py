@@ -17,9 +17,10 @@ from online.live_accuracy import LiveAccuracy
 from online.prediction_log import PredictionLog
 from online.registry import ModelRegistry
 from online.settings import Settings
+from services.api.drift import DriftMonitor
 from services.api.feedback import BrokerUnavailable, FeedbackIntake, RateLimited
 from services.api.metrics import ApiMetrics
-from services.api.routers import feedback, health, models, predict, training
+from services.api.routers import dashboard, drift, feedback, health, models, predict, training
 from services.api.schemas import feedback_body_model, predict_request_model
 from services.api.service import ModelService, NotReady
 
@@ -33,12 +34,14 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         client = redis_client(settings)
         async_client = aredis.Redis.from_url(redis_url(settings), decode_responses=True)
+        registry = ModelRegistry(client, settings.models_dir, settings.key_prefix)
         service = ModelService(
             settings,
-            ModelRegistry(client, settings.models_dir, settings.key_prefix),
+            registry,
             PredictionLog(client, settings.key_prefix, settings.prediction_ttl_s),
             async_client,
             metrics,
+            DriftMonitor(settings, client, registry, metrics),
         )
         app.state.service = service
         app.state.feedback = FeedbackIntake(settings, client)
@@ -91,5 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(feedback.router(feedback_body_model(settings)))
     app.include_router(models.api)
     app.include_router(training.api)
+    app.include_router(drift.api)
+    app.include_router(dashboard.api)
     app.include_router(health.api)
     return app

@@ -17,7 +17,9 @@ import redis
 from kafka.errors import KafkaError
 
 from online.bus import ensure_topics, make_producer
+from online.connections import NotConfigured
 from online.events import LabelEvent, ThumbsEvent, encode_event
+from online.feedback_volume import FeedbackVolume
 from online.settings import Settings
 
 log = logging.getLogger("online.api.feedback")
@@ -39,6 +41,7 @@ class FeedbackIntake:
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
         self.r = client
+        self.volume = FeedbackVolume(client, settings.key_prefix)
         self._producer = None
         self._lock = threading.Lock()
 
@@ -96,7 +99,11 @@ class FeedbackIntake:
                 producer.flush(timeout=self.settings.feedback_timeout_s)
                 for f in futures:
                     f.get(timeout=0.1)
-            except (KafkaError, OSError) as exc:
+                try:
+                    self.volume.add(len(events))
+                except redis.RedisError as exc:  # a missed count never costs an accepted event
+                    log.warning("feedback volume not counted: %s", exc)
+            except (KafkaError, OSError, NotConfigured) as exc:
                 log.warning("broker did not acknowledge feedback: %r", exc)
                 self._drop_producer(timeout=0)  # drop what is pending: it was answered 503
                 raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc

@@ -26,3 +26,9 @@ class ApiMetrics:
         )
         self.swaps = Counter("online_model_swaps", "Hot swaps completed", registry=r)
         self.log_failures = Counter("online_prediction_log_failures", "Prediction-log writes that failed", registry=r)
+        self.drift_signal = Gauge("online_drift_signal", "Latest window value of each drift signal", ["signal"], registry=r)
+        self.drift_alert = Gauge("online_drift_alert", "1 while a drift signal is past its threshold", ["signal"], registry=r)
+        self.drift_alerts = Counter("online_drift_alerts", "Drift alerts raised", ["signal"], registry=r)
+        self.live_accuracy = Gauge(
+            "online_live_accuracy", "Accuracy from feedback on each version's own predictions", ["version"], registry=r
+        )

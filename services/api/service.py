@@ -8,7 +8,9 @@ its sha256, then swaps one reference. A request keeps the predictor it started w
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -20,6 +22,7 @@ from online.prediction_log import PredictionLog, PredictionRecord
 from online.registry import ModelRegistry
 from online.settings import Settings
 from services.api.batcher import MicroBatcher
+from services.api.drift import DriftMonitor
 from services.api.metrics import ApiMetrics
 
 log = logging.getLogger("online.api")
@@ -46,11 +49,13 @@ class ModelService:
         prediction_log: PredictionLog,
         async_redis: aredis.Redis,
         metrics: ApiMetrics,
+        drift: DriftMonitor,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.prediction_log = prediction_log
         self.metrics = metrics
+        self.drift = drift
         self._aredis = async_redis
         self.current: Predictor | None = None
         self.last_load_error: str | None = None
@@ -95,7 +100,12 @@ class ModelService:
 
     def _forward(self, predictor: Predictor, texts: list[str]) -> list[ServedPrediction]:
         """Runs on the forward thread: one batched pass, then one Redis round trip for the log."""
-        predictions: list[Prediction] = predictor.predict(texts, self.settings.max_top_k)
+        predictions: list[Prediction]
+        predictions, probs, emb = predictor.predict_with_probabilities(texts, self.settings.max_top_k)
+        try:
+            self.drift.observe(predictor.version, probs, emb)
+        except Exception:  # monitoring never costs an answer
+            log.exception("drift monitor failed on a batch")
         served = [
             ServedPrediction(uuid.uuid4().hex, p.label, p.score, p.top_k, predictor.version) for p in predictions
         ]
@@ -144,6 +154,8 @@ class ModelService:
                 return False
             old = self.version
             self.current = predictor  # the atomic swap: one reference
+            path = self.registry.path(version)
+            await self.batcher.call(lambda: self.drift.set_version(version, predictor.labels, path))
             self._failed_version = None
             self.last_load_error = None
             self.metrics.live_version.set(version)
@@ -187,3 +199,19 @@ class ModelService:
                 pubsub = None
                 await asyncio.sleep(min(self.settings.model_poll_s, 1.0))
             await self.sync()
+            await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        """This replica in Redis for `online status`, and the live-accuracy gauges for Prometheus."""
+        entry = {"version": self.version, "at": time.time(), "last_load_error": self.last_load_error}
+
+        def write() -> None:
+            self.registry.r.hset(f"{self.settings.key_prefix}:replicas", self.drift.replica, json.dumps(entry))
+            for acc in self.drift.live_accuracy.all():
+                if acc.accuracy is not None:
+                    self.metrics.live_accuracy.labels(str(acc.version)).set(acc.accuracy)
+
+        try:
+            await asyncio.to_thread(write)
+        except redis.RedisError as exc:
+            log.warning("heartbeat not written: %s", exc)

@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Query, Request
+
+api = APIRouter(tags=["monitoring"])
+
+
+@api.get("/v1/drift")
+async def drift(request: Request, history: int = Query(0, ge=0, le=2000, description="Past windows to include.")) -> dict:
+    """Drift signals with their thresholds and alerts: input drift (kNN distance rate, MMD test),
+    out-of-scope rate, prediction shift (Jensen-Shannon), live accuracy per version from feedback, and
+    feedback volume. ``replicas`` holds each replica's latest window; ``history`` past windows."""
+    monitor = request.app.state.service.drift
+    return await asyncio.to_thread(monitor.report, history)

@@ -1,0 +1,91 @@
+"""The dashboard in a real browser: headless Chromium loads /dashboard from a running API process, every
+plot renders with data, and a screenshot is kept as a test artifact (test-artifacts/dashboard.png)."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from online.connections import redis_client
+from online.live_accuracy import Judgement, LiveAccuracy
+from online.registry import ModelRegistry
+from services.bench.common import api_process
+from tests import synthetic
+from tests.conftest import wait_for
+
+ARTIFACTS = Path(os.environ.get("ONLINE_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+PLOTS = ["accuracy", "timeline", "rates", "pvalues", "labels", "volume"]
+
+
+def _chromium() -> tuple[str, str]:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not (browser and driver):
+        message = "headless Chromium not found: apt-get install chromium chromium-driver (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return browser, driver
+
+
+@pytest.mark.slow
+def test_dashboard_renders_every_plot_with_data(kafka_settings, tmp_path):
+    browser, driver_path = _chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    golden = synthetic.write_golden(tmp_path / "golden.jsonl", synthetic.examples(synthetic.OLD, 40, seed=7))
+    s = kafka_settings.model_copy(update={"golden_path": golden, "drift_window": 40, "model_poll_s": 0.5})
+    registry = ModelRegistry(redis_client(s), s.models_dir, s.key_prefix)
+    model, v1 = synthetic.train_v1(s, registry)
+    v2 = registry.publish(model, parent=v1.version).version
+    registry.promote(v2, reason="round passed the gate")
+    registry.rollback(reason="operator")
+    live_acc = LiveAccuracy(redis_client(s), s.key_prefix)
+    now = time.time()
+    live_acc.record([Judgement(f"a{i}", v1.version, i % 10 != 0, now - 60 * (i % 3)) for i in range(60)])
+    live_acc.record([Judgement(f"b{i}", v2, i % 2 == 0, now) for i in range(40)])
+
+    with api_process(s) as url:
+        texts = [t for t, _ in synthetic.examples(synthetic.OLD, 40, seed=3)]
+        random.Random(0).shuffle(texts)
+        with httpx.Client(base_url=url) as client:
+            for start in range(0, len(texts), 20):
+                client.post("/v1/predict", json={"texts": texts[start : start + 20]}).raise_for_status()
+            resp = client.post("/v1/feedback", json={"kind": "label", "text": "rain", "label": "weather", "source": "t"})
+            assert resp.status_code == 202, resp.text
+            wait_for(lambda: len(client.get("/v1/drift", params={"history": 10}).json()["history"]) >= 3,
+                     what="three drift windows")
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = browser
+        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1300"):
+            options.add_argument(arg)
+        driver = webdriver.Chrome(service=Service(driver_path), options=options)
+        try:
+            driver.get(f"{url}/dashboard")
+            wait_for(lambda: driver.execute_script("return Number(document.body.dataset.rendered || 0)") >= 1,
+                     timeout=60, what="the dashboard's first render")
+            for plot in PLOTS:
+                points = driver.execute_script(
+                    "const d = document.getElementById(arguments[0]).data || [];"
+                    "return d.reduce((n, tr) => n + ((tr.y || []).filter((v) => v !== null).length), 0);",
+                    plot,
+                )
+                assert points > 0, f"plot {plot} has no data"
+                assert driver.execute_script(
+                    "return document.querySelectorAll('#' + arguments[0] + ' .main-svg').length", plot
+                ) > 0, f"plot {plot} not drawn"
+            assert "live version 1" in driver.find_element("id", "status").text
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            shot = ARTIFACTS / "dashboard.png"
+            driver.save_screenshot(str(shot))
+            assert shot.stat().st_size > 10_000
+        finally:
+            driver.quit()
