@@ -20,6 +20,7 @@ import redis
 from kafka import OffsetAndMetadata, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError
+from prometheus_client import CollectorRegistry, Counter, start_http_server
 from pydantic import ValidationError
 
 from online.buffer import Incoming, ReplayBuffer
@@ -120,11 +121,22 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {err['msg']}"
 
 
+class ConsumerMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.records = Counter("online_consumer_records", "Feedback records consumed", registry=r)
+        self.stored = Counter("online_consumer_samples", "Buffer writes by outcome", ["outcome"], registry=r)
+        self.dead = Counter("online_consumer_dead_letters", "Records sent to the dead-letter topic", registry=r)
+        self.retries = Counter("online_consumer_batch_retries", "Batches retried (Redis or Kafka errors)", registry=r)
+        self.judgements = Counter("online_consumer_judgements", "Live-accuracy judgements recorded", registry=r)
+
+
 class FeedbackConsumer:
     """The Kafka loop around :class:`FeedbackProcessor`."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.metrics = ConsumerMetrics()
         client = redis_client(settings)
         self.buffer = ReplayBuffer(client, settings.key_prefix, settings.buffer_capacity, settings.dedup_ttl_s)
         self.accuracy = LiveAccuracy(client, settings.key_prefix, settings.dedup_ttl_s)
@@ -150,9 +162,16 @@ class FeedbackConsumer:
             )
             for d in out.dead:
                 log.warning("dead-lettered %s[%d]@%d: %s", d.record.topic, d.record.partition, d.record.offset, d.reason)
-        self.buffer.add(out.samples)
+        added = self.buffer.add(out.samples)
         self.buffer.mark_seen(out.seen_only)
-        self.accuracy.record(out.judgements)
+        judged = self.accuracy.record(out.judgements)
+        m = self.metrics
+        m.records.inc(len(records))
+        m.dead.inc(len(out.dead))
+        m.stored.labels("added").inc(added.added)
+        m.stored.labels("duplicate").inc(added.duplicates)
+        m.stored.labels("redelivered").inc(added.replayed)
+        m.judgements.inc(judged)
         return out
 
     def run(self, stop: threading.Event) -> None:
@@ -172,6 +191,7 @@ class FeedbackConsumer:
                         break
                     except (redis.RedisError, KafkaError, OSError) as exc:
                         log.warning("batch not stored yet (%s); retrying, offsets not committed", exc)
+                        self.metrics.retries.inc()
                         self._reset_dlq()
                         stop.wait(0.5)
                 else:
@@ -201,4 +221,7 @@ class FeedbackConsumer:
 
 
 def run_consumer(settings: Settings, stop: threading.Event) -> None:
-    FeedbackConsumer(settings).run(stop)
+    consumer = FeedbackConsumer(settings)
+    if settings.consumer_metrics_port is not None:
+        start_http_server(settings.consumer_metrics_port, addr="0.0.0.0", registry=consumer.metrics.registry)
+    consumer.run(stop)

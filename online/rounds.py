@@ -13,7 +13,9 @@ buffer as rehearsal material, but are not retried as "new" forever.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,6 +114,7 @@ class RoundRunner:
     def run(self, on_start: Callable[[int], Progress] | None = None) -> RoundReport:
         """One round. ``on_start(total)`` may return a progress callback (which may raise to stop)."""
         started = time.perf_counter()
+        started_at = time.time()
         parent = self.registry.live()
         if parent is None:
             raise RuntimeError("nothing is live: version 1 comes first")
@@ -142,6 +145,8 @@ class RoundRunner:
             "mean_loss": result.mean_loss,
             "train_s": result.duration_s,
             "cursor": upto,
+            "started_at": started_at,
+            "trained_by": f"{socket.gethostname()}:{os.getpid()}",
         }
         metrics = {"golden_accuracy": report.golden_accuracy}
         if report.holdout_accuracy is not None:

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     prediction_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="How long predictions stay resolvable.")
     model_poll_s: float = Field(5.0, gt=0, description="Polling fallback for the live alias.")
     admin_token: SecretStr | None = Field(None, description="Bearer token for admin endpoints; unset: refused.")
+    feedback_api_keys: dict[str, SecretStr] | None = Field(
+        None, description='JSON {"source": "key"}: feedback then needs X-API-Key, and a key sends as its source only.'
+    )
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 above).")
+    cors_origins: list[str] = Field(default_factory=list, description="JSON list of allowed origins; empty: CORS off.")
 
     # --- trainer: scheduling ----------------------------------------------------------------
     train_min_new: int = Field(100, ge=1, description="A round starts at this many new samples...")
@@ -132,10 +137,21 @@ class Settings(BaseSettings):
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
             elif isinstance(value, (list, dict)):
-                value = json.dumps(value)
+                value = json.dumps(_reveal(value))
             env[f"ONLINE_{name.upper()}"] = str(value)
         return env
 
     @property
     def models_dir(self) -> Path:
         return self.model_store or self.state_dir / "models"
+
+
+def _reveal(value):
+    """Secrets inside containers (e.g. API keys per source) as plain values, for a child's environment."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: _reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_reveal(v) for v in value]
+    return value

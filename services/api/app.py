@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from online.connections import redis_client, redis_url
@@ -19,6 +20,7 @@ from online.registry import ModelRegistry
 from online.settings import Settings
 from services.api.drift import DriftMonitor
 from services.api.feedback import BrokerUnavailable, FeedbackIntake, RateLimited
+from services.api.limits import BodySizeLimit
 from services.api.metrics import ApiMetrics
 from services.api.routers import dashboard, drift, feedback, health, models, predict, training
 from services.api.schemas import feedback_body_model, predict_request_model
@@ -64,6 +66,14 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:  # off unless configured
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+        )
 
     @app.exception_handler(NotReady)
     async def _not_ready(_: Request, exc: NotReady) -> JSONResponse:

@@ -1,5 +1,6 @@
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 
+from services.api.admin import feedback_source
 from services.api.schemas import FeedbackAccepted, FeedbackBatch
 
 
@@ -10,11 +11,24 @@ def router(body_model: type) -> APIRouter:
         "/v1/feedback",
         status_code=202,
         response_model=FeedbackAccepted,
-        responses={429: {"description": "Rate limited"}, 503: {"description": "Broker unavailable"}},
+        responses={
+            401: {"description": "API key missing or unknown (when keys are configured)"},
+            403: {"description": "An event's source is not the key's source"},
+            429: {"description": "Rate limited"},
+            503: {"description": "Broker unavailable"},
+        },
     )
-    async def feedback(body: body_model, request: Request) -> FeedbackAccepted:  # type: ignore[valid-type]
+    async def feedback(
+        body: body_model,  # type: ignore[valid-type]
+        request: Request,
+        source: str | None = Depends(feedback_source),
+    ) -> FeedbackAccepted:
         """One feedback event or `{"events": [...]}`. 202 only once the broker acknowledged all of them."""
         events = list(body.events) if isinstance(body, FeedbackBatch) else [body]
+        if source is not None:
+            foreign = sorted({e.source for e in events if e.source != source})
+            if foreign:
+                raise HTTPException(403, f"this API key sends as source {source!r}, not {foreign[0]!r}")
         await request.app.state.feedback.submit(events)
         return FeedbackAccepted(accepted=len(events), event_ids=[e.event_id for e in events])
 
