@@ -93,16 +93,24 @@ class Reference:
         kyy = float(np.exp(-gamma * np.maximum(2 - 2 * mmd_ref @ mmd_ref.T, 0)).mean())
         replace = len(calib) < window
         mmd_null = np.array(
-            [_mmd2(calib[rng.choice(len(calib), window, replace=replace)], mmd_ref, kyy, gamma) for _ in range(NULL_DRAWS)]
+            [
+                _mmd2(calib[rng.choice(len(calib), window, replace=replace)], mmd_ref, kyy, gamma)
+                for _ in range(NULL_DRAWS)
+            ]
         )
         pred_dist = np.bincount(calib_pred, minlength=n_labels).astype(np.float64) / max(len(calib_pred), 1)
-        js_null = np.array(
-            [_js(_hist(rng.choice(calib_pred, window), n_labels), pred_dist) for _ in range(NULL_DRAWS)]
-        )
+        js_null = np.array([_js(_hist(rng.choice(calib_pred, window), n_labels), pred_dist) for _ in range(NULL_DRAWS)])
         return cls(
-            train=train, mmd_ref=mmd_ref, pred_dist=pred_dist, nn_q95=float(np.quantile(d_cal, 0.95)),
-            nn_q99=float(np.quantile(d_cal, 0.99)), gamma=gamma, kyy_mean=kyy, mmd_null=mmd_null,
-            js_null=js_null, window=window,
+            train=train,
+            mmd_ref=mmd_ref,
+            pred_dist=pred_dist,
+            nn_q95=float(np.quantile(d_cal, 0.95)),
+            nn_q99=float(np.quantile(d_cal, 0.99)),
+            gamma=gamma,
+            kyy_mean=kyy,
+            mmd_null=mmd_null,
+            js_null=js_null,
+            window=window,
         )
 
     def save(self, path: Path) -> None:
@@ -111,9 +119,13 @@ class Reference:
     def dumps(self) -> bytes:
         buf = io.BytesIO()
         np.savez_compressed(
-            buf, train=self.train.astype(np.float16), mmd_ref=self.mmd_ref, pred_dist=self.pred_dist,
+            buf,
+            train=self.train.astype(np.float16),
+            mmd_ref=self.mmd_ref,
+            pred_dist=self.pred_dist,
             scalars=np.array([self.nn_q95, self.nn_q99, self.gamma, self.kyy_mean, self.window]),
-            mmd_null=self.mmd_null, js_null=self.js_null,
+            mmd_null=self.mmd_null,
+            js_null=self.js_null,
         )
         return buf.getvalue()
 
@@ -122,8 +134,16 @@ class Reference:
         z = np.load(path)
         q95, q99, gamma, kyy, window = z["scalars"].tolist()
         return cls(
-            train=z["train"].astype(np.float32), mmd_ref=z["mmd_ref"], pred_dist=z["pred_dist"], nn_q95=q95,
-            nn_q99=q99, gamma=gamma, kyy_mean=kyy, mmd_null=z["mmd_null"], js_null=z["js_null"], window=int(window),
+            train=z["train"].astype(np.float32),
+            mmd_ref=z["mmd_ref"],
+            pred_dist=z["pred_dist"],
+            nn_q95=q95,
+            nn_q99=q99,
+            gamma=gamma,
+            kyy_mean=kyy,
+            mmd_null=z["mmd_null"],
+            js_null=z["js_null"],
+            window=int(window),
         )
 
     # --- using (the API) ----------------------------------------------------------------------
@@ -180,12 +200,34 @@ def window_signals(
     js = _js(_hist(predicted, len(ref.pred_dist)), ref.pred_dist)
     js_p = _p_value(ref.js_null, js)
     return {
-        "knn_rate": {"value": knn_rate, "threshold": t.knn_max_rate, "alert": knn_rate > t.knn_max_rate,
-                     "kind": "input", "higher_is_worse": True},
-        "mmd_p": {"value": mmd_p, "threshold": t.mmd_alpha, "alert": mmd_p < t.mmd_alpha, "kind": "input",
-                  "higher_is_worse": False, "statistic": mmd},
-        "oos_rate": {"value": oos_rate, "threshold": t.oos_max_rate, "alert": oos_rate > t.oos_max_rate,
-                     "kind": "out_of_scope", "higher_is_worse": True},
-        "js_p": {"value": js_p, "threshold": t.js_alpha, "alert": js_p < t.js_alpha, "kind": "prediction",
-                 "higher_is_worse": False, "statistic": js},
+        "knn_rate": {
+            "value": knn_rate,
+            "threshold": t.knn_max_rate,
+            "alert": knn_rate > t.knn_max_rate,
+            "kind": "input",
+            "higher_is_worse": True,
+        },
+        "mmd_p": {
+            "value": mmd_p,
+            "threshold": t.mmd_alpha,
+            "alert": mmd_p < t.mmd_alpha,
+            "kind": "input",
+            "higher_is_worse": False,
+            "statistic": mmd,
+        },
+        "oos_rate": {
+            "value": oos_rate,
+            "threshold": t.oos_max_rate,
+            "alert": oos_rate > t.oos_max_rate,
+            "kind": "out_of_scope",
+            "higher_is_worse": True,
+        },
+        "js_p": {
+            "value": js_p,
+            "threshold": t.js_alpha,
+            "alert": js_p < t.js_alpha,
+            "kind": "prediction",
+            "higher_is_worse": False,
+            "statistic": js,
+        },
     }

@@ -21,10 +21,16 @@ def build_reference(
     ``calibration``: in-domain texts it never trained on (the golden set, the round's holdout)."""
     rng = random.Random(settings.seed)
     sample = ClassBalanced().select(trained_on, settings.drift_reference_size, rng)
-    predictor = Predictor(model, 0, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len)
+    predictor = Predictor(
+        model, 0, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len
+    )
     _, train_emb = predictor.probabilities_and_embeddings([t for t, _ in sample])
     probs, calib_emb = predictor.probabilities_and_embeddings([t for t, _ in calibration])
     return Reference.build(
-        train_emb.numpy(), calib_emb.numpy(), probs.argmax(-1).numpy(), len(model.labels), settings.drift_window,
+        train_emb.numpy(),
+        calib_emb.numpy(),
+        probs.argmax(-1).numpy(),
+        len(model.labels),
+        settings.drift_window,
         settings.seed,
     )

@@ -31,8 +31,12 @@ def _compose() -> str:
 def _config(env: dict[str, str]) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in ENV}
     return subprocess.run(
-        [_compose(), "-f", "docker-compose.yml", "config"], cwd=ROOT, env={**clean, **env},
-        capture_output=True, text=True, timeout=60,
+        [_compose(), "-f", "docker-compose.yml", "config"],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -56,7 +60,9 @@ def test_every_online_service_runs_a_real_subcommand(config):
 
 def test_topology_healthchecks_and_restart_policies(config):
     services = config["services"]
-    assert {"kafka", "kafka-init", "redis", "api", "consumer", "trainer", "proxy", "prometheus", "grafana"} <= set(services)
+    assert {"kafka", "kafka-init", "redis", "api", "consumer", "trainer", "proxy", "prometheus", "grafana"} <= set(
+        services
+    )
     assert services["api"]["deploy"]["replicas"] == 2 and services["consumer"]["deploy"]["replicas"] == 2
     assert "--appendonly" in services["redis"]["command"]
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
@@ -84,8 +90,13 @@ def test_prometheus_scrapes_every_part_on_its_metrics_port(config):
     assert targets["trainer"]["port"] == int(env["ONLINE_TRAINER_METRICS_PORT"])
     assert targets["consumer"]["port"] == int(env["ONLINE_CONSUMER_METRICS_PORT"])
     dashboard = (ROOT / "deploy" / "grafana" / "dashboards" / "online.json").read_text()
-    for metric in ("online_predictions_total", "online_drift_signal", "online_consumer_records_total",
-                   "online_trainer_rounds_total", "online_live_accuracy"):
+    for metric in (
+        "online_predictions_total",
+        "online_drift_signal",
+        "online_consumer_records_total",
+        "online_trainer_rounds_total",
+        "online_live_accuracy",
+    ):
         assert metric in dashboard
 
 

@@ -58,10 +58,14 @@ def test_dashboard_renders_every_plot_with_data(kafka_settings, tmp_path):
         with httpx.Client(base_url=url) as client:
             for start in range(0, len(texts), 20):
                 client.post("/v1/predict", json={"texts": texts[start : start + 20]}).raise_for_status()
-            resp = client.post("/v1/feedback", json={"kind": "label", "text": "rain", "label": "weather", "source": "t"})
+            resp = client.post(
+                "/v1/feedback", json={"kind": "label", "text": "rain", "label": "weather", "source": "t"}
+            )
             assert resp.status_code == 202, resp.text
-            wait_for(lambda: len(client.get("/v1/drift", params={"history": 10}).json()["history"]) >= 3,
-                     what="three drift windows")
+            wait_for(
+                lambda: len(client.get("/v1/drift", params={"history": 10}).json()["history"]) >= 3,
+                what="three drift windows",
+            )
 
         options = webdriver.ChromeOptions()
         options.binary_location = browser
@@ -70,8 +74,11 @@ def test_dashboard_renders_every_plot_with_data(kafka_settings, tmp_path):
         driver = webdriver.Chrome(service=Service(driver_path), options=options)
         try:
             driver.get(f"{url}/dashboard")
-            wait_for(lambda: driver.execute_script("return Number(document.body.dataset.rendered || 0)") >= 1,
-                     timeout=60, what="the dashboard's first render")
+            wait_for(
+                lambda: driver.execute_script("return Number(document.body.dataset.rendered || 0)") >= 1,
+                timeout=60,
+                what="the dashboard's first render",
+            )
             for plot in PLOTS:
                 points = driver.execute_script(
                     "const d = document.getElementById(arguments[0]).data || [];"
@@ -79,9 +86,12 @@ def test_dashboard_renders_every_plot_with_data(kafka_settings, tmp_path):
                     plot,
                 )
                 assert points > 0, f"plot {plot} has no data"
-                assert driver.execute_script(
-                    "return document.querySelectorAll('#' + arguments[0] + ' .main-svg').length", plot
-                ) > 0, f"plot {plot} not drawn"
+                assert (
+                    driver.execute_script(
+                        "return document.querySelectorAll('#' + arguments[0] + ' .main-svg').length", plot
+                    )
+                    > 0
+                ), f"plot {plot} not drawn"
             assert "live version 1" in driver.find_element("id", "status").text
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             shot = ARTIFACTS / "dashboard.png"

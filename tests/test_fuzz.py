@@ -20,16 +20,24 @@ TOKEN = "fuzz-token"
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, tiny_base, redis_server, tansu_server):
-    from tests.conftest import DATA_DIR
-
     from online.settings import Settings
+    from tests.conftest import DATA_DIR
 
     tmp = tmp_path_factory.mktemp("fuzz")
     s = Settings(
-        _env_file=None, state_dir=tmp / "state", model_store=tmp / "models", data_dir=DATA_DIR,
-        redis_url=f"redis://127.0.0.1:{redis_server.port}/0", kafka_bootstrap=f"127.0.0.1:{tansu_server.port}",
-        key_prefix="fuzz", feedback_topic="fuzz.feedback", dlq_topic="fuzz.feedback.dlq", base_model=tiny_base,
-        precision="fp32", admin_token=SecretStr(TOKEN), max_batch_size=8,
+        _env_file=None,
+        state_dir=tmp / "state",
+        model_store=tmp / "models",
+        data_dir=DATA_DIR,
+        redis_url=f"redis://127.0.0.1:{redis_server.port}/0",
+        kafka_bootstrap=f"127.0.0.1:{tansu_server.port}",
+        key_prefix="fuzz",
+        feedback_topic="fuzz.feedback",
+        dlq_topic="fuzz.feedback.dlq",
+        base_model=tiny_base,
+        precision="fp32",
+        admin_token=SecretStr(TOKEN),
+        max_batch_size=8,
     )
     registry = ModelRegistry(redis_client(s), s.models_dir, s.key_prefix)
     model = TextClassifier.from_base(tiny_base, ["a", "b"])

@@ -41,8 +41,10 @@ class DriftMonitor:
         self.live_accuracy = LiveAccuracy(client, settings.key_prefix, settings.dedup_ttl_s)
         self.volume = FeedbackVolume(client, settings.key_prefix)
         self.thresholds = Thresholds(
-            knn_max_rate=settings.drift_knn_max_rate, mmd_alpha=settings.drift_mmd_alpha,
-            oos_max_rate=settings.drift_oos_max_rate, confidence=settings.drift_confidence,
+            knn_max_rate=settings.drift_knn_max_rate,
+            mmd_alpha=settings.drift_mmd_alpha,
+            oos_max_rate=settings.drift_oos_max_rate,
+            confidence=settings.drift_confidence,
             js_alpha=settings.drift_js_alpha,
         )
         self._history_key = f"{settings.key_prefix}:drift:history"
@@ -104,13 +106,23 @@ class DriftMonitor:
             signals = window_signals(self.reference, emb, dist, conf, pred, self.thresholds)
         else:
             low = float(np.mean(conf < self.s.drift_confidence))
-            signals = {"oos_rate": {"value": low, "threshold": self.s.drift_oos_max_rate,
-                                    "alert": low > self.s.drift_oos_max_rate, "kind": "out_of_scope",
-                                    "higher_is_worse": True}}
+            signals = {
+                "oos_rate": {
+                    "value": low,
+                    "threshold": self.s.drift_oos_max_rate,
+                    "alert": low > self.s.drift_oos_max_rate,
+                    "kind": "out_of_scope",
+                    "higher_is_worse": True,
+                }
+            }
         counts = np.bincount(pred, minlength=len(self.labels))
         self.latest = {
-            "at": now, "replica": self.replica, "version": self.version, "size": len(conf),
-            "signals": signals, "label_counts": {self.labels[i]: int(c) for i, c in enumerate(counts) if c},
+            "at": now,
+            "replica": self.replica,
+            "version": self.version,
+            "size": len(conf),
+            "signals": signals,
+            "label_counts": {self.labels[i]: int(c) for i, c in enumerate(counts) if c},
         }
         for name, sig in signals.items():
             self.metrics.drift_signal.labels(name).set(sig["value"])
@@ -118,8 +130,13 @@ class DriftMonitor:
             if sig["alert"] and name not in self.alert_since:
                 self.alert_since[name] = now
                 self.metrics.drift_alerts.labels(name).inc()
-                log.warning("drift alert raised: %s = %.4g (threshold %.4g), version %s",
-                            name, sig["value"], sig["threshold"], self.version)
+                log.warning(
+                    "drift alert raised: %s = %.4g (threshold %.4g), version %s",
+                    name,
+                    sig["value"],
+                    sig["threshold"],
+                    self.version,
+                )
             elif not sig["alert"] and name in self.alert_since:
                 del self.alert_since[name]
                 log.info("drift alert cleared: %s = %.4g", name, sig["value"])
@@ -143,12 +160,23 @@ class DriftMonitor:
         per_version = []
         for v, a in sorted(accs.items()):
             parent = versions[v].parent if v in versions else None
-            entry = {"version": v, "parent": parent, "n": a.n, "correct": a.correct, "accuracy": a.accuracy,
-                     "live": v == live, "per_minute": self.live_accuracy.per_minute(v)[-180:]}
+            entry = {
+                "version": v,
+                "parent": parent,
+                "n": a.n,
+                "correct": a.correct,
+                "accuracy": a.accuracy,
+                "live": v == live,
+                "per_minute": self.live_accuracy.per_minute(v)[-180:],
+            }
             if parent is not None and parent in accs:
                 verdict = judge(accs[parent], a, self.s)
-                entry["vs_parent"] = {"p_value": verdict.p_value, "drop": verdict.drop, "worse": verdict.fire,
-                                      "reason": verdict.reason}
+                entry["vs_parent"] = {
+                    "p_value": verdict.p_value,
+                    "drop": verdict.drop,
+                    "worse": verdict.fire,
+                    "reason": verdict.reason,
+                }
             per_version.append(entry)
         feedback_signals = self._feedback_signals(live, accs, per_version)
         snapshots = [json.loads(v) for v in self.r.hvals(self._snapshots_key)]
@@ -157,12 +185,26 @@ class DriftMonitor:
         for snap in snapshots:
             for name, sig in snap["signals"].items():
                 if sig["alert"]:
-                    alerts.append({"signal": name, "replica": snap["replica"], "value": sig["value"],
-                                   "threshold": sig["threshold"], "at": snap["at"]})
+                    alerts.append(
+                        {
+                            "signal": name,
+                            "replica": snap["replica"],
+                            "value": sig["value"],
+                            "threshold": sig["threshold"],
+                            "at": snap["at"],
+                        }
+                    )
         for name, sig in feedback_signals.items():
             if sig["alert"]:
-                alerts.append({"signal": name, "replica": None, "value": sig["value"], "threshold": sig["threshold"],
-                               "at": time.time()})
+                alerts.append(
+                    {
+                        "signal": name,
+                        "replica": None,
+                        "value": sig["value"],
+                        "threshold": sig["threshold"],
+                        "at": time.time(),
+                    }
+                )
         out = {
             "live_version": live,
             "replica": self.replica,
@@ -184,10 +226,17 @@ class DriftMonitor:
         signals: dict[str, dict] = {}
         if live is not None and live in accs and accs[live].n >= self.s.drift_live_accuracy_min_n:
             acc = accs[live].accuracy
-            worse = next((e.get("vs_parent", {}).get("worse", False) for e in per_version if e["version"] == live), False)
-            signals["live_accuracy"] = {"value": acc, "threshold": self.s.drift_min_live_accuracy,
-                                        "alert": acc < self.s.drift_min_live_accuracy or worse, "kind": "feedback",
-                                        "n": accs[live].n, "worse_than_parent": worse}
+            worse = next(
+                (e.get("vs_parent", {}).get("worse", False) for e in per_version if e["version"] == live), False
+            )
+            signals["live_accuracy"] = {
+                "value": acc,
+                "threshold": self.s.drift_min_live_accuracy,
+                "alert": acc < self.s.drift_min_live_accuracy or worse,
+                "kind": "feedback",
+                "n": accs[live].n,
+                "worse_than_parent": worse,
+            }
         return signals
 
     def _label_distribution(self) -> dict:
@@ -199,4 +248,8 @@ class DriftMonitor:
         ref = {}
         if self.reference is not None and len(self.reference.pred_dist) == len(self.labels):
             ref = {lab: float(self.reference.pred_dist[self.labels.index(lab)]) for lab in top}
-        return {"labels": top, "window": [counts[lab] / total for lab in top], "reference": [ref.get(lab) for lab in top]}
+        return {
+            "labels": top,
+            "window": [counts[lab] / total for lab in top],
+            "reference": [ref.get(lab) for lab in top],
+        }

@@ -49,7 +49,9 @@ def run_bench_drift(settings: Settings, console: Console, *, windows: int, after
     train, test = seed_data(settings)
     golden = GoldenSet(test, "bench") if settings.golden_path is None else GoldenSet.load(settings.golden_path)
     reference = build_reference(model, train, golden.examples, settings)
-    predictor = Predictor(model, 0, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len)
+    predictor = Predictor(
+        model, 0, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len
+    )
     known = set(model.labels)
     in_domain = [t for t, lab in clinc.split("val") if lab in known]
     oos = [t for t, _ in clinc.split("oos_test")]
@@ -58,8 +60,11 @@ def run_bench_drift(settings: Settings, console: Console, *, windows: int, after
     index = reference.index()
     in_dist, oos_dist = nn_distance(index, in_emb), nn_distance(index, oos_emb)
     thresholds = Thresholds(
-        knn_max_rate=settings.drift_knn_max_rate, mmd_alpha=settings.drift_mmd_alpha,
-        oos_max_rate=settings.drift_oos_max_rate, confidence=settings.drift_confidence, js_alpha=settings.drift_js_alpha,
+        knn_max_rate=settings.drift_knn_max_rate,
+        mmd_alpha=settings.drift_mmd_alpha,
+        oos_max_rate=settings.drift_oos_max_rate,
+        confidence=settings.drift_confidence,
+        js_alpha=settings.drift_js_alpha,
     )
     w = settings.drift_window
     rng = random.Random(settings.seed)
@@ -74,8 +79,18 @@ def run_bench_drift(settings: Settings, console: Console, *, windows: int, after
 
     before = [window([("in", w)]) for _ in range(windows)]
     switch = [window([("in", w // 2), ("oos", w - w // 2)])] + [window([("oos", w)]) for _ in range(after - 1)]
-    table = Table(title=f"online bench drift: {windows} in-domain windows of {w}, then out-of-scope (switch mid-window 1)")
-    for col in ("signal", "kind", "threshold", "false alarms / 100", "worst in-domain", "windows to alarm", "first OOS value"):
+    table = Table(
+        title=f"online bench drift: {windows} in-domain windows of {w}, then out-of-scope (switch mid-window 1)"
+    )
+    for col in (
+        "signal",
+        "kind",
+        "threshold",
+        "false alarms / 100",
+        "worst in-domain",
+        "windows to alarm",
+        "first OOS value",
+    ):
         table.add_column(col, justify="left" if col in ("signal", "kind") else "right")
     for name in before[0]:
         worse_high = before[0][name]["higher_is_worse"]
@@ -83,9 +98,13 @@ def run_bench_drift(settings: Settings, console: Console, *, windows: int, after
         false_alarms = sum(b[name]["alert"] for b in before)
         to_alarm = next((i + 1 for i, s in enumerate(switch) if s[name]["alert"]), None)
         table.add_row(
-            name, before[0][name]["kind"], f"{before[0][name]['threshold']:.3g}",
-            f"{100 * false_alarms / windows:.1f}", f"{(max if worse_high else min)(values):.3g}",
-            str(to_alarm) if to_alarm else f"none in {after}", f"{switch[0][name]['value']:.3g}",
+            name,
+            before[0][name]["kind"],
+            f"{before[0][name]['threshold']:.3g}",
+            f"{100 * false_alarms / windows:.1f}",
+            f"{(max if worse_high else min)(values):.3g}",
+            str(to_alarm) if to_alarm else f"none in {after}",
+            f"{switch[0][name]['value']:.3g}",
         )
     console.print(table)
     console.print(
