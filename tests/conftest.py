@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import BertConfig, BertModel
 
 from online.model import default_base_model
@@ -52,6 +53,7 @@ def tiny_base(tmp_path_factory) -> str:
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=128,
     )  # fmt: skip
+    torch.manual_seed(0)  # the same tiny encoder in every session: learning tests are reproducible
     BertModel(config).save_pretrained(path)
     real = Path(default_base_model())
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):

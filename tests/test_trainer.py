@@ -29,11 +29,12 @@ def tsettings(settings, tmp_path):
     return settings.model_copy(
         update={
             "golden_path": golden,
-            "train_epochs": 6,
+            "train_epochs": 10,
             "rehearsal_min": 60,
             "holdout_fraction": 0.2,
             "holdout_min_new": 20,
             "gate_latency_ratio": 5.0,
+            "gate_max_golden_drop": 0.05,  # one text of this 45-text golden set is 2.2 points
             "train_min_new": 5,
             "train_max_wait_s": 0.5,
             "train_poll_s": 0.1,
@@ -70,7 +71,7 @@ def test_a_round_learns_a_new_label_and_old_labels_keep_theirs(tsettings, parts)
 
     report = runner(tsettings, registry, buffer).run()
 
-    assert report.status == "promoted", report.gate
+    assert report.status == "promoted", [(c.name, c.value, c.threshold, c.detail) for c in report.gate.checks]
     assert report.added_labels == ["travel"] and report.holdout > 0 and report.rehearsed >= 60
     assert registry.live() == report.version and registry.get(report.version).parent == v1.version
     assert buffer.new_count() == 0  # the cursor moved past the round's samples
