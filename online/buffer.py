@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from dataclasses import dataclass
 
 import redis
@@ -35,6 +36,9 @@ for i = 0, n - 1 do
   local eid, sid, text, label, source, at = ARGV[b], ARGV[b+1], ARGV[b+2], ARGV[b+3], ARGV[b+4], ARGV[b+5]
   if redis.call('SET', p .. ':seen:' .. eid, '1', 'NX', 'EX', ttl) then
     local sk = p .. ':s:' .. sid
+    redis.call('SADD', p .. ':srcs:' .. sid, source)
+    redis.call('HINCRBY', p .. ':source:' .. source, 'events', 1)
+    redis.call('SADD', p .. ':sources', source)
     redis.call('HINCRBY', p .. ':stats:' .. label, 'total', 1)
     redis.call('SADD', p .. ':labels', label)
     if redis.call('EXISTS', sk) == 1 then
@@ -55,11 +59,62 @@ end
 return {added, dups, replayed}
 """
 
+_QUARANTINE = """
+local p, at, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local moved = 0
+for i = 0, n - 1 do
+  local sid, reason = ARGV[4 + i * 2], ARGV[5 + i * 2]
+  local sk = p .. ':s:' .. sid
+  local label = redis.call('HGET', sk, 'label')
+  if label and redis.call('ZREM', p .. ':log', sid) == 1 then
+    redis.call('ZREM', p .. ':l:' .. label, sid)
+    redis.call('HSET', sk, 'quarantined', reason, 'quarantined_at', at)
+    redis.call('ZADD', p .. ':q', at, sid)
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+_RELEASE = """
+local p, n = ARGV[1], tonumber(ARGV[2])
+local released = 0
+for i = 0, n - 1 do
+  local sid = ARGV[3 + i]
+  local sk = p .. ':s:' .. sid
+  if redis.call('ZREM', p .. ':q', sid) == 1 then
+    local seq = redis.call('INCR', p .. ':seq')  -- a new sequence number: the next round trains on it
+    local label = redis.call('HGET', sk, 'label')
+    redis.call('HDEL', sk, 'quarantined', 'quarantined_at')
+    redis.call('HSET', sk, 'seq', seq)
+    redis.call('ZADD', p .. ':l:' .. label, seq, sid)
+    redis.call('ZADD', p .. ':log', seq, sid)
+    released = released + 1
+  end
+end
+return released
+"""
+
+_DROP = """
+local p, n = ARGV[1], tonumber(ARGV[2])
+local dropped = 0
+for i = 0, n - 1 do
+  local sid = ARGV[3 + i]
+  if redis.call('ZREM', p .. ':q', sid) == 1 then
+    local label = redis.call('HGET', p .. ':s:' .. sid, 'label')
+    if label then redis.call('HINCRBY', p .. ':stats:' .. label, 'dropped', 1) end
+    redis.call('DEL', p .. ':s:' .. sid, p .. ':srcs:' .. sid)
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
+
 _EVICT = """
 local p, label, cursor, r = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local sids = redis.call('ZRANGEBYSCORE', p .. ':l:' .. label, '-inf', cursor, 'LIMIT', r, 1)
 if #sids == 0 then return 0 end
-redis.call('DEL', p .. ':s:' .. sids[1])
+redis.call('DEL', p .. ':s:' .. sids[1], p .. ':srcs:' .. sids[1])
 redis.call('ZREM', p .. ':l:' .. label, sids[1])
 redis.call('ZREM', p .. ':log', sids[1])
 redis.call('HINCRBY', p .. ':stats:' .. label, 'evicted', 1)
@@ -117,6 +172,19 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class Held:
+    """A sample in quarantine: not trained on, not rehearsed, until released or dropped."""
+
+    sid: str
+    text: str
+    label: str
+    source: str
+    sources: int  # distinct sources that sent this (text, label)
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
 class AddResult:
     added: int
     duplicates: int
@@ -150,6 +218,9 @@ class ReplayBuffer:
         self._evict = client.register_script(_EVICT)
         self._advance = client.register_script(_ADVANCE)
         self._dead = client.register_script(_DEAD)
+        self._quarantine = client.register_script(_QUARANTINE)
+        self._release = client.register_script(_RELEASE)
+        self._drop = client.register_script(_DROP)
         self._rng = random.Random()
 
     # --- writing ------------------------------------------------------------------------------
@@ -256,6 +327,47 @@ class ReplayBuffer:
             for sid, h in zip(sids, rows)
             if h
         ]
+
+    # --- quarantine (poisoning defence) -------------------------------------------------------
+    def quarantine(self, held: list[tuple[str, str]]) -> int:
+        """Move samples (sid, reason) out of the trainable buffer into quarantine."""
+        if not held:
+            return 0
+        args: list[str | float | int] = [self.p, time.time(), len(held)]
+        for sid, reason in held:
+            args += [sid, reason]
+        return int(self._quarantine(args=args))
+
+    def release(self, sids: list[str]) -> int:
+        """Back into the buffer as new samples: the next round trains on them."""
+        return int(self._release(args=[self.p, len(sids), *sids])) if sids else 0
+
+    def drop(self, sids: list[str]) -> int:
+        return int(self._drop(args=[self.p, len(sids), *sids])) if sids else 0
+
+    def held(self, limit: int | None = None) -> list[Held]:
+        sids = self.r.zrange(f"{self.p}:q", 0, -1 if limit is None else limit - 1)
+        with self.r.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.hgetall(f"{self.p}:s:{sid}")
+                pipe.scard(f"{self.p}:srcs:{sid}")
+            rows = pipe.execute()
+        return [
+            Held(sid, h["text"], h["label"], h.get("source", ""), int(n), h.get("quarantined", ""),
+                 float(h.get("quarantined_at", 0)))
+            for sid, h, n in zip(sids, rows[::2], rows[1::2])
+            if h
+        ]
+
+    def held_count(self) -> int:
+        return int(self.r.zcard(f"{self.p}:q"))
+
+    def sources(self, sids: list[str]) -> list[set[str]]:
+        """The distinct sources that sent each sample's (text, label)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.smembers(f"{self.p}:srcs:{sid}")
+            return [set(m) for m in pipe.execute()]
 
     def stats(self) -> list[LabelStats]:
         cursor = self.cursor()

@@ -69,6 +69,7 @@ class Reference:
     mmd_null: np.ndarray
     js_null: np.ndarray
     window: int
+    train_labels: list[str] | None = None  # label of each indexed training point (quarantine neighbours)
 
     # --- building (the trainer) ---------------------------------------------------------------
     @classmethod
@@ -80,6 +81,7 @@ class Reference:
         n_labels: int,
         window: int,
         seed: int = 0,
+        train_labels: list[str] | None = None,
     ) -> "Reference":
         rng = np.random.default_rng(seed)
         train = _normalise(train_emb)
@@ -111,6 +113,7 @@ class Reference:
             mmd_null=mmd_null,
             js_null=js_null,
             window=window,
+            train_labels=train_labels,
         )
 
     def save(self, path: Path) -> None:
@@ -126,6 +129,7 @@ class Reference:
             scalars=np.array([self.nn_q95, self.nn_q99, self.gamma, self.kyy_mean, self.window]),
             mmd_null=self.mmd_null,
             js_null=self.js_null,
+            train_labels=np.array(self.train_labels or [], dtype=str),
         )
         return buf.getvalue()
 
@@ -144,6 +148,7 @@ class Reference:
             mmd_null=z["mmd_null"],
             js_null=z["js_null"],
             window=int(window),
+            train_labels=z["train_labels"].tolist() if "train_labels" in z and len(z["train_labels"]) else None,
         )
 
     # --- using (the API) ----------------------------------------------------------------------

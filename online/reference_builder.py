@@ -33,4 +33,5 @@ def build_reference(
         len(model.labels),
         settings.drift_window,
         settings.seed,
+        train_labels=[lab for _, lab in sample],
     )

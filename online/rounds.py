@@ -21,11 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from online.buffer import ReplayBuffer
+from online.buffer import ReplayBuffer, Sample
 from online.continual import LearnConfig, learn, select_rehearsal, split_holdout
 from online.data import DataNotFound, Example
-from online.drift import REFERENCE_FILE
+from online.drift import REFERENCE_FILE, Reference
 from online.gate import Gate, GateReport
+from online.inference import Predictor
+from online.model import TextClassifier
+from online.quarantine import Candidate, ScreenConfig, SourceLedger, decide, screen
 from online.reference_builder import build_reference
 from online.registry import LiveMoved, ModelRegistry
 from online.seed import seed_data
@@ -93,6 +96,17 @@ def work_units(n_examples: int, cfg: LearnConfig) -> int:
     return n_examples if cfg.mode == "head" else n_examples * cfg.epochs
 
 
+def screen_config(settings: Settings) -> ScreenConfig:
+    return ScreenConfig(
+        confidence=settings.quarantine_confidence,
+        neighbours=settings.quarantine_neighbours,
+        majority=settings.quarantine_majority,
+        source_max_rate=settings.quarantine_source_max_rate,
+        source_min_events=settings.quarantine_source_min_events,
+        release_sources=settings.quarantine_release_sources,
+    )
+
+
 class RoundRunner:
     """Runs rounds; the caller holds the trainer's leader lock."""
 
@@ -111,6 +125,47 @@ class RoundRunner:
         self.cfg = learn_config(settings)
         self.seed_examples = seed_pool(settings) if seed_examples is None else seed_examples
 
+    def _release_agreed(self) -> int:
+        """Held samples that enough distinct trusted sources sent go back to the buffer as new."""
+        need = self.s.quarantine_release_sources
+        bad = SourceLedger(self.buffer.r, self.s.key_prefix).quarantined()
+        waiting = self.buffer.held()
+        released = [
+            h.sid for h, srcs in zip(waiting, self.buffer.sources([h.sid for h in waiting])) if len(srcs - bad) >= need
+        ]
+        if released:
+            log.info("released %d held samples that %d+ sources agree on", len(released), need)
+        return self.buffer.release(released)
+
+    def _screen(self, live: TextClassifier, parent: int, samples: list[Sample]) -> tuple[list[Sample], int]:
+        """Hold poisoned-looking samples (``online.quarantine``); release held ones enough sources sent."""
+        cfg = screen_config(self.s)
+        ledger = SourceLedger(self.buffer.r, self.s.key_prefix)
+        bad = ledger.quarantined()
+        agreed = {
+            s.sid for s, srcs in zip(samples, self.buffer.sources([s.sid for s in samples]))
+            if len(srcs - bad) >= cfg.release_sources
+        }
+        predictor = Predictor(live, 0, device=self.s.device, precision=self.s.precision, max_seq_len=self.s.max_seq_len)
+        probs, emb = predictor.probabilities_and_embeddings([s.text for s in samples])
+        ref_path = self.registry.path(parent) / REFERENCE_FILE
+        reference = Reference.load(ref_path) if ref_path.is_file() else None
+        items = [Candidate(s.text, s.label, s.source) for s in samples]
+        judged = screen(items, probs.numpy(), emb.numpy(), live.labels, reference, cfg)
+        delta: dict[str, list[int]] = {}
+        reasons, newly = decide(items, judged, ledger.counts(), bad, cfg)
+        decide(items, judged, delta, bad, cfg)  # this batch alone: what the ledger records
+        ledger.record({src: (n, k) for src, (n, k) in delta.items()})
+        for source in sorted(newly):
+            ledger.quarantine(source)
+            log.warning("source %r quarantined: most of its labels contradict the live model's knowledge", source)
+        hold = [(s.sid, r) for s, r in zip(samples, reasons) if r and s.sid not in agreed]
+        if hold:
+            self.buffer.quarantine(hold)
+            log.warning("quarantined %d of %d new samples (e.g. %s)", len(hold), len(samples), hold[0][1])
+        held_ids = {sid for sid, _ in hold}
+        return [s for s in samples if s.sid not in held_ids], len(hold)
+
     def run(self, on_start: Callable[[int], Progress] | None = None) -> RoundReport:
         """One round. ``on_start(total)`` may return a progress callback (which may raise to stop)."""
         started = time.perf_counter()
@@ -118,10 +173,15 @@ class RoundRunner:
         parent = self.registry.live()
         if parent is None:
             raise RuntimeError("nothing is live: version 1 comes first")
+        if self.s.quarantine:
+            self._release_agreed()
         samples, upto = self.buffer.new_samples(limit=self.s.round_max_new)
         if not samples:
             return RoundReport(status="idle", parent=parent)
         live, manifest = self.registry.load(parent)
+        held = 0
+        if self.s.quarantine:
+            samples, held = self._screen(live, parent, samples)
         new_ids = {s.sid for s in samples}
         new = [(s.text, s.label) for s in samples]
         train_new, holdout = split_holdout(new, self.s.holdout_fraction, self.s.holdout_min_new)
@@ -145,6 +205,7 @@ class RoundRunner:
             "mean_loss": result.mean_loss,
             "train_s": result.duration_s,
             "cursor": upto,
+            "quarantined": held,
             "started_at": started_at,
             "trained_by": f"{socket.gethostname()}:{os.getpid()}",
         }

@@ -101,6 +101,15 @@ class Settings(BaseSettings):
     holdout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of a round's new samples kept for the gate.")
     holdout_min_new: int = Field(50, ge=1, description="Rounds with fewer new samples hold none out.")
 
+    # --- poisoning quarantine -----------------------------------------------------------------
+    quarantine: bool = Field(True, description="Screen label feedback before it is trained on.")
+    quarantine_confidence: float = Field(0.8, gt=0, le=1, description="Live confidence that counts as confident.")
+    quarantine_neighbours: int = Field(10, ge=1, description="Neighbours (other sources, known data) consulted.")
+    quarantine_majority: float = Field(0.6, gt=0, le=1, description="Neighbour share that contradicts a label.")
+    quarantine_source_max_rate: float = Field(0.5, gt=0, le=1, description="Contradicted share that quarantines a source...")
+    quarantine_source_min_events: int = Field(20, ge=1, description="...once it has this many judged examples.")
+    quarantine_release_sources: int = Field(3, ge=2, description="Distinct sources that release a held example.")
+
     # --- gate ---------------------------------------------------------------------------------
     golden_path: Path | None = Field(None, description="Golden set JSONL (text, label); unset: frozen at v1.")
     golden_per_label: int = Field(30, ge=1, description="Golden examples per label when frozen at version 1.")

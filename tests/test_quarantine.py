@@ -1,0 +1,103 @@
+"""Poisoning quarantine: a flipped label is held and not trained on, agreement from enough distinct
+sources releases it, and a hostile source is quarantined as a whole."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from online.buffer import Incoming, ReplayBuffer
+from online.connections import redis_client
+from online.gate import Gate, GoldenSet
+from online.quarantine import SOURCE_HELD, SourceLedger
+from online.registry import ModelRegistry
+from online.rounds import RoundRunner
+from tests import synthetic
+
+HONEST = ["alice", "bob", "carol"]
+
+
+@pytest.fixture
+def qsettings(settings, tmp_path):
+    golden = synthetic.write_golden(tmp_path / "golden.jsonl", synthetic.examples(synthetic.OLD, 15, seed=7))
+    return settings.model_copy(
+        update={
+            "golden_path": golden,
+            "train_epochs": 10,
+            "rehearsal_min": 60,
+            "holdout_min_new": 1000,
+            "gate_latency_ratio": 5.0,
+            "gate_max_golden_drop": 0.05,
+            "quarantine_source_min_events": 10,
+        }
+    )
+
+
+@pytest.fixture
+def parts(qsettings):
+    client = redis_client(qsettings)
+    registry = ModelRegistry(client, qsettings.models_dir, qsettings.key_prefix)
+    buffer = ReplayBuffer(client, qsettings.key_prefix)
+    synthetic.train_v1(qsettings, registry)
+    runner = RoundRunner(
+        qsettings, registry, buffer, Gate(qsettings, GoldenSet.for_settings(qsettings)),
+        seed_examples=synthetic.examples(synthetic.OLD, 40, seed=1),
+    )
+    return registry, buffer, runner, SourceLedger(client, qsettings.key_prefix)
+
+
+def send(buffer: ReplayBuffer, items: list[tuple[str, str, str]]) -> None:
+    buffer.add([Incoming(f"{src}-{time.monotonic_ns()}-{i}", t, lab, src, time.time()) for i, (t, lab, src) in enumerate(items)])
+
+
+def honest(n: int, seed: int) -> list[tuple[str, str, str]]:
+    rng = random.Random(seed)
+    return [(t, lab, rng.choice(HONEST)) for t, lab in synthetic.examples(synthetic.OLD, n, seed=seed)]
+
+
+def test_a_flipped_label_is_held_and_released_when_enough_sources_agree(parts):
+    registry, buffer, runner, ledger = parts
+    flipped = ("please rain today", "bank", "mallory")  # the live model and every neighbour say weather
+    send(buffer, honest(10, seed=21) + [flipped])
+
+    report = runner.run()
+    assert report.status == "promoted"
+    (held,) = buffer.held()
+    assert (held.text, held.label, held.source) == flipped[:3] and "weather" in held.reason
+    assert registry.get(report.version).round["quarantined"] == 1
+    assert flipped[0] not in {s.text for s in buffer.samples()}  # not trained, not rehearsed
+    assert "mallory" not in ledger.quarantined()  # one contradiction is not a hostile source
+
+    send(buffer, [(flipped[0], "bank", "dave")])  # a second source agrees: not enough yet
+    runner.run()
+    assert [h.text for h in buffer.held()] == [flipped[0]]
+    send(buffer, [(flipped[0], "bank", "erin")])  # a third distinct source: released, trained next
+    runner.run()
+    assert buffer.held() == []
+    assert flipped[0] in {s.text for s in buffer.samples()}
+
+
+def test_a_hostile_source_is_quarantined_as_a_whole(parts):
+    registry, buffer, runner, ledger = parts
+    rng = random.Random(3)
+    hostile = [
+        (t, rng.choice([lab for lab in synthetic.OLD if lab != true]), "mallory")
+        for t, true in synthetic.examples(synthetic.OLD, 6, seed=31)
+    ]
+    send(buffer, honest(10, seed=22) + hostile)
+
+    report = runner.run()
+    assert "mallory" in ledger.quarantined()
+    held = buffer.held()
+    assert {h.source for h in held} == {"mallory"} and len(held) == len(hostile)
+    assert sum(h.reason == SOURCE_HELD for h in held) >= 1  # some held only because of their source
+    assert report.new == len({(t, lab) for t, lab, _ in honest(10, seed=22)})  # every honest sample trained on
+    stats = ledger.stats()["mallory"]
+    assert stats["quarantined"] == 1 and stats["contradicted"] / stats["judged"] > 0.5
+    assert all(ledger.stats()[s]["quarantined"] == 0 for s in HONEST)
+
+    send(buffer, [("some guitar song", "weather", "mallory")])  # later events of the source wait too
+    runner.run()
+    assert "some guitar song" in {h.text for h in buffer.held()}
