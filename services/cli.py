@@ -331,6 +331,61 @@ def training_status() -> None:
     console.print("running" if state is None else f"paused since {_when(state['at'])}: {state.get('reason', '')}")
 
 
+quarantine_app = typer.Typer(help="Feedback held as possible poisoning: list, release, drop.", no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
+
+
+def _quarantine_parts():
+    from online.buffer import ReplayBuffer
+    from online.connections import redis_client
+    from online.quarantine import SourceLedger
+
+    settings = _settings()
+    client = redis_client(settings)
+    return ReplayBuffer(client, settings.key_prefix), SourceLedger(client, settings.key_prefix)
+
+
+@quarantine_app.command("list")
+def quarantine_list(limit: int = typer.Option(50, help="Held samples to show.")) -> None:
+    """Held samples and per-source statistics."""
+    buffer, ledger = _quarantine_parts()
+    held = Table("sid", "source", "sources", "label", "text", "reason", "since", title=f"held ({buffer.held_count()})")
+    for h in buffer.held(limit):
+        held.add_row(h.sid, h.source, str(h.sources), h.label, h.text[:60], h.reason, _when(h.at))
+    console.print(held)
+    sources = Table("source", "events", "judged", "contradicted", "rate", "quarantined", title="sources")
+    for name, st in ledger.stats().items():
+        rate = f"{st['contradicted'] / st['judged']:.2f}" if st["judged"] else ""
+        sources.add_row(name, str(st["events"]), str(st["judged"]), str(st["contradicted"]), rate,
+                        "[red]yes[/]" if st["quarantined"] else "")
+    console.print(sources)
+
+
+@quarantine_app.command("release")
+def quarantine_release(
+    sids: list[str] = typer.Argument(None, help="Held sample ids (from `online quarantine list`)."),
+    source: str | None = typer.Option(None, help="Trust this source again and release all it sent."),
+) -> None:
+    """Release held samples: the next round trains on them."""
+    buffer, ledger = _quarantine_parts()
+    chosen = list(sids or [])
+    if source:
+        ledger.release(source)
+        chosen += [h.sid for h in buffer.held() if h.source == source]
+    console.print(f"released {buffer.release(chosen)}")
+
+
+@quarantine_app.command("drop")
+def quarantine_drop(
+    sids: list[str] = typer.Argument(None, help="Held sample ids."),
+    source: str | None = typer.Option(None, help="Drop everything held from this source."),
+) -> None:
+    """Delete held samples for good."""
+    buffer, _ = _quarantine_parts()
+    chosen = list(sids or []) + ([h.sid for h in buffer.held() if h.source == source] if source else [])
+    console.print(f"dropped {buffer.drop(chosen)}")
+
+
 @feedback_app.command("send")
 def feedback_send(
     file: Path | None = typer.Option(None, "--file", "-f", help="JSONL file, one event per line."),

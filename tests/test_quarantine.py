@@ -101,3 +101,29 @@ def test_a_hostile_source_is_quarantined_as_a_whole(parts):
     send(buffer, [("some guitar song", "weather", "mallory")])  # later events of the source wait too
     runner.run()
     assert "some guitar song" in {h.text for h in buffer.held()}
+
+
+def test_operators_list_release_and_drop_held_samples(qsettings, parts):
+    from fastapi.testclient import TestClient
+    from pydantic import SecretStr
+
+    from services.api.app import create_app
+
+    _, buffer, runner, _ = parts
+    send(buffer, honest(10, seed=23) + [("the rain forecast", "music", "mallory"), ("a guitar concert", "bank", "mallory")])
+    runner.run()
+    held = {h.text: h.sid for h in buffer.held()}
+    assert set(held) == {"the rain forecast", "a guitar concert"}
+    secured = qsettings.model_copy(update={"admin_token": SecretStr("s3cret")})
+    auth = {"Authorization": "Bearer s3cret"}
+    with TestClient(create_app(secured)) as client:
+        assert client.get("/v1/quarantine").status_code == 401  # it shows texts: admin only
+        listed = client.get("/v1/quarantine", headers=auth).json()
+        assert {h["text"] for h in listed["held"]} == set(held)
+        assert {s["source"] for s in listed["sources"]} >= {"mallory", *HONEST}
+        resp = client.post("/v1/quarantine/drop", json={"sids": [held["a guitar concert"]]}, headers=auth)
+        assert resp.json() == {"changed": 1}
+        resp = client.post("/v1/quarantine/release", json={"sids": [held["the rain forecast"]]}, headers=auth)
+        assert resp.json() == {"changed": 1}
+    assert buffer.held() == [] and buffer.new_count() == 1  # released: trained by the next round
+    assert "a guitar concert" not in {s.text for s in buffer.samples()}

@@ -16,6 +16,8 @@ ADMIN = [
     ("/v1/models/promote", {"version": 1}),
     ("/v1/training/pause", {}),
     ("/v1/training/resume", None),
+    ("/v1/quarantine/release", {"source": "mallory"}),
+    ("/v1/quarantine/drop", {"sids": ["abc"]}),
 ]
 
 

@@ -22,7 +22,7 @@ from services.api.drift import DriftMonitor
 from services.api.feedback import BrokerUnavailable, FeedbackIntake, RateLimited
 from services.api.limits import BodySizeLimit
 from services.api.metrics import ApiMetrics
-from services.api.routers import dashboard, drift, feedback, health, models, predict, training
+from services.api.routers import dashboard, drift, feedback, health, models, predict, quarantine, training
 from services.api.schemas import feedback_body_model, predict_request_model
 from services.api.service import ModelService, NotReady
 
@@ -105,6 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(models.api)
     app.include_router(training.api)
     app.include_router(drift.api)
+    app.include_router(quarantine.api)
     app.include_router(dashboard.api)
     app.include_router(health.api)
     return app

@@ -125,3 +125,37 @@ def feedback_body_model(settings: Settings) -> type:
 class FeedbackAccepted(BaseModel):
     accepted: int
     event_ids: list[str] = Field(description="Stored by the broker; the consumer deduplicates by these.")
+
+
+class HeldOut(BaseModel):
+    sid: str
+    text: str
+    label: str
+    source: str
+    sources: int
+    reason: str
+    at: float
+
+
+class SourceOut(BaseModel):
+    source: str
+    events: int
+    judged: int
+    contradicted: int
+    contradiction_rate: float | None
+    quarantined: bool
+
+
+class QuarantineResponse(BaseModel):
+    held: list[HeldOut]
+    sources: list[SourceOut]
+
+
+class QuarantineAction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sids: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{1,40}$")]] = Field(default_factory=list, max_length=1000)
+    source: str | None = Field(None, max_length=128, description="Release: trust this source again (and its held samples).")
+
+
+class QuarantineResult(BaseModel):
+    changed: int
