@@ -29,6 +29,7 @@ from online.connections import redis_client
 from online.events import LabelEvent, ThumbsEvent, parse_event
 from online.live_accuracy import Judgement, LiveAccuracy
 from online.prediction_log import PredictionLog
+from online.review import ReviewQueue
 from online.settings import Settings
 
 log = logging.getLogger("online.consumer")
@@ -68,6 +69,7 @@ class Outcome:
     judgements: list[Judgement] = field(default_factory=list)
     seen_only: list[str] = field(default_factory=list)  # valid events that add no sample
     dead: list[DeadLetter] = field(default_factory=list)
+    answered: list[str] = field(default_factory=list)  # prediction ids labelled: off the review queue
 
 
 class FeedbackProcessor:
@@ -101,6 +103,8 @@ class FeedbackProcessor:
                 continue
             if isinstance(ev, LabelEvent):
                 out.samples.append(Incoming(ev.event_id, ev.text, ev.label, ev.source, ev.timestamp))
+                if ev.prediction_id:
+                    out.answered.append(ev.prediction_id)
                 if pred:
                     out.judgements.append(Judgement(ev.event_id, pred.version, pred.label == ev.label, ev.timestamp))
                 continue
@@ -140,6 +144,7 @@ class FeedbackConsumer:
         client = redis_client(settings)
         self.buffer = ReplayBuffer(client, settings.key_prefix, settings.buffer_capacity, settings.dedup_ttl_s)
         self.accuracy = LiveAccuracy(client, settings.key_prefix, settings.dedup_ttl_s)
+        self.review = ReviewQueue(client, settings.key_prefix, settings.review_capacity, settings.prediction_ttl_s)
         self.processor = FeedbackProcessor(settings, PredictionLog(client, settings.key_prefix))
         self._dlq_producer = None
         self.batches = 0
@@ -165,6 +170,7 @@ class FeedbackConsumer:
         added = self.buffer.add(out.samples)
         self.buffer.mark_seen(out.seen_only)
         judged = self.accuracy.record(out.judgements)
+        self.review.answered(out.answered)
         m = self.metrics
         m.records.inc(len(records))
         m.dead.inc(len(out.dead))

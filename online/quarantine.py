@@ -155,8 +155,6 @@ class SourceLedger:
             return bool(pipe.execute()[0])
 
 
-
-
 def decide(
     items: Sequence[Candidate],
     judged: Sequence[Judged],
@@ -177,5 +175,7 @@ def decide(
         if s not in quarantined and n >= cfg.source_min_events and bad / n > cfg.source_max_rate
     }
     held_sources = quarantined | newly
-    reasons = [SOURCE_HELD if it.source in held_sources else (j.reason if j.hold else None) for it, j in zip(items, judged)]
+    reasons = [
+        SOURCE_HELD if it.source in held_sources else (j.reason if j.hold else None) for it, j in zip(items, judged)
+    ]
     return reasons, newly

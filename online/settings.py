@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     quarantine_source_min_events: int = Field(20, ge=1, description="...once it has this many judged examples.")
     quarantine_release_sources: int = Field(3, ge=2, description="Distinct sources that release a held example.")
 
+    # --- review queue (active learning) ------------------------------------------------------
+    review_max_margin: float = Field(0.2, ge=0, le=1, description="Queue predictions whose top-2 margin is below this.")
+    review_capacity: int = Field(2000, ge=10, description="Most uncertain predictions kept on the review queue.")
+
     # --- gate ---------------------------------------------------------------------------------
     golden_path: Path | None = Field(None, description="Golden set JSONL (text, label); unset: frozen at v1.")
     golden_per_label: int = Field(30, ge=1, description="Golden examples per label when frozen at version 1.")

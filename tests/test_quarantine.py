@@ -42,14 +42,22 @@ def parts(qsettings):
     buffer = ReplayBuffer(client, qsettings.key_prefix)
     synthetic.train_v1(qsettings, registry)
     runner = RoundRunner(
-        qsettings, registry, buffer, Gate(qsettings, GoldenSet.for_settings(qsettings)),
+        qsettings,
+        registry,
+        buffer,
+        Gate(qsettings, GoldenSet.for_settings(qsettings)),
         seed_examples=synthetic.examples(synthetic.OLD, 40, seed=1),
     )
     return registry, buffer, runner, SourceLedger(client, qsettings.key_prefix)
 
 
 def send(buffer: ReplayBuffer, items: list[tuple[str, str, str]]) -> None:
-    buffer.add([Incoming(f"{src}-{time.monotonic_ns()}-{i}", t, lab, src, time.time()) for i, (t, lab, src) in enumerate(items)])
+    buffer.add(
+        [
+            Incoming(f"{src}-{time.monotonic_ns()}-{i}", t, lab, src, time.time())
+            for i, (t, lab, src) in enumerate(items)
+        ]
+    )
 
 
 def honest(n: int, seed: int) -> list[tuple[str, str, str]]:
@@ -110,7 +118,10 @@ def test_operators_list_release_and_drop_held_samples(qsettings, parts):
     from services.api.app import create_app
 
     _, buffer, runner, _ = parts
-    send(buffer, honest(10, seed=23) + [("the rain forecast", "music", "mallory"), ("a guitar concert", "bank", "mallory")])
+    send(
+        buffer,
+        honest(10, seed=23) + [("the rain forecast", "music", "mallory"), ("a guitar concert", "bank", "mallory")],
+    )
     runner.run()
     held = {h.text: h.sid for h in buffer.held()}
     assert set(held) == {"the rain forecast", "a guitar concert"}

@@ -17,12 +17,13 @@ from online.control import TrainingControl
 from online.live_accuracy import LiveAccuracy
 from online.prediction_log import PredictionLog
 from online.registry import ModelRegistry
+from online.review import ReviewQueue
 from online.settings import Settings
 from services.api.drift import DriftMonitor
 from services.api.feedback import BrokerUnavailable, FeedbackIntake, RateLimited
 from services.api.limits import BodySizeLimit
 from services.api.metrics import ApiMetrics
-from services.api.routers import dashboard, drift, feedback, health, models, predict, quarantine, training
+from services.api.routers import dashboard, drift, feedback, health, models, predict, quarantine, review, training
 from services.api.schemas import feedback_body_model, predict_request_model
 from services.api.service import ModelService, NotReady
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
             async_client,
             metrics,
             DriftMonitor(settings, client, registry, metrics),
+            ReviewQueue(client, settings.key_prefix, settings.review_capacity, settings.prediction_ttl_s),
         )
         app.state.service = service
         app.state.feedback = FeedbackIntake(settings, client)
@@ -106,6 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(training.api)
     app.include_router(drift.api)
     app.include_router(quarantine.api)
+    app.include_router(review.api)
     app.include_router(dashboard.api)
     app.include_router(health.api)
     return app

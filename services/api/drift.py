@@ -82,18 +82,26 @@ class DriftMonitor:
             log.warning("version %s has no drift reference: input-drift signals off", version)
         self._reset()
 
-    def observe(self, version: int, probs: torch.Tensor, emb: torch.Tensor) -> None:
+    def observe(self, version: int, probs: torch.Tensor, emb: torch.Tensor) -> np.ndarray | None:
+        """Add a batch to the window; returns each text's distance to the nearest training example
+        (None without a reference) for the review queue."""
         if version != self.version or len(probs) == 0:
-            return  # a request still finishing on the previous version
+            return None  # a request still finishing on the previous version
         conf, pred = probs.max(-1)
         self._conf.append(conf.numpy())
         self._pred.append(pred.numpy())
         e = emb.numpy()
         self._emb.append(e)
-        self._dist.append(nn_distance(self._index, e) if self._index is not None else np.zeros(len(e), np.float32))
+        dist = nn_distance(self._index, e) if self._index is not None else None
+        self._dist.append(dist if dist is not None else np.zeros(len(e), np.float32))
         self._n += len(e)
         if self._n >= self._window:
             self._close_window()
+        return dist
+
+    @property
+    def far_threshold(self) -> float | None:
+        return self.reference.nn_q99 if self.reference is not None else None
 
     def _close_window(self) -> None:
         emb = np.concatenate(self._emb)

@@ -12,14 +12,17 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis
 import redis.asyncio as aredis
 
 from online.inference import Prediction, Predictor
+from online.pii import mask_pii
 from online.prediction_log import PredictionLog, PredictionRecord
 from online.registry import ModelRegistry
+from online.review import ReviewQueue
+from online.review import candidates as review_candidates
 from online.settings import Settings
 from services.api.batcher import MicroBatcher
 from services.api.drift import DriftMonitor
@@ -50,12 +53,14 @@ class ModelService:
         async_redis: aredis.Redis,
         metrics: ApiMetrics,
         drift: DriftMonitor,
+        review: ReviewQueue,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.prediction_log = prediction_log
         self.metrics = metrics
         self.drift = drift
+        self.review = review
         self._aredis = async_redis
         self.current: Predictor | None = None
         self.last_load_error: str | None = None
@@ -99,13 +104,9 @@ class ModelService:
         ]
 
     def _forward(self, predictor: Predictor, texts: list[str]) -> list[ServedPrediction]:
-        """Runs on the forward thread: one batched pass, then one Redis round trip for the log."""
+        """Runs on the forward thread: one batched pass, one Redis round trip for the log, monitoring."""
         predictions: list[Prediction]
         predictions, probs, emb = predictor.predict_with_probabilities(texts, self.settings.max_top_k)
-        try:
-            self.drift.observe(predictor.version, probs, emb)
-        except Exception:  # monitoring never costs an answer
-            log.exception("drift monitor failed on a batch")
         served = [
             ServedPrediction(uuid.uuid4().hex, p.label, p.score, p.top_k, predictor.version) for p in predictions
         ]
@@ -122,7 +123,22 @@ class ModelService:
             self.metrics.log_failures.inc()
             log.warning("prediction log write failed: %s", exc)
         self.metrics.predictions.labels(str(predictor.version)).inc(len(texts))
+        try:
+            self._monitor(predictor, texts, served, probs, emb)
+        except Exception:  # monitoring never costs an answer
+            log.exception("drift monitor or review queue failed on a batch")
         return served
+
+    def _monitor(self, predictor: Predictor, texts: list[str], served: list[ServedPrediction], probs, emb) -> None:
+        """Drift windows, and the uncertain predictions onto the review queue."""
+        distances = self.drift.observe(predictor.version, probs, emb)
+        queued = review_candidates(
+            [p.prediction_id for p in served], texts, [p.label for p in served], probs.numpy(), emb.numpy(),
+            distances, self.drift.far_threshold, self.settings.review_max_margin, predictor.version,
+        )
+        for i, item in enumerate(queued):
+            queued[i] = replace(item, text=mask_pii(item.text))
+        self.review.add(queued)
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)

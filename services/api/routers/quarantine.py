@@ -28,9 +28,14 @@ async def held(request: Request, limit: int = Query(200, ge=1, le=5000)) -> Quar
     return QuarantineResponse(
         held=[HeldOut(**h.__dict__) for h in items],
         sources=[
-            SourceOut(source=s, events=st["events"], judged=st["judged"], contradicted=st["contradicted"],
-                      contradiction_rate=st["contradicted"] / st["judged"] if st["judged"] else None,
-                      quarantined=bool(st["quarantined"]))
+            SourceOut(
+                source=s,
+                events=st["events"],
+                judged=st["judged"],
+                contradicted=st["contradicted"],
+                contradiction_rate=st["contradicted"] / st["judged"] if st["judged"] else None,
+                quarantined=bool(st["quarantined"]),
+            )
             for s, st in stats.items()
         ],
     )

@@ -1,0 +1,81 @@
+"""The review queue: uncertain predictions, chosen diverse, answered by ordinary label feedback."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from online.connections import redis_client
+from online.registry import ModelRegistry
+from online.review import diverse_pick
+from services.api.app import create_app
+from tests import synthetic
+from tests.conftest import wait_for
+from tests.test_feedback import ConsumerThread
+
+
+@pytest.fixture
+def rsettings(kafka_settings, tmp_path):
+    golden = synthetic.write_golden(tmp_path / "golden.jsonl", synthetic.examples(synthetic.OLD, 40, seed=7))
+    return kafka_settings.model_copy(update={"golden_path": golden, "drift_window": 1000, "review_max_margin": 0.3})
+
+
+def test_the_queue_returns_uncertain_diverse_items_and_feedback_answers_them(rsettings):
+    registry = ModelRegistry(redis_client(rsettings), rsettings.models_dir, rsettings.key_prefix)
+    synthetic.train_v1(rsettings, registry)
+    confident = [t for t, _ in synthetic.examples(synthetic.OLD, 10, seed=5)]
+    # Texts with a keyword of two labels: the model cannot be sure. One pair in many paraphrases.
+    rng = random.Random(1)
+    pairs = [(a, b) for a in synthetic.OLD for b in synthetic.OLD if a < b]
+    mixed = [
+        f"{rng.choice(synthetic.KEYWORDS[a])} {rng.choice(synthetic.KEYWORDS[b])}" for a, b in pairs for _ in range(3)
+    ]
+    cluster = [f"{f} rain guitar" for f in synthetic.FILLER]  # ten paraphrases of one unsure question
+    with TestClient(create_app(rsettings)) as client:
+        wait_for(lambda: client.get("/readyz").json()["ready"], what="model served")
+        traffic = confident + mixed + cluster
+        for start in range(0, len(traffic), 16):
+            assert client.post("/v1/predict", json={"texts": traffic[start : start + 16]}).status_code == 200
+        queued = client.get("/v1/review", params={"limit": 6}).json()
+        assert queued["queued"] >= 6
+        items = queued["items"]
+        assert len(items) == 6
+        for item in items:
+            assert item["margin"] < 0.3 or item["far"], item  # unsure, or unlike anything trained on
+        texts = [i["text"] for i in items]
+        assert sum(t in cluster for t in texts) <= 2, texts  # not six paraphrases of one question
+        assert len(set(texts)) == 6
+        assert not [i for i in items if i["score"] > 0.9 and not i["far"]]  # sure and familiar: not asked
+
+        # A labelling tool answers one: an ordinary label event naming the prediction.
+        picked = items[0]
+        event = {
+            "kind": "label",
+            "text": picked["text"],
+            "label": "weather",
+            "source": "labeller",
+            "prediction_id": picked["prediction_id"],
+        }
+        assert client.post("/v1/feedback", json=event).status_code == 202
+        with ConsumerThread(rsettings):
+            wait_for(
+                lambda: (
+                    picked["prediction_id"]
+                    not in {i["prediction_id"] for i in client.get("/v1/review", params={"limit": 200}).json()["items"]}
+                ),
+                timeout=60,
+                what="the answered item leaves the queue",
+            )
+
+
+def test_diverse_pick_spreads_over_clusters():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16))
+    x = np.concatenate([c + 0.01 * rng.normal(size=(20, 16)) for c in centres])
+    scores = np.concatenate([np.full(20, 0.9), np.full(20, 0.8), np.full(20, 0.7)])
+    picked = diverse_pick(x, scores, 3)
+    assert sorted(i // 20 for i in picked) == [0, 1, 2]  # one per cluster, not three from the most uncertain
+    assert picked[0] < 20  # the most uncertain first
