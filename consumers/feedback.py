@@ -28,9 +28,10 @@ from online.bus import ensure_topics, make_consumer, make_producer
 from online.connections import redis_client
 from online.events import LabelEvent, ThumbsEvent, parse_event
 from online.live_accuracy import Judgement, LiveAccuracy
-from online.prediction_log import PredictionLog
+from online.prediction_log import PredictionLog, PredictionRecord
 from online.review import ReviewQueue
 from online.settings import Settings
+from online.shadow import ShadowLedger
 
 log = logging.getLogger("online.consumer")
 
@@ -70,6 +71,8 @@ class Outcome:
     seen_only: list[str] = field(default_factory=list)  # valid events that add no sample
     dead: list[DeadLetter] = field(default_factory=list)
     answered: list[str] = field(default_factory=list)  # prediction ids labelled: off the review queue
+    shadow: list[Judgement] = field(default_factory=list)  # a shadow candidate judged on a shadowed request
+    shadow_live: list[Judgement] = field(default_factory=list)  # live judged on the same request
 
 
 class FeedbackProcessor:
@@ -107,16 +110,27 @@ class FeedbackProcessor:
                     out.answered.append(ev.prediction_id)
                 if pred:
                     out.judgements.append(Judgement(ev.event_id, pred.version, pred.label == ev.label, ev.timestamp))
+                    _judge_shadow(out, ev, pred, ev.label)
                 continue
             assert pred is not None
             correct = ev.vote == "up"
             out.judgements.append(Judgement(ev.event_id, pred.version, correct, ev.timestamp))
             label = pred.label if correct else ev.label
+            _judge_shadow(out, ev, pred, label)
             if label is None:
                 out.seen_only.append(ev.event_id)  # thumbs down without the right label: a judgement only
             else:
                 out.samples.append(Incoming(ev.event_id, pred.text, label, ev.source, ev.timestamp))
         return out
+
+
+def _judge_shadow(out: Outcome, ev: LabelEvent | ThumbsEvent, pred: PredictionRecord, truth: str | None) -> None:
+    """Feedback on a shadowed request judges the shadow candidate and live on the same request."""
+    if pred.shadow_version is None or truth is None:
+        return
+    v = pred.shadow_version
+    out.shadow.append(Judgement(ev.event_id, v, pred.shadow_label == truth, ev.timestamp))
+    out.shadow_live.append(Judgement(ev.event_id, v, pred.label == truth, ev.timestamp))
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -144,6 +158,7 @@ class FeedbackConsumer:
         client = redis_client(settings)
         self.buffer = ReplayBuffer(client, settings.key_prefix, settings.buffer_capacity, settings.dedup_ttl_s)
         self.accuracy = LiveAccuracy(client, settings.key_prefix, settings.dedup_ttl_s)
+        self.shadow = ShadowLedger(client, settings.key_prefix, settings.dedup_ttl_s)
         self.review = ReviewQueue(client, settings.key_prefix, settings.review_capacity, settings.prediction_ttl_s)
         self.processor = FeedbackProcessor(settings, PredictionLog(client, settings.key_prefix))
         self._dlq_producer = None
@@ -171,6 +186,7 @@ class FeedbackConsumer:
         self.buffer.mark_seen(out.seen_only)
         judged = self.accuracy.record(out.judgements)
         self.review.answered(out.answered)
+        self.shadow.judge(out.shadow, out.shadow_live)
         m = self.metrics
         m.records.inc(len(records))
         m.dead.inc(len(out.dead))

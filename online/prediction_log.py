@@ -21,6 +21,8 @@ class PredictionRecord(BaseModel):
     score: float
     version: int
     at: float = Field(default_factory=time.time)
+    shadow_version: int | None = None  # a shadow candidate's answer to the same text (never returned)
+    shadow_label: str | None = None
 
 
 class PredictionLog:

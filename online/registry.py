@@ -64,6 +64,7 @@ class ModelRegistry:
         self._live = f"{prefix}:registry:live"
         self._seq = f"{prefix}:registry:seq"
         self._history = f"{prefix}:registry:history"
+        self._shadow = f"{prefix}:registry:shadow"
         self.channel = f"{prefix}:registry:changes"
 
     # --- reading ------------------------------------------------------------------------------
@@ -181,6 +182,9 @@ class ModelRegistry:
                     break
                 except redis.WatchError:
                     continue
+        shadow = self.shadow()
+        if shadow and shadow["version"] == version:
+            self.clear_shadow()  # it is live now
         self.r.publish(self.channel, json.dumps({"live": version}))
         return change
 
@@ -219,3 +223,20 @@ class ModelRegistry:
             shutil.rmtree(self.path(m.version), ignore_errors=True)
             collected.append(m.version)
         return collected
+
+    # --- shadow evaluation --------------------------------------------------------------------
+    def shadow(self) -> dict | None:
+        """The version running in shadow (answers logged, never returned): {version, share, since}."""
+        raw = self.r.get(self._shadow)
+        return json.loads(raw) if raw else None
+
+    def set_shadow(self, version: int, share: float) -> None:
+        manifest = self.get(version)
+        if manifest.status != "published":
+            raise ValueError(f"version {version} is {manifest.status}: it cannot run in shadow")
+        self.r.set(self._shadow, json.dumps({"version": version, "share": share, "since": time.time()}))
+        self.r.publish(self.channel, json.dumps({"shadow": version}))
+
+    def clear_shadow(self) -> None:
+        if self.r.delete(self._shadow):
+            self.r.publish(self.channel, json.dumps({"shadow": None}))

@@ -37,7 +37,7 @@ from online.training import Progress
 
 log = logging.getLogger("online.rounds")
 
-RoundStatus = Literal["promoted", "rejected", "superseded", "idle"]
+RoundStatus = Literal["promoted", "shadow", "rejected", "superseded", "idle"]
 
 
 @dataclass
@@ -226,7 +226,11 @@ class RoundRunner:
             extra_files=extra,
         )
         status: RoundStatus = "rejected"
-        if report.passed:
+        if report.passed and self.s.shadow_share > 0:
+            # Promotion waits for a shadow period on live traffic (decided by the trainer's housekeeping).
+            self.registry.set_shadow(candidate.version, self.s.shadow_share)
+            status = "shadow"
+        elif report.passed:
             try:
                 self.registry.promote(
                     candidate.version, reason=f"round on {len(new)} new samples passed the gate", expect_live=parent

@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     review_max_margin: float = Field(0.2, ge=0, le=1, description="Queue predictions whose top-2 margin is below this.")
     review_capacity: int = Field(2000, ge=10, description="Most uncertain predictions kept on the review queue.")
 
+    # --- shadow evaluation --------------------------------------------------------------------
+    shadow_share: float = Field(0.0, ge=0, le=1, description="0: promote on passing the gate; >0: shadow first, on this share.")
+    shadow_min_requests: int = Field(500, ge=1, description="Shadowed requests before a shadow can be promoted.")
+    shadow_min_agreement: float = Field(0.8, ge=0, le=1, description="Least agreement with live to promote.")
+    shadow_min_judged: int = Field(30, ge=1, description="Judged shadowed requests before accuracy counts.")
+    shadow_max_accuracy_drop: float = Field(0.02, ge=0, description="Most accuracy the shadow may lose vs live.")
+
     # --- gate ---------------------------------------------------------------------------------
     golden_path: Path | None = Field(None, description="Golden set JSONL (text, label); unset: frozen at v1.")
     golden_per_label: int = Field(30, ge=1, description="Golden examples per label when frozen at version 1.")

@@ -17,13 +17,13 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from online import auto_rollback
+from online import auto_rollback, shadow
 from online.buffer import ReplayBuffer
 from online.connections import redis_client
 from online.control import TrainingControl
 from online.gate import Gate, GoldenSet
 from online.live_accuracy import LiveAccuracy
-from online.registry import ModelRegistry
+from online.registry import LiveMoved, ModelRegistry
 from online.rounds import RoundReport, RoundRunner
 from online.seed import seed_data, train_version_one
 from online.settings import Settings
@@ -33,7 +33,7 @@ from services.leader import Leadership
 
 log = logging.getLogger("online.trainer")
 
-_STATUS_CODES = {"idle": 0, "promoted": 1, "rejected": 2, "superseded": 3, "failed": 4}
+_STATUS_CODES = {"idle": 0, "promoted": 1, "rejected": 2, "superseded": 3, "failed": 4, "shadow": 5}
 
 
 class Stopped(Exception):
@@ -53,7 +53,7 @@ class TrainerMetrics:
         self.samples = Counter("online_trainer_samples", "Samples trained on, by kind", ["kind"], registry=r)
         self.last_status = Gauge(
             "online_trainer_last_round_status",
-            "Last round: 0 idle, 1 promoted, 2 rejected, 3 superseded, 4 failed",
+            "Last round: 0 idle, 1 promoted, 2 rejected, 3 superseded, 4 failed, 5 shadow",
             registry=r,
         )
         self.last_round_at = Gauge(
@@ -125,6 +125,7 @@ class Scheduler:
         self.buffer = ReplayBuffer(client, settings.key_prefix, settings.buffer_capacity, settings.dedup_ttl_s)
         self.live_accuracy = LiveAccuracy(client, settings.key_prefix, settings.dedup_ttl_s)
         self.control = TrainingControl(client, settings.key_prefix)
+        self.shadow_ledger = shadow.ShadowLedger(client, settings.key_prefix, settings.dedup_ttl_s)
         self.leader = Leadership(client, f"{settings.key_prefix}:trainer:leader", ttl_s=settings.trainer_lock_ttl_s)
         self.metrics = metrics or TrainerMetrics()
         self._runner: RoundRunner | None = None
@@ -185,12 +186,33 @@ class Scheduler:
             if change:
                 self.metrics.auto_rollbacks.inc()
                 log.warning("automatic rollback: live v%s -> v%s (%s)", change.previous, change.version, change.reason)
+            self._judge_shadow()
             collected = self.registry.collect(self.s.keep_versions)
             if collected:
                 self.metrics.collected.inc(len(collected))
                 log.info("collected versions %s (keeping the last %d)", collected, self.s.keep_versions)
         finally:
             self.leader.release()
+
+    def _judge_shadow(self) -> None:
+        slot = self.registry.shadow()
+        if not slot:
+            return
+        version = slot["version"]
+        decision, why = shadow.verdict(self.shadow_ledger.stats(version), self.s)
+        if decision is None:
+            return
+        if decision:
+            parent = self.registry.get(version).parent
+            try:
+                self.registry.promote(version, reason=f"shadow period passed: {why}", expect_live=parent)
+                log.info("shadow version %s promoted: %s", version, why)
+            except (LiveMoved, ValueError) as exc:
+                log.warning("shadow version %s not promoted (%s); shadow ended", version, exc)
+                self.registry.clear_shadow()
+        else:
+            self.registry.clear_shadow()
+            log.warning("shadow version %s not promoted: %s", version, why)
 
     def loop(self) -> None:
         while not self.stop.is_set():

@@ -23,7 +23,18 @@ from services.api.drift import DriftMonitor
 from services.api.feedback import BrokerUnavailable, FeedbackIntake, RateLimited
 from services.api.limits import BodySizeLimit
 from services.api.metrics import ApiMetrics
-from services.api.routers import dashboard, drift, feedback, health, models, predict, quarantine, review, training
+from services.api.routers import (
+    dashboard,
+    drift,
+    feedback,
+    health,
+    models,
+    predict,
+    quarantine,
+    review,
+    shadow,
+    training,
+)
 from services.api.schemas import feedback_body_model, predict_request_model
 from services.api.service import ModelService, NotReady
 
@@ -109,6 +120,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(drift.api)
     app.include_router(quarantine.api)
     app.include_router(review.api)
+    app.include_router(shadow.api)
     app.include_router(dashboard.api)
     app.include_router(health.api)
     return app

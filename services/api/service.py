@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -24,6 +25,7 @@ from online.registry import ModelRegistry
 from online.review import ReviewQueue
 from online.review import candidates as review_candidates
 from online.settings import Settings
+from online.shadow import ShadowLedger
 from services.api.batcher import MicroBatcher
 from services.api.drift import DriftMonitor
 from services.api.metrics import ApiMetrics
@@ -63,6 +65,10 @@ class ModelService:
         self.review = review
         self._aredis = async_redis
         self.current: Predictor | None = None
+        self.shadow: Predictor | None = None  # a candidate answering a share of traffic, never returned
+        self.shadow_share = 0.0
+        self.shadow_ledger = ShadowLedger(registry.r, settings.key_prefix, settings.dedup_ttl_s)
+        self._shadow_rng = random.Random()
         self.last_load_error: str | None = None
         self._failed_version: int | None = None
         self._swap_lock = asyncio.Lock()
@@ -110,15 +116,16 @@ class ModelService:
         served = [
             ServedPrediction(uuid.uuid4().hex, p.label, p.score, p.top_k, predictor.version) for p in predictions
         ]
+        records = [
+            PredictionRecord(prediction_id=s.prediction_id, text=t, label=s.label, score=s.score, version=s.model_version)
+            for s, t in zip(served, texts)
+        ]
         try:
-            self.prediction_log.record_many(
-                [
-                    PredictionRecord(
-                        prediction_id=s.prediction_id, text=t, label=s.label, score=s.score, version=s.model_version
-                    )
-                    for s, t in zip(served, texts)
-                ]
-            )
+            self._run_shadow(texts, records)
+        except Exception:  # the shadow never costs an answer
+            log.exception("shadow evaluation failed on a batch")
+        try:
+            self.prediction_log.record_many(records)
         except redis.RedisError as exc:  # serving beats logging; thumbs on these ids will dead-letter
             self.metrics.log_failures.inc()
             log.warning("prediction log write failed: %s", exc)
@@ -128,6 +135,21 @@ class ModelService:
         except Exception:  # monitoring never costs an answer
             log.exception("drift monitor or review queue failed on a batch")
         return served
+
+    def _run_shadow(self, texts: list[str], records: list[PredictionRecord]) -> None:
+        """The shadow candidate answers a sampled share of the batch; its answers go to the log only."""
+        shadow = self.shadow
+        if shadow is None or self.shadow_share <= 0:
+            return
+        picked = [i for i in range(len(texts)) if self._shadow_rng.random() < self.shadow_share]
+        if not picked:
+            return
+        answers = shadow.predict([texts[i] for i in picked], 1)
+        agreed = 0
+        for i, answer in zip(picked, answers):
+            records[i] = records[i].model_copy(update={"shadow_version": shadow.version, "shadow_label": answer.label})
+            agreed += answer.label == records[i].label
+        self.shadow_ledger.count(shadow.version, len(picked), agreed)
 
     def _monitor(self, predictor: Predictor, texts: list[str], served: list[ServedPrediction], probs, emb) -> None:
         """Drift windows, and the uncertain predictions onto the review queue."""
@@ -152,9 +174,30 @@ class ModelService:
         except redis.RedisError as exc:
             log.warning("cannot read the live alias: %s", exc)
             return
-        if live is None or live == self.version or live == self._failed_version:
+        if live is not None and live != self.version and live != self._failed_version:
+            await self.swap_to(live)
+        await self._sync_shadow()
+
+    async def _sync_shadow(self) -> None:
+        """Follow the registry's shadow slot: load its candidate off the request path, or drop it."""
+        try:
+            slot = await asyncio.to_thread(self.registry.shadow)
+        except redis.RedisError:
             return
-        await self.swap_to(live)
+        wanted = slot["version"] if slot else None
+        self.shadow_share = float(slot["share"]) if slot else 0.0
+        current = self.shadow.version if self.shadow else None
+        if wanted == current:
+            return
+        if wanted is None:
+            self.shadow = None
+            log.info("shadow evaluation of version %s ended", current)
+            return
+        try:
+            self.shadow = await self._build(wanted)
+            log.info("version %s now runs in shadow on %.0f%% of traffic", wanted, 100 * self.shadow_share)
+        except Exception as exc:
+            log.error("cannot load shadow version %s: %s", wanted, exc)
 
     async def swap_to(self, version: int) -> bool:
         async with self._swap_lock:

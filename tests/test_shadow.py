@@ -1,0 +1,61 @@
+"""Shadow evaluation: a candidate answers a share of live traffic, its answers are logged and counted,
+never returned to a client; feedback judges it next to live on the same requests; the trainer promotes
+it after the shadow period."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from fastapi.testclient import TestClient
+
+from online.connections import redis_client
+from online.registry import ModelRegistry
+from services.api.app import create_app
+from services.trainer import Scheduler
+from tests import synthetic
+from tests.conftest import wait_for
+from tests.test_feedback import ConsumerThread
+
+
+def test_a_shadow_candidates_answers_never_reach_a_client(kafka_settings, tmp_path):
+    golden = synthetic.write_golden(tmp_path / "golden.jsonl", synthetic.examples(synthetic.OLD, 15, seed=7))
+    s = kafka_settings.model_copy(
+        update={"golden_path": golden, "shadow_min_requests": 20, "shadow_min_agreement": 0.0, "shadow_min_judged": 5}
+    )
+    registry = ModelRegistry(redis_client(s), s.models_dir, s.key_prefix)
+    model, v1 = synthetic.train_v1(s, registry)
+    with torch.no_grad():  # the candidate answers differently: every label's row moved to the next label
+        model.head.weight.copy_(model.head.weight[[1, 2, 0]].clone())
+        model.head.bias.copy_(model.head.bias[[1, 2, 0]].clone())
+    v2 = registry.publish(model, parent=v1.version).version
+    registry.set_shadow(v2, share=1.0)
+    texts = [t for t, _ in synthetic.examples(synthetic.OLD, 8, seed=9)]
+    with TestClient(create_app(s)) as client:
+        wait_for(lambda: client.get("/readyz").json()["ready"], what="live served")
+        wait_for(lambda: client.get("/v1/shadow").json().get("loaded_by_this_replica"), what="shadow loaded")
+        live_answers = []
+        for start in range(0, len(texts), 8):
+            body = client.post("/v1/predict", json={"texts": texts[start : start + 8]}).json()
+            for p in body["predictions"]:
+                assert p["model_version"] == v1.version  # always live's answer
+                assert "shadow" not in str(p)
+            live_answers += body["predictions"]
+        report = client.get("/v1/shadow").json()
+        assert report["requests"] == len(texts) and report["agreement"] < 0.5  # it was asked, and disagreed
+
+        # Feedback on shadowed requests judges both on the same requests.
+        events = [
+            {"kind": "thumbs", "prediction_id": p["prediction_id"], "vote": "up", "source": "t"} for p in live_answers
+        ]
+        assert client.post("/v1/feedback", json={"events": events}).status_code == 202
+        with ConsumerThread(s):
+            report = wait_for(
+                lambda: (r := client.get("/v1/shadow").json())["judged"] == len(events) and r, what="judgements"
+            )
+        assert report["live_accuracy_same_requests"] == 1.0 and report["shadow_accuracy"] < 0.5
+
+        # The trainer's housekeeping ends a shadow that does worse than live: it never goes live.
+        Scheduler(s, threading.Event()).housekeeping()
+        assert registry.shadow() is None and registry.live() == v1.version
+        wait_for(lambda: client.get("/v1/shadow").json()["shadow"] is None, what="shadow ended")
