@@ -71,7 +71,12 @@ def rehearsal_size(n_new: int, cfg: LearnConfig) -> int:
 
 
 def select_rehearsal(
-    live: TextClassifier, pool: Sequence[Example], n_new: int, cfg: LearnConfig, rng: random.Random
+    live: TextClassifier,
+    pool: Sequence[Example],
+    n_new: int,
+    cfg: LearnConfig,
+    rng: random.Random,
+    new: Sequence[Example] = (),
 ) -> list[Example]:
     """The rehearsal sample for a round with ``n_new`` new examples, by the configured strategy."""
     k = rehearsal_size(n_new, cfg)
@@ -85,7 +90,7 @@ def select_rehearsal(
         def embed(texts: list[str]) -> np.ndarray:
             return embeddings(live, texts, max_seq_len=cfg.max_seq_len, device=device).cpu().numpy()
 
-    return chosen.select(pool, k, rng, embed)
+    return chosen.select(pool, k, rng, embed, new)
 
 
 def split_holdout(new: Sequence[Example], fraction: float, minimum: int) -> tuple[list[Example], list[Example]]:

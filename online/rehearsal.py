@@ -60,7 +60,14 @@ class Reservoir:
     name = "reservoir"
     needs_embeddings = False
 
-    def select(self, pool: Sequence[Example], k: int, rng: random.Random, embed: Embed | None = None) -> list[Example]:
+    def select(
+        self,
+        pool: Sequence[Example],
+        k: int,
+        rng: random.Random,
+        embed: Embed | None = None,
+        new: Sequence[Example] = (),
+    ) -> list[Example]:
         return rng.sample(list(pool), min(k, len(pool)))
 
 
@@ -70,7 +77,14 @@ class ClassBalanced:
     name = "balanced"
     needs_embeddings = False
 
-    def select(self, pool: Sequence[Example], k: int, rng: random.Random, embed: Embed | None = None) -> list[Example]:
+    def select(
+        self,
+        pool: Sequence[Example],
+        k: int,
+        rng: random.Random,
+        embed: Embed | None = None,
+        new: Sequence[Example] = (),
+    ) -> list[Example]:
         groups = _by_label(pool)
         quotas = class_quotas({lab: len(exs) for lab, exs in groups.items()}, k)
         return [ex for lab, exs in sorted(groups.items()) for ex in rng.sample(exs, quotas[lab])]
@@ -92,7 +106,14 @@ class Diverse:
         self.candidates_per_pick = candidates_per_pick
         self.niter = niter
 
-    def select(self, pool: Sequence[Example], k: int, rng: random.Random, embed: Embed | None = None) -> list[Example]:
+    def select(
+        self,
+        pool: Sequence[Example],
+        k: int,
+        rng: random.Random,
+        embed: Embed | None = None,
+        new: Sequence[Example] = (),
+    ) -> list[Example]:
         import faiss
 
         if embed is None:
@@ -137,10 +158,62 @@ class Diverse:
         return chosen
 
 
+class Interfered:
+    """Half class-balanced, half aimed at the old labels the new data sits closest to.
+
+    Each new example's nearest remembered neighbours (faiss, live model's embedding space) name the old
+    labels a round is most likely to overwrite (the idea of maximally interfered retrieval); the second
+    half of the picks goes to those labels in proportion, choosing their examples nearest the new data.
+    """
+
+    name = "interfered"
+    needs_embeddings = True
+
+    def __init__(self, neighbours: int = 5, focus: float = 0.5) -> None:
+        self.neighbours = neighbours
+        self.focus = focus
+
+    def select(
+        self,
+        pool: Sequence[Example],
+        k: int,
+        rng: random.Random,
+        embed: Embed | None = None,
+        new: Sequence[Example] = (),
+    ) -> list[Example]:
+        import faiss
+
+        if embed is None:
+            raise ValueError("the interfered strategy needs an embedding function")
+        aimed = int(k * self.focus) if new else 0
+        base = ClassBalanced().select(pool, k - aimed, rng)
+        if aimed == 0:
+            return base
+        chosen = {id(ex) for ex in base}
+        rest = [ex for ex in pool if id(ex) not in chosen]
+        if not rest:
+            return base
+        x = np.ascontiguousarray(embed([t for t, _ in rest]), dtype=np.float32)
+        q = np.ascontiguousarray(embed([t for t, _ in new]), dtype=np.float32)
+        faiss.normalize_L2(x)
+        faiss.normalize_L2(q)
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
+        _, nn = index.search(q, min(self.neighbours, len(rest)))
+        hits: dict[int, int] = defaultdict(int)  # pool row -> how many new examples it is near
+        for row in nn:
+            for i in row:
+                if i >= 0:
+                    hits[int(i)] += 1
+        ranked = sorted(hits, key=lambda i: -hits[i])[:aimed]
+        return base + [rest[i] for i in ranked]
+
+
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "balanced": ClassBalanced,
     "reservoir": Reservoir,
     "diverse": Diverse,
+    "interfered": Interfered,
 }
 
 

@@ -187,7 +187,7 @@ class RoundRunner:
         train_new, holdout = split_holdout(new, self.s.holdout_fraction, self.s.holdout_min_new)
         pool = [(s.text, s.label) for s in self.buffer.samples() if s.sid not in new_ids] + self.seed_examples
         rng = random.Random(self.s.seed + upto)
-        rehearsal = select_rehearsal(live, pool, len(train_new), self.cfg, rng)
+        rehearsal = select_rehearsal(live, pool, len(train_new), self.cfg, rng, train_new)
         progress = on_start(work_units(len(train_new) + len(rehearsal), self.cfg)) if on_start else None
         result = learn(live, train_new, rehearsal, self.cfg, progress)
 

@@ -31,15 +31,15 @@ class Settings(BaseSettings):
     # --- infrastructure ----------------------------------------------------------------------
     kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers; unset: embedded Tansu.")
     redis_url: str | None = Field(None, description="Redis URL; unset: embedded redis-server (AOF on).")
-    feedback_topic: str = "online.feedback"
-    dlq_topic: str = "online.feedback.dlq"
-    feedback_partitions: int = Field(4, ge=1)
-    consumer_group: str = "online-feedback"
+    feedback_topic: str = Field("online.feedback", description="Topic of feedback events.")
+    dlq_topic: str = Field("online.feedback.dlq", description="Dead-letter topic for bad events.")
+    feedback_partitions: int = Field(4, ge=1, description="Partitions of the feedback topic: the most consumers that share work.")
+    consumer_group: str = Field("online-feedback", description="Consumer group of the feedback consumers.")
     consumer_session_timeout_ms: int = Field(
         6000, ge=1000, description="Group session timeout; Tansu holds a group join for half of it."
     )
     consumer_max_poll_interval_ms: int = Field(30000, ge=1000, description="Also the rebalance timeout.")
-    consumer_batch_size: int = Field(500, ge=1)
+    consumer_batch_size: int = Field(500, ge=1, description="Records per consumer poll.")
     label_allowlist: list[str] | None = Field(None, description="If set (JSON list), other labels dead-letter.")
     buffer_capacity: int = Field(50_000, ge=100, description="Replay buffer size (class-balanced eviction).")
     dedup_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="How long event ids are remembered.")
@@ -54,25 +54,25 @@ class Settings(BaseSettings):
     seed_domains: int = Field(5, ge=1, le=10, description="CLINC150 domains version 1 is trained on.")
     seed_epochs: int = Field(1, ge=1, description="Epochs for version 1 (1 keeps `online up` under 5 min on 2 cores).")
     seed_per_label: int | None = Field(None, ge=1, description="Cap on seed examples per label (tests).")
-    train_batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(5e-5, gt=0)
-    head_learning_rate: float = Field(2e-3, gt=0)
-    seed: int = 0
+    train_batch_size: int = Field(32, ge=1, description="Training batch size.")
+    learning_rate: float = Field(5e-5, gt=0, description="Encoder learning rate.")
+    head_learning_rate: float = Field(2e-3, gt=0, description="Head learning rate.")
+    seed: int = Field(0, description="Seed of sampling and training (rounds are reproducible).")
 
     # --- compute -----------------------------------------------------------------------------
-    device: Device = "auto"
+    device: Device = Field("auto", description="auto (CUDA when present), cpu or cuda.")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; unset: all cores.")
     precision: Precision = Field("auto", description="Serving path: auto = bf16 where native (CPU AVX512-BF16/AMX, CUDA), else fp32.")
 
     # --- serving -----------------------------------------------------------------------------
-    api_host: str = "127.0.0.1"
-    api_port: int = Field(8000, ge=0, le=65535)
+    api_host: str = Field("127.0.0.1", description="API bind address.")
+    api_port: int = Field(8000, ge=0, le=65535, description="API port.")
     max_batch_size: int = Field(32, ge=1, description="Dynamic micro-batching: most texts per forward.")
     max_wait_ms: float = Field(2.0, ge=0, description="Dynamic micro-batching: longest wait to fill a batch.")
-    max_text_chars: int = Field(1000, ge=1)
-    max_texts_per_request: int = Field(64, ge=1)
+    max_text_chars: int = Field(1000, ge=1, description="Longest text /v1/predict accepts.")
+    max_texts_per_request: int = Field(64, ge=1, description="Most texts in one /v1/predict call.")
     top_k: int = Field(3, ge=1, description="Alternatives returned per text unless the request asks.")
-    max_top_k: int = Field(10, ge=1)
+    max_top_k: int = Field(10, ge=1, description="Most alternatives a request may ask for.")
     prediction_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="How long predictions stay resolvable.")
     model_poll_s: float = Field(5.0, gt=0, description="Polling fallback for the live alias.")
     admin_token: SecretStr | None = Field(None, description="Bearer token for admin endpoints; unset: refused.")
@@ -92,7 +92,9 @@ class Settings(BaseSettings):
 
     # --- trainer: a round (defaults chosen by `online bench learn`) -------------------------
     train_mode: Literal["full", "head", "lora"] = Field("full", description="What a round fine-tunes.")
-    rehearsal_strategy: Literal["balanced", "reservoir", "diverse"] = "balanced"
+    rehearsal_strategy: Literal["balanced", "reservoir", "diverse", "interfered"] = Field(
+        "balanced", description="Which remembered examples a round replays."
+    )
     rehearsal_ratio: float = Field(1.0, ge=0, description="Rehearsed examples per new example...")
     rehearsal_min: int = Field(256, ge=0, description="...but at least this many.")
     distill_weight: float = Field(1.0, ge=0, description="Weight of distillation from the live model (0: off).")
@@ -144,7 +146,7 @@ class Settings(BaseSettings):
     drift_history: int = Field(2000, ge=10, description="Window results kept in Redis for the dashboard.")
 
     # --- automatic rollback -------------------------------------------------------------------
-    auto_rollback: bool = True
+    auto_rollback: bool = Field(True, description="Roll back a fresh version that live feedback shows is worse.")
     auto_rollback_min_samples: int = Field(50, ge=1, description="Judged predictions needed on each version.")
     auto_rollback_alpha: float = Field(0.01, gt=0, lt=1, description="One-sided two-proportion test level.")
     auto_rollback_min_drop: float = Field(0.05, ge=0, description="Smallest accuracy drop worth a rollback.")

@@ -499,6 +499,36 @@ def bench_drift(
     run_bench_drift(Settings(), wide_console(), windows=windows, after=after)
 
 
+@bench_app.command("poison")
+def bench_poison(
+    shares: str = typer.Option("0.1,0.3", help="Comma-separated shares of events from hostile sources."),
+    per_intent: int = typer.Option(50, help="Feedback events per intent per round."),
+    memory_per_intent: int = typer.Option(20, help="Remembered examples per intent for rehearsal."),
+    epochs: int = typer.Option(2, help="Epochs a round."),
+    rounds: int = typer.Option(3, help="Domains streamed after the seed domains."),
+) -> None:
+    """Flipped labels from hostile sources: final accuracy with the quarantine on and off vs clean."""
+    from services.bench.poison import run_bench_poison
+
+    _logging("WARNING")
+    run_bench_poison(Settings(), wide_console(), shares=[float(x) for x in shares.split(",")], per_intent=per_intent,
+                     memory_per_intent=memory_per_intent, epochs=epochs, rounds=rounds)
+
+
+@bench_app.command("review")
+def bench_review(
+    budgets: str = typer.Option("75,150,300,600", help="Comma-separated label budgets."),
+    per_intent: int = typer.Option(50, help="Seed-domain train examples per intent for the starting model."),
+    epochs: int = typer.Option(2, help="Epochs of the round trained on the bought labels."),
+) -> None:
+    """Active learning: labels for the review queue's picks against random picks, same budget."""
+    from services.bench.review import run_bench_review
+
+    _logging("WARNING")
+    run_bench_review(Settings(), wide_console(), budgets=[int(b) for b in budgets.split(",")], per_intent=per_intent,
+                     epochs=epochs)
+
+
 @bench_app.command("learn")
 def bench_learn(
     methods: str = typer.Option("", help="Comma-separated methods (default: all, joint included)."),

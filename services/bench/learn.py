@@ -30,9 +30,13 @@ from online.model import WEIGHTS_FILE, TextClassifier, default_base_model
 from online.settings import Settings
 from online.training import configure_threads, fit
 
+FULL_MEMORY = "default, whole buffer"  # the product's default, rehearsing from everything seen
+
 
 def methods(base: LearnConfig) -> dict[str, LearnConfig]:
-    """Everything compared; ``joint`` (the upper bound) is handled apart."""
+    """Everything compared; ``joint`` (the upper bound) is handled apart. ``base`` is the product's
+    default round; :data:`FULL_MEMORY` runs it with the memory bound lifted, as the Redis buffer
+    (50,000 samples by default) holds every example of this stream."""
     replay = base.but(distill_weight=0.0, rehearsal_min=0)
     return {
         "naive": base.but(rehearsal_ratio=0.0, distill_weight=0.0),
@@ -40,8 +44,10 @@ def methods(base: LearnConfig) -> dict[str, LearnConfig]:
         "replay-balanced": replay.but(strategy="balanced"),
         "replay-diverse": replay.but(strategy="diverse"),
         "balanced+distill": base.but(strategy="balanced", distill_weight=1.0, rehearsal_min=0),
+        "interfered+distill": base.but(strategy="interfered", distill_weight=1.0, rehearsal_min=0),
         "lora+distill": base.but(mode="lora", distill_weight=1.0, rehearsal_min=0),
         "head-only": replay.but(mode="head"),
+        FULL_MEMORY: base.but(rehearsal_min=0),
     }
 
 
@@ -166,16 +172,17 @@ def run_bench_learn(
         cfg = all_methods[name]
         run = runs.setdefault(name, Run(name))
         model = start_model
-        memory = _subsample(start_train, memory_per_intent, random.Random(settings.seed))
+        keep = 10**9 if name == FULL_MEMORY else memory_per_intent
+        memory = _subsample(start_train, keep, random.Random(settings.seed))
         for i, domain in enumerate(stream):
             new = train[domain]
             t0 = time.perf_counter()
-            rehearsal = select_rehearsal(model, memory, len(new), cfg, random.Random(settings.seed + i))
+            rehearsal = select_rehearsal(model, memory, len(new), cfg, random.Random(settings.seed + i), new)
             result = learn(model, new, rehearsal, cfg)
             run.round_s.append(time.perf_counter() - t0)
             run.samples.append(result.examples)
             model = result.model
-            memory += _subsample(new, memory_per_intent, random.Random(settings.seed + 100 + i))
+            memory += _subsample(new, keep, random.Random(settings.seed + 100 + i))
             seen = domains[: n_start + i + 1]
             scores = _evaluate(model, {d: tests[d] for d in seen}, settings)
             run.per_domain.append(scores)
