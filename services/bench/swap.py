@@ -9,6 +9,7 @@ and the time from each promote until both replicas serve it.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
@@ -68,7 +69,10 @@ def run_bench_swap(
             parent = registry.publish(model, parent=parent).version
             candidates.append(parent)
         console.print(f"2 API processes, concurrency {concurrency}; promoting {versions} versions then one rollback")
-        with api_process(env) as a, api_process(env) as b:
+        # Two replicas share the machine: each gets half the cores, or their OpenMP teams fight (measured:
+        # with every replica on all cores, throughput fell to a quarter).
+        threads = str(settings.num_threads or max(1, (os.cpu_count() or 2) // 2))
+        with api_process(env, ONLINE_NUM_THREADS=threads) as a, api_process(env, ONLINE_NUM_THREADS=threads) as b:
             urls = [a, b]
             asyncio.run(_load(urls, texts, 4 * concurrency, concurrency))  # warm connections
             steady = asyncio.run(_load(urls, texts, steady_requests, concurrency))
