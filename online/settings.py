@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     consumer_session_timeout_ms: int = Field(
         6000, ge=1000, description="Group session timeout; Tansu holds a group join for half of it."
     )
-    consumer_max_poll_interval_ms: int = Field(30000, ge=1000, description="Also the rebalance timeout.")
+    consumer_max_poll_interval_ms: int = Field(
+        30000, ge=1000, description="Longest time between polls; also the rebalance timeout."
+    )
     consumer_batch_size: int = Field(500, ge=1, description="Records per consumer poll.")
     label_allowlist: list[str] | None = Field(None, description="If set (JSON list), other labels dead-letter.")
     buffer_capacity: int = Field(50_000, ge=100, description="Replay buffer size (class-balanced eviction).")
