@@ -27,6 +27,7 @@ from online.continual import LearnConfig, learn, select_rehearsal
 from online.data import Clinc150, Example
 from online.inference import Predictor
 from online.model import WEIGHTS_FILE, TextClassifier, default_base_model
+from online.rounds import learn_config
 from online.settings import Settings
 from online.training import configure_threads, fit
 
@@ -138,15 +139,7 @@ def run_bench_learn(
     n_start = settings.seed_domains if start == "seed" else 1
     stream = domains[n_start:][: rounds if rounds else None]
     base_model = settings.base_model or default_base_model()
-    base = LearnConfig(
-        epochs=epochs,
-        batch_size=settings.train_batch_size,
-        lr=settings.learning_rate,
-        head_lr=settings.head_learning_rate,
-        max_seq_len=settings.max_seq_len,
-        device=settings.device,
-        seed=settings.seed,
-    )
+    base = learn_config(settings).but(epochs=epochs)
     all_methods = methods(base)
     chosen = names or [*all_methods, "joint"]
     unknown = set(chosen) - set(all_methods) - {"joint"}

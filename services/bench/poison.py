@@ -16,13 +16,13 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from online.continual import LearnConfig, learn, select_rehearsal
+from online.continual import learn, select_rehearsal
 from online.data import Clinc150, Example
 from online.inference import Predictor
 from online.model import default_base_model
 from online.quarantine import Candidate, ScreenConfig, decide, screen
 from online.reference_builder import build_reference
-from online.rounds import screen_config
+from online.rounds import learn_config, screen_config
 from online.settings import Settings
 from online.training import configure_threads
 from services.bench.learn import _evaluate, _start_model, _subsample, _weighted
@@ -71,20 +71,7 @@ def run_bench_poison(
     tests = {d: clinc.by_domain("test", [d]) for d in domains}
     calibration = _subsample(clinc.by_domain("test", domains[:n_start]), 10, random.Random(1))
     start_train = [ex for d in domains[:n_start] for ex in train[d]]
-    cfg = LearnConfig(
-        mode=settings.train_mode,
-        strategy=settings.rehearsal_strategy,
-        rehearsal_ratio=settings.rehearsal_ratio,
-        rehearsal_min=0,
-        distill_weight=settings.distill_weight,
-        epochs=epochs,
-        batch_size=settings.train_batch_size,
-        lr=settings.learning_rate,
-        head_lr=settings.head_learning_rate,
-        max_seq_len=settings.max_seq_len,
-        device=settings.device,
-        seed=settings.seed,
-    )
+    cfg = learn_config(settings).but(epochs=epochs, rehearsal_min=0)
     start = _start_model(
         start_train, cfg, settings.base_model or default_base_model(), settings.state_dir / "bench", console
     )

@@ -15,13 +15,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from online.continual import LearnConfig, learn, select_rehearsal
+from online.continual import learn, select_rehearsal
 from online.data import Clinc150
 from online.drift import nn_distance
 from online.inference import Predictor
 from online.model import default_base_model
 from online.reference_builder import build_reference
 from online.review import diverse_pick, margins, uncertainty
+from online.rounds import learn_config
 from online.settings import Settings
 from online.training import configure_threads
 from services.bench.learn import _evaluate, _start_model, _subsample, _weighted
@@ -36,20 +37,7 @@ def run_bench_review(settings: Settings, console: Console, *, budgets: list[int]
     train = {d: _subsample(clinc.by_domain("train", [d]), per_intent, rng) for d in domains}
     tests = {d: clinc.by_domain("test", [d]) for d in domains}
     start_train = [ex for d in domains[:n_start] for ex in train[d]]
-    cfg = LearnConfig(
-        mode=settings.train_mode,
-        strategy=settings.rehearsal_strategy,
-        rehearsal_ratio=settings.rehearsal_ratio,
-        rehearsal_min=settings.rehearsal_min,
-        distill_weight=settings.distill_weight,
-        epochs=epochs,
-        batch_size=settings.train_batch_size,
-        lr=settings.learning_rate,
-        head_lr=settings.head_learning_rate,
-        max_seq_len=settings.max_seq_len,
-        device=settings.device,
-        seed=settings.seed,
-    )
+    cfg = learn_config(settings).but(epochs=epochs)
     start = _start_model(
         start_train, cfg, settings.base_model or default_base_model(), settings.state_dir / "bench", console
     )

@@ -65,7 +65,9 @@ def run_bench_serve(settings: Settings, requests: int, levels: list[int], eval_l
         texts = [t for t, _ in clinc.split("test")]
 
         def predictor(precision: str) -> Predictor:
-            return Predictor(model, manifest.version, device=env.device, precision=precision, max_seq_len=env.max_seq_len)
+            return Predictor(
+                model, manifest.version, device=env.device, precision=precision, max_seq_len=env.max_seq_len
+            )
 
         acc_fp32 = _accuracy(predictor("fp32"), test)
         served = predictor(env.precision)
