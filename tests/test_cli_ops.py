@@ -1,0 +1,48 @@
+"""Operator commands: `online train --now`, `online models show`, `online status`, `online training`."""
+
+from __future__ import annotations
+
+import time
+
+from typer.testing import CliRunner
+
+from online.buffer import Incoming, ReplayBuffer
+from online.connections import redis_client
+from online.registry import ModelRegistry
+from services.cli import app as cli
+from tests import synthetic
+from tests.conftest import settings_env
+
+
+def test_train_now_models_show_status_and_pause(settings, tmp_path, monkeypatch):
+    golden = synthetic.write_golden(tmp_path / "golden.jsonl", synthetic.examples(synthetic.OLD, 15, seed=7))
+    s = settings.model_copy(
+        update={"golden_path": golden, "train_epochs": 10, "rehearsal_min": 60, "gate_max_golden_drop": 0.05,
+                "gate_latency_ratio": 5.0, "data_dir": tmp_path / "no-clinc"}  # rehearse from the buffer only
+    )  # fmt: skip
+    for key, value in settings_env(s).items():
+        monkeypatch.setenv(key, value)
+    registry = ModelRegistry(redis_client(s), s.models_dir, s.key_prefix)
+    synthetic.train_v1(s, registry)
+    buffer = ReplayBuffer(redis_client(s), s.key_prefix)
+    items = synthetic.examples(synthetic.OLD, 15, seed=2) + synthetic.examples(["travel"], 30, seed=5)
+    buffer.add([Incoming(f"e{i}", t, lab, "cli", time.time()) for i, (t, lab) in enumerate(items)])
+    runner = CliRunner()
+
+    result = runner.invoke(cli, ["train", "--now"])
+    assert result.exit_code == 0, result.output
+    assert "promoted v2" in result.output and "golden_accuracy" in result.output
+    assert registry.live() == 2 and buffer.new_count() == 0
+
+    shown = runner.invoke(cli, ["models", "show", "2"])
+    assert shown.exit_code == 0 and "label_regression" in shown.output and "parent 1" in shown.output
+    listed = runner.invoke(cli, ["models"])
+    assert listed.exit_code == 0 and "passed" in listed.output and "promote" in listed.output
+
+    assert runner.invoke(cli, ["training", "pause", "--reason", "incident 42"]).exit_code == 0
+    status = runner.invoke(cli, ["status"])
+    assert status.exit_code == 0, status.output
+    assert "live version: 2" in status.output and "incident 42" in status.output and "last rounds" in status.output
+    assert runner.invoke(cli, ["training", "resume"]).exit_code == 0
+    assert "running" in runner.invoke(cli, ["training", "status"]).output
+    assert runner.invoke(cli, ["train", "--now"]).exit_code == 0  # nothing new: an idle round
