@@ -7,6 +7,7 @@ Kept deliberately small (River's lesson: a tiny learn/predict surface). Training
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import torch
@@ -30,8 +31,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+_per_thread = threading.local()
+
+
 def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(base_model)
+    """One tokenizer per base model and thread: building one costs ~100 ms, which a hot swap to a new
+    version of the same base model should not pay on the serving thread, and a fast tokenizer must not
+    be used by two threads at once (two API apps in one test process each have a forward thread)."""
+    cache = _per_thread.__dict__.setdefault("tokenizers", {})
+    if base_model not in cache:
+        cache[base_model] = AutoTokenizer.from_pretrained(base_model)
+    return cache[base_model]
 
 
 class TextClassifier(nn.Module):
