@@ -36,7 +36,7 @@ class LearnConfig:
     """How a round trains. Defaults are the ones `online bench learn` chose (see the README)."""
 
     mode: Mode = "full"
-    strategy: str = "balanced"
+    strategy: str = "interfered"
     rehearsal_ratio: float = 1.0  # rehearsed examples per new example...
     rehearsal_min: int = 256  # ...but at least this many (small rounds still rehearse every label)
     distill_weight: float = 1.0

@@ -169,9 +169,10 @@ class Interfered:
     name = "interfered"
     needs_embeddings = True
 
-    def __init__(self, neighbours: int = 5, focus: float = 0.5) -> None:
+    def __init__(self, neighbours: int = 5, focus: float = 0.5, candidates_per_pick: int = 8) -> None:
         self.neighbours = neighbours
         self.focus = focus
+        self.candidates_per_pick = candidates_per_pick
 
     def select(
         self,
@@ -193,6 +194,8 @@ class Interfered:
         rest = [ex for ex in pool if id(ex) not in chosen]
         if not rest:
             return base
+        if len(rest) > self.candidates_per_pick * aimed:  # embedding cost follows the picks, not the buffer
+            rest = rng.sample(rest, self.candidates_per_pick * aimed)
         x = np.ascontiguousarray(embed([t for t, _ in rest]), dtype=np.float32)
         q = np.ascontiguousarray(embed([t for t, _ in new]), dtype=np.float32)
         faiss.normalize_L2(x)

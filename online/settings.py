@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     # --- trainer: a round (defaults chosen by `online bench learn`) -------------------------
     train_mode: Literal["full", "head", "lora"] = Field("full", description="What a round fine-tunes.")
     rehearsal_strategy: Literal["balanced", "reservoir", "diverse", "interfered"] = Field(
-        "balanced", description="Which remembered examples a round replays."
+        "interfered", description="Which remembered examples a round replays."
     )
     rehearsal_ratio: float = Field(1.0, ge=0, description="Rehearsed examples per new example...")
     rehearsal_min: int = Field(256, ge=0, description="...but at least this many.")

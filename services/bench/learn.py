@@ -31,14 +31,14 @@ from online.rounds import learn_config
 from online.settings import Settings
 from online.training import configure_threads, fit
 
-FULL_MEMORY = "default, whole buffer"  # the product's default, rehearsing from everything seen
+FULL_MEMORY = "balanced+distill, whole buffer"  # rehearsing from everything seen, as the Redis buffer does
 
 
 def methods(base: LearnConfig) -> dict[str, LearnConfig]:
     """Everything compared; ``joint`` (the upper bound) is handled apart. ``base`` is the product's
-    default round; :data:`FULL_MEMORY` runs it with the memory bound lifted, as the Redis buffer
-    (50,000 samples by default) holds every example of this stream."""
-    replay = base.but(distill_weight=0.0, rehearsal_min=0)
+    round as configured; :data:`FULL_MEMORY` lifts the memory bound, as the Redis buffer (50,000
+    samples by default) holds every example of this stream."""
+    replay = base.but(strategy="balanced", distill_weight=0.0, rehearsal_min=0)
     return {
         "naive": base.but(rehearsal_ratio=0.0, distill_weight=0.0),
         "replay-reservoir": replay.but(strategy="reservoir"),
@@ -46,9 +46,9 @@ def methods(base: LearnConfig) -> dict[str, LearnConfig]:
         "replay-diverse": replay.but(strategy="diverse"),
         "balanced+distill": base.but(strategy="balanced", distill_weight=1.0, rehearsal_min=0),
         "interfered+distill": base.but(strategy="interfered", distill_weight=1.0, rehearsal_min=0),
-        "lora+distill": base.but(mode="lora", distill_weight=1.0, rehearsal_min=0),
+        "lora+distill": base.but(mode="lora", strategy="balanced", distill_weight=1.0, rehearsal_min=0),
         "head-only": replay.but(mode="head"),
-        FULL_MEMORY: base.but(rehearsal_min=0),
+        FULL_MEMORY: base.but(strategy="balanced", distill_weight=1.0, rehearsal_min=0),
     }
 
 
