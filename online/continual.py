@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -39,6 +40,8 @@ class LearnConfig:
     strategy: str = "interfered"
     rehearsal_ratio: float = 1.0  # rehearsed examples per new example...
     rehearsal_min: int = 256  # ...but at least this many (small rounds still rehearse every label)
+    new_share_min: float = 0.5  # small rounds repeat their new examples up to this share of the data...
+    max_repeats: int = 8  # ...at most this many times each
     distill_weight: float = 1.0
     temperature: float = 2.0
     epochs: int = 2
@@ -68,6 +71,15 @@ class LearnResult:
 
 def rehearsal_size(n_new: int, cfg: LearnConfig) -> int:
     return max(int(round(n_new * cfg.rehearsal_ratio)), cfg.rehearsal_min) if cfg.rehearsal_ratio > 0 else 0
+
+
+def new_repeats(n_new: int, n_rehearsal: int, cfg: LearnConfig) -> int:
+    """How often a round's new examples appear per epoch: a round of 20 new examples beside 256
+    rehearsed ones would otherwise barely move the model towards what it was just taught."""
+    if n_new == 0 or cfg.new_share_min <= 0:
+        return 1
+    wanted = cfg.new_share_min / (1 - cfg.new_share_min) * n_rehearsal
+    return max(1, min(cfg.max_repeats, math.ceil(wanted / n_new)))
 
 
 def select_rehearsal(
@@ -124,7 +136,7 @@ def learn(
     device = resolve_device(cfg.device)
     model = copy.deepcopy(live).cpu()
     added = model.grow(sorted({lab for _, lab in new} | {lab for _, lab in rehearsal}))
-    examples = list(new) + list(rehearsal)
+    examples = list(new) * new_repeats(len(new), len(rehearsal), cfg) + list(rehearsal)
     if cfg.mode == "head":
         result = fit_head(
             model,

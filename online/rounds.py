@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from online.buffer import ReplayBuffer, Sample
-from online.continual import LearnConfig, learn, select_rehearsal, split_holdout
+from online.continual import LearnConfig, learn, new_repeats, select_rehearsal, split_holdout
 from online.data import DataNotFound, Example
 from online.drift import REFERENCE_FILE, Reference
 from online.gate import Gate, GateReport
@@ -72,6 +72,7 @@ def learn_config(settings: Settings) -> LearnConfig:
         rehearsal_ratio=settings.rehearsal_ratio,
         rehearsal_min=settings.rehearsal_min,
         distill_weight=settings.distill_weight,
+        new_share_min=settings.new_share_min,
         epochs=settings.train_epochs,
         batch_size=settings.train_batch_size,
         lr=settings.learning_rate,
@@ -188,7 +189,8 @@ class RoundRunner:
         pool = [(s.text, s.label) for s in self.buffer.samples() if s.sid not in new_ids] + self.seed_examples
         rng = random.Random(self.s.seed + upto)
         rehearsal = select_rehearsal(live, pool, len(train_new), self.cfg, rng, train_new)
-        progress = on_start(work_units(len(train_new) + len(rehearsal), self.cfg)) if on_start else None
+        n_train = len(train_new) * new_repeats(len(train_new), len(rehearsal), self.cfg) + len(rehearsal)
+        progress = on_start(work_units(n_train, self.cfg)) if on_start else None
         result = learn(live, train_new, rehearsal, self.cfg, progress)
 
         live_report = GateReport.model_validate(manifest.gate) if manifest.gate else None

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     rehearsal_ratio: float = Field(1.0, ge=0, description="Rehearsed examples per new example...")
     rehearsal_min: int = Field(256, ge=0, description="...but at least this many.")
     distill_weight: float = Field(1.0, ge=0, description="Weight of distillation from the live model (0: off).")
+    new_share_min: float = Field(
+        0.5, ge=0, lt=1, description="Small rounds repeat new examples (up to 8x) to this share of the data."
+    )
     train_epochs: int = Field(2, ge=1, description="Epochs of a continual round.")
     round_max_new: int = Field(5000, ge=1, description="Most new samples one round takes (the rest wait).")
     holdout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of a round's new samples kept for the gate.")
