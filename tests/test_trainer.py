@@ -34,7 +34,8 @@ def tsettings(settings, tmp_path):
             "holdout_fraction": 0.2,
             "holdout_min_new": 20,
             "gate_latency_ratio": 5.0,
-            "gate_max_golden_drop": 0.05,  # one text of this 45-text golden set is 2.2 points
+            "gate_max_golden_drop": 0.05,
+            "new_share_min": 0.0,  # 10-epoch rounds on a tiny model need no repeats  # one text of this 45-text golden set is 2.2 points
             "train_min_new": 5,
             "train_max_wait_s": 0.5,
             "train_poll_s": 0.1,
