@@ -3,8 +3,8 @@
 A prediction is queued when the model is unsure of it (a small margin between its two best labels) or
 when it is far from every training example of the live version (nearest-neighbour distance beyond the
 99th percentile of in-domain calibration texts). Labels are bought for :func:`diverse_pick` of the
-queue: the most uncertain item first, then always the item farthest (cosine) from everything picked
-so far, weighted by its uncertainty, so the queue is not fifty paraphrases of one question. A label
+queue: one representative per k-means cluster of the queued embeddings, the clusters with the most
+uncertainty first, so the queue is not fifty paraphrases of one question. A label
 event that names the ``prediction_id`` answers an item and takes it off the queue.
 """
 
@@ -30,20 +30,36 @@ def margins(probs: np.ndarray) -> np.ndarray:
 
 
 def diverse_pick(embeddings: np.ndarray, scores: np.ndarray, k: int) -> list[int]:
-    """Indices of ``k`` items: uncertain ones, spread over embedding space (weighted farthest-point)."""
+    """Indices of ``k`` items that cover the uncertain region instead of crowding one corner of it.
+
+    faiss k-means with ``k`` centroids over the candidates; from each cluster the item nearest its
+    centroid (a representative, not an outlier), clusters ordered by their total uncertainty, so the
+    first items are the ones most worth a label."""
+    import faiss
+
     n = len(scores)
     if n == 0 or k <= 0:
         return []
-    x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    chosen = [int(np.argmax(scores))]
-    nearest = 1.0 - x @ x[chosen[0]]  # cosine distance to the closest chosen item
-    weight = scores / max(float(scores.max()), 1e-12)
-    while len(chosen) < min(k, n):
-        gain = nearest * weight
-        gain[chosen] = -1.0
-        nxt = int(np.argmax(gain))
-        chosen.append(nxt)
-        nearest = np.minimum(nearest, 1.0 - x @ x[nxt])
+    if n <= k:
+        return [int(i) for i in np.argsort(-scores)]
+    x = np.ascontiguousarray(
+        embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12), dtype=np.float32
+    )
+    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=1, min_points_per_centroid=1, max_points_per_centroid=10**6)
+    km.train(x)
+    _, assign = km.index.search(x, 1)
+    assign = assign[:, 0]
+    picks = []
+    for c in range(k):
+        members = np.flatnonzero(assign == c)
+        if len(members) == 0:
+            continue
+        nearest = members[int(np.argmax(x[members] @ km.centroids[c]))]
+        picks.append((float(scores[members].sum()), int(nearest)))
+    chosen = [i for _, i in sorted(picks, reverse=True)]
+    if len(chosen) < k:  # empty clusters: fill with the most uncertain of the rest
+        taken = set(chosen)
+        chosen += [int(i) for i in np.argsort(-scores) if int(i) not in taken][: k - len(chosen)]
     return chosen
 
 

@@ -78,4 +78,4 @@ def test_diverse_pick_spreads_over_clusters():
     scores = np.concatenate([np.full(20, 0.9), np.full(20, 0.8), np.full(20, 0.7)])
     picked = diverse_pick(x, scores, 3)
     assert sorted(i // 20 for i in picked) == [0, 1, 2]  # one per cluster, not three from the most uncertain
-    assert picked[0] < 20  # the most uncertain first
+    assert picked[0] < 20  # the most uncertain cluster first
