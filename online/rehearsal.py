@@ -47,6 +47,17 @@ def class_quotas(counts: dict[str, int], k: int) -> dict[str, int]:
     return quotas
 
 
+def _unit_embeddings(embed: Embed | None, texts: list[str], strategy: str) -> np.ndarray:
+    """The live model's embeddings of ``texts``, L2-normalised for cosine search with faiss."""
+    import faiss
+
+    if embed is None:
+        raise ValueError(f"the {strategy} strategy needs an embedding function")
+    x = np.ascontiguousarray(embed(texts), dtype=np.float32)
+    faiss.normalize_L2(x)
+    return x
+
+
 def _by_label(pool: Sequence[Example]) -> dict[str, list[Example]]:
     groups: dict[str, list[Example]] = defaultdict(list)
     for ex in pool:
@@ -116,8 +127,6 @@ class Diverse:
     ) -> list[Example]:
         import faiss
 
-        if embed is None:
-            raise ValueError("the diverse strategy needs an embedding function")
         groups = _by_label(pool)
         quotas = class_quotas({lab: len(exs) for lab, exs in groups.items()}, k)
         chosen: list[Example] = []
@@ -132,9 +141,7 @@ class Diverse:
                 candidates[lab] = rng.sample(exs, min(len(exs), q * self.candidates_per_pick))
         if not candidates:
             return chosen
-        texts = [t for exs in candidates.values() for t, _ in exs]
-        vectors = np.ascontiguousarray(embed(texts), dtype=np.float32)
-        faiss.normalize_L2(vectors)
+        vectors = _unit_embeddings(embed, [t for exs in candidates.values() for t, _ in exs], self.name)
         start = 0
         for lab, exs in candidates.items():
             x = vectors[start : start + len(exs)]
@@ -184,8 +191,6 @@ class Interfered:
     ) -> list[Example]:
         import faiss
 
-        if embed is None:
-            raise ValueError("the interfered strategy needs an embedding function")
         aimed = int(k * self.focus) if new else 0
         base = ClassBalanced().select(pool, k - aimed, rng)
         if aimed == 0:
@@ -196,10 +201,8 @@ class Interfered:
             return base
         if len(rest) > self.candidates_per_pick * aimed:  # embedding cost follows the picks, not the buffer
             rest = rng.sample(rest, self.candidates_per_pick * aimed)
-        x = np.ascontiguousarray(embed([t for t, _ in rest]), dtype=np.float32)
-        q = np.ascontiguousarray(embed([t for t, _ in new]), dtype=np.float32)
-        faiss.normalize_L2(x)
-        faiss.normalize_L2(q)
+        x = _unit_embeddings(embed, [t for t, _ in rest], self.name)
+        q = _unit_embeddings(embed, [t for t, _ in new], self.name)
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x)
         _, nn = index.search(q, min(self.neighbours, len(rest)))
