@@ -59,3 +59,26 @@ def test_a_shadow_candidates_answers_never_reach_a_client(kafka_settings, tmp_pa
         Scheduler(s, threading.Event()).housekeeping()
         assert registry.shadow() is None and registry.live() == v1.version
         wait_for(lambda: client.get("/v1/shadow").json()["shadow"] is None, what="shadow ended")
+
+
+def test_the_trainer_promotes_a_shadow_that_agrees_after_its_period(settings):
+    from online.model import TextClassifier
+    from online.shadow import ShadowLedger
+
+    s = settings.model_copy(update={"shadow_min_requests": 50, "shadow_min_agreement": 0.9, "shadow_min_judged": 10})
+    registry = ModelRegistry(redis_client(s), s.models_dir, s.key_prefix)
+    model = TextClassifier.from_base(s.base_model, ["a", "b"])
+    v1 = registry.publish(model, parent=None).version
+    registry.promote(v1)
+    v2 = registry.publish(model, parent=v1).version
+    registry.set_shadow(v2, share=0.5)
+    ledger = ShadowLedger(redis_client(s), s.key_prefix)
+    scheduler = Scheduler(s, threading.Event())
+    ledger.count(v2, requests=30, agreed=29)
+    scheduler.housekeeping()
+    assert registry.shadow()["version"] == v2 and registry.live() == v1  # the period is not over yet
+    ledger.count(v2, requests=30, agreed=28)
+    scheduler.housekeeping()
+    assert registry.live() == v2 and registry.shadow() is None
+    last = registry.history()[-1]
+    assert last.action == "promote" and "shadow period passed" in last.reason
