@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
+import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -224,7 +226,7 @@ class ModelService:
 
     async def _build(self, version: int) -> Predictor:
         """Verify off the forward thread; build and warm up on it, in steps so batches interleave."""
-        await asyncio.to_thread(self.registry.verify, version)
+        await _at_low_priority(self.registry.verify, version)
         model, _ = await self.batcher.call(lambda: self.registry.load(version, verify=False))
         predictor = await self.batcher.call(
             lambda: Predictor(
@@ -274,3 +276,33 @@ class ModelService:
             await asyncio.to_thread(write)
         except redis.RedisError as exc:
             log.warning("heartbeat not written: %s", exc)
+
+
+async def _at_low_priority(fn, *args):
+    """Run ``fn`` on a fresh thread at the lowest CPU priority (Linux: per-thread nice 19), so hashing a
+    new version's weights takes spare CPU instead of the forward thread's during a hot swap."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass  # not Linux, or not allowed: run at normal priority
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, result, None)
+
+    threading.Thread(target=run, name="verify", daemon=True).start()
+    return await done
+
+
+def _settle(future: asyncio.Future, result, exc: BaseException | None) -> None:
+    if not future.done():
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
