@@ -289,12 +289,15 @@ async def _at_low_priority(fn, *args):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         except (AttributeError, OSError):
             pass  # not Linux, or not allowed: run at normal priority
+        result, error = None, None
         try:
             result = fn(*args)
         except BaseException as exc:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(_settle, done, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, done, result, None)
+            error = exc
+        try:
+            loop.call_soon_threadsafe(_settle, done, result, error)
+        except RuntimeError:
+            pass  # the event loop closed meanwhile (the replica is stopping): nobody waits for it
 
     threading.Thread(target=run, name="verify", daemon=True).start()
     return await done
