@@ -155,6 +155,17 @@ class SourceLedger:
             return bool(pipe.execute()[0])
 
 
+def batch_counts(items: Sequence[Candidate], judged: Sequence[Judged]) -> dict[str, tuple[int, int]]:
+    """(judged, contradicted) per source in one batch: what the ledger adds."""
+    counts: dict[str, list[int]] = {}
+    for it, j in zip(items, judged):
+        if j.contradicted is not None:
+            st = counts.setdefault(it.source, [0, 0])
+            st[0] += 1
+            st[1] += int(j.contradicted)
+    return {source: (n, bad) for source, (n, bad) in counts.items()}
+
+
 def decide(
     items: Sequence[Candidate],
     judged: Sequence[Judged],
@@ -164,11 +175,10 @@ def decide(
 ) -> tuple[list[str | None], set[str]]:
     """Fold this batch into the per-source ``stats`` ([judged, contradicted], updated in place) and
     return each item's hold reason (None: train on it) and the sources newly quarantined."""
-    for it, j in zip(items, judged):
-        if j.contradicted is not None:
-            st = stats.setdefault(it.source, [0, 0])
-            st[0] += 1
-            st[1] += int(j.contradicted)
+    for source, (n, bad) in batch_counts(items, judged).items():
+        st = stats.setdefault(source, [0, 0])
+        st[0] += n
+        st[1] += bad
     newly = {
         s
         for s, (n, bad) in stats.items()

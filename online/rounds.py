@@ -28,7 +28,7 @@ from online.drift import REFERENCE_FILE, Reference
 from online.gate import Gate, GateReport
 from online.inference import Predictor
 from online.model import TextClassifier
-from online.quarantine import Candidate, ScreenConfig, SourceLedger, decide, screen
+from online.quarantine import Candidate, ScreenConfig, SourceLedger, batch_counts, decide, screen
 from online.reference_builder import build_reference
 from online.registry import LiveMoved, ModelRegistry
 from online.seed import seed_data
@@ -153,10 +153,8 @@ class RoundRunner:
         reference = Reference.load(ref_path) if ref_path.is_file() else None
         items = [Candidate(s.text, s.label, s.source) for s in samples]
         judged = screen(items, probs.numpy(), emb.numpy(), live.labels, reference, cfg)
-        delta: dict[str, list[int]] = {}
         reasons, newly = decide(items, judged, ledger.counts(), bad, cfg)
-        decide(items, judged, delta, bad, cfg)  # this batch alone: what the ledger records
-        ledger.record({src: (n, k) for src, (n, k) in delta.items()})
+        ledger.record(batch_counts(items, judged))
         for source in sorted(newly):
             ledger.quarantine(source)
             log.warning("source %r quarantined: most of its labels contradict the live model's knowledge", source)
