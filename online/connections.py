@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import redis
+import redis.asyncio as aredis
 
 from online.settings import Settings
 
@@ -23,15 +26,42 @@ def kafka_bootstrap(settings: Settings) -> str:
     return settings.kafka_bootstrap
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """A decoded-string client with retries on connection errors (Redis restarts are survivable)."""
+Role = Literal["serving", "worker"]
+
+
+def redis_client(settings: Settings, role: Role = "worker") -> redis.Redis:
+    """A decoded-string client for one role.
+
+    ``worker`` (consumer, trainer, CLI): retries connection errors for about 17 s, so a Redis restart
+    is survived without losing the batch or round in hand. ``serving`` (an API replica): short socket
+    timeouts and one quick retry, so a request never waits on a Redis that is down; everything the
+    request path writes to Redis is best-effort or answered with a 503."""
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
+    if role == "serving":
+        return redis.Redis.from_url(
+            redis_url(settings),
+            decode_responses=True,
+            socket_connect_timeout=settings.serving_redis_timeout_s,
+            socket_timeout=settings.serving_redis_timeout_s,
+            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            health_check_interval=10,
+        )
     return redis.Redis.from_url(
         redis_url(settings),
         decode_responses=True,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=20),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         health_check_interval=10,
+    )
+
+
+def async_redis_client(settings: Settings) -> aredis.Redis:
+    """The API's event-loop client (pub/sub of live-alias changes), fail-fast like ``serving``."""
+    return aredis.Redis.from_url(
+        redis_url(settings),
+        decode_responses=True,
+        socket_connect_timeout=settings.serving_redis_timeout_s,
     )

@@ -1,7 +1,7 @@
 """The text classifier: a transformers encoder, mean pooling, and a linear head over a growing label set.
 
 Kept deliberately small (River's lesson: a tiny learn/predict surface). Training lives in
-``online.training``, the serving path in ``online.inference``, versions in ``online.registry``.
+``online.learning.fit``, the serving path in ``online.serving.predictor``, versions in ``online.lifecycle.registry``.
 """
 
 from __future__ import annotations

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     feedback_timeout_s: float = Field(5.0, gt=0, description="Broker acknowledgement wait before a 503.")
     max_feedback_events: int = Field(1000, ge=1, description="Events per /v1/feedback call.")
     key_prefix: str = Field("online", description="Prefix of every Redis key, so stacks can share a server.")
+    serving_redis_timeout_s: float = Field(
+        0.5, gt=0, description="API replicas: Redis connect/read timeout (serving never waits longer on Redis)."
+    )
 
     # --- model -------------------------------------------------------------------------------
     base_model: str | None = Field(None, description="Encoder path; unset: all-MiniLM-L6-v2 from its wheel.")

@@ -87,7 +87,7 @@ def serve() -> None:
 
     _logging()
     settings = _settings()
-    from online.training import configure_threads
+    from online.learning.fit import configure_threads
 
     configure_threads(settings.num_threads)
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning")
@@ -136,14 +136,11 @@ models_app = typer.Typer(help="Model versions: list, show, history.", invoke_wit
 app.add_typer(models_app, name="models")
 
 
-def _registry():
-    from online.connections import redis_client
-    from online.live_accuracy import LiveAccuracy
-    from online.registry import ModelRegistry
+def _stores():
+    """The stores of the running stack (``online.stores``), as every other process builds them."""
+    from online.stores import Stores
 
-    settings = _settings()
-    client = redis_client(settings)
-    return ModelRegistry(client, settings.models_dir, settings.key_prefix), LiveAccuracy(client, settings.key_prefix)
+    return Stores.from_settings(_settings())
 
 
 def _when(ts: float) -> str:
@@ -155,7 +152,8 @@ def models(ctx: typer.Context) -> None:
     """List model versions (the live one marked), then the history of the live alias."""
     if ctx.invoked_subcommand:
         return
-    registry, live_acc = _registry()
+    stores = _stores()
+    registry, live_acc = stores.registry, stores.live_accuracy
     live = registry.live()
     table = Table("version", "live", "parent", "status", "created", "labels", "gate", "golden", "live acc (n)")
     for m in registry.list():
@@ -182,13 +180,12 @@ def models_promote(
     reason: str = typer.Option("", help="Why, for the history."),
 ) -> None:
     """Make a published version live (its weights are checked first); every API replica swaps to it."""
-    from online.registry import IntegrityError
+    from online.lifecycle import promotion
+    from online.lifecycle.registry import IntegrityError, LiveMoved
 
-    registry, _ = _registry()
     try:
-        registry.verify(version)
-        change = registry.promote(version, reason=reason or "manual promotion (CLI)")
-    except (KeyError, ValueError, IntegrityError) as exc:
+        change = promotion.promote(_stores().registry, version, reason or "manual promotion (CLI)")
+    except (KeyError, ValueError, IntegrityError, LiveMoved) as exc:
         console.print(f"[red]refused:[/] {exc}")
         raise typer.Exit(1) from None
     console.print(f"live: version {change.version} (was {change.previous})")
@@ -197,7 +194,8 @@ def models_promote(
 @models_app.command("show")
 def models_show(version: int = typer.Argument(..., help="Version to show.")) -> None:
     """One version: manifest, round statistics and the gate report, check by check."""
-    registry, live_acc = _registry()
+    stores = _stores()
+    registry, live_acc = stores.registry, stores.live_accuracy
     try:
         m = registry.get(version)
     except KeyError as exc:
@@ -219,31 +217,24 @@ def models_show(version: int = typer.Argument(..., help="Version to show.")) -> 
 @app.command()
 def status() -> None:
     """Everything at a glance: live version, replicas, buffer, last rounds, drift signals and alerts."""
-    import json as _json
+    from online.monitoring.report import drift_report
 
-    from online.buffer import ReplayBuffer
-    from online.control import TrainingControl
-    from services.api.drift import DriftMonitor
-    from services.api.metrics import ApiMetrics
-
-    settings = _settings()
-    registry, _ = _registry()
-    client = registry.r
+    stores = _stores()
+    settings, registry = stores.settings, stores.registry
     live = registry.live()
-    paused = TrainingControl(client, settings.key_prefix).paused()
+    paused = stores.control.paused()
     console.print(f"[bold]live version:[/] {live}   training: " + ("running" if paused is None else
                   f"[yellow]paused[/] ({paused.get('reason', '')})"))
 
     replicas = Table("replica", "serves", "last seen", "load error", title="API replicas")
-    for name, raw in sorted(client.hgetall(f"{settings.key_prefix}:replicas").items()):
-        r = _json.loads(raw)
-        age = time.time() - r["at"]
+    for beat in stores.replicas.all():
+        age = beat.age_s()
         stale = age > 3 * settings.model_poll_s + 5
-        replicas.add_row(name, str(r["version"]), f"{age:.0f} s ago" + (" [red](stale)[/]" if stale else ""),
-                         r.get("last_load_error") or "")
+        replicas.add_row(beat.replica, str(beat.version), f"{age:.0f} s ago" + (" [red](stale)[/]" if stale else ""),
+                         beat.last_load_error or "")
     console.print(replicas)
 
-    buffer = ReplayBuffer(client, settings.key_prefix)
+    buffer = stores.buffer
     stats = buffer.stats()
     console.print(f"[bold]buffer:[/] {buffer.size()} samples, {buffer.new_count()} new since the last round, "
                   f"{len([s for s in stats if s.stored])} labels, {sum(s.dead_lettered for s in stats)} dead-lettered")
@@ -256,7 +247,7 @@ def status() -> None:
                        gate, f"{m.round.get('train_s', 0):.1f}", _when(m.created_at))
     console.print(rounds)
 
-    report = DriftMonitor(settings, client, registry, ApiMetrics()).report()
+    report = drift_report(stores)
     drift = Table("replica", "signal", "value", "threshold", "alert", title=f"drift (window {settings.drift_window})")
     for snap in report["replicas"]:
         for name, sig in snap["signals"].items():
@@ -287,14 +278,12 @@ def rollback(
     reason: str = typer.Option("", help="Why, for the history."),
 ) -> None:
     """Point the live alias back; every API replica swaps to it."""
-    from online.connections import redis_client
-    from online.registry import ModelRegistry
+    from online.lifecycle import promotion
+    from online.lifecycle.registry import IntegrityError, LiveMoved
 
-    settings = _settings()
-    registry = ModelRegistry(redis_client(settings), settings.models_dir, settings.key_prefix)
     try:
-        change = registry.rollback(to, reason or "manual rollback (CLI)")
-    except (KeyError, ValueError) as exc:
+        change = promotion.rollback(_stores().registry, to, reason or "manual rollback (CLI)")
+    except (KeyError, ValueError, IntegrityError, LiveMoved) as exc:
         console.print(f"[red]refused:[/] {exc}")
         raise typer.Exit(1) from None
     console.print(f"live: version {change.version} (was {change.previous})")
@@ -305,11 +294,7 @@ app.add_typer(training_app, name="training")
 
 
 def _control():
-    from online.connections import redis_client
-    from online.control import TrainingControl
-
-    settings = _settings()
-    return TrainingControl(redis_client(settings), settings.key_prefix)
+    return _stores().control
 
 
 @training_app.command("pause")
@@ -335,20 +320,11 @@ quarantine_app = typer.Typer(help="Feedback held as possible poisoning: list, re
 app.add_typer(quarantine_app, name="quarantine")
 
 
-def _quarantine_parts():
-    from online.buffer import ReplayBuffer
-    from online.connections import redis_client
-    from online.quarantine import SourceLedger
-
-    settings = _settings()
-    client = redis_client(settings)
-    return ReplayBuffer(client, settings.key_prefix), SourceLedger(client, settings.key_prefix)
-
-
 @quarantine_app.command("list")
 def quarantine_list(limit: int = typer.Option(50, help="Held samples to show.")) -> None:
     """Held samples and per-source statistics."""
-    buffer, ledger = _quarantine_parts()
+    stores = _stores()
+    buffer, ledger = stores.buffer, stores.sources
     held = Table("sid", "source", "sources", "label", "text", "reason", "since", title=f"held ({buffer.held_count()})")
     for h in buffer.held(limit):
         held.add_row(h.sid, h.source, str(h.sources), h.label, h.text[:60], h.reason, _when(h.at))
@@ -367,12 +343,10 @@ def quarantine_release(
     source: str | None = typer.Option(None, help="Trust this source again and release all it sent."),
 ) -> None:
     """Release held samples: the next round trains on them."""
-    buffer, ledger = _quarantine_parts()
-    chosen = list(sids or [])
-    if source:
-        ledger.release(source)
-        chosen += [h.sid for h in buffer.held() if h.source == source]
-    console.print(f"released {buffer.release(chosen)}")
+    from online.feedback import quarantine
+
+    stores = _stores()
+    console.print(f"released {quarantine.release(stores.buffer, stores.sources, sids or [], source)}")
 
 
 @quarantine_app.command("drop")
@@ -381,9 +355,9 @@ def quarantine_drop(
     source: str | None = typer.Option(None, help="Drop everything held from this source."),
 ) -> None:
     """Delete held samples for good."""
-    buffer, _ = _quarantine_parts()
-    chosen = list(sids or []) + ([h.sid for h in buffer.held() if h.source == source] if source else [])
-    console.print(f"dropped {buffer.drop(chosen)}")
+    from online.feedback import quarantine
+
+    console.print(f"dropped {quarantine.drop(_stores().buffer, sids or [], source)}")
 
 
 @feedback_app.command("send")
@@ -400,8 +374,8 @@ def feedback_send(
     """Send one event, or every event of a JSONL file (with a progress bar), through the API."""
     from pydantic import ValidationError
 
-    from online.events import EVENT_ADAPTER
-    from services.feedback_cli import SendFailed, read_jsonl, send
+    from online.feedback.events import EVENT_ADAPTER
+    from services.cli_feedback import SendFailed, read_jsonl, send
 
     settings = Settings()
     url = api or f"http://{settings.api_host}:{settings.api_port}"
@@ -432,15 +406,15 @@ def feedback_send(
 @buffer_app.command("stats")
 def buffer_stats() -> None:
     """Per label: stored, total events, new since the last round, duplicates, dead-lettered, evicted."""
-    from services.feedback_cli import buffer_table
+    from services.cli_feedback import buffer_table
 
-    console.print(buffer_table(_settings()))
+    console.print(buffer_table(_stores().buffer))
 
 
 @bench_app.command("ingest")
 def bench_ingest(events: int = typer.Option(50_000, help="Events to push through.")) -> None:
     """Producer -> Kafka -> consumer -> replay buffer, against the broker's raw produce+consume rate."""
-    from services.bench.ingest import run_bench_ingest
+    from bench.ingest import run_bench_ingest
 
     _logging("WARNING")
     run_bench_ingest(Settings(), events, wide_console())
@@ -453,7 +427,7 @@ def bench_serve(
     eval_limit: int = typer.Option(0, help="CLINC150 test texts for the accuracy check (0: all 4500)."),
 ) -> None:
     """HTTP API vs a naive server vs the raw in-process batched forward, side by side."""
-    from services.bench.serve import run_bench_serve
+    from bench.serve import run_bench_serve
 
     _logging("WARNING")
     run_bench_serve(Settings(), requests, [int(c) for c in concurrency.split(",")], eval_limit, wide_console())
@@ -467,7 +441,7 @@ def bench_swap(
     interval: float = typer.Option(3.0, help="Seconds between swaps."),
 ) -> None:
     """Hot swaps under load on two API processes: errors, p99 against steady, time to swap."""
-    from services.bench.swap import run_bench_swap
+    from bench.swap import run_bench_swap
 
     _logging("WARNING")
     run_bench_swap(Settings(), wide_console(), versions=versions, steady_requests=steady_requests,
@@ -481,7 +455,7 @@ def bench_freshness(
     timeout: float = typer.Option(300.0, help="Give up on a trial after this many seconds."),
 ) -> None:
     """Feedback teaching a new intent -> first answer by a version trained on it (whole system)."""
-    from services.bench.freshness import run_bench_freshness
+    from bench.freshness import run_bench_freshness
 
     _logging("WARNING")
     run_bench_freshness(Settings(), wide_console(), trials=trials, per_intent=per_intent, timeout_s=timeout)
@@ -493,7 +467,7 @@ def bench_drift(
     after: int = typer.Option(10, help="Windows after the switch to out-of-scope traffic."),
 ) -> None:
     """In-domain traffic, then out-of-scope: false alarms and windows to alarm for every drift signal."""
-    from services.bench.drift import run_bench_drift
+    from bench.drift import run_bench_drift
 
     _logging("WARNING")
     run_bench_drift(Settings(), wide_console(), windows=windows, after=after)
@@ -508,7 +482,7 @@ def bench_poison(
     rounds: int = typer.Option(3, help="Domains streamed after the seed domains."),
 ) -> None:
     """Flipped labels from hostile sources: final accuracy with the quarantine on and off vs clean."""
-    from services.bench.poison import run_bench_poison
+    from bench.poison import run_bench_poison
 
     _logging("WARNING")
     run_bench_poison(Settings(), wide_console(), shares=[float(x) for x in shares.split(",")], per_intent=per_intent,
@@ -522,7 +496,7 @@ def bench_review(
     epochs: int = typer.Option(2, help="Epochs of the round trained on the bought labels."),
 ) -> None:
     """Active learning: labels for the review queue's picks against random picks, same budget."""
-    from services.bench.review import run_bench_review
+    from bench.review import run_bench_review
 
     _logging("WARNING")
     run_bench_review(Settings(), wide_console(), budgets=[int(b) for b in budgets.split(",")], per_intent=per_intent,
@@ -541,7 +515,7 @@ def bench_learn(
     out: Path | None = typer.Option(Path(".online/bench/learn.json"), help="Write the results as JSON here."),
 ) -> None:
     """Continual learning on the CLINC150 domain stream: our strategies against joint and naive training."""
-    from services.bench.learn import run_bench_learn
+    from bench.learn import run_bench_learn
 
     _logging("WARNING")
     if start not in ("seed", "first") or joint not in ("every", "final", "off"):

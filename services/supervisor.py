@@ -15,11 +15,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+import httpx
 
 from online.bus import ensure_topics
 from online.settings import Settings
-from services.embedded import Server, port_open, start_redis, start_tansu
+from services.embedded import Server, free_port, port_open, start_redis, start_tansu
 
 log = logging.getLogger("online.up")
 STACK_FILE = "stack.json"
@@ -161,3 +165,31 @@ def stop_processes(procs: list[subprocess.Popen], timeout: float = 20.0) -> None
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@contextmanager
+def api_process(settings: Settings, **env_overrides: str) -> Iterator[str]:
+    """`online serve` in a child process; yields its base URL once /readyz says ready."""
+    port = free_port()
+    env = child_env(settings.model_copy(update={"api_port": port}), **env_overrides)
+    proc = subprocess.Popen([sys.executable, "-m", "services", "serve"], env=env, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        yield url
+    finally:
+        stop_processes([proc])
+
+
+def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"API process exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready within {timeout}s")

@@ -17,19 +17,16 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from online import auto_rollback, shadow
-from online.buffer import ReplayBuffer
-from online.connections import redis_client
-from online.control import TrainingControl
-from online.gate import Gate, GoldenSet
-from online.live_accuracy import LiveAccuracy
-from online.registry import LiveMoved, ModelRegistry
-from online.rounds import RoundReport, RoundRunner
-from online.seed import seed_data, train_version_one
+from online.learning.fit import Progress as ProgressFn
+from online.learning.fit import configure_threads
+from online.learning.round import RoundReport, RoundRunner
+from online.learning.version_one import seed_data, train_version_one
+from online.lifecycle import auto_rollback, promotion
+from online.lifecycle.gate import Gate, GoldenSet
+from online.lifecycle.leader import Leadership
+from online.lifecycle.registry import ModelRegistry
 from online.settings import Settings
-from online.training import Progress as ProgressFn
-from online.training import configure_threads
-from services.leader import Leadership
+from online.stores import Stores
 
 log = logging.getLogger("online.trainer")
 
@@ -117,23 +114,20 @@ def ensure_version_one(settings: Settings, registry: ModelRegistry, leader: Lead
 class Scheduler:
     """Decides when a round is due and runs it under the leader lock."""
 
-    def __init__(self, settings: Settings, stop: threading.Event, metrics: TrainerMetrics | None = None) -> None:
-        self.s = settings
+    def __init__(self, stores: Stores, stop: threading.Event, metrics: TrainerMetrics | None = None) -> None:
+        self.s = stores.settings
+        self.stores = stores
         self.stop = stop
-        client = redis_client(settings)
-        self.registry = ModelRegistry(client, settings.models_dir, settings.key_prefix)
-        self.buffer = ReplayBuffer(client, settings.key_prefix, settings.buffer_capacity, settings.dedup_ttl_s)
-        self.live_accuracy = LiveAccuracy(client, settings.key_prefix, settings.dedup_ttl_s)
-        self.control = TrainingControl(client, settings.key_prefix)
-        self.shadow_ledger = shadow.ShadowLedger(client, settings.key_prefix, settings.dedup_ttl_s)
-        self.leader = Leadership(client, f"{settings.key_prefix}:trainer:leader", ttl_s=settings.trainer_lock_ttl_s)
+        self.registry = stores.registry
+        self.buffer = stores.buffer
+        self.leader = Leadership(stores.redis, stores.keys.trainer_leader, ttl_s=self.s.trainer_lock_ttl_s)
         self.metrics = metrics or TrainerMetrics()
         self._runner: RoundRunner | None = None
         self._waiting_since: float | None = None
 
     def runner(self) -> RoundRunner:
         if self._runner is None:  # built lazily: the golden set exists only once version 1 does
-            self._runner = RoundRunner(self.s, self.registry, self.buffer, Gate(self.s, GoldenSet.for_settings(self.s)))
+            self._runner = RoundRunner(self.stores, Gate(self.s, GoldenSet.for_settings(self.s)))
         return self._runner
 
     def due(self) -> bool:
@@ -174,7 +168,7 @@ class Scheduler:
         self.metrics.observe(report if report.status != "idle" else None, report.status)
         if report.status != "idle":
             log.info("%s", report.summary())
-            log.info("round %s", json.dumps(_round_record(report)))
+            log.info("round %s", json.dumps(report.log_record()))
         return report
 
     def housekeeping(self) -> None:
@@ -182,7 +176,7 @@ class Scheduler:
         if not self.leader.acquire(wait_s=0):
             return
         try:
-            change = auto_rollback.check(self.registry, self.live_accuracy, self.s)
+            change = auto_rollback.check(self.registry, self.stores.live_accuracy, self.s)
             if change:
                 self.metrics.auto_rollbacks.inc()
                 log.warning("automatic rollback: live v%s -> v%s (%s)", change.previous, change.version, change.reason)
@@ -195,55 +189,28 @@ class Scheduler:
             self.leader.release()
 
     def _judge_shadow(self) -> None:
-        slot = self.registry.shadow()
-        if not slot:
+        outcome = promotion.settle_shadow(self.registry, self.stores.shadow, self.s)
+        if outcome is None:
             return
-        version = slot["version"]
-        decision, why = shadow.verdict(self.shadow_ledger.stats(version), self.s)
-        if decision is None:
-            return
-        if decision:
-            parent = self.registry.get(version).parent
-            try:
-                self.registry.promote(version, reason=f"shadow period passed: {why}", expect_live=parent)
-                log.info("shadow version %s promoted: %s", version, why)
-            except (LiveMoved, ValueError) as exc:
-                log.warning("shadow version %s not promoted (%s); shadow ended", version, exc)
-                self.registry.clear_shadow()
+        if outcome.promoted:
+            log.info("shadow version %s promoted: %s", outcome.version, outcome.reason)
         else:
-            self.registry.clear_shadow()
-            log.warning("shadow version %s not promoted: %s", version, why)
+            log.warning("shadow version %s not promoted, shadow ended: %s", outcome.version, outcome.reason)
 
     def loop(self) -> None:
         while not self.stop.is_set():
             try:
                 self.housekeeping()
-                if self.control.paused() is None and self.due():
+                if self.stores.control.paused() is None and self.due():
                     self.run_round()
             except Exception:
                 log.exception("trainer loop error; retrying")
             self.stop.wait(self.s.train_poll_s)
 
 
-def _round_record(report: RoundReport) -> dict:
-    return {
-        "status": report.status,
-        "parent": report.parent,
-        "version": report.version,
-        "new": report.new,
-        "holdout": report.holdout,
-        "rehearsed": report.rehearsed,
-        "added_labels": len(report.added_labels),
-        "loss": round(report.mean_loss or 0.0, 5),
-        "train_s": round(report.train_s, 2),
-        "duration_s": round(report.duration_s, 2),
-        "gate": None if report.gate is None else {c.name: c.passed for c in report.gate.checks},
-    }
-
-
 def run_trainer(settings: Settings, stop: threading.Event) -> None:
     configure_threads(settings.num_threads)
-    scheduler = Scheduler(settings, stop)
+    scheduler = Scheduler(Stores.from_settings(settings), stop)
     if settings.trainer_metrics_port is not None:
         start_http_server(settings.trainer_metrics_port, addr="0.0.0.0", registry=scheduler.metrics.registry)
     ensure_version_one(settings, scheduler.registry, scheduler.leader, stop)
@@ -253,7 +220,7 @@ def run_trainer(settings: Settings, stop: threading.Event) -> None:
 def train_now(settings: Settings, stop: threading.Event, wait_s: float = 600) -> RoundReport | None:
     """`online train --now`: one round at once (waiting for the lock if another trainer holds it)."""
     configure_threads(settings.num_threads)
-    scheduler = Scheduler(settings, stop)
+    scheduler = Scheduler(Stores.from_settings(settings), stop)
     if scheduler.registry.live() is None:
         ensure_version_one(settings, scheduler.registry, scheduler.leader, stop)
     return scheduler.run_round(wait_s=wait_s)

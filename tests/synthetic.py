@@ -7,9 +7,9 @@ import random
 from pathlib import Path
 
 from online.data import Example
+from online.learning.fit import fit
+from online.lifecycle.registry import Manifest, ModelRegistry
 from online.model import TextClassifier
-from online.registry import Manifest, ModelRegistry
-from online.training import fit
 
 KEYWORDS = {
     "weather": ["rain", "sunny", "forecast", "temperature", "umbrella"],
@@ -39,9 +39,9 @@ def train_v1(settings, registry: ModelRegistry, epochs: int = 10) -> tuple[TextC
     """Version 1 on the old labels, published and promoted with its gate baseline."""
     import torch
 
-    from online.drift import REFERENCE_FILE
-    from online.gate import Gate, GoldenSet
-    from online.reference_builder import build_reference
+    from online.lifecycle.gate import Gate, GoldenSet
+    from online.monitoring.drift import REFERENCE_FILE
+    from online.monitoring.reference import build_reference
 
     torch.manual_seed(0)
     model = TextClassifier.from_base(settings.base_model, OLD)
@@ -61,7 +61,7 @@ def train_v1(settings, registry: ModelRegistry, epochs: int = 10) -> tuple[TextC
 
 
 def accuracy(model: TextClassifier, items: list[Example]) -> float:
-    from online.inference import Predictor
+    from online.serving.predictor import Predictor
 
     preds = Predictor(model, 0, precision="fp32").predict([t for t, _ in items], 1)
     return sum(p.label == lab for p, (_, lab) in zip(preds, items)) / len(items)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from online.connections import redis_client
+from online.lifecycle.registry import ModelRegistry
 from online.model import TextClassifier
-from online.prediction_log import PredictionLog
-from online.registry import ModelRegistry
+from online.stores import Stores
 from services.api.app import create_app
 from tests.conftest import wait_for
 
@@ -17,7 +16,7 @@ LABELS = ["balance", "transfer", "weather"]
 
 @pytest.fixture
 def registry(settings) -> ModelRegistry:
-    return ModelRegistry(redis_client(settings), settings.models_dir, settings.key_prefix)
+    return Stores.from_settings(settings).registry
 
 
 @pytest.fixture
@@ -55,7 +54,7 @@ def test_predict_one_and_many(client, settings, registry):
 def test_predictions_are_logged_for_feedback(client, settings):
     text = "mail me at jane@example.com about my balance"
     pred = client.post("/v1/predict", json={"text": text}).json()["predictions"][0]
-    record = PredictionLog(redis_client(settings), settings.key_prefix).get(pred["prediction_id"])
+    record = Stores.from_settings(settings).predictions.get(pred["prediction_id"])
     assert record is not None
     assert record.label == pred["label"] and record.version == pred["model_version"]
     assert "jane@example.com" not in record.text and "<EMAIL>" in record.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from services.api.batcher import MicroBatcher
+from online.serving.batcher import MicroBatcher
 
 
 def test_concurrent_requests_share_forward_passes():

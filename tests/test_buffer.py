@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from online.buffer import Incoming, ReplayBuffer
-from online.connections import redis_client
+from online.feedback.buffer import Incoming, ReplayBuffer
+from online.stores import Stores
 
 
 @pytest.fixture
 def buffer(settings) -> ReplayBuffer:
-    return ReplayBuffer(redis_client(settings), settings.key_prefix, capacity=100)
+    return Stores.from_settings(settings.model_copy(update={"buffer_capacity": 100})).buffer
 
 
 def ev(i: int, text: str, label: str) -> Incoming:
@@ -66,7 +66,7 @@ def test_eviction_is_class_balanced_and_spares_untrained(buffer):
 
 
 def test_untrained_samples_are_never_evicted(settings):
-    buffer = ReplayBuffer(redis_client(settings), settings.key_prefix, capacity=100)
+    buffer = Stores.from_settings(settings.model_copy(update={"buffer_capacity": 100})).buffer
     buffer.add([ev(i, f"text {i}", f"l{i % 3}") for i in range(120)])
     assert buffer.size() == 120 and buffer.new_count() == 120  # over capacity until trained on
     _, upto = buffer.new_samples()

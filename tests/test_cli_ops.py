@@ -6,9 +6,8 @@ import time
 
 from typer.testing import CliRunner
 
-from online.buffer import Incoming, ReplayBuffer
-from online.connections import redis_client
-from online.registry import ModelRegistry
+from online.feedback.buffer import Incoming
+from online.stores import Stores
 from services.cli import app as cli
 from tests import synthetic
 from tests.conftest import settings_env
@@ -22,9 +21,9 @@ def test_train_now_models_show_status_and_pause(settings, tmp_path, monkeypatch)
     )  # fmt: skip
     for key, value in settings_env(s).items():
         monkeypatch.setenv(key, value)
-    registry = ModelRegistry(redis_client(s), s.models_dir, s.key_prefix)
+    registry = Stores.from_settings(s).registry
     synthetic.train_v1(s, registry)
-    buffer = ReplayBuffer(redis_client(s), s.key_prefix)
+    buffer = Stores.from_settings(s).buffer
     items = synthetic.examples(synthetic.OLD, 15, seed=2) + synthetic.examples(["travel"], 30, seed=5)
     buffer.add([Incoming(f"e{i}", t, lab, "cli", time.time()) for i, (t, lab) in enumerate(items)])
     runner = CliRunner()

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from online.connections import redis_client
-from online.live_accuracy import Judgement, LiveAccuracy
-from online.registry import ModelRegistry
-from services.bench.common import api_process
+from online.lifecycle import promotion
+from online.monitoring.live_accuracy import Judgement
+from online.stores import Stores
+from services.supervisor import api_process
 from tests import synthetic
 from tests.conftest import wait_for
 
@@ -42,12 +42,12 @@ def test_dashboard_renders_every_plot_with_data(kafka_settings, tmp_path):
 
     golden = synthetic.write_golden(tmp_path / "golden.jsonl", synthetic.examples(synthetic.OLD, 40, seed=7))
     s = kafka_settings.model_copy(update={"golden_path": golden, "drift_window": 40, "model_poll_s": 0.5})
-    registry = ModelRegistry(redis_client(s), s.models_dir, s.key_prefix)
+    registry = Stores.from_settings(s).registry
     model, v1 = synthetic.train_v1(s, registry)
     v2 = registry.publish(model, parent=v1.version).version
     registry.promote(v2, reason="round passed the gate")
-    registry.rollback(reason="operator")
-    live_acc = LiveAccuracy(redis_client(s), s.key_prefix)
+    promotion.rollback(registry, reason="operator")
+    live_acc = Stores.from_settings(s).live_accuracy
     now = time.time()
     live_acc.record([Judgement(f"a{i}", v1.version, i % 10 != 0, now - 60 * (i % 3)) for i in range(60)])
     live_acc.record([Judgement(f"b{i}", v2, i % 2 == 0, now) for i in range(40)])

@@ -9,10 +9,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from online.connections import redis_client
 from online.data import Clinc150
-from online.live_accuracy import Judgement, LiveAccuracy
-from online.registry import ModelRegistry
+from online.monitoring.live_accuracy import Judgement
+from online.stores import Stores
 from services.api.app import create_app
 from tests import synthetic
 from tests.conftest import wait_for
@@ -28,7 +27,7 @@ def dsettings(settings, tmp_path):
 
 @pytest.fixture
 def live_v1(dsettings):
-    registry = ModelRegistry(redis_client(dsettings), dsettings.models_dir, dsettings.key_prefix)
+    registry = Stores.from_settings(dsettings).registry
     _, manifest = synthetic.train_v1(dsettings, registry)
     return registry, manifest
 
@@ -77,7 +76,7 @@ def test_a_bad_version_shows_lower_live_accuracy_than_its_parent(dsettings, live
     model, _ = registry.load(v1.version)
     v2 = registry.publish(model, parent=v1.version).version
     registry.promote(v2)
-    live_acc = LiveAccuracy(redis_client(dsettings), dsettings.key_prefix)
+    live_acc = Stores.from_settings(dsettings).live_accuracy
     now = time.time()
     live_acc.record([Judgement(f"a{i}", v1.version, i % 10 != 0, now) for i in range(100)])  # 90%
     live_acc.record([Judgement(f"b{i}", v2, i % 2 == 0, now) for i in range(100)])  # 50%

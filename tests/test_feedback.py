@@ -20,13 +20,11 @@ from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, TopicPartition
 
 from consumers.feedback import FeedbackConsumer
-from online.buffer import ReplayBuffer
 from online.bus import ensure_topics, make_producer
-from online.connections import redis_client
-from online.events import LabelEvent, encode_event
-from online.live_accuracy import LiveAccuracy
+from online.feedback.buffer import ReplayBuffer
+from online.feedback.events import LabelEvent, encode_event
 from online.model import TextClassifier
-from online.registry import ModelRegistry
+from online.stores import Stores
 from services.api.app import create_app
 from services.embedded import start_redis, start_tansu
 from tests.conftest import settings_env, wait_for
@@ -49,7 +47,7 @@ class ConsumerThread:
 
 
 def buffer_of(settings) -> ReplayBuffer:
-    return ReplayBuffer(redis_client(settings), settings.key_prefix)
+    return Stores.from_settings(settings).buffer
 
 
 def label_events(n: int, tag: str = "", labels: tuple[str, ...] = ("balance", "transfer", "weather")) -> list[LabelEvent]:
@@ -86,7 +84,7 @@ def read_dlq(settings, expected: int) -> list[dict]:
 
 @pytest.fixture
 def api(kafka_settings):
-    registry = ModelRegistry(redis_client(kafka_settings), kafka_settings.models_dir, kafka_settings.key_prefix)
+    registry = Stores.from_settings(kafka_settings).registry
     manifest = registry.publish(TextClassifier.from_base(kafka_settings.base_model, ["balance", "transfer"]), parent=None)
     registry.promote(manifest.version)
     with TestClient(create_app(kafka_settings)) as client:
@@ -116,7 +114,7 @@ def test_label_and_thumbs_feedback_reach_the_buffer(api, kafka_settings):
     assert ("what is my balance", preds[0]["label"]) in samples  # thumbs up confirms the prediction
     assert ("send money to mom", "transfer") in samples  # thumbs down with the right label
     assert "weather" in buffer.labels()  # a label the model does not know yet is accepted
-    judged = LiveAccuracy(redis_client(kafka_settings), kafka_settings.key_prefix).get(preds[0]["model_version"])
+    judged = Stores.from_settings(kafka_settings).live_accuracy.get(preds[0]["model_version"])
     assert (judged.n, judged.correct) == (2, 1)
 
 
@@ -238,7 +236,7 @@ def test_broker_outage_answers_503_and_keeps_every_202(settings, tmp_path):
             "feedback_timeout_s": 2.0,
         }
     )
-    registry = ModelRegistry(redis_client(s), s.models_dir, s.key_prefix)
+    registry = Stores.from_settings(s).registry
     registry.promote(registry.publish(TextClassifier.from_base(s.base_model, ["a", "b"]), parent=None).version)
     buffer = buffer_of(s)
     accepted: set[str] = set()  # texts answered 202

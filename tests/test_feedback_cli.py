@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from services.api.app import create_app
 from services.cli import app as cli
-from services.feedback_cli import post_events, read_jsonl
+from services.cli_feedback import post_events, read_jsonl
 from tests.conftest import settings_env, wait_for
 from tests.test_feedback import ConsumerThread, buffer_of, total_events
 

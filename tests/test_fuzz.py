@@ -10,10 +10,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from pydantic import SecretStr
 
-from online.connections import redis_client
 from online.model import TextClassifier
-from online.registry import ModelRegistry
-from services.bench.common import api_process
+from online.stores import Stores
+from services.supervisor import api_process
 
 TOKEN = "fuzz-token"
 
@@ -39,7 +38,7 @@ def api(tmp_path_factory, tiny_base, redis_server, tansu_server):
         admin_token=SecretStr(TOKEN),
         max_batch_size=8,
     )
-    registry = ModelRegistry(redis_client(s), s.models_dir, s.key_prefix)
+    registry = Stores.from_settings(s).registry
     model = TextClassifier.from_base(tiny_base, ["a", "b"])
     v1 = registry.publish(model, parent=None).version
     registry.promote(v1)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from online.connections import redis_client
 from online.model import TextClassifier
-from online.registry import ModelRegistry
+from online.stores import Stores
 from services.api.app import create_app
 from tests.conftest import wait_for
 
 
 def test_swaps_on_promote_and_refuses_a_corrupted_version(settings):
-    registry = ModelRegistry(redis_client(settings), settings.models_dir, settings.key_prefix)
+    registry = Stores.from_settings(settings).registry
     model = TextClassifier.from_base(settings.base_model, ["a", "b"])
     v1 = registry.publish(model, parent=None).version
     registry.promote(v1)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from online.connections import redis_client
-from online.inference import Predictor
+from online.lifecycle.registry import IntegrityError
 from online.model import TextClassifier
-from online.registry import IntegrityError, ModelRegistry
+from online.serving.predictor import Predictor
+from online.stores import Stores
 
 
 def test_grow_keeps_old_rows_and_predictions(tiny_base):
@@ -28,7 +28,7 @@ def test_grow_keeps_old_rows_and_predictions(tiny_base):
 
 
 def test_registry_roundtrip_and_integrity(settings, tiny_base):
-    registry = ModelRegistry(redis_client(settings), settings.models_dir, settings.key_prefix)
+    registry = Stores.from_settings(settings).registry
     model = TextClassifier.from_base(tiny_base, ["x", "y"])
     m1 = registry.publish(model, parent=None, metrics={"acc": 0.5})
     assert registry.live() is None

@@ -8,12 +8,11 @@ import time
 
 import pytest
 
-from online.buffer import Incoming, ReplayBuffer
-from online.connections import redis_client
-from online.gate import Gate, GoldenSet
-from online.quarantine import SOURCE_HELD, SourceLedger
-from online.registry import ModelRegistry
-from online.rounds import RoundRunner
+from online.feedback.buffer import Incoming, ReplayBuffer
+from online.feedback.quarantine import SOURCE_HELD
+from online.learning.round import RoundRunner
+from online.lifecycle.gate import Gate, GoldenSet
+from online.stores import Stores
 from tests import synthetic
 
 HONEST = ["alice", "bob", "carol"]
@@ -38,18 +37,15 @@ def qsettings(settings, tmp_path):
 
 @pytest.fixture
 def parts(qsettings):
-    client = redis_client(qsettings)
-    registry = ModelRegistry(client, qsettings.models_dir, qsettings.key_prefix)
-    buffer = ReplayBuffer(client, qsettings.key_prefix)
+    stores = Stores.from_settings(qsettings)
+    registry, buffer = stores.registry, stores.buffer
     synthetic.train_v1(qsettings, registry)
     runner = RoundRunner(
-        qsettings,
-        registry,
-        buffer,
+        stores,
         Gate(qsettings, GoldenSet.for_settings(qsettings)),
         seed_examples=synthetic.examples(synthetic.OLD, 40, seed=1),
     )
-    return registry, buffer, runner, SourceLedger(client, qsettings.key_prefix)
+    return registry, buffer, runner, stores.sources
 
 
 def send(buffer: ReplayBuffer, items: list[tuple[str, str, str]]) -> None:

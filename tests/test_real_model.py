@@ -4,9 +4,9 @@ and the served bf16/fp32 path agrees with itself."""
 from __future__ import annotations
 
 from online.data import Clinc150
-from online.inference import Predictor
+from online.learning.fit import accuracy, fit
 from online.model import TextClassifier, default_base_model
-from online.training import accuracy, fit
+from online.serving.predictor import Predictor
 from tests.conftest import DATA_DIR
 
 INTENTS = ["balance", "weather", "translate", "alarm"]

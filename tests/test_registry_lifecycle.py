@@ -10,20 +10,20 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from online import auto_rollback
-from online.connections import redis_client
-from online.live_accuracy import Judgement, LiveAccuracy, VersionAccuracy
+from online.lifecycle import auto_rollback, promotion
+from online.lifecycle.registry import ModelRegistry
 from online.model import TextClassifier
-from online.registry import ModelRegistry
+from online.monitoring.live_accuracy import Judgement, LiveAccuracy, VersionAccuracy
+from online.stores import Stores
 from services.api.app import create_app
-from services.bench.common import api_process
+from services.supervisor import api_process
 from services.trainer import Scheduler
 from tests.conftest import wait_for
 
 
 @pytest.fixture
 def registry(settings) -> ModelRegistry:
-    return ModelRegistry(redis_client(settings), settings.models_dir, settings.key_prefix)
+    return Stores.from_settings(settings).registry
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def chain(registry: ModelRegistry, model: TextClassifier, n: int) -> list[int]:
 
 
 def test_auto_rollback_fires_on_a_bad_version_and_not_on_a_good_one(settings, registry, model):
-    live_acc = LiveAccuracy(redis_client(settings), settings.key_prefix)
+    live_acc = Stores.from_settings(settings).live_accuracy
     s = settings.model_copy(update={"auto_rollback_min_samples": 50})
     v1, good = chain(registry, model, 2)
     judge(live_acc, v1, right=85, wrong=15)
@@ -60,7 +60,7 @@ def test_auto_rollback_fires_on_a_bad_version_and_not_on_a_good_one(settings, re
     bad = registry.publish(model, parent=good).version
     registry.promote(bad)
     judge(live_acc, bad, right=30, wrong=40)  # 43% vs 82%
-    scheduler = Scheduler(s, stop=__import__("threading").Event())
+    scheduler = Scheduler(Stores.from_settings(s), stop=__import__("threading").Event())
     scheduler.housekeeping()  # the trainer's loop runs the check under the leader lock
     assert registry.live() == good
     last = registry.history()[-1]
@@ -82,7 +82,7 @@ def test_two_proportion_test():
 def test_old_versions_are_collected_but_live_parent_and_rejected_recent_kept(registry, model):
     versions = chain(registry, model, 6)
     rejected = registry.publish(model, parent=versions[-1], status="rejected").version
-    registry.rollback()  # live: versions[-2]; previous: versions[-1]
+    promotion.rollback(registry)  # live: versions[-2]; previous: versions[-1]
     collected = registry.collect(keep=3)
     assert collected == versions[:3]  # v4 is the parent of live; v5, v6 and the rejected one are recent
     for v in collected:
@@ -139,5 +139,5 @@ def test_two_api_processes_swap_on_promote_and_on_rollback(settings, registry, m
         v2 = registry.publish(model, parent=v1).version
         registry.promote(v2)
         wait_for(lambda: served() == {v2}, timeout=30, what="both processes on v2")
-        registry.rollback()
+        promotion.rollback(registry)
         wait_for(lambda: served() == {v1}, timeout=30, what="both processes back on v1")

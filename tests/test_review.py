@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from online.connections import redis_client
-from online.registry import ModelRegistry
-from online.review import diverse_pick
+from online.feedback.review_queue import diverse_pick
+from online.stores import Stores
 from services.api.app import create_app
 from tests import synthetic
 from tests.conftest import wait_for
@@ -24,7 +23,7 @@ def rsettings(kafka_settings, tmp_path):
 
 
 def test_the_queue_returns_uncertain_diverse_items_and_feedback_answers_them(rsettings):
-    registry = ModelRegistry(redis_client(rsettings), rsettings.models_dir, rsettings.key_prefix)
+    registry = Stores.from_settings(rsettings).registry
     synthetic.train_v1(rsettings, registry)
     confident = [t for t, _ in synthetic.examples(synthetic.OLD, 10, seed=5)]
     # Texts with a keyword of two labels: the model cannot be sure. One pair in many paraphrases.

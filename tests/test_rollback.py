@@ -7,9 +7,8 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from online.connections import redis_client
 from online.model import TextClassifier
-from online.registry import ModelRegistry
+from online.stores import Stores
 from services.api.app import create_app
 from services.cli import app as cli
 from tests.conftest import settings_env, wait_for
@@ -17,7 +16,7 @@ from tests.conftest import settings_env, wait_for
 
 @pytest.fixture
 def two_versions(settings):
-    registry = ModelRegistry(redis_client(settings), settings.models_dir, settings.key_prefix)
+    registry = Stores.from_settings(settings).registry
     model = TextClassifier.from_base(settings.base_model, ["a", "b"])
     v1 = registry.publish(model, parent=None).version
     registry.promote(v1)

@@ -12,14 +12,11 @@ import uuid
 import httpx
 import pytest
 
-from online.buffer import ReplayBuffer
 from online.bus import ensure_topics
-from online.connections import redis_client
 from online.data import Clinc150
-from online.registry import ModelRegistry
-from services.bench.common import api_process
+from online.stores import Stores
 from services.embedded import free_port
-from services.supervisor import child_env, stop_processes
+from services.supervisor import api_process, child_env, stop_processes
 from tests.conftest import wait_for
 
 
@@ -37,8 +34,8 @@ def test_two_apis_two_consumers_two_trainers(kafka_settings, tmp_path):
         "gate_latency_ratio": 100.0, "model_poll_s": 1.0, "drift_reference_size": 200,
     })  # fmt: skip
     ensure_topics(s)
-    registry = ModelRegistry(redis_client(s), s.models_dir, s.key_prefix)
-    buffer = ReplayBuffer(redis_client(s), s.key_prefix)
+    registry = Stores.from_settings(s).registry
+    buffer = Stores.from_settings(s).buffer
     metric_ports = [free_port(), free_port()]
     procs = []
     try:

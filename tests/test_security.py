@@ -6,9 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from online.connections import redis_client
 from online.model import TextClassifier
-from online.registry import ModelRegistry
+from online.stores import Stores
 from services.api.app import create_app
 
 ADMIN = [
@@ -31,7 +30,7 @@ def test_admin_endpoints_refuse_without_the_token_and_with_a_wrong_one(settings,
         assert client.post(path, json=body).status_code == 401
         assert client.post(path, json=body, headers={"Authorization": "Bearer guess"}).status_code == 403
         assert client.post(path, json=body, headers={"Authorization": "Basic czNjcmV0"}).status_code == 401
-    assert redis_client(settings).get(f"{settings.key_prefix}:trainer:paused") is None  # nothing changed
+    assert Stores.from_settings(settings).control.paused() is None  # nothing changed
 
 
 def test_feedback_keys_are_per_source(kafka_settings):
@@ -48,7 +47,7 @@ def test_feedback_keys_are_per_source(kafka_settings):
 
 def test_request_bodies_over_the_limit_are_refused(settings):
     s = settings.model_copy(update={"max_body_bytes": 2048})
-    registry = ModelRegistry(redis_client(s), s.models_dir, s.key_prefix)
+    registry = Stores.from_settings(s).registry
     registry.promote(registry.publish(TextClassifier.from_base(s.base_model, ["a", "b"]), parent=None).version)
     with TestClient(create_app(s)) as client:
         big = {"texts": ["x" * 100] * 30}

@@ -9,8 +9,7 @@ import threading
 import torch
 from fastapi.testclient import TestClient
 
-from online.connections import redis_client
-from online.registry import ModelRegistry
+from online.stores import Stores
 from services.api.app import create_app
 from services.trainer import Scheduler
 from tests import synthetic
@@ -23,7 +22,7 @@ def test_a_shadow_candidates_answers_never_reach_a_client(kafka_settings, tmp_pa
     s = kafka_settings.model_copy(
         update={"golden_path": golden, "shadow_min_requests": 20, "shadow_min_agreement": 0.0, "shadow_min_judged": 5}
     )
-    registry = ModelRegistry(redis_client(s), s.models_dir, s.key_prefix)
+    registry = Stores.from_settings(s).registry
     model, v1 = synthetic.train_v1(s, registry)
     with torch.no_grad():  # the candidate answers differently: every label's row moved to the next label
         model.head.weight.copy_(model.head.weight[[1, 2, 0]].clone())
@@ -56,24 +55,23 @@ def test_a_shadow_candidates_answers_never_reach_a_client(kafka_settings, tmp_pa
         assert report["live_accuracy_same_requests"] == 1.0 and report["shadow_accuracy"] < 0.5
 
         # The trainer's housekeeping ends a shadow that does worse than live: it never goes live.
-        Scheduler(s, threading.Event()).housekeeping()
+        Scheduler(Stores.from_settings(s), threading.Event()).housekeeping()
         assert registry.shadow() is None and registry.live() == v1.version
         wait_for(lambda: client.get("/v1/shadow").json()["shadow"] is None, what="shadow ended")
 
 
 def test_the_trainer_promotes_a_shadow_that_agrees_after_its_period(settings):
     from online.model import TextClassifier
-    from online.shadow import ShadowLedger
 
     s = settings.model_copy(update={"shadow_min_requests": 50, "shadow_min_agreement": 0.9, "shadow_min_judged": 10})
-    registry = ModelRegistry(redis_client(s), s.models_dir, s.key_prefix)
+    registry = Stores.from_settings(s).registry
     model = TextClassifier.from_base(s.base_model, ["a", "b"])
     v1 = registry.publish(model, parent=None).version
     registry.promote(v1)
     v2 = registry.publish(model, parent=v1).version
     registry.set_shadow(v2, share=0.5)
-    ledger = ShadowLedger(redis_client(s), s.key_prefix)
-    scheduler = Scheduler(s, threading.Event())
+    ledger = Stores.from_settings(s).shadow
+    scheduler = Scheduler(Stores.from_settings(s), threading.Event())
     ledger.count(v2, requests=30, agreed=29)
     scheduler.housekeeping()
     assert registry.shadow()["version"] == v2 and registry.live() == v1  # the period is not over yet

@@ -10,13 +10,12 @@ import time
 
 import pytest
 
-from online import continual
-from online.buffer import Incoming, ReplayBuffer
-from online.connections import redis_client
-from online.gate import Gate, GoldenSet
-from online.registry import ModelRegistry
-from online.rounds import RoundRunner
-from services.leader import Leadership
+from online.feedback.buffer import Incoming, ReplayBuffer
+from online.learning import step as continual
+from online.learning.round import RoundRunner
+from online.lifecycle.gate import Gate, GoldenSet
+from online.lifecycle.leader import Leadership
+from online.stores import Stores
 from services.trainer import Scheduler
 from tests import synthetic
 from tests.conftest import wait_for
@@ -46,9 +45,8 @@ def tsettings(settings, tmp_path):
 
 @pytest.fixture
 def parts(tsettings):
-    client = redis_client(tsettings)
-    registry = ModelRegistry(client, tsettings.models_dir, tsettings.key_prefix)
-    buffer = ReplayBuffer(client, tsettings.key_prefix)
+    stores = Stores.from_settings(tsettings)
+    registry, buffer = stores.registry, stores.buffer
     model, v1 = synthetic.train_v1(tsettings, registry)
     return registry, buffer, model, v1
 
@@ -59,7 +57,7 @@ def feed(buffer: ReplayBuffer, items, tag: str = "e") -> None:
 
 def runner(tsettings, registry, buffer) -> RoundRunner:
     gate = Gate(tsettings, GoldenSet.for_settings(tsettings))
-    return RoundRunner(tsettings, registry, buffer, gate, seed_examples=synthetic.examples(synthetic.OLD, 40, seed=1))
+    return RoundRunner(Stores.from_settings(tsettings), gate, seed_examples=synthetic.examples(synthetic.OLD, 40, seed=1))
 
 
 def test_a_round_learns_a_new_label_and_old_labels_keep_theirs(tsettings, parts):
@@ -128,7 +126,7 @@ def test_a_broken_candidate_is_rejected_and_never_serves(tsettings, parts, monke
             head.bias.copy_(head.bias[order].clone())
         return result
 
-    monkeypatch.setattr("online.rounds.learn", shuffled_head)
+    monkeypatch.setattr("online.learning.round.learn", shuffled_head)
     with TestClient(create_app(tsettings)) as client:
         wait_for(lambda: client.get("/readyz").json()["model_version"] == v1.version, what="v1 served")
         report = runner(tsettings, registry, buffer).run()
@@ -160,9 +158,9 @@ def test_two_trainers_never_train_at_once(tsettings, parts, monkeypatch):
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr("online.rounds.learn", watched_learn)
+    monkeypatch.setattr("online.learning.round.learn", watched_learn)
     stop = threading.Event()
-    trainers = [Scheduler(tsettings, stop), Scheduler(tsettings, stop)]
+    trainers = [Scheduler(Stores.from_settings(tsettings), stop), Scheduler(Stores.from_settings(tsettings), stop)]
     for t in trainers:
         t._runner = runner(tsettings, registry, buffer)
     threads = [threading.Thread(target=t.loop, daemon=True) for t in trainers]
@@ -183,14 +181,14 @@ def test_two_trainers_never_train_at_once(tsettings, parts, monkeypatch):
 def test_a_dead_trainers_lock_lapses(tsettings):
     name = f"{tsettings.key_prefix}:trainer:leader"
     code = (
-        "import sys, time, redis; from services.leader import Leadership;"
+        "import sys, time, redis; from online.lifecycle.leader import Leadership;"
         f"l = Leadership(redis.Redis.from_url({tsettings.redis_url!r}), {name!r}, ttl_s=1.0);"
         "assert l.acquire(); print('held', flush=True); time.sleep(60)"
     )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "held"
-        other = Leadership(redis_client(tsettings), name, ttl_s=1.0)
+        other = Leadership(Stores.from_settings(tsettings).redis, name, ttl_s=1.0)
         assert not other.acquire(wait_s=0)  # held and renewed while the holder lives
         child.kill()
         child.wait()
@@ -202,7 +200,7 @@ def test_a_dead_trainers_lock_lapses(tsettings):
 
 def test_scheduler_triggers_on_count_or_age(tsettings, parts):
     _, buffer, _, _ = parts
-    scheduler = Scheduler(tsettings.model_copy(update={"train_max_wait_s": 1.0}), threading.Event())
+    scheduler = Scheduler(Stores.from_settings(tsettings.model_copy(update={"train_max_wait_s": 1.0})), threading.Event())
     assert not scheduler.due()
     feed(buffer, synthetic.examples(["travel"], 1, seed=40), tag="one")
     assert not scheduler.due()  # one sample: wait for more, up to train_max_wait_s

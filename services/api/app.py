@@ -6,23 +6,18 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
-from online.connections import redis_client, redis_url
-from online.control import TrainingControl
-from online.live_accuracy import LiveAccuracy
-from online.prediction_log import PredictionLog
-from online.registry import ModelRegistry
-from online.review import ReviewQueue
+from online.connections import async_redis_client
+from online.serving.metrics import ApiMetrics
+from online.serving.service import ModelService, NotReady
 from online.settings import Settings
-from services.api.drift import DriftMonitor
-from services.api.feedback import BrokerUnavailable, FeedbackIntake, RateLimited
+from online.stores import Stores
+from services.api.intake import BrokerUnavailable, FeedbackIntake, RateLimited
 from services.api.limits import BodySizeLimit
-from services.api.metrics import ApiMetrics
 from services.api.routers import (
     dashboard,
     drift,
@@ -36,7 +31,6 @@ from services.api.routers import (
     training,
 )
 from services.api.schemas import feedback_body_model, predict_request_model
-from services.api.service import ModelService, NotReady
 
 log = logging.getLogger("online.api")
 
@@ -46,30 +40,20 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        client = redis_client(settings)
-        async_client = aredis.Redis.from_url(redis_url(settings), decode_responses=True)
-        registry = ModelRegistry(client, settings.models_dir, settings.key_prefix)
-        service = ModelService(
-            settings,
-            registry,
-            PredictionLog(client, settings.key_prefix, settings.prediction_ttl_s),
-            async_client,
-            metrics,
-            DriftMonitor(settings, client, registry, metrics),
-            ReviewQueue(client, settings.key_prefix, settings.review_capacity, settings.prediction_ttl_s),
-        )
+        stores = Stores.from_settings(settings, role="serving")
+        async_client = async_redis_client(settings)
+        service = ModelService(stores, metrics, async_client)
+        app.state.stores = stores
         app.state.service = service
-        app.state.feedback = FeedbackIntake(settings, client)
-        app.state.training = TrainingControl(client, settings.key_prefix)
-        app.state.live_accuracy = LiveAccuracy(client, settings.key_prefix, settings.dedup_ttl_s)
+        app.state.intake = FeedbackIntake(stores)
         await service.start()
         try:
             yield
         finally:
             await service.stop()
-            await asyncio.to_thread(app.state.feedback.close)
+            await asyncio.to_thread(app.state.intake.close)
             await async_client.aclose()
-            client.close()
+            stores.close()
 
     app = FastAPI(
         title="online",

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 
-from online.events import FeedbackEvent
+from online.feedback.events import FeedbackEvent
 from online.settings import Settings
 
 

@@ -2,15 +2,19 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
+
+from online.monitoring.report import drift_report
+from services.api.deps import ServiceDep, StoresDep
 
 api = APIRouter(tags=["monitoring"])
 
 
 @api.get("/v1/drift")
-async def drift(request: Request, history: int = Query(0, ge=0, le=2000, description="Past windows to include.")) -> dict:
+async def drift(
+    stores: StoresDep, service: ServiceDep, history: int = Query(0, ge=0, le=2000, description="Past windows to include.")
+) -> dict:
     """Drift signals with their thresholds and alerts: input drift (kNN distance rate, MMD test),
     out-of-scope rate, prediction shift (Jensen-Shannon), live accuracy per version from feedback, and
     feedback volume. ``replicas`` holds each replica's latest window; ``history`` past windows."""
-    monitor = request.app.state.service.drift
-    return await asyncio.to_thread(monitor.report, history)
+    return await asyncio.to_thread(drift_report, stores, service.window, history)

@@ -1,6 +1,7 @@
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException
 
 from services.api.admin import feedback_source
+from services.api.deps import IntakeDep
 from services.api.schemas import FeedbackAccepted, FeedbackBatch
 
 
@@ -20,7 +21,7 @@ def router(body_model: type) -> APIRouter:
     )
     async def feedback(
         body: body_model,  # type: ignore[valid-type]
-        request: Request,
+        intake: IntakeDep,
         source: str | None = Depends(feedback_source),
     ) -> FeedbackAccepted:
         """One feedback event or `{"events": [...]}`. 202 only once the broker acknowledged all of them."""
@@ -29,7 +30,7 @@ def router(body_model: type) -> APIRouter:
             foreign = sorted({e.source for e in events if e.source != source})
             if foreign:
                 raise HTTPException(403, f"this API key sends as source {source!r}, not {foreign[0]!r}")
-        await request.app.state.feedback.submit(events)
+        await intake.submit(events)
         return FeedbackAccepted(accepted=len(events), event_ids=[e.event_id for e in events])
 
     return api

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.api.deps import MetricsDep, ServiceDep
 
 api = APIRouter(tags=["health"])
 
@@ -14,17 +16,20 @@ async def healthz() -> dict[str, str]:
 
 
 @api.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(service: ServiceDep) -> JSONResponse:
     """Ready once a model is loaded; the detail names the version and any version that failed to load."""
-    service = request.app.state.service
     body = {
         "ready": service.version is not None,
         "model_version": service.version,
-        "last_load_error": service.last_load_error,
+        "last_load_error": service.follower.last_load_error,
+        "failed_loads": [
+            {"slot": slot, "version": f.version, "tries": f.failures, "given_up": f.given_up, "error": f.error}
+            for slot, f in service.follower.failures.items()
+        ],
     }
     return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 
 @api.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(metrics: MetricsDep) -> Response:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

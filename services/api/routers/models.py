@@ -2,20 +2,21 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException
 
-from online.registry import IntegrityError
+from online.lifecycle import promotion
+from online.lifecycle.registry import IntegrityError, LiveMoved
 from services.api.admin import require_admin
+from services.api.deps import ServiceDep, StoresDep
 from services.api.schemas import LiveChangeOut, ModelOut, ModelsResponse, PromoteRequest, RollbackRequest
 
 api = APIRouter(tags=["models"])
 
 
 @api.get("/v1/models", response_model=ModelsResponse)
-async def models(request: Request) -> ModelsResponse:
-    service = request.app.state.service
-    registry = service.registry
-    live_accuracy = request.app.state.live_accuracy
+async def models(stores: StoresDep, service: ServiceDep) -> ModelsResponse:
+    registry = stores.registry
+    live_accuracy = stores.live_accuracy
     live, versions, history, accs = await asyncio.to_thread(
         lambda: (registry.live(), registry.list(), registry.history(), {a.version: a for a in live_accuracy.all()})
     )
@@ -47,12 +48,11 @@ async def models(request: Request) -> ModelsResponse:
     dependencies=[Depends(require_admin)],
     responses={401: {"description": "No token"}, 403: {"description": "Wrong token or admin disabled"}},
 )
-async def rollback(body: RollbackRequest, request: Request) -> LiveChangeOut:
+async def rollback(body: RollbackRequest, stores: StoresDep) -> LiveChangeOut:
     """Point the live alias back (default: the live version's parent); every replica swaps."""
-    registry = request.app.state.service.registry
     try:
-        change = await asyncio.to_thread(registry.rollback, body.to, body.reason)
-    except (KeyError, ValueError, IntegrityError) as exc:
+        change = await asyncio.to_thread(promotion.rollback, stores.registry, body.to, body.reason)
+    except (KeyError, ValueError, IntegrityError, LiveMoved) as exc:
         raise HTTPException(409, str(exc).strip("'\"")) from exc
     return LiveChangeOut(**change.model_dump())
 
@@ -63,18 +63,13 @@ async def rollback(body: RollbackRequest, request: Request) -> LiveChangeOut:
     dependencies=[Depends(require_admin)],
     responses={401: {"description": "No token"}, 403: {"description": "Wrong token or admin disabled"}},
 )
-async def promote(body: PromoteRequest, request: Request) -> LiveChangeOut:
+async def promote(body: PromoteRequest, stores: StoresDep) -> LiveChangeOut:
     """Make a published version live (after checking its weights); every replica swaps to it."""
-    registry = request.app.state.service.registry
-
-    def checked_promote():
-        registry.verify(body.version)
-        return registry.promote(body.version, reason=body.reason or "manual promotion (API)")
-
+    reason = body.reason or "manual promotion (API)"
     try:
-        change = await asyncio.to_thread(checked_promote)
+        change = await asyncio.to_thread(promotion.promote, stores.registry, body.version, reason)
     except KeyError as exc:
         raise HTTPException(404, str(exc).strip("'\"")) from exc
-    except (ValueError, IntegrityError) as exc:
+    except (ValueError, IntegrityError, LiveMoved) as exc:
         raise HTTPException(409, str(exc)) from exc
     return LiveChangeOut(**change.model_dump())

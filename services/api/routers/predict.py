@@ -1,5 +1,6 @@
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
+from services.api.deps import ServiceDep
 from services.api.schemas import LabelScore, PredictionOut, PredictRequestBase, PredictResponse
 
 
@@ -7,8 +8,8 @@ def router(request_model: type[PredictRequestBase]) -> APIRouter:
     api = APIRouter(tags=["predict"])
 
     @api.post("/v1/predict", response_model=PredictResponse, responses={503: {"description": "No model loaded yet"}})
-    async def predict(body: request_model, request: Request) -> PredictResponse:  # type: ignore[valid-type]
-        served = await request.app.state.service.predict(body.all_texts(), body.top_k)
+    async def predict(body: request_model, service: ServiceDep) -> PredictResponse:  # type: ignore[valid-type]
+        served = await service.predict(body.all_texts(), body.top_k)
         return PredictResponse(
             model_version=served[0].model_version,
             predictions=[

@@ -2,25 +2,27 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+
+from services.api.deps import ServiceDep, StoresDep
 
 api = APIRouter(tags=["models"])
 
 
 @api.get("/v1/shadow")
-async def shadow(request: Request) -> dict:
+async def shadow(stores: StoresDep, service: ServiceDep) -> dict:
     """The candidate running in shadow (if any): its share of traffic, agreement with live, and accuracy
     from feedback on the shadowed requests, next to live's on the same requests."""
-    service = request.app.state.service
 
     def read() -> dict:
-        slot = service.registry.shadow()
+        slot = stores.registry.shadow()
         if not slot:
             return {"shadow": None}
-        st = service.shadow_ledger.stats(slot["version"])
+        st = stores.shadow.stats(slot["version"])
+        loaded = service.follower.shadow
         return {
             "shadow": slot,
-            "loaded_by_this_replica": service.shadow is not None and service.shadow.version == slot["version"],
+            "loaded_by_this_replica": loaded is not None and loaded.version == slot["version"],
             "requests": st.requests,
             "agreement": st.agreement,
             "judged": st.judged,

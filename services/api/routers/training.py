@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
 from services.api.admin import require_admin
+from services.api.deps import StoresDep
 from services.api.schemas import PauseRequest, TrainingState
 
 api = APIRouter(tags=["training"])
@@ -20,20 +21,20 @@ def _state(raw: dict | None) -> TrainingState:
 
 
 @api.get("/v1/training", response_model=TrainingState)
-async def training_state(request: Request) -> TrainingState:
-    return _state(await asyncio.to_thread(request.app.state.training.paused))
+async def training_state(stores: StoresDep) -> TrainingState:
+    return _state(await asyncio.to_thread(stores.control.paused))
 
 
 @api.post("/v1/training/pause", response_model=TrainingState, dependencies=[Depends(require_admin)], responses=_ADMIN)
-async def pause(body: PauseRequest, request: Request) -> TrainingState:
+async def pause(body: PauseRequest, stores: StoresDep) -> TrainingState:
     """No new round starts until resumed (a round already running finishes and is gated as usual)."""
-    control = request.app.state.training
+    control = stores.control
     await asyncio.to_thread(control.pause, body.reason or "paused (API)")
     return _state(await asyncio.to_thread(control.paused))
 
 
 @api.post("/v1/training/resume", response_model=TrainingState, dependencies=[Depends(require_admin)], responses=_ADMIN)
-async def resume(request: Request) -> TrainingState:
-    control = request.app.state.training
+async def resume(stores: StoresDep) -> TrainingState:
+    control = stores.control
     await asyncio.to_thread(control.resume)
     return _state(await asyncio.to_thread(control.paused))

@@ -1,0 +1,172 @@
+"""Shared pieces of the benchmarks: a throw-away Redis and registry, a served model, an HTTP load loop."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from online.lifecycle import promotion
+from online.lifecycle.registry import MANIFEST_FILE, Manifest
+from online.model import WEIGHTS_FILE, TextClassifier
+from online.settings import Settings
+from online.stores import Stores
+from services.embedded import start_redis
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+    starts: list[float] = field(default_factory=list)  # perf_counter() at the start of each latency
+    versions: list[int] = field(default_factory=list)  # model_version of each answer, when asked for
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies) if self.latencies else float("nan")
+
+
+@contextmanager
+def bench_environment(settings: Settings) -> Iterator[Settings]:
+    """A temporary Redis and model store; nothing of the user's state is touched."""
+    with tempfile.TemporaryDirectory(prefix="online-bench-") as tmp:
+        rds = start_redis(Path(tmp) / "redis")
+        try:
+            yield settings.model_copy(
+                update={
+                    "redis_url": f"redis://127.0.0.1:{rds.port}/0",
+                    "model_store": Path(tmp) / "models",
+                    "state_dir": Path(tmp) / "state",
+                }
+            )
+        finally:
+            rds.stop()
+
+
+def latest_local_version(settings: Settings) -> tuple[TextClassifier, Manifest] | None:
+    """The newest version in the user's model store (read from disk, no server needed)."""
+    store = settings.models_dir
+    versions = [p for p in store.glob(f"v*/{MANIFEST_FILE}") if p.parent.name[1:].isdigit()] if store.is_dir() else []
+    for path in sorted(versions, key=lambda p: int(p.parent.name[1:]), reverse=True):
+        manifest = Manifest.model_validate_json(path.read_text())
+        if manifest.status == "published":
+            return TextClassifier.load(path.parent / WEIGHTS_FILE, manifest.labels, manifest.base_model), manifest
+    return None
+
+
+def publish_live(settings: Settings, model: TextClassifier) -> Manifest:
+    registry = Stores.from_settings(settings).registry
+    manifest = registry.publish(model, parent=None)
+    promotion.promote(registry, manifest.version, "benchmark")
+    return manifest
+
+
+class _Connection:
+    """A minimal HTTP/1.1 keep-alive client for load generation.
+
+    The load generator shares the machine's two cores with the server it measures, so its own cost per
+    request must be small; a general-purpose client (httpx) costs several times more CPU per call.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
+        self.reader, self.writer, self.host = reader, writer, host
+
+    @classmethod
+    async def open(cls, url: str) -> "_Connection":
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        return cls(reader, writer, f"{host}:{port}")
+
+    async def post_json(self, path: str, body: bytes) -> tuple[int, bytes]:
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def _load(
+    urls: list[str],
+    texts: list[str],
+    total: int | None,
+    concurrency: int,
+    until: Callable[[], bool] | None = None,
+    track_versions: bool = False,
+) -> LoadResult:
+    """``concurrency`` clients spread round-robin over ``urls``, until ``total`` requests were sent or
+    ``until()`` turns true."""
+    latencies: list[float] = []
+    starts: list[float] = []
+    versions: list[int] = []
+    errors = 0
+    sent = 0
+    counter = itertools.count()
+    bodies = [json.dumps({"text": t}).encode() for t in texts]
+
+    def more() -> int | None:
+        i = next(counter)
+        if (total is not None and i >= total) or (until is not None and until()):
+            return None
+        return i
+
+    async def worker(url: str) -> None:
+        nonlocal errors, sent
+        conn = await _Connection.open(url)
+        try:
+            while (i := more()) is not None:
+                sent += 1
+                t0 = time.perf_counter()
+                try:
+                    status, body = await conn.post_json("/v1/predict", bodies[i % len(bodies)])
+                except (OSError, asyncio.IncompleteReadError):
+                    status, body = 0, b""
+                    conn.close()
+                    conn = await _Connection.open(url)
+                if status == 200:
+                    latencies.append(time.perf_counter() - t0)
+                    starts.append(t0)
+                    if track_versions:
+                        versions.append(json.loads(body)["model_version"])
+                else:
+                    errors += 1
+        finally:
+            conn.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(urls[w % len(urls)]) for w in range(concurrency)))
+    return LoadResult(sent, errors, time.perf_counter() - started, latencies, starts, versions)
+
+
+def http_load(url: str, texts: list[str], total: int, concurrency: int) -> LoadResult:
+    """``total`` single-text /v1/predict calls from ``concurrency`` concurrent clients."""
+    asyncio.run(_load([url], texts, min(total, 4 * concurrency), concurrency))  # warm connections
+    return asyncio.run(_load([url], texts, total, concurrency))

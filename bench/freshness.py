@@ -1,0 +1,148 @@
+"""`online bench freshness`: from feedback that teaches a new intent to the first answer of a version
+trained on it, through the whole system with default settings.
+
+An embedded broker and Redis, and `online serve`, `online consume`, `online train` as child processes,
+exactly as `online up` runs them. Each trial sends the train examples of one intent the live model does
+not know (one /v1/feedback call), then asks /v1/predict about one of that intent's test texts until the
+answer comes from a version whose labels include the intent.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from bench.common import latest_local_version
+from online.data import Clinc150
+from online.learning.version_one import seed_data, train_version_one
+from online.lifecycle import promotion
+from online.lifecycle.gate import Gate, GoldenSet
+from online.model import TextClassifier
+from online.settings import Settings
+from online.stores import Stores
+from services.embedded import free_port
+from services.supervisor import EmbeddedStack, child_env, stop_processes, wait_ready
+
+
+def _install_v1(env: Settings, console: Console, found: tuple[TextClassifier, object] | None) -> None:
+    registry = Stores.from_settings(env).registry
+    if found is None:
+        console.print("no local model version: training version 1 on the seed data first")
+        train_version_one(env, registry)
+        return
+    model = found[0]
+    _, test = seed_data(env)
+    report = Gate(env, GoldenSet.for_settings(env, test)).baseline(model)
+    v1 = registry.publish(
+        model, parent=None, gate=report.model_dump(), metrics={"golden_accuracy": report.golden_accuracy}
+    )
+    promotion.promote(registry, v1.version, "benchmark start")
+
+
+def run_bench_freshness(
+    settings: Settings, console: Console, *, trials: int, per_intent: int, timeout_s: float
+) -> None:
+    clinc = Clinc150.open(settings.data_dir)
+    domains = list(clinc.domains)[settings.seed_domains :]
+    intents = [clinc.domains[d][0] for d in domains][:trials]
+    found = latest_local_version(settings)
+    if found is not None and any(i in found[0].labels for i in intents):
+        found = None  # the local model already knows these intents: start from the seed model instead
+    train, test = clinc.split("train"), clinc.split("test")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="online-bench-") as tmp:
+        base = settings.model_copy(
+            update={
+                "state_dir": Path(tmp) / "state",
+                "model_store": None,
+                "kafka_bootstrap": None,
+                "redis_url": None,
+                "api_port": free_port(),
+            }
+        )
+        stack = EmbeddedStack.start(base)
+        env = stack.settings
+        procs: list[subprocess.Popen] = []
+        try:
+            _install_v1(env, console, found)
+            for part in ("serve", "consume", "train"):
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "services", part],
+                        env=child_env(env),
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+            url = f"http://127.0.0.1:{env.api_port}"
+            wait_ready(url, procs[0])
+            registry = Stores.from_settings(env).registry
+            console.print(
+                f"{len(intents)} trials, {per_intent} label events each; trainer defaults: round at "
+                f"{env.train_min_new} new samples or {env.train_max_wait_s:.0f} s after the first, "
+                f"{env.train_mode} fine-tune, {env.train_epochs} epochs, rehearsal >= {env.rehearsal_min}"
+            )
+            with httpx.Client(base_url=url, timeout=30.0) as client:
+                for intent in intents:
+                    examples = [t for t, lab in train if lab == intent][:per_intent]
+                    probes = [t for t, lab in test if lab == intent]
+                    events = [{"kind": "label", "text": t, "label": intent, "source": "bench"} for t in examples]
+                    t0 = time.perf_counter()
+                    resp = client.post("/v1/feedback", json={"events": events})
+                    resp.raise_for_status()
+                    row = {"intent": intent, "seconds": None, "version": None, "first_right": None, "acc": None}
+                    while time.perf_counter() - t0 < timeout_s:
+                        answer = client.post("/v1/predict", json={"text": probes[0]}).json()["predictions"][0]
+                        version = answer["model_version"]
+                        if intent in registry.get(version).labels:
+                            row.update(
+                                seconds=time.perf_counter() - t0, version=version, first_right=answer["label"] == intent
+                            )
+                            batch = client.post("/v1/predict", json={"texts": probes}).json()["predictions"]
+                            row["acc"] = sum(p["label"] == intent for p in batch) / len(batch)
+                            break
+                        time.sleep(0.25)
+                    rows.append(row)
+                    console.print(
+                        f"  {intent}: "
+                        + (
+                            f"{row['seconds']:.1f} s (v{row['version']})"
+                            if row["seconds"]
+                            else f"not served within {timeout_s:.0f} s"
+                        )
+                    )
+                rejected = [m.version for m in registry.list() if m.status == "rejected"]
+        finally:
+            stop_processes(procs)
+            stack.stop()
+    _report(console, rows, rejected, timeout_s)
+
+
+def _report(console: Console, rows: list[dict], rejected: list[int], timeout_s: float) -> None:
+    table = Table(
+        title="online bench freshness: feedback teaching a new intent -> first answer by a version trained on it"
+    )
+    for col in ("intent", "seconds", "version", "first answer right", "accuracy on its test texts"):
+        table.add_column(col, justify="left" if col == "intent" else "right")
+    for r in rows:
+        table.add_row(
+            r["intent"],
+            f"{r['seconds']:.1f}" if r["seconds"] else f"> {timeout_s:.0f}",
+            str(r["version"] or "-"),
+            "-" if r["first_right"] is None else ("yes" if r["first_right"] else "no"),
+            "-" if r["acc"] is None else f"{100 * r['acc']:.0f}%",
+        )
+    console.print(table)
+    times = [r["seconds"] if r["seconds"] else timeout_s for r in rows]
+    console.print(
+        f"p50 {statistics.median(times):.1f} s, max {max(times):.1f} s over {len(rows)} trials (goal p50 <= 60 s); "
+        f"missed {sum(1 for r in rows if not r['seconds'])}; rejected candidates {rejected or 'none'}"
+    )

@@ -1,0 +1,145 @@
+"""`online bench swap`: hot swaps under load on two API processes.
+
+Steady load first, then the same load while ``versions`` new versions are promoted one after another
+and the last one is rolled back. Reports errors, p99 during the swap phase and inside the swap windows
+(from promote until every replica serves the new version, plus a settling second) against steady p99,
+and the time from each promote until both replicas serve it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+import httpx
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from bench.common import LoadResult, _load, bench_environment, latest_local_version
+from online.data import Clinc150
+from online.lifecycle import promotion
+from online.model import TextClassifier, default_base_model
+from online.settings import Settings
+from online.stores import Stores
+from services.supervisor import api_process
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _wait_all_serve(urls: list[str], version: int, timeout: float = 120.0) -> float:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=5.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                if all(client.get(f"{u}/readyz").json().get("model_version") == version for u in urls):
+                    return time.perf_counter()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+    raise TimeoutError(f"replicas did not all swap to version {version} within {timeout}s")
+
+
+def run_bench_swap(
+    settings: Settings, console: Console, *, versions: int, steady_requests: int, concurrency: int, interval_s: float
+) -> None:
+    clinc = Clinc150.open(settings.data_dir)
+    texts = [t for t, _ in clinc.split("test")[:2000]]
+    found = latest_local_version(settings)
+    if found is not None:
+        model = found[0]
+    else:
+        labels = sorted({lab for _, lab in clinc.seed(settings.seed_domains)})
+        model = TextClassifier.from_base(settings.base_model or default_base_model(), labels)
+    with bench_environment(settings) as env:
+        registry = Stores.from_settings(env).registry
+        v1 = registry.publish(model, parent=None).version
+        promotion.promote(registry, v1, "benchmark")
+        candidates, parent = [], v1
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(versions):  # distinct weights, published before the load starts
+            with torch.no_grad():
+                model.head.weight.add_(torch.randn(model.head.weight.shape, generator=gen) * 1e-3)
+            parent = registry.publish(model, parent=parent).version
+            candidates.append(parent)
+        console.print(f"2 API processes, concurrency {concurrency}; promoting {versions} versions then one rollback")
+        # Two replicas share the machine: each gets half the cores, or their OpenMP teams fight (measured:
+        # with every replica on all cores, throughput fell to a quarter).
+        threads = str(settings.num_threads or max(1, (os.cpu_count() or 2) // 2))
+        with api_process(env, ONLINE_NUM_THREADS=threads) as a, api_process(env, ONLINE_NUM_THREADS=threads) as b:
+            urls = [a, b]
+            asyncio.run(_load(urls, texts, 4 * concurrency, concurrency))  # warm connections
+            steady = asyncio.run(_load(urls, texts, steady_requests, concurrency))
+            swaps: list[tuple[str, int, float, float]] = []
+            done = threading.Event()
+            failure: list[BaseException] = []
+
+            def swapper() -> None:
+                try:
+                    time.sleep(interval_s)
+                    for v in candidates:
+                        t0 = time.perf_counter()
+                        promotion.promote(registry, v, "bench swap")
+                        swaps.append(("promote", v, t0, _wait_all_serve(urls, v)))
+                        time.sleep(interval_s)
+                    t0 = time.perf_counter()
+                    change = promotion.rollback(registry, reason="bench swap")
+                    swaps.append(("rollback", change.version, t0, _wait_all_serve(urls, change.version)))
+                    time.sleep(interval_s)
+                except BaseException as exc:  # reported after the load stops
+                    failure.append(exc)
+                finally:
+                    done.set()
+
+            thread = threading.Thread(target=swapper, daemon=True)
+            thread.start()
+            during = asyncio.run(_load(urls, texts, None, concurrency, until=done.is_set, track_versions=True))
+            thread.join()
+    if failure:
+        raise failure[0]
+    _report(console, steady, during, swaps)
+
+
+def _report(console: Console, steady: LoadResult, during: LoadResult, swaps: list) -> None:
+    windows = [(t0, t1 + 1.0) for _, _, t0, t1 in swaps]
+    in_window = [lat for lat, st in zip(during.latencies, during.starts) if any(a <= st <= b for a, b in windows)]
+    base = _pct(steady.latencies, 0.99)
+    table = Table(title="online bench swap: 2 API processes under load while versions go live")
+    for col in ("phase", "requests", "errors", "req/s", "p50 ms", "p99 ms", "p99 / steady p99"):
+        table.add_column(col, justify="left" if col == "phase" else "right")
+    rows = [
+        ("steady", steady.requests, steady.errors, steady.throughput, steady.latencies),
+        ("whole swap phase", during.requests, during.errors, during.throughput, during.latencies),
+        ("inside swap windows", len(in_window), "", None, in_window),
+    ]
+    for name, n, err, rps, lats in rows:
+        p99 = _pct(lats, 0.99)
+        table.add_row(
+            name,
+            str(n),
+            str(err),
+            "" if rps is None else f"{rps:.0f}",
+            f"{1000 * _pct(lats, 0.5):.1f}",
+            f"{1000 * p99:.1f}",
+            f"{p99 / base:.2f}x",
+        )
+    console.print(table)
+    times = Table(title="promote -> every replica serves it")
+    for col in ("action", "version", "seconds"):
+        times.add_column(col, justify="right")
+    for action, v, t0, t1 in swaps:
+        times.add_row(action, str(v), f"{t1 - t0:.2f}")
+    console.print(times)
+    served = sorted(set(during.versions))
+    console.print(
+        f"versions seen in answers: {served}; errors {steady.errors + during.errors} (goal 0); "
+        f"p99 inside swap windows {_pct(in_window, 0.99) / base:.2f}x steady (goal <= 1.5x); "
+        f"swap time max {max(t1 - t0 for _, _, t0, t1 in swaps):.2f} s"
+    )

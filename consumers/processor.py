@@ -1,0 +1,124 @@
+"""Feedback records -> buffer samples, live-accuracy judgements and dead letters (no Kafka I/O here).
+
+The consumer loop (``consumers.feedback``) feeds each polled batch through :meth:`FeedbackProcessor.process`
+and writes what it returns; keeping the decisions here makes them testable without a broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass, field
+
+from kafka.consumer.fetcher import ConsumerRecord
+from pydantic import ValidationError
+
+from online.feedback.buffer import Incoming
+from online.feedback.events import LabelEvent, ThumbsEvent, parse_event
+from online.feedback.prediction_log import PredictionLog, PredictionRecord
+from online.monitoring.live_accuracy import Judgement
+from online.settings import Settings
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    record: ConsumerRecord
+    label: str | None = None
+
+    def encode(self) -> bytes:
+        raw = self.record.value or b""
+        try:
+            text: str | None = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        return json.dumps(
+            {
+                "reason": self.reason,
+                "topic": self.record.topic,
+                "partition": self.record.partition,
+                "offset": self.record.offset,
+                "key": self.record.key.decode("utf-8", "replace") if self.record.key else None,
+                "original_b64": base64.b64encode(raw).decode(),
+                "original_text": text,
+                "at": time.time(),
+            }
+        ).encode()
+
+
+@dataclass
+class Outcome:
+    """What one batch turns into."""
+
+    samples: list[Incoming] = field(default_factory=list)
+    judgements: list[Judgement] = field(default_factory=list)
+    seen_only: list[str] = field(default_factory=list)  # valid events that add no sample
+    dead: list[DeadLetter] = field(default_factory=list)
+    answered: list[str] = field(default_factory=list)  # prediction ids labelled: off the review queue
+    shadow: list[Judgement] = field(default_factory=list)  # a shadow candidate judged on a shadowed request
+    shadow_live: list[Judgement] = field(default_factory=list)  # live judged on the same request
+
+
+class FeedbackProcessor:
+    """Turns raw records into buffer samples, judgements and dead letters. No Kafka I/O here."""
+
+    def __init__(self, settings: Settings, predictions: PredictionLog) -> None:
+        self.allow = set(settings.label_allowlist) if settings.label_allowlist else None
+        self.predictions = predictions
+
+    def process(self, records: list[ConsumerRecord]) -> Outcome:
+        out = Outcome()
+        parsed: list[tuple[ConsumerRecord, LabelEvent | ThumbsEvent]] = []
+        for rec in records:
+            try:
+                parsed.append((rec, parse_event(rec.value or b"")))
+            except ValidationError as exc:
+                out.dead.append(DeadLetter(f"invalid event: {_first_error(exc)}", rec))
+            except ValueError as exc:
+                out.dead.append(DeadLetter(f"malformed record: {exc}", rec))
+        wanted = [ev.prediction_id for _, ev in parsed if ev.prediction_id]
+        resolved = dict(zip(wanted, self.predictions.get_many(wanted)))
+        for rec, ev in parsed:
+            if ev.label is not None and self.allow is not None and ev.label not in self.allow:
+                out.dead.append(DeadLetter(f"label {ev.label!r} is not in the allow-list", rec, ev.label))
+                continue
+            pred = resolved.get(ev.prediction_id) if ev.prediction_id else None
+            if ev.prediction_id and pred is None:
+                out.dead.append(
+                    DeadLetter(f"unknown prediction_id {ev.prediction_id!r} (expired or never served)", rec, ev.label)
+                )
+                continue
+            if isinstance(ev, LabelEvent):
+                out.samples.append(Incoming(ev.event_id, ev.text, ev.label, ev.source, ev.timestamp))
+                if ev.prediction_id:
+                    out.answered.append(ev.prediction_id)
+                if pred:
+                    out.judgements.append(Judgement(ev.event_id, pred.version, pred.label == ev.label, ev.timestamp))
+                    _judge_shadow(out, ev, pred, ev.label)
+                continue
+            assert pred is not None
+            correct = ev.vote == "up"
+            out.judgements.append(Judgement(ev.event_id, pred.version, correct, ev.timestamp))
+            label = pred.label if correct else ev.label
+            _judge_shadow(out, ev, pred, label)
+            if label is None:
+                out.seen_only.append(ev.event_id)  # thumbs down without the right label: a judgement only
+            else:
+                out.samples.append(Incoming(ev.event_id, pred.text, label, ev.source, ev.timestamp))
+        return out
+
+
+def _judge_shadow(out: Outcome, ev: LabelEvent | ThumbsEvent, pred: PredictionRecord, truth: str | None) -> None:
+    """Feedback on a shadowed request judges the shadow candidate and live on the same request."""
+    if pred.shadow_version is None or truth is None:
+        return
+    v = pred.shadow_version
+    out.shadow.append(Judgement(ev.event_id, v, pred.shadow_label == truth, ev.timestamp))
+    out.shadow_live.append(Judgement(ev.event_id, v, pred.label == truth, ev.timestamp))
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "event"
+    return f"{where}: {err['msg']}"

@@ -1,0 +1,397 @@
+"""The replay buffer in Redis: durable, deduplicated, per-label, bounded, with a training cursor.
+
+Write path (the feedback consumer): :meth:`ReplayBuffer.add` takes a batch of labelled examples and
+applies it in one Lua script, so a batch is all-or-nothing and redelivery is harmless:
+
+- idempotent by ``event_id`` (a ``seen`` key per event, kept ``dedup_ttl_s``);
+- exact duplicates (same normalised text and label) are counted on the stored sample, not stored again;
+- every new sample gets a sequence number; the trainer's cursor says which ones it has trained on.
+
+Texts are PII-masked before anything is stored. Capacity is bounded by class-balanced reservoir
+eviction: while over capacity, a random *already trained* sample of the largest label is dropped, so a
+sample is never evicted before the trainer saw it (nothing accepted is lost) and small labels keep theirs.
+
+Read path (the trainer): :meth:`new_samples`, :meth:`samples`, :meth:`advance_cursor`.
+Redis keys are built from one prefix inside the scripts: one Redis (not Redis Cluster) per buffer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from dataclasses import dataclass
+
+import redis
+
+from online.feedback.pii import mask_pii
+from online.keys import Keys
+
+_ADD = """
+local p = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local added, dups, replayed = 0, 0, 0
+for i = 0, n - 1 do
+  local b = 4 + i * 6
+  local eid, sid, text, label, source, at = ARGV[b], ARGV[b+1], ARGV[b+2], ARGV[b+3], ARGV[b+4], ARGV[b+5]
+  if redis.call('SET', p .. ':seen:' .. eid, '1', 'NX', 'EX', ttl) then
+    local sk = p .. ':s:' .. sid
+    redis.call('SADD', p .. ':srcs:' .. sid, source)
+    redis.call('HINCRBY', p .. ':source:' .. source, 'events', 1)
+    redis.call('SADD', p .. ':sources', source)
+    redis.call('HINCRBY', p .. ':stats:' .. label, 'total', 1)
+    redis.call('SADD', p .. ':labels', label)
+    if redis.call('EXISTS', sk) == 1 then
+      redis.call('HINCRBY', sk, 'count', 1)
+      redis.call('HINCRBY', p .. ':stats:' .. label, 'duplicates', 1)
+      dups = dups + 1
+    else
+      local seq = redis.call('INCR', p .. ':seq')
+      redis.call('HSET', sk, 'text', text, 'label', label, 'count', 1, 'seq', seq, 'source', source, 'at', at)
+      redis.call('ZADD', p .. ':l:' .. label, seq, sid)
+      redis.call('ZADD', p .. ':log', seq, sid)
+      added = added + 1
+    end
+  else
+    replayed = replayed + 1
+  end
+end
+return {added, dups, replayed}
+"""
+
+_QUARANTINE = """
+local p, at, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local moved = 0
+for i = 0, n - 1 do
+  local sid, reason = ARGV[4 + i * 2], ARGV[5 + i * 2]
+  local sk = p .. ':s:' .. sid
+  local label = redis.call('HGET', sk, 'label')
+  if label and redis.call('ZREM', p .. ':log', sid) == 1 then
+    redis.call('ZREM', p .. ':l:' .. label, sid)
+    redis.call('HSET', sk, 'quarantined', reason, 'quarantined_at', at)
+    redis.call('ZADD', p .. ':q', at, sid)
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+_RELEASE = """
+local p, n = ARGV[1], tonumber(ARGV[2])
+local released = 0
+for i = 0, n - 1 do
+  local sid = ARGV[3 + i]
+  local sk = p .. ':s:' .. sid
+  if redis.call('ZREM', p .. ':q', sid) == 1 then
+    local seq = redis.call('INCR', p .. ':seq')  -- a new sequence number: the next round trains on it
+    local label = redis.call('HGET', sk, 'label')
+    redis.call('HDEL', sk, 'quarantined', 'quarantined_at')
+    redis.call('HSET', sk, 'seq', seq)
+    redis.call('ZADD', p .. ':l:' .. label, seq, sid)
+    redis.call('ZADD', p .. ':log', seq, sid)
+    released = released + 1
+  end
+end
+return released
+"""
+
+_DROP = """
+local p, n = ARGV[1], tonumber(ARGV[2])
+local dropped = 0
+for i = 0, n - 1 do
+  local sid = ARGV[3 + i]
+  if redis.call('ZREM', p .. ':q', sid) == 1 then
+    local label = redis.call('HGET', p .. ':s:' .. sid, 'label')
+    if label then redis.call('HINCRBY', p .. ':stats:' .. label, 'dropped', 1) end
+    redis.call('DEL', p .. ':s:' .. sid, p .. ':srcs:' .. sid)
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
+
+_EVICT = """
+local p, label, cursor, r = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local sids = redis.call('ZRANGEBYSCORE', p .. ':l:' .. label, '-inf', cursor, 'LIMIT', r, 1)
+if #sids == 0 then return 0 end
+redis.call('DEL', p .. ':s:' .. sids[1], p .. ':srcs:' .. sids[1])
+redis.call('ZREM', p .. ':l:' .. label, sids[1])
+redis.call('ZREM', p .. ':log', sids[1])
+redis.call('HINCRBY', p .. ':stats:' .. label, 'evicted', 1)
+return 1
+"""
+
+_DEAD = """
+local p, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 0, n - 1 do
+  local rid, label = ARGV[4 + i * 2], ARGV[5 + i * 2]
+  if redis.call('SET', p .. ':seen:dlq:' .. rid, '1', 'NX', 'EX', ttl) then
+    redis.call('HINCRBY', p .. ':dlq', label, 1)
+  end
+end
+return n
+"""
+
+_ADVANCE = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local new = tonumber(ARGV[1])
+if new > cur then redis.call('SET', KEYS[1], new) return new end
+return cur
+"""
+
+NO_LABEL = "(none)"
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def sample_id(text: str, label: str) -> str:
+    return hashlib.sha1(f"{normalise(text)}\x1f{label}".encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A labelled example on its way into the buffer."""
+
+    event_id: str
+    text: str
+    label: str
+    source: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Sample:
+    sid: str
+    text: str
+    label: str
+    count: int
+    seq: int
+    source: str
+
+
+@dataclass(frozen=True)
+class Held:
+    """A sample in quarantine: not trained on, not rehearsed, until released or dropped."""
+
+    sid: str
+    text: str
+    label: str
+    source: str
+    sources: int  # distinct sources that sent this (text, label)
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class AddResult:
+    added: int
+    duplicates: int
+    replayed: int  # event ids already seen: redelivery
+
+
+@dataclass(frozen=True)
+class LabelStats:
+    label: str
+    stored: int
+    total: int
+    new: int
+    duplicates: int
+    dead_lettered: int
+    evicted: int
+
+
+class ReplayBuffer:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        capacity: int,
+        dedup_ttl_s: int,
+    ) -> None:
+        self.r = client
+        self.p = keys.buffer
+        self.capacity = capacity
+        self.dedup_ttl_s = dedup_ttl_s
+        self._add = client.register_script(_ADD)
+        self._evict = client.register_script(_EVICT)
+        self._advance = client.register_script(_ADVANCE)
+        self._dead = client.register_script(_DEAD)
+        self._quarantine = client.register_script(_QUARANTINE)
+        self._release = client.register_script(_RELEASE)
+        self._drop = client.register_script(_DROP)
+        self._rng = random.Random()
+
+    # --- writing ------------------------------------------------------------------------------
+    def add(self, items: list[Incoming]) -> AddResult:
+        """Store a batch atomically (PII-masked, deduplicated); then evict if over capacity."""
+        if not items:
+            return AddResult(0, 0, 0)
+        args: list[str | int | float] = [self.p, self.dedup_ttl_s, len(items)]
+        for it in items:
+            text = mask_pii(it.text)
+            args += [it.event_id, sample_id(text, it.label), text, it.label, it.source, it.at]
+        added, dups, replayed = self._add(args=args)
+        if added:
+            self.evict_over_capacity()
+        return AddResult(int(added), int(dups), int(replayed))
+
+    def mark_seen(self, event_ids: list[str]) -> list[bool]:
+        """Record events that produce no sample (e.g. a bare thumbs down); True where first seen."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for eid in event_ids:
+                pipe.set(f"{self.p}:seen:{eid}", "1", nx=True, ex=self.dedup_ttl_s)
+            return [bool(x) for x in pipe.execute()]
+
+    def record_dead_letters(self, letters: list[tuple[str, str | None]]) -> None:
+        """Count dead letters per label, once per record id (``topic:partition:offset``) however often
+        a batch is redelivered. The dead-letter topic itself is at-least-once."""
+        if letters:
+            args: list[str | int] = [self.p, self.dedup_ttl_s, len(letters)]
+            for record_id, label in letters:
+                args += [record_id, label or NO_LABEL]
+            self._dead(args=args)
+
+    def evict_over_capacity(self) -> int:
+        """Class-balanced reservoir eviction of already-trained samples; returns how many went.
+
+        The per-label counts are read once and kept up to date locally, so evicting a whole batch
+        costs one script call per sample, not a scan of every label per sample."""
+        over = self.size() - self.capacity
+        if over <= 0:
+            return 0
+        cursor = self.cursor()
+        labels = sorted(self.labels())
+        with self.r.pipeline(transaction=False) as pipe:
+            for label in labels:
+                pipe.zcard(f"{self.p}:l:{label}")
+                pipe.zcount(f"{self.p}:l:{label}", "-inf", cursor)
+            counts = pipe.execute()
+        stored = dict(zip(labels, counts[::2]))
+        evictable = dict(zip(labels, counts[1::2]))
+        evicted = 0
+        while evicted < over:
+            candidates = [(stored[lab], lab) for lab in labels if evictable[lab] > 0]
+            if not candidates:
+                break  # everything is still untrained: stay over capacity until the trainer catches up
+            _, label = max(candidates)
+            if not self._evict(args=[self.p, label, cursor, self._rng.randrange(evictable[label])]):
+                evictable[label] = 0  # changed under us (another consumer): leave this label for now
+                continue
+            stored[label] -= 1
+            evictable[label] -= 1
+            evicted += 1
+        return evicted
+
+    # --- reading (the trainer) ----------------------------------------------------------------
+    def cursor(self) -> int:
+        return int(self.r.get(f"{self.p}:cursor") or 0)
+
+    def advance_cursor(self, upto: int) -> int:
+        """Mark samples up to sequence ``upto`` as trained (never moves backwards)."""
+        return int(self._advance(keys=[f"{self.p}:cursor"], args=[upto]))
+
+    def labels(self) -> set[str]:
+        return set(self.r.smembers(f"{self.p}:labels"))
+
+    def size(self) -> int:
+        return int(self.r.zcard(f"{self.p}:log"))
+
+    def new_count(self) -> int:
+        return int(self.r.zcount(f"{self.p}:log", f"({self.cursor()}", "+inf"))
+
+    def new_samples(self, limit: int | None = None) -> tuple[list[Sample], int]:
+        """Samples stored after the cursor (oldest first) and the sequence to advance the cursor to."""
+        cursor = self.cursor()
+        rows = self.r.zrangebyscore(
+            f"{self.p}:log", f"({cursor}", "+inf", start=0 if limit else None, num=limit, withscores=True
+        )
+        samples = self._fetch([sid for sid, _ in rows])
+        return samples, int(rows[-1][1]) if rows else cursor
+
+    def samples(self, label: str | None = None) -> list[Sample]:
+        """Every stored sample (of one label); the buffer is bounded, so this is bounded too."""
+        key = f"{self.p}:l:{label}" if label else f"{self.p}:log"
+        return self._fetch(self.r.zrange(key, 0, -1))
+
+    def _fetch(self, sids: list[str]) -> list[Sample]:
+        if not sids:
+            return []
+        with self.r.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.hgetall(f"{self.p}:s:{sid}")
+            rows = pipe.execute()
+        return [
+            Sample(sid, h["text"], h["label"], int(h["count"]), int(h["seq"]), h.get("source", ""))
+            for sid, h in zip(sids, rows)
+            if h
+        ]
+
+    # --- quarantine (poisoning defence) -------------------------------------------------------
+    def quarantine(self, held: list[tuple[str, str]]) -> int:
+        """Move samples (sid, reason) out of the trainable buffer into quarantine."""
+        if not held:
+            return 0
+        args: list[str | float | int] = [self.p, time.time(), len(held)]
+        for sid, reason in held:
+            args += [sid, reason]
+        return int(self._quarantine(args=args))
+
+    def release(self, sids: list[str]) -> int:
+        """Back into the buffer as new samples: the next round trains on them."""
+        return int(self._release(args=[self.p, len(sids), *sids])) if sids else 0
+
+    def drop(self, sids: list[str]) -> int:
+        return int(self._drop(args=[self.p, len(sids), *sids])) if sids else 0
+
+    def held(self, limit: int | None = None) -> list[Held]:
+        sids = self.r.zrange(f"{self.p}:q", 0, -1 if limit is None else limit - 1)
+        with self.r.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.hgetall(f"{self.p}:s:{sid}")
+                pipe.scard(f"{self.p}:srcs:{sid}")
+            rows = pipe.execute()
+        return [
+            Held(sid, h["text"], h["label"], h.get("source", ""), int(n), h.get("quarantined", ""),
+                 float(h.get("quarantined_at", 0)))
+            for sid, h, n in zip(sids, rows[::2], rows[1::2])
+            if h
+        ]
+
+    def held_count(self) -> int:
+        return int(self.r.zcard(f"{self.p}:q"))
+
+    def sources(self, sids: list[str]) -> list[set[str]]:
+        """The distinct sources that sent each sample's (text, label)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.smembers(f"{self.p}:srcs:{sid}")
+            return [set(m) for m in pipe.execute()]
+
+    def stats(self) -> list[LabelStats]:
+        cursor = self.cursor()
+        dlq = self.r.hgetall(f"{self.p}:dlq")
+        labels = sorted(self.labels() | {k for k in dlq if k != NO_LABEL}) + ([NO_LABEL] if NO_LABEL in dlq else [])
+        with self.r.pipeline(transaction=False) as pipe:
+            for label in labels:
+                pipe.zcard(f"{self.p}:l:{label}")
+                pipe.zcount(f"{self.p}:l:{label}", f"({cursor}", "+inf")
+                pipe.hgetall(f"{self.p}:stats:{label}")
+            res = pipe.execute()
+        out = []
+        for i, label in enumerate(labels):
+            stored, new, st = res[3 * i], res[3 * i + 1], res[3 * i + 2]
+            out.append(
+                LabelStats(
+                    label=label,
+                    stored=int(stored),
+                    total=int(st.get("total", 0)),
+                    new=int(new),
+                    duplicates=int(st.get("duplicates", 0)),
+                    dead_lettered=int(dlq.get(label, 0)),
+                    evicted=int(st.get("evicted", 0)),
+                )
+            )
+        return out

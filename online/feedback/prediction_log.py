@@ -1,0 +1,51 @@
+"""Every served prediction, kept in Redis for a while so thumbs feedback can be resolved.
+
+``prediction_id`` -> text (PII-masked), label, score and the version that served it. The consumer
+turns a thumbs event into a labelled example and charges it to that version's live accuracy.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from pydantic import BaseModel, Field
+
+from online.feedback.pii import mask_pii
+from online.keys import Keys
+
+
+class PredictionRecord(BaseModel):
+    prediction_id: str
+    text: str
+    label: str
+    score: float
+    version: int
+    at: float = Field(default_factory=time.time)
+    shadow_version: int | None = None  # a shadow candidate's answer to the same text (never returned)
+    shadow_label: str | None = None
+
+
+class PredictionLog:
+    def __init__(self, client: redis.Redis, keys: Keys, ttl_s: int) -> None:
+        self.r = client
+        self._key = keys.prediction
+        self.ttl_s = ttl_s
+
+    def record_many(self, records: list[PredictionRecord]) -> None:
+        """Store a batch in one round trip."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for rec in records:
+                rec = rec.model_copy(update={"text": mask_pii(rec.text)})
+                pipe.set(self._key(rec.prediction_id), rec.model_dump_json(), ex=self.ttl_s)
+            pipe.execute()
+
+    def get_many(self, prediction_ids: list[str]) -> list[PredictionRecord | None]:
+        if not prediction_ids:
+            return []
+        raws = self.r.mget([self._key(pid) for pid in prediction_ids])
+        return [PredictionRecord.model_validate_json(raw) if raw else None for raw in raws]
+
+    def get(self, prediction_id: str) -> PredictionRecord | None:
+        raw = self.r.get(self._key(prediction_id))
+        return PredictionRecord.model_validate_json(raw) if raw else None

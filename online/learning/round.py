@@ -1,0 +1,228 @@
+"""A continual-learning round in production: buffer -> learn -> gate -> registry.
+
+Start from the live version; take the new samples since the buffer's cursor (a stable slice held out for
+the gate) plus a rehearsal sample from the buffer and the seed data; fine-tune (``online.learning.step``);
+judge the candidate (``online.lifecycle.gate``); publish it (rejected candidates too, marked, for inspection);
+promote it if it passed and live has not moved meanwhile; only then move the cursor.
+
+A crash or a stop before the end publishes nothing and leaves the cursor where it was, so the same
+samples are retried by the next round. A rejected round still moves the cursor: its samples stay in the
+buffer as rehearsal material, but are not retried as "new" forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from online.data import DataNotFound, Example
+from online.feedback.buffer import Sample
+from online.feedback.quarantine import Candidate, ScreenConfig, batch_counts, decide, screen
+from online.learning.fit import Progress
+from online.learning.step import LearnConfig, learn, new_repeats, select_rehearsal, split_holdout
+from online.learning.version_one import seed_data
+from online.lifecycle import promotion
+from online.lifecycle.gate import Gate, GateReport
+from online.model import TextClassifier
+from online.monitoring.drift import REFERENCE_FILE, Reference
+from online.monitoring.reference import build_reference
+from online.serving.predictor import Predictor
+from online.settings import Settings
+from online.stores import Stores
+
+log = logging.getLogger("online.learning.round")
+
+RoundStatus = Literal["promoted", "shadow", "rejected", "superseded", "idle"]
+
+
+class RoundReport(BaseModel):
+    """One round, in the one shape every reader uses: the manifest's ``round`` field (all but the gate,
+    which the manifest keeps on its own), the trainer's log record, `online train --now`."""
+
+    kind: Literal["continual"] = "continual"
+    status: RoundStatus
+    parent: int | None = None
+    version: int | None = None
+    new: int = 0
+    holdout: int = 0
+    rehearsed: int = 0
+    quarantined: int = 0
+    added_labels: list[str] = Field(default_factory=list)
+    rehearsal_strategy: str | None = None
+    mode: str | None = None
+    epochs: int | None = None
+    mean_loss: float | None = None
+    train_s: float = 0.0
+    duration_s: float = 0.0
+    cursor: int | None = None
+    started_at: float | None = None
+    trained_by: str | None = None
+    gate: GateReport | None = None
+
+    def manifest_stats(self) -> dict:
+        """What the version's manifest keeps as ``round`` (the gate report has its own field)."""
+        return self.model_dump(exclude={"gate", "status", "version", "parent"})
+
+    def log_record(self) -> dict:
+        """The structured fields of the trainer's one log line per round."""
+        record = self.model_dump(exclude={"gate", "added_labels"})
+        record["added_labels"] = len(self.added_labels)
+        record["gate"] = None if self.gate is None else {c.name: c.passed for c in self.gate.checks}
+        return record
+
+    def summary(self) -> str:
+        if self.status == "idle":
+            return "no new samples: nothing to train"
+        failed = f" (failed: {', '.join(self.gate.failed())})" if self.gate and not self.gate.passed else ""
+        return (
+            f"round from v{self.parent}: {self.status} v{self.version}{failed}; {self.new} new "
+            f"({self.holdout} held out, {self.quarantined} quarantined), {self.rehearsed} rehearsed, "
+            f"new labels {len(self.added_labels)}, loss {self.mean_loss or 0:.4f}, train {self.train_s:.1f} s, "
+            f"total {self.duration_s:.1f} s"
+        )
+
+
+def seed_pool(settings: Settings) -> list[Example]:
+    """Version 1's training data, rehearsed beside the buffer (empty if the data is not there)."""
+    try:
+        return seed_data(settings)[0]
+    except DataNotFound:
+        log.warning("seed data not found under %s: rehearsal draws on the buffer only", settings.data_dir)
+        return []
+
+
+def work_units(n_examples: int, cfg: LearnConfig) -> int:
+    """What the progress callback will count up to for a round of ``n_examples``."""
+    return n_examples if cfg.mode == "head" else n_examples * cfg.epochs
+
+
+class RoundRunner:
+    """Runs rounds; the caller holds the trainer's leader lock."""
+
+    def __init__(self, stores: Stores, gate: Gate, seed_examples: list[Example] | None = None) -> None:
+        self.s = stores.settings
+        self.stores = stores
+        self.registry = stores.registry
+        self.buffer = stores.buffer
+        self.gate = gate
+        self.cfg = LearnConfig.from_settings(self.s)
+        self.screen_cfg = ScreenConfig.from_settings(self.s)
+        self.seed_examples = seed_pool(self.s) if seed_examples is None else seed_examples
+
+    def _release_agreed(self) -> int:
+        """Held samples that enough distinct trusted sources sent go back to the buffer as new."""
+        need = self.screen_cfg.release_sources
+        bad = self.stores.sources.quarantined()
+        waiting = self.buffer.held()
+        released = [
+            h.sid for h, srcs in zip(waiting, self.buffer.sources([h.sid for h in waiting])) if len(srcs - bad) >= need
+        ]
+        if released:
+            log.info("released %d held samples that %d+ sources agree on", len(released), need)
+        return self.buffer.release(released)
+
+    def _screen(self, live: TextClassifier, parent: int, samples: list[Sample]) -> tuple[list[Sample], int]:
+        """Hold poisoned-looking samples (``online.feedback.quarantine``); release held ones enough sources sent."""
+        cfg = self.screen_cfg
+        ledger = self.stores.sources
+        bad = ledger.quarantined()
+        agreed = {
+            s.sid for s, srcs in zip(samples, self.buffer.sources([s.sid for s in samples]))
+            if len(srcs - bad) >= cfg.release_sources
+        }
+        predictor = Predictor(live, 0, device=self.s.device, precision=self.s.precision, max_seq_len=self.s.max_seq_len)
+        probs, emb = predictor.probabilities_and_embeddings([s.text for s in samples])
+        ref_path = self.registry.path(parent) / REFERENCE_FILE
+        reference = Reference.load(ref_path) if ref_path.is_file() else None
+        items = [Candidate(s.text, s.label, s.source) for s in samples]
+        judged = screen(items, probs.numpy(), emb.numpy(), live.labels, reference, cfg)
+        reasons, newly = decide(items, judged, ledger.counts(), bad, cfg)
+        ledger.record(batch_counts(items, judged))
+        for source in sorted(newly):
+            ledger.quarantine(source)
+            log.warning("source %r quarantined: most of its labels contradict the live model's knowledge", source)
+        hold = [(s.sid, r) for s, r in zip(samples, reasons) if r and s.sid not in agreed]
+        if hold:
+            self.buffer.quarantine(hold)
+            log.warning("quarantined %d of %d new samples (e.g. %s)", len(hold), len(samples), hold[0][1])
+        held_ids = {sid for sid, _ in hold}
+        return [s for s in samples if s.sid not in held_ids], len(hold)
+
+    def run(self, on_start: Callable[[int], Progress] | None = None) -> RoundReport:
+        """One round. ``on_start(total)`` may return a progress callback (which may raise to stop)."""
+        started = time.perf_counter()
+        started_at = time.time()
+        parent = self.registry.live()
+        if parent is None:
+            raise RuntimeError("nothing is live: version 1 comes first")
+        if self.s.quarantine:
+            self._release_agreed()
+        samples, upto = self.buffer.new_samples(limit=self.s.round_max_new)
+        if not samples:
+            return RoundReport(status="idle", parent=parent)
+        live, manifest = self.registry.load(parent)
+        held = 0
+        if self.s.quarantine:
+            samples, held = self._screen(live, parent, samples)
+        new_ids = {s.sid for s in samples}
+        new = [(s.text, s.label) for s in samples]
+        train_new, holdout = split_holdout(new, self.s.holdout_fraction, self.s.holdout_min_new)
+        pool = [(s.text, s.label) for s in self.buffer.samples() if s.sid not in new_ids] + self.seed_examples
+        rng = random.Random(self.s.seed + upto)
+        rehearsal = select_rehearsal(live, pool, len(train_new), self.cfg, rng, train_new)
+        n_train = len(train_new) * new_repeats(len(train_new), len(rehearsal), self.cfg) + len(rehearsal)
+        progress = on_start(work_units(n_train, self.cfg)) if on_start else None
+        result = learn(live, train_new, rehearsal, self.cfg, progress)
+
+        live_report = GateReport.model_validate(manifest.gate) if manifest.gate else None
+        gate = self.gate.evaluate(result.model, live, live_report, holdout)
+        report = RoundReport(
+            status="rejected",
+            parent=parent,
+            new=len(new),
+            holdout=len(holdout),
+            rehearsed=len(rehearsal),
+            quarantined=held,
+            added_labels=result.added_labels,
+            rehearsal_strategy=self.cfg.strategy,
+            mode=self.cfg.mode,
+            epochs=self.cfg.epochs,
+            mean_loss=result.mean_loss,
+            train_s=result.duration_s,
+            cursor=upto,
+            started_at=started_at,
+            trained_by=f"{socket.gethostname()}:{os.getpid()}",
+            gate=gate,
+        )
+        metrics = {"golden_accuracy": gate.golden_accuracy}
+        if gate.holdout_accuracy is not None:
+            metrics["holdout_accuracy"] = gate.holdout_accuracy
+        extra = {}
+        if gate.passed:  # the drift reference of a version that may go live
+            ref = build_reference(result.model, pool + new, list(self.gate.golden.examples) + holdout, self.s)
+            extra[REFERENCE_FILE] = ref.dumps()
+        candidate = self.registry.publish(
+            result.model,
+            parent=parent,
+            metrics=metrics,
+            round_stats=report.manifest_stats(),
+            gate=gate.model_dump(),
+            status="published" if gate.passed else "rejected",
+            extra_files=extra,
+        )
+        report.version = candidate.version
+        if gate.passed:
+            reason = f"round on {len(new)} new samples passed the gate"
+            report.status = promotion.place_candidate(self.registry, candidate, self.s, reason)
+        if report.status != "superseded":
+            # A superseded round is retried from the new live version: the cursor stays.
+            self.buffer.advance_cursor(upto)
+        report.duration_s = time.perf_counter() - started
+        return report

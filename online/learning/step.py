@@ -1,0 +1,212 @@
+"""One continual-learning step: from the live model, new examples and rehearsal, to a candidate.
+
+This is the learning algorithm only, with no Redis, Kafka or registry in it, so the product's rounds
+(``online.learning.round``) and the benchmark (``online bench learn``) run exactly the same code. It:
+
+1. copies the live model and grows its head for labels it has never seen (old rows kept);
+2. computes the live model's logits on every training example when distillation is on;
+3. fine-tunes in one of three modes: ``head`` (frozen encoder, head trained on cached embeddings),
+   ``full`` (encoder and head) or ``lora`` (low-rank adapters via peft, merged back afterwards, so a
+   candidate is always a plain :class:`TextClassifier` that serves and saves like any other).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+import torch
+
+from online.data import Example
+from online.learning.fit import Progress, embeddings, fit, fit_head, logits
+from online.learning.rehearsal import strategy as make_strategy
+from online.model import TextClassifier, resolve_device
+from online.settings import Settings
+
+Mode = Literal["head", "full", "lora"]
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    """How a round trains. The configurable part comes from :class:`Settings` (their defaults are the
+    ones `online bench learn` chose, see the README); the rest are fixed choices of the algorithm."""
+
+    mode: Mode
+    strategy: str
+    rehearsal_ratio: float  # rehearsed examples per new example...
+    rehearsal_min: int  # ...but at least this many (small rounds still rehearse every label)
+    new_share_min: float  # small rounds repeat their new examples up to this share of the data...
+    distill_weight: float
+    epochs: int
+    batch_size: int
+    lr: float
+    head_lr: float
+    max_seq_len: int
+    device: str
+    seed: int
+    max_repeats: int = 8  # ...at most this many times each
+    temperature: float = 2.0
+    head_epochs: int = 30
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_lr: float = 5e-4
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "LearnConfig":
+        return cls(
+            mode=settings.train_mode,
+            strategy=settings.rehearsal_strategy,
+            rehearsal_ratio=settings.rehearsal_ratio,
+            rehearsal_min=settings.rehearsal_min,
+            new_share_min=settings.new_share_min,
+            distill_weight=settings.distill_weight,
+            epochs=settings.train_epochs,
+            batch_size=settings.train_batch_size,
+            lr=settings.learning_rate,
+            head_lr=settings.head_learning_rate,
+            max_seq_len=settings.max_seq_len,
+            device=settings.device,
+            seed=settings.seed,
+        )
+
+    def but(self, **changes: object) -> "LearnConfig":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class LearnResult:
+    model: TextClassifier
+    added_labels: list[str]
+    examples: int
+    mean_loss: float
+    duration_s: float
+
+
+def rehearsal_size(n_new: int, cfg: LearnConfig) -> int:
+    return max(int(round(n_new * cfg.rehearsal_ratio)), cfg.rehearsal_min) if cfg.rehearsal_ratio > 0 else 0
+
+
+def new_repeats(n_new: int, n_rehearsal: int, cfg: LearnConfig) -> int:
+    """How often a round's new examples appear per epoch: a round of 20 new examples beside 256
+    rehearsed ones would otherwise barely move the model towards what it was just taught."""
+    if n_new == 0 or cfg.new_share_min <= 0:
+        return 1
+    wanted = cfg.new_share_min / (1 - cfg.new_share_min) * n_rehearsal
+    return max(1, min(cfg.max_repeats, math.ceil(wanted / n_new)))
+
+
+def select_rehearsal(
+    live: TextClassifier,
+    pool: Sequence[Example],
+    n_new: int,
+    cfg: LearnConfig,
+    rng: random.Random,
+    new: Sequence[Example] = (),
+) -> list[Example]:
+    """The rehearsal sample for a round with ``n_new`` new examples, by the configured strategy."""
+    k = rehearsal_size(n_new, cfg)
+    if k == 0 or not pool:
+        return []
+    chosen = make_strategy(cfg.strategy)
+    embed = None
+    if chosen.needs_embeddings:
+        device = resolve_device(cfg.device)
+
+        def embed(texts: list[str]) -> np.ndarray:
+            return embeddings(live, texts, max_seq_len=cfg.max_seq_len, device=device).cpu().numpy()
+
+    return chosen.select(pool, k, rng, embed, new)
+
+
+def split_holdout(new: Sequence[Example], fraction: float, minimum: int) -> tuple[list[Example], list[Example]]:
+    """(train, holdout): a stable ``fraction`` of new examples (by text hash) kept out for the gate.
+
+    Rounds with fewer than ``minimum`` new examples hold nothing out (they would lose too much to learn
+    from). Each label keeps at least one training example, so a new intent is always learned."""
+    if fraction <= 0 or len(new) < minimum:
+        return list(new), []
+    train, holdout = [], []
+    kept: dict[str, int] = {}
+    for ex in sorted(new, key=lambda e: hashlib.sha1(e[0].encode()).hexdigest()):
+        bucket = int(hashlib.sha1(f"holdout:{ex[0]}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        if bucket < fraction and kept.get(ex[1], 0) > 0:
+            holdout.append(ex)
+        else:
+            train.append(ex)
+            kept[ex[1]] = kept.get(ex[1], 0) + 1
+    return train, holdout
+
+
+def learn(
+    live: TextClassifier,
+    new: Sequence[Example],
+    rehearsal: Sequence[Example],
+    cfg: LearnConfig,
+    progress: Progress | None = None,
+) -> LearnResult:
+    """Fine-tune a copy of ``live`` on ``new`` + ``rehearsal``; ``live`` itself is never modified."""
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    model = copy.deepcopy(live).cpu()
+    added = model.grow(sorted({lab for _, lab in new} | {lab for _, lab in rehearsal}))
+    examples = list(new) * new_repeats(len(new), len(rehearsal), cfg) + list(rehearsal)
+    if cfg.mode == "head":
+        result = fit_head(
+            model,
+            examples,
+            epochs=cfg.head_epochs,
+            head_lr=cfg.head_lr,
+            max_seq_len=cfg.max_seq_len,
+            device=device,
+            seed=cfg.seed,
+            progress=progress,
+        )
+    else:
+        teacher = None
+        if cfg.distill_weight > 0 and live.labels:
+            teacher = logits(live, [t for t, _ in examples], max_seq_len=cfg.max_seq_len, device=device)
+        lr = cfg.lr
+        if cfg.mode == "lora":
+            model.encoder = _with_lora(model.encoder, cfg)
+            lr = cfg.lora_lr
+        result = fit(
+            model,
+            examples,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=lr,
+            head_lr=cfg.head_lr,
+            max_seq_len=cfg.max_seq_len,
+            device=device,
+            seed=cfg.seed,
+            teacher_logits=teacher,
+            distill_weight=cfg.distill_weight,
+            temperature=cfg.temperature,
+            progress=progress,
+        )
+        if cfg.mode == "lora":
+            model.encoder = model.encoder.merge_and_unload()
+    model.cpu().eval()
+    return LearnResult(
+        model=model,
+        added_labels=added,
+        examples=len(examples),
+        mean_loss=result.mean_loss,
+        duration_s=time.perf_counter() - started,
+    )
+
+
+def _with_lora(encoder: torch.nn.Module, cfg: LearnConfig) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=["query", "key", "value", "dense"]
+    )
+    return get_peft_model(encoder, config)

@@ -1,0 +1,77 @@
+"""Version 1: trained from the seed data when the registry is empty.
+
+The seed is CLINC150's train split of its first ``seed_domains`` domains, so the remaining domains can
+arrive later as feedback (the domain-incremental stream the trainer is benchmarked on).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from online.data import Clinc150, Example
+from online.learning.fit import Progress, accuracy, fit
+from online.lifecycle import promotion
+from online.lifecycle.gate import Gate, GoldenSet
+from online.lifecycle.registry import Manifest, ModelRegistry
+from online.model import TextClassifier, default_base_model, resolve_device
+from online.monitoring.drift import REFERENCE_FILE
+from online.monitoring.reference import build_reference
+from online.serving.predictor import Predictor
+from online.settings import Settings
+
+
+def seed_data(settings: Settings) -> tuple[list[Example], list[Example]]:
+    """(train, test) examples of the seed domains, at most ``seed_per_label`` train examples per label."""
+    clinc = Clinc150.open(settings.data_dir)
+    train = clinc.seed(settings.seed_domains, "train")
+    if settings.seed_per_label:
+        kept: dict[str, list[Example]] = defaultdict(list)
+        for ex in train:
+            if len(kept[ex[1]]) < settings.seed_per_label:
+                kept[ex[1]].append(ex)
+        train = [ex for exs in kept.values() for ex in exs]
+    return train, clinc.seed(settings.seed_domains, "test")
+
+
+def train_version_one(settings: Settings, registry: ModelRegistry, progress: Progress | None = None) -> Manifest:
+    """Train, evaluate, publish and promote version 1. Returns its manifest."""
+    started = time.perf_counter()
+    train, test = seed_data(settings)
+    labels = sorted({lab for _, lab in train})
+    model = TextClassifier.from_base(settings.base_model or default_base_model(), labels)
+    result = fit(
+        model,
+        train,
+        epochs=settings.seed_epochs,
+        batch_size=settings.train_batch_size,
+        lr=settings.learning_rate,
+        head_lr=settings.head_learning_rate,
+        max_seq_len=settings.max_seq_len,
+        device=resolve_device(settings.device),
+        seed=settings.seed,
+        progress=progress,
+    )
+    model.cpu()
+    predictor = Predictor(model, 0, device=settings.device, precision="fp32", max_seq_len=settings.max_seq_len)
+    acc = accuracy(lambda texts: [p.label for p in predictor.predict(texts, 1)], test)
+    # The golden set is frozen now, from the seed test data, and never changes afterwards.
+    golden = GoldenSet.for_settings(settings, test)
+    report = Gate(settings, golden).baseline(model)
+    reference = build_reference(model, train, golden.examples, settings)
+    manifest = registry.publish(
+        model,
+        parent=None,
+        gate=report.model_dump(),
+        extra_files={REFERENCE_FILE: reference.dumps()},
+        metrics={"seed_test_accuracy": acc, "golden_accuracy": report.golden_accuracy},
+        round_stats={
+            "kind": "seed",
+            "examples": len(train),
+            "epochs": settings.seed_epochs,
+            "mean_loss": result.mean_loss,
+            "duration_s": time.perf_counter() - started,
+        },
+    )
+    promotion.promote(registry, manifest.version, "version 1 trained on the seed data")
+    return manifest

@@ -1,0 +1,244 @@
+"""An API replica follows the registry: the live version it serves and the shadow it evaluates.
+
+Pub/sub on the registry's channel wakes the follower at once; the same loop's timeout makes it a
+polling fallback, so a replica that missed a message (or lost Redis for a while) still converges. A new
+version is verified (sha256, on a low-priority thread so the forward thread keeps its core), built and
+warmed up on the forward thread in small steps between batches, then swapped in with one reference
+assignment: a request keeps the predictor it started with.
+
+A version that fails to load is retried with exponential backoff (live and shadow alike), never in a
+hot loop; after ``load_max_failures`` tries it is marked failed (``/readyz``, `online status`) and
+retried only at the longest backoff, until the registry names another version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio as aredis
+
+from online.lifecycle.registry import ModelRegistry
+from online.serving.batcher import MicroBatcher
+from online.serving.metrics import ApiMetrics
+from online.serving.predictor import Predictor
+from online.settings import Settings
+
+log = logging.getLogger("online.serving.follower")
+
+MAX_BACKOFF_S = 300.0
+
+
+@dataclass
+class LoadFailure:
+    version: int
+    error: str
+    failures: int
+    retry_at: float
+
+    @property
+    def given_up(self) -> bool:
+        return self.failures >= LOAD_MAX_FAILURES
+
+
+LOAD_MAX_FAILURES = 5
+
+
+class VersionFollower:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        batcher: MicroBatcher,
+        metrics: ApiMetrics,
+        async_redis: aredis.Redis,
+        on_swap: Callable[[Predictor], Awaitable[None]] | None = None,
+        on_tick: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.s = settings
+        self.registry = registry
+        self.batcher = batcher
+        self.metrics = metrics
+        self._aredis = async_redis
+        self._on_swap = on_swap
+        self._on_tick = on_tick
+        self.current: Predictor | None = None
+        self.shadow: Predictor | None = None  # a candidate answering a share of traffic, never returned
+        self.shadow_share = 0.0
+        self.failures: dict[str, LoadFailure] = {}  # by slot: "live", "shadow"
+        self._swap_lock = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def version(self) -> int | None:
+        return self.current.version if self.current else None
+
+    @property
+    def last_load_error(self) -> str | None:
+        failure = self.failures.get("live")
+        return f"version {failure.version}: {failure.error}" if failure else None
+
+    def shadow_state(self) -> tuple[Predictor | None, float]:
+        return self.shadow, self.shadow_share
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    # --- following ----------------------------------------------------------------------------
+    def _may_try(self, slot: str, version: int) -> bool:
+        failure = self.failures.get(slot)
+        return failure is None or failure.version != version or time.monotonic() >= failure.retry_at
+
+    def _failed(self, slot: str, version: int, exc: Exception) -> None:
+        previous = self.failures.get(slot)
+        n = previous.failures + 1 if previous and previous.version == version else 1
+        backoff = MAX_BACKOFF_S if n >= LOAD_MAX_FAILURES else min(self.s.model_poll_s * 2 ** (n - 1), MAX_BACKOFF_S)
+        self.failures[slot] = LoadFailure(version, str(exc), n, time.monotonic() + backoff)
+        self.metrics.load_failures.labels(str(version)).inc()
+        log.error(
+            "cannot load %s version %s (try %d%s; next in %.0f s), still serving %s: %s",
+            slot, version, n, ", marked failed" if n >= LOAD_MAX_FAILURES else "", backoff, self.version, exc,
+        )  # fmt: skip
+
+    async def sync(self) -> None:
+        """Swap to the registry's live version if it differs from what is served; follow the shadow slot."""
+        try:
+            live = await asyncio.to_thread(self.registry.live)
+            slot = await asyncio.to_thread(self.registry.shadow)
+        except redis.RedisError as exc:
+            log.warning("cannot read the live alias: %s", exc)
+            return
+        if live is not None and live != self.version and self._may_try("live", live):
+            await self.swap_to(live)
+        await self._sync_shadow(slot)
+
+    async def _sync_shadow(self, slot: dict | None) -> None:
+        wanted = slot["version"] if slot else None
+        self.shadow_share = float(slot["share"]) if slot else 0.0
+        current = self.shadow.version if self.shadow else None
+        if wanted == current:
+            return
+        if wanted is None:
+            self.shadow = None
+            self.failures.pop("shadow", None)
+            log.info("shadow evaluation of version %s ended", current)
+            return
+        if not self._may_try("shadow", wanted):
+            return
+        if "shadow" in self.failures:
+            self.metrics.load_retries.labels("shadow").inc()
+        try:
+            self.shadow = await self._build(wanted)
+        except Exception as exc:  # a broken shadow never touches serving
+            self._failed("shadow", wanted, exc)
+            return
+        self.failures.pop("shadow", None)
+        log.info("version %s now runs in shadow on %.0f%% of traffic", wanted, 100 * self.shadow_share)
+
+    async def swap_to(self, version: int) -> bool:
+        async with self._swap_lock:
+            if version == self.version:
+                return True
+            if "live" in self.failures:
+                self.metrics.load_retries.labels("live").inc()
+            try:
+                predictor = await self._build(version)
+            except Exception as exc:  # keep serving the old version; retried with backoff
+                self._failed("live", version, exc)
+                return False
+            old = self.version
+            self.current = predictor  # the atomic swap: one reference
+            if self._on_swap:
+                await self._on_swap(predictor)
+            self.failures.pop("live", None)
+            self.metrics.live_version.set(version)
+            self.metrics.swaps.inc()
+            log.info("now serving version %s (was %s)", version, old)
+            return True
+
+    async def _build(self, version: int) -> Predictor:
+        """Verify off the forward thread; build and warm up on it, in steps so batches interleave."""
+        await _at_low_priority(self.registry.verify, version)
+        model, _ = await self.batcher.call(lambda: self.registry.load(version, verify=False))
+        predictor = await self.batcher.call(
+            lambda: Predictor(
+                model,
+                version,
+                device=self.s.device,
+                precision=self.s.precision,
+                max_seq_len=self.s.max_seq_len,
+                copy_model=False,
+            )
+        )
+        await self.batcher.call(predictor.warmup)
+        return predictor
+
+    async def _watch(self) -> None:
+        """Pub/sub wakes us at once; the timeout makes the same loop a polling fallback."""
+        pubsub = None
+        while True:
+            try:
+                if pubsub is None:
+                    pubsub = self._aredis.pubsub()
+                    await pubsub.subscribe(self.registry.channel)
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.s.model_poll_s)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("live-alias subscription lost (%s); polling", exc)
+                if pubsub is not None:
+                    try:
+                        await pubsub.aclose()
+                    except (redis.RedisError, OSError):
+                        pass  # the connection is gone either way
+                pubsub = None
+                await asyncio.sleep(min(self.s.model_poll_s, 1.0))
+            await self.sync()
+            if self._on_tick:
+                await self._on_tick()
+
+
+async def _at_low_priority(fn, *args):
+    """Run ``fn`` on a fresh thread at the lowest CPU priority (Linux: per-thread nice 19), so hashing a
+    new version's weights takes spare CPU instead of the forward thread's during a hot swap."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass  # not Linux, or not allowed: run at normal priority
+        result, error = None, None
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            error = exc
+        try:
+            loop.call_soon_threadsafe(_settle, done, result, error)
+        except RuntimeError:
+            pass  # the event loop closed meanwhile (the replica is stopping): nobody waits for it
+
+    threading.Thread(target=run, name="verify", daemon=True).start()
+    return await done
+
+
+def _settle(future: asyncio.Future, result, exc: BaseException | None) -> None:
+    if not future.done():
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)

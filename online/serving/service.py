@@ -1,0 +1,98 @@
+"""One API replica's model service: micro-batching, the forward pass with its hooks, the version follower.
+
+Routers stay thin; everything with state is here, built from the process's :class:`Stores`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import redis
+import redis.asyncio as aredis
+
+from online.monitoring.drift_window import DriftWindow
+from online.monitoring.replicas import Heartbeat
+from online.serving.batcher import MicroBatcher
+from online.serving.follower import VersionFollower
+from online.serving.forward import DriftHook, ForwardPass, PredictionLogHook, ReviewHook, ServedPrediction, ShadowHook
+from online.serving.metrics import ApiMetrics
+from online.serving.predictor import Predictor
+from online.stores import Stores
+
+log = logging.getLogger("online.serving")
+
+
+class NotReady(RuntimeError):
+    """No model version is loaded yet."""
+
+
+class ModelService:
+    def __init__(self, stores: Stores, metrics: ApiMetrics, async_redis: aredis.Redis) -> None:
+        s = stores.settings
+        self.settings = s
+        self.stores = stores
+        self.metrics = metrics
+        self.window = DriftWindow(s, stores.drift, metrics)
+        self.follower: VersionFollower
+        forward = ForwardPass(
+            [
+                ShadowHook(lambda: self.follower.shadow_state(), stores.shadow),  # first: it annotates the log
+                PredictionLogHook(stores.predictions, metrics),
+                DriftHook(self.window),
+                ReviewHook(stores.review, self.window, s.review_max_margin),  # after drift: uses its distances
+            ],
+            metrics,
+            s.max_top_k,
+        )
+        self.batcher: MicroBatcher[Predictor, ServedPrediction] = MicroBatcher(
+            forward, max_batch=s.max_batch_size, max_wait_ms=s.max_wait_ms, on_batch=self._observe_batch
+        )
+        self.follower = VersionFollower(
+            s, stores.registry, self.batcher, metrics, async_redis, on_swap=self._swapped, on_tick=self._heartbeat
+        )
+
+    async def start(self) -> None:
+        self.batcher.start()
+        self.follower.start()
+
+    async def stop(self) -> None:
+        await self.follower.stop()
+        await self.batcher.stop()
+
+    @property
+    def version(self) -> int | None:
+        return self.follower.version
+
+    async def predict(self, texts: list[str], top_k: int) -> list[ServedPrediction]:
+        predictor = self.follower.current
+        if predictor is None:
+            raise NotReady("no model version is loaded yet")
+        with self.metrics.request_latency.time():
+            served = await self.batcher.submit(predictor, texts)
+        return [ServedPrediction(p.prediction_id, p.label, p.score, p.top_k[:top_k], p.model_version) for p in served]
+
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.forward_seconds.observe(seconds)
+
+    async def _swapped(self, predictor: Predictor) -> None:
+        """A new live version: a fresh drift window against its reference (on the forward thread)."""
+        path = self.stores.registry.path(predictor.version)
+        await self.batcher.call(lambda: self.window.set_version(predictor.version, predictor.labels, path))
+
+    async def _heartbeat(self) -> None:
+        """This replica in Redis for `online status`, and the live-accuracy gauges for Prometheus."""
+        beat = Heartbeat(self.window.replica, self.version, time.time(), self.follower.last_load_error)
+
+        def write() -> None:
+            self.stores.replicas.beat(beat)
+            for acc in self.stores.live_accuracy.all():
+                if acc.accuracy is not None:
+                    self.metrics.live_accuracy.labels(str(acc.version)).set(acc.accuracy)
+
+        try:
+            await asyncio.to_thread(write)
+        except redis.RedisError as exc:
+            log.warning("heartbeat not written: %s", exc)

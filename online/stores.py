@@ -1,0 +1,75 @@
+"""The composition root: every Redis-backed store of the system, built once from :class:`Settings`.
+
+The API, the CLI, the consumer, the trainer and the benchmarks all get their stores from
+:meth:`Stores.from_settings`, so a store is always built with the configured capacity, TTLs and key
+names (``online.keys``), and one process holds one Redis client per role. FastAPI routers receive them
+through typed dependencies (``services.api.deps``); nothing else constructs a store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from online.connections import Role, redis_client
+from online.feedback.buffer import ReplayBuffer
+from online.feedback.prediction_log import PredictionLog
+from online.feedback.quarantine import SourceLedger
+from online.feedback.review_queue import ReviewQueue
+from online.keys import Keys
+from online.lifecycle.control import TrainingControl
+from online.lifecycle.registry import ModelRegistry
+from online.lifecycle.shadow import ShadowLedger
+from online.monitoring.drift_log import DriftLog
+from online.monitoring.feedback_volume import FeedbackVolume
+from online.monitoring.live_accuracy import LiveAccuracy
+from online.monitoring.replicas import Replicas
+from online.settings import Settings
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Everything a process reads or writes in Redis (and the model store on disk)."""
+
+    settings: Settings
+    redis: redis.Redis
+    keys: Keys
+    registry: ModelRegistry
+    buffer: ReplayBuffer
+    sources: SourceLedger
+    predictions: PredictionLog
+    review: ReviewQueue
+    live_accuracy: LiveAccuracy
+    shadow: ShadowLedger
+    volume: FeedbackVolume
+    control: TrainingControl
+    replicas: Replicas
+    drift: DriftLog
+
+    @classmethod
+    def from_settings(cls, settings: Settings, role: Role = "worker", client: redis.Redis | None = None) -> "Stores":
+        """``role``: ``serving`` for the API (fails fast when Redis is down), ``worker`` for the rest
+        (retries through a Redis restart). ``client``: share one already built."""
+        r = client if client is not None else redis_client(settings, role)
+        keys = Keys(settings.key_prefix)
+        s = settings
+        return cls(
+            settings=s,
+            redis=r,
+            keys=keys,
+            registry=ModelRegistry(r, s.models_dir, keys),
+            buffer=ReplayBuffer(r, keys, s.buffer_capacity, s.dedup_ttl_s),
+            sources=SourceLedger(r, keys),
+            predictions=PredictionLog(r, keys, s.prediction_ttl_s),
+            review=ReviewQueue(r, keys, s.review_capacity, s.prediction_ttl_s),
+            live_accuracy=LiveAccuracy(r, keys.live_accuracy, s.dedup_ttl_s),
+            shadow=ShadowLedger(r, keys, s.dedup_ttl_s),
+            volume=FeedbackVolume(r, keys),
+            control=TrainingControl(r, keys),
+            replicas=Replicas(r, keys),
+            drift=DriftLog(r, keys, s.drift_history),
+        )
+
+    def close(self) -> None:
+        self.redis.close()
