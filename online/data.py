@@ -46,9 +46,6 @@ class Clinc150:
         """One split of data_full.json: train, val, test, oos_train, oos_val, oos_test."""
         return [(text, label) for text, label in self._full[name]]
 
-    def domain_of(self) -> dict[str, str]:
-        return {intent: dom for dom, intents in self.domains.items() for intent in intents}
-
     def by_domain(self, split: str, domains: list[str]) -> list[Example]:
         wanted = {i for d in domains for i in self.domains[d]}
         return [ex for ex in self.split(split) if ex[1] in wanted]

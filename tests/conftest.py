@@ -1,11 +1,10 @@
-"""Session fixtures: real Tansu and Redis on free loopback ports (stopped by PID), a tiny random encoder."""
+"""Fixtures only (shared helpers are in tests/helpers.py): real Tansu and Redis on free loopback ports
+(stopped by PID), a tiny random encoder, per-test settings."""
 
 from __future__ import annotations
 
 import shutil
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,7 @@ from transformers import BertConfig, BertModel
 from online.model import default_base_model
 from online.settings import Settings
 from services.embedded import Server, start_redis, start_tansu
-from services.supervisor import child_env
-
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clinc150"
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> object:
-    """Poll ``condition`` until it returns something truthy; fail the test on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+from tests.helpers import DATA_DIR
 
 
 @pytest.fixture(scope="session")
@@ -95,8 +81,3 @@ def kafka_settings(settings, tansu_server) -> Settings:
             "feedback_partitions": 3,
         }
     )
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a child process see ``settings``."""
-    return child_env(settings)

@@ -7,7 +7,7 @@ from online.data import Clinc150
 from online.learning.fit import accuracy, fit
 from online.model import TextClassifier, default_base_model
 from online.serving.predictor import Predictor
-from tests.conftest import DATA_DIR
+from tests.helpers import DATA_DIR
 
 INTENTS = ["balance", "weather", "translate", "alarm"]
 

@@ -30,17 +30,17 @@ class Leadership:
         return True
 
     def _renew(self) -> None:
+        """``reacquire`` returns True or raises: ``LockNotOwnedError`` when the lock expired or another
+        trainer holds it (leadership is lost), another ``RedisError`` while Redis is unreachable."""
         while not self._stop.wait(self._ttl / 3):
             try:
-                if not self._lock.reacquire():
-                    self.lost.set()
-                    return
+                self._lock.reacquire()
             except LockNotOwnedError:
-                self.lost.set()  # expired or taken over: another trainer may be leading now
+                self.lost.set()
                 return
             except redis.RedisError:
-                continue  # Redis restarting: the lock may lapse; reacquire tells us on the next turn
-            except Exception:
+                continue  # Redis restarting: the lock may lapse; the next turn tells us
+            except Exception:  # anything else: assume the worst, stop leading
                 self.lost.set()
                 return
 

@@ -13,14 +13,14 @@ from online.feedback.quarantine import SOURCE_HELD
 from online.learning.round import RoundRunner
 from online.lifecycle.gate import Gate, GoldenSet
 from online.stores import Stores
-from tests import synthetic
+from tests import helpers
 
 HONEST = ["alice", "bob", "carol"]
 
 
 @pytest.fixture
 def qsettings(settings, tmp_path):
-    golden = synthetic.write_golden(tmp_path / "golden.jsonl", synthetic.examples(synthetic.OLD, 15, seed=7))
+    golden = helpers.write_golden(tmp_path / "golden.jsonl", helpers.examples(helpers.OLD, 15, seed=7))
     return settings.model_copy(
         update={
             "golden_path": golden,
@@ -39,11 +39,11 @@ def qsettings(settings, tmp_path):
 def parts(qsettings):
     stores = Stores.from_settings(qsettings)
     registry, buffer = stores.registry, stores.buffer
-    synthetic.train_v1(qsettings, registry)
+    helpers.train_v1(qsettings, registry)
     runner = RoundRunner(
         stores,
         Gate(qsettings, GoldenSet.for_settings(qsettings)),
-        seed_examples=synthetic.examples(synthetic.OLD, 40, seed=1),
+        seed_examples=helpers.examples(helpers.OLD, 40, seed=1),
     )
     return registry, buffer, runner, stores.sources
 
@@ -59,7 +59,7 @@ def send(buffer: ReplayBuffer, items: list[tuple[str, str, str]]) -> None:
 
 def honest(n: int, seed: int) -> list[tuple[str, str, str]]:
     rng = random.Random(seed)
-    return [(t, lab, rng.choice(HONEST)) for t, lab in synthetic.examples(synthetic.OLD, n, seed=seed)]
+    return [(t, lab, rng.choice(HONEST)) for t, lab in helpers.examples(helpers.OLD, n, seed=seed)]
 
 
 def test_a_flipped_label_is_held_and_released_when_enough_sources_agree(parts):
@@ -88,8 +88,8 @@ def test_a_hostile_source_is_quarantined_as_a_whole(parts):
     registry, buffer, runner, ledger = parts
     rng = random.Random(3)
     hostile = [
-        (t, rng.choice([lab for lab in synthetic.OLD if lab != true]), "mallory")
-        for t, true in synthetic.examples(synthetic.OLD, 6, seed=31)
+        (t, rng.choice([lab for lab in helpers.OLD if lab != true]), "mallory")
+        for t, true in helpers.examples(helpers.OLD, 6, seed=31)
     ]
     send(buffer, honest(10, seed=22) + hostile)
 

@@ -9,7 +9,7 @@ from online.lifecycle.registry import ModelRegistry
 from online.model import TextClassifier
 from online.stores import Stores
 from services.api.app import create_app
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 LABELS = ["balance", "transfer", "weather"]
 

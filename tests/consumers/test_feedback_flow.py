@@ -19,35 +19,13 @@ import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, TopicPartition
 
-from consumers.feedback import FeedbackConsumer
 from online.bus import ensure_topics, make_producer
-from online.feedback.buffer import ReplayBuffer
 from online.feedback.events import LabelEvent, encode_event
 from online.model import TextClassifier
 from online.stores import Stores
 from services.api.app import create_app
 from services.embedded import start_redis, start_tansu
-from tests.conftest import settings_env, wait_for
-
-
-class ConsumerThread:
-    def __init__(self, settings) -> None:
-        self.stop = threading.Event()
-        self.consumer = FeedbackConsumer(settings)
-        self.thread = threading.Thread(target=self.consumer.run, args=(self.stop,), daemon=True)
-
-    def __enter__(self) -> "ConsumerThread":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
-
-
-def buffer_of(settings) -> ReplayBuffer:
-    return Stores.from_settings(settings).buffer
+from tests.helpers import ConsumerThread, buffer_of, settings_env, total_events, wait_for
 
 
 def label_events(n: int, tag: str = "", labels: tuple[str, ...] = ("balance", "transfer", "weather")) -> list[LabelEvent]:
@@ -62,10 +40,6 @@ def produce(settings, events: list[LabelEvent]) -> None:
     for f in [producer.send(settings.feedback_topic, encode_event(e), key=e.event_id.encode()) for e in events]:
         f.get(30)
     producer.close()
-
-
-def total_events(buffer: ReplayBuffer) -> int:
-    return sum(s.total for s in buffer.stats())
 
 
 def read_dlq(settings, expected: int) -> list[dict]:

@@ -11,28 +11,25 @@ from fastapi.testclient import TestClient
 from online.feedback.review_queue import diverse_pick
 from online.stores import Stores
 from services.api.app import create_app
-from tests import synthetic
-from tests.conftest import wait_for
-from tests.test_feedback import ConsumerThread
+from tests import helpers
+from tests.helpers import ConsumerThread, wait_for
 
 
 @pytest.fixture
 def rsettings(kafka_settings, tmp_path):
-    golden = synthetic.write_golden(tmp_path / "golden.jsonl", synthetic.examples(synthetic.OLD, 40, seed=7))
+    golden = helpers.write_golden(tmp_path / "golden.jsonl", helpers.examples(helpers.OLD, 40, seed=7))
     return kafka_settings.model_copy(update={"golden_path": golden, "drift_window": 1000, "review_max_margin": 0.3})
 
 
 def test_the_queue_returns_uncertain_diverse_items_and_feedback_answers_them(rsettings):
     registry = Stores.from_settings(rsettings).registry
-    synthetic.train_v1(rsettings, registry)
-    confident = [t for t, _ in synthetic.examples(synthetic.OLD, 10, seed=5)]
+    helpers.train_v1(rsettings, registry)
+    confident = [t for t, _ in helpers.examples(helpers.OLD, 10, seed=5)]
     # Texts with a keyword of two labels: the model cannot be sure. One pair in many paraphrases.
     rng = random.Random(1)
-    pairs = [(a, b) for a in synthetic.OLD for b in synthetic.OLD if a < b]
-    mixed = [
-        f"{rng.choice(synthetic.KEYWORDS[a])} {rng.choice(synthetic.KEYWORDS[b])}" for a, b in pairs for _ in range(3)
-    ]
-    cluster = [f"{f} rain guitar" for f in synthetic.FILLER]  # ten paraphrases of one unsure question
+    pairs = [(a, b) for a in helpers.OLD for b in helpers.OLD if a < b]
+    mixed = [f"{rng.choice(helpers.KEYWORDS[a])} {rng.choice(helpers.KEYWORDS[b])}" for a, b in pairs for _ in range(3)]
+    cluster = [f"{f} rain guitar" for f in helpers.FILLER]  # ten paraphrases of one unsure question
     with TestClient(create_app(rsettings)) as client:
         wait_for(lambda: client.get("/readyz").json()["ready"], what="model served")
         traffic = confident + mixed + cluster

@@ -17,14 +17,14 @@ from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.leader import Leadership
 from online.stores import Stores
 from services.trainer import Scheduler
-from tests import synthetic
-from tests.conftest import wait_for
+from tests import helpers
+from tests.helpers import wait_for
 
 
 @pytest.fixture
 def tsettings(settings, tmp_path):
     """Settings for the keyword task: its golden set, short rounds a tiny model learns from."""
-    golden = synthetic.write_golden(tmp_path / "golden.jsonl", synthetic.examples(synthetic.OLD, 15, seed=7))
+    golden = helpers.write_golden(tmp_path / "golden.jsonl", helpers.examples(helpers.OLD, 15, seed=7))
     return settings.model_copy(
         update={
             "golden_path": golden,
@@ -47,7 +47,7 @@ def tsettings(settings, tmp_path):
 def parts(tsettings):
     stores = Stores.from_settings(tsettings)
     registry, buffer = stores.registry, stores.buffer
-    model, v1 = synthetic.train_v1(tsettings, registry)
+    model, v1 = helpers.train_v1(tsettings, registry)
     return registry, buffer, model, v1
 
 
@@ -57,16 +57,16 @@ def feed(buffer: ReplayBuffer, items, tag: str = "e") -> None:
 
 def runner(tsettings, registry, buffer) -> RoundRunner:
     gate = Gate(tsettings, GoldenSet.for_settings(tsettings))
-    return RoundRunner(Stores.from_settings(tsettings), gate, seed_examples=synthetic.examples(synthetic.OLD, 40, seed=1))
+    return RoundRunner(Stores.from_settings(tsettings), gate, seed_examples=helpers.examples(helpers.OLD, 40, seed=1))
 
 
 def test_a_round_learns_a_new_label_and_old_labels_keep_theirs(tsettings, parts):
     registry, buffer, v1_model, v1 = parts
-    test_old = synthetic.examples(synthetic.OLD, 20, seed=11)
-    test_new = synthetic.examples(["travel"], 20, seed=12)
-    old_before = synthetic.accuracy(v1_model, test_old)
+    test_old = helpers.examples(helpers.OLD, 20, seed=11)
+    test_new = helpers.examples(["travel"], 20, seed=12)
+    old_before = helpers.accuracy(v1_model, test_old)
     assert old_before >= 0.9  # the tiny model did learn the task
-    feed(buffer, synthetic.examples(["travel"], 30, seed=5))
+    feed(buffer, helpers.examples(["travel"], 30, seed=5))
 
     report = runner(tsettings, registry, buffer).run()
 
@@ -76,9 +76,9 @@ def test_a_round_learns_a_new_label_and_old_labels_keep_theirs(tsettings, parts)
     assert buffer.new_count() == 0  # the cursor moved past the round's samples
     model, manifest = registry.load(report.version)
     assert manifest.labels[:3] == v1.labels  # old head rows kept in place
-    new_acc = synthetic.accuracy(model, test_new)
+    new_acc = helpers.accuracy(model, test_new)
     assert new_acc >= 0.9
-    assert synthetic.accuracy(model, test_old) >= old_before - 0.05
+    assert helpers.accuracy(model, test_old) >= old_before - 0.05
     assert {c.name for c in report.gate.checks} == {
         "finite_outputs",
         "golden_accuracy",
@@ -90,7 +90,7 @@ def test_a_round_learns_a_new_label_and_old_labels_keep_theirs(tsettings, parts)
 
 def test_a_crash_mid_round_publishes_nothing_and_keeps_the_cursor(tsettings, parts):
     registry, buffer, _, v1 = parts
-    feed(buffer, synthetic.examples(["travel"], 30, seed=5))
+    feed(buffer, helpers.examples(["travel"], 30, seed=5))
     cursor, pending = buffer.cursor(), buffer.new_count()
 
     def crash_after_first_batch(total: int):
@@ -114,7 +114,7 @@ def test_a_broken_candidate_is_rejected_and_never_serves(tsettings, parts, monke
     from services.api.app import create_app
 
     registry, buffer, _, v1 = parts
-    feed(buffer, synthetic.examples(synthetic.OLD, 10, seed=21))
+    feed(buffer, helpers.examples(helpers.OLD, 10, seed=21))
     real_learn = continual.learn
 
     def shuffled_head(*args, **kwargs):
@@ -168,7 +168,7 @@ def test_two_trainers_never_train_at_once(tsettings, parts, monkeypatch):
         th.start()
     try:
         for batch in range(3):
-            feed(buffer, synthetic.examples(["travel"], 6, seed=30 + batch), tag=f"b{batch}-")
+            feed(buffer, helpers.examples(["travel"], 6, seed=30 + batch), tag=f"b{batch}-")
             wait_for(lambda: buffer.new_count() == 0, timeout=120, what=f"batch {batch} trained")
     finally:
         stop.set()
@@ -202,9 +202,9 @@ def test_scheduler_triggers_on_count_or_age(tsettings, parts):
     _, buffer, _, _ = parts
     scheduler = Scheduler(Stores.from_settings(tsettings.model_copy(update={"train_max_wait_s": 1.0})), threading.Event())
     assert not scheduler.due()
-    feed(buffer, synthetic.examples(["travel"], 1, seed=40), tag="one")
+    feed(buffer, helpers.examples(["travel"], 1, seed=40), tag="one")
     assert not scheduler.due()  # one sample: wait for more, up to train_max_wait_s
     wait_for(scheduler.due, timeout=10, what="the age trigger")
     scheduler._waiting_since = time.monotonic()
-    feed(buffer, synthetic.examples(["travel"], 6, seed=41), tag="many")
+    feed(buffer, helpers.examples(["travel"], 6, seed=41), tag="many")
     assert scheduler.due()  # at least train_min_new samples: at once

@@ -20,7 +20,7 @@ TOKEN = "fuzz-token"
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, tiny_base, redis_server, tansu_server):
     from online.settings import Settings
-    from tests.conftest import DATA_DIR
+    from tests.helpers import DATA_DIR
 
     tmp = tmp_path_factory.mktemp("fuzz")
     s = Settings(

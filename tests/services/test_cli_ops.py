@@ -9,12 +9,12 @@ from typer.testing import CliRunner
 from online.feedback.buffer import Incoming
 from online.stores import Stores
 from services.cli import app as cli
-from tests import synthetic
-from tests.conftest import settings_env
+from tests import helpers
+from tests.helpers import settings_env
 
 
 def test_train_now_models_show_status_and_pause(settings, tmp_path, monkeypatch):
-    golden = synthetic.write_golden(tmp_path / "golden.jsonl", synthetic.examples(synthetic.OLD, 15, seed=7))
+    golden = helpers.write_golden(tmp_path / "golden.jsonl", helpers.examples(helpers.OLD, 15, seed=7))
     s = settings.model_copy(
         update={"golden_path": golden, "train_epochs": 10, "rehearsal_min": 60, "gate_max_golden_drop": 0.05,
                 "gate_latency_ratio": 5.0, "data_dir": tmp_path / "no-clinc"}  # rehearse from the buffer only
@@ -22,9 +22,9 @@ def test_train_now_models_show_status_and_pause(settings, tmp_path, monkeypatch)
     for key, value in settings_env(s).items():
         monkeypatch.setenv(key, value)
     registry = Stores.from_settings(s).registry
-    synthetic.train_v1(s, registry)
+    helpers.train_v1(s, registry)
     buffer = Stores.from_settings(s).buffer
-    items = synthetic.examples(synthetic.OLD, 15, seed=2) + synthetic.examples(["travel"], 30, seed=5)
+    items = helpers.examples(helpers.OLD, 15, seed=2) + helpers.examples(["travel"], 30, seed=5)
     buffer.add([Incoming(f"e{i}", t, lab, "cli", time.time()) for i, (t, lab) in enumerate(items)])
     runner = CliRunner()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from services.embedded import free_port, port_open
-from tests.conftest import DATA_DIR, wait_for
+from tests.helpers import DATA_DIR, wait_for
 
 
 def _children(pid: int) -> list[int]:

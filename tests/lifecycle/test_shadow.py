@@ -12,24 +12,23 @@ from fastapi.testclient import TestClient
 from online.stores import Stores
 from services.api.app import create_app
 from services.trainer import Scheduler
-from tests import synthetic
-from tests.conftest import wait_for
-from tests.test_feedback import ConsumerThread
+from tests import helpers
+from tests.helpers import ConsumerThread, wait_for
 
 
 def test_a_shadow_candidates_answers_never_reach_a_client(kafka_settings, tmp_path):
-    golden = synthetic.write_golden(tmp_path / "golden.jsonl", synthetic.examples(synthetic.OLD, 15, seed=7))
+    golden = helpers.write_golden(tmp_path / "golden.jsonl", helpers.examples(helpers.OLD, 15, seed=7))
     s = kafka_settings.model_copy(
         update={"golden_path": golden, "shadow_min_requests": 20, "shadow_min_agreement": 0.0, "shadow_min_judged": 5}
     )
     registry = Stores.from_settings(s).registry
-    model, v1 = synthetic.train_v1(s, registry)
+    model, v1 = helpers.train_v1(s, registry)
     with torch.no_grad():  # the candidate answers differently: every label's row moved to the next label
         model.head.weight.copy_(model.head.weight[[1, 2, 0]].clone())
         model.head.bias.copy_(model.head.bias[[1, 2, 0]].clone())
     v2 = registry.publish(model, parent=v1.version).version
     registry.set_shadow(v2, share=1.0)
-    texts = [t for t, _ in synthetic.examples(synthetic.OLD, 8, seed=9)]
+    texts = [t for t, _ in helpers.examples(helpers.OLD, 8, seed=9)]
     with TestClient(create_app(s)) as client:
         wait_for(lambda: client.get("/readyz").json()["ready"], what="live served")
         wait_for(lambda: client.get("/v1/shadow").json().get("loaded_by_this_replica"), what="shadow loaded")

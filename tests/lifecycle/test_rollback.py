@@ -11,7 +11,7 @@ from online.model import TextClassifier
 from online.stores import Stores
 from services.api.app import create_app
 from services.cli import app as cli
-from tests.conftest import settings_env, wait_for
+from tests.helpers import settings_env, wait_for
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 from online.model import TextClassifier
 from online.stores import Stores
 from services.api.app import create_app
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 def test_swaps_on_promote_and_refuses_a_corrupted_version(settings):

@@ -16,10 +16,10 @@ from online.lifecycle import promotion
 from online.monitoring.live_accuracy import Judgement
 from online.stores import Stores
 from services.supervisor import api_process
-from tests import synthetic
-from tests.conftest import wait_for
+from tests import helpers
+from tests.helpers import wait_for
 
-ARTIFACTS = Path(os.environ.get("ONLINE_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+ARTIFACTS = Path(os.environ.get("ONLINE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 PLOTS = ["accuracy", "timeline", "rates", "pvalues", "labels", "volume"]
 
 
@@ -40,10 +40,10 @@ def test_dashboard_renders_every_plot_with_data(kafka_settings, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    golden = synthetic.write_golden(tmp_path / "golden.jsonl", synthetic.examples(synthetic.OLD, 40, seed=7))
+    golden = helpers.write_golden(tmp_path / "golden.jsonl", helpers.examples(helpers.OLD, 40, seed=7))
     s = kafka_settings.model_copy(update={"golden_path": golden, "drift_window": 40, "model_poll_s": 0.5})
     registry = Stores.from_settings(s).registry
-    model, v1 = synthetic.train_v1(s, registry)
+    model, v1 = helpers.train_v1(s, registry)
     v2 = registry.publish(model, parent=v1.version).version
     registry.promote(v2, reason="round passed the gate")
     promotion.rollback(registry, reason="operator")
@@ -53,7 +53,7 @@ def test_dashboard_renders_every_plot_with_data(kafka_settings, tmp_path):
     live_acc.record([Judgement(f"b{i}", v2, i % 2 == 0, now) for i in range(40)])
 
     with api_process(s) as url:
-        texts = [t for t, _ in synthetic.examples(synthetic.OLD, 40, seed=3)]
+        texts = [t for t, _ in helpers.examples(helpers.OLD, 40, seed=3)]
         random.Random(0).shuffle(texts)
         with httpx.Client(base_url=url) as client:
             for start in range(0, len(texts), 20):

@@ -10,8 +10,7 @@ from typer.testing import CliRunner
 from services.api.app import create_app
 from services.cli import app as cli
 from services.cli_feedback import post_events, read_jsonl
-from tests.conftest import settings_env, wait_for
-from tests.test_feedback import ConsumerThread, buffer_of, total_events
+from tests.helpers import ConsumerThread, buffer_of, settings_env, total_events, wait_for
 
 
 def test_jsonl_file_through_api_and_buffer_stats(kafka_settings, tmp_path, monkeypatch):

@@ -13,22 +13,22 @@ from online.data import Clinc150
 from online.monitoring.live_accuracy import Judgement
 from online.stores import Stores
 from services.api.app import create_app
-from tests import synthetic
-from tests.conftest import wait_for
+from tests import helpers
+from tests.helpers import wait_for
 
 WINDOW = 60
 
 
 @pytest.fixture
 def dsettings(settings, tmp_path):
-    golden = synthetic.write_golden(tmp_path / "golden.jsonl", synthetic.examples(synthetic.OLD, 40, seed=7))
+    golden = helpers.write_golden(tmp_path / "golden.jsonl", helpers.examples(helpers.OLD, 40, seed=7))
     return settings.model_copy(update={"golden_path": golden, "drift_window": WINDOW, "max_batch_size": 20})
 
 
 @pytest.fixture
 def live_v1(dsettings):
     registry = Stores.from_settings(dsettings).registry
-    _, manifest = synthetic.train_v1(dsettings, registry)
+    _, manifest = helpers.train_v1(dsettings, registry)
     return registry, manifest
 
 
@@ -47,7 +47,7 @@ def test_out_of_scope_traffic_alerts_and_in_domain_traffic_does_not(dsettings, l
     oos = [t for t, _ in Clinc150.open(dsettings.data_dir).split("oos_test")]
     with TestClient(create_app(dsettings)) as client:
         wait_for(lambda: client.get("/readyz").json()["model_version"] == v1.version, what="v1 served")
-        in_domain = [t for t, _ in synthetic.examples(synthetic.OLD, WINDOW, seed=99)]  # 3 windows
+        in_domain = [t for t, _ in helpers.examples(helpers.OLD, WINDOW, seed=99)]  # 3 windows
         random.Random(0).shuffle(in_domain)  # live traffic mixes its intents
         send(client, in_domain)
         quiet = wait_for(lambda: len(w := windows(client)) >= 3 and w, what="three in-domain windows")

@@ -17,7 +17,7 @@ from online.data import Clinc150
 from online.stores import Stores
 from services.embedded import free_port
 from services.supervisor import api_process, child_env, stop_processes
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 def _metric(port: int, name: str) -> float:

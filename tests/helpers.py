@@ -1,15 +1,53 @@
-"""A tiny keyword task a 2-layer random encoder learns in seconds: tests of learning behaviour."""
+"""Helpers shared by the tests (fixtures live in conftest.py).
+
+- polling and environment: ``wait_for``, ``settings_env``, ``DATA_DIR``;
+- a tiny keyword task a 2-layer random encoder learns in seconds, for tests of learning behaviour;
+- the feedback consumer run in a thread, and the replay buffer it writes to.
+"""
 
 from __future__ import annotations
 
 import json
 import random
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from consumers.feedback import FeedbackConsumer
 from online.data import Example
+from online.feedback.buffer import ReplayBuffer
 from online.learning.fit import fit
 from online.lifecycle.registry import Manifest, ModelRegistry
 from online.model import TextClassifier
+from online.settings import Settings
+from online.stores import Stores
+from services.supervisor import child_env
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clinc150"
+
+
+# -- polling and environment ---------------------------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> object:
+    """Poll ``condition`` until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process see ``settings``."""
+    return child_env(settings)
+
+
+# -- a tiny keyword task -------------------------------------------------------------------------------------
+
 
 KEYWORDS = {
     "weather": ["rain", "sunny", "forecast", "temperature", "umbrella"],
@@ -65,3 +103,32 @@ def accuracy(model: TextClassifier, items: list[Example]) -> float:
 
     preds = Predictor(model, 0, precision="fp32").predict([t for t, _ in items], 1)
     return sum(p.label == lab for p, (_, lab) in zip(preds, items)) / len(items)
+
+
+# -- the feedback consumer and its buffer --------------------------------------------------------------------
+
+
+class ConsumerThread:
+    """A ``FeedbackConsumer`` running in a daemon thread for the span of a ``with`` block."""
+
+    def __init__(self, settings) -> None:
+        self.stop = threading.Event()
+        self.consumer = FeedbackConsumer(settings)
+        self.thread = threading.Thread(target=self.consumer.run, args=(self.stop,), daemon=True)
+
+    def __enter__(self) -> "ConsumerThread":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
+def buffer_of(settings) -> ReplayBuffer:
+    return Stores.from_settings(settings).buffer
+
+
+def total_events(buffer: ReplayBuffer) -> int:
+    return sum(s.total for s in buffer.stats())

@@ -18,7 +18,7 @@ from online.stores import Stores
 from services.api.app import create_app
 from services.supervisor import api_process
 from services.trainer import Scheduler
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 @pytest.fixture
