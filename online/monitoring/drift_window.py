@@ -21,6 +21,7 @@ import torch
 
 from online.monitoring.drift import REFERENCE_FILE, Reference, Thresholds, nn_distance, window_signals
 from online.monitoring.drift_log import DriftLog
+from online.serving.breaker import Breaker
 from online.serving.metrics import ApiMetrics
 from online.settings import Settings
 
@@ -33,9 +34,10 @@ def replica_name() -> str:
 
 
 class DriftWindow:
-    def __init__(self, settings: Settings, log_: DriftLog, metrics: ApiMetrics) -> None:
+    def __init__(self, settings: Settings, log_: DriftLog, metrics: ApiMetrics, breaker: Breaker) -> None:
         self.s = settings
         self.drift_log = log_
+        self.breaker = breaker
         self.metrics = metrics
         self.replica = replica_name()
         self.thresholds = Thresholds.from_settings(settings)
@@ -138,9 +140,14 @@ class DriftWindow:
             elif not sig["alert"] and name in self.alert_since:
                 del self.alert_since[name]
                 log.info("drift alert cleared: %s = %.4g", name, sig["value"])
+        if not self.breaker.allow():
+            self.metrics.side_effects_dropped.labels("drift").inc(len(conf))
+            return
         try:
             self.drift_log.write(self.replica, self.latest)
+            self.breaker.succeeded()
         except redis.RedisError as exc:
+            self.breaker.failed()
             log.warning("drift window not stored: %s", exc)
 
     def label_distribution(self) -> dict:

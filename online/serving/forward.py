@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
+import redis
 import torch
 
 from online.feedback.pii import mask_pii
@@ -24,6 +25,7 @@ from online.feedback.review_queue import ReviewQueue
 from online.feedback.review_queue import candidates as review_candidates
 from online.lifecycle.shadow import ShadowLedger
 from online.monitoring.drift_window import DriftWindow
+from online.serving.breaker import Breaker
 from online.serving.metrics import ApiMetrics
 from online.serving.predictor import Predictor
 
@@ -54,15 +56,17 @@ class Batch:
 
 class Hook(Protocol):
     name: str
+    uses_redis: bool  # a best-effort Redis write: skipped while the breaker is open
 
     def __call__(self, batch: Batch) -> None: ...
 
 
 class ForwardPass:
-    def __init__(self, hooks: Sequence[Hook], metrics: ApiMetrics, max_top_k: int) -> None:
+    def __init__(self, hooks: Sequence[Hook], metrics: ApiMetrics, max_top_k: int, breaker: Breaker) -> None:
         self.hooks = list(hooks)
         self.metrics = metrics
         self.max_top_k = max_top_k
+        self.breaker = breaker
 
     def __call__(self, predictor: Predictor, texts: list[str]) -> list[ServedPrediction]:
         predictions, probs, emb = predictor.predict_with_probabilities(texts, self.max_top_k)
@@ -73,8 +77,18 @@ class ForwardPass:
         ]
         batch = Batch(predictor, texts, served, records, probs, emb)
         for hook in self.hooks:
+            if hook.uses_redis and not self.breaker.allow():
+                self.metrics.side_effects_dropped.labels(hook.name).inc(len(texts))
+                continue
             try:
                 hook(batch)
+                if hook.uses_redis:
+                    self.breaker.succeeded()
+            except (redis.RedisError, OSError) as exc:  # Redis down: skip its side effects for a while
+                self.breaker.failed()
+                self.metrics.side_effects_dropped.labels(hook.name).inc(len(texts))
+                log.warning("Redis unavailable (%r): %s and other Redis side effects dropped for %.0f s",
+                            exc, hook.name, self.breaker.cooldown_s)
             except Exception as exc:  # a side effect never costs an answer
                 self.metrics.hook_failures.labels(hook.name).inc()
                 log.warning("forward hook %s failed on a batch of %d: %r", hook.name, len(texts), exc)
@@ -86,6 +100,7 @@ class ShadowHook:
     """The shadow candidate answers a sampled share of the batch; its answers go to the log only."""
 
     name = "shadow"
+    uses_redis = True
 
     def __init__(self, shadow: Callable[[], tuple[Predictor | None, float]], ledger: ShadowLedger) -> None:
         self.shadow = shadow
@@ -113,6 +128,7 @@ class PredictionLogHook:
     means thumbs on these ids will dead-letter."""
 
     name = "prediction_log"
+    uses_redis = True
 
     def __init__(self, prediction_log: PredictionLog, metrics: ApiMetrics) -> None:
         self.prediction_log = prediction_log
@@ -130,6 +146,7 @@ class DriftHook:
     """The batch into this replica's drift window; distances to the training data for the review hook."""
 
     name = "drift"
+    uses_redis = False  # local; the window's own Redis write at its close goes through the breaker
 
     def __init__(self, window: DriftWindow) -> None:
         self.window = window
@@ -142,6 +159,7 @@ class ReviewHook:
     """Uncertain or unfamiliar predictions onto the review queue (PII-masked)."""
 
     name = "review"
+    uses_redis = True
 
     def __init__(self, queue: ReviewQueue, window: DriftWindow, max_margin: float) -> None:
         self.queue = queue

@@ -29,6 +29,9 @@ class ApiMetrics:
         self.hook_failures = Counter(
             "online_forward_hook_failures", "Forward side effects that failed (the batch was served)", ["hook"], registry=r
         )
+        self.side_effects_dropped = Counter(
+            "online_side_effects_dropped", "Texts whose Redis side effect was skipped (Redis down)", ["hook"], registry=r
+        )
         self.load_retries = Counter(
             "online_model_load_retries", "Version loads retried after a failure", ["slot"], registry=r
         )

@@ -15,6 +15,7 @@ import redis.asyncio as aredis
 from online.monitoring.drift_window import DriftWindow
 from online.monitoring.replicas import Heartbeat
 from online.serving.batcher import MicroBatcher
+from online.serving.breaker import Breaker
 from online.serving.follower import VersionFollower
 from online.serving.forward import DriftHook, ForwardPass, PredictionLogHook, ReviewHook, ServedPrediction, ShadowHook
 from online.serving.metrics import ApiMetrics
@@ -34,7 +35,8 @@ class ModelService:
         self.settings = s
         self.stores = stores
         self.metrics = metrics
-        self.window = DriftWindow(s, stores.drift, metrics)
+        self.breaker = Breaker()  # shared by every Redis side effect of the forward thread
+        self.window = DriftWindow(s, stores.drift, metrics, self.breaker)
         self.follower: VersionFollower
         forward = ForwardPass(
             [
@@ -45,6 +47,7 @@ class ModelService:
             ],
             metrics,
             s.max_top_k,
+            self.breaker,
         )
         self.batcher: MicroBatcher[Predictor, ServedPrediction] = MicroBatcher(
             forward, max_batch=s.max_batch_size, max_wait_ms=s.max_wait_ms, on_batch=self._observe_batch
