@@ -37,7 +37,7 @@ def _logging(level: str = "INFO") -> None:
         format="%(name)s: %(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
-    for noisy in ("kafka", "httpx", "transformers"):
+    for noisy in ("kafka", "httpx", "transformers", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
