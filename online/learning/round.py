@@ -208,6 +208,7 @@ class RoundRunner:
         if gate.passed:  # the drift reference of a version that may go live
             ref = build_reference(result.model, pool + new, list(self.gate.golden.examples) + holdout, self.s)
             extra[REFERENCE_FILE] = ref.dumps()
+        report.duration_s = time.perf_counter() - started  # to the publish; the return updates it
         candidate = self.registry.publish(
             result.model,
             parent=parent,

@@ -70,6 +70,6 @@ def check(registry: ModelRegistry, live_accuracy: LiveAccuracy, settings: Settin
     if not verdict.fire:
         return None
     try:
-        return promotion.rollback(registry, parent, verdict.reason, action="auto_rollback")
+        return promotion.promote(registry, parent, verdict.reason, expect_live=live, action="auto_rollback")
     except (LiveMoved, ValueError, IntegrityError):
         return None  # someone else moved live meanwhile, or the parent can no longer be live

@@ -1,8 +1,8 @@
 """The read side of monitoring, one implementation for `/v1/drift`, the dashboard and `online status`.
 
 Everything here reads Redis (window snapshots of every replica, live accuracy per version, feedback
-volume, registry, buffer, trainer switches); nothing needs a model or a running API, so the CLI shows
-the same figures as the API without building any part of it.
+volume, the registry); nothing needs a model or a running API, so the CLI shows the same figures as the
+API without building any part of it.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ version is verified (sha256, on a low-priority thread so the forward thread keep
 warmed up on the forward thread in small steps between batches, then swapped in with one reference
 assignment: a request keeps the predictor it started with.
 
-A version that fails to load is retried with exponential backoff (live and shadow alike), never in a
-hot loop; after ``load_max_failures`` tries it is marked failed (``/readyz``, `online status`) and
-retried only at the longest backoff, until the registry names another version.
+A version that fails to load is retried with exponential backoff from ``model_poll_s`` (live and shadow alike), never in a hot loop;
+after ``LOAD_MAX_FAILURES`` tries it is marked given up (``/readyz`` ``failed_loads``) and retried only
+every ``MAX_BACKOFF_S``, until the registry names another version.
 """
 
 from __future__ import annotations
@@ -123,7 +123,9 @@ class VersionFollower:
         except redis.RedisError as exc:
             log.warning("cannot read the live alias: %s", exc)
             return
-        if live is not None and live != self.version and self._may_try("live", live):
+        if live is not None and live == self.version:
+            self.failures.pop("live", None)  # live moved back to what we serve: an old failure is moot
+        elif live is not None and self._may_try("live", live):
             await self.swap_to(live)
         await self._sync_shadow(slot)
 
@@ -140,7 +142,7 @@ class VersionFollower:
             return
         if not self._may_try("shadow", wanted):
             return
-        if "shadow" in self.failures:
+        if self.failures.get("shadow") and self.failures["shadow"].version == wanted:
             self.metrics.load_retries.labels("shadow").inc()
         try:
             self.shadow = await self._build(wanted)
@@ -154,7 +156,7 @@ class VersionFollower:
         async with self._swap_lock:
             if version == self.version:
                 return True
-            if "live" in self.failures:
+            if self.failures.get("live") and self.failures["live"].version == version:
                 self.metrics.load_retries.labels("live").inc()
             try:
                 predictor = await self._build(version)

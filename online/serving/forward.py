@@ -58,7 +58,9 @@ class Hook(Protocol):
     name: str
     uses_redis: bool  # a best-effort Redis write: skipped while the breaker is open
 
-    def __call__(self, batch: Batch) -> None: ...
+    def __call__(self, batch: Batch) -> bool:
+        """Run on one batch; True when it did talk to Redis (only that may close the breaker)."""
+        ...
 
 
 class ForwardPass:
@@ -81,14 +83,13 @@ class ForwardPass:
                 self.metrics.side_effects_dropped.labels(hook.name).inc(len(texts))
                 continue
             try:
-                hook(batch)
-                if hook.uses_redis:
+                if hook(batch) and hook.uses_redis:
                     self.breaker.succeeded()
             except (redis.RedisError, OSError) as exc:  # Redis down: skip its side effects for a while
                 self.breaker.failed()
                 self.metrics.side_effects_dropped.labels(hook.name).inc(len(texts))
                 log.warning("Redis unavailable (%r): %s and other Redis side effects dropped for %.0f s",
-                            exc, hook.name, self.breaker.cooldown_s)
+                            exc, hook.name, self.breaker.current_cooldown_s)
             except Exception as exc:  # a side effect never costs an answer
                 self.metrics.hook_failures.labels(hook.name).inc()
                 log.warning("forward hook %s failed on a batch of %d: %r", hook.name, len(texts), exc)
@@ -107,13 +108,13 @@ class ShadowHook:
         self.ledger = ledger
         self._rng = random.Random()
 
-    def __call__(self, batch: Batch) -> None:
+    def __call__(self, batch: Batch) -> bool:
         predictor, share = self.shadow()
         if predictor is None or share <= 0:
-            return
+            return False
         picked = [i for i in range(len(batch.texts)) if self._rng.random() < share]
         if not picked:
-            return
+            return False
         answers = predictor.predict([batch.texts[i] for i in picked], 1)
         agreed = 0
         for i, answer in zip(picked, answers):
@@ -121,6 +122,7 @@ class ShadowHook:
             batch.records[i] = rec.model_copy(update={"shadow_version": predictor.version, "shadow_label": answer.label})
             agreed += answer.label == rec.label
         self.ledger.count(predictor.version, len(picked), agreed)
+        return True
 
 
 class PredictionLogHook:
@@ -134,12 +136,13 @@ class PredictionLogHook:
         self.prediction_log = prediction_log
         self.metrics = metrics
 
-    def __call__(self, batch: Batch) -> None:
+    def __call__(self, batch: Batch) -> bool:
         try:
             self.prediction_log.record_many(batch.records)
         except Exception:
             self.metrics.log_failures.inc()
             raise
+        return True
 
 
 class DriftHook:
@@ -151,8 +154,9 @@ class DriftHook:
     def __init__(self, window: DriftWindow) -> None:
         self.window = window
 
-    def __call__(self, batch: Batch) -> None:
+    def __call__(self, batch: Batch) -> bool:
         batch.distances = self.window.observe(batch.predictor.version, batch.probs, batch.embeddings)
+        return False
 
 
 class ReviewHook:
@@ -166,10 +170,13 @@ class ReviewHook:
         self.window = window
         self.max_margin = max_margin
 
-    def __call__(self, batch: Batch) -> None:
+    def __call__(self, batch: Batch) -> bool:
         queued = review_candidates(
             [p.prediction_id for p in batch.served], batch.texts, [p.label for p in batch.served],
             batch.probs.numpy(), batch.embeddings.numpy(), batch.distances, self.window.far_threshold,
             self.max_margin, batch.predictor.version,
         )  # fmt: skip
+        if not queued:
+            return False
         self.queue.add([replace(item, text=mask_pii(item.text)) for item in queued])
+        return True
