@@ -73,6 +73,21 @@ def write_golden(path: Path, items: list[Example]) -> Path:
     return path
 
 
+def keyword_round_settings(settings: Settings, tmp_path: Path, **overrides) -> Settings:
+    """Settings for rounds on the keyword task: its golden set (45 texts: one text is 2.2 points, hence
+    the golden-drop margin), 10-epoch rounds a tiny model learns from, no latency check to speak of."""
+    golden = write_golden(tmp_path / "golden.jsonl", examples(OLD, 15, seed=7))
+    update = {
+        "golden_path": golden,
+        "train_epochs": 10,
+        "rehearsal_min": 60,
+        "gate_latency_ratio": 5.0,
+        "gate_max_golden_drop": 0.05,
+        "new_share_min": 0.0,  # 10-epoch rounds on a tiny model need no repeats
+    }
+    return settings.model_copy(update=update | overrides)
+
+
 def train_v1(settings, registry: ModelRegistry, epochs: int = 10) -> tuple[TextClassifier, Manifest]:
     """Version 1 on the old labels, published and promoted with its gate baseline."""
     import torch

@@ -47,12 +47,7 @@ class MicroBatcher(Generic[M, R]):
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel(self._task)
         self._pool.shutdown(wait=True)
 
     async def call(self, fn: Callable[[], R]) -> R:
@@ -110,3 +105,14 @@ class MicroBatcher(Generic[M, R]):
                 if not it.future.done():
                     it.future.set_result(results[offset : offset + len(it.texts)])
                 offset += len(it.texts)
+
+
+async def cancel(task: asyncio.Task | None) -> None:
+    """Cancel a background task and wait until it has ended (its CancelledError is the expected end)."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass

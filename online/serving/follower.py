@@ -25,7 +25,7 @@ import redis
 import redis.asyncio as aredis
 
 from online.lifecycle.registry import ModelRegistry
-from online.serving.batcher import MicroBatcher
+from online.serving.batcher import MicroBatcher, cancel
 from online.serving.metrics import ApiMetrics
 from online.serving.predictor import Predictor
 from online.settings import Settings
@@ -33,6 +33,7 @@ from online.settings import Settings
 log = logging.getLogger("online.serving.follower")
 
 MAX_BACKOFF_S = 300.0
+LOAD_MAX_FAILURES = 5
 
 
 @dataclass
@@ -45,9 +46,6 @@ class LoadFailure:
     @property
     def given_up(self) -> bool:
         return self.failures >= LOAD_MAX_FAILURES
-
-
-LOAD_MAX_FAILURES = 5
 
 
 class VersionFollower:
@@ -92,12 +90,7 @@ class VersionFollower:
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel(self._task)
 
     # --- following ----------------------------------------------------------------------------
     def _may_try(self, slot: str, version: int) -> bool:
@@ -107,19 +100,20 @@ class VersionFollower:
     def _failed(self, slot: str, version: int, exc: Exception) -> None:
         previous = self.failures.get(slot)
         n = previous.failures + 1 if previous and previous.version == version else 1
-        backoff = MAX_BACKOFF_S if n >= LOAD_MAX_FAILURES else min(self.s.model_poll_s * 2 ** (n - 1), MAX_BACKOFF_S)
-        self.failures[slot] = LoadFailure(version, str(exc), n, time.monotonic() + backoff)
+        failure = LoadFailure(version, str(exc), n, 0.0)
+        backoff = MAX_BACKOFF_S if failure.given_up else min(self.s.model_poll_s * 2 ** (n - 1), MAX_BACKOFF_S)
+        failure.retry_at = time.monotonic() + backoff
+        self.failures[slot] = failure
         self.metrics.load_failures.labels(str(version)).inc()
         log.error(
             "cannot load %s version %s (try %d%s; next in %.0f s), still serving %s: %s",
-            slot, version, n, ", marked failed" if n >= LOAD_MAX_FAILURES else "", backoff, self.version, exc,
+            slot, version, n, ", given up" if failure.given_up else "", backoff, self.version, exc,
         )  # fmt: skip
 
     async def sync(self) -> None:
         """Swap to the registry's live version if it differs from what is served; follow the shadow slot."""
         try:
-            live = await asyncio.to_thread(self.registry.live)
-            slot = await asyncio.to_thread(self.registry.shadow)
+            live, slot = await asyncio.to_thread(lambda: (self.registry.live(), self.registry.shadow()))
         except redis.RedisError as exc:
             log.warning("cannot read the live alias: %s", exc)
             return

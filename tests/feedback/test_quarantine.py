@@ -20,19 +20,7 @@ HONEST = ["alice", "bob", "carol"]
 
 @pytest.fixture
 def qsettings(settings, tmp_path):
-    golden = helpers.write_golden(tmp_path / "golden.jsonl", helpers.examples(helpers.OLD, 15, seed=7))
-    return settings.model_copy(
-        update={
-            "golden_path": golden,
-            "train_epochs": 10,
-            "rehearsal_min": 60,
-            "holdout_min_new": 1000,
-            "gate_latency_ratio": 5.0,
-            "gate_max_golden_drop": 0.05,
-            "new_share_min": 0.0,  # 10-epoch rounds on a tiny model need no repeats
-            "quarantine_source_min_events": 10,
-        }
-    )
+    return helpers.keyword_round_settings(settings, tmp_path, holdout_min_new=1000, quarantine_source_min_events=10)
 
 
 @pytest.fixture

@@ -63,14 +63,15 @@ def test_the_trainer_promotes_a_shadow_that_agrees_after_its_period(settings):
     from online.model import TextClassifier
 
     s = settings.model_copy(update={"shadow_min_requests": 50, "shadow_min_agreement": 0.9, "shadow_min_judged": 10})
-    registry = Stores.from_settings(s).registry
+    stores = Stores.from_settings(s)
+    registry = stores.registry
     model = TextClassifier.from_base(s.base_model, ["a", "b"])
     v1 = registry.publish(model, parent=None).version
     registry.promote(v1)
     v2 = registry.publish(model, parent=v1).version
     registry.set_shadow(v2, share=0.5)
-    ledger = Stores.from_settings(s).shadow
-    scheduler = Scheduler(Stores.from_settings(s), threading.Event())
+    ledger = stores.shadow
+    scheduler = Scheduler(stores, threading.Event())
     ledger.count(v2, requests=30, agreed=29)
     scheduler.housekeeping()
     assert registry.shadow()["version"] == v2 and registry.live() == v1  # the period is not over yet

@@ -42,12 +42,13 @@ def test_dashboard_renders_every_plot_with_data(kafka_settings, tmp_path):
 
     golden = helpers.write_golden(tmp_path / "golden.jsonl", helpers.examples(helpers.OLD, 40, seed=7))
     s = kafka_settings.model_copy(update={"golden_path": golden, "drift_window": 40, "model_poll_s": 0.5})
-    registry = Stores.from_settings(s).registry
+    stores = Stores.from_settings(s)
+    registry = stores.registry
     model, v1 = helpers.train_v1(s, registry)
     v2 = registry.publish(model, parent=v1.version).version
     registry.promote(v2, reason="round passed the gate")
     promotion.rollback(registry, reason="operator")
-    live_acc = Stores.from_settings(s).live_accuracy
+    live_acc = stores.live_accuracy
     now = time.time()
     live_acc.record([Judgement(f"a{i}", v1.version, i % 10 != 0, now - 60 * (i % 3)) for i in range(60)])
     live_acc.record([Judgement(f"b{i}", v2, i % 2 == 0, now) for i in range(40)])

@@ -21,9 +21,9 @@ def test_train_now_models_show_status_and_pause(settings, tmp_path, monkeypatch)
     )  # fmt: skip
     for key, value in settings_env(s).items():
         monkeypatch.setenv(key, value)
-    registry = Stores.from_settings(s).registry
+    stores = Stores.from_settings(s)
+    registry, buffer = stores.registry, stores.buffer
     helpers.train_v1(s, registry)
-    buffer = Stores.from_settings(s).buffer
     items = helpers.examples(helpers.OLD, 15, seed=2) + helpers.examples(["travel"], 30, seed=5)
     buffer.add([Incoming(f"e{i}", t, lab, "cli", time.time()) for i, (t, lab) in enumerate(items)])
     runner = CliRunner()

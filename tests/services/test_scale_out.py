@@ -34,8 +34,8 @@ def test_two_apis_two_consumers_two_trainers(kafka_settings, tmp_path):
         "gate_latency_ratio": 100.0, "model_poll_s": 1.0, "drift_reference_size": 200,
     })  # fmt: skip
     ensure_topics(s)
-    registry = Stores.from_settings(s).registry
-    buffer = Stores.from_settings(s).buffer
+    stores = Stores.from_settings(s)
+    registry, buffer = stores.registry, stores.buffer
     metric_ports = [free_port(), free_port()]
     procs = []
     try:

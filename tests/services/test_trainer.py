@@ -24,23 +24,10 @@ from tests.helpers import wait_for
 @pytest.fixture
 def tsettings(settings, tmp_path):
     """Settings for the keyword task: its golden set, short rounds a tiny model learns from."""
-    golden = helpers.write_golden(tmp_path / "golden.jsonl", helpers.examples(helpers.OLD, 15, seed=7))
-    return settings.model_copy(
-        update={
-            "golden_path": golden,
-            "train_epochs": 10,
-            "rehearsal_min": 60,
-            "holdout_fraction": 0.2,
-            "holdout_min_new": 20,
-            "gate_latency_ratio": 5.0,
-            "gate_max_golden_drop": 0.05,
-            "new_share_min": 0.0,  # 10-epoch rounds on a tiny model need no repeats  # one text of this 45-text golden set is 2.2 points
-            "train_min_new": 5,
-            "train_max_wait_s": 0.5,
-            "train_poll_s": 0.1,
-            "distill_weight": 1.0,
-        }
-    )
+    return helpers.keyword_round_settings(
+        settings, tmp_path, holdout_fraction=0.2, holdout_min_new=20, train_min_new=5, train_max_wait_s=0.5,
+        train_poll_s=0.1, distill_weight=1.0,
+    )  # fmt: skip
 
 
 @pytest.fixture
