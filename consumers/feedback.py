@@ -89,8 +89,19 @@ class FeedbackConsumer:
         consumer.subscribe([self.settings.feedback_topic])
         log.info("consuming %s as group %s", self.settings.feedback_topic, self.settings.consumer_group)
         try:
+            broker_down = False
             while not stop.is_set():
-                polled = consumer.poll(timeout_ms=500, max_records=self.settings.consumer_batch_size)
+                try:
+                    polled = consumer.poll(timeout_ms=500, max_records=self.settings.consumer_batch_size)
+                except KafkaError as exc:  # a broker outage: the client reconnects on a later poll
+                    if not broker_down:
+                        log.warning("broker unreachable (%r); polling again until it is back", exc)
+                    broker_down = True
+                    stop.wait(0.5)
+                    continue
+                if broker_down:
+                    log.info("broker reachable again")
+                    broker_down = False
                 records = [r for batch in polled.values() for r in batch]
                 if not records:
                     continue
