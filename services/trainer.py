@@ -23,7 +23,7 @@ from online.learning.round import RoundReport, RoundRunner
 from online.learning.version_one import seed_data, train_version_one
 from online.lifecycle import auto_rollback, promotion
 from online.lifecycle.gate import Gate, GoldenSet
-from online.lifecycle.leader import Leadership
+from online.lifecycle.leader import Leadership, LeadershipLost
 from online.lifecycle.registry import ModelRegistry
 from online.settings import Settings
 from online.stores import Stores
@@ -80,10 +80,21 @@ def progress_bar() -> Progress:
     )
 
 
+FENCE_EVERY_S = 1.0
+
+
 def _stoppable(bar: Progress, task, stop: threading.Event, leader: Leadership) -> ProgressFn:
+    """The progress callback: raises :class:`Stopped` on a stop request, and confirms leadership at
+    most once a second, so a deposed leader stops training within about a second of a batch."""
+    checked = time.monotonic()
+
     def advance(n: int) -> None:
-        if stop.is_set() or leader.lost.is_set():
+        nonlocal checked
+        if stop.is_set():
             raise Stopped()
+        if time.monotonic() - checked >= FENCE_EVERY_S:
+            leader.fence()
+            checked = time.monotonic()
         bar.advance(task, n)
 
     return advance
@@ -101,12 +112,15 @@ def ensure_version_one(settings: Settings, registry: ModelRegistry, leader: Lead
             log.info("empty registry: training version 1 on %d seed examples", len(train))
             with progress_bar() as bar:
                 task = bar.add_task("version 1 (seed data)", total=len(train) * settings.seed_epochs)
-                manifest = train_version_one(settings, registry, _stoppable(bar, task, stop, leader))
+                progress = _stoppable(bar, task, stop, leader)
+                manifest = train_version_one(settings, registry, progress, fence=leader.fence)
             log.info(
                 "version %d live (seed test accuracy %.4f)", manifest.version, manifest.metrics["seed_test_accuracy"]
             )
         except Stopped:
             log.info("stopped before version 1 was published; nothing published")
+        except LeadershipLost as exc:
+            log.warning("lost leadership while training version 1 (%s); nothing published", exc)
         finally:
             leader.release()
 
@@ -153,9 +167,13 @@ class Scheduler:
                     bar.update(task, total=total)
                     return _stoppable(bar, task, self.stop, self.leader)
 
-                report = self.runner().run(on_start)
+                report = self.runner().run(on_start, fence=self.leader.fence)
         except Stopped:
-            log.info("round abandoned (stop or lost leadership): nothing published, cursor unchanged")
+            log.info("round abandoned (stop requested): nothing published, cursor unchanged")
+            self.metrics.observe(None, "failed")
+            return None
+        except LeadershipLost as exc:
+            log.warning("round abandoned: %s; nothing published, cursor unchanged", exc)
             self.metrics.observe(None, "failed")
             return None
         except Exception:

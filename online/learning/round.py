@@ -89,6 +89,13 @@ class RoundReport(BaseModel):
         )
 
 
+Fence = Callable[[], None]
+
+
+def _unfenced() -> None:
+    """No leadership to check (tests and benches that run one round in one process)."""
+
+
 def seed_pool(settings: Settings) -> list[Example]:
     """Version 1's training data, rehearsed beside the buffer (empty if the data is not there)."""
     try:
@@ -116,7 +123,7 @@ class RoundRunner:
         self.screen_cfg = ScreenConfig.from_settings(self.s)
         self.seed_examples = seed_pool(self.s) if seed_examples is None else seed_examples
 
-    def _release_agreed(self) -> int:
+    def _release_agreed(self, fence: Fence) -> int:
         """Held samples that enough distinct trusted sources sent go back to the buffer as new."""
         need = self.screen_cfg.release_sources
         bad = self.stores.sources.quarantined()
@@ -124,17 +131,22 @@ class RoundRunner:
         released = [
             h.sid for h, srcs in zip(waiting, self.buffer.sources([h.sid for h in waiting])) if len(srcs - bad) >= need
         ]
-        if released:
-            log.info("released %d held samples that %d+ sources agree on", len(released), need)
+        if not released:
+            return 0
+        log.info("released %d held samples that %d+ sources agree on", len(released), need)
+        fence()
         return self.buffer.release(released)
 
-    def _screen(self, live: TextClassifier, parent: int, samples: list[Sample]) -> tuple[list[Sample], int]:
+    def _screen(
+        self, live: TextClassifier, parent: int, samples: list[Sample], fence: Fence
+    ) -> tuple[list[Sample], int]:
         """Hold poisoned-looking samples (``online.feedback.quarantine``); release held ones enough sources sent."""
         cfg = self.screen_cfg
         ledger = self.stores.sources
         bad = ledger.quarantined()
         agreed = {
-            s.sid for s, srcs in zip(samples, self.buffer.sources([s.sid for s in samples]))
+            s.sid
+            for s, srcs in zip(samples, self.buffer.sources([s.sid for s in samples]))
             if len(srcs - bad) >= cfg.release_sources
         }
         predictor = Predictor(live, 0, device=self.s.device, precision=self.s.precision, max_seq_len=self.s.max_seq_len)
@@ -144,6 +156,7 @@ class RoundRunner:
         items = [Candidate(s.text, s.label, s.source) for s in samples]
         judged = screen(items, probs.numpy(), emb.numpy(), live.labels, reference, cfg)
         reasons, newly = decide(items, judged, ledger.counts(), bad, cfg)
+        fence()
         ledger.record(batch_counts(items, judged))
         for source in sorted(newly):
             ledger.quarantine(source)
@@ -155,22 +168,25 @@ class RoundRunner:
         held_ids = {sid for sid, _ in hold}
         return [s for s in samples if s.sid not in held_ids], len(hold)
 
-    def run(self, on_start: Callable[[int], Progress] | None = None) -> RoundReport:
-        """One round. ``on_start(total)`` may return a progress callback (which may raise to stop)."""
+    def run(self, on_start: Callable[[int], Progress] | None = None, fence: Fence | None = None) -> RoundReport:
+        """One round. ``on_start(total)`` may return a progress callback (which may raise to stop);
+        ``fence()`` is called right before every write of the round and raises when this process may no
+        longer write (the trainer passes its leadership check), so a deposed leader writes nothing."""
+        fence = fence or _unfenced
         started = time.perf_counter()
         started_at = time.time()
         parent = self.registry.live()
         if parent is None:
             raise RuntimeError("nothing is live: version 1 comes first")
         if self.s.quarantine:
-            self._release_agreed()
+            self._release_agreed(fence)
         samples, upto = self.buffer.new_samples(limit=self.s.round_max_new)
         if not samples:
             return RoundReport(status="idle", parent=parent)
         live, manifest = self.registry.load(parent)
         held = 0
         if self.s.quarantine:
-            samples, held = self._screen(live, parent, samples)
+            samples, held = self._screen(live, parent, samples, fence)
         new_ids = {s.sid for s in samples}
         new = [(s.text, s.label) for s in samples]
         train_new, holdout = split_holdout(new, self.s.holdout_fraction, self.s.holdout_min_new)
@@ -209,6 +225,7 @@ class RoundRunner:
             ref = build_reference(result.model, pool + new, list(self.gate.golden.examples) + holdout, self.s)
             extra[REFERENCE_FILE] = ref.dumps()
         report.duration_s = time.perf_counter() - started  # to the publish; the return updates it
+        fence()
         candidate = self.registry.publish(
             result.model,
             parent=parent,
@@ -221,9 +238,11 @@ class RoundRunner:
         report.version = candidate.version
         if gate.passed:
             reason = f"round on {len(new)} new samples passed the gate"
+            fence()
             report.status = promotion.place_candidate(self.registry, candidate, self.s, reason)
         if report.status != "superseded":
             # A superseded round is retried from the new live version: the cursor stays.
+            fence()
             self.buffer.advance_cursor(upto)
         report.duration_s = time.perf_counter() - started
         return report

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from online.data import Clinc150, Example
 from online.learning.fit import Progress, accuracy, fit
@@ -34,8 +35,14 @@ def seed_data(settings: Settings) -> tuple[list[Example], list[Example]]:
     return train, clinc.seed(settings.seed_domains, "test")
 
 
-def train_version_one(settings: Settings, registry: ModelRegistry, progress: Progress | None = None) -> Manifest:
-    """Train, evaluate, publish and promote version 1. Returns its manifest."""
+def train_version_one(
+    settings: Settings,
+    registry: ModelRegistry,
+    progress: Progress | None = None,
+    fence: Callable[[], None] | None = None,
+) -> Manifest:
+    """Train, evaluate, publish and promote version 1. Returns its manifest. ``fence()``, if given, is
+    called before the publish and the promotion and raises when this process may no longer write."""
     started = time.perf_counter()
     train, test = seed_data(settings)
     labels = sorted({lab for _, lab in train})
@@ -59,6 +66,8 @@ def train_version_one(settings: Settings, registry: ModelRegistry, progress: Pro
     golden = GoldenSet.for_settings(settings, test)
     report = Gate(settings, golden).baseline(model)
     reference = build_reference(model, train, golden.examples, settings)
+    if fence:
+        fence()
     manifest = registry.publish(
         model,
         parent=None,
@@ -73,5 +82,7 @@ def train_version_one(settings: Settings, registry: ModelRegistry, progress: Pro
             "duration_s": time.perf_counter() - started,
         },
     )
+    if fence:
+        fence()
     promotion.promote(registry, manifest.version, "version 1 trained on the seed data")
     return manifest

@@ -10,8 +10,17 @@ from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
 
+class LeadershipLost(RuntimeError):
+    """The lock is no longer ours: whatever the holder was about to write must not be written."""
+
+
 class Leadership:
-    """Hold the lock while the block runs, renewing it from a background thread."""
+    """Hold the lock while the block runs, renewing it from a background thread.
+
+    The renewal thread notices a lost lock within a third of the TTL; writers that must not happen
+    without leadership call :meth:`fence` right before writing, which re-extends the lock only if it is
+    still ours (one atomic script) and raises :class:`LeadershipLost` otherwise. A passing fence leaves
+    at least ``ttl_s`` of ownership for the write that follows."""
 
     def __init__(self, client: redis.Redis, name: str, ttl_s: float = 30.0) -> None:
         self._lock: Lock = client.lock(name, timeout=ttl_s, thread_local=False)
@@ -43,6 +52,18 @@ class Leadership:
             except Exception:  # anything else: assume the worst, stop leading
                 self.lost.set()
                 return
+
+    def fence(self) -> None:
+        """Raise :class:`LeadershipLost` unless the lock is still ours (and extend it if it is)."""
+        if self.lost.is_set():
+            raise LeadershipLost("leadership was lost")
+        try:
+            self._lock.reacquire()
+        except LockNotOwnedError as exc:
+            self.lost.set()
+            raise LeadershipLost("the leader lock is no longer ours") from exc
+        except redis.RedisError as exc:  # cannot tell: a write now could race a new leader
+            raise LeadershipLost(f"leadership cannot be confirmed: {exc}") from exc
 
     def release(self) -> None:
         self._stop.set()

@@ -16,6 +16,7 @@ from online.learning.round import RoundRunner
 from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.leader import Leadership
 from online.stores import Stores
+from services import trainer
 from services.trainer import Scheduler
 from tests import helpers
 from tests.helpers import wait_for
@@ -185,9 +186,55 @@ def test_a_dead_trainers_lock_lapses(tsettings):
         child.kill()
 
 
+@pytest.mark.parametrize("screening", [True, False], ids=["quarantine-on", "quarantine-off"])
+def test_a_deposed_leader_stops_training_and_publishes_nothing(tsettings, parts, monkeypatch, screening):
+    """Someone deletes the leader lock right under a live holder (an operator, a failover, a Redis
+    restart that lost the key): the holder's next fence notices, and the round writes nothing at all."""
+    registry, buffer, _, v1 = parts
+    settings = tsettings.model_copy(update={"quarantine": screening})
+    stores = Stores.from_settings(settings)
+    scheduler = Scheduler(stores, threading.Event())
+    scheduler._runner = runner(settings, registry, buffer)
+    feed(buffer, helpers.examples(["travel"], 30, seed=50))
+    cursor, held = buffer.cursor(), len(buffer.held())
+
+    monkeypatch.setattr(trainer, "FENCE_EVERY_S", 0.0)  # confirm leadership at every training batch
+    batches = []
+    real_stoppable = trainer._stoppable
+
+    def counting(*args):
+        advance = real_stoppable(*args)
+
+        def counted(n: int) -> None:
+            batches.append(n)
+            advance(n)
+
+        return counted
+
+    monkeypatch.setattr(trainer, "_stoppable", counting)
+    real_acquire = scheduler.leader.acquire
+
+    def acquire_then_lose(wait_s=0):
+        ok = real_acquire(wait_s)
+        stores.redis.delete(stores.keys.trainer_leader)
+        return ok
+
+    scheduler.leader.acquire = acquire_then_lose
+
+    assert scheduler.run_round() is None  # abandoned
+    assert [m.version for m in registry.list()] == [v1.version]  # nothing published
+    assert registry.live() == v1.version
+    assert buffer.cursor() == cursor and buffer.new_count() == 30  # the samples wait for the next leader
+    assert len(buffer.held()) == held  # the screen wrote nothing either
+    assert len(batches) <= 1  # training stopped at its first batch, if it got that far
+    assert scheduler.metrics.rounds.labels("failed")._value.get() == 1
+
+
 def test_scheduler_triggers_on_count_or_age(tsettings, parts):
     _, buffer, _, _ = parts
-    scheduler = Scheduler(Stores.from_settings(tsettings.model_copy(update={"train_max_wait_s": 1.0})), threading.Event())
+    scheduler = Scheduler(
+        Stores.from_settings(tsettings.model_copy(update={"train_max_wait_s": 1.0})), threading.Event()
+    )
     assert not scheduler.due()
     feed(buffer, helpers.examples(["travel"], 1, seed=40), tag="one")
     assert not scheduler.due()  # one sample: wait for more, up to train_max_wait_s
