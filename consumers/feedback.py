@@ -19,7 +19,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from consumers.processor import FeedbackProcessor, Outcome
-from online.bus import ensure_topics, make_consumer, make_producer
+from online.bus import discard_producer, ensure_topics, make_consumer, make_producer
 from online.settings import Settings
 from online.stores import Stores
 
@@ -68,7 +68,9 @@ class FeedbackConsumer:
                 [(f"{d.record.topic}:{d.record.partition}:{d.record.offset}", d.label) for d in out.dead]
             )
             for d in out.dead:
-                log.warning("dead-lettered %s[%d]@%d: %s", d.record.topic, d.record.partition, d.record.offset, d.reason)
+                log.warning(
+                    "dead-lettered %s[%d]@%d: %s", d.record.topic, d.record.partition, d.record.offset, d.reason
+                )
         added = self.buffer.add(out.samples)
         self.buffer.mark_seen(out.seen_only)
         judged = self.accuracy.record(out.judgements)
@@ -132,12 +134,8 @@ class FeedbackConsumer:
 
     def _reset_dlq(self) -> None:
         if self._dlq_producer is not None:
-            try:
-                self._dlq_producer.close(timeout=0)
-            except KafkaError:
-                pass  # the batch is retried: dead letters are sent again
-            finally:
-                self._dlq_producer = None
+            discard_producer(self._dlq_producer)  # the batch is retried: dead letters are sent again
+            self._dlq_producer = None
 
 
 def run_consumer(settings: Settings, stop: threading.Event) -> None:

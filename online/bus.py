@@ -58,6 +58,22 @@ def make_producer(settings: Settings, **overrides) -> KafkaProducer:
     return KafkaProducer(**config)
 
 
+def discard_producer(producer: KafkaProducer, timeout: float = 1.0) -> None:
+    """Close a producer whose pending records were already answered as failed, without waiting on them.
+
+    kafka-python's ``close(timeout=0)`` raises on pending records before it stops the sender thread, so
+    a producer dropped in a broker outage would leak a thread retrying forever: force-close the sender
+    (it aborts the incomplete batches), then close."""
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+        sender.join(timeout)
+    try:
+        producer.close(timeout=0)
+    except KafkaError as exc:
+        log.info("producer closed with records pending: %r", exc)
+
+
 def make_consumer(settings: Settings, **overrides) -> KafkaConsumer:
     config = dict(
         bootstrap_servers=kafka_bootstrap(settings),

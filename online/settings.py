@@ -46,7 +46,10 @@ class Settings(BaseSettings):
     buffer_capacity: int = Field(50_000, ge=100, description="Replay buffer size (class-balanced eviction).")
     dedup_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="How long event ids are remembered.")
     feedback_rate_limit: int = Field(1000, ge=1, description="Feedback events per second per source.")
-    feedback_timeout_s: float = Field(5.0, gt=0, description="Broker acknowledgement wait before a 503.")
+    feedback_timeout_s: float = Field(1.0, gt=0, description="Longest /v1/feedback waits on the broker's ack before a 503.")
+    feedback_rate_limit_fail: Literal["open", "closed"] = Field(
+        "open", description="Redis down: the feedback rate limit lets events through (open) or answers 503 (closed)."
+    )
     max_feedback_events: int = Field(1000, ge=1, description="Events per /v1/feedback call.")
     key_prefix: str = Field("online", description="Prefix of every Redis key, so stacks can share a server.")
     serving_redis_timeout_s: float = Field(

@@ -147,8 +147,7 @@ class DriftWindow:
             self.drift_log.write(self.replica, self.latest)
             self.breaker.succeeded()
         except redis.RedisError as exc:
-            self.breaker.failed()
-            log.warning("drift window not stored: %s", exc)
+            self.breaker.failed(exc)  # the breaker logs the outage once
 
     def label_distribution(self) -> dict:
         if self.latest is None:

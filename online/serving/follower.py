@@ -26,6 +26,7 @@ import redis.asyncio as aredis
 
 from online.lifecycle.registry import ModelRegistry
 from online.serving.batcher import MicroBatcher, cancel
+from online.serving.breaker import Breaker
 from online.serving.metrics import ApiMetrics
 from online.serving.predictor import Predictor
 from online.settings import Settings
@@ -58,6 +59,7 @@ class VersionFollower:
         async_redis: aredis.Redis,
         on_swap: Callable[[Predictor], Awaitable[None]] | None = None,
         on_tick: Callable[[], Awaitable[None]] | None = None,
+        redis_health: Breaker | None = None,
     ) -> None:
         self.s = settings
         self.registry = registry
@@ -66,6 +68,7 @@ class VersionFollower:
         self._aredis = async_redis
         self._on_swap = on_swap
         self._on_tick = on_tick
+        self.redis_health = redis_health  # alias reads feed the replica's Redis breaker (its health)
         self.current: Predictor | None = None
         self.shadow: Predictor | None = None  # a candidate answering a share of traffic, never returned
         self.shadow_share = 0.0
@@ -115,8 +118,13 @@ class VersionFollower:
         try:
             live, slot = await asyncio.to_thread(lambda: (self.registry.live(), self.registry.shadow()))
         except redis.RedisError as exc:
-            log.warning("cannot read the live alias: %s", exc)
+            if self.redis_health:
+                self.redis_health.failed(exc)  # logged once per outage there
+            else:
+                log.warning("cannot read the live alias: %s", exc)
             return
+        if self.redis_health:
+            self.redis_health.succeeded()
         if live is not None and live == self.version:
             self.failures.pop("live", None)  # live moved back to what we serve: an old failure is moot
         elif live is not None and self._may_try("live", live):
@@ -194,7 +202,10 @@ class VersionFollower:
                     await pubsub.subscribe(self.registry.channel)
                 await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.s.model_poll_s)
             except (redis.RedisError, OSError) as exc:
-                log.warning("live-alias subscription lost (%s); polling", exc)
+                if self.redis_health:
+                    self.redis_health.failed(exc)  # one line per outage, there; we poll meanwhile
+                else:
+                    log.warning("live-alias subscription lost (%s); polling", exc)
                 if pubsub is not None:
                     try:
                         await pubsub.aclose()

@@ -74,7 +74,9 @@ class ForwardPass:
         predictions, probs, emb = predictor.predict_with_probabilities(texts, self.max_top_k)
         served = [ServedPrediction(uuid.uuid4().hex, p.label, p.score, p.top_k, predictor.version) for p in predictions]
         records = [
-            PredictionRecord(prediction_id=s.prediction_id, text=t, label=s.label, score=s.score, version=s.model_version)
+            PredictionRecord(
+                prediction_id=s.prediction_id, text=t, label=s.label, score=s.score, version=s.model_version
+            )
             for s, t in zip(served, texts)
         ]
         batch = Batch(predictor, texts, served, records, probs, emb)
@@ -86,10 +88,8 @@ class ForwardPass:
                 if hook(batch) and hook.uses_redis:
                     self.breaker.succeeded()
             except (redis.RedisError, OSError) as exc:  # Redis down: skip its side effects for a while
-                self.breaker.failed()
+                self.breaker.failed(exc)  # logs the outage once, not per batch
                 self.metrics.side_effects_dropped.labels(hook.name).inc(len(texts))
-                log.warning("Redis unavailable (%r): %s and other Redis side effects dropped for %.0f s",
-                            exc, hook.name, self.breaker.current_cooldown_s)
             except Exception as exc:  # a side effect never costs an answer
                 self.metrics.hook_failures.labels(hook.name).inc()
                 log.warning("forward hook %s failed on a batch of %d: %r", hook.name, len(texts), exc)
@@ -119,7 +119,9 @@ class ShadowHook:
         agreed = 0
         for i, answer in zip(picked, answers):
             rec = batch.records[i]
-            batch.records[i] = rec.model_copy(update={"shadow_version": predictor.version, "shadow_label": answer.label})
+            batch.records[i] = rec.model_copy(
+                update={"shadow_version": predictor.version, "shadow_label": answer.label}
+            )
             agreed += answer.label == rec.label
         self.ledger.count(predictor.version, len(picked), agreed)
         return True

@@ -27,16 +27,32 @@ class ApiMetrics:
         self.swaps = Counter("online_model_swaps", "Hot swaps completed", registry=r)
         self.log_failures = Counter("online_prediction_log_failures", "Prediction-log writes that failed", registry=r)
         self.hook_failures = Counter(
-            "online_forward_hook_failures", "Forward side effects that failed (the batch was served)", ["hook"], registry=r
+            "online_forward_hook_failures",
+            "Forward side effects that failed (the batch was served)",
+            ["hook"],
+            registry=r,
         )
         self.side_effects_dropped = Counter(
-            "online_side_effects_dropped", "Texts whose Redis side effect was skipped (Redis down)", ["hook"], registry=r
+            "online_side_effects_dropped",
+            "Texts whose Redis side effect was skipped (Redis down)",
+            ["hook"],
+            registry=r,
         )
         self.load_retries = Counter(
             "online_model_load_retries", "Version loads retried after a failure", ["slot"], registry=r
         )
-        self.drift_signal = Gauge("online_drift_signal", "Latest window value of each drift signal", ["signal"], registry=r)
-        self.drift_alert = Gauge("online_drift_alert", "1 while a drift signal is past its threshold", ["signal"], registry=r)
+        self.dependency_up = Gauge(
+            "online_dependency_up",
+            "1 while this replica reaches the dependency (redis, broker)",
+            ["dependency"],
+            registry=r,
+        )
+        self.drift_signal = Gauge(
+            "online_drift_signal", "Latest window value of each drift signal", ["signal"], registry=r
+        )
+        self.drift_alert = Gauge(
+            "online_drift_alert", "1 while a drift signal is past its threshold", ["signal"], registry=r
+        )
         self.drift_alerts = Counter("online_drift_alerts", "Drift alerts raised", ["signal"], registry=r)
         self.live_accuracy = Gauge(
             "online_live_accuracy", "Accuracy from feedback on each version's own predictions", ["version"], registry=r

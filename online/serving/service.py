@@ -35,8 +35,21 @@ class ModelService:
         self.settings = s
         self.stores = stores
         self.metrics = metrics
-        self.breaker = Breaker()  # shared by every Redis side effect of the forward thread
-        self.window = DriftWindow(s, stores.drift, metrics, self.breaker)
+        fail_mode = "fails open" if s.feedback_rate_limit_fail == "open" else "fails closed (503)"
+        # One breaker per dependency, shared by everything of this replica that calls it: its state is
+        # the replica's view of that dependency's health (/readyz, online_dependency_up).
+        self.redis_health = Breaker(
+            "redis",
+            f"predictions go on; prediction log, review queue, drift and shadow counts dropped; "
+            f"feedback rate limit {fail_mode}",
+            on_change=lambda up: metrics.dependency_up.labels("redis").set(int(up)),
+        )
+        self.broker_health = Breaker(
+            "broker",
+            "predictions go on; /v1/feedback answers 503 with Retry-After",
+            on_change=lambda up: metrics.dependency_up.labels("broker").set(int(up)),
+        )
+        self.window = DriftWindow(s, stores.drift, metrics, self.redis_health)
         self.follower: VersionFollower
         forward = ForwardPass(
             [
@@ -47,14 +60,15 @@ class ModelService:
             ],
             metrics,
             s.max_top_k,
-            self.breaker,
+            self.redis_health,
         )
         self.batcher: MicroBatcher[Predictor, ServedPrediction] = MicroBatcher(
             forward, max_batch=s.max_batch_size, max_wait_ms=s.max_wait_ms, on_batch=self._observe_batch
         )
         self.follower = VersionFollower(
-            s, stores.registry, self.batcher, metrics, async_redis, on_swap=self._swapped, on_tick=self._heartbeat
-        )
+            s, stores.registry, self.batcher, metrics, async_redis, on_swap=self._swapped, on_tick=self._heartbeat,
+            redis_health=self.redis_health,
+        )  # fmt: skip
 
     async def start(self) -> None:
         self.batcher.start()
@@ -95,7 +109,15 @@ class ModelService:
                 if acc.accuracy is not None:
                     self.metrics.live_accuracy.labels(str(acc.version)).set(acc.accuracy)
 
+        if not self.redis_health.allow():
+            return
         try:
             await asyncio.to_thread(write)
         except redis.RedisError as exc:
-            log.warning("heartbeat not written: %s", exc)
+            self.redis_health.failed(exc)  # logged once per outage there
+        else:
+            self.redis_health.succeeded()
+
+    def dependencies(self) -> dict[str, dict]:
+        """This replica's view of its dependencies, for ``/readyz`` (never part of readiness)."""
+        return {"redis": self.redis_health.state(), "broker": self.broker_health.state()}

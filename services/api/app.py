@@ -16,7 +16,7 @@ from online.serving.metrics import ApiMetrics
 from online.serving.service import ModelService, NotReady
 from online.settings import Settings
 from online.stores import Stores
-from services.api.intake import BrokerUnavailable, FeedbackIntake, RateLimited
+from services.api.intake import FeedbackIntake, RateLimited, Unavailable
 from services.api.limits import BodySizeLimit
 from services.api.routers import (
     dashboard,
@@ -45,7 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
         service = ModelService(stores, metrics, async_client)
         app.state.stores = stores
         app.state.service = service
-        app.state.intake = FeedbackIntake(stores)
+        app.state.intake = FeedbackIntake(stores, service.redis_health, service.broker_health)
         await service.start()
         try:
             yield
@@ -76,12 +76,12 @@ def create_app(settings: Settings) -> FastAPI:
     async def _not_ready(_: Request, exc: NotReady) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
-    @app.exception_handler(BrokerUnavailable)
-    async def _broker(_: Request, exc: BrokerUnavailable) -> JSONResponse:
+    @app.exception_handler(Unavailable)
+    async def _unavailable(_: Request, exc: Unavailable) -> JSONResponse:
         return JSONResponse(
-            {"detail": f"feedback not accepted: the broker did not acknowledge ({exc}); retry with the same event_ids"},
+            {"detail": f"feedback not accepted: {exc}; retry with the same event_ids"},
             status_code=503,
-            headers={"Retry-After": "5"},
+            headers={"Retry-After": str(exc.retry_after)},
         )
 
     @app.exception_handler(RateLimited)

@@ -1,8 +1,8 @@
 """Feedback intake behind `POST /v1/feedback`: rate limit, then produce with acks=all and wait.
 
 A 202 is answered only after the broker acknowledged every event of the call; if it does not within
-``feedback_timeout_s`` the call is a 503 with Retry-After and the producer is rebuilt, so nothing that
-got a 202 is unstored. Clients that retry a 503 should send their own ``event_id``s: the consumer
+``feedback_timeout_s`` (1 s by default) the call is a 503 with Retry-After and the producer is rebuilt,
+so nothing that got a 202 is unstored. Clients that retry a 503 should send their own ``event_id``s: the consumer
 deduplicates by it.
 """
 
@@ -16,9 +16,10 @@ import time
 import redis
 from kafka.errors import KafkaError
 
-from online.bus import ensure_topics, make_producer
+from online.bus import discard_producer, ensure_topics, make_producer
 from online.connections import NotConfigured
 from online.feedback.events import LabelEvent, ThumbsEvent, encode_event
+from online.serving.breaker import Breaker
 from online.stores import Stores
 
 log = logging.getLogger("online.api.feedback")
@@ -26,8 +27,20 @@ log = logging.getLogger("online.api.feedback")
 Event = LabelEvent | ThumbsEvent
 
 
-class BrokerUnavailable(RuntimeError):
-    """The broker did not acknowledge in time; nothing of the call may be taken as stored."""
+class Unavailable(RuntimeError):
+    """Feedback cannot be taken now (503): nothing of the call may be taken as stored."""
+
+    def __init__(self, reason: str, retry_after: int = 1) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class BrokerUnavailable(Unavailable):
+    """The broker did not acknowledge in time, or is known to be down."""
+
+
+class LimiterUnavailable(Unavailable):
+    """Redis is down and the rate limit fails closed (``feedback_rate_limit_fail=closed``)."""
 
 
 class RateLimited(RuntimeError):
@@ -37,32 +50,52 @@ class RateLimited(RuntimeError):
 
 
 class FeedbackIntake:
-    def __init__(self, stores: Stores) -> None:
+    """Answers within ``feedback_timeout_s``, whatever its dependencies do: each has a breaker, so a
+    known-down broker is answered 503 at once (Retry-After: the breaker's next trial), and a call that
+    waits on the broker is cut at the deadline (the broker thread may finish later: its events are then
+    stored though answered 503, which the client's retry with the same event_ids deduplicates)."""
+
+    def __init__(self, stores: Stores, redis_health: Breaker, broker_health: Breaker) -> None:
         self.settings = stores.settings
         self.r = stores.redis
         self.keys = stores.keys
         self.volume = stores.volume
+        self.redis_health = redis_health
+        self.broker_health = broker_health
         self._producer = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
-            self._drop_producer(timeout=5)
+            if self._producer is not None:
+                try:
+                    self._producer.close(timeout=5)
+                except KafkaError:  # pending records were answered 503 (or never sent): drop them
+                    discard_producer(self._producer)
+                self._producer = None
 
-    def _drop_producer(self, timeout: float) -> None:
+    def _drop_producer(self) -> None:
         if self._producer is not None:
-            try:
-                self._producer.close(timeout=timeout)
-            except KafkaError as exc:  # pending records were answered 503 (or never sent): drop them
-                log.info("producer closed with records pending: %r", exc)
+            discard_producer(self._producer)
             self._producer = None
 
     async def submit(self, events: list[Event]) -> None:
+        deadline = time.monotonic() + self.settings.feedback_timeout_s
         await asyncio.to_thread(self._check_rate, events)  # Redis I/O stays off the event loop
-        await asyncio.to_thread(self._produce, events)
+        if not self.broker_health.allow():
+            raise BrokerUnavailable("the broker is unreachable", self.broker_health.retry_after_s())
+        budget = max(deadline - time.monotonic(), 0.05)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._produce, events, budget), timeout=budget + 0.05)
+        except TimeoutError as exc:
+            self.broker_health.failed("no acknowledgement within the feedback timeout")
+            reason = f"the broker did not acknowledge within {self.settings.feedback_timeout_s} s"
+            raise BrokerUnavailable(reason, self.broker_health.retry_after_s()) from exc
 
     def _check_rate(self, events: list[Event]) -> None:
         """A fixed one-second window per source, shared by every replica through Redis."""
+        if not self.redis_health.allow():
+            return self._limiter_down()
         now = int(time.time())
         per_source: dict[str, int] = {}
         for ev in events:
@@ -74,36 +107,51 @@ class FeedbackIntake:
                     pipe.incrby(key, n)
                     pipe.expire(key, 2)
                 counts = pipe.execute()[::2]
-        except redis.RedisError as exc:  # the limiter fails open: accepting feedback matters more
-            log.warning("rate limiter unavailable: %s", exc)
-            return
+        except redis.RedisError as exc:
+            self.redis_health.failed(exc)  # logged once per outage there
+            return self._limiter_down()
+        self.redis_health.succeeded()
         for (source, _), count in zip(per_source.items(), counts):
             if count > self.settings.feedback_rate_limit:
                 raise RateLimited(source, 1)
 
-    def _produce(self, events: list[Event]) -> None:
-        with self._lock:
-            try:
-                if self._producer is None:
-                    ensure_topics(self.settings, timeout_s=self.settings.feedback_timeout_s)
-                    self._producer = make_producer(
-                        self.settings,
-                        request_timeout_ms=int(self.settings.feedback_timeout_s * 1000),
-                        max_block_ms=int(self.settings.feedback_timeout_s * 1000),
-                    )
-                producer = self._producer
-                futures = [
-                    producer.send(self.settings.feedback_topic, encode_event(ev), key=ev.event_id.encode())
-                    for ev in events
-                ]
-                producer.flush(timeout=self.settings.feedback_timeout_s)
-                for f in futures:
-                    f.get(timeout=0.1)
-                try:
-                    self.volume.add(len(events))
-                except redis.RedisError as exc:  # a missed count never costs an accepted event
-                    log.warning("feedback volume not counted: %s", exc)
-            except (KafkaError, OSError, NotConfigured) as exc:
-                log.warning("broker did not acknowledge feedback: %r", exc)
-                self._drop_producer(timeout=0)  # drop what is pending: it was answered 503
-                raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
+    def _limiter_down(self) -> None:
+        """Open by default: accepting feedback matters more than limiting it for the outage."""
+        if self.settings.feedback_rate_limit_fail == "closed":
+            raise LimiterUnavailable("the rate limiter's Redis is unreachable", self.redis_health.retry_after_s())
+
+    def _produce(self, events: list[Event], budget: float) -> None:
+        if not self._lock.acquire(timeout=budget):
+            raise BrokerUnavailable("the broker is busy acknowledging earlier calls")
+        try:
+            if self._producer is None:
+                ensure_topics(self.settings, timeout_s=budget)
+                timeout_ms = int(self.settings.feedback_timeout_s * 1000)
+                self._producer = make_producer(self.settings, request_timeout_ms=timeout_ms, max_block_ms=timeout_ms)
+            producer = self._producer
+            futures = [
+                producer.send(self.settings.feedback_topic, encode_event(ev), key=ev.event_id.encode()) for ev in events
+            ]
+            producer.flush(timeout=budget)
+            for f in futures:
+                f.get(timeout=0.1)
+        except (KafkaError, OSError, NotConfigured) as exc:
+            self.broker_health.failed(exc)  # logged once per outage there
+            self._drop_producer()  # drop what is pending: it was answered 503
+            reason = f"the broker did not acknowledge ({str(exc) or type(exc).__name__})"
+            raise BrokerUnavailable(reason, self.broker_health.retry_after_s()) from exc
+        finally:
+            self._lock.release()
+        self.broker_health.succeeded()
+        self._count(len(events))
+
+    def _count(self, n: int) -> None:
+        """Feedback volume for the dashboard: best-effort, a missed count never costs an accepted event."""
+        if not self.redis_health.allow():
+            return
+        try:
+            self.volume.add(n)
+        except redis.RedisError as exc:
+            self.redis_health.failed(exc)
+        else:
+            self.redis_health.succeeded()

@@ -153,8 +153,12 @@ class QuarantineResponse(BaseModel):
 
 class QuarantineAction(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    sids: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{1,40}$")]] = Field(default_factory=list, max_length=1000)
-    source: str | None = Field(None, max_length=128, description="Release: trust this source again (and its held samples).")
+    sids: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{1,40}$")]] = Field(
+        default_factory=list, max_length=1000
+    )
+    source: str | None = Field(
+        None, max_length=128, description="Release: trust this source again (and its held samples)."
+    )
 
 
 class QuarantineResult(BaseModel):

@@ -12,7 +12,9 @@ api = APIRouter(tags=["monitoring"])
 
 @api.get("/v1/drift")
 async def drift(
-    stores: StoresDep, service: ServiceDep, history: int = Query(0, ge=0, le=2000, description="Past windows to include.")
+    stores: StoresDep,
+    service: ServiceDep,
+    history: int = Query(0, ge=0, le=2000, description="Past windows to include."),
 ) -> dict:
     """Drift signals with their thresholds and alerts: input drift (kNN distance rate, MMD test),
     out-of-scope rate, prediction shift (Jensen-Shannon), live accuracy per version from feedback, and

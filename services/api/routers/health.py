@@ -17,9 +17,12 @@ async def healthz() -> dict[str, str]:
 
 @api.get("/readyz")
 async def readyz(service: ServiceDep) -> JSONResponse:
-    """Ready once a model is loaded; the detail names the version and any version that failed to load."""
+    """Ready once a model is loaded: predictions need nothing else, so a Redis or broker outage never
+    makes a replica unready (a load balancer keeps routing predictions). ``dependencies`` tells their
+    health apart; the detail also names any version that failed to load."""
     body = {
         "ready": service.version is not None,
+        "dependencies": service.dependencies(),
         "model_version": service.version,
         "last_load_error": service.follower.last_load_error,
         "failed_loads": [
