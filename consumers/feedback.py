@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from consumers.processor import FeedbackProcessor, Outcome
 from online.bus import discard_producer, ensure_topics, make_consumer, make_producer
+from online.connections import FsyncMode, fsync_barrier, fsync_mode
 from online.settings import Settings
 from online.stores import Stores
 
@@ -43,6 +44,9 @@ class FeedbackConsumer:
         self.settings = settings
         self.metrics = ConsumerMetrics()
         stores = Stores.from_settings(settings)
+        self.redis = stores.redis
+        self.keys = stores.keys
+        self.fsync: FsyncMode | None = None  # learned from the server at the first batch
         self.buffer = stores.buffer
         self.accuracy = stores.live_accuracy
         self.shadow = stores.shadow
@@ -58,6 +62,8 @@ class FeedbackConsumer:
 
     def handle(self, records: list[ConsumerRecord]) -> Outcome:
         """Everything a batch needs before its offsets may be committed. Raises on any failure."""
+        if self.fsync is None:
+            self._check_fsync()
         out = self.processor.process(records)
         if out.dead:
             producer = self._dlq()
@@ -83,7 +89,25 @@ class FeedbackConsumer:
         m.stored.labels("duplicate").inc(added.duplicates)
         m.stored.labels("redelivered").inc(added.replayed)
         m.judgements.inc(judged)
+        if self.fsync == "waitaof":  # the offsets are committed next: first the AOF must be on disk
+            fsync_barrier(self.redis, self.keys.fsync_probe)
         return out
+
+    def _check_fsync(self) -> None:
+        """Say once, at start, what a machine crash may lose under ``redis_fsync`` on this server."""
+        self.fsync = fsync_mode(self.redis, self.settings)
+        if self.settings.redis_fsync == "always" and self.fsync == "everysec":
+            log.error(
+                "ONLINE_REDIS_FSYNC=always cannot be kept: the server neither runs appendfsync always nor "
+                "has WAITAOF (Redis >= 7.2); a machine crash may lose up to a second of stored feedback"
+            )
+        else:
+            log.info(
+                "redis fsync: %s",
+                {"everysec": "every second", "server": "always (server)", "waitaof": "WAITAOF before each commit"}[
+                    self.fsync
+                ],
+            )
 
     def run(self, stop: threading.Event) -> None:
         ensure_topics(self.settings)

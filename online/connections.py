@@ -59,6 +59,39 @@ def redis_client(settings: Settings, role: Role = "worker") -> redis.Redis:
     )
 
 
+FsyncMode = Literal["everysec", "server", "waitaof"]
+
+
+def fsync_mode(client: redis.Redis, settings: Settings) -> FsyncMode:
+    """How the consumer keeps ``redis_fsync``'s promise on this server.
+
+    ``server``: the server fsyncs before every reply (appendfsync always); ``waitaof``: the consumer
+    waits with WAITAOF (Redis >= 7.2) before committing offsets; ``everysec``: nothing extra (the
+    setting, or a server that can do neither, which is logged loudly by the caller)."""
+    if settings.redis_fsync == "everysec":
+        return "everysec"
+    try:
+        if client.config_get("appendfsync").get("appendfsync") == "always":
+            return "server"
+    except redis.ResponseError:  # CONFIG disabled (managed Redis): try WAITAOF
+        pass
+    version = tuple(int(p) for p in str(client.info("server").get("redis_version", "0")).split(".")[:2])
+    return "waitaof" if version >= (7, 2) else "everysec"
+
+
+def fsync_barrier(client: redis.Redis, probe_key: str, timeout_ms: int = 5000) -> None:
+    """Return once every earlier write of any connection is fsynced to the local AOF (WAITAOF 1 0).
+
+    WAITAOF waits for this connection's own writes, and the AOF is fsynced up to an offset: a tiny
+    write on the same connection first makes the barrier cover every earlier write of every connection."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.incr(probe_key)
+        pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
+        _, (local, _) = pipe.execute()
+    if int(local) < 1:
+        raise redis.TimeoutError(f"the AOF was not fsynced within {timeout_ms} ms")
+
+
 def async_redis_client(settings: Settings) -> aredis.Redis:
     """The API's event-loop client (pub/sub of live-alias changes), fail-fast like ``serving``."""
     return aredis.Redis.from_url(

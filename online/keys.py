@@ -37,6 +37,11 @@ class Keys:
         """Feedback events of one source in one second (the API's rate limiter)."""
         return self._k("rate", source, second)
 
+    @property
+    def fsync_probe(self) -> str:
+        """A counter the consumer bumps right before WAITAOF (``online.connections.fsync_barrier``)."""
+        return self._k("consumer", "fsync")
+
     # --- lifecycle ----------------------------------------------------------------------------
     @property
     def registry(self) -> str:

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         "open", description="Redis down: the feedback rate limit lets events through (open) or answers 503 (closed)."
     )
     max_feedback_events: int = Field(1000, ge=1, description="Events per /v1/feedback call.")
+    redis_fsync: Literal["everysec", "always"] = Field(
+        "everysec",
+        description="Redis AOF fsync. everysec: a machine crash may lose the last second of stored feedback; "
+        "always: nothing whose offset the consumer committed (embedded Redis: appendfsync always; external: WAITAOF, Redis >= 7.2).",
+    )
     key_prefix: str = Field("online", description="Prefix of every Redis key, so stacks can share a server.")
     serving_redis_timeout_s: float = Field(
         0.5, gt=0, description="API replicas: Redis connect timeout (reads: 4x); serving never waits longer on Redis."

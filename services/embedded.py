@@ -118,8 +118,8 @@ def _with_retries(start, attempts: int = 5) -> Server:
     raise ServerError(f"could not start after {attempts} ports: {last}")
 
 
-def start_redis(data_dir: Path, port: int | None = None, timeout: float = 15.0) -> Server:
-    """Redis with AOF persistence (fsync every second) in ``data_dir``."""
+def start_redis(data_dir: Path, port: int | None = None, timeout: float = 15.0, fsync: str = "everysec") -> Server:
+    """Redis with AOF persistence in ``data_dir``: fsync every second, or before every reply (``always``)."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -130,7 +130,7 @@ def start_redis(data_dir: Path, port: int | None = None, timeout: float = 15.0) 
             "--bind", "127.0.0.1",
             "--dir", str(data_dir),
             "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendfsync", fsync,
             "--save", "",
             "--daemonize", "no",
             "--protected-mode", "yes",

@@ -61,7 +61,7 @@ class EmbeddedStack:
                 servers.append(tansu)
                 updates["kafka_bootstrap"] = f"127.0.0.1:{tansu.port}"
             if not settings.redis_url:
-                rds = start_redis(state / "redis")
+                rds = start_redis(state / "redis", fsync=settings.redis_fsync)
                 servers.append(rds)
                 updates["redis_url"] = f"redis://127.0.0.1:{rds.port}/0"
             settings = settings.model_copy(update=updates)

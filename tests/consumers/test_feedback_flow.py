@@ -197,6 +197,57 @@ def test_redis_restart_under_a_stream_loses_nothing(kafka_settings, tmp_path):
         rds.stop()
 
 
+@pytest.mark.parametrize("fsync", ["everysec", "always"])
+def test_redis_kill_9_under_a_feedback_stream_loses_no_accepted_event(kafka_settings, tmp_path, fsync):
+    """A client streams feedback through the API while Redis is SIGKILLed and comes back on the same
+    port and data: every event answered 202 ends up in the buffer exactly once (the consumer keeps the
+    batch in hand and commits no offset until Redis took it)."""
+    rds = start_redis(tmp_path / "own-redis", fsync=fsync)
+    s = kafka_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{rds.port}/0", "redis_fsync": fsync})
+    registry = Stores.from_settings(s).registry
+    registry.promote(registry.publish(TextClassifier.from_base(s.base_model, ["a", "b"]), parent=None).version)
+    buffer = buffer_of(s)
+    accepted: list[str] = []
+    answers: dict[int, int] = {}
+    stop = threading.Event()
+
+    def stream(client: TestClient) -> None:
+        i = 0
+        while not stop.is_set():
+            batch = [
+                {"kind": "label", "text": f"k9 {fsync} {i + j}", "label": "a", "source": "k9", "event_id": f"k9-{i + j}"}
+                for j in range(5)
+            ]
+            resp = client.post("/v1/feedback", json={"events": batch})
+            answers[resp.status_code] = answers.get(resp.status_code, 0) + 1
+            if resp.status_code == 202:
+                accepted.extend(e["text"] for e in batch)
+            i += 5
+
+    try:
+        with TestClient(create_app(s)) as client, ConsumerThread(s):
+            streamer = threading.Thread(target=stream, args=(client,), daemon=True)
+            streamer.start()
+            wait_for(lambda: buffer.size() > 50, timeout=60, what="some events stored")
+            at_kill = len(accepted)
+            rds.kill()  # SIGKILL: no shutdown, no final AOF flush
+            # the broker still takes feedback (the rate limit fails open): the stream goes on meanwhile
+            wait_for(lambda: len(accepted) >= at_kill + 50, timeout=60, what="202s while Redis is down")
+            rds = start_redis(tmp_path / "own-redis", port=rds.port, timeout=30, fsync=fsync)
+            wait_for(lambda: buffer.size() > len(accepted) // 2, timeout=90, what="stores again after the restart")
+            stop.set()
+            streamer.join(30)
+            expected = set(accepted)
+            wait_for(lambda: total_events(buffer) >= len(expected), timeout=120, what="every 202 in the buffer")
+        stored = {smp.text for smp in buffer.samples()}
+        assert expected <= stored, f"{len(expected - stored)} accepted events lost"
+        assert buffer.size() == len(expected) == total_events(buffer)  # exactly once
+        assert answers.get(202, 0) > 0
+    finally:
+        stop.set()
+        rds.stop()
+
+
 def test_broker_outage_answers_503_and_keeps_every_202(settings, tmp_path):
     broker = start_tansu(tmp_path / "own-tansu")
     port = broker.port
