@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -16,7 +18,9 @@ from rich.table import Table
 from online.settings import Settings
 from services.supervisor import running_stack
 
-app = typer.Typer(help="online: a continual-learning text classifier server with a feedback loop.", no_args_is_help=True)
+app = typer.Typer(
+    help="online: a continual-learning text classifier server with a feedback loop.", no_args_is_help=True
+)
 bench_app = typer.Typer(help="Benchmarks (ratios measured side by side in one run).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 feedback_app = typer.Typer(help="Send feedback events.", no_args_is_help=True)
@@ -54,12 +58,15 @@ def _stop_event() -> threading.Event:
 
 
 @app.command()
-def up() -> None:
-    """Start everything: local broker + Redis (unless configured), API, feedback consumer, trainer."""
+def up(
+    replicas: int = typer.Option(1, "--replicas", min=1, help="API processes, on ONLINE_API_PORT and the next ports."),
+) -> None:
+    """Start everything: local broker + Redis (unless configured), API, feedback consumer, trainer;
+    restart whatever dies."""
     from services.supervisor import run_up
 
     _logging()
-    raise typer.Exit(run_up(Settings()))
+    raise typer.Exit(run_up(Settings(), replicas=replicas))
 
 
 @app.command()
@@ -127,8 +134,13 @@ def gate_table(gate: dict) -> Table:
     table = Table("check", "passed", "value", "threshold", "detail", title="gate")
     for c in gate.get("checks", []):
         fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
-        table.add_row(c["name"], "[green]yes[/]" if c["passed"] else "[red]no[/]", fmt(c["value"]),
-                      fmt(c["threshold"]), c.get("detail", ""))
+        table.add_row(
+            c["name"],
+            "[green]yes[/]" if c["passed"] else "[red]no[/]",
+            fmt(c["value"]),
+            fmt(c["threshold"]),
+            c.get("detail", ""),
+        )
     return table
 
 
@@ -158,19 +170,37 @@ def models(ctx: typer.Context) -> None:
     table = Table("version", "live", "parent", "status", "created", "labels", "gate", "golden", "live acc (n)")
     for m in registry.list():
         acc = live_acc.get(m.version)
-        gate = "" if m.gate is None else ("passed" if m.gate.get("passed") else "failed: " + ", ".join(
-            c["name"] for c in m.gate.get("checks", []) if not c["passed"]))
+        gate = (
+            ""
+            if m.gate is None
+            else (
+                "passed"
+                if m.gate.get("passed")
+                else "failed: " + ", ".join(c["name"] for c in m.gate.get("checks", []) if not c["passed"])
+            )
+        )
         table.add_row(
-            str(m.version), "●" if m.version == live else "", str(m.parent or ""), m.status, _when(m.created_at),
-            str(len(m.labels)), gate, f"{m.metrics['golden_accuracy']:.4f}" if "golden_accuracy" in m.metrics else "",
+            str(m.version),
+            "●" if m.version == live else "",
+            str(m.parent or ""),
+            m.status,
+            _when(m.created_at),
+            str(len(m.labels)),
+            gate,
+            f"{m.metrics['golden_accuracy']:.4f}" if "golden_accuracy" in m.metrics else "",
             f"{acc.accuracy:.3f} ({acc.n})" if acc.n else "",
         )
     console.print(table)
     history = Table("when", "action", "version", "previous", "reason", title="live alias history")
     for ch in registry.history()[-15:]:
         style = {"auto_rollback": "bold red", "rollback": "yellow"}.get(ch.action, "")
-        history.add_row(_when(ch.at), f"[{style}]{ch.action}[/]" if style else ch.action, str(ch.version),
-                        str(ch.previous or ""), ch.reason)
+        history.add_row(
+            _when(ch.at),
+            f"[{style}]{ch.action}[/]" if style else ch.action,
+            str(ch.version),
+            str(ch.previous or ""),
+            ch.reason,
+        )
     console.print(history)
 
 
@@ -202,14 +232,19 @@ def models_show(version: int = typer.Argument(..., help="Version to show.")) -> 
         console.print(f"[red]{exc.args[0]}[/]")
         raise typer.Exit(1) from None
     acc = live_acc.get(version)
-    console.print(f"[bold]version {m.version}[/] ({m.status}{', live' if registry.live() == m.version else ''}), "
-                  f"parent {m.parent}, created {_when(m.created_at)}, {len(m.labels)} labels, sha256 {m.sha256[:16]}")
+    console.print(
+        f"[bold]version {m.version}[/] ({m.status}{', live' if registry.live() == m.version else ''}), "
+        f"parent {m.parent}, created {_when(m.created_at)}, {len(m.labels)} labels, sha256 {m.sha256[:16]}"
+    )
     console.print(f"metrics: {', '.join(f'{k}={v:.4f}' for k, v in m.metrics.items())}")
     if acc.n:
         console.print(f"live accuracy from feedback: {acc.accuracy:.4f} over {acc.n} judged predictions")
     if m.round:
-        console.print("round: " + ", ".join(f"{k}={v}" for k, v in m.round.items() if k != "added_labels")
-                      + (f", added labels={len(m.round.get('added_labels', []))}" if m.round.get("added_labels") else ""))
+        console.print(
+            "round: "
+            + ", ".join(f"{k}={v}" for k, v in m.round.items() if k != "added_labels")
+            + (f", added labels={len(m.round.get('added_labels', []))}" if m.round.get("added_labels") else "")
+        )
     if m.gate:
         console.print(gate_table(m.gate))
 
@@ -223,53 +258,107 @@ def status() -> None:
     settings, registry = stores.settings, stores.registry
     live = registry.live()
     paused = stores.control.paused()
-    console.print(f"[bold]live version:[/] {live}   training: " + ("running" if paused is None else
-                  f"[yellow]paused[/] ({paused.get('reason', '')})"))
+    console.print(
+        f"[bold]live version:[/] {live}   training: "
+        + ("running" if paused is None else f"[yellow]paused[/] ({paused.get('reason', '')})")
+    )
 
     replicas = Table("replica", "serves", "last seen", "load error", title="API replicas")
     for beat in stores.replicas.all():
         age = beat.age_s()
         stale = age > 3 * settings.model_poll_s + 5
-        replicas.add_row(beat.replica, str(beat.version), f"{age:.0f} s ago" + (" [red](stale)[/]" if stale else ""),
-                         beat.last_load_error or "")
+        replicas.add_row(
+            beat.replica,
+            str(beat.version),
+            f"{age:.0f} s ago" + (" [red](stale)[/]" if stale else ""),
+            beat.last_load_error or "",
+        )
     console.print(replicas)
+    _print_supervised(settings)
 
     buffer = stores.buffer
     stats = buffer.stats()
-    console.print(f"[bold]buffer:[/] {buffer.size()} samples, {buffer.new_count()} new since the last round, "
-                  f"{len([s for s in stats if s.stored])} labels, {sum(s.dead_lettered for s in stats)} dead-lettered")
+    console.print(
+        f"[bold]buffer:[/] {buffer.size()} samples, {buffer.new_count()} new since the last round, "
+        f"{len([s for s in stats if s.stored])} labels, {sum(s.dead_lettered for s in stats)} dead-lettered"
+    )
 
     rounds = Table("version", "parent", "status", "new", "rehearsed", "gate", "train s", "created", title="last rounds")
     for m in [m for m in registry.list() if m.round.get("kind") == "continual"][-5:]:
-        gate = "passed" if (m.gate or {}).get("passed") else "failed: " + ", ".join(
-            c["name"] for c in (m.gate or {}).get("checks", []) if not c["passed"])
-        rounds.add_row(str(m.version), str(m.parent), m.status, str(m.round.get("new")), str(m.round.get("rehearsed")),
-                       gate, f"{m.round.get('train_s', 0):.1f}", _when(m.created_at))
+        gate = (
+            "passed"
+            if (m.gate or {}).get("passed")
+            else "failed: " + ", ".join(c["name"] for c in (m.gate or {}).get("checks", []) if not c["passed"])
+        )
+        rounds.add_row(
+            str(m.version),
+            str(m.parent),
+            m.status,
+            str(m.round.get("new")),
+            str(m.round.get("rehearsed")),
+            gate,
+            f"{m.round.get('train_s', 0):.1f}",
+            _when(m.created_at),
+        )
     console.print(rounds)
 
     report = drift_report(stores)
     drift = Table("replica", "signal", "value", "threshold", "alert", title=f"drift (window {settings.drift_window})")
     for snap in report["replicas"]:
         for name, sig in snap["signals"].items():
-            drift.add_row(snap["replica"], name, f"{sig['value']:.4g}", f"{sig['threshold']:.4g}",
-                          "[red]ALERT[/]" if sig["alert"] else "ok")
+            drift.add_row(
+                snap["replica"],
+                name,
+                f"{sig['value']:.4g}",
+                f"{sig['threshold']:.4g}",
+                "[red]ALERT[/]" if sig["alert"] else "ok",
+            )
     for name, sig in report["feedback"].items():
-        drift.add_row("(feedback)", name, f"{sig['value']:.4g}", f"{sig['threshold']:.4g}",
-                      "[red]ALERT[/]" if sig["alert"] else "ok")
+        drift.add_row(
+            "(feedback)",
+            name,
+            f"{sig['value']:.4g}",
+            f"{sig['threshold']:.4g}",
+            "[red]ALERT[/]" if sig["alert"] else "ok",
+        )
     console.print(drift)
     accs = Table("version", "judged", "live accuracy", "vs parent", title="live accuracy from feedback")
     for e in report["live_accuracy"]:
         vs = e.get("vs_parent")
-        accs.add_row(f"{e['version']}" + (" (live)" if e["live"] else ""), str(e["n"]),
-                     "" if e["accuracy"] is None else f"{e['accuracy']:.3f}",
-                     "" if not vs or vs["drop"] is None else f"{-vs['drop']:+.3f} (p={vs['p_value']:.2g})")
+        accs.add_row(
+            f"{e['version']}" + (" (live)" if e["live"] else ""),
+            str(e["n"]),
+            "" if e["accuracy"] is None else f"{e['accuracy']:.3f}",
+            "" if not vs or vs["drop"] is None else f"{-vs['drop']:+.3f} (p={vs['p_value']:.2g})",
+        )
     console.print(accs)
     vol = report["feedback_volume"]
-    console.print(f"[bold]feedback:[/] {sum(n for _, n in vol[-10:])} events in the last 10 min, "
-                  f"{sum(n for _, n in vol)} in the last hour")
+    console.print(
+        f"[bold]feedback:[/] {sum(n for _, n in vol[-10:])} events in the last 10 min, "
+        f"{sum(n for _, n in vol)} in the last hour"
+    )
     alerts = report["alerts"]
-    console.print("[bold]alerts:[/] " + ("[green]none[/]" if not alerts else ", ".join(
-        f"[red]{a['signal']}[/]={a['value']:.3g}" for a in alerts)))
+    console.print(
+        "[bold]alerts:[/] "
+        + ("[green]none[/]" if not alerts else ", ".join(f"[red]{a['signal']}[/]={a['value']:.3g}" for a in alerts))
+    )
+
+
+def _print_supervised(settings: Settings) -> None:
+    """The processes a running `online up` supervises in this state dir, with their restart counts."""
+    from services.supervisor import STACK_FILE
+
+    try:
+        info = json.loads((settings.state_dir / STACK_FILE).read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return
+    procs = info.get("processes", {})
+    if procs:
+        table = Table("process", "pid", "restarts", title=f"supervised by `online up` (pid {info['pid']})")
+        for name, p in procs.items():
+            table.add_row(name, str(p["pid"]), f"[yellow]{p['restarts']}[/]" if p["restarts"] else "0")
+        console.print(table)
 
 
 @app.command()
@@ -332,8 +421,14 @@ def quarantine_list(limit: int = typer.Option(50, help="Held samples to show."))
     sources = Table("source", "events", "judged", "contradicted", "rate", "quarantined", title="sources")
     for name, st in ledger.stats().items():
         rate = f"{st['contradicted'] / st['judged']:.2f}" if st["judged"] else ""
-        sources.add_row(name, str(st["events"]), str(st["judged"]), str(st["contradicted"]), rate,
-                        "[red]yes[/]" if st["quarantined"] else "")
+        sources.add_row(
+            name,
+            str(st["events"]),
+            str(st["judged"]),
+            str(st["contradicted"]),
+            rate,
+            "[red]yes[/]" if st["quarantined"] else "",
+        )
     console.print(sources)
 
 
@@ -444,8 +539,14 @@ def bench_swap(
     from bench.swap import run_bench_swap
 
     _logging("WARNING")
-    run_bench_swap(Settings(), wide_console(), versions=versions, steady_requests=steady_requests,
-                   concurrency=concurrency, interval_s=interval)
+    run_bench_swap(
+        Settings(),
+        wide_console(),
+        versions=versions,
+        steady_requests=steady_requests,
+        concurrency=concurrency,
+        interval_s=interval,
+    )
 
 
 @bench_app.command("freshness")
@@ -485,8 +586,15 @@ def bench_poison(
     from bench.poison import run_bench_poison
 
     _logging("WARNING")
-    run_bench_poison(Settings(), wide_console(), shares=[float(x) for x in shares.split(",")], per_intent=per_intent,
-                     memory_per_intent=memory_per_intent, epochs=epochs, rounds=rounds)
+    run_bench_poison(
+        Settings(),
+        wide_console(),
+        shares=[float(x) for x in shares.split(",")],
+        per_intent=per_intent,
+        memory_per_intent=memory_per_intent,
+        epochs=epochs,
+        rounds=rounds,
+    )
 
 
 @bench_app.command("review")
@@ -499,8 +607,9 @@ def bench_review(
     from bench.review import run_bench_review
 
     _logging("WARNING")
-    run_bench_review(Settings(), wide_console(), budgets=[int(b) for b in budgets.split(",")], per_intent=per_intent,
-                     epochs=epochs)
+    run_bench_review(
+        Settings(), wide_console(), budgets=[int(b) for b in budgets.split(",")], per_intent=per_intent, epochs=epochs
+    )
 
 
 @bench_app.command("learn")
@@ -521,9 +630,16 @@ def bench_learn(
     if start not in ("seed", "first") or joint not in ("every", "final", "off"):
         raise typer.BadParameter("--start is seed or first; --joint is every, final or off")
     run_bench_learn(
-        Settings(), wide_console(), names=[m for m in methods.split(",") if m] or None, start=start,
-        per_intent=per_intent, memory_per_intent=memory_per_intent, epochs=epochs, joint=joint,
-        rounds=rounds or None, out=out,
+        Settings(),
+        wide_console(),
+        names=[m for m in methods.split(",") if m] or None,
+        start=start,
+        per_intent=per_intent,
+        memory_per_intent=memory_per_intent,
+        epochs=epochs,
+        joint=joint,
+        rounds=rounds or None,
+        out=out,
     )
 
 

@@ -1,8 +1,10 @@
 """`online up`: the embedded stack and the three application processes under one supervisor.
 
 Layout (the same processes production runs separately): Tansu broker and Redis (only when no address is
-configured), then `online serve`, `online consume` and `online train` as child processes. Ctrl-C or
-SIGTERM stops the application processes first, then the servers, each by PID; nothing is left bound.
+configured), then `online serve` (one or more replicas), `online consume` and `online train` as child
+processes. Each is supervised: one that dies is restarted with backoff on the same port and data, and
+`online up` gives up (exit 1, everything stopped) only when one keeps dying right after its start.
+Ctrl-C or SIGTERM stops the application processes first, then the servers, each by PID; nothing is left bound.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -71,18 +73,42 @@ class EmbeddedStack:
                 s.stop()
             raise
         stack = cls(settings, servers)
-        stack._write_stack_file()
+        stack.write_stack_file()
         return stack
 
-    def _write_stack_file(self) -> None:
+    def restarter(self, name: str) -> Callable[[], subprocess.Popen]:
+        """Start server ``name`` again on its port with its data (Redis replays its AOF; Tansu comes
+        back empty, so the topics are created again)."""
+
+        def restart() -> subprocess.Popen:
+            i = next(i for i, s in enumerate(self.servers) if s.name == name)
+            old = self.servers[i]
+            state = self.settings.state_dir.resolve()
+            if name == "redis":
+                new = start_redis(state / "redis", port=old.port, fsync=self.settings.redis_fsync)
+            else:
+                new = start_tansu(state / "tansu", port=old.port)
+                ensure_topics(self.settings)
+            self.servers[i] = new
+            return new.proc
+
+        return restart
+
+    def write_stack_file(self, units: list | None = None) -> None:
+        """``stack.json``: addresses for `online` commands in the same state dir, every supervised
+        process's pid and restart count (for `online status`, and for chaos tests to know what to kill)."""
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         info = {
             "pid": os.getpid(),
             "kafka_bootstrap": self.settings.kafka_bootstrap,
             "redis_url": self.settings.redis_url,
             "servers": {s.name: s.pid for s in self.servers},
+            "processes": {u.name: {"pid": u.proc.pid, "restarts": u.restarts} for u in units or [] if u.proc},
         }
-        (self.settings.state_dir / STACK_FILE).write_text(json.dumps(info, indent=2))
+        path = self.settings.state_dir / STACK_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        tmp.replace(path)  # readers never see half a file
 
     def stop(self) -> None:
         for server in reversed(self.servers):
@@ -116,30 +142,132 @@ def _raise_stop(signum: int, _frame) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-def run_up(settings: Settings, parts: tuple[str, ...] = ("serve", "consume", "train")) -> int:
-    """Run the whole system until Ctrl-C/SIGTERM or until a part dies. Returns the exit code."""
-    if "serve" in parts and port_open(settings.api_port, settings.api_host):
-        raise SystemExit(f"port {settings.api_port} is in use: set ONLINE_API_PORT to a free port")
+RESTART_BACKOFF_S = 1.0  # first restart delay; doubles with each fast failure in a row
+RESTART_BACKOFF_MAX_S = 30.0
+FAST_FAILURE_S = 30.0  # a part that dies sooner than this after its start failed fast
+MAX_FAST_FAILURES = 5  # in a row: then `online up` gives up, loudly
+
+
+@dataclass
+class Unit:
+    """One supervised process: an embedded server or an `online` child, restarted when it dies."""
+
+    name: str
+    start: Callable[[], subprocess.Popen]
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    fast_failures: int = 0
+    restarts: int = 0
+    restart_at: float | None = None  # a restart is due at this time (monotonic)
+
+    def launch(self) -> None:
+        self.proc = self.start()
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+
+class Supervisor:
+    """Keeps every unit running: a dead one is restarted with exponential backoff (same ports, same
+    data: Redis replays its AOF), logged and counted; after ``MAX_FAST_FAILURES`` fast failures in a
+    row of one unit it gives up and stops everything, with the unit's log named."""
+
+    def __init__(self, stack: "EmbeddedStack", units: list[Unit]) -> None:
+        self.stack = stack
+        self.units = units
+
+    def start_all(self) -> None:
+        for unit in self.units:
+            if unit.proc is None:
+                unit.launch()
+                log.info("started %s (pid %d)", unit.name, unit.proc.pid)
+        self.stack.write_stack_file(self.units)
+
+    def check(self, now: float) -> str | None:
+        """One supervision pass; returns why it gives up, or None."""
+        changed = False
+        for unit in self.units:
+            if unit.restart_at is None and unit.proc is not None and unit.proc.poll() is not None:
+                lived = now - unit.started_at
+                unit.fast_failures = unit.fast_failures + 1 if lived < FAST_FAILURE_S else 1
+                if unit.fast_failures >= MAX_FAST_FAILURES:
+                    return (
+                        f"{unit.name} died {unit.fast_failures} times in a row within {FAST_FAILURE_S:.0f} s "
+                        f"of starting (last exit code {unit.proc.returncode}); giving up"
+                    )
+                delay = min(RESTART_BACKOFF_S * 2 ** (unit.fast_failures - 1), RESTART_BACKOFF_MAX_S)
+                unit.restart_at = now + delay
+                log.warning(
+                    "%s (pid %d) exited with %s after %.0f s; restarting in %.0f s",
+                    unit.name, unit.proc.pid, unit.proc.returncode, lived, delay,
+                )  # fmt: skip
+            elif unit.restart_at is not None and now >= unit.restart_at:
+                try:
+                    unit.launch()
+                except Exception as exc:  # e.g. the port is taken: counts as a fast failure
+                    unit.fast_failures += 1
+                    if unit.fast_failures >= MAX_FAST_FAILURES:
+                        return f"{unit.name} could not be restarted {unit.fast_failures} times: {exc}"
+                    unit.restart_at = now + min(
+                        RESTART_BACKOFF_S * 2 ** (unit.fast_failures - 1), RESTART_BACKOFF_MAX_S
+                    )
+                    log.warning("%s did not restart (%s); trying again", unit.name, exc)
+                    continue
+                unit.restarts += 1
+                changed = True
+                log.warning("restarted %s (pid %d; restart %d)", unit.name, unit.proc.pid, unit.restarts)
+        if changed:
+            self.stack.write_stack_file(self.units)
+        return None
+
+    def processes(self) -> list[subprocess.Popen]:
+        return [u.proc for u in self.units if u.proc is not None]
+
+
+def _child(settings: Settings, part: str, **overrides) -> Callable[[], subprocess.Popen]:
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services", part],
+            env=child_env(settings.model_copy(update=overrides)),
+            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
+            preexec_fn=_die_with_parent,
+        )
+
+    return start
+
+
+def run_up(settings: Settings, parts: tuple[str, ...] = ("serve", "consume", "train"), replicas: int = 1) -> int:
+    """Run the whole system until Ctrl-C/SIGTERM, restarting what dies; returns the exit code (1: gave up).
+
+    ``replicas`` API processes listen on ``api_port``, ``api_port + 1``, ... (a load balancer's job to
+    spread; the bench's client does it itself)."""
+    ports = [settings.api_port + i for i in range(replicas)] if "serve" in parts else []
+    for port in ports:
+        if port_open(port, settings.api_host):
+            raise SystemExit(f"port {port} is in use: set ONLINE_API_PORT to a free port")
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     stack: EmbeddedStack | None = None
-    children: dict[str, subprocess.Popen] = {}
+    supervisor: Supervisor | None = None
     try:
         stack = EmbeddedStack.start(settings)
         log.info("kafka %s, redis %s", stack.settings.kafka_bootstrap, stack.settings.redis_url)
+        units = [Unit(server.name, stack.restarter(server.name), proc=server.proc) for server in stack.servers]
+        for u in units:
+            u.started_at = time.monotonic()
         for part in parts:
-            children[part] = subprocess.Popen(
-                [sys.executable, "-m", "services", part],
-                env=child_env(stack.settings),
-                start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
-                preexec_fn=_die_with_parent,
-            )
-            log.info("started `online %s` (pid %d)", part, children[part].pid)
+            if part == "serve":
+                for i, port in enumerate(ports):
+                    name = "serve" if replicas == 1 else f"serve-{i}"
+                    units.append(Unit(name, _child(stack.settings, "serve", api_port=port)))
+            else:
+                units.append(Unit(part, _child(stack.settings, part)))
+        supervisor = Supervisor(stack, units)
+        supervisor.start_all()
         while True:
-            for part, proc in children.items():
-                if proc.poll() is not None:
-                    log.error("`online %s` exited with %s; stopping everything", part, proc.returncode)
-                    return 1
+            why = supervisor.check(time.monotonic())
+            if why:
+                log.error("%s; stopping everything (logs: %s)", why, stack.settings.state_dir.resolve())
+                return 1
             time.sleep(0.5)
     except _Stop as why:
         log.info("%s received: stopping", why)
@@ -147,7 +275,9 @@ def run_up(settings: Settings, parts: tuple[str, ...] = ("serve", "consume", "tr
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stop_processes(list(children.values()))
+        if supervisor:
+            servers = {s.proc for s in stack.servers} if stack else set()
+            stop_processes([p for p in supervisor.processes() if p not in servers])
         if stack:
             stack.stop()
         log.info("stopped")

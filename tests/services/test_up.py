@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -61,12 +62,34 @@ def test_up_serves_then_stops_cleanly(tmp_path, tiny_base):
         body = httpx.post(f"{url}/v1/predict", json={"text": "what is my bank balance"}).json()
         assert body["model_version"] == 1 and body["predictions"][0]["prediction_id"]
 
-        stack = json.loads((tmp_path / "state" / "stack.json").read_text())
+        stack_file = tmp_path / "state" / "stack.json"
+        stack = json.loads(stack_file.read_text())
         kafka_port = int(stack["kafka_bootstrap"].rsplit(":", 1)[1])
         redis_port = int(stack["redis_url"].rsplit(":", 1)[1].split("/")[0])
         pids = _children(proc.pid)
         assert len(pids) == 5, pids  # tansu, redis, serve, consume, train
         assert set(stack["servers"].values()) <= set(pids)
+        assert {p["pid"] for p in stack["processes"].values()} == set(pids)
+
+        # a crash of Redis and of the consumer: both come back, same ports, and serving never stopped
+        os.kill(stack["processes"]["redis"]["pid"], signal.SIGKILL)
+        os.kill(stack["processes"]["consume"]["pid"], signal.SIGKILL)
+        assert httpx.post(f"{url}/v1/predict", json={"text": "still there?"}).status_code == 200
+
+        def restarted() -> dict:
+            procs = json.loads(stack_file.read_text())["processes"]
+            return procs if procs["redis"]["restarts"] == 1 and procs["consume"]["restarts"] == 1 else {}
+
+        procs = wait_for(restarted, timeout=60, what="redis and the consumer restarted")
+        assert all(_alive(procs[name]["pid"]) for name in ("redis", "consume"))
+        assert not any(_alive(stack["processes"][name]["pid"]) for name in ("redis", "consume"))  # reaped
+        wait_for(lambda: port_open(redis_port), timeout=30, what="redis on its old port")
+        wait_for(
+            lambda: httpx.get(f"{url}/readyz", timeout=2).json()["dependencies"]["redis"]["up"],
+            timeout=60, what="the API sees redis again",
+        )  # fmt: skip
+        pids = _children(proc.pid)
+        assert len(pids) == 5, pids
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
@@ -75,3 +98,28 @@ def test_up_serves_then_stops_cleanly(tmp_path, tiny_base):
     for p in (port, kafka_port, redis_port):
         assert not port_open(p), f"port {p} still bound"
     assert not (tmp_path / "state" / "stack.json").exists()
+
+
+def test_supervisor_restarts_with_backoff_then_gives_up_on_a_part_that_keeps_dying(monkeypatch, tmp_path):
+    from services import supervisor as sup
+
+    monkeypatch.setattr(sup, "RESTART_BACKOFF_S", 0.01)
+    flaky = sup.Unit("flaky", lambda: subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"]))
+    steady = sup.Unit("steady", lambda: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+
+    class NoServers:
+        servers: list = []
+
+        def write_stack_file(self, units) -> None:
+            self.last = {u.name: u.restarts for u in units}
+
+    stack = NoServers()
+    supervisor = sup.Supervisor(stack, [flaky, steady])
+    supervisor.start_all()
+    try:
+        why = wait_for(lambda: supervisor.check(time.monotonic()), timeout=60, interval=0.05, what="giving up")
+        assert "flaky" in why and "exit code 3" in why
+        assert flaky.restarts == sup.MAX_FAST_FAILURES - 1 == stack.last["flaky"]  # restarted, then given up
+        assert steady.restarts == 0 and steady.proc.poll() is None  # the healthy part was left alone
+    finally:
+        sup.stop_processes(supervisor.processes())
