@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from rich.console import Console
+
+from online.learning.version_one import seed_data, train_version_one
 from online.lifecycle import promotion
+from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.registry import MANIFEST_FILE, Manifest
 from online.model import WEIGHTS_FILE, TextClassifier
 from online.settings import Settings
@@ -170,3 +174,20 @@ def http_load(url: str, texts: list[str], total: int, concurrency: int) -> LoadR
     """``total`` single-text /v1/predict calls from ``concurrency`` concurrent clients."""
     asyncio.run(_load([url], texts, min(total, 4 * concurrency), concurrency))  # warm connections
     return asyncio.run(_load([url], texts, total, concurrency))
+
+
+def install_v1(env: Settings, console: Console, found: tuple[TextClassifier, object] | None) -> None:
+    """Version 1 in a bench's own registry: the user's newest local version re-gated on the seed test set,
+    or (none found) trained on the seed data."""
+    registry = Stores.from_settings(env).registry
+    if found is None:
+        console.print("no local model version: training version 1 on the seed data first")
+        train_version_one(env, registry)
+        return
+    model = found[0]
+    _, test = seed_data(env)
+    report = Gate(env, GoldenSet.for_settings(env, test)).baseline(model)
+    v1 = registry.publish(
+        model, parent=None, gate=report.model_dump(), metrics={"golden_accuracy": report.golden_accuracy}
+    )
+    promotion.promote(registry, v1.version, "benchmark start")

@@ -20,31 +20,12 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import latest_local_version
+from bench.common import install_v1, latest_local_version
 from online.data import Clinc150
-from online.learning.version_one import seed_data, train_version_one
-from online.lifecycle import promotion
-from online.lifecycle.gate import Gate, GoldenSet
-from online.model import TextClassifier
 from online.settings import Settings
 from online.stores import Stores
 from services.embedded import free_port
 from services.supervisor import EmbeddedStack, child_env, stop_processes, wait_ready
-
-
-def _install_v1(env: Settings, console: Console, found: tuple[TextClassifier, object] | None) -> None:
-    registry = Stores.from_settings(env).registry
-    if found is None:
-        console.print("no local model version: training version 1 on the seed data first")
-        train_version_one(env, registry)
-        return
-    model = found[0]
-    _, test = seed_data(env)
-    report = Gate(env, GoldenSet.for_settings(env, test)).baseline(model)
-    v1 = registry.publish(
-        model, parent=None, gate=report.model_dump(), metrics={"golden_accuracy": report.golden_accuracy}
-    )
-    promotion.promote(registry, v1.version, "benchmark start")
 
 
 def run_bench_freshness(
@@ -72,7 +53,7 @@ def run_bench_freshness(
         env = stack.settings
         procs: list[subprocess.Popen] = []
         try:
-            _install_v1(env, console, found)
+            install_v1(env, console, found)
             for part in ("serve", "consume", "train"):
                 procs.append(
                     subprocess.Popen(

@@ -574,6 +574,19 @@ def bench_drift(
     run_bench_drift(Settings(), wide_console(), windows=windows, after=after)
 
 
+@bench_app.command("chaos")
+def bench_chaos(
+    steady: float = typer.Option(20.0, help="Seconds of steady load before the first fault."),
+    settle: float = typer.Option(5.0, help="Seconds of load after each recovery, counted in the fault's row."),
+    timeout: float = typer.Option(180.0, help="Longest wait for a recovery (and for the final drain)."),
+) -> None:
+    """Kill -9 Redis, the broker, the consumer, the trainer mid-round and an API replica under load."""
+    from bench.chaos import run_bench_chaos
+
+    _logging()
+    run_bench_chaos(Settings(), wide_console(), steady_s=steady, settle_s=settle, timeout_s=timeout)
+
+
 @bench_app.command("poison")
 def bench_poison(
     shares: str = typer.Option("0.1,0.3", help="Comma-separated shares of events from hostile sources."),

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -223,16 +224,46 @@ class Supervisor:
         return [u.proc for u in self.units if u.proc is not None]
 
 
-def _child(settings: Settings, part: str, **overrides) -> Callable[[], subprocess.Popen]:
+def _child(settings: Settings, part: str, log_path: Path | None, **overrides) -> Callable[[], subprocess.Popen]:
     def start() -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services", part],
-            env=child_env(settings.model_copy(update=overrides)),
-            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
-            preexec_fn=_die_with_parent,
-        )
+        out = open(log_path, "ab") if log_path else None  # None: the supervisor's own terminal
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "services", part],
+                env=child_env(settings.model_copy(update=overrides)),
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            if out:
+                out.close()
 
     return start
+
+
+def supervised_units(
+    stack: "EmbeddedStack", parts: tuple[str, ...], replicas: int = 1, log_dir: Path | None = None
+) -> list[Unit]:
+    """The embedded servers (already running) and the `online` children to start, as supervised units.
+    API replica ``i`` listens on ``api_port + i``."""
+    now = time.monotonic()
+    units = [Unit(s.name, stack.restarter(s.name), proc=s.proc, started_at=now) for s in stack.servers]
+    names: list[tuple[str, str, dict]] = []
+    for part in parts:
+        if part == "serve":
+            for i in range(replicas):
+                port = stack.settings.api_port + i
+                names.append(("serve" if replicas == 1 else f"serve-{i}", "serve", {"api_port": port}))
+        else:
+            names.append((part, part, {}))
+    if log_dir:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    for name, part, overrides in names:
+        log_path = log_dir / f"{name}.log" if log_dir else None
+        units.append(Unit(name, _child(stack.settings, part, log_path, **overrides)))
+    return units
 
 
 def run_up(settings: Settings, parts: tuple[str, ...] = ("serve", "consume", "train"), replicas: int = 1) -> int:
@@ -251,17 +282,7 @@ def run_up(settings: Settings, parts: tuple[str, ...] = ("serve", "consume", "tr
     try:
         stack = EmbeddedStack.start(settings)
         log.info("kafka %s, redis %s", stack.settings.kafka_bootstrap, stack.settings.redis_url)
-        units = [Unit(server.name, stack.restarter(server.name), proc=server.proc) for server in stack.servers]
-        for u in units:
-            u.started_at = time.monotonic()
-        for part in parts:
-            if part == "serve":
-                for i, port in enumerate(ports):
-                    name = "serve" if replicas == 1 else f"serve-{i}"
-                    units.append(Unit(name, _child(stack.settings, "serve", api_port=port)))
-            else:
-                units.append(Unit(part, _child(stack.settings, part)))
-        supervisor = Supervisor(stack, units)
+        supervisor = Supervisor(stack, supervised_units(stack, parts, replicas))
         supervisor.start_all()
         while True:
             why = supervisor.check(time.monotonic())

@@ -1,7 +1,7 @@
 """Feedback intake behind `POST /v1/feedback`: rate limit, then produce with acks=all and wait.
 
 A 202 is answered only after the broker acknowledged every event of the call; if it does not within
-``feedback_timeout_s`` (1 s by default) the call is a 503 with Retry-After and the producer is rebuilt,
+``feedback_timeout_s`` (0.8 s by default, so the answer comes within 1 s) the call is a 503 with Retry-After and the producer is rebuilt,
 so nothing that got a 202 is unstored. Clients that retry a 503 should send their own ``event_id``s: the consumer
 deduplicates by it.
 """
@@ -86,7 +86,7 @@ class FeedbackIntake:
             raise BrokerUnavailable("the broker is unreachable", self.broker_health.retry_after_s())
         budget = max(deadline - time.monotonic(), 0.05)
         try:
-            await asyncio.wait_for(asyncio.to_thread(self._produce, events, budget), timeout=budget + 0.05)
+            await asyncio.wait_for(asyncio.to_thread(self._produce, events, budget), timeout=budget)
         except TimeoutError as exc:
             self.broker_health.failed("no acknowledgement within the feedback timeout")
             reason = f"the broker did not acknowledge within {self.settings.feedback_timeout_s} s"
