@@ -75,7 +75,10 @@ def run_bench_freshness(
                 for intent in intents:
                     examples = [t for t, lab in train if lab == intent][:per_intent]
                     probes = [t for t, lab in test if lab == intent]
-                    events = [{"kind": "label", "text": t, "label": intent, "source": "bench"} for t in examples]
+                    # one team member per new intent: a single source may create only a few labels an hour
+                    events = [
+                        {"kind": "label", "text": t, "label": intent, "source": f"bench-{intent}"} for t in examples
+                    ]
                     t0 = time.perf_counter()
                     resp = client.post("/v1/feedback", json={"events": events})
                     resp.raise_for_status()

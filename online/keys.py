@@ -42,6 +42,16 @@ class Keys:
         """A counter the consumer bumps right before WAITAOF (``online.connections.fsync_barrier``)."""
         return self._k("consumer", "fsync")
 
+    @property
+    def labels_approved(self) -> str:
+        """Set of new labels an operator approved (``online.feedback.labels``)."""
+        return self._k("labels", "approved")
+
+    @property
+    def labels_created(self) -> str:
+        """Prefix of per-source sorted sets: new labels a source created, by time (the hourly budget)."""
+        return self._k("labels", "created")
+
     # --- lifecycle ----------------------------------------------------------------------------
     @property
     def registry(self) -> str:

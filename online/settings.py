@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     buffer_capacity: int = Field(50_000, ge=100, description="Replay buffer size (class-balanced eviction).")
     dedup_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="How long event ids are remembered.")
     feedback_rate_limit: int = Field(1000, ge=1, description="Feedback events per second per source.")
-    feedback_timeout_s: float = Field(1.0, gt=0, description="Longest /v1/feedback waits on the broker's ack before a 503.")
+    feedback_timeout_s: float = Field(
+        0.8, gt=0, description="Longest /v1/feedback waits on the broker's ack before a 503 (the answer comes within 1 s)."
+    )
     feedback_rate_limit_fail: Literal["open", "closed"] = Field(
         "open", description="Redis down: the feedback rate limit lets events through (open) or answers 503 (closed)."
     )
@@ -126,7 +128,23 @@ class Settings(BaseSettings):
     quarantine_majority: float = Field(0.6, gt=0, le=1, description="Neighbour share that contradicts a label.")
     quarantine_source_max_rate: float = Field(0.5, gt=0, le=1, description="Contradicted share that quarantines a source...")
     quarantine_source_min_events: int = Field(20, ge=1, description="...once it has this many judged examples.")
-    quarantine_release_sources: int = Field(3, ge=2, description="Distinct sources that release a held example.")
+    quarantine_release_sources: int = Field(3, ge=2, description="Distinct sources that release a held example (and corroborate a new label).")
+    quarantine_novel_below: int = Field(
+        10, ge=1, description="A live label with fewer indexed training examples is still new: the live model cannot contradict it."
+    )
+    quarantine_near_duplicate: float = Field(
+        0.9, gt=0, le=1, description="Cosine at which another source's fresh example can contradict a new label."
+    )
+    quarantine_correction_min: int = Field(
+        5, ge=2, description="Examples of one source moving texts from one label to another: a correction, not poison."
+    )
+
+    # --- label creation -----------------------------------------------------------------------
+    label_policy: Literal["open", "limited", "approval"] = Field(
+        "limited", description="When a new label may go live: open, limited (budget, no takeover), approval (an operator)."
+    )
+    label_min_examples: int = Field(3, ge=1, description="limited: examples a new label needs before it goes live.")
+    label_budget_per_hour: int = Field(3, ge=0, description="limited: new labels one source may create per hour.")
 
     # --- review queue (active learning) ------------------------------------------------------
     review_max_margin: float = Field(0.2, ge=0, le=1, description="Queue predictions whose top-2 margin is below this.")

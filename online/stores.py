@@ -14,6 +14,7 @@ import redis
 
 from online.connections import Role, redis_client
 from online.feedback.buffer import ReplayBuffer
+from online.feedback.labels import LabelBook
 from online.feedback.prediction_log import PredictionLog
 from online.feedback.quarantine import SourceLedger
 from online.feedback.review_queue import ReviewQueue
@@ -38,6 +39,7 @@ class Stores:
     registry: ModelRegistry
     buffer: ReplayBuffer
     sources: SourceLedger
+    labels: LabelBook
     predictions: PredictionLog
     review: ReviewQueue
     live_accuracy: LiveAccuracy
@@ -61,6 +63,7 @@ class Stores:
             registry=ModelRegistry(r, s.models_dir, keys),
             buffer=ReplayBuffer(r, keys, s.buffer_capacity, s.dedup_ttl_s),
             sources=SourceLedger(r, keys),
+            labels=LabelBook(r, keys),
             predictions=PredictionLog(r, keys, s.prediction_ttl_s),
             review=ReviewQueue(r, keys, s.review_capacity, s.prediction_ttl_s),
             live_accuracy=LiveAccuracy(r, keys.live_accuracy, s.dedup_ttl_s),

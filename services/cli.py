@@ -282,6 +282,7 @@ def status() -> None:
         f"[bold]buffer:[/] {buffer.size()} samples, {buffer.new_count()} new since the last round, "
         f"{len([s for s in stats if s.stored])} labels, {sum(s.dead_lettered for s in stats)} dead-lettered"
     )
+    _print_screening(stores)
 
     rounds = Table("version", "parent", "status", "new", "rehearsed", "gate", "train s", "created", title="last rounds")
     for m in [m for m in registry.list() if m.round.get("kind") == "continual"][-5:]:
@@ -344,6 +345,27 @@ def status() -> None:
     )
 
 
+def _print_screening(stores) -> None:
+    """Held feedback per source and reason, pending new labels, quarantined sources: never silent."""
+    from online.feedback.quarantine import screening_summary
+
+    summary = screening_summary(stores.buffer, stores.sources, stores.labels.approved())
+    held = summary["held"]
+    if not held["total"] and not summary["quarantined_sources"]:
+        console.print("[bold]screening:[/] nothing held")
+        return
+    table = Table("source", "held", "why", title=f"feedback held by the screen ({held['total']})")
+    for source, kinds in held["by_source"].items():
+        table.add_row(source, str(sum(kinds.values())), ", ".join(f"{k}: {n}" for k, n in kinds.items()))
+    console.print(table)
+    if summary["pending_labels"]:
+        pending = ", ".join(f"{p['label']} ({p['examples']})" for p in summary["pending_labels"])
+        console.print(f"[bold]pending new labels:[/] {pending}  -> `online labels approve LABEL`")
+    if summary["quarantined_sources"]:
+        bad = ", ".join(summary["quarantined_sources"])
+        console.print(f"[bold]quarantined sources:[/] [red]{bad}[/]  -> `online quarantine release --source SOURCE`")
+
+
 def _print_supervised(settings: Settings) -> None:
     """The processes a running `online up` supervises in this state dir, with their restart counts."""
     from services.supervisor import STACK_FILE
@@ -376,6 +398,34 @@ def rollback(
         console.print(f"[red]refused:[/] {exc}")
         raise typer.Exit(1) from None
     console.print(f"live: version {change.version} (was {change.previous})")
+
+
+labels_app = typer.Typer(help="New labels: which wait to go live, and approving them.", no_args_is_help=True)
+app.add_typer(labels_app, name="labels")
+
+
+@labels_app.command("pending")
+def labels_pending() -> None:
+    """New labels whose examples are held until the label may go live (ONLINE_LABEL_POLICY)."""
+    from online.feedback.quarantine import screening_summary
+
+    stores = _stores()
+    summary = screening_summary(stores.buffer, stores.sources, stores.labels.approved())
+    table = Table("label", "examples", "sources", "why it waits", title="pending new labels")
+    for p in summary["pending_labels"]:
+        table.add_row(p["label"], str(p["examples"]), ", ".join(p["sources"]), p["reason"])
+    console.print(table)
+    console.print(f"approved so far: {', '.join(summary['approved_labels']) or 'none'}")
+
+
+@labels_app.command("approve")
+def labels_approve(label: str = typer.Argument(..., help="The new label to let go live.")) -> None:
+    """Let a new label go live (remembered); its held examples are trained by the next round."""
+    from online.feedback.quarantine import approve_label
+
+    stores = _stores()
+    new, released = approve_label(stores.labels, stores.buffer, label)
+    console.print(f"{label!r} {'approved' if new else 'was already approved'}; {released} held examples released")
 
 
 training_app = typer.Typer(help="Pause or resume continual training.", no_args_is_help=True)

@@ -58,6 +58,9 @@ class TrainerMetrics:
         )
         self.auto_rollbacks = Counter("online_auto_rollbacks", "Automatic rollbacks", registry=r)
         self.collected = Counter("online_versions_collected", "Model versions whose files were collected", registry=r)
+        self.held = Counter(
+            "online_feedback_held", "New samples held by the screen, by kind of reason", ["reason"], registry=r
+        )
         self.pending = Gauge("online_trainer_new_samples", "New buffer samples waiting for a round", registry=r)
 
     def observe(self, report: RoundReport | None, status: str) -> None:
@@ -65,6 +68,8 @@ class TrainerMetrics:
         self.last_status.set(_STATUS_CODES[status])
         self.last_round_at.set(time.time())
         if report is not None:
+            for reason, n in report.held_by_reason.items():
+                self.held.labels(reason).inc(n)
             self.round_seconds.observe(report.duration_s)
             self.samples.labels("new").inc(report.new - report.holdout)
             self.samples.labels("rehearsal").inc(report.rehearsed)
@@ -183,8 +188,8 @@ class Scheduler:
         finally:
             self.leader.release()
         self._waiting_since = None
-        self.metrics.observe(report if report.status != "idle" else None, report.status)
-        if report.status != "idle":
+        self.metrics.observe(report if report.status != "idle" or report.quarantined else None, report.status)
+        if report.status != "idle" or report.quarantined:
             log.info("%s", report.summary())
             log.info("round %s", json.dumps(report.log_record()))
         return report

@@ -42,8 +42,8 @@ for i = 0, n - 1 do
     redis.call('SADD', p .. ':sources', source)
     redis.call('HINCRBY', p .. ':stats:' .. label, 'total', 1)
     redis.call('SADD', p .. ':labels', label)
-    if redis.call('EXISTS', sk) == 1 then
-      redis.call('HINCRBY', sk, 'count', 1)
+    if redis.call('EXISTS', sk) == 1 or redis.call('SISMEMBER', p .. ':dropped', sid) == 1 then
+      if redis.call('EXISTS', sk) == 1 then redis.call('HINCRBY', sk, 'count', 1) end  -- a dropped one stays gone
       redis.call('HINCRBY', p .. ':stats:' .. label, 'duplicates', 1)
       dups = dups + 1
     else
@@ -78,16 +78,17 @@ return moved
 """
 
 _RELEASE = """
-local p, n = ARGV[1], tonumber(ARGV[2])
+local p, mark, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local released = 0
 for i = 0, n - 1 do
-  local sid = ARGV[3 + i]
+  local sid = ARGV[4 + i]
   local sk = p .. ':s:' .. sid
   if redis.call('ZREM', p .. ':q', sid) == 1 then
     local seq = redis.call('INCR', p .. ':seq')  -- a new sequence number: the next round trains on it
     local label = redis.call('HGET', sk, 'label')
     redis.call('HDEL', sk, 'quarantined', 'quarantined_at')
     redis.call('HSET', sk, 'seq', seq)
+    if mark == '1' then redis.call('HSET', sk, 'released', 1) end  -- an operator's word: not screened again
     redis.call('ZADD', p .. ':l:' .. label, seq, sid)
     redis.call('ZADD', p .. ':log', seq, sid)
     released = released + 1
@@ -105,6 +106,7 @@ for i = 0, n - 1 do
     local label = redis.call('HGET', p .. ':s:' .. sid, 'label')
     if label then redis.call('HINCRBY', p .. ':stats:' .. label, 'dropped', 1) end
     redis.call('DEL', p .. ':s:' .. sid, p .. ':srcs:' .. sid)
+    redis.call('SADD', p .. ':dropped', sid)  -- the same (text, label) sent again is not stored again
     dropped = dropped + 1
   end
 end
@@ -170,6 +172,7 @@ class Sample:
     count: int
     seq: int
     source: str
+    released: bool = False  # an operator released it from quarantine: the screen leaves it alone
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,14 @@ class ReplayBuffer:
         with self.r.pipeline(transaction=False) as pipe:
             for eid in event_ids:
                 pipe.set(f"{self.p}:seen:{eid}", "1", nx=True, ex=self.dedup_ttl_s)
+            return [bool(x) for x in pipe.execute()]
+
+    def seen(self, event_ids: list[str]) -> list[bool]:
+        """Whether each event id was stored (or recorded as seen) by a consumer: a client's "did my
+        event land?", and the loss accounting of `online bench chaos`."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for eid in event_ids:
+                pipe.exists(f"{self.p}:seen:{eid}")
             return [bool(x) for x in pipe.execute()]
 
     def record_dead_letters(self, letters: list[tuple[str, str | None]]) -> None:
@@ -324,7 +335,7 @@ class ReplayBuffer:
                 pipe.hgetall(f"{self.p}:s:{sid}")
             rows = pipe.execute()
         return [
-            Sample(sid, h["text"], h["label"], int(h["count"]), int(h["seq"]), h.get("source", ""))
+            Sample(sid, h["text"], h["label"], int(h["count"]), int(h["seq"]), h.get("source", ""), "released" in h)
             for sid, h in zip(sids, rows)
             if h
         ]
@@ -339,9 +350,11 @@ class ReplayBuffer:
             args += [sid, reason]
         return int(self._quarantine(args=args))
 
-    def release(self, sids: list[str]) -> int:
-        """Back into the buffer as new samples: the next round trains on them."""
-        return int(self._release(args=[self.p, len(sids), *sids])) if sids else 0
+    def release(self, sids: list[str], by_operator: bool = True) -> int:
+        """Back into the buffer as new samples: the next round trains on them. An operator's release
+        marks them ``released`` (never screened again); a round re-queueing examples it held only while
+        their label was pending (``by_operator=False``) leaves them to the screen."""
+        return int(self._release(args=[self.p, int(by_operator), len(sids), *sids])) if sids else 0
 
     def drop(self, sids: list[str]) -> int:
         return int(self._drop(args=[self.p, len(sids), *sids])) if sids else 0
@@ -354,8 +367,15 @@ class ReplayBuffer:
                 pipe.scard(f"{self.p}:srcs:{sid}")
             rows = pipe.execute()
         return [
-            Held(sid, h["text"], h["label"], h.get("source", ""), int(n), h.get("quarantined", ""),
-                 float(h.get("quarantined_at", 0)))
+            Held(
+                sid,
+                h["text"],
+                h["label"],
+                h.get("source", ""),
+                int(n),
+                h.get("quarantined", ""),
+                float(h.get("quarantined_at", 0)),
+            )
             for sid, h, n in zip(sids, rows[::2], rows[1::2])
             if h
         ]

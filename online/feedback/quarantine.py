@@ -1,18 +1,27 @@
-"""Poisoning defence: label feedback that contradicts what the system already knows is held back.
+"""Poisoning defence that knows what is new: label feedback that contradicts what the system knows is
+held back; honest teaching of something the system does not know yet is not.
 
-Two layers, both decided before a round trains (``online.learning.round``) and in the benchmark alike:
+Decided before a round trains (``online.learning.round``) and in the benchmark alike:
 
-- **Event level.** A label example is *contradicted by its neighbours* when most of its nearest
-  neighbours (faiss, in the live version's embedding space: the indexed training data of the live
-  version plus this round's new examples from *other* sources) carry one other label. It is held when,
-  in addition, the live model confidently predicts a label other than the one given.
+- **Known labels** (the live version has ``novel_below`` or more indexed training examples of them): an
+  example is *contradicted* when most of its nearest neighbours (faiss, in the live version's embedding
+  space: the live version's indexed training data plus this round's examples from *other* sources) carry
+  one other label; it is held when, in addition, the live model confidently predicts that other label.
+  A *coherent correction* is not: ``correction_min`` or more examples of one source that move texts
+  from the same live answer A to the same label B are a boundary being moved on purpose.
+- **New labels** (not live, or live from fewer than ``novel_below`` examples): neither the live model's
+  prediction (it cannot know the label yet) nor known-data neighbours (labelled before the label existed)
+  count against them. Only other sources' fresh examples of a different label can contradict one: for
+  near-identical texts (cosine >= ``near_duplicate``), or, once ``release_sources`` distinct sources
+  teach the label, for its nearest fresh neighbours. More sources raise trust, never suspicion.
 - **Source level.** Each source's share of contradicted examples is kept in Redis; a source past
-  ``source_max_rate`` (after ``source_min_events`` judged examples) is quarantined as a whole: all its
-  examples are held until an operator releases the source.
+  ``source_max_rate`` (after ``source_min_events`` judged examples) is quarantined as a whole until an
+  operator releases it. Released sources are trusted from then on, and released samples are never
+  screened again: an operator's word outranks the screen. A dropped sample never comes back.
 
-A label nobody else uses and the live model does not know (a new intent taught by one source) cannot be
-contradicted and is never counted against its source. A held (text, label) is released when enough
-distinct sources sent it (``release_sources``), or by an operator; an operator can also drop it.
+Whether a new label may go live at all is governed separately (``online.feedback.labels``); the screen
+only reports which new-label examples would *take over* texts the live model confidently answers with an
+existing label whose known examples agree.
 """
 
 from __future__ import annotations
@@ -25,11 +34,24 @@ import numpy as np
 import redis
 
 from online.feedback.buffer import ReplayBuffer
+from online.feedback.labels import PENDING, LabelBook
 from online.keys import Keys
 from online.monitoring.drift import Reference
 from online.settings import Settings
 
 SOURCE_HELD = "source quarantined"
+CONTRADICTED = "contradicted"
+# A new-label example that lies among the known data, which the live model answers with an existing label
+# at least this surely and whose known neighbours agree, is that intent's text; most of a source's
+# examples of a new label like that are a takeover (``online.feedback.labels``).
+TAKEOVER_CONFIDENCE = 0.5
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a hold reason, for counts: contradicted, source quarantined or pending label."""
+    if reason.startswith(PENDING):
+        return PENDING
+    return SOURCE_HELD if reason == SOURCE_HELD else CONTRADICTED
 
 
 @dataclass(frozen=True)
@@ -44,6 +66,7 @@ class Judged:
     contradicted: bool | None  # None: nothing can confirm or deny this label
     hold: bool
     reason: str
+    takeover: str | None = None  # a new label on texts the live model confidently gives this label
 
 
 @dataclass(frozen=True)
@@ -54,6 +77,9 @@ class ScreenConfig:
     source_max_rate: float
     source_min_events: int
     release_sources: int
+    novel_below: int = 10
+    near_duplicate: float = 0.9
+    correction_min: int = 5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ScreenConfig":
@@ -64,6 +90,9 @@ class ScreenConfig:
             source_max_rate=settings.quarantine_source_max_rate,
             source_min_events=settings.quarantine_source_min_events,
             release_sources=settings.quarantine_release_sources,
+            novel_below=settings.quarantine_novel_below,
+            near_duplicate=settings.quarantine_near_duplicate,
+            correction_min=settings.quarantine_correction_min,
         )
 
 
@@ -80,43 +109,86 @@ def screen(
 
     x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     x = np.ascontiguousarray(x, dtype=np.float32)
+    n = len(items)
     pool_vectors = [x]
     pool_labels = [it.label for it in items]
     pool_sources = [it.source for it in items]
+    known_counts: Counter[str] = Counter()
     if reference is not None and reference.train_labels:
         pool_vectors.append(np.ascontiguousarray(reference.train, dtype=np.float32))
         pool_labels += list(reference.train_labels)
         pool_sources += [""] * len(reference.train_labels)  # known data: no source
+        known_counts = Counter(reference.train_labels)
     pool = np.concatenate(pool_vectors)
     faiss.omp_set_num_threads(1)
     index = faiss.IndexFlatIP(pool.shape[1])
     index.add(pool)
     # Search deeper than k: same-source neighbours are skipped.
-    _, nn = index.search(x, min(len(pool), 4 * cfg.neighbours + 1))
-    known = set(live_labels)
+    sims, nn = index.search(x, min(len(pool), 4 * cfg.neighbours + 1))
+    live = set(live_labels)
     used_by: dict[str, set[str]] = {}
     for it in items:
         used_by.setdefault(it.label, set()).add(it.source)
-    reference_labels = set(reference.train_labels or []) if reference is not None else set()
-    out = []
+    k = cfg.neighbours
+    out: list[Judged] = []
     for i, it in enumerate(items):
-        others = [j for j in nn[i] if j >= 0 and j != i and pool_sources[j] != it.source][: cfg.neighbours]
-        confirmable = it.label in known or it.label in reference_labels or len(used_by[it.label]) > 1
-        if not others or not confirmable:
+        pred = int(np.argmax(probs[i]))
+        answer, confidence = live_labels[pred], float(probs[i][pred])
+        confident_other = confidence >= cfg.confidence and answer != it.label
+        novel = it.label not in live or (reference is not None and known_counts[it.label] < cfg.novel_below)
+        if novel:
+            corroborated = len(used_by[it.label]) >= cfg.release_sources
+            fresh = [
+                (j, sim) for j, sim in zip(nn[i], sims[i])
+                if 0 <= j < n and j != i and pool_sources[j] != it.source and (corroborated or sim >= cfg.near_duplicate)
+            ][:k]  # fmt: skip
+            takeover = None
+            in_known_region = reference is not None and any(
+                j >= n and 1.0 - sim <= reference.nn_q95 for j, sim in zip(nn[i], sims[i])
+            )  # as close to known training data as the live version's own in-distribution traffic
+            if it.label not in live and answer != it.label and confidence >= TAKEOVER_CONFIDENCE and in_known_region:
+                known = [pool_labels[j] for j in nn[i] if j >= n][:k]
+                if known and known.count(answer) / len(known) >= cfg.majority:
+                    takeover = answer
+            if not fresh:
+                out.append(Judged(None, False, "", takeover))
+                continue
+            top, count = Counter(pool_labels[j] for j, _ in fresh).most_common(1)[0]
+            contradicted = top != it.label and count / len(fresh) >= cfg.majority
+            reason = f"new label; {count}/{len(fresh)} other sources' fresh examples say {top}" if contradicted else ""
+            out.append(Judged(contradicted, contradicted, reason, takeover))
+            continue
+        others = [j for j in nn[i] if j >= 0 and j != i and pool_sources[j] != it.source][:k]
+        if not others:
             out.append(Judged(None, False, ""))
             continue
         top, count = Counter(pool_labels[j] for j in others).most_common(1)[0]
         contradicted = top != it.label and count / len(others) >= cfg.majority
-        pred = int(np.argmax(probs[i]))
-        confident_other = float(probs[i][pred]) >= cfg.confidence and live_labels[pred] != it.label
         hold = contradicted and confident_other
-        reason = (
-            f"live says {live_labels[pred]} ({probs[i][pred]:.2f}); {count}/{len(others)} neighbours say {top}"
-            if hold
-            else ""
-        )
+        reason = f"live says {answer} ({confidence:.2f}); {count}/{len(others)} neighbours say {top}" if hold else ""
         out.append(Judged(contradicted, hold, reason))
-    return out
+    return _coherent_corrections(items, probs, live_labels, out, cfg)
+
+
+def _coherent_corrections(
+    items: Sequence[Candidate], probs: np.ndarray, live_labels: Sequence[str], judged: list[Judged], cfg: ScreenConfig
+) -> list[Judged]:
+    """A source moving ``correction_min`` or more texts from the same live answer to the same known label
+    is correcting a boundary, not poisoning: those examples are neither held nor counted against it.
+    (Random flips rarely repeat one pair; a deliberate relabelling of a known intent is left to the
+    gate's per-label check.)"""
+    moves: Counter[tuple[str, str, str]] = Counter()
+    answers = [live_labels[int(np.argmax(p))] for p in probs]
+    for it, j, answer in zip(items, judged, answers):
+        if j.contradicted and j.takeover is None and it.label in live_labels:
+            moves[(it.source, answer, it.label)] += 1
+    coherent = {m for m, c in moves.items() if c >= cfg.correction_min}
+    if not coherent:
+        return judged
+    return [
+        Judged(False, False, "") if j.contradicted and (it.source, a, it.label) in coherent else j
+        for it, j, a in zip(items, judged, answers)
+    ]
 
 
 class SourceLedger:
@@ -158,15 +230,24 @@ class SourceLedger:
     def quarantined(self) -> set[str]:
         return set(self.r.smembers(f"{self.p}:sources:quarantined"))
 
-    def quarantine(self, source: str) -> None:
-        self.r.sadd(f"{self.p}:sources:quarantined", source)
+    def trusted(self) -> set[str]:
+        """Sources an operator released: their examples are not screened any more."""
+        return set(self.r.smembers(f"{self.p}:sources:trusted"))
 
     def release(self, source: str) -> bool:
-        """Trust a source again (its counts start afresh); its held samples stay held until released."""
+        """Trust a source from now on (an operator's word outranks the screen; its counts start afresh)."""
         with self.r.pipeline(transaction=False) as pipe:
             pipe.srem(f"{self.p}:sources:quarantined", source)
+            pipe.sadd(f"{self.p}:sources:trusted", source)
             pipe.hdel(f"{self.p}:source:{source}", "judged", "contradicted")
             return bool(pipe.execute()[0])
+
+    def quarantine(self, source: str) -> None:
+        """Quarantine a source (the screen's verdict, or an operator's): it is no longer trusted."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.sadd(f"{self.p}:sources:quarantined", source)
+            pipe.srem(f"{self.p}:sources:trusted", source)
+            pipe.execute()
 
 
 def batch_counts(items: Sequence[Candidate], judged: Sequence[Judged]) -> dict[str, tuple[int, int]]:
@@ -215,7 +296,47 @@ def release(buffer: ReplayBuffer, ledger: SourceLedger, sids: Sequence[str] = ()
     return buffer.release(chosen)
 
 
+def approve_label(book: LabelBook, buffer: ReplayBuffer, label: str) -> tuple[bool, int]:
+    """An operator approves a new label: remembered for good, and its held examples (unless their source
+    is quarantined) go back to the buffer as released, trained by the next round. Returns (newly
+    approved, examples released)."""
+    new = book.approve(label)
+    chosen = [h.sid for h in buffer.held() if h.label == label and h.reason != SOURCE_HELD]
+    return new, buffer.release(chosen)
+
+
 def drop(buffer: ReplayBuffer, sids: Sequence[str] = (), source: str | None = None) -> int:
     """An operator deletes held samples for good (with ``source``: everything of it that is held)."""
     chosen = list(sids) + ([h.sid for h in buffer.held() if h.source == source] if source else [])
     return buffer.drop(chosen)
+
+
+def screening_summary(buffer: ReplayBuffer, ledger: SourceLedger, approved: set[str]) -> dict:
+    """What the screen holds, in counts only (no texts): per kind of reason, per source, the new labels
+    waiting to go live, and the sources quarantined or trusted. Read by ``GET /v1/feedback/stats``,
+    `online status` and the dashboard."""
+    held = buffer.held()
+    by_reason: Counter[str] = Counter()
+    by_source: dict[str, Counter[str]] = {}
+    pending: dict[str, dict] = {}
+    for h in held:
+        kind = reason_kind(h.reason)
+        by_reason[kind] += 1
+        by_source.setdefault(h.source, Counter())[kind] += 1
+        if kind == PENDING:
+            entry = pending.setdefault(h.label, {"label": h.label, "examples": 0, "sources": set(), "reason": h.reason})
+            entry["examples"] += 1
+            entry["sources"].add(h.source)
+    return {
+        "held": {
+            "total": len(held),
+            "by_reason": dict(by_reason),
+            "by_source": {s: dict(c) for s, c in sorted(by_source.items())},
+        },
+        "pending_labels": [
+            {**p, "sources": sorted(p["sources"])} for p in sorted(pending.values(), key=lambda p: p["label"])
+        ],
+        "quarantined_sources": sorted(ledger.quarantined()),
+        "trusted_sources": sorted(ledger.trusted()),
+        "approved_labels": sorted(approved),
+    }

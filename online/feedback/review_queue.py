@@ -86,9 +86,7 @@ class ReviewItem:
 class ReviewQueue:
     """The queue in Redis, shared by every replica; bounded to the ``capacity`` most uncertain items."""
 
-    def __init__(
-        self, client: redis.Redis, keys: Keys, capacity: int, ttl_s: int
-    ) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, capacity: int, ttl_s: int) -> None:
         self.r = client
         self.p = keys.review
         self.capacity = capacity

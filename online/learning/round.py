@@ -17,6 +17,7 @@ import os
 import random
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Literal
 
@@ -24,7 +25,8 @@ from pydantic import BaseModel, Field
 
 from online.data import DataNotFound, Example
 from online.feedback.buffer import Sample
-from online.feedback.quarantine import Candidate, ScreenConfig, batch_counts, decide, screen
+from online.feedback.labels import LabelRules, govern, is_pending
+from online.feedback.quarantine import Candidate, ScreenConfig, batch_counts, decide, reason_kind, screen
 from online.learning.fit import Progress
 from online.learning.step import LearnConfig, learn, new_repeats, select_rehearsal, split_holdout
 from online.learning.version_one import seed_data
@@ -54,6 +56,7 @@ class RoundReport(BaseModel):
     holdout: int = 0
     rehearsed: int = 0
     quarantined: int = 0
+    held_by_reason: dict[str, int] = Field(default_factory=dict)
     added_labels: list[str] = Field(default_factory=list)
     rehearsal_strategy: str | None = None
     mode: str | None = None
@@ -79,6 +82,8 @@ class RoundReport(BaseModel):
 
     def summary(self) -> str:
         if self.status == "idle":
+            if self.quarantined:
+                return f"all {self.quarantined} new samples held ({self.held_by_reason}): nothing to train"
             return "no new samples: nothing to train"
         failed = f" (failed: {', '.join(self.gate.failed())})" if self.gate and not self.gate.passed else ""
         return (
@@ -121,6 +126,7 @@ class RoundRunner:
         self.gate = gate
         self.cfg = LearnConfig.from_settings(self.s)
         self.screen_cfg = ScreenConfig.from_settings(self.s)
+        self.label_rules = LabelRules.from_settings(self.s)
         self.seed_examples = seed_pool(self.s) if seed_examples is None else seed_examples
 
     def _release_agreed(self, fence: Fence) -> int:
@@ -137,36 +143,62 @@ class RoundRunner:
         fence()
         return self.buffer.release(released)
 
+    def _requeue_pending(self, fence: Fence) -> int:
+        """Examples held only while their new label was pending go back as new: this round looks again
+        (the label may be allowed now: approved, corroborated, enough examples, or live)."""
+        pending = [h.sid for h in self.buffer.held() if is_pending(h.reason)]
+        if not pending:
+            return 0
+        fence()
+        return self.buffer.release(pending, by_operator=False)
+
     def _screen(
         self, live: TextClassifier, parent: int, samples: list[Sample], fence: Fence
-    ) -> tuple[list[Sample], int]:
-        """Hold poisoned-looking samples (``online.feedback.quarantine``); release held ones enough sources sent."""
+    ) -> tuple[list[Sample], dict[str, int]]:
+        """Hold poisoned-looking samples (``online.feedback.quarantine``) and examples of new labels that
+        may not go live yet (``online.feedback.labels``). Released samples, trusted sources and samples
+        enough sources agree on pass unscreened. Returns the trainable samples and the held counts by kind."""
         cfg = self.screen_cfg
         ledger = self.stores.sources
-        bad = ledger.quarantined()
-        agreed = {
-            s.sid
-            for s, srcs in zip(samples, self.buffer.sources([s.sid for s in samples]))
-            if len(srcs - bad) >= cfg.release_sources
-        }
+        bad, trusted = ledger.quarantined(), ledger.trusted()
+        srcs = dict(zip((s.sid for s in samples), self.buffer.sources([s.sid for s in samples])))
+        exempt = {
+            s.sid for s in samples
+            if s.released or (s.source in trusted and s.source not in bad) or len(srcs[s.sid] - bad) >= cfg.release_sources
+        }  # fmt: skip
+        todo = [s for s in samples if s.sid not in exempt]
+        if not todo:
+            return samples, {}
         predictor = Predictor(live, 0, device=self.s.device, precision=self.s.precision, max_seq_len=self.s.max_seq_len)
-        probs, emb = predictor.probabilities_and_embeddings([s.text for s in samples])
+        probs, emb = predictor.probabilities_and_embeddings([s.text for s in todo])
         ref_path = self.registry.path(parent) / REFERENCE_FILE
         reference = Reference.load(ref_path) if ref_path.is_file() else None
-        items = [Candidate(s.text, s.label, s.source) for s in samples]
+        items = [Candidate(s.text, s.label, s.source) for s in todo]
         judged = screen(items, probs.numpy(), emb.numpy(), live.labels, reference, cfg)
         reasons, newly = decide(items, judged, ledger.counts(), bad, cfg)
+        teachers: dict[str, set[str]] = {}
+        for s in samples:
+            teachers.setdefault(s.label, set()).update(srcs[s.sid] - bad)
+        reasons, created = govern(
+            [it.label for it in items], [it.source for it in items], [j.takeover for j in judged], reasons,
+            set(live.labels), self.stores.labels, self.label_rules, Counter(s.label for s in samples), teachers,
+        )  # fmt: skip
         fence()
         ledger.record(batch_counts(items, judged))
         for source in sorted(newly):
             ledger.quarantine(source)
-            log.warning("source %r quarantined: most of its labels contradict the live model's knowledge", source)
-        hold = [(s.sid, r) for s, r in zip(samples, reasons) if r and s.sid not in agreed]
+            log.warning(
+                "source %r quarantined: most of its labels contradict the live model's knowledge; its feedback "
+                "is held until released (`online quarantine list`, `online quarantine release --source %s`)",
+                source, source,
+            )  # fmt: skip
+        hold = [(s.sid, r) for s, r in zip(todo, reasons) if r]
         if hold:
             self.buffer.quarantine(hold)
-            log.warning("quarantined %d of %d new samples (e.g. %s)", len(hold), len(samples), hold[0][1])
+            log.info("held %d of %d new samples (e.g. %s)", len(hold), len(samples), hold[0][1])
+        self.stores.labels.record_created(created)
         held_ids = {sid for sid, _ in hold}
-        return [s for s in samples if s.sid not in held_ids], len(hold)
+        return [s for s in samples if s.sid not in held_ids], dict(Counter(reason_kind(r) for _, r in hold))
 
     def run(self, on_start: Callable[[int], Progress] | None = None, fence: Fence | None = None) -> RoundReport:
         """One round. ``on_start(total)`` may return a progress callback (which may raise to stop);
@@ -180,13 +212,23 @@ class RoundRunner:
             raise RuntimeError("nothing is live: version 1 comes first")
         if self.s.quarantine:
             self._release_agreed(fence)
+            self._requeue_pending(fence)
         samples, upto = self.buffer.new_samples(limit=self.s.round_max_new)
         if not samples:
             return RoundReport(status="idle", parent=parent)
         live, manifest = self.registry.load(parent)
-        held = 0
+        held_by: dict[str, int] = {}
         if self.s.quarantine:
-            samples, held = self._screen(live, parent, samples, fence)
+            samples, held_by = self._screen(live, parent, samples, fence)
+        held = sum(held_by.values())
+        if not samples:  # everything held: nothing to learn, so no version either
+            fence()
+            self.buffer.advance_cursor(upto)
+            log.info("round: all %d new samples held (%s); nothing trained, nothing published", held, held_by)
+            return RoundReport(
+                status="idle", parent=parent, quarantined=held, held_by_reason=held_by, cursor=upto,
+                started_at=started_at, duration_s=time.perf_counter() - started,
+            )  # fmt: skip
         new_ids = {s.sid for s in samples}
         new = [(s.text, s.label) for s in samples]
         train_new, holdout = split_holdout(new, self.s.holdout_fraction, self.s.holdout_min_new)
@@ -206,6 +248,7 @@ class RoundRunner:
             holdout=len(holdout),
             rehearsed=len(rehearsal),
             quarantined=held,
+            held_by_reason=held_by,
             added_labels=result.added_labels,
             rehearsal_strategy=self.cfg.strategy,
             mode=self.cfg.mode,
@@ -244,5 +287,7 @@ class RoundRunner:
             # A superseded round is retried from the new live version: the cursor stays.
             fence()
             self.buffer.advance_cursor(upto)
+        if report.status == "promoted" and result.added_labels and self.s.quarantine:
+            self._requeue_pending(fence)  # examples held while their label was pending: it is live now
         report.duration_s = time.perf_counter() - started
         return report

@@ -23,6 +23,7 @@ from services.api.routers import (
     drift,
     feedback,
     health,
+    labels,
     models,
     predict,
     quarantine,
@@ -103,6 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(training.api)
     app.include_router(drift.api)
     app.include_router(quarantine.api)
+    app.include_router(labels.api)
     app.include_router(review.api)
     app.include_router(shadow.api)
     app.include_router(dashboard.api)

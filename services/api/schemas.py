@@ -163,3 +163,32 @@ class QuarantineAction(BaseModel):
 
 class QuarantineResult(BaseModel):
     changed: int
+
+
+class HeldCounts(BaseModel):
+    total: int
+    by_reason: dict[str, int] = Field(description="contradicted, source quarantined, pending label")
+    by_source: dict[str, dict[str, int]]
+
+
+class PendingLabel(BaseModel):
+    label: str
+    examples: int
+    sources: list[str]
+    reason: str
+
+
+class FeedbackStats(BaseModel):
+    """What the screen holds back, in counts (no texts: open to every caller)."""
+
+    held: HeldCounts
+    pending_labels: list[PendingLabel]
+    quarantined_sources: list[str]
+    trusted_sources: list[str]
+    approved_labels: list[str]
+
+
+class LabelApproved(BaseModel):
+    label: str
+    newly_approved: bool
+    released: int = Field(description="Held examples of the label back in the buffer: the next round trains on them.")

@@ -123,3 +123,75 @@ def test_operators_list_release_and_drop_held_samples(qsettings, parts):
         assert resp.json() == {"changed": 1}
     assert buffer.held() == [] and buffer.new_count() == 1  # released: trained by the next round
     assert "a guitar concert" not in {s.text for s in buffer.samples()}
+
+
+def test_a_round_with_everything_held_publishes_nothing(parts):
+    registry, buffer, runner, ledger = parts
+    ledger.quarantine("mallory")
+    send(buffer, [(t, lab, "mallory") for t, lab in helpers.examples(["travel"], 6, seed=60)])
+    before = [m.version for m in registry.list()]
+
+    report = runner.run()
+    assert report.status == "idle" and report.quarantined == 6 and report.held_by_reason == {SOURCE_HELD: 6}
+    assert [m.version for m in registry.list()] == before  # no idle version
+    assert buffer.new_count() == 0  # and the held samples are not retried as new every poll
+
+
+def test_a_release_sticks_and_a_drop_never_returns(parts):
+    from online.feedback import quarantine
+
+    registry, buffer, runner, ledger = parts
+    flipped = [("please rain today", "bank", "mallory"), ("a guitar concert now", "weather", "mallory")]
+    send(buffer, honest(10, seed=61) + flipped)
+    runner.run()
+    held = {h.text: h.sid for h in buffer.held()}
+    assert set(held) == {t for t, _, _ in flipped}
+    assert quarantine.release(buffer, ledger, [held["please rain today"]]) == 1
+    assert quarantine.drop(buffer, [held["a guitar concert now"]]) == 1
+
+    report = runner.run()  # the operator's word outranks the screen: not held again
+    assert report.new == 1 and report.quarantined == 0 and buffer.held() == []
+    send(buffer, [flipped[1]])  # the dropped (text, label) sent again, as a new event
+    assert buffer.new_count() == 0 and buffer.held() == []
+    assert "a guitar concert now" not in {s.text for s in buffer.samples()}
+
+
+def test_one_source_cannot_flood_the_label_space(parts):
+    registry, buffer, runner, ledger = parts
+    rng = random.Random(62)
+    invented = [(t, f"label-{i}", "mallory") for i, (t, _) in enumerate(helpers.examples(helpers.OLD, 10, seed=63))]
+    flood = [(f"{rng.choice(helpers.FILLER)} {w} {rng.choice(helpers.FILLER)}", f"made-up-{w}", "mallory")
+             for w in ("zebra", "quartz", "nebula", "walrus", "tundra") for _ in range(4)]  # fmt: skip
+    send(buffer, honest(10, seed=64) + invented + flood)
+
+    report = runner.run()
+    live = set(registry.get(registry.live()).labels)
+    assert not {f"label-{i}" for i in range(30)} & live  # one example each: none is a label yet
+    assert len({lab for _, lab, _ in flood} & live) <= 3  # the hourly budget of one source
+    summary = quarantine_summary(buffer, ledger)
+    assert sum(summary["held"]["by_source"]["mallory"].values()) == report.quarantined
+    assert not summary["held"]["by_source"].keys() - {"mallory"}  # the honest sources' feedback all trained
+
+
+def test_a_new_label_cannot_take_over_an_existing_intent_without_approval(parts):
+    from online.feedback.quarantine import approve_label
+
+    registry, buffer, runner, ledger = parts
+    hijack = [(t, "acct_money", "mallory") for t, _ in helpers.examples(["bank"], 12, seed=65)]
+    send(buffer, honest(10, seed=66) + hijack)
+    runner.run()
+    assert "acct_money" not in registry.get(registry.live()).labels
+    pending = quarantine_summary(buffer, ledger)["pending_labels"]
+    assert [p["label"] for p in pending] == ["acct_money"] and "take over" in pending[0]["reason"]
+
+    new, released = approve_label(runner.stores.labels, buffer, "acct_money")  # the operator says yes
+    assert new and released == len({t for t, _, _ in hijack})
+    report = runner.run()
+    assert "acct_money" in report.added_labels and report.quarantined == 0
+    assert "acct_money" in runner.stores.labels.approved()  # remembered
+
+
+def quarantine_summary(buffer, ledger):
+    from online.feedback.quarantine import screening_summary
+
+    return screening_summary(buffer, ledger, set())

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from online.feedback.buffer import Incoming
 from online.lifecycle import promotion
 from online.monitoring.live_accuracy import Judgement
 from online.stores import Stores
@@ -20,7 +21,7 @@ from tests import helpers
 from tests.helpers import wait_for
 
 ARTIFACTS = Path(os.environ.get("ONLINE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
-PLOTS = ["accuracy", "timeline", "rates", "pvalues", "labels", "volume"]
+PLOTS = ["accuracy", "timeline", "rates", "pvalues", "labels", "volume", "held"]
 
 
 def _chromium() -> tuple[str, str]:
@@ -52,6 +53,9 @@ def test_dashboard_renders_every_plot_with_data(kafka_settings, tmp_path):
     now = time.time()
     live_acc.record([Judgement(f"a{i}", v1.version, i % 10 != 0, now - 60 * (i % 3)) for i in range(60)])
     live_acc.record([Judgement(f"b{i}", v2, i % 2 == 0, now) for i in range(40)])
+    stores.buffer.add([Incoming("m1", "a rain forecast", "music", "mallory", now)])  # held by the screen
+    stores.sources.quarantine("mallory")
+    stores.buffer.quarantine([(s.sid, "source quarantined") for s in stores.buffer.samples()])
 
     with api_process(s) as url:
         texts = [t for t, _ in helpers.examples(helpers.OLD, 40, seed=3)]

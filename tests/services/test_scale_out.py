@@ -32,6 +32,7 @@ def test_two_apis_two_consumers_two_trainers(kafka_settings, tmp_path):
         "feedback_partitions": 4, "train_min_new": 30, "train_max_wait_s": 1.0, "train_poll_s": 0.2,
         "rehearsal_min": 32, "train_epochs": 1, "gate_max_golden_drop": 1.0, "gate_label_max_drop": 1.0,
         "gate_latency_ratio": 100.0, "model_poll_s": 1.0, "drift_reference_size": 200,
+        "label_policy": "open",  # one source teaches a whole new domain here: scale-out, not label governance
     })  # fmt: skip
     ensure_topics(s)
     stores = Stores.from_settings(s)

@@ -1,0 +1,34 @@
+"""Feedback screening in numbers (open) and new-label approval (admin)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Path
+
+from online.feedback import quarantine
+from services.api.admin import require_admin
+from services.api.deps import StoresDep
+from services.api.schemas import FeedbackStats, LabelApproved
+
+api = APIRouter(tags=["feedback"])
+_ADMIN = {401: {"description": "No token"}, 403: {"description": "Wrong token or admin disabled"}}
+
+
+@api.get("/v1/feedback/stats", response_model=FeedbackStats)
+async def feedback_stats(stores: StoresDep) -> FeedbackStats:
+    """Held feedback per kind of reason and per source, new labels waiting to go live, quarantined and
+    trusted sources, approved labels."""
+    summary = await asyncio.to_thread(
+        lambda: quarantine.screening_summary(stores.buffer, stores.sources, stores.labels.approved())
+    )
+    return FeedbackStats.model_validate(summary)
+
+
+@api.post(
+    "/v1/labels/{label}/approve", response_model=LabelApproved, dependencies=[Depends(require_admin)], responses=_ADMIN
+)
+async def approve_label(stores: StoresDep, label: str = Path(min_length=1, max_length=200)) -> LabelApproved:
+    """Let a new label go live: remembered for good; its pending examples are trained by the next round."""
+    new, released = await asyncio.to_thread(quarantine.approve_label, stores.labels, stores.buffer, label)
+    return LabelApproved(label=label, newly_approved=new, released=released)
