@@ -644,19 +644,21 @@ def bench_poison(
     memory_per_intent: int = typer.Option(20, help="Remembered examples per intent for rehearsal."),
     epochs: int = typer.Option(2, help="Epochs a round."),
     rounds: int = typer.Option(3, help="Domains streamed after the seed domains."),
+    journeys: bool = typer.Option(True, help="Also the honest-teaching, correction and label-attack rows."),
 ) -> None:
-    """Flipped labels from hostile sources: final accuracy with the quarantine on and off vs clean."""
+    """Flipped labels from hostile sources, honest teaching and label-space attacks, quarantine on and off."""
     from bench.poison import run_bench_poison
 
     _logging("WARNING")
     run_bench_poison(
         Settings(),
         wide_console(),
-        shares=[float(x) for x in shares.split(",")],
+        shares=[float(x) for x in shares.split(",") if x.strip()],
         per_intent=per_intent,
         memory_per_intent=memory_per_intent,
         epochs=epochs,
         rounds=rounds,
+        journeys=journeys,
     )
 
 

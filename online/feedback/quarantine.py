@@ -41,10 +41,12 @@ from online.settings import Settings
 
 SOURCE_HELD = "source quarantined"
 CONTRADICTED = "contradicted"
-# A new-label example that lies among the known data, which the live model answers with an existing label
-# at least this surely and whose known neighbours agree, is that intent's text; most of a source's
-# examples of a new label like that are a takeover (``online.feedback.labels``).
-TAKEOVER_CONFIDENCE = 0.5
+# A new-label example that lies among the known data (as close as the live version's own in-distribution
+# traffic), which the live model answers with an existing label that most of its nearest known examples
+# carry, is that intent's text; most of a source's examples of a new label like that are a takeover
+# (``online.feedback.labels``). The live model's confidence is not required: a 150-way head trained on a
+# few examples per intent is rarely confident, and the two agreeing is evidence enough.
+TAKEOVER_NEIGHBOURS = 5
 
 
 def reason_kind(reason: str) -> str:
@@ -119,6 +121,10 @@ def screen(
         pool_labels += list(reference.train_labels)
         pool_sources += [""] * len(reference.train_labels)  # known data: no source
         known_counts = Counter(reference.train_labels)
+    # "Known from only a few examples": fewer than novel_below, or than half the typical label's count
+    # (the index is a sample: with many labels, every label has few points in it)
+    typical = float(np.median(list(known_counts.values()))) if known_counts else 0.0
+    few = min(cfg.novel_below, typical / 2)
     pool = np.concatenate(pool_vectors)
     faiss.omp_set_num_threads(1)
     index = faiss.IndexFlatIP(pool.shape[1])
@@ -135,7 +141,7 @@ def screen(
         pred = int(np.argmax(probs[i]))
         answer, confidence = live_labels[pred], float(probs[i][pred])
         confident_other = confidence >= cfg.confidence and answer != it.label
-        novel = it.label not in live or (reference is not None and known_counts[it.label] < cfg.novel_below)
+        novel = it.label not in live or (reference is not None and known_counts[it.label] < few)
         if novel:
             corroborated = len(used_by[it.label]) >= cfg.release_sources
             fresh = [
@@ -146,8 +152,9 @@ def screen(
             in_known_region = reference is not None and any(
                 j >= n and 1.0 - sim <= reference.nn_q95 for j, sim in zip(nn[i], sims[i])
             )  # as close to known training data as the live version's own in-distribution traffic
-            if it.label not in live and answer != it.label and confidence >= TAKEOVER_CONFIDENCE and in_known_region:
-                known = [pool_labels[j] for j in nn[i] if j >= n][:k]
+            if it.label not in live and in_known_region:
+                # the nearest few known examples: a label has only tens of points in the index
+                known = [pool_labels[j] for j in nn[i] if j >= n][: min(k, TAKEOVER_NEIGHBOURS)]
                 if known and known.count(answer) / len(known) >= cfg.majority:
                     takeover = answer
             if not fresh:
