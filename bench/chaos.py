@@ -268,7 +268,7 @@ def run_bench_chaos(
 
 def _report(console, load, rows, steady, steady_fb, stored, restarts, gave_up) -> None:
     table = Table(title="online bench chaos: kill -9 one part at a time under steady load (2 API replicas)")
-    for col in ("fault", "predict errors", "predict p99 ms (steady)", "p99 / steady", "feedback 202 / 503",
+    for col in ("fault", "predict errors", "predict p99 ms", "p99 / steady", "feedback 202 / 503",
                 "feedback p99 ms", "accepted lost", "recovered in s"):  # fmt: skip
         table.add_column(col, justify="left" if col == "fault" else "right")
     steady_p99 = _p99(steady)

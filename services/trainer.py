@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 
+import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -221,11 +222,19 @@ class Scheduler:
             log.warning("shadow version %s not promoted, shadow ended: %s", outcome.version, outcome.reason)
 
     def loop(self) -> None:
+        redis_down = False
         while not self.stop.is_set():
             try:
                 self.housekeeping()
                 if self.stores.control.paused() is None and self.due():
                     self.run_round()
+                if redis_down:
+                    log.info("redis reachable again: training resumes")
+                    redis_down = False
+            except redis.RedisError as exc:  # an outage: one line, not a traceback per poll
+                if not redis_down:
+                    log.warning("redis unreachable (%s): no round until it is back; retrying", exc)
+                redis_down = True
             except Exception:
                 log.exception("trainer loop error; retrying")
             self.stop.wait(self.s.train_poll_s)
