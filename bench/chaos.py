@@ -198,9 +198,13 @@ def run_bench_chaos(
 
                 return check
 
+            seen_down: set[str] = set()
+
             def redis_up_everywhere() -> bool:
+                """Both replicas saw Redis go down, and both see it up again."""
                 states = [_ready(u) for u in urls]
-                return all(s and s["dependencies"]["redis"]["up"] for s in states)
+                seen_down.update(u for u, s in zip(urls, states) if s and not s["dependencies"]["redis"]["up"])
+                return len(seen_down) == len(urls) and all(s and s["dependencies"]["redis"]["up"] for s in states)
 
             def feedback_202_since(t: float) -> Callable[[], bool]:
                 return lambda: any(c.status == 202 for c in _window(load.feedback, t, float("inf")))

@@ -71,7 +71,10 @@ def fsync_mode(client: redis.Redis, settings: Settings) -> FsyncMode:
     if settings.redis_fsync == "everysec":
         return "everysec"
     try:
-        if client.config_get("appendfsync").get("appendfsync") == "always":
+        config = client.config_get("append*")
+        if config.get("appendonly") == "no":
+            return "everysec"  # no AOF at all: nothing to wait on (the caller logs the promise as unkept)
+        if config.get("appendfsync") == "always":
             return "server"
     except redis.ResponseError:  # CONFIG disabled (managed Redis): try WAITAOF
         pass

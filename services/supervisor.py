@@ -87,10 +87,11 @@ class EmbeddedStack:
             state = self.settings.state_dir.resolve()
             if name == "redis":
                 new = start_redis(state / "redis", port=old.port, fsync=self.settings.redis_fsync)
+                self.servers[i] = new
             else:
                 new = start_tansu(state / "tansu", port=old.port)
+                self.servers[i] = new  # recorded first: stopped with the stack whatever happens next
                 ensure_topics(self.settings)
-            self.servers[i] = new
             return new.proc
 
         return restart

@@ -179,9 +179,12 @@ class Scheduler:
             self.metrics.observe(None, "failed")
             return None
         except LeadershipLost as exc:
-            log.warning("round abandoned: %s; nothing published, cursor unchanged", exc)
+            log.warning("round abandoned: %s; nothing more written (the next leader retries its samples)", exc)
             self.metrics.observe(None, "failed")
             return None
+        except redis.RedisError:  # the loop logs the outage once
+            self.metrics.observe(None, "failed")
+            raise
         except Exception:
             log.exception("round failed: nothing published, cursor unchanged")
             self.metrics.observe(None, "failed")

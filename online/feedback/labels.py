@@ -151,7 +151,9 @@ def govern(
             continue
         if source in rules.vouched:
             continue
-        mine = recent.setdefault(source, book.created_recently(source))
+        if source not in recent:
+            recent[source] = book.created_recently(source)
+        mine = recent[source]
         if label not in mine:
             if len(mine) >= rules.budget_per_hour:
                 out[i] = pending_reason(f"source {source!r} created {len(mine)} new labels this hour ({hint})")

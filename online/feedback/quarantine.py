@@ -304,11 +304,12 @@ def release(buffer: ReplayBuffer, ledger: SourceLedger, sids: Sequence[str] = ()
 
 
 def approve_label(book: LabelBook, buffer: ReplayBuffer, label: str) -> tuple[bool, int]:
-    """An operator approves a new label: remembered for good, and its held examples (unless their source
-    is quarantined) go back to the buffer as released, trained by the next round. Returns (newly
+    """An operator approves a new label: remembered for good, and the examples held only because the label
+    was pending go back to the buffer as released, trained by the next round (examples held as
+    contradicted stay held: approving a label does not vouch for each of them). Returns (newly
     approved, examples released)."""
     new = book.approve(label)
-    chosen = [h.sid for h in buffer.held() if h.label == label and h.reason != SOURCE_HELD]
+    chosen = [h.sid for h in buffer.held() if h.label == label and h.reason.startswith(PENDING)]
     return new, buffer.release(chosen)
 
 

@@ -141,7 +141,7 @@ class RoundRunner:
             return 0
         log.info("released %d held samples that %d+ sources agree on", len(released), need)
         fence()
-        return self.buffer.release(released)
+        return self.buffer.release(released, by_operator=False)
 
     def _requeue_pending(self, fence: Fence) -> int:
         """Examples held only while their new label was pending go back as new: this round looks again
@@ -156,8 +156,9 @@ class RoundRunner:
         self, live: TextClassifier, parent: int, samples: list[Sample], fence: Fence
     ) -> tuple[list[Sample], dict[str, int]]:
         """Hold poisoned-looking samples (``online.feedback.quarantine``) and examples of new labels that
-        may not go live yet (``online.feedback.labels``). Released samples, trusted sources and samples
-        enough sources agree on pass unscreened. Returns the trainable samples and the held counts by kind."""
+        may not go live yet (``online.feedback.labels``). Samples of trusted sources and samples enough
+        sources agree on skip the screen but not label governance; an operator's releases skip both.
+        Returns the trainable samples and the held counts by kind."""
         cfg = self.screen_cfg
         ledger = self.stores.sources
         bad, trusted = ledger.quarantined(), ledger.trusted()
@@ -167,22 +168,31 @@ class RoundRunner:
             if s.released or (s.source in trusted and s.source not in bad) or len(srcs[s.sid] - bad) >= cfg.release_sources
         }  # fmt: skip
         todo = [s for s in samples if s.sid not in exempt]
-        if not todo:
-            return samples, {}
-        predictor = Predictor(live, 0, device=self.s.device, precision=self.s.precision, max_seq_len=self.s.max_seq_len)
-        probs, emb = predictor.probabilities_and_embeddings([s.text for s in todo])
-        ref_path = self.registry.path(parent) / REFERENCE_FILE
-        reference = Reference.load(ref_path) if ref_path.is_file() else None
         items = [Candidate(s.text, s.label, s.source) for s in todo]
-        judged = screen(items, probs.numpy(), emb.numpy(), live.labels, reference, cfg)
+        judged = []
+        if todo:
+            predictor = Predictor(
+                live, 0, device=self.s.device, precision=self.s.precision, max_seq_len=self.s.max_seq_len
+            )
+            probs, emb = predictor.probabilities_and_embeddings([s.text for s in todo])
+            ref_path = self.registry.path(parent) / REFERENCE_FILE
+            reference = Reference.load(ref_path) if ref_path.is_file() else None
+            judged = screen(items, probs.numpy(), emb.numpy(), live.labels, reference, cfg)
         reasons, newly = decide(items, judged, ledger.counts(), bad, cfg)
+        # Label governance covers every sample but the operator's releases (trusted and agreed ones too:
+        # under the approval policy a new label waits for an operator whoever teaches it)
+        governed = [s for s in samples if not s.released]
+        takeover = {s.sid: j.takeover for s, j in zip(todo, judged)}
+        screened = dict(zip((s.sid for s in todo), reasons))
         teachers: dict[str, set[str]] = {}
         for s in samples:
             teachers.setdefault(s.label, set()).update(srcs[s.sid] - bad)
-        reasons, created = govern(
-            [it.label for it in items], [it.source for it in items], [j.takeover for j in judged], reasons,
-            set(live.labels), self.stores.labels, self.label_rules, Counter(s.label for s in samples), teachers,
+        governed_reasons, created = govern(
+            [s.label for s in governed], [s.source for s in governed], [takeover.get(s.sid) for s in governed],
+            [screened.get(s.sid) for s in governed], set(live.labels), self.stores.labels, self.label_rules,
+            Counter(s.label for s in samples), teachers,
         )  # fmt: skip
+        verdict = dict(zip((s.sid for s in governed), governed_reasons))
         fence()
         ledger.record(batch_counts(items, judged))
         for source in sorted(newly):
@@ -192,7 +202,7 @@ class RoundRunner:
                 "is held until released (`online quarantine list`, `online quarantine release --source %s`)",
                 source, source,
             )  # fmt: skip
-        hold = [(s.sid, r) for s, r in zip(todo, reasons) if r]
+        hold = [(s.sid, verdict[s.sid]) for s in governed if verdict[s.sid]]
         if hold:
             self.buffer.quarantine(hold)
             log.info("held %d of %d new samples (e.g. %s)", len(hold), len(samples), hold[0][1])

@@ -146,7 +146,7 @@ class DriftWindow:
         try:
             self.drift_log.write(self.replica, self.latest)
             self.breaker.succeeded()
-        except redis.RedisError as exc:
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             self.breaker.failed(exc)  # the breaker logs the outage once
 
     def label_distribution(self) -> dict:

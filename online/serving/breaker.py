@@ -86,20 +86,20 @@ class Breaker:
                     "%s still unreachable after %.0f s (%d failed calls; last: %s)",
                     self.name, now - self._down_since, self._failures, self._last_error,
                 )  # fmt: skip
+            if started and self.on_change:
+                self.on_change(False)  # under the lock: the gauge ends as the state does
         if started:
             log.warning("%s unreachable (%s): %s", self.name, self._last_error, self.meanwhile or "calls skipped")
-            if self.on_change:
-                self.on_change(False)
 
     def succeeded(self) -> None:
         with self._lock:
             down_since, self._down_since = self._down_since, None
             self._failures = 0
             self._open_until = 0.0
+            if down_since is not None and self.on_change:
+                self.on_change(True)
         if down_since is not None:
             log.info("%s reachable again after %.1f s", self.name, time.monotonic() - down_since)
-            if self.on_change:
-                self.on_change(True)
 
     def state(self) -> dict:
         """For ``/readyz``: up or not, since when, and the last error."""

@@ -87,7 +87,7 @@ class ForwardPass:
             try:
                 if hook(batch) and hook.uses_redis:
                     self.breaker.succeeded()
-            except (redis.RedisError, OSError) as exc:  # Redis down: skip its side effects for a while
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:  # Redis down: skip its side effects
                 self.breaker.failed(exc)  # logs the outage once, not per batch
                 self.metrics.side_effects_dropped.labels(hook.name).inc(len(texts))
             except Exception as exc:  # a side effect never costs an answer

@@ -64,6 +64,7 @@ class FeedbackIntake:
         self.broker_health = broker_health
         self._producer = None
         self._lock = threading.Lock()
+        self._background: set[asyncio.Task] = set()
 
     def close(self) -> None:
         with self._lock:
@@ -81,7 +82,12 @@ class FeedbackIntake:
 
     async def submit(self, events: list[Event]) -> None:
         deadline = time.monotonic() + self.settings.feedback_timeout_s
-        await asyncio.to_thread(self._check_rate, events)  # Redis I/O stays off the event loop
+        try:  # Redis I/O stays off the event loop, and within the call's deadline
+            await asyncio.wait_for(
+                asyncio.to_thread(self._check_rate, events), timeout=self.settings.feedback_timeout_s
+            )
+        except TimeoutError:  # a hanging Redis: its breaker learns it when the call fails in its thread
+            self._limiter_down()
         if not self.broker_health.allow():
             raise BrokerUnavailable("the broker is unreachable", self.broker_health.retry_after_s())
         budget = max(deadline - time.monotonic(), 0.05)
@@ -91,6 +97,10 @@ class FeedbackIntake:
             self.broker_health.failed("no acknowledgement within the feedback timeout")
             reason = f"the broker did not acknowledge within {self.settings.feedback_timeout_s} s"
             raise BrokerUnavailable(reason, self.broker_health.retry_after_s()) from exc
+        # the volume count is best-effort: off the answer's path
+        task = asyncio.create_task(asyncio.to_thread(self._count, len(events)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _check_rate(self, events: list[Event]) -> None:
         """A fixed one-second window per source, shared by every replica through Redis."""
@@ -143,7 +153,6 @@ class FeedbackIntake:
         finally:
             self._lock.release()
         self.broker_health.succeeded()
-        self._count(len(events))
 
     def _count(self, n: int) -> None:
         """Feedback volume for the dashboard: best-effort, a missed count never costs an accepted event."""

@@ -185,7 +185,7 @@ def test_a_new_label_cannot_take_over_an_existing_intent_without_approval(parts)
     assert [p["label"] for p in pending] == ["acct_money"] and "take over" in pending[0]["reason"]
 
     new, released = approve_label(runner.stores.labels, buffer, "acct_money")  # the operator says yes
-    assert new and released == len({t for t, _, _ in hijack})
+    assert new and released == pending[0]["examples"] >= 3  # those held as contradicted stay held
     report = runner.run()
     assert "acct_money" in report.added_labels and report.quarantined == 0
     assert "acct_money" in runner.stores.labels.approved()  # remembered
