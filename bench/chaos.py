@@ -36,7 +36,7 @@ from online.data import Clinc150
 from online.settings import Settings
 from online.stores import Stores
 from services.embedded import free_port
-from services.supervisor import EmbeddedStack, Supervisor, stop_processes, supervised_units, wait_ready
+from services.supervisor import EmbeddedStack, Supervisor, supervised_units, wait_ready
 
 
 @dataclass
@@ -162,15 +162,7 @@ def run_bench_chaos(
         supervisor.start_all()
         stopping = threading.Event()
         gave_up: list[str] = []
-
-        def supervise() -> None:
-            while not stopping.wait(0.2):
-                why = supervisor.check(time.monotonic())
-                if why:
-                    gave_up.append(why)
-                    return
-
-        watcher = threading.Thread(target=supervise, daemon=True)
+        watcher = threading.Thread(target=lambda: gave_up.append(supervisor.watch(stopping, 0.2)), daemon=True)
         watcher.start()
         urls = [f"http://127.0.0.1:{env.api_port + i}" for i in range(2)]
         stores = Stores.from_settings(env)
@@ -264,8 +256,7 @@ def run_bench_chaos(
                 time.sleep(1.0)
             stopping.set()
             watcher.join(5)
-            stop_processes([p for p in supervisor.processes() if p not in {s.proc for s in stack.servers}])
-            stack.stop()
+            supervisor.stop()
             restarts = {u.name: u.restarts for u in units}
     _report(console, load, rows, steady, steady_fb, stored, restarts, gave_up)
 
@@ -299,7 +290,7 @@ def _report(console, load, rows, steady, steady_fb, stored, restarts, gave_up) -
     console.print(
         f"whole run: {len(load.predicts)} predictions ({sum(c.status != 200 for c in load.predicts)} errors), "
         f"{len(all_accepted)} feedback events accepted, {len(all_accepted) - len(stored & set(all_accepted))} lost; "
-        f"restarts by the supervisor: {restarts}" + (f"; GAVE UP: {gave_up[0]}" if gave_up else "")
+        f"restarts by the supervisor: {restarts}" + (f"; GAVE UP: {gave_up[0]}" if gave_up and gave_up[0] else "")
     )
     console.print(
         "goals: redis and broker faults 0 predict errors and p99 within 2x steady; feedback p99 under 1 s; "

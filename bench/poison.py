@@ -184,23 +184,6 @@ class Scenario:
     invented: set[str] = field(default_factory=set)  # attack labels that must not go live
 
 
-class MemoryLabelBook:
-    """``online.feedback.labels.LabelBook`` without Redis, for in-process rounds."""
-
-    def __init__(self) -> None:
-        self.created: dict[str, set[str]] = {}
-
-    def approved(self) -> set[str]:
-        return set()
-
-    def created_recently(self, source: str) -> set[str]:
-        return set(self.created.get(source, set()))
-
-    def record_created(self, created) -> None:
-        for source, label in created:
-            self.created.setdefault(source, set()).add(label)
-
-
 def _scenarios(
     clinc: Clinc150, train: dict, tests: dict, domains: list[str], n_start: int, seed: int
 ) -> tuple[list[Event], list[Scenario]]:
@@ -273,7 +256,7 @@ def run_journeys(settings: Settings, console: Console, start: TextClassifier, st
                 teachers.setdefault(it.label, set()).add(it.source)
             reasons, _ = govern(
                 [it.label for it in items], [it.source for it in items], [j.takeover for j in judged], reasons,
-                set(start.labels), MemoryLabelBook(), rules, Counter(it.label for it in items), teachers,
+                set(start.labels), set(), lambda source: set(), rules, Counter(it.label for it in items), teachers,
             )  # fmt: skip
             held = [r is not None for r in reasons]
         new = [(t, lab) for (t, lab, _, _), h in zip(events, held) if not h]

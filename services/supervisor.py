@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -224,6 +225,20 @@ class Supervisor:
     def processes(self) -> list[subprocess.Popen]:
         return [u.proc for u in self.units if u.proc is not None]
 
+    def watch(self, stop: threading.Event, interval: float = 0.5) -> str | None:
+        """Supervise until ``stop`` is set (None) or a unit keeps dying (why it gives up)."""
+        while not stop.wait(interval):
+            why = self.check(time.monotonic())
+            if why:
+                return why
+        return None
+
+    def stop(self) -> None:
+        """The `online` children first (SIGTERM, then SIGKILL), then the embedded servers."""
+        servers = {s.proc for s in self.stack.servers}
+        stop_processes([p for p in self.processes() if p not in servers])
+        self.stack.stop()
+
 
 def _child(settings: Settings, part: str, log_path: Path | None, **overrides) -> Callable[[], subprocess.Popen]:
     def start() -> subprocess.Popen:
@@ -285,12 +300,9 @@ def run_up(settings: Settings, parts: tuple[str, ...] = ("serve", "consume", "tr
         log.info("kafka %s, redis %s", stack.settings.kafka_bootstrap, stack.settings.redis_url)
         supervisor = Supervisor(stack, supervised_units(stack, parts, replicas))
         supervisor.start_all()
-        while True:
-            why = supervisor.check(time.monotonic())
-            if why:
-                log.error("%s; stopping everything (logs: %s)", why, stack.settings.state_dir.resolve())
-                return 1
-            time.sleep(0.5)
+        why = supervisor.watch(threading.Event())  # until a signal raises _Stop, or it gives up
+        log.error("%s; stopping everything (logs: %s)", why, stack.settings.state_dir.resolve())
+        return 1
     except _Stop as why:
         log.info("%s received: stopping", why)
         return 0
@@ -298,9 +310,8 @@ def run_up(settings: Settings, parts: tuple[str, ...] = ("serve", "consume", "tr
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if supervisor:
-            servers = {s.proc for s in stack.servers} if stack else set()
-            stop_processes([p for p in supervisor.processes() if p not in servers])
-        if stack:
+            supervisor.stop()
+        elif stack:
             stack.stop()
         log.info("stopped")
 

@@ -11,7 +11,8 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from consumers.feedback import FeedbackConsumer
@@ -111,6 +112,26 @@ def train_v1(settings, registry: ModelRegistry, epochs: int = 10) -> tuple[TextC
     )
     registry.promote(manifest.version)
     return model, manifest
+
+
+def live_untrained(settings: Settings, labels: tuple[str, ...] = ("a", "b")) -> int:
+    """An untrained model over ``labels`` published and made live: for tests of serving, not learning."""
+    registry = Stores.from_settings(settings).registry
+    version = registry.publish(TextClassifier.from_base(settings.base_model, list(labels)), parent=None).version
+    registry.promote(version)
+    return version
+
+
+@contextmanager
+def served_app(settings: Settings) -> Iterator:
+    """A ``TestClient`` of the API on ``settings``, once it serves a model."""
+    from fastapi.testclient import TestClient
+
+    from services.api.app import create_app
+
+    with TestClient(create_app(settings)) as client:
+        wait_for(lambda: client.get("/readyz").json()["ready"], what="a model served")
+        yield client
 
 
 def accuracy(model: TextClassifier, items: list[Example]) -> float:

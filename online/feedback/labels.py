@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -109,14 +109,16 @@ def govern(
     takeovers: list[str | None],
     reasons: list[str | None],
     live_labels: set[str],
-    book: "LabelBook",
+    approved: set[str],
+    created_recently: Callable[[str], set[str]],
     rules: LabelRules,
     examples: dict[str, int],
     teachers: dict[str, set[str]],
 ) -> tuple[list[str | None], list[tuple[str, str]]]:
     """Each example of a new label that nothing else holds: None (may go live) or a pending reason.
-    ``examples``/``teachers``: per label, its examples and distinct sources in the buffer. Also returns
-    the (source, label) creations to record against the hourly budget."""
+    ``examples``/``teachers``: per label, its examples and distinct sources in the buffer;
+    ``approved``/``created_recently``: what :class:`LabelBook` knows. Also returns the (source, label)
+    creations to record against the hourly budget."""
     out = list(reasons)
     if rules.policy == "open":
         return out, []
@@ -129,7 +131,6 @@ def govern(
         found = Counter(t for t in ts if t is not None).most_common(1)
         if found and found[0][1] / len(ts) >= 0.5:
             taken[pair] = found[0][0]
-    approved = book.approved()
     recent: dict[str, set[str]] = {}
     created: list[tuple[str, str]] = []
     for i, (label, source) in enumerate(zip(labels, sources)):
@@ -152,7 +153,7 @@ def govern(
         if source in rules.vouched:
             continue
         if source not in recent:
-            recent[source] = book.created_recently(source)
+            recent[source] = created_recently(source)
         mine = recent[source]
         if label not in mine:
             if len(mine) >= rules.budget_per_hour:

@@ -34,7 +34,7 @@ import numpy as np
 import redis
 
 from online.feedback.buffer import ReplayBuffer
-from online.feedback.labels import PENDING, LabelBook
+from online.feedback.labels import PENDING, LabelBook, is_pending
 from online.keys import Keys
 from online.monitoring.drift import Reference
 from online.settings import Settings
@@ -149,10 +149,13 @@ def screen(
                 if 0 <= j < n and j != i and pool_sources[j] != it.source and (corroborated or sim >= cfg.near_duplicate)
             ][:k]  # fmt: skip
             takeover = None
-            in_known_region = reference is not None and any(
-                j >= n and 1.0 - sim <= reference.nn_q95 for j, sim in zip(nn[i], sims[i])
-            )  # as close to known training data as the live version's own in-distribution traffic
-            if it.label not in live and in_known_region:
+            # a label not live yet, on a text as close to known training data as the live version's own
+            # in-distribution traffic
+            if (
+                it.label not in live
+                and reference is not None
+                and any(j >= n and 1.0 - sim <= reference.nn_q95 for j, sim in zip(nn[i], sims[i]))
+            ):
                 # the nearest few known examples: a label has only tens of points in the index
                 known = [pool_labels[j] for j in nn[i] if j >= n][: min(k, TAKEOVER_NEIGHBOURS)]
                 if known and known.count(answer) / len(known) >= cfg.majority:
@@ -309,7 +312,7 @@ def approve_label(book: LabelBook, buffer: ReplayBuffer, label: str) -> tuple[bo
     contradicted stay held: approving a label does not vouch for each of them). Returns (newly
     approved, examples released)."""
     new = book.approve(label)
-    chosen = [h.sid for h in buffer.held() if h.label == label and h.reason.startswith(PENDING)]
+    chosen = [h.sid for h in buffer.held() if h.label == label and is_pending(h.reason)]
     return new, buffer.release(chosen)
 
 

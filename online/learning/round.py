@@ -129,28 +129,23 @@ class RoundRunner:
         self.label_rules = LabelRules.from_settings(self.s)
         self.seed_examples = seed_pool(self.s) if seed_examples is None else seed_examples
 
-    def _release_agreed(self, fence: Fence) -> int:
-        """Held samples that enough distinct trusted sources sent go back to the buffer as new."""
+    def _requeue_held(self, fence: Fence) -> int:
+        """Held samples that may be trained now go back to the buffer as new (screened again): those
+        enough distinct trusted sources sent, and those held only while their new label was pending (it
+        may be allowed now: approved, corroborated, enough examples, or live). One read of the held set."""
         need = self.screen_cfg.release_sources
         bad = self.stores.sources.quarantined()
         waiting = self.buffer.held()
-        released = [
+        agreed = [
             h.sid for h, srcs in zip(waiting, self.buffer.sources([h.sid for h in waiting])) if len(srcs - bad) >= need
         ]
-        if not released:
+        chosen = set(agreed) | {h.sid for h in waiting if is_pending(h.reason)}
+        if not chosen:
             return 0
-        log.info("released %d held samples that %d+ sources agree on", len(released), need)
+        if agreed:
+            log.info("released %d held samples that %d+ sources agree on", len(agreed), need)
         fence()
-        return self.buffer.release(released, by_operator=False)
-
-    def _requeue_pending(self, fence: Fence) -> int:
-        """Examples held only while their new label was pending go back as new: this round looks again
-        (the label may be allowed now: approved, corroborated, enough examples, or live)."""
-        pending = [h.sid for h in self.buffer.held() if is_pending(h.reason)]
-        if not pending:
-            return 0
-        fence()
-        return self.buffer.release(pending, by_operator=False)
+        return self.buffer.release(sorted(chosen), by_operator=False)
 
     def _screen(
         self, live: TextClassifier, parent: int, samples: list[Sample], fence: Fence
@@ -189,7 +184,8 @@ class RoundRunner:
             teachers.setdefault(s.label, set()).update(srcs[s.sid] - bad)
         governed_reasons, created = govern(
             [s.label for s in governed], [s.source for s in governed], [takeover.get(s.sid) for s in governed],
-            [screened.get(s.sid) for s in governed], set(live.labels), self.stores.labels, self.label_rules,
+            [screened.get(s.sid) for s in governed], set(live.labels), self.stores.labels.approved(),
+            self.stores.labels.created_recently, self.label_rules,
             Counter(s.label for s in samples), teachers,
         )  # fmt: skip
         verdict = dict(zip((s.sid for s in governed), governed_reasons))
@@ -221,8 +217,7 @@ class RoundRunner:
         if parent is None:
             raise RuntimeError("nothing is live: version 1 comes first")
         if self.s.quarantine:
-            self._release_agreed(fence)
-            self._requeue_pending(fence)
+            self._requeue_held(fence)
         samples, upto = self.buffer.new_samples(limit=self.s.round_max_new)
         if not samples:
             return RoundReport(status="idle", parent=parent)
@@ -298,6 +293,6 @@ class RoundRunner:
             fence()
             self.buffer.advance_cursor(upto)
         if report.status == "promoted" and result.added_labels and self.s.quarantine:
-            self._requeue_pending(fence)  # examples held while their label was pending: it is live now
+            self._requeue_held(fence)  # examples held while their label was pending: it is live now
         report.duration_s = time.perf_counter() - started
         return report

@@ -57,9 +57,9 @@ class VersionFollower:
         batcher: MicroBatcher,
         metrics: ApiMetrics,
         async_redis: aredis.Redis,
+        redis_health: Breaker,
         on_swap: Callable[[Predictor], Awaitable[None]] | None = None,
         on_tick: Callable[[], Awaitable[None]] | None = None,
-        redis_health: Breaker | None = None,
     ) -> None:
         self.s = settings
         self.registry = registry
@@ -118,13 +118,9 @@ class VersionFollower:
         try:
             live, slot = await asyncio.to_thread(lambda: (self.registry.live(), self.registry.shadow()))
         except redis.RedisError as exc:
-            if self.redis_health:
-                self.redis_health.failed(exc)  # logged once per outage there
-            else:
-                log.warning("cannot read the live alias: %s", exc)
+            self.redis_health.failed(exc)  # logged once per outage there
             return
-        if self.redis_health:
-            self.redis_health.succeeded()
+        self.redis_health.succeeded()
         if live is not None and live == self.version:
             self.failures.pop("live", None)  # live moved back to what we serve: an old failure is moot
         elif live is not None and self._may_try("live", live):
@@ -202,10 +198,7 @@ class VersionFollower:
                     await pubsub.subscribe(self.registry.channel)
                 await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.s.model_poll_s)
             except (redis.RedisError, OSError) as exc:
-                if self.redis_health:
-                    self.redis_health.failed(exc)  # one line per outage, there; we poll meanwhile
-                else:
-                    log.warning("live-alias subscription lost (%s); polling", exc)
+                self.redis_health.failed(exc)  # one line per outage, there; we poll meanwhile
                 if pubsub is not None:
                     try:
                         await pubsub.aclose()

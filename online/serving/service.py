@@ -66,8 +66,8 @@ class ModelService:
             forward, max_batch=s.max_batch_size, max_wait_ms=s.max_wait_ms, on_batch=self._observe_batch
         )
         self.follower = VersionFollower(
-            s, stores.registry, self.batcher, metrics, async_redis, on_swap=self._swapped, on_tick=self._heartbeat,
-            redis_health=self.redis_health,
+            s, stores.registry, self.batcher, metrics, async_redis, self.redis_health,
+            on_swap=self._swapped, on_tick=self._heartbeat,
         )  # fmt: skip
 
     async def start(self) -> None:

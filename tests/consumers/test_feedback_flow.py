@@ -25,7 +25,7 @@ from online.model import TextClassifier
 from online.stores import Stores
 from services.api.app import create_app
 from services.embedded import start_redis, start_tansu
-from tests.helpers import ConsumerThread, buffer_of, settings_env, total_events, wait_for
+from tests.helpers import ConsumerThread, buffer_of, live_untrained, settings_env, total_events, wait_for
 
 
 def label_events(n: int, tag: str = "", labels: tuple[str, ...] = ("balance", "transfer", "weather")) -> list[LabelEvent]:
@@ -204,8 +204,7 @@ def test_redis_kill_9_under_a_feedback_stream_loses_no_accepted_event(kafka_sett
     batch in hand and commits no offset until Redis took it)."""
     rds = start_redis(tmp_path / "own-redis", fsync=fsync)
     s = kafka_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{rds.port}/0", "redis_fsync": fsync})
-    registry = Stores.from_settings(s).registry
-    registry.promote(registry.publish(TextClassifier.from_base(s.base_model, ["a", "b"]), parent=None).version)
+    live_untrained(s)
     buffer = buffer_of(s)
     accepted: list[str] = []
     answers: dict[int, int] = {}
@@ -261,8 +260,7 @@ def test_broker_outage_answers_503_and_keeps_every_202(settings, tmp_path):
             "feedback_timeout_s": 2.0,
         }
     )
-    registry = Stores.from_settings(s).registry
-    registry.promote(registry.publish(TextClassifier.from_base(s.base_model, ["a", "b"]), parent=None).version)
+    live_untrained(s)
     buffer = buffer_of(s)
     accepted: set[str] = set()  # texts answered 202
 

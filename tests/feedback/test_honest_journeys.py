@@ -19,10 +19,9 @@ from fastapi.testclient import TestClient
 from online.learning.round import RoundRunner
 from online.lifecycle.gate import Gate, GoldenSet
 from online.stores import Stores
-from services.api.app import create_app
 from services.trainer import Scheduler
 from tests import helpers
-from tests.helpers import ConsumerThread, wait_for
+from tests.helpers import ConsumerThread, served_app, wait_for
 
 KEYWORDS_NEW = {
     "cooking": ["recipe", "oven", "bake", "grill", "saucepan"],
@@ -44,11 +43,11 @@ class Stack:
     stores: Stores
 
     def send(self, items: list[tuple[str, str]], source: str, event_ids: list[str] | None = None) -> None:
+        ids = event_ids or [uuid.uuid4().hex for _ in items]
         events = [
-            {"kind": "label", "text": t, "label": lab, "source": source, "event_id": (event_ids or [None] * len(items))[i]
-             or uuid.uuid4().hex}
-            for i, (t, lab) in enumerate(items)
-        ]  # fmt: skip
+            {"kind": "label", "text": t, "label": lab, "source": source, "event_id": eid}
+            for (t, lab), eid in zip(items, ids)
+        ]
         resp = self.client.post("/v1/feedback", json={"events": events})
         assert resp.status_code == 202, resp.text
 
@@ -96,8 +95,7 @@ def stack(kafka_settings, tmp_path) -> Iterator[Stack]:
     rehearsal = [e for e in helpers.examples(helpers.OLD, 40, seed=1) if "concert" not in e[0]]
     scheduler._runner = RoundRunner(stores, Gate(s, GoldenSet.for_settings(s)), seed_examples=rehearsal)
     trainer = threading.Thread(target=scheduler.loop, daemon=True)
-    with TestClient(create_app(s)) as client, ConsumerThread(s):
-        wait_for(lambda: client.get("/readyz").json()["ready"], what="version 1 served")
+    with served_app(s) as client, ConsumerThread(s):
         trainer.start()
         try:
             yield Stack(client, stores)

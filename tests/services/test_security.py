@@ -6,9 +6,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from online.model import TextClassifier
 from online.stores import Stores
 from services.api.app import create_app
+from tests.helpers import live_untrained
 
 ADMIN = [
     ("/v1/models/rollback", {}),
@@ -47,8 +47,7 @@ def test_feedback_keys_are_per_source(kafka_settings):
 
 def test_request_bodies_over_the_limit_are_refused(settings):
     s = settings.model_copy(update={"max_body_bytes": 2048})
-    registry = Stores.from_settings(s).registry
-    registry.promote(registry.publish(TextClassifier.from_base(s.base_model, ["a", "b"]), parent=None).version)
+    live_untrained(s)
     with TestClient(create_app(s)) as client:
         big = {"texts": ["x" * 100] * 30}
         resp = client.post("/v1/predict", json=big)

@@ -13,7 +13,7 @@ from online.model import TextClassifier
 from online.stores import Stores
 from services.api.app import create_app
 from services.embedded import start_redis, start_tansu
-from tests.helpers import wait_for
+from tests.helpers import live_untrained, served_app, wait_for
 
 
 def _metric(text: str, name: str) -> float:
@@ -78,10 +78,8 @@ def test_redis_down_feedback_follows_the_rate_limit_fail_mode_and_is_logged_once
         update={"redis_url": f"redis://127.0.0.1:{server.port}/0", "feedback_rate_limit_fail": fail_mode}
     )
     try:
-        registry = Stores.from_settings(s).registry
-        registry.promote(registry.publish(TextClassifier.from_base(s.base_model, ["a", "b"]), parent=None).version)
-        with TestClient(create_app(s)) as client:
-            wait_for(lambda: client.get("/readyz").json()["ready"], what="a model served")
+        live_untrained(s)
+        with served_app(s) as client:
             assert client.post("/v1/feedback", json=_label("before")).status_code == 202
             assert client.get("/readyz").json()["dependencies"]["redis"]["up"] is True
 
@@ -120,10 +118,8 @@ def test_broker_down_feedback_is_refused_at_once_and_predictions_go_on(kafka_set
     broker = start_tansu(tmp_path / "tansu")
     s = kafka_settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{broker.port}"})
     try:
-        registry = Stores.from_settings(s).registry
-        registry.promote(registry.publish(TextClassifier.from_base(s.base_model, ["a", "b"]), parent=None).version)
-        with TestClient(create_app(s)) as client:
-            wait_for(lambda: client.get("/readyz").json()["ready"], what="a model served")
+        live_untrained(s)
+        with served_app(s) as client:
             assert client.post("/v1/feedback", json=_label("before")).status_code == 202
             broker.kill()
             first = client.post("/v1/feedback", json=_label("first"))  # waits at most feedback_timeout_s
