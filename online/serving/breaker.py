@@ -96,6 +96,7 @@ class Breaker:
             down_since, self._down_since = self._down_since, None
             self._failures = 0
             self._open_until = 0.0
+            self._last_error = ""  # /readyz shows an error only while it is current
             if down_since is not None and self.on_change:
                 self.on_change(True)
         if down_since is not None:
