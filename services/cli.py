@@ -57,16 +57,44 @@ def _stop_event() -> threading.Event:
     return stop
 
 
+TextColumn = typer.Option(None, "--text-column", help="Text column of your file (default: text).")
+LabelColumn = typer.Option(None, "--label-column", help="Label column of your file (default: label).")
+
+
+def _data_options(settings: Settings, **given: object) -> Settings:
+    """Settings with the command line's data options (paths made absolute: child processes inherit them)."""
+    update = {k: (Path(v).resolve() if isinstance(v, Path) else v) for k, v in given.items() if v is not None}
+    return settings.model_copy(update=update)
+
+
 @app.command()
 def up(
     replicas: int = typer.Option(1, "--replicas", min=1, help="API processes, on ONLINE_API_PORT and the next ports."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Your labelled file (CSV, TSV, JSONL, Parquet) for version 1."
+    ),
+    test: Path | None = typer.Option(None, "--test", help="Its test file (default: a stratified split of --data)."),
+    text_column: str | None = TextColumn,
+    label_column: str | None = LabelColumn,
+    base_model: str | None = typer.Option(None, "--base-model", help="Local Hugging Face encoder directory."),
+    model: Path | None = typer.Option(None, "--model", help="Your fine-tuned classifier directory, as version 1."),
 ) -> None:
     """Start everything: local broker + Redis (unless configured), API, feedback consumer, trainer;
-    restart whatever dies."""
+    restart whatever dies. Version 1 is trained on --data (default: the CLINC150 demo) or imported (--model)."""
+    from online.learning.version_one import seed_data
     from services.supervisor import run_up
 
     _logging()
-    raise typer.Exit(run_up(Settings(), replicas=replicas))
+    settings = _data_options(
+        Settings(), seed_data=data, seed_test=test, text_column=text_column, label_column=label_column,
+        base_model=str(Path(base_model).resolve()) if base_model else None, seed_model=model,
+    )  # fmt: skip
+    if settings.seed_data and not settings.seed_model:
+        train, held = seed_data(settings)  # a bad file fails here, before anything starts
+        console.print(
+            f"seed data: {len(train)} examples, {len({lab for _, lab in train})} labels, {len(held)} test examples"
+        )
+    raise typer.Exit(run_up(settings, replicas=replicas))
 
 
 @app.command()
@@ -202,6 +230,84 @@ def models(ctx: typer.Context) -> None:
             ch.reason,
         )
     console.print(history)
+
+
+@models_app.command("import")
+def models_import(
+    path: Path = typer.Argument(..., help="A local AutoModelForSequenceClassification directory (with its tokenizer)."),
+    test: Path | None = typer.Option(
+        None, "--test", help="Labelled texts of its labels (needed when nothing is live)."
+    ),
+    text_column: str | None = TextColumn,
+    label_column: str | None = LabelColumn,
+    reason: str = typer.Option("", help="Why, for the history."),
+) -> None:
+    """Import a classifier you fine-tuned: its id2label becomes the label set; it goes through the gate
+    (against live when one is) and, when it passes, goes live on every replica."""
+    from online.labelled_file import Columns, read_labelled
+    from online.lifecycle.importer import ImportRefused, import_classifier
+
+    stores = _stores()
+    settings = _data_options(stores.settings, text_column=text_column, label_column=label_column)
+    examples = read_labelled(test, Columns(settings.text_column, settings.label_column)) if test else []
+    try:
+        manifest, report = import_classifier(settings, stores.registry, path, examples, reason)
+    except ImportRefused as exc:
+        console.print(f"[red]refused:[/] {exc}")
+        raise typer.Exit(1) from None
+    console.print(gate_table(report.model_dump()))
+    if not report.passed:
+        console.print(
+            f"[red]refused by the gate:[/] version {manifest.version} rejected ({', '.join(report.failed())})"
+        )
+        raise typer.Exit(1)
+    console.print(f"live: version {manifest.version} ({len(manifest.labels)} labels, from {path})")
+
+
+@app.command("eval")
+def eval_(
+    data: Path = typer.Option(..., "--data", help="Labelled file (CSV, TSV, JSONL, Parquet)."),
+    version: int | None = typer.Option(None, "--version", help="Version to measure (default: live)."),
+    text_column: str | None = TextColumn,
+    label_column: str | None = LabelColumn,
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Measure a version on your own labelled file: accuracy, macro-F1, per-label precision and recall,
+    the most confused pairs."""
+    from online.evaluation import evaluate
+    from online.labelled_file import Columns, read_labelled
+
+    stores = _stores()
+    settings = _data_options(stores.settings, text_column=text_column, label_column=label_column)
+    examples = read_labelled(data, Columns(settings.text_column, settings.label_column))
+    version = version if version is not None else stores.registry.live()
+    if version is None:
+        console.print("[red]nothing is live yet[/]: name a version with --version")
+        raise typer.Exit(1)
+    try:
+        model, _ = stores.registry.load(version)
+    except KeyError as exc:
+        console.print(f"[red]{exc.args[0]}[/]")
+        raise typer.Exit(1) from None
+    report = evaluate(model, examples, settings, version)
+    if as_json:
+        print(report.model_dump_json(indent=2))
+        return
+    console.print(
+        f"[bold]version {version}[/] on {data.name}: accuracy {report.accuracy:.4f}, macro-F1 {report.macro_f1:.4f} "
+        f"({report.examples} texts, {len(report.per_label)} labels)"
+    )
+    if report.unknown_labels:
+        console.print(f"[yellow]labels the model does not have[/] (always wrong): {', '.join(report.unknown_labels)}")
+    table = Table("label", "precision", "recall", "f1", "support", title="per label, worst first")
+    for label, sc in sorted(report.per_label.items(), key=lambda kv: (kv[1].f1, kv[0])):
+        table.add_row(label, f"{sc.precision:.3f}", f"{sc.recall:.3f}", f"{sc.f1:.3f}", str(sc.support))
+    console.print(table)
+    if report.confused:
+        pairs = Table("label", "predicted as", "times", title="most confused")
+        for c in report.confused:
+            pairs.add_row(c.label, c.predicted, str(c.count))
+        console.print(pairs)
 
 
 @models_app.command("promote")
@@ -712,10 +818,13 @@ def main() -> None:
     """Console-script entry: configuration mistakes end with one clear line, not a traceback."""
     from online.connections import NotConfigured
     from online.data import DataNotFound
+    from online.labelled_file import DataError
     from services.embedded import ServerError
 
     try:
         app(prog_name="online")
-    except (NotConfigured, DataNotFound, ServerError) as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
+    except (NotConfigured, DataNotFound, DataError, ServerError) as exc:
+        from rich.markup import escape
+
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         raise SystemExit(2) from None

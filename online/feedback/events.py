@@ -18,7 +18,8 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 SCHEMA_VERSION = 1
-LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/ -]{0,99}$"
+# A letter or digit of any script first (labels may be Chinese: 退款), then letters, digits, _ . : / - space.
+LABEL_PATTERN = r"^[^\W_][\w.:/ -]{0,99}$"
 
 Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from online.data import Example
-from online.model import TextClassifier, load_tokenizer
+from online.model import TextClassifier, load_tokenizer, token_limit
 
 Progress = Callable[[int], None]  # called with the number of examples just trained on
 
@@ -86,7 +86,7 @@ def fit(
                 [examples[i][0] for i in rows],
                 padding=True,
                 truncation=True,
-                max_length=max_seq_len,
+                max_length=token_limit(tokenizer, max_seq_len),
                 return_tensors="pt",
             ).to(device)
             target = torch.tensor([index[examples[i][1]] for i in rows], device=device)
@@ -165,7 +165,11 @@ def _forward_buckets(
     for start in range(0, len(order), batch):
         idx = order[start : start + batch]
         enc = tokenizer(
-            [texts[i] for i in idx], padding=True, truncation=True, max_length=max_seq_len, return_tensors="pt"
+            [texts[i] for i in idx],
+            padding=True,
+            truncation=True,
+            max_length=token_limit(tokenizer, max_seq_len),
+            return_tensors="pt",
         )
         enc = enc.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

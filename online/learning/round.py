@@ -106,7 +106,10 @@ def seed_pool(settings: Settings) -> list[Example]:
     try:
         return seed_data(settings)[0]
     except DataNotFound:
-        log.warning("seed data not found under %s: rehearsal draws on the buffer only", settings.data_dir)
+        log.warning(
+            "no seed data (CLINC150 not under %s, ONLINE_SEED_DATA unset): rehearsal draws on the buffer only",
+            settings.data_dir,
+        )
         return []
 
 

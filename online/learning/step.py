@@ -206,7 +206,8 @@ def learn(
 def _with_lora(encoder: torch.nn.Module, cfg: LearnConfig) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=["query", "key", "value", "dense"]
-    )
+    # BERT-family names (BERT, RoBERTa, XLM-R, MiniLM); other encoders get peft's per-architecture default
+    names = {name.rsplit(".", 1)[-1] for name, _ in encoder.named_modules()}
+    targets = [t for t in ("query", "key", "value", "dense") if t in names] or None
+    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets)
     return get_peft_model(encoder, config)

@@ -1,7 +1,8 @@
 """Version 1: trained from the seed data when the registry is empty.
 
-The seed is CLINC150's train split of its first ``seed_domains`` domains, so the remaining domains can
-arrive later as feedback (the domain-incremental stream the trainer is benchmarked on).
+The seed is the user's labelled file when one is configured; else (the demo) CLINC150's train split of
+its first ``seed_domains`` domains, so the remaining domains can arrive later as feedback (the
+domain-incremental stream the trainer is benchmarked on).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from online.data import Clinc150, Example
+from online.labelled_file import Columns, check_known_labels, read_labelled, stratified_split
 from online.learning.fit import Progress, accuracy, fit
 from online.lifecycle import promotion
 from online.lifecycle.gate import Gate, GoldenSet
+from online.lifecycle.importer import import_classifier
 from online.lifecycle.registry import Manifest, ModelRegistry
 from online.model import TextClassifier, default_base_model, resolve_device
 from online.monitoring.drift import REFERENCE_FILE
@@ -23,16 +26,50 @@ from online.settings import Settings
 
 
 def seed_data(settings: Settings) -> tuple[list[Example], list[Example]]:
-    """(train, test) examples of the seed domains, at most ``seed_per_label`` train examples per label."""
-    clinc = Clinc150.open(settings.data_dir)
-    train = clinc.seed(settings.seed_domains, "train")
+    """(train, test) examples version 1 learns and is judged on: the user's file (``seed_data``, with
+    ``seed_test`` or a stratified split of it), else CLINC150's first ``seed_domains`` domains. At most
+    ``seed_per_label`` train examples per label. Raises :class:`DataError` naming a bad row."""
+    if settings.seed_data:
+        columns = Columns(settings.text_column, settings.label_column)
+        train = read_labelled(settings.seed_data, columns, min_per_label=2)
+        if settings.seed_test:
+            test = read_labelled(settings.seed_test, columns)
+            check_known_labels(settings.seed_test, test, {lab for _, lab in train}, columns)
+        else:
+            train, test = stratified_split(train, settings.seed_test_share, settings.seed)
+    else:
+        clinc = Clinc150.open(settings.data_dir)
+        train, test = clinc.seed(settings.seed_domains, "train"), clinc.seed(settings.seed_domains, "test")
     if settings.seed_per_label:
         kept: dict[str, list[Example]] = defaultdict(list)
         for ex in train:
             if len(kept[ex[1]]) < settings.seed_per_label:
                 kept[ex[1]].append(ex)
         train = [ex for exs in kept.values() for ex in exs]
-    return train, clinc.seed(settings.seed_domains, "test")
+    return train, test
+
+
+def seed_test_examples(settings: Settings) -> list[Example]:
+    """Labelled test texts the user configured (``seed_test``, else the held-out part of ``seed_data``)."""
+    if settings.seed_test:
+        columns = Columns(settings.text_column, settings.label_column)
+        return read_labelled(settings.seed_test, columns)
+    return seed_data(settings)[1] if settings.seed_data else []
+
+
+def make_version_one(
+    settings: Settings,
+    registry: ModelRegistry,
+    progress: Progress | None = None,
+    fence: Callable[[], None] | None = None,
+) -> Manifest:
+    """Version 1: the user's own classifier imported (``seed_model``), else trained on the seed data."""
+    if settings.seed_model:
+        manifest, _ = import_classifier(
+            settings, registry, settings.seed_model, seed_test_examples(settings), "version 1 imported", fence
+        )
+        return manifest
+    return train_version_one(settings, registry, progress, fence)
 
 
 def train_version_one(
@@ -46,7 +83,7 @@ def train_version_one(
     started = time.perf_counter()
     train, test = seed_data(settings)
     labels = sorted({lab for _, lab in train})
-    model = TextClassifier.from_base(settings.base_model or default_base_model(), labels)
+    model = TextClassifier.from_base(settings.base_model or default_base_model(), labels, pooling=settings.pooling)
     result = fit(
         model,
         train,

@@ -17,7 +17,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from online.keys import Keys
-from online.model import WEIGHTS_FILE, TextClassifier, sha256_file
+from online.model import WEIGHTS_FILE, Pooling, TextClassifier, sha256_file
 
 MANIFEST_FILE = "manifest.json"
 Status = Literal["published", "rejected", "collected"]
@@ -30,6 +30,7 @@ class Manifest(BaseModel):
     labels: list[str]
     base_model: str
     sha256: str
+    pooling: Pooling = "mean"
     parent: int | None = None
     created_at: float = Field(default_factory=time.time)
     status: Status = "published"
@@ -104,7 +105,10 @@ class ModelRegistry:
     def load(self, version: int, verify: bool = True) -> tuple[TextClassifier, Manifest]:
         """Load a version's weights, by default after :meth:`verify`."""
         manifest = self.verify(version) if verify else self.get(version)
-        return TextClassifier.load(self.path(version) / WEIGHTS_FILE, manifest.labels, manifest.base_model), manifest
+        model = TextClassifier.load(
+            self.path(version) / WEIGHTS_FILE, manifest.labels, manifest.base_model, manifest.pooling
+        )
+        return model, manifest
 
     # --- writing ------------------------------------------------------------------------------
     def publish(
@@ -134,6 +138,7 @@ class ModelRegistry:
             labels=model.labels,
             base_model=model.base_model,
             sha256=sha,
+            pooling=model.pooling,
             parent=parent,
             status=status,
             metrics=metrics or {},

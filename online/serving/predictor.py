@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from online.model import TextClassifier, load_tokenizer, resolve_device
+from online.model import TextClassifier, load_tokenizer, resolve_device, token_limit
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -82,7 +82,7 @@ class Predictor:
         order, float32 on the CPU. The embedding comes free with the forward: drift monitoring uses it."""
         if not texts:
             return torch.empty(0, len(self.labels)), torch.empty(0, self.model.head.in_features)
-        enc = self.tokenizer(texts, truncation=True, max_length=self.max_seq_len)
+        enc = self.tokenizer(texts, truncation=True, max_length=token_limit(self.tokenizer, self.max_seq_len))
         ids = enc["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         out = torch.empty(len(texts), len(self.labels))

@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from online.connections import async_redis_client
+from online.contract import feedback_body_model, predict_request_model
 from online.serving.metrics import ApiMetrics
 from online.serving.service import ModelService, NotReady
 from online.settings import Settings
@@ -31,7 +32,6 @@ from services.api.routers import (
     shadow,
     training,
 )
-from services.api.schemas import feedback_body_model, predict_request_model
 
 log = logging.getLogger("online.api")
 

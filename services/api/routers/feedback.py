@@ -1,8 +1,8 @@
 from fastapi import APIRouter, Depends, HTTPException
 
+from online.contract import FeedbackAccepted, FeedbackBatch
 from services.api.admin import feedback_source
 from services.api.deps import IntakeDep
-from services.api.schemas import FeedbackAccepted, FeedbackBatch
 
 
 def router(body_model: type) -> APIRouter:

@@ -6,10 +6,10 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Path
 
+from online.contract import FeedbackStats, LabelApproved
 from online.feedback import quarantine
 from services.api.admin import require_admin
 from services.api.deps import StoresDep
-from services.api.schemas import FeedbackStats, LabelApproved
 
 api = APIRouter(tags=["feedback"])
 _ADMIN = {401: {"description": "No token"}, 403: {"description": "Wrong token or admin disabled"}}

@@ -4,11 +4,11 @@ import asyncio
 
 from fastapi import APIRouter, Depends, HTTPException
 
+from online.contract import LiveChangeOut, ModelOut, ModelsResponse, PromoteRequest, RollbackRequest
 from online.lifecycle import promotion
 from online.lifecycle.registry import IntegrityError, LiveMoved
 from services.api.admin import require_admin
 from services.api.deps import ServiceDep, StoresDep
-from services.api.schemas import LiveChangeOut, ModelOut, ModelsResponse, PromoteRequest, RollbackRequest
 
 api = APIRouter(tags=["models"])
 

@@ -1,7 +1,7 @@
 from fastapi import APIRouter
 
+from online.contract import LabelScore, PredictionOut, PredictRequestBase, PredictResponse
 from services.api.deps import ServiceDep
-from services.api.schemas import LabelScore, PredictionOut, PredictRequestBase, PredictResponse
 
 
 def router(request_model: type[PredictRequestBase]) -> APIRouter:

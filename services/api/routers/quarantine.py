@@ -6,10 +6,10 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Query
 
+from online.contract import HeldOut, QuarantineAction, QuarantineResponse, QuarantineResult, SourceOut
 from online.feedback import quarantine
 from services.api.admin import require_admin
 from services.api.deps import StoresDep
-from services.api.schemas import HeldOut, QuarantineAction, QuarantineResponse, QuarantineResult, SourceOut
 
 api = APIRouter(tags=["quarantine"], dependencies=[Depends(require_admin)])
 

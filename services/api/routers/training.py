@@ -6,9 +6,9 @@ import asyncio
 
 from fastapi import APIRouter, Depends
 
+from online.contract import PauseRequest, TrainingState
 from services.api.admin import require_admin
 from services.api.deps import StoresDep
-from services.api.schemas import PauseRequest, TrainingState
 
 api = APIRouter(tags=["training"])
 _ADMIN = {401: {"description": "No token"}, 403: {"description": "Wrong token or admin disabled"}}

@@ -1,4 +1,6 @@
-"""Request and response bodies of the HTTP API. Limits come from Settings, so the OpenAPI schema states them."""
+"""The HTTP API's request and response bodies, shared by the server (`services.api`) and `online.client`.
+
+Limits come from Settings, so the OpenAPI schema states them."""
 
 from __future__ import annotations
 

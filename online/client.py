@@ -1,0 +1,257 @@
+"""Python client of the HTTP API, sync (:class:`Client`) and async (:class:`AsyncClient`).
+
+Responses are the API's own pydantic models (``online.contract``). Feedback events get their
+``event_id`` here, before the first attempt, so a retry after a timeout, a 429 or a 503 resends the same
+ids and the consumer stores each event once. Retries honour ``Retry-After``.
+
+    from online.client import Client
+
+    with Client("http://127.0.0.1:8000", api_key="...") as api:
+        pred = api.predict("how do I reset my router").predictions[0]
+        api.label("how do I reset my router", "router_reset", source="helpdesk", prediction_id=pred.prediction_id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import httpx
+from pydantic import TypeAdapter
+
+from online.contract import FeedbackAccepted, FeedbackStats, LiveChangeOut, ModelsResponse, PredictResponse
+from online.feedback.events import EVENT_ADAPTER, LabelEvent, ThumbsEvent
+
+T = TypeVar("T")
+Event = LabelEvent | ThumbsEvent
+RETRY_STATUS = (429, 502, 503, 504)
+
+
+class ApiError(RuntimeError):
+    """The API answered an error (after retries for 429/503): ``status`` and the server's ``detail``."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    """One API call, described once and run by either client."""
+
+    method: str
+    path: str
+    parse: TypeAdapter[T]
+    json: Any = None
+    params: dict[str, Any] = field(default_factory=dict)
+    admin: bool = False
+
+
+def _events(events: Iterable[Event | dict]) -> list[Event]:
+    """Validated events, each with its id from now on (a dict without ``event_id`` gets one here)."""
+    return [e if isinstance(e, (LabelEvent, ThumbsEvent)) else EVENT_ADAPTER.validate_python(e) for e in events]
+
+
+def _batches(events: Sequence[Event], size: int) -> Iterator[list[Event]]:
+    for start in range(0, len(events), size):
+        yield list(events[start : start + size])
+
+
+class _Calls:
+    """The API's surface; each method returns what the concrete client's ``_run`` returns for it."""
+
+    batch_size = 500
+
+    def _run(self, call: _Call) -> Any:  # pragma: no cover - defined by the clients
+        raise NotImplementedError
+
+    def _run_all(self, calls: list[_Call]) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def predict(self, text: str | Sequence[str], top_k: int | None = None) -> PredictResponse:
+        """One text (``str``) or several (a list); the response has one prediction per text."""
+        body: dict[str, Any] = {"text": text} if isinstance(text, str) else {"texts": list(text)}
+        if top_k is not None:
+            body["top_k"] = top_k
+        return self._run(_Call("POST", "/v1/predict", TypeAdapter(PredictResponse), json=body))
+
+    def feedback(self, events: Iterable[Event | dict]) -> list[FeedbackAccepted]:
+        """Send events in batches of ``batch_size``; every event id is fixed before the first attempt."""
+        calls = [
+            _Call(
+                "POST",
+                "/v1/feedback",
+                TypeAdapter(FeedbackAccepted),
+                json={"events": [e.model_dump(mode="json", exclude_none=True) for e in batch]},
+            )
+            for batch in _batches(_events(events), self.batch_size)
+        ]
+        return self._run_all(calls)
+
+    def label(self, text: str, label: str, source: str, prediction_id: str | None = None) -> list[FeedbackAccepted]:
+        """The correct label of a text (naming the prediction it corrects, when there is one)."""
+        return self.feedback(
+            [LabelEvent(kind="label", text=text, label=label, source=source, prediction_id=prediction_id)]
+        )
+
+    def thumbs(self, prediction_id: str, vote: str, source: str, label: str | None = None) -> list[FeedbackAccepted]:
+        """Up or down on a served prediction (down may name the correct label)."""
+        return self.feedback(
+            [ThumbsEvent(kind="thumbs", prediction_id=prediction_id, vote=vote, source=source, label=label)]
+        )
+
+    def models(self) -> ModelsResponse:
+        return self._run(_Call("GET", "/v1/models", TypeAdapter(ModelsResponse)))
+
+    def rollback(self, to: int | None = None, reason: str = "") -> LiveChangeOut:
+        """Live back to ``to`` (default: the live version's parent). Needs the admin token."""
+        body = {"to": to, "reason": reason}
+        return self._run(_Call("POST", "/v1/models/rollback", TypeAdapter(LiveChangeOut), json=body, admin=True))
+
+    def promote(self, version: int, reason: str = "") -> LiveChangeOut:
+        body = {"version": version, "reason": reason}
+        return self._run(_Call("POST", "/v1/models/promote", TypeAdapter(LiveChangeOut), json=body, admin=True))
+
+    def drift(self, history: int = 0) -> dict:
+        return self._run(_Call("GET", "/v1/drift", TypeAdapter(dict), params={"history": history}))
+
+    def review(self, limit: int = 20) -> dict:
+        """Predictions worth a human label (answer one with :meth:`label` naming its prediction_id)."""
+        return self._run(_Call("GET", "/v1/review", TypeAdapter(dict), params={"limit": limit}))
+
+    def feedback_stats(self) -> FeedbackStats:
+        return self._run(_Call("GET", "/v1/feedback/stats", TypeAdapter(FeedbackStats)))
+
+
+class _Base(_Calls):
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        admin_token: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 5,
+        max_wait_s: float = 30.0,
+        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.admin_token = admin_token
+        self.retries = retries
+        self.max_wait_s = max_wait_s
+        self._headers = {"X-API-Key": api_key} if api_key else {}
+        self._timeout = timeout
+        self._transport = transport
+
+    def _request_kwargs(self, call: _Call) -> dict[str, Any]:
+        headers = dict(self._headers)
+        if call.admin:
+            if not self.admin_token:
+                raise ApiError(401, "this call needs the admin token: Client(..., admin_token=...)")
+            headers["Authorization"] = f"Bearer {self.admin_token}"
+        return {"method": call.method, "url": call.path, "json": call.json, "params": call.params, "headers": headers}
+
+    def _wait(self, attempt: int, response: httpx.Response | None) -> float | None:
+        """Seconds before the next attempt, or None when this outcome is final."""
+        if attempt >= self.retries:
+            return None
+        if response is not None:
+            if response.status_code not in RETRY_STATUS:
+                return None
+            after = response.headers.get("retry-after")
+            if after is not None:
+                try:
+                    return min(max(float(after), 0.0), self.max_wait_s)
+                except ValueError:
+                    pass
+        return min(0.2 * 2**attempt, self.max_wait_s) * random.uniform(0.5, 1.0)
+
+    @staticmethod
+    def _result(call: _Call[T], response: httpx.Response) -> T:
+        if response.is_success:
+            return call.parse.validate_python(response.json())
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise ApiError(response.status_code, detail)
+
+
+class Client(_Base):
+    """Blocking client; use as a context manager or call :meth:`close`."""
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._http = httpx.Client(base_url=self.url, timeout=self._timeout, transport=self._transport)
+
+    def _run(self, call: _Call[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(**self._request_kwargs(call))
+            except httpx.TransportError:
+                wait = self._wait(attempt, None)
+                if wait is None:
+                    raise
+            else:
+                wait = self._wait(attempt, response)
+                if wait is None:
+                    return self._result(call, response)
+            time.sleep(wait)
+            attempt += 1
+
+    def _run_all(self, calls: list[_Call[T]]) -> list[T]:
+        return [self._run(c) for c in calls]
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """The same calls, awaitable; use as an async context manager or call :meth:`aclose`."""
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=self._timeout, transport=self._transport)
+
+    async def _run(self, call: _Call[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(**self._request_kwargs(call))
+            except httpx.TransportError:
+                wait = self._wait(attempt, None)
+                if wait is None:
+                    raise
+            else:
+                wait = self._wait(attempt, response)
+                if wait is None:
+                    return self._result(call, response)
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    async def _run_all(self, calls: list[_Call[T]]) -> list[T]:
+        return [await self._run(c) for c in calls]
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+__all__ = ["ApiError", "AsyncClient", "Client"]
