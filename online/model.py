@@ -67,7 +67,13 @@ def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
     be used by two threads at once (two API apps in one test process each have a forward thread)."""
     cache = _per_thread.__dict__.setdefault("tokenizers", {})
     if base_model not in cache:
-        cache[base_model] = AutoTokenizer.from_pretrained(base_model)
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+        if not 0 < tokenizer.model_max_length < 1_000_000:  # a tokenizer saved without its limit: the config's
+            config = AutoConfig.from_pretrained(base_model)
+            positions = getattr(config, "max_position_embeddings", None)
+            if positions:  # RoBERTa-family position ids start after the padding index
+                tokenizer.model_max_length = positions - 2 if "roberta" in config.model_type else positions
+        cache[base_model] = tokenizer
     return cache[base_model]
 
 

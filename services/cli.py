@@ -27,7 +27,7 @@ feedback_app = typer.Typer(help="Send feedback events.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
 buffer_app = typer.Typer(help="Inspect the replay buffer.", no_args_is_help=True)
 app.add_typer(buffer_app, name="buffer")
-console = Console()
+console = Console(soft_wrap=True)  # messages never wrap mid-path; tables still fit the width
 
 
 def _settings() -> Settings:

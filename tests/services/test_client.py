@@ -1,0 +1,104 @@
+"""`online.client`: typed calls against a running API process (sync and async), and retries that honour
+Retry-After and resend the same event ids."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from online.client import ApiError, AsyncClient, Client
+from online.contract import FeedbackAccepted, ModelsResponse, PredictResponse
+from online.feedback.events import LabelEvent
+from online.model import TextClassifier
+from online.stores import Stores
+from services.supervisor import api_process
+from tests import helpers
+
+
+def test_client_against_a_running_api(kafka_settings):
+    s = kafka_settings.model_copy(update={"admin_token": "s3cret"})
+    registry = Stores.from_settings(s).registry
+    first = helpers.live_untrained(s, ("refund", "退款"))
+    with api_process(s) as url:
+        with Client(url, admin_token="s3cret") as api:
+            one = api.predict("where is my money")
+            assert isinstance(one, PredictResponse) and one.model_version == first
+            many = api.predict(["a", "b", "c"], top_k=2)
+            assert len(many.predictions) == 3 and all(len(p.top_k) == 2 for p in many.predictions)
+
+            api.batch_size = 2
+            events = [{"kind": "label", "text": f"text {i}", "label": "退款", "source": "sdk"} for i in range(3)]
+            accepted = api.feedback(events)
+            assert [a.accepted for a in accepted] == [2, 1] and all(isinstance(a, FeedbackAccepted) for a in accepted)
+            pid = one.predictions[0].prediction_id
+            assert api.thumbs(pid, "down", source="sdk", label="refund")[0].accepted == 1
+            assert api.label("give it back", "refund", source="sdk", prediction_id=pid)[0].accepted == 1
+
+            second = registry.publish(TextClassifier.from_base(s.base_model, ["refund"]), parent=first)
+            registry.promote(second.version)
+            models = api.models()
+            assert isinstance(models, ModelsResponse) and models.live == second.version
+            change = api.rollback(reason="sdk test")
+            assert change.version == first and change.previous == second.version
+            assert set(api.drift()) >= {"alerts"} and "queued" in api.review(limit=5)
+            assert api.feedback_stats().held.total == 0
+            with pytest.raises(ApiError) as err:
+                api.predict("   ")  # a blank text is refused with the server's reason, not retried
+            assert err.value.status == 422
+
+        with Client(url) as anonymous, pytest.raises(ApiError) as err:
+            anonymous.rollback()
+        assert err.value.status == 401 and "admin token" in str(err.value)
+
+        async def use_async() -> tuple[PredictResponse, list[FeedbackAccepted], ModelsResponse]:
+            async with AsyncClient(url) as api:
+                return (
+                    await api.predict("async hello"),
+                    await api.feedback([LabelEvent(kind="label", text="x", label="refund", source="sdk")]),
+                    await api.models(),
+                )
+
+        pred, acc, models = asyncio.run(use_async())
+        assert pred.model_version == first and acc[0].accepted == 1 and models.live == first
+
+
+def test_retries_honour_retry_after_and_resend_the_same_event_ids():
+    seen: list[list[str]] = []
+    answers = iter([(503, {"Retry-After": "0"}), (429, {"Retry-After": "0.01"}), (202, {})])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        ids = [e["event_id"] for e in json.loads(request.content)["events"]]
+        seen.append(ids)
+        status, headers = next(answers)
+        body = {"accepted": len(ids), "event_ids": ids} if status == 202 else {"detail": "busy"}
+        return httpx.Response(status, json=body, headers=headers)
+
+    events = [{"kind": "label", "text": "t", "label": "a", "source": "s"}, {"kind": "label", "text": "u", "label": "b", "source": "s"}]  # fmt: skip
+    with Client("http://api", transport=httpx.MockTransport(handler)) as api:
+        accepted = api.feedback(events)
+    assert len(seen) == 3 and seen[0] == seen[1] == seen[2] and len(set(seen[0])) == 2
+    assert accepted[0].event_ids == seen[0]
+
+    calls = []
+
+    def refuses(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(422, json={"detail": "text: must not be blank"})
+
+    with Client("http://api", transport=httpx.MockTransport(refuses)) as api, pytest.raises(ApiError) as err:
+        api.predict("x")
+    assert len(calls) == 1 and err.value.detail == "text: must not be blank"
+
+    async def gives_up() -> None:
+        transport = httpx.MockTransport(
+            lambda r: httpx.Response(503, json={"detail": "down"}, headers={"Retry-After": "0"})
+        )
+        async with AsyncClient("http://api", transport=transport, retries=2) as api:
+            await api.predict("x")
+
+    with pytest.raises(ApiError) as err:
+        asyncio.run(gives_up())
+    assert err.value.status == 503
