@@ -1,4 +1,5 @@
-"""`online bench learn`: the CLINC150 domain-incremental stream, every method side by side.
+"""`online bench learn`: the CLINC150 domain-incremental stream (or a user's labels split into groups:
+``--data``), every method side by side.
 
 The starting point is version 1's knowledge (the seed domains, as `online up` trains it) or only the
 first domain. Each later domain's train examples then arrive as one round of feedback, in the order of
@@ -12,6 +13,7 @@ Every method runs :func:`online.learning.step.learn`, the code the trainer runs 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import statistics
@@ -24,9 +26,10 @@ from rich.console import Console
 from rich.table import Table
 
 from online.data import Clinc150, Example
+from online.labelled_file import Columns, check_known_labels, read_labelled, stratified_split
 from online.learning.fit import configure_threads, fit
 from online.learning.step import LearnConfig, learn, select_rehearsal
-from online.model import WEIGHTS_FILE, TextClassifier, default_base_model
+from online.model import WEIGHTS_FILE, TextClassifier, default_base_model, detect_pooling
 from online.serving.predictor import Predictor
 from online.settings import Settings
 
@@ -107,10 +110,11 @@ def _start_model(
 ) -> TextClassifier:
     """The shared starting point, trained once and cached (its inputs name the file)."""
     labels = sorted({lab for _, lab in examples})
-    key = f"n{len(examples)}-l{len(labels)}-e{cfg.epochs}-s{cfg.seed}"
+    digest = hashlib.sha256(json.dumps([base_model, sorted(examples)]).encode()).hexdigest()[:10]
+    key = f"n{len(examples)}-l{len(labels)}-e{cfg.epochs}-s{cfg.seed}-{digest}"
     path = cache / f"learn-start-{key}" / WEIGHTS_FILE
     if path.is_file():
-        return TextClassifier.load(path, labels, base_model)
+        return TextClassifier.load(path, labels, base_model, detect_pooling(base_model))
     console.print(f"training the starting model on {len(examples)} examples (cached in {path.parent})")
     model = _train_from_base(examples, cfg, base_model)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,12 +134,17 @@ def run_bench_learn(
     joint: str,
     rounds: int | None,
     out: Path | None,
+    data: Path | None = None,
+    test: Path | None = None,
+    groups: int = 5,
 ) -> dict:
     configure_threads(settings.num_threads)
     rng = random.Random(settings.seed)
-    clinc = Clinc150.open(settings.data_dir)
-    domains = list(clinc.domains)
-    n_start = settings.seed_domains if start == "seed" else 1
+    if data is not None:
+        stream_of = _file_stream(settings, data, test, groups, per_intent, rng)
+    else:
+        stream_of = _clinc_stream(settings, start, per_intent, rng)
+    domains, train, tests, n_start, start_label, title = stream_of
     stream = domains[n_start:][: rounds if rounds else None]
     base_model = settings.base_model or default_base_model()
     base = LearnConfig.from_settings(settings).but(epochs=epochs)
@@ -145,10 +154,7 @@ def run_bench_learn(
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {[*all_methods, 'joint']}")
 
-    train = {d: _subsample(clinc.by_domain("train", [d]), per_intent, rng) for d in domains}
-    tests = {d: clinc.by_domain("test", [d]) for d in domains}
     start_train = [ex for d in domains[:n_start] for ex in train[d]]
-    start_label = "seed domains" if start == "seed" else "first domain"
     console.print(
         f"start: {n_start} {start_label} ({len(start_train)} examples), then {len(stream)} rounds "
         f"({', '.join(stream)}); {per_intent} train examples per intent, memory {memory_per_intent} per intent, "
@@ -202,9 +208,7 @@ def run_bench_learn(
                 f"  {'joint':<18} after round {i + 1}: acc on seen {run.acc[-1]:.4f}, {run.round_s[-1]:.1f} s"
             )
 
-    table = Table(
-        title=f"online bench learn: CLINC150 domain-incremental, {len(stream)} rounds after the {start_label}"
-    )
+    table = Table(title=f"online bench learn: {title}, {len(stream)} rounds after the {start_label}")
     for col in ("method", "final acc", "avg acc", "forgetting", "s/round", "ms/sample", "vs joint"):
         table.add_column(col, justify="left" if col == "method" else "right")
     joint_final = runs["joint"].acc[-1] if "joint" in runs and runs["joint"].acc else None
@@ -240,6 +244,46 @@ def run_bench_learn(
         out.write_text(json.dumps(report, indent=2))
         console.print(f"results written to {out}")
     return report
+
+
+Stream = tuple[list[str], dict[str, list[Example]], dict[str, list[Example]], int, str, str]
+
+
+def _clinc_stream(settings: Settings, start: str, per_intent: int, rng: random.Random) -> Stream:
+    """CLINC150's domains in the order of ``domains.json``; the start is the seed domains or the first."""
+    clinc = Clinc150.open(settings.data_dir)
+    domains = list(clinc.domains)
+    train = {d: _subsample(clinc.by_domain("train", [d]), per_intent, rng) for d in domains}
+    tests = {d: clinc.by_domain("test", [d]) for d in domains}
+    n_start = settings.seed_domains if start == "seed" else 1
+    label = "seed domains" if start == "seed" else "first domain"
+    return domains, train, tests, n_start, label, "CLINC150 domain-incremental"
+
+
+def _file_stream(
+    settings: Settings, data: Path, test: Path | None, groups: int, per_intent: int, rng: random.Random
+) -> Stream:
+    """A user's labels, shuffled (by the seed) into ``groups`` groups: the first is what version 1 knows,
+    each later group arrives as one round (class-incremental). Test: ``test`` or a stratified split."""
+    columns = Columns(settings.text_column, settings.label_column)
+    examples = read_labelled(data, columns, min_per_label=2)
+    if test is not None:
+        held = read_labelled(test, columns)
+        check_known_labels(test, held, {lab for _, lab in examples}, columns)
+    else:
+        examples, held = stratified_split(examples, settings.seed_test_share, settings.seed)
+    labels = sorted({lab for _, lab in examples})
+    if not 2 <= groups <= len(labels):
+        raise ValueError(f"--groups must be between 2 and the number of labels ({len(labels)})")
+    random.Random(settings.seed).shuffle(labels)
+    names = [f"group{i + 1}" for i in range(groups)]
+    group_of = {lab: names[i * groups // len(labels)] for i, lab in enumerate(labels)}
+    train = {g: _subsample([ex for ex in examples if group_of[ex[1]] == g], per_intent, rng) for g in names}
+    tests = {g: [ex for ex in held if group_of[ex[1]] == g] for g in names}
+    empty = [g for g in names if not tests[g]]
+    if empty:
+        raise ValueError(f"no test examples in {', '.join(empty)}: give a --test file with every label")
+    return names, train, tests, 1, "first group", f"{data.name}, {len(labels)} labels in {groups} groups"
 
 
 def _weighted(scores: dict[str, float], tests: dict[str, list[Example]]) -> float:

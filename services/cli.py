@@ -793,16 +793,27 @@ def bench_learn(
     joint: str = typer.Option("final", help="Joint upper bound: after every round (every), the last (final), off."),
     rounds: int = typer.Option(0, help="Stop after this many rounds (0: the whole stream)."),
     out: Path | None = typer.Option(Path(".online/bench/learn.json"), help="Write the results as JSON here."),
+    data: Path | None = typer.Option(None, "--data", help="Your labelled file instead of CLINC150."),
+    test: Path | None = typer.Option(None, "--test", help="Its test file (default: a stratified split of --data)."),
+    groups: int = typer.Option(
+        5, "--groups", help="With --data: label groups; the first starts, each other is a round."
+    ),
+    text_column: str | None = TextColumn,
+    label_column: str | None = LabelColumn,
 ) -> None:
-    """Continual learning on the CLINC150 domain stream: our strategies against joint and naive training."""
+    """Continual learning on the CLINC150 domain stream (or your labels in --groups groups): our strategies
+    against joint and naive training, so you can pick rehearsal settings on your data."""
     from bench.learn import run_bench_learn
 
     _logging("WARNING")
     if start not in ("seed", "first") or joint not in ("every", "final", "off"):
         raise typer.BadParameter("--start is seed or first; --joint is every, final or off")
     run_bench_learn(
-        Settings(),
+        _data_options(Settings(), text_column=text_column, label_column=label_column),
         wide_console(),
+        data=data,
+        test=test,
+        groups=groups,
         names=[m for m in methods.split(",") if m] or None,
         start=start,
         per_intent=per_intent,
