@@ -29,6 +29,7 @@ from online.data import Clinc150, Example
 from online.labelled_file import Columns, check_known_labels, read_labelled, stratified_split
 from online.learning.fit import configure_threads, fit
 from online.learning.step import LearnConfig, learn, select_rehearsal
+from online.learning.version_one import seed_epochs
 from online.model import WEIGHTS_FILE, TextClassifier, default_base_model, detect_pooling
 from online.serving.predictor import Predictor
 from online.settings import Settings
@@ -160,7 +161,14 @@ def run_bench_learn(
         f"({', '.join(stream)}); {per_intent} train examples per intent, memory {memory_per_intent} per intent, "
         f"{epochs} epochs a round"
     )
-    start_model = _start_model(start_train, base, base_model, settings.state_dir / "bench", console)
+
+    # A user's small file: the start (and joint) models get version 1's epochs, as `online up --data` trains
+    def from_scratch(n: int) -> LearnConfig:
+        return base.but(epochs=seed_epochs(settings, n)) if data is not None else base
+
+    start_model = _start_model(
+        start_train, from_scratch(len(start_train)), base_model, settings.state_dir / "bench", console
+    )
     start_scores = _evaluate(start_model, {d: tests[d] for d in domains[:n_start]}, settings)
     runs: dict[str, Run] = {}
 
@@ -198,7 +206,7 @@ def run_bench_learn(
             seen = domains[: n_start + i + 1]
             examples = [ex for d in seen for ex in train[d]]
             t0 = time.perf_counter()
-            model = _train_from_base(examples, base, base_model)
+            model = _train_from_base(examples, from_scratch(len(examples)), base_model)
             run.round_s.append(time.perf_counter() - t0)
             run.samples.append(len(examples))
             scores = _evaluate(model, {d: tests[d] for d in seen}, settings)

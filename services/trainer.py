@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from online.learning.fit import Progress as ProgressFn
 from online.learning.fit import configure_threads
 from online.learning.round import RoundReport, RoundRunner
-from online.learning.version_one import make_version_one, seed_data
+from online.learning.version_one import make_version_one, seed_data, seed_epochs
 from online.lifecycle import auto_rollback, promotion
 from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.leader import Leadership, LeadershipLost
@@ -121,7 +121,7 @@ def ensure_version_one(settings: Settings, registry: ModelRegistry, leader: Lead
                 train, _ = seed_data(settings)
                 log.info("empty registry: training version 1 on %d seed examples", len(train))
                 with progress_bar() as bar:
-                    task = bar.add_task("version 1 (seed data)", total=len(train) * settings.seed_epochs)
+                    task = bar.add_task("version 1 (seed data)", total=len(train) * seed_epochs(settings, len(train)))
                     progress = _stoppable(bar, task, stop, leader)
                     manifest = make_version_one(settings, registry, progress, fence=leader.fence)
             log.info("version %d live (golden accuracy %.4f)", manifest.version, manifest.metrics["golden_accuracy"])

@@ -102,7 +102,13 @@ def _unfenced() -> None:
 
 
 def seed_pool(settings: Settings) -> list[Example]:
-    """Version 1's training data, rehearsed beside the buffer (empty if the data is not there)."""
+    """Version 1's training data, rehearsed beside the buffer (empty if the data is not there).
+
+    An imported version 1 (``seed_model``) rehearses ``seed_data`` only when named: never the CLINC150
+    demo, whose labels would otherwise be taught to the user's classifier."""
+    if settings.seed_model and not settings.seed_data:
+        log.info("version 1 was imported and ONLINE_SEED_DATA is unset: rehearsal draws on the buffer only")
+        return []
     try:
         return seed_data(settings)[0]
     except DataNotFound:
@@ -209,6 +215,15 @@ class RoundRunner:
         held_ids = {sid for sid, _ in hold}
         return [s for s in samples if s.sid not in held_ids], dict(Counter(reason_kind(r) for _, r in hold))
 
+    def _seed_for(self, live: TextClassifier) -> list[Example]:
+        """Seed examples of labels the live version knows: rehearsal keeps what it learned, and never
+        teaches it another task's labels (the CLINC150 demo after a restart without ``--data``)."""
+        known = set(live.labels)
+        kept = [ex for ex in self.seed_examples if ex[1] in known]
+        if self.seed_examples and not kept:
+            log.warning("none of the seed data's labels is live: not rehearsed (is ONLINE_SEED_DATA this task's file?)")
+        return kept
+
     def run(self, on_start: Callable[[int], Progress] | None = None, fence: Fence | None = None) -> RoundReport:
         """One round. ``on_start(total)`` may return a progress callback (which may raise to stop);
         ``fence()`` is called right before every write of the round and raises when this process may no
@@ -240,7 +255,7 @@ class RoundRunner:
         new_ids = {s.sid for s in samples}
         new = [(s.text, s.label) for s in samples]
         train_new, holdout = split_holdout(new, self.s.holdout_fraction, self.s.holdout_min_new)
-        pool = [(s.text, s.label) for s in self.buffer.samples() if s.sid not in new_ids] + self.seed_examples
+        pool = [(s.text, s.label) for s in self.buffer.samples() if s.sid not in new_ids] + self._seed_for(live)
         rng = random.Random(self.s.seed + upto)
         rehearsal = select_rehearsal(live, pool, len(train_new), self.cfg, rng, train_new)
         n_train = len(train_new) * new_repeats(len(train_new), len(rehearsal), self.cfg) + len(rehearsal)
