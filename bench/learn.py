@@ -235,7 +235,7 @@ def run_bench_learn(
         )
     console.print(table)
     console.print(
-        f"start model on its {n_start} domain(s): {100 * _weighted(start_scores, tests):.2f}%. forgetting = mean over "
+        f"start model on its {start_label}: {100 * _weighted(start_scores, tests):.2f}%. forgetting = mean over "
         "earlier domains of (best - final) accuracy, points. ms/sample: round time / (samples x epochs)."
     )
     report = {
