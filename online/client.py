@@ -172,11 +172,18 @@ class _Base(_Calls):
         return min(0.2 * 2**attempt, self.max_wait_s) * random.uniform(0.5, 1.0)
 
     @staticmethod
+    def _may_resend(call: _Call, exc: httpx.TransportError) -> bool:
+        """Predict and feedback are safe to resend (feedback keeps its event ids); an admin call whose
+        request may have reached the server is not (a second rollback would go back two versions)."""
+        return not call.admin or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+
+    @staticmethod
     def _result(call: _Call[T], response: httpx.Response) -> T:
         if response.is_success:
             return call.parse.validate_python(response.json())
         try:
-            detail = response.json().get("detail", response.text)
+            body = response.json()
+            detail = body.get("detail", body) if isinstance(body, dict) else body
         except ValueError:
             detail = response.text
         raise ApiError(response.status_code, detail)
@@ -194,8 +201,8 @@ class Client(_Base):
         while True:
             try:
                 response = self._http.request(**self._request_kwargs(call))
-            except httpx.TransportError:
-                wait = self._wait(attempt, None)
+            except httpx.TransportError as exc:
+                wait = self._wait(attempt, None) if self._may_resend(call, exc) else None
                 if wait is None:
                     raise
             else:
@@ -230,8 +237,8 @@ class AsyncClient(_Base):
         while True:
             try:
                 response = await self._http.request(**self._request_kwargs(call))
-            except httpx.TransportError:
-                wait = self._wait(attempt, None)
+            except httpx.TransportError as exc:
+                wait = self._wait(attempt, None) if self._may_resend(call, exc) else None
                 if wait is None:
                     raise
             else:

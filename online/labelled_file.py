@@ -11,16 +11,17 @@ from __future__ import annotations
 import csv
 import json
 import random
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from online.data import Example
-from online.feedback.events import LABEL_PATTERN
+from pydantic import TypeAdapter, ValidationError
 
-_LABEL = re.compile(LABEL_PATTERN)
+from online.data import Example
+from online.feedback.events import Label
+
+_LABEL: TypeAdapter[str] = TypeAdapter(Label)  # the event contract's own check: a file label can be sent back
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
@@ -51,7 +52,7 @@ def read_labelled(path: Path, columns: Columns = Columns(), min_per_label: int =
     for where, text, label in rows:
         text = _cell(path, where, columns.text, text)
         label = _cell(path, where, columns.label, label)
-        if not _LABEL.match(label):
+        if not label_ok(label):
             raise DataError(
                 f"{path}, {where}, column {columns.label!r}: label {label[:40]!r} cannot be sent as feedback "
                 "(a letter or digit of any script first, then letters, digits, _ . : / - or space; at most 100)"
@@ -70,6 +71,15 @@ def read_labelled(path: Path, columns: Columns = Columns(), min_per_label: int =
                     "test on): add examples or remove the label"
                 )
     return examples
+
+
+def label_ok(label: str) -> bool:
+    """Whether a feedback event can carry this label (the event contract's own validation)."""
+    try:
+        _LABEL.validate_python(label)
+    except ValidationError:
+        return False
+    return True
 
 
 def _cell(path: Path, where: str, column: str, value: object) -> str:
@@ -93,9 +103,10 @@ def _text_rows(path: Path, fmt: str, columns: Columns) -> Iterator[tuple[str, ob
                 return
             reader = csv.DictReader(fh, delimiter="\t" if fmt == "tsv" else ",")
             header = reader.fieldnames or []
-            for name in (columns.text, columns.label):
+            for name, flag in ((columns.text, "--text-column"), (columns.label, "--label-column")):
                 if name not in header:
-                    raise DataError(_missing_column(path, name, header))
+                    raise DataError(_missing_column(path, name, flag, header))
+            csv.field_size_limit(16 * 1024 * 1024)  # long tickets: the default 128 KiB field limit
             for row in reader:
                 line = reader.line_num
                 yield f"line {line}", row.get(columns.text), row.get(columns.label)
@@ -104,7 +115,7 @@ def _text_rows(path: Path, fmt: str, columns: Columns) -> Iterator[tuple[str, ob
             f"{path}, line {_first_undecodable_line(path)}: not UTF-8 text; save the file as UTF-8"
         ) from None
     except csv.Error as exc:
-        raise DataError(f"{path}, line {line + 1}: not valid {fmt.upper()} ({exc})") from None
+        raise DataError(f"{path}, line {reader.line_num}: not valid {fmt.upper()} ({exc})") from None
 
 
 def _first_undecodable_line(path: Path) -> int:
@@ -129,14 +140,13 @@ def _json_row(path: Path, line: int, raw: str) -> dict:
 
 
 def _columns(path: Path, where: str, row: dict, columns: Columns) -> tuple[object, object]:
-    for name in (columns.text, columns.label):
+    for name, flag in ((columns.text, "--text-column"), (columns.label, "--label-column")):
         if name not in row:
-            raise DataError(f"{path}, {where}: " + _missing_column(path, name, list(row), prefix=False))
+            raise DataError(f"{path}, {where}: " + _missing_column(path, name, flag, list(row), prefix=False))
     return row[columns.text], row[columns.label]
 
 
-def _missing_column(path: Path, name: str, have: Sequence[str], prefix: bool = True) -> str:
-    flag = "--text-column" if name == "text" else "--label-column"
+def _missing_column(path: Path, name: str, flag: str, have: Sequence[str], prefix: bool = True) -> str:
     what = f"no column {name!r} (columns: {', '.join(map(str, have)) or 'none'}); name yours with {flag}"
     return f"{path}: {what}" if prefix else what
 
@@ -146,11 +156,14 @@ def _parquet_rows(path: Path, columns: Columns) -> Iterator[tuple[str, object, o
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(f"{path}: reading Parquet needs pyarrow: pip install 'online[parquet]'") from None
-    pf = pq.ParquetFile(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises its own ArrowInvalid/OSError family for a damaged file
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
     have = pf.schema_arrow.names
-    for name in (columns.text, columns.label):
+    for name, flag in ((columns.text, "--text-column"), (columns.label, "--label-column")):
         if name not in have:
-            raise DataError(_missing_column(path, name, have))
+            raise DataError(_missing_column(path, name, flag, have))
     row = 0
     for batch in pf.iter_batches(columns=[columns.text, columns.label], batch_size=8192):
         texts, labels = batch.column(0).to_pylist(), batch.column(1).to_pylist()

@@ -89,7 +89,19 @@ def up(
         Settings(), seed_data=data, seed_test=test, text_column=text_column, label_column=label_column,
         base_model=str(Path(base_model).resolve()) if base_model else None, seed_model=model,
     )  # fmt: skip
-    if settings.seed_data and not settings.seed_model:
+    if settings.seed_model:  # a classifier that cannot be served as it is fails here, before anything starts
+        from online.lifecycle.importer import ImportRefused, convert
+
+        if not (settings.seed_test or settings.seed_data or settings.golden_path):
+            raise typer.BadParameter("--model needs labelled test texts of its labels: --test FILE (or --data)")
+        try:
+            console.print(
+                f"imported classifier: {len(convert(settings.seed_model, settings.models_dir).labels)} labels"
+            )
+        except ImportRefused as exc:
+            console.print(f"[red]refused:[/] {exc}")
+            raise typer.Exit(2) from None
+    if settings.seed_data:
         train, held = seed_data(settings)  # a bad file fails here, before anything starts
         console.print(
             f"seed data: {len(train)} examples, {len({lab for _, lab in train})} labels, {len(held)} test examples"

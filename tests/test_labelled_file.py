@@ -75,6 +75,17 @@ def test_a_bad_file_gets_one_error_naming_row_and_column(tmp_path, name, write, 
     assert str(path) in message and all(e in message for e in expected), message
 
 
+def test_a_missing_custom_column_names_its_own_flag_and_labels_match_the_event_contract(tmp_path):
+    path = _csv(tmp_path / "t.csv", ROWS, header=("text", "label"))
+    with pytest.raises(DataError, match="no column 'utterance'.*--text-column"):
+        read_labelled(path, Columns(text="utterance", label="label"))
+    from online.feedback.events import EVENT_ADAPTER
+
+    for label in ("हिन्दी", "退款", "café-2"):  # what the API accepts, a file accepts (and back)
+        EVENT_ADAPTER.validate_python({"kind": "label", "text": "t", "label": label, "source": "s"})
+        assert read_labelled(_csv(tmp_path / "l.csv", [("a", label), ("b", label)]))[0][1] == label
+
+
 def test_online_up_refuses_a_bad_file_before_starting_anything(tmp_path):
     bad = _csv(tmp_path / "tickets.csv", ROWS)  # 'billing' has one example
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONLINE_")}

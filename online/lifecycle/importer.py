@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from online.data import Example
+from online.labelled_file import label_ok
 from online.lifecycle import promotion
-from online.lifecycle.gate import Gate, GateReport, GoldenSet
+from online.lifecycle.gate import GOLDEN_FILE, Gate, GateReport, GoldenSet
 from online.lifecycle.registry import Manifest, ModelRegistry
 from online.model import TextClassifier
 from online.monitoring.drift import REFERENCE_FILE
@@ -54,12 +56,17 @@ def convert(path: Path, store: Path) -> TextClassifier:
         raise ImportRefused(f"{path}: id2label names a label twice: {labels}")
     if all(lab == f"LABEL_{i}" for i, lab in enumerate(labels)):
         raise ImportRefused(f"{path}: config.json has no label names (id2label is LABEL_0, LABEL_1, ...): set them")
-    base = _copy_base(path, store)
+    bad = [lab for lab in labels if not label_ok(lab)]
+    if bad:
+        raise ImportRefused(
+            f"{path}: labels feedback events cannot carry: {bad[:5]} (letters, digits, _ . : / - space)"
+        )
     encoder, head = _encoder_and_head(original, config)
-    model = TextClassifier(encoder, labels, str(base), "pooler")
+    model = TextClassifier(encoder, labels, str(path), "pooler")
     model.head = head
     model.eval()
     _check_same_logits(original, model, tokenizer, path)
+    model.base_model = str(_copy_base(path, store))  # only once it is known to be served as it was
     return model
 
 
@@ -109,12 +116,15 @@ def _copy_base(path: Path, store: Path) -> Path:
         digest.update(p.name.encode() + b"\0" + p.read_bytes())
     target = Path(store) / BASES_DIR / f"{path.resolve().name}-{digest.hexdigest()[:12]}"
     if not target.is_dir():
-        tmp = target.with_name(target.name + ".tmp")
+        tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for p in files:
             shutil.copy2(p, tmp / p.name)
-        tmp.rename(target)
+        try:
+            tmp.rename(target)
+        except OSError:  # another import of the same directory got there first
+            shutil.rmtree(tmp, ignore_errors=True)
     return target.resolve()
 
 
@@ -133,13 +143,13 @@ def import_classifier(
     candidate against live, judged on the frozen golden set like any round's."""
     model = convert(path, settings.models_dir)
     live = registry.live()
-    has_golden = settings.golden_path is not None or (settings.models_dir / "golden.jsonl").is_file()
+    has_golden = settings.golden_path is not None or (settings.models_dir / GOLDEN_FILE).is_file()
     if live is None and not has_golden and not test:
         raise ImportRefused("no golden set yet: give labelled test texts of the model's labels (--test FILE)")
-    golden = GoldenSet.for_settings(settings, list(test) if live is None else None)
     unknown = sorted({lab for _, lab in test} - set(model.labels))
-    if unknown:
+    if unknown:  # checked before a golden set is frozen from these texts
         raise ImportRefused(f"the test texts use labels the model does not have: {', '.join(unknown[:10])}")
+    golden = GoldenSet.for_settings(settings, list(test) if live is None else None)
     gate = Gate(settings, golden)
     if live is None:
         report = gate.baseline(model)

@@ -102,3 +102,19 @@ def test_retries_honour_retry_after_and_resend_the_same_event_ids():
     with pytest.raises(ApiError) as err:
         asyncio.run(gives_up())
     assert err.value.status == 503
+
+
+def test_an_admin_call_that_may_have_reached_the_server_is_not_sent_twice():
+    calls = []
+
+    def times_out(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    with Client("http://api", admin_token="t", transport=httpx.MockTransport(times_out)) as api:
+        with pytest.raises(httpx.ReadTimeout):
+            api.rollback()  # a resent rollback could go back two versions
+        assert len(calls) == 1
+        with pytest.raises(httpx.ReadTimeout):
+            api.predict("x")  # safe to resend
+        assert len(calls) == 1 + 1 + api.retries
