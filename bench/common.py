@@ -73,7 +73,9 @@ def latest_local_version(settings: Settings) -> tuple[TextClassifier, Manifest] 
     for path in sorted(versions, key=lambda p: int(p.parent.name[1:]), reverse=True):
         manifest = Manifest.model_validate_json(path.read_text())
         if manifest.status == "published":
-            model = TextClassifier.load(path.parent / WEIGHTS_FILE, manifest.labels, manifest.base_model, manifest.pooling)
+            model = TextClassifier.load(
+                path.parent / WEIGHTS_FILE, manifest.labels, manifest.base_model, manifest.pooling
+            )
             return model, manifest
     return None
 

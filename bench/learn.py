@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from online.data import Clinc150, Example
-from online.labelled_file import Columns, check_known_labels, read_labelled, stratified_split
+from online.labelled_file import Columns, train_and_test
 from online.learning.fit import configure_threads, fit
 from online.learning.step import LearnConfig, learn, select_rehearsal
 from online.learning.version_one import seed_epochs
@@ -273,13 +273,7 @@ def _file_stream(
 ) -> Stream:
     """A user's labels, shuffled (by the seed) into ``groups`` groups: the first is what version 1 knows,
     each later group arrives as one round (class-incremental). Test: ``test`` or a stratified split."""
-    columns = Columns(settings.text_column, settings.label_column)
-    examples = read_labelled(data, columns, min_per_label=2)
-    if test is not None:
-        held = read_labelled(test, columns)
-        check_known_labels(test, held, {lab for _, lab in examples}, columns)
-    else:
-        examples, held = stratified_split(examples, settings.seed_test_share, settings.seed)
+    examples, held = train_and_test(data, test, Columns.of(settings), settings.seed_test_share, settings.seed)
     labels = sorted({lab for _, lab in examples})
     if not 2 <= groups <= len(labels):
         raise ValueError(f"--groups must be between 2 and the number of labels ({len(labels)})")
@@ -290,7 +284,7 @@ def _file_stream(
     tests = {g: [ex for ex in held if group_of[ex[1]] == g] for g in names}
     empty = [g for g in names if not tests[g]]
     if empty:
-        raise ValueError(f"no test examples in {', '.join(empty)}: give a --test file with every label")
+        raise ValueError(f"no test examples in {', '.join(empty)}: the test file needs texts of every label")
     return names, train, tests, 1, "first group", f"{data.name}, {len(labels)} labels in {groups} groups"
 
 

@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from online.data import Example
 from online.feedback.events import Label
+from online.settings import Settings
 
 _LABEL: TypeAdapter[str] = TypeAdapter(Label)  # the event contract's own check: a file label can be sent back
 
@@ -34,6 +35,10 @@ class DataError(ValueError):
 class Columns:
     text: str = "text"
     label: str = "label"
+
+    @classmethod
+    def of(cls, settings: Settings) -> "Columns":
+        return cls(settings.text_column, settings.label_column)
 
 
 def read_labelled(path: Path, columns: Columns = Columns(), min_per_label: int = 1) -> list[Example]:
@@ -196,4 +201,17 @@ def stratified_split(examples: Sequence[Example], share: float, seed: int) -> tu
         k = min(max(1, round(len(items) * share)), len(items) - 1)
         test.extend(items[:k])
         train.extend(items[k:])
+    return train, test
+
+
+def train_and_test(
+    train_path: Path, test_path: Path | None, columns: Columns, test_share: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """(train, test) of a user's task: the test file (its labels all in the training file), else a
+    stratified ``test_share`` of the training file (then every label needs 2 examples)."""
+    train = read_labelled(train_path, columns, min_per_label=1 if test_path else 2)
+    if test_path is None:
+        return stratified_split(train, test_share, seed)
+    test = read_labelled(test_path, columns)
+    check_known_labels(test_path, test, {lab for _, lab in train}, columns)
     return train, test

@@ -261,7 +261,7 @@ def models_import(
 
     stores = _stores()
     settings = _data_options(stores.settings, text_column=text_column, label_column=label_column)
-    examples = read_labelled(test, Columns(settings.text_column, settings.label_column)) if test else []
+    examples = read_labelled(test, Columns.of(settings)) if test else []
     try:
         manifest, report = import_classifier(settings, stores.registry, path, examples, reason)
     except ImportRefused as exc:
@@ -291,7 +291,7 @@ def eval_(
 
     stores = _stores()
     settings = _data_options(stores.settings, text_column=text_column, label_column=label_column)
-    examples = read_labelled(data, Columns(settings.text_column, settings.label_column))
+    examples = read_labelled(data, Columns.of(settings))
     version = version if version is not None else stores.registry.live()
     if version is None:
         console.print("[red]nothing is live yet[/]: name a version with --version")

@@ -53,9 +53,12 @@ def read_jsonl(path: Path, default_source: str) -> tuple[list[Event], list[str]]
 
 
 def send(api: str, events: list[Event], batch: int, console: Console) -> None:
-    with httpx.Client(base_url=api, timeout=30) as client, Progress(
-        TextColumn("[bold]feedback"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as bar:
+    with (
+        httpx.Client(base_url=api, timeout=30) as client,
+        Progress(
+            TextColumn("[bold]feedback"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as bar,
+    ):
         task = bar.add_task("send", total=len(events))
         for start in range(0, len(events), batch):
             chunk = events[start : start + batch]
@@ -69,8 +72,12 @@ def buffer_table(buffer: ReplayBuffer) -> Table:
     for col in ("stored", "total", "new", "duplicates", "dead-lettered", "evicted"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r.label, *(f"{v:,}" for v in (r.stored, r.total, r.new, r.duplicates, r.dead_lettered, r.evicted)))
-    sums = [sum(getattr(r, f) for r in rows) for f in ("stored", "total", "new", "duplicates", "dead_lettered", "evicted")]
+        table.add_row(
+            r.label, *(f"{v:,}" for v in (r.stored, r.total, r.new, r.duplicates, r.dead_lettered, r.evicted))
+        )
+    sums = [
+        sum(getattr(r, f) for r in rows) for f in ("stored", "total", "new", "duplicates", "dead_lettered", "evicted")
+    ]
     table.add_section()
     table.add_row("[bold]all", *(f"[bold]{v:,}" for v in sums))
     table.caption = f"cursor at sequence {buffer.cursor()}; capacity {buffer.capacity:,}"

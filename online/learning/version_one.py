@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from online.data import Clinc150, Example
-from online.labelled_file import Columns, check_known_labels, read_labelled, stratified_split
+from online.labelled_file import Columns, read_labelled, train_and_test
 from online.learning.fit import Progress, accuracy, fit
 from online.lifecycle import promotion
 from online.lifecycle.gate import Gate, GoldenSet
@@ -31,13 +31,9 @@ def seed_data(settings: Settings) -> tuple[list[Example], list[Example]]:
     ``seed_test`` or a stratified split of it), else CLINC150's first ``seed_domains`` domains. At most
     ``seed_per_label`` train examples per label. Raises :class:`DataError` naming a bad row."""
     if settings.seed_data:
-        columns = Columns(settings.text_column, settings.label_column)
-        train = read_labelled(settings.seed_data, columns, min_per_label=1 if settings.seed_test else 2)
-        if settings.seed_test:
-            test = read_labelled(settings.seed_test, columns)
-            check_known_labels(settings.seed_test, test, {lab for _, lab in train}, columns)
-        else:
-            train, test = stratified_split(train, settings.seed_test_share, settings.seed)
+        train, test = train_and_test(
+            settings.seed_data, settings.seed_test, Columns.of(settings), settings.seed_test_share, settings.seed
+        )
     else:
         clinc = Clinc150.open(settings.data_dir)
         train, test = clinc.seed(settings.seed_domains, "train"), clinc.seed(settings.seed_domains, "test")
@@ -66,8 +62,7 @@ def seed_epochs(settings: Settings, n_train: int) -> int:
 def seed_test_examples(settings: Settings) -> list[Example]:
     """Labelled test texts the user configured (``seed_test``, else the held-out part of ``seed_data``)."""
     if settings.seed_test:
-        columns = Columns(settings.text_column, settings.label_column)
-        return read_labelled(settings.seed_test, columns)
+        return read_labelled(settings.seed_test, Columns.of(settings))
     return seed_data(settings)[1] if settings.seed_data else []
 
 
