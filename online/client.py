@@ -156,9 +156,15 @@ class _Base(_Calls):
             headers["Authorization"] = f"Bearer {self.admin_token}"
         return {"method": call.method, "url": call.path, "json": call.json, "params": call.params, "headers": headers}
 
-    def _wait(self, attempt: int, response: httpx.Response | None) -> float | None:
-        """Seconds before the next attempt, or None when this outcome is final."""
+    def _retry_in(
+        self, call: _Call, attempt: int, response: httpx.Response | None, error: httpx.TransportError | None
+    ) -> float | None:
+        """Seconds before the next attempt, or None when this outcome is final. Predict and feedback are
+        safe to resend (feedback keeps its event ids); an admin call whose request may have reached the
+        server is not (a second rollback would go back two versions)."""
         if attempt >= self.retries:
+            return None
+        if error is not None and call.admin and not isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)):
             return None
         if response is not None:
             if response.status_code not in RETRY_STATUS:
@@ -172,13 +178,9 @@ class _Base(_Calls):
         return min(0.2 * 2**attempt, self.max_wait_s) * random.uniform(0.5, 1.0)
 
     @staticmethod
-    def _may_resend(call: _Call, exc: httpx.TransportError) -> bool:
-        """Predict and feedback are safe to resend (feedback keeps its event ids); an admin call whose
-        request may have reached the server is not (a second rollback would go back two versions)."""
-        return not call.admin or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
-
-    @staticmethod
-    def _result(call: _Call[T], response: httpx.Response) -> T:
+    def _result(call: _Call[T], response: httpx.Response | None, error: httpx.TransportError | None) -> T:
+        if error is not None or response is None:
+            raise error or AssertionError("no response and no error")
         if response.is_success:
             return call.parse.validate_python(response.json())
         try:
@@ -199,16 +201,14 @@ class Client(_Base):
     def _run(self, call: _Call[T]) -> T:
         attempt = 0
         while True:
+            response, error = None, None
             try:
                 response = self._http.request(**self._request_kwargs(call))
             except httpx.TransportError as exc:
-                wait = self._wait(attempt, None) if self._may_resend(call, exc) else None
-                if wait is None:
-                    raise
-            else:
-                wait = self._wait(attempt, response)
-                if wait is None:
-                    return self._result(call, response)
+                error = exc
+            wait = self._retry_in(call, attempt, response, error)
+            if wait is None:
+                return self._result(call, response, error)
             time.sleep(wait)
             attempt += 1
 
@@ -235,16 +235,14 @@ class AsyncClient(_Base):
     async def _run(self, call: _Call[T]) -> T:
         attempt = 0
         while True:
+            response, error = None, None
             try:
                 response = await self._http.request(**self._request_kwargs(call))
             except httpx.TransportError as exc:
-                wait = self._wait(attempt, None) if self._may_resend(call, exc) else None
-                if wait is None:
-                    raise
-            else:
-                wait = self._wait(attempt, response)
-                if wait is None:
-                    return self._result(call, response)
+                error = exc
+            wait = self._retry_in(call, attempt, response, error)
+            if wait is None:
+                return self._result(call, response, error)
             await asyncio.sleep(wait)
             attempt += 1
 

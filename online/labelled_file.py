@@ -16,13 +16,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import TypeAdapter, ValidationError
-
 from online.data import Example
-from online.feedback.events import Label
+from online.feedback.events import label_ok
 from online.settings import Settings
-
-_LABEL: TypeAdapter[str] = TypeAdapter(Label)  # the event contract's own check: a file label can be sent back
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
@@ -76,15 +72,6 @@ def read_labelled(path: Path, columns: Columns = Columns(), min_per_label: int =
                     "test on): add examples or remove the label"
                 )
     return examples
-
-
-def label_ok(label: str) -> bool:
-    """Whether a feedback event can carry this label (the event contract's own validation)."""
-    try:
-        _LABEL.validate_python(label)
-    except ValidationError:
-        return False
-    return True
 
 
 def _cell(path: Path, where: str, column: str, value: object) -> str:

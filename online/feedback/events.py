@@ -15,13 +15,14 @@ import time
 import uuid
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 SCHEMA_VERSION = 1
 # A letter or digit of any script first (labels may be Chinese: 退款), then letters, digits, _ . : / - space.
 LABEL_PATTERN = r"^[^\W_][\w.:/ -]{0,99}$"
 
 Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
+_LABEL: TypeAdapter[str] = TypeAdapter(Label)
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=10_000, pattern=r"\S")]
 
@@ -64,3 +65,13 @@ def encode_event(event: LabelEvent | ThumbsEvent) -> bytes:
 
 def event_json_schema() -> dict:
     return EVENT_ADAPTER.json_schema()
+
+
+def label_ok(label: str) -> bool:
+    """Whether an event can carry ``label`` (pydantic's check, not Python ``re``: the two disagree on
+    combining marks, so a label from a user's file or model is judged exactly as the API judges it)."""
+    try:
+        _LABEL.validate_python(label)
+    except ValidationError:
+        return False
+    return True

@@ -95,13 +95,22 @@ class GoldenSet:
         tmp.rename(path)
         return cls.load(path)
 
+    @staticmethod
+    def path(settings: Settings) -> Path:
+        """The operator's file if named, else the set frozen in the model store."""
+        return settings.golden_path or settings.models_dir / GOLDEN_FILE
+
+    @classmethod
+    def exists(cls, settings: Settings) -> bool:
+        return cls.path(settings).is_file()
+
     @classmethod
     def for_settings(cls, settings: Settings, seed_test: Sequence[Example] | None = None) -> "GoldenSet":
         """The operator's file if named, else the set frozen in the model store (freezing it from
         ``seed_test`` the first time)."""
         if settings.golden_path:
             return cls.load(settings.golden_path)
-        path = settings.models_dir / GOLDEN_FILE
+        path = cls.path(settings)
         if path.is_file() or seed_test is None:
             return cls.load(path)
         return cls.freeze(path, seed_test, settings.golden_per_label)

@@ -22,9 +22,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from online.data import Example
-from online.labelled_file import label_ok
+from online.feedback.events import label_ok
 from online.lifecycle import promotion
-from online.lifecycle.gate import GOLDEN_FILE, Gate, GateReport, GoldenSet
+from online.lifecycle.gate import Gate, GateReport, GoldenSet
 from online.lifecycle.registry import Manifest, ModelRegistry
 from online.model import TextClassifier
 from online.monitoring.drift import REFERENCE_FILE
@@ -143,8 +143,7 @@ def import_classifier(
     candidate against live, judged on the frozen golden set like any round's."""
     model = convert(path, settings.models_dir)
     live = registry.live()
-    has_golden = settings.golden_path is not None or (settings.models_dir / GOLDEN_FILE).is_file()
-    if live is None and not has_golden and not test:
+    if live is None and not GoldenSet.exists(settings) and not test:
         raise ImportRefused("no golden set yet: give labelled test texts of the model's labels (--test FILE)")
     unknown = sorted({lab for _, lab in test} - set(model.labels))
     if unknown:  # checked before a golden set is frozen from these texts
