@@ -35,6 +35,9 @@ class ConsumerMetrics:
         self.dead = Counter("online_consumer_dead_letters", "Records sent to the dead-letter topic", registry=r)
         self.retries = Counter("online_consumer_batch_retries", "Batches retried (Redis or Kafka errors)", registry=r)
         self.judgements = Counter("online_consumer_judgements", "Live-accuracy judgements recorded", registry=r)
+        self.corrections = Counter(
+            "online_consumer_corrections", "Label corrections sent to the correction memory", registry=r
+        )
 
 
 class FeedbackConsumer:
@@ -48,6 +51,7 @@ class FeedbackConsumer:
         self.keys = stores.keys
         self.fsync: FsyncMode | None = None  # learned from the server at the first batch
         self.buffer = stores.buffer
+        self.corrections = stores.corrections
         self.accuracy = stores.live_accuracy
         self.shadow = stores.shadow
         self.review = stores.review
@@ -78,6 +82,9 @@ class FeedbackConsumer:
                     "dead-lettered %s[%d]@%d: %s", d.record.topic, d.record.partition, d.record.offset, d.reason
                 )
         added = self.buffer.add(out.samples)
+        if self.settings.memory:
+            self.corrections.add(out.corrections)
+        self.corrections.forget(out.forget, "thumbs down")
         self.buffer.mark_seen(out.seen_only)
         judged = self.accuracy.record(out.judgements)
         self.review.answered(out.answered)
@@ -89,6 +96,7 @@ class FeedbackConsumer:
         m.stored.labels("duplicate").inc(added.duplicates)
         m.stored.labels("redelivered").inc(added.replayed)
         m.judgements.inc(judged)
+        m.corrections.inc(len(out.corrections) if self.settings.memory else 0)
         if self.fsync == "waitaof":  # the offsets are committed next: first the AOF must be on disk
             fsync_barrier(self.redis, self.keys.fsync_probe)
         return out

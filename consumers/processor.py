@@ -58,6 +58,8 @@ class Outcome:
     answered: list[str] = field(default_factory=list)  # prediction ids labelled: off the review queue
     shadow: list[Judgement] = field(default_factory=list)  # a shadow candidate judged on a shadowed request
     shadow_live: list[Judgement] = field(default_factory=list)  # live judged on the same request
+    corrections: list[Incoming] = field(default_factory=list)  # taught labels: to the correction memory
+    forget: list[str] = field(default_factory=list)  # memory entries whose answer got a thumbs-down
 
 
 class FeedbackProcessor:
@@ -90,7 +92,10 @@ class FeedbackProcessor:
                 )
                 continue
             if isinstance(ev, LabelEvent):
-                out.samples.append(Incoming(ev.event_id, ev.text, ev.label, ev.source, ev.timestamp))
+                sample = Incoming(ev.event_id, ev.text, ev.label, ev.source, ev.timestamp)
+                out.samples.append(sample)
+                if pred is None or pred.label != ev.label:
+                    out.corrections.append(sample)
                 if ev.prediction_id:
                     out.answered.append(ev.prediction_id)
                 if pred:
@@ -102,10 +107,15 @@ class FeedbackProcessor:
             out.judgements.append(Judgement(ev.event_id, pred.version, correct, ev.timestamp))
             label = pred.label if correct else ev.label
             _judge_shadow(out, ev, pred, label)
+            if not correct and pred.memory_sid:
+                out.forget.append(pred.memory_sid)  # the memory's answer was wrong: it leaves the memory
             if label is None:
                 out.seen_only.append(ev.event_id)  # thumbs down without the right label: a judgement only
             else:
-                out.samples.append(Incoming(ev.event_id, pred.text, label, ev.source, ev.timestamp))
+                sample = Incoming(ev.event_id, pred.text, label, ev.source, ev.timestamp)
+                out.samples.append(sample)
+                if not correct:
+                    out.corrections.append(sample)
         return out
 
 

@@ -4,7 +4,7 @@ Limits come from Settings, so the OpenAPI schema states them."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 
@@ -51,6 +51,10 @@ class PredictionOut(BaseModel):
     score: float
     top_k: list[LabelScore]
     model_version: int
+    source: Literal["model", "memory"] = Field(
+        "model", description="memory: a correction taught through feedback answered it, before any round trained on it."
+    )
+    memory_event_id: str | None = Field(None, description="With source memory: the feedback event that taught it.")
 
 
 class PredictResponse(BaseModel):

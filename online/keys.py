@@ -43,6 +43,11 @@ class Keys:
         return self._k("consumer", "fsync")
 
     @property
+    def memory(self) -> str:
+        """Namespace of the correction log (``online.memory.log``): entries, their ages, the change stream."""
+        return self._k("mem")
+
+    @property
     def labels_approved(self) -> str:
         """Set of new labels an operator approved (``online.feedback.labels``)."""
         return self._k("labels", "approved")

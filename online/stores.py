@@ -22,6 +22,7 @@ from online.keys import Keys
 from online.lifecycle.control import TrainingControl
 from online.lifecycle.registry import ModelRegistry
 from online.lifecycle.shadow import ShadowLedger
+from online.memory.log import CorrectionLog
 from online.monitoring.drift_log import DriftLog
 from online.monitoring.feedback_volume import FeedbackVolume
 from online.monitoring.live_accuracy import LiveAccuracy
@@ -38,6 +39,7 @@ class Stores:
     keys: Keys
     registry: ModelRegistry
     buffer: ReplayBuffer
+    corrections: CorrectionLog
     sources: SourceLedger
     labels: LabelBook
     predictions: PredictionLog
@@ -62,6 +64,7 @@ class Stores:
             keys=keys,
             registry=ModelRegistry(r, s.models_dir, keys),
             buffer=ReplayBuffer(r, keys, s.buffer_capacity, s.dedup_ttl_s),
+            corrections=CorrectionLog(r, keys, s.memory_capacity, s.memory_max_age_s, s.dedup_ttl_s),
             sources=SourceLedger(r, keys),
             labels=LabelBook(r, keys),
             predictions=PredictionLog(r, keys, s.prediction_ttl_s),

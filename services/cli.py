@@ -367,6 +367,18 @@ def models_show(version: int = typer.Argument(..., help="Version to show.")) -> 
         console.print(gate_table(m.gate))
 
 
+def _memory_cells(memory: dict[str, int] | None) -> tuple[str, str]:
+    """A replica's correction memory: entries by state, and its hit rate (answers from memory)."""
+    if memory is None:
+        return "off", "-"
+    states = f"{memory.get('active', 0)} active, {memory.get('absorbed', 0)} absorbed, " + (
+        f"{memory.get('held', 0)} held, {memory.get('pending', 0)} pending"
+    )
+    answered = memory.get("answers_model", 0) + memory.get("answers_memory", 0)
+    hits = memory.get("answers_memory", 0)
+    return states, f"{hits} of {answered}" + (f" ({100 * hits / answered:.1f}%)" if answered else "")
+
+
 @app.command()
 def status() -> None:
     """Everything at a glance: live version, replicas, buffer, last rounds, drift signals and alerts."""
@@ -381,7 +393,7 @@ def status() -> None:
         + ("running" if paused is None else f"[yellow]paused[/] ({paused.get('reason', '')})")
     )
 
-    replicas = Table("replica", "serves", "last seen", "load error", title="API replicas")
+    replicas = Table("replica", "serves", "last seen", "memory", "from memory", "load error", title="API replicas")
     for beat in stores.replicas.all():
         age = beat.age_s()
         stale = age > 3 * settings.model_poll_s + 5
@@ -389,9 +401,11 @@ def status() -> None:
             beat.replica,
             str(beat.version),
             f"{age:.0f} s ago" + (" [red](stale)[/]" if stale else ""),
+            *_memory_cells(beat.memory),
             beat.last_load_error or "",
         )
     console.print(replicas)
+    console.print(f"[bold]correction log:[/] {stores.corrections.size()} taught corrections (memory states above)")
     _print_supervised(settings)
 
     buffer = stores.buffer

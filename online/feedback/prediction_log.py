@@ -24,6 +24,7 @@ class PredictionRecord(BaseModel):
     at: float = Field(default_factory=time.time)
     shadow_version: int | None = None  # a shadow candidate's answer to the same text (never returned)
     shadow_label: str | None = None
+    memory_sid: str | None = None  # answered from this correction-memory entry (online.memory)
 
 
 class PredictionLog:

@@ -210,6 +210,8 @@ class RoundRunner:
         hold = [(s.sid, verdict[s.sid]) for s in governed if verdict[s.sid]]
         if hold:
             self.buffer.quarantine(hold)
+            # what the quarantine holds is never answered from memory (pending labels come back when allowed)
+            self.stores.corrections.forget([sid for sid, r in hold if not is_pending(r)], "quarantined")
             log.info("held %d of %d new samples (e.g. %s)", len(hold), len(samples), hold[0][1])
         self.stores.labels.record_created(created)
         held_ids = {sid for sid, _ in hold}

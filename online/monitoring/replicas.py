@@ -17,6 +17,7 @@ class Heartbeat:
     version: int | None
     at: float
     last_load_error: str | None = None
+    memory: dict[str, int] | None = None  # correction memory by state, answers by source (None: off)
 
     def age_s(self, now: float | None = None) -> float:
         return (now or time.time()) - self.at
@@ -28,7 +29,7 @@ class Replicas:
         self._key = keys.replicas
 
     def beat(self, beat: Heartbeat) -> None:
-        entry = {"version": beat.version, "at": beat.at, "last_load_error": beat.last_load_error}
+        entry = {"version": beat.version, "at": beat.at, "last_load_error": beat.last_load_error, "memory": beat.memory}
         self.r.hset(self._key, beat.replica, json.dumps(entry))
 
     def all(self) -> list[Heartbeat]:

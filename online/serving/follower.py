@@ -60,6 +60,7 @@ class VersionFollower:
         redis_health: Breaker,
         on_swap: Callable[[Predictor], Awaitable[None]] | None = None,
         on_tick: Callable[[], Awaitable[None]] | None = None,
+        prepare: Callable[[Predictor], Awaitable[None]] | None = None,
     ) -> None:
         self.s = settings
         self.registry = registry
@@ -68,6 +69,7 @@ class VersionFollower:
         self._aredis = async_redis
         self._on_swap = on_swap
         self._on_tick = on_tick
+        self._prepare = prepare  # a built predictor's companions (its correction memory), before it goes live
         self.redis_health = redis_health  # alias reads feed the replica's Redis breaker (its health)
         self.current: Predictor | None = None
         self.shadow: Predictor | None = None  # a candidate answering a share of traffic, never returned
@@ -161,6 +163,8 @@ class VersionFollower:
             except Exception as exc:  # keep serving the old version; retried with backoff
                 self._failed("live", version, exc)
                 return False
+            if self._prepare:
+                await self._prepare(predictor)  # never raises: a version serves without its extras
             old = self.version
             self.current = predictor  # the atomic swap: one reference
             if self._on_swap:

@@ -24,6 +24,7 @@ from online.feedback.prediction_log import PredictionLog, PredictionRecord
 from online.feedback.review_queue import ReviewQueue
 from online.feedback.review_queue import candidates as review_candidates
 from online.lifecycle.shadow import ShadowLedger
+from online.memory.index import CorrectionMemory, blend
 from online.monitoring.drift_window import DriftWindow
 from online.serving.breaker import Breaker
 from online.serving.metrics import ApiMetrics
@@ -39,6 +40,8 @@ class ServedPrediction:
     score: float
     top_k: list[tuple[str, float]]
     model_version: int
+    source: str = "model"  # or "memory": a taught correction answered it (online.memory)
+    memory_event_id: str | None = None  # the feedback event that taught it
 
 
 @dataclass
@@ -69,6 +72,7 @@ class ForwardPass:
         self.metrics = metrics
         self.max_top_k = max_top_k
         self.breaker = breaker
+        self.answered = {"model": 0, "memory": 0}  # texts by answer source since start (`online status`)
 
     def __call__(self, predictor: Predictor, texts: list[str]) -> list[ServedPrediction]:
         predictions, probs, emb = predictor.predict_with_probabilities(texts, self.max_top_k)
@@ -94,7 +98,11 @@ class ForwardPass:
                 self.metrics.hook_failures.labels(hook.name).inc()
                 log.warning("forward hook %s failed on a batch of %d: %r", hook.name, len(texts), exc)
         self.metrics.predictions.labels(str(predictor.version)).inc(len(texts))
-        return served
+        from_memory = sum(p.source == "memory" for p in batch.served)
+        for source, n in (("memory", from_memory), ("model", len(texts) - from_memory)):
+            self.answered[source] += n
+            self.metrics.answers.labels(source).inc(n)
+        return batch.served
 
 
 class ShadowHook:
@@ -125,6 +133,44 @@ class ShadowHook:
             agreed += answer.label == rec.label
         self.ledger.count(predictor.version, len(picked), agreed)
         return True
+
+
+class MemoryHook:
+    """Texts the correction memory knows are answered from it (``online.memory.index``): the served
+    answer, its log record and the probabilities drift and review see all change together."""
+
+    name = "memory"
+    uses_redis = False  # the memory is in-process; it follows Redis on its own task
+
+    def __init__(
+        self, memory_for: Callable[[int], CorrectionMemory | None], max_top_k: int, metrics: ApiMetrics
+    ) -> None:
+        self.memory_for = memory_for
+        self.max_top_k = max_top_k
+        self.metrics = metrics
+
+    def __call__(self, batch: Batch) -> bool:
+        memory = self.memory_for(batch.predictor.version)
+        if memory is None:
+            return False
+        hits = memory.lookup(batch.texts, batch.embeddings.numpy())
+        labels = batch.predictor.labels
+        if any(hits):
+            batch.probs = batch.probs.clone()  # out of inference mode: the blended rows are written into it
+        for i, hit in enumerate(hits):
+            if hit is None:
+                continue
+            top, mixed = blend(hit, batch.probs[i].numpy(), labels, self.max_top_k)
+            batch.probs[i] = torch.from_numpy(mixed)
+            s = batch.served[i]
+            batch.served[i] = replace(
+                s, label=top[0][0], score=top[0][1], top_k=top, source="memory", memory_event_id=hit.event_id
+            )
+            batch.records[i] = batch.records[i].model_copy(
+                update={"label": top[0][0], "score": top[0][1], "memory_sid": hit.sid}
+            )
+            self.metrics.memory_hits.labels("exact" if hit.exact else "near").inc()
+        return False
 
 
 class PredictionLogHook:

@@ -57,3 +57,15 @@ class ApiMetrics:
         self.live_accuracy = Gauge(
             "online_live_accuracy", "Accuracy from feedback on each version's own predictions", ["version"], registry=r
         )
+        self.answers = Counter(
+            "online_answers", "Texts answered, by where the answer came from (model, memory)", ["source"], registry=r
+        )
+        self.memory_hits = Counter(
+            "online_memory_hits", "Answers from the correction memory, by match (exact, near)", ["match"], registry=r
+        )
+        self.memory_entries = Gauge(
+            "online_memory_entries",
+            "Correction-memory entries of the served version, by state (active, absorbed, held, pending)",
+            ["state"],
+            registry=r,
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 
 import redis
 import redis.asyncio as aredis
@@ -17,7 +18,16 @@ from online.monitoring.replicas import Heartbeat
 from online.serving.batcher import MicroBatcher
 from online.serving.breaker import Breaker
 from online.serving.follower import VersionFollower
-from online.serving.forward import DriftHook, ForwardPass, PredictionLogHook, ReviewHook, ServedPrediction, ShadowHook
+from online.serving.forward import (
+    DriftHook,
+    ForwardPass,
+    MemoryHook,
+    PredictionLogHook,
+    ReviewHook,
+    ServedPrediction,
+    ShadowHook,
+)
+from online.serving.memory_follower import MemoryFollower
 from online.serving.metrics import ApiMetrics
 from online.serving.predictor import Predictor
 from online.stores import Stores
@@ -51,9 +61,11 @@ class ModelService:
         )
         self.window = DriftWindow(s, stores.drift, metrics, self.redis_health)
         self.follower: VersionFollower
-        forward = ForwardPass(
+        self.memory: MemoryFollower | None = None
+        self.forward = forward = ForwardPass(
             [
-                ShadowHook(lambda: self.follower.shadow_state(), stores.shadow),  # first: it annotates the log
+                ShadowHook(lambda: self.follower.shadow_state(), stores.shadow),  # first: compares weights
+                MemoryHook(self._memory_for, s.max_top_k, metrics),  # before the log: it may change the answer
                 PredictionLogHook(stores.predictions, metrics),
                 DriftHook(self.window),
                 ReviewHook(stores.review, self.window, s.review_max_margin),  # after drift: uses its distances
@@ -65,18 +77,29 @@ class ModelService:
         self.batcher: MicroBatcher[Predictor, ServedPrediction] = MicroBatcher(
             forward, max_batch=s.max_batch_size, max_wait_ms=s.max_wait_ms, on_batch=self._observe_batch
         )
+        if s.memory:
+            self.memory = MemoryFollower(
+                stores, self.batcher, async_redis, self.redis_health, metrics, lambda: self.follower.current
+            )
         self.follower = VersionFollower(
             s, stores.registry, self.batcher, metrics, async_redis, self.redis_health,
-            on_swap=self._swapped, on_tick=self._heartbeat,
+            on_swap=self._swapped, on_tick=self._heartbeat, prepare=self.memory.prepare if self.memory else None,
         )  # fmt: skip
 
     async def start(self) -> None:
         self.batcher.start()
         self.follower.start()
+        if self.memory:
+            self.memory.start()
 
     async def stop(self) -> None:
+        if self.memory:
+            await self.memory.stop()
         await self.follower.stop()
         await self.batcher.stop()
+
+    def _memory_for(self, version: int):
+        return self.memory.memory_for(version) if self.memory else None
 
     @property
     def version(self) -> int | None:
@@ -88,7 +111,7 @@ class ModelService:
             raise NotReady("no model version is loaded yet")
         with self.metrics.request_latency.time():
             served = await self.batcher.submit(predictor, texts)
-        return [ServedPrediction(p.prediction_id, p.label, p.score, p.top_k[:top_k], p.model_version) for p in served]
+        return [replace(p, top_k=p.top_k[:top_k]) for p in served]
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -98,10 +121,15 @@ class ModelService:
         """A new live version: a fresh drift window against its reference (on the forward thread)."""
         path = self.stores.registry.path(predictor.version)
         await self.batcher.call(lambda: self.window.set_version(predictor.version, predictor.labels, path))
+        if self.memory:
+            await self.memory.swapped(predictor)
 
     async def _heartbeat(self) -> None:
         """This replica in Redis for `online status`, and the live-accuracy gauges for Prometheus."""
-        beat = Heartbeat(self.window.replica, self.version, time.time(), self.follower.last_load_error)
+        beat = Heartbeat(
+            self.window.replica, self.version, time.time(), self.follower.last_load_error,
+            memory=self.memory_stats(),
+        )  # fmt: skip
 
         def write() -> None:
             self.stores.replicas.beat(beat)
@@ -117,6 +145,12 @@ class ModelService:
             self.redis_health.failed(exc)  # logged once per outage there
         else:
             self.redis_health.succeeded()
+
+    def memory_stats(self) -> dict[str, int] | None:
+        """The served version's correction memory by state, and answers by source since start."""
+        if self.memory is None:
+            return None
+        return {**self.memory.stats(), **{f"answers_{k}": v for k, v in self.forward.answered.items()}}
 
     def dependencies(self) -> dict[str, dict]:
         """This replica's view of its dependencies, for ``/readyz`` (never part of readiness)."""

@@ -19,6 +19,8 @@ def router(request_model: type[PredictRequestBase]) -> APIRouter:
                     score=s.score,
                     top_k=[LabelScore(label=lab, score=sc) for lab, sc in s.top_k],
                     model_version=s.model_version,
+                    source=s.source,
+                    memory_event_id=s.memory_event_id,
                 )
                 for s in served
             ],

@@ -1,0 +1,212 @@
+"""One version's correction memory: which taught texts it answers, and the lookup at predict time.
+
+Built by every API replica for the version it serves (``online.serving.memory_follower``) from the
+correction log (``online.memory.log``), embedded with that version's own encoder. An entry is in one of
+four states, decided here and nowhere else:
+
+- ``held``: the screen that guards training (``online.feedback.quarantine.screen``) would hold it, or
+  its source is quarantined: the memory never serves what the quarantine holds;
+- ``pending``: its label is new and the label rules (``online.feedback.labels.govern``) do not let it
+  go live yet, the same rules a round obeys;
+- ``absorbed``: this version's weights already answer its text with its label (the round that trained
+  on it went live): nothing to add. A rollback builds the older version's memory, where the entry is
+  active again;
+- ``active``: answered from memory.
+
+Lookup: the exact text (normalised, PII-masked as stored) always answers from its newest entry; any other
+text whose embedding has cosine >= ``similarity`` to an active entry answers with that entry's label,
+interpolated with the model (kNN-LM style): ``p = s * onehot(label) + (1 - s) * p_model``, with ``s`` the
+similarity (1 for the exact text), so the memory's label leads and ``top_k`` stays a distribution.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from online.feedback.buffer import normalise
+from online.feedback.labels import LabelRules, govern
+from online.feedback.pii import mask_pii
+from online.feedback.quarantine import Candidate, ScreenConfig, screen
+from online.memory.log import Correction
+from online.monitoring.drift import Reference
+
+ACTIVE, ABSORBED, HELD, PENDING = "active", "absorbed", "held", "pending"
+STATES = (ACTIVE, ABSORBED, HELD, PENDING)
+
+
+def text_key(text: str) -> str:
+    """How a text is compared with a taught one: masked like stored texts, case and spaces normalised."""
+    return normalise(mask_pii(text))
+
+
+@dataclass(frozen=True)
+class Hit:
+    sid: str
+    event_id: str
+    label: str
+    similarity: float  # 1.0 for the exact text
+    exact: bool
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a replica reads from Redis now and then: whom and which new labels it may serve."""
+
+    quarantined_sources: frozenset[str] = frozenset()
+    trusted_sources: frozenset[str] = frozenset()
+    approved_labels: frozenset[str] = frozenset()
+
+
+@dataclass
+class _Known:
+    entry: Correction
+    vector: np.ndarray  # unit length, float32
+    answer: str  # what this version's weights say about the text
+    hold: str  # the screen's reason to hold it ("" : none)
+    takeover: str | None
+    state: str = PENDING
+
+
+class CorrectionMemory:
+    """The memory of one version. Not thread-safe: mutate and look up from the forward thread only."""
+
+    def __init__(
+        self,
+        version: int,
+        labels: Sequence[str],
+        similarity: float,
+        rules: LabelRules,
+        screen_cfg: ScreenConfig | None,
+        reference: Reference | None,
+    ) -> None:
+        self.version = version
+        self.labels = list(labels)
+        self.similarity = similarity
+        self.rules = rules
+        self.screen_cfg = screen_cfg  # None: nothing is screened (quarantine off)
+        self.reference = reference
+        self.policy = Policy()
+        self._known: dict[str, _Known] = {}
+        self._exact: dict[str, str] = {}  # text key -> sid of its newest servable entry
+        self._ids: list[str] = []
+        self._index = None
+
+    # --- contents ---------------------------------------------------------------------------
+    def __contains__(self, sid: str) -> bool:
+        return sid in self._known
+
+    def sids(self) -> set[str]:
+        return set(self._known)
+
+    def learn(self, entries: Sequence[Correction], probs: np.ndarray, embeddings: np.ndarray) -> None:
+        """Add entries with this version's probabilities and embeddings of their texts; screen those
+        whose source is not trusted. Call :meth:`refresh` afterwards."""
+        if not entries:
+            return
+        x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        judged: dict[int, tuple[str, str | None]] = {}
+        todo = [i for i, e in enumerate(entries) if e.source not in self.policy.trusted_sources]
+        if self.screen_cfg is not None and todo:
+            found = screen(
+                [Candidate(entries[i].text, entries[i].label, entries[i].source) for i in todo],
+                probs[todo], embeddings[todo], self.labels, self.reference, self.screen_cfg,
+            )  # fmt: skip
+            judged = {i: (j.reason if j.hold else "", j.takeover) for i, j in zip(todo, found)}
+        for i, e in enumerate(entries):
+            hold, takeover = judged.get(i, ("", None))
+            answer = self.labels[int(np.argmax(probs[i]))]
+            self._known[e.sid] = _Known(e, x[i], answer, hold, takeover)
+
+    def forget(self, sids: Sequence[str]) -> int:
+        return sum(self._known.pop(sid, None) is not None for sid in sids)
+
+    def refresh(self, policy: Policy | None = None) -> None:
+        """Decide every entry's state under ``policy`` and rebuild the lookup structures."""
+        import faiss
+
+        if policy is not None:
+            self.policy = policy
+        live = set(self.labels)
+        candidates: list[_Known] = []
+        for k in self._known.values():
+            if k.hold or k.entry.source in self.policy.quarantined_sources:
+                k.state = HELD
+            elif k.answer == k.entry.label:
+                k.state = ABSORBED
+            else:
+                k.state = ACTIVE
+                candidates.append(k)
+        new = [k for k in candidates if k.entry.label not in live]
+        if new:
+            teachers: dict[str, set[str]] = {}
+            for k in new:
+                teachers.setdefault(k.entry.label, set()).add(k.entry.source)
+            reasons, _ = govern(
+                [k.entry.label for k in new], [k.entry.source for k in new], [k.takeover for k in new],
+                [None] * len(new), live, set(self.policy.approved_labels), lambda source: set(), self.rules,
+                Counter(k.entry.label for k in new), teachers,
+            )  # fmt: skip
+            for k, reason in zip(new, reasons):
+                if reason is not None:
+                    k.state = PENDING
+        # The newest word on a text wins: an older entry of the same text is neither exact nor near
+        newest: dict[str, _Known] = {}
+        for k in sorted(self._known.values(), key=lambda k: k.entry.at):
+            if k.state != HELD:
+                newest[text_key(k.entry.text)] = k
+        self._exact = {key: k.entry.sid for key, k in newest.items() if k.state == ACTIVE}
+        self._ids = list(self._exact.values())
+        self._index = None
+        if self._ids:
+            self._index = faiss.IndexFlatIP(len(self._known[self._ids[0]].vector))
+            self._index.add(np.stack([self._known[sid].vector for sid in self._ids]))
+
+    # --- serving ----------------------------------------------------------------------------
+    def lookup(self, texts: Sequence[str], embeddings: np.ndarray) -> list[Hit | None]:
+        """The memory's answer for each text, or None where the model answers alone."""
+        hits: list[Hit | None] = [None] * len(texts)
+        if not self._ids:
+            return hits
+        for i, text in enumerate(texts):
+            sid = self._exact.get(text_key(text))
+            if sid is not None:
+                e = self._known[sid].entry
+                hits[i] = Hit(sid, e.event_id, e.label, 1.0, True)
+        rest = [i for i, h in enumerate(hits) if h is None]
+        if rest and self._index is not None:
+            x = embeddings[rest]
+            x = np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+            sims, nn = self._index.search(x, 1)
+            for i, sim, j in zip(rest, sims[:, 0], nn[:, 0]):
+                if j >= 0 and sim >= self.similarity:
+                    e = self._known[self._ids[j]].entry
+                    hits[i] = Hit(e.sid, e.event_id, e.label, float(sim), False)
+        return hits
+
+    def counts(self) -> dict[str, int]:
+        """Entries per state."""
+        c = Counter(k.state for k in self._known.values())
+        return {state: c.get(state, 0) for state in STATES}
+
+    def states(self) -> dict[str, str]:
+        """Each entry's state by sid (tests, `online status`)."""
+        return {sid: k.state for sid, k in self._known.items()}
+
+
+def blend(hit: Hit, probs: np.ndarray, labels: Sequence[str], k: int) -> tuple[list[tuple[str, float]], np.ndarray]:
+    """The served top-k for a memory hit, and the probabilities over ``labels`` it implies (for drift and
+    the review queue). A label the weights do not know yet ranks first and is absent from the latter."""
+    s = hit.similarity
+    mixed = probs * (1.0 - s)
+    scores = {lab: float(p) for lab, p in zip(labels, mixed)}
+    scores[hit.label] = scores.get(hit.label, 0.0) + s
+    if hit.label in labels:
+        mixed = mixed.copy()
+        mixed[labels.index(hit.label)] += s
+    top = sorted(scores.items(), key=lambda kv: -kv[1])[:k]
+    return [(lab, round(p, 6)) for lab, p in top], mixed

@@ -1,0 +1,169 @@
+"""The correction log in Redis: label feedback on its way to every replica's correction memory.
+
+A fine-tuning round takes tens of seconds to minutes; a user who corrects an answer expects the same
+question, asked a moment later, to get the corrected answer. So besides the replay buffer, the feedback
+consumer appends each correction (a label event, or a thumbs-down naming the right label) here, and every
+API replica follows this log into an in-process memory (``online.memory.index``) that answers those texts
+at once. Whether a replica *serves* an entry is its decision (the screen, label rules, what the live
+weights already know); this log only says what was taught and what must be forgotten.
+
+Keys (namespace ``Keys.memory``, built inside the scripts):
+
+- ``e``: hash sid -> entry JSON (the current set: a new replica starts from it);
+- ``z``: sorted set sid -> time taught (age and capacity trimming, oldest first);
+- ``ops``: stream of changes, ``{op: add, entry}`` or ``{op: del, sid, reason}``, that running replicas
+  follow (capped at ``STREAM_MAX`` changes; a replica that fell further behind reloads the snapshot);
+- ``gone:<sid>``: forgotten on purpose (a thumbs-down, the quarantine): the same teaching redelivered
+  does not bring it back while the event could still be redelivered.
+
+Texts are PII-masked like the buffer's, and a correction's id is the buffer's sample id (text + label),
+so the round that quarantines a sample removes exactly its entry. Durability is Redis's (AOF); on the
+local embedded stack the broker in front of it keeps messages in memory only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import redis
+
+from online.feedback.buffer import Incoming, sample_id
+from online.feedback.pii import mask_pii
+from online.keys import Keys
+
+STREAM_MAX = 100_000
+
+_ADD = """
+local p, now, cap, max_age, ttl, smax = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
+  tonumber(ARGV[5]), ARGV[6]
+local n = tonumber(ARGV[7])
+local added = 0
+for i = 0, n - 1 do
+  local sid, at, entry = ARGV[8 + i * 3], tonumber(ARGV[9 + i * 3]), ARGV[10 + i * 3]
+  if redis.call('EXISTS', p .. ':gone:' .. sid) == 0 and at > now - max_age then
+    redis.call('HSET', p .. ':e', sid, entry)
+    redis.call('ZADD', p .. ':z', at, sid)
+    redis.call('XADD', p .. ':ops', 'MAXLEN', '~', smax, '*', 'op', 'add', 'entry', entry)
+    added = added + 1
+  end
+end
+local function drop(sid, reason)
+  redis.call('HDEL', p .. ':e', sid)
+  redis.call('ZREM', p .. ':z', sid)
+  redis.call('XADD', p .. ':ops', 'MAXLEN', '~', smax, '*', 'op', 'del', 'sid', sid, 'reason', reason)
+end
+for _, sid in ipairs(redis.call('ZRANGEBYSCORE', p .. ':z', '-inf', now - max_age, 'LIMIT', 0, 1000)) do
+  drop(sid, 'age')
+end
+local over = redis.call('ZCARD', p .. ':z') - cap
+if over > 0 then
+  for _, sid in ipairs(redis.call('ZRANGE', p .. ':z', 0, over - 1)) do drop(sid, 'capacity') end
+end
+return added
+"""
+
+_FORGET = """
+local p, ttl, smax, reason, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
+local gone = 0
+for i = 0, n - 1 do
+  local sid = ARGV[6 + i]
+  redis.call('SET', p .. ':gone:' .. sid, '1', 'EX', ttl)
+  if redis.call('HDEL', p .. ':e', sid) == 1 then
+    redis.call('ZREM', p .. ':z', sid)
+    redis.call('XADD', p .. ':ops', 'MAXLEN', '~', smax, '*', 'op', 'del', 'sid', sid, 'reason', reason)
+    gone = gone + 1
+  end
+end
+return gone
+"""
+
+
+@dataclass(frozen=True)
+class Correction:
+    """One taught (text, label): ``sid`` is the buffer's sample id, ``event_id`` the feedback event's."""
+
+    sid: str
+    event_id: str
+    text: str
+    label: str
+    source: str
+    at: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> "Correction":
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change from the stream: ``entry`` added, or ``sid`` forgotten for ``reason``."""
+
+    stream_id: str
+    entry: Correction | None = None
+    sid: str | None = None
+    reason: str = ""
+
+
+def parse_change(stream_id: str, fields: dict[str, str]) -> Change:
+    if fields.get("op") == "add":
+        return Change(stream_id, entry=Correction.from_json(fields["entry"]))
+    return Change(stream_id, sid=fields.get("sid"), reason=fields.get("reason", ""))
+
+
+def correction(item: Incoming) -> Correction:
+    """A labelled example as the log keeps it: PII-masked, under the buffer's sample id."""
+    text = mask_pii(item.text)
+    return Correction(sample_id(text, item.label), item.event_id, text, item.label, item.source, item.at)
+
+
+class CorrectionLog:
+    def __init__(self, client: redis.Redis, keys: Keys, capacity: int, max_age_s: float, gone_ttl_s: int) -> None:
+        self.r = client
+        self.p = keys.memory
+        self.stream = f"{self.p}:ops"
+        self.capacity = capacity
+        self.max_age_s = max_age_s
+        self.gone_ttl_s = gone_ttl_s
+        self._add = client.register_script(_ADD)
+        self._forget = client.register_script(_FORGET)
+
+    def add(self, items: list[Incoming]) -> int:
+        """Append corrections (idempotent by sample id; a forgotten one stays forgotten) and trim the
+        oldest past the age limit and the capacity. Returns how many were written."""
+        if not items:
+            return 0
+        args: list[str | float | int] = [
+            self.p, time.time(), self.capacity, self.max_age_s, self.gone_ttl_s, STREAM_MAX, len(items),
+        ]  # fmt: skip
+        for it in items:
+            c = correction(it)
+            args += [c.sid, c.at, c.to_json()]
+        return int(self._add(args=args))
+
+    def forget(self, sids: list[str], reason: str) -> int:
+        """Remove entries from every replica's memory (a quarantined sample, a thumbs-down on a memory
+        answer); they are not re-added by a redelivered event."""
+        if not sids:
+            return 0
+        return int(self._forget(args=[self.p, self.gone_ttl_s, STREAM_MAX, reason, len(sids), *sids]))
+
+    def snapshot(self) -> tuple[str, list[Correction]]:
+        """The current entries and the stream position they reflect: follow the stream from there.
+        (The position is read first: a change in between is applied twice, and every change is idempotent.)"""
+        last = self.r.xrevrange(self.stream, count=1)
+        position = last[0][0] if last else "0-0"
+        entries = [Correction.from_json(raw) for raw in self.r.hvals(f"{self.p}:e")]
+        return position, sorted(entries, key=lambda c: c.at)
+
+    def first_position(self) -> str | None:
+        """The oldest change still in the stream (None: empty): a follower behind it must reload."""
+        first = self.r.xrange(self.stream, count=1)
+        return first[0][0] if first else None
+
+    def size(self) -> int:
+        return int(self.r.zcard(f"{self.p}:z"))

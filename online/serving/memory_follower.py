@@ -1,0 +1,205 @@
+"""An API replica follows the correction log into the memory of the version it serves.
+
+At start (and after any Redis trouble) it loads the log's snapshot, then follows its change stream with a
+blocking read, so a taught text is answered from memory about as soon as the consumer stored it. Texts
+are embedded with the served version's own encoder on the forward thread (the one thread running torch
+here), in small chunks between batches. Before a hot swap, :meth:`MemoryFollower.prepare` builds the new
+version's memory, so the swap changes weights and memory together; a memory that fails to build never
+delays a swap (the version serves without one, logged).
+
+Every ``model_poll_s`` (and at once when the quarantine removes something) it re-reads the quarantined
+and trusted sources and the approved labels: the policy each memory's states depend on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import redis
+import redis.asyncio as aredis
+
+from online.feedback.labels import LabelRules
+from online.feedback.quarantine import ScreenConfig
+from online.memory.index import STATES, CorrectionMemory, Policy
+from online.memory.log import Correction, parse_change
+from online.monitoring.drift import REFERENCE_FILE, Reference
+from online.serving.batcher import MicroBatcher, cancel
+from online.serving.breaker import Breaker
+from online.serving.metrics import ApiMetrics
+from online.serving.predictor import Predictor
+from online.stores import Stores
+
+log = logging.getLogger("online.serving.memory")
+
+CHUNK = 64  # texts embedded per forward-thread call: a request waits at most one chunk's forward
+READ_BLOCK_MS = 1000
+
+
+class MemoryFollower:
+    def __init__(
+        self,
+        stores: Stores,
+        batcher: MicroBatcher,
+        async_redis: aredis.Redis,
+        redis_health: Breaker,
+        metrics: ApiMetrics,
+        served: Callable[[], Predictor | None],
+    ) -> None:
+        s = stores.settings
+        self.s = s
+        self.stores = stores
+        self.log = stores.corrections
+        self.batcher = batcher
+        self._aredis = async_redis
+        self.redis_health = redis_health
+        self.metrics = metrics
+        self._served = served
+        self.rules = LabelRules.from_settings(s)
+        self.screen_cfg = ScreenConfig.from_settings(s) if s.quarantine else None
+        self.entries: dict[str, Correction] = {}
+        self.memories: dict[int, CorrectionMemory] = {}
+        self.policy = Policy()
+        self._position: str | None = None  # None: (re)load the snapshot
+        self._policy_due = 0.0
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._follow())
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+
+    def memory_for(self, version: int) -> CorrectionMemory | None:
+        return self.memories.get(version)
+
+    def stats(self) -> dict[str, int]:
+        """The served version's memory by state, for the heartbeat (`online status`)."""
+        predictor = self._served()
+        memory = self.memories.get(predictor.version) if predictor else None
+        return memory.counts() if memory else {state: 0 for state in STATES}
+
+    # --- building a version's memory ----------------------------------------------------------
+    async def prepare(self, predictor: Predictor) -> None:
+        """Build ``predictor``'s memory before it goes live (called by the version follower)."""
+        try:
+            reference = await asyncio.to_thread(self._reference, predictor.version)
+            memory = CorrectionMemory(
+                predictor.version, predictor.labels, self.s.memory_similarity, self.rules, self.screen_cfg, reference
+            )
+            memory.policy = self.policy
+            async with self._lock:
+                await self._fill(memory, predictor)
+                self.memories[predictor.version] = memory
+        except Exception as exc:  # serving goes on without a memory for this version
+            log.error("version %s: correction memory not built (%r); it serves without one", predictor.version, exc)
+
+    async def swapped(self, predictor: Predictor) -> None:
+        """Keep only the served version's memory."""
+        async with self._lock:
+            self.memories = {v: m for v, m in self.memories.items() if v == predictor.version}
+        self._gauges()
+
+    def _reference(self, version: int) -> Reference | None:
+        path = self.stores.registry.path(version) / REFERENCE_FILE
+        return Reference.load(path) if path.is_file() else None
+
+    async def _fill(self, memory: CorrectionMemory, predictor: Predictor) -> None:
+        """Bring ``memory`` to the log's entries: forget what left, embed what is new, decide states."""
+        memory.forget(sorted(memory.sids() - self.entries.keys()))
+        todo = [e for sid, e in self.entries.items() if sid not in memory]
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start : start + CHUNK]
+            await self.batcher.call(lambda chunk=chunk: _learn(memory, predictor, chunk))
+        policy = self.policy
+        await self.batcher.call(lambda: memory.refresh(policy))
+
+    async def _sync(self) -> None:
+        predictor = self._served()
+        if predictor is None:
+            return
+        async with self._lock:
+            memory = self.memories.get(predictor.version)
+            if memory is None:
+                return  # not built (yet, or it failed): the next swap builds one
+            await self._fill(memory, predictor)
+        self._gauges()
+
+    def _gauges(self) -> None:
+        for state, n in self.stats().items():
+            self.metrics.memory_entries.labels(state).set(n)
+
+    # --- following the log --------------------------------------------------------------------
+    async def _follow(self) -> None:
+        while True:
+            try:
+                changed = await self._read()
+                if time.monotonic() >= self._policy_due:
+                    changed |= await self._read_policy()
+            except (redis.RedisError, OSError) as exc:
+                self.redis_health.failed(exc)  # logged once per outage there
+                self._position = None  # reload the snapshot when Redis is back: changes may be lost
+                await asyncio.sleep(min(self.s.model_poll_s, 1.0))
+                continue
+            if changed:
+                try:
+                    await self._sync()
+                except Exception as exc:  # never stop following; the next change retries
+                    log.warning("correction memory not updated: %r", exc)
+
+    async def _read(self) -> bool:
+        """One step of following; True when the entries changed."""
+        if self._position is None:
+            position, entries = await asyncio.to_thread(self.log.snapshot)
+            self.entries = {e.sid: e for e in entries}
+            self._position = position
+            log.info("correction memory: %d entries loaded", len(entries))
+            return True
+        reply = await self._aredis.xread({self.log.stream: self._position}, count=1000, block=READ_BLOCK_MS)
+        if not reply:
+            return False
+        changes = [parse_change(sid, fields) for sid, fields in reply[0][1]]
+        first = await asyncio.to_thread(self.log.first_position)
+        if first is not None and self._position != "0-0" and _older(self._position, first):
+            self._position = None  # fell behind the stream's cap (changes may be lost): reload
+            return False
+        for change in changes:
+            if change.entry is not None:
+                self.entries[change.entry.sid] = change.entry
+            elif change.sid is not None:
+                self.entries.pop(change.sid, None)
+                if change.reason.startswith("quarantine"):
+                    self._policy_due = 0.0  # a source may have been quarantined with it
+        self._position = changes[-1].stream_id
+        return True
+
+    async def _read_policy(self) -> bool:
+        def read() -> Policy:
+            return Policy(
+                frozenset(self.stores.sources.quarantined()),
+                frozenset(self.stores.sources.trusted()),
+                frozenset(self.stores.labels.approved()),
+            )
+
+        policy = await asyncio.to_thread(read)
+        self._policy_due = time.monotonic() + self.s.model_poll_s
+        if policy == self.policy:
+            return False
+        self.policy = policy
+        return True
+
+
+def _learn(memory: CorrectionMemory, predictor: Predictor, chunk: list[Correction]) -> None:
+    probs, emb = predictor.probabilities_and_embeddings([e.text for e in chunk])
+    memory.learn(chunk, probs.numpy(), emb.numpy())
+
+
+def _older(a: str, b: str) -> bool:
+    """Stream id ``a`` is before ``b``."""
+    ma, sa = (int(x) for x in a.split("-"))
+    mb, sb = (int(x) for x in b.split("-"))
+    return (ma, sa) < (mb, sb)
