@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -20,6 +21,7 @@ from online.lifecycle import promotion
 from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.registry import MANIFEST_FILE, Manifest
 from online.model import WEIGHTS_FILE, TextClassifier
+from online.monitoring.drift import REFERENCE_FILE, Reference
 from online.settings import Settings
 from online.stores import Stores
 from services.embedded import start_redis
@@ -194,3 +196,36 @@ def install_v1(env: Settings, console: Console, found: tuple[TextClassifier, obj
         model, parent=None, gate=report.model_dump(), metrics={"golden_accuracy": report.golden_accuracy}
     )
     promotion.promote(registry, v1.version, "benchmark start")
+
+
+def version_under_test(settings: Settings, console: Console) -> tuple[TextClassifier, int, Reference | None]:
+    """The newest local version with its drift reference (the memory's screen reads it), or version 1
+    trained on the seed data when there is none."""
+    found = latest_local_version(settings)
+    if found is not None:
+        model, manifest = found
+        path = settings.models_dir / f"v{manifest.version}" / REFERENCE_FILE
+        return model, manifest.version, Reference.load(path) if path.is_file() else None
+    console.print("no local model version: training version 1 on the seed data first")
+    with bench_environment(settings) as env:
+        registry = Stores.from_settings(env).registry
+        manifest = train_version_one(env, registry)
+        model, _ = registry.load(manifest.version)
+        path = registry.path(manifest.version) / REFERENCE_FILE
+        return model, manifest.version, Reference.load(path) if path.is_file() else None
+
+
+_OPENERS = ("hey, ", "hi, ", "quick question: ", "excuse me, ", "hello, ")
+_CLOSERS = (" please", " thanks", " thank you", " asap", "?")
+_DROPPABLE = {"the", "a", "an", "please", "my", "to", "can", "you", "i", "me", "is"}
+
+
+def paraphrase(text: str, rng: random.Random) -> str:
+    """A surface paraphrase of a user's text: a greeting or a closing word added, maybe a stop word
+    dropped. Not a semantic rewrite: what near-duplicate matching of a correction must catch."""
+    words = text.split()
+    droppable = [i for i, w in enumerate(words) if w.lower() in _DROPPABLE]
+    if droppable and len(words) > 3 and rng.random() < 0.5:
+        del words[rng.choice(droppable)]
+    out = " ".join(words)
+    return rng.choice(_OPENERS) + out if rng.random() < 0.5 else out + rng.choice(_CLOSERS)

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.learn import _evaluate, _start_model, _subsample, _weighted
+from bench.memory import served_accuracy
 from online.data import Clinc150, Example
 from online.feedback.labels import LabelRules, govern
 from online.feedback.quarantine import Candidate, ScreenConfig, decide, screen
@@ -102,7 +103,9 @@ def run_bench_poison(
         held_sources: set[str] = set()
         honest_total = honest_held = poison_total = poison_held = 0
         times = []
+        taught: list[Event] = []
         for i, events in enumerate(_stream(train, stream_domains, share, settings.seed + 7, set(start.labels))):
+            taught += events
             t0 = time.perf_counter()
             kept = events
             if quarantine:
@@ -129,35 +132,47 @@ def run_bench_poison(
             memory += _subsample(new, memory_per_intent, random.Random(settings.seed + 100 + i))
         seen = domains[: n_start + len(stream_domains)]
         acc = _weighted(_evaluate(model, {d: tests[d] for d in seen}, settings), tests)
+        # Every replica's correction memory holds all of the stream's label events, screened by the same
+        # quarantine (off: nothing screened) with the final version: what it serves on the test texts
+        reference = build_reference(model, memory, calibration, settings)
+        with_memory = served_accuracy(
+            model, [(t, lab, src) for t, lab, src, _ in taught], [ex for d in seen for ex in tests[d]],
+            settings, screen_cfg if quarantine else None, reference, frozenset(held_sources),
+        )  # fmt: skip
         results.append(
             (
                 name,
                 acc,
+                with_memory,
                 honest_held / max(honest_total, 1),
                 poison_held / max(poison_total, 1) if poison_total else None,
                 statistics.mean(times),
                 sorted(held_sources),
             )
         )
-        console.print(f"  {name}: final accuracy {100 * acc:.2f}%")
+        console.print(f"  {name}: final accuracy {100 * acc:.2f}%, {100 * with_memory:.2f}% with the correction memory")
 
-    clean = results[0][1]
+    clean, clean_memory = results[0][1], results[0][2]
     table = Table(title="online bench poison: flipped labels from hostile sources, quarantine off and on")
     for col in (
         "condition",
         "final acc",
         "vs clean",
+        "with memory",
+        "vs clean (memory)",
         "honest events held",
         "poisoned events held",
         "s/round",
         "sources quarantined",
     ):
         table.add_column(col, justify="left" if col in ("condition", "sources quarantined") else "right")
-    for name, acc, honest, poisoned, sec, sources in results:
+    for name, acc, mem_acc, honest, poisoned, sec, sources in results:
         table.add_row(
             name,
             f"{100 * acc:.2f}%",
             f"{100 * (acc - clean):+.2f}",
+            f"{100 * mem_acc:.2f}%",
+            f"{100 * (mem_acc - clean_memory):+.2f}",
             f"{100 * honest:.2f}%",
             "-" if poisoned is None else f"{100 * poisoned:.1f}%",
             f"{sec:.1f}",
@@ -165,7 +180,8 @@ def run_bench_poison(
         )
     console.print(table)
     console.print(
-        "Goal: at 10% poison with the quarantine on, within 1 point of clean, under 2% of honest events held."
+        "Goal: at 10% poison with the quarantine on, within 1 point of clean (weights, and weights with the correction "
+        "memory), under 2% of honest events held."
     )
 
 

@@ -744,6 +744,24 @@ def bench_freshness(
     run_bench_freshness(Settings(), wide_console(), trials=trials, per_intent=per_intent, timeout_s=timeout)
 
 
+@bench_app.command("memory")
+def bench_memory(
+    similarities: str = typer.Option("0.8,0.85,0.9,0.95", help="Comma-separated similarity thresholds to compare."),
+    requests: int = typer.Option(500, help="Single-text requests per memory size for the latency rows."),
+) -> None:
+    """Corrections in memory (0 to 10,000): untouched-traffic and paraphrase accuracy, predict p99."""
+    from bench.memory import run_bench_memory
+    from online.learning.fit import configure_threads
+
+    _logging("WARNING")
+    settings = Settings()
+    configure_threads(settings.num_threads)
+    run_bench_memory(
+        settings, wide_console(), similarities=[float(x) for x in similarities.split(",") if x.strip()],
+        latency_requests=requests,
+    )  # fmt: skip
+
+
 @bench_app.command("drift")
 def bench_drift(
     windows: int = typer.Option(100, help="In-domain windows before the switch."),
