@@ -183,7 +183,7 @@ class Settings(BaseSettings):
         True, description="Answer corrected texts (and near-duplicates) from trusted label feedback at once."
     )
     memory_similarity: float = Field(
-        0.9, gt=0, le=1, description="Cosine to a correction above which a text is answered from memory."
+        0.9, ge=0.5, le=1, description="Cosine to a correction above which a text is answered from memory."
     )
     memory_capacity: int = Field(10_000, ge=1, description="Most corrections kept (the oldest go first).")
     memory_max_age_s: float = Field(7 * 24 * 3600, gt=0, description="Corrections older than this leave the memory.")

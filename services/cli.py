@@ -634,7 +634,8 @@ def quarantine_drop(
     """Delete held samples for good."""
     from online.feedback import quarantine
 
-    console.print(f"dropped {quarantine.drop(_stores().buffer, sids or [], source)}")
+    stores = _stores()
+    console.print(f"dropped {quarantine.drop(stores.buffer, stores.corrections, sids or [], source)}")
 
 
 @feedback_app.command("send")

@@ -201,7 +201,7 @@ class Scheduler:
         return report
 
     def housekeeping(self) -> None:
-        """Automatic rollback and version collection, by whoever holds the lock right now."""
+        """Automatic rollback, version collection and correction-log trimming, by whoever holds the lock."""
         if not self.leader.acquire(wait_s=0):
             return
         try:
@@ -210,6 +210,7 @@ class Scheduler:
                 self.metrics.auto_rollbacks.inc()
                 log.warning("automatic rollback: live v%s -> v%s (%s)", change.previous, change.version, change.reason)
             self._judge_shadow()
+            self.stores.corrections.trim()  # corrections age out even when none arrive
             collected = self.registry.collect(self.s.keep_versions)
             if collected:
                 self.metrics.collected.inc(len(collected))

@@ -380,6 +380,10 @@ class ReplayBuffer:
             if h
         ]
 
+    def held_ids(self) -> set[str]:
+        """The sample ids in quarantine (the correction memory serves none of them)."""
+        return set(self.r.zrange(f"{self.p}:q", 0, -1))
+
     def held_count(self) -> int:
         return int(self.r.zcard(f"{self.p}:q"))
 

@@ -36,6 +36,7 @@ import redis
 from online.feedback.buffer import ReplayBuffer
 from online.feedback.labels import PENDING, LabelBook, is_pending
 from online.keys import Keys
+from online.memory.log import CorrectionLog
 from online.monitoring.drift import Reference
 from online.settings import Settings
 
@@ -316,10 +317,13 @@ def approve_label(book: LabelBook, buffer: ReplayBuffer, label: str) -> tuple[bo
     return new, buffer.release(chosen)
 
 
-def drop(buffer: ReplayBuffer, sids: Sequence[str] = (), source: str | None = None) -> int:
-    """An operator deletes held samples for good (with ``source``: everything of it that is held)."""
+def drop(buffer: ReplayBuffer, corrections: CorrectionLog, sids: Sequence[str] = (), source: str | None = None) -> int:
+    """An operator deletes held samples for good (with ``source``: everything of it that is held); they
+    leave the correction memory too."""
     chosen = list(sids) + ([h.sid for h in buffer.held() if h.source == source] if source else [])
-    return buffer.drop(chosen)
+    dropped = buffer.drop(chosen)
+    corrections.forget(chosen, "quarantine: dropped")
+    return dropped
 
 
 def screening_summary(buffer: ReplayBuffer, ledger: SourceLedger, approved: set[str]) -> dict:

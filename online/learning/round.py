@@ -211,7 +211,7 @@ class RoundRunner:
         if hold:
             self.buffer.quarantine(hold)
             # what the quarantine holds is never answered from memory (pending labels come back when allowed)
-            self.stores.corrections.forget([sid for sid, r in hold if not is_pending(r)], "quarantined")
+            self.stores.corrections.forget([sid for sid, r in hold if not is_pending(r)], "quarantine: held")
             log.info("held %d of %d new samples (e.g. %s)", len(hold), len(samples), hold[0][1])
         self.stores.labels.record_created(created)
         held_ids = {sid for sid, _ in hold}

@@ -64,6 +64,7 @@ class Policy:
     quarantined_sources: frozenset[str] = frozenset()
     trusted_sources: frozenset[str] = frozenset()
     approved_labels: frozenset[str] = frozenset()
+    held_samples: frozenset[str] = frozenset()  # sids in the buffer's quarantine (any reason, pending too)
 
 
 @dataclass
@@ -73,11 +74,13 @@ class _Known:
     answer: str  # what this version's weights say about the text
     hold: str  # the screen's reason to hold it ("" : none)
     takeover: str | None
+    key: str  # text_key of the entry's text
     state: str = PENDING
 
 
 class CorrectionMemory:
-    """The memory of one version. Not thread-safe: mutate and look up from the forward thread only."""
+    """The memory of one version. Build, mutate and look up on the forward thread only (faiss and the
+    entries are not guarded); :meth:`counts` may be read from anywhere."""
 
     def __init__(
         self,
@@ -96,6 +99,7 @@ class CorrectionMemory:
         self.reference = reference
         self.policy = Policy()
         self._known: dict[str, _Known] = {}
+        self._counts: dict[str, int] = {state: 0 for state in STATES}  # replaced whole by refresh
         self._exact: dict[str, str] = {}  # text key -> sid of its newest servable entry
         self._ids: list[str] = []
         self._index = None
@@ -108,11 +112,10 @@ class CorrectionMemory:
             self._known_labels = list(reference.train_labels)
 
     # --- contents ---------------------------------------------------------------------------
-    def __contains__(self, sid: str) -> bool:
-        return sid in self._known
-
-    def sids(self) -> set[str]:
-        return set(self._known)
+    def missing(self, entries: dict[str, Correction]) -> list[Correction]:
+        """Entries of the log this memory lacks, or holds from an older teaching of the same text and
+        label (a re-taught entry carries its new event, time and source)."""
+        return [e for sid, e in entries.items() if sid not in self._known or self._known[sid].entry != e]
 
     def learn(self, entries: Sequence[Correction], probs: np.ndarray, embeddings: np.ndarray) -> None:
         """Add entries with this version's probabilities and embeddings of their texts; screen those
@@ -132,10 +135,14 @@ class CorrectionMemory:
         for i, e in enumerate(entries):
             hold, takeover = judged.get(i, ("", None))
             answer = self.labels[int(np.argmax(probs[i]))]
-            self._known[e.sid] = _Known(e, x[i], answer, hold, takeover)
+            self._known[e.sid] = _Known(e, x[i], answer, hold, takeover, text_key(e.text))
 
-    def forget(self, sids: Sequence[str]) -> int:
-        return sum(self._known.pop(sid, None) is not None for sid in sids)
+    def forget_all_but(self, sids: set[str]) -> int:
+        """Drop the entries the log no longer has."""
+        gone = [sid for sid in self._known if sid not in sids]
+        for sid in gone:
+            del self._known[sid]
+        return len(gone)
 
     def refresh(self, policy: Policy | None = None) -> None:
         """Decide every entry's state under ``policy`` and rebuild the lookup structures."""
@@ -145,8 +152,10 @@ class CorrectionMemory:
             self.policy = policy
         live = set(self.labels)
         candidates: list[_Known] = []
+        p = self.policy
         for k in self._known.values():
-            if k.hold or k.entry.source in self.policy.quarantined_sources:
+            screened = bool(k.hold) and k.entry.source not in p.trusted_sources  # an operator's trust outranks it
+            if screened or k.entry.source in p.quarantined_sources or k.entry.sid in p.held_samples:
                 k.state = HELD
             elif k.answer == k.entry.label:
                 k.state = ABSORBED
@@ -170,13 +179,16 @@ class CorrectionMemory:
         newest: dict[str, _Known] = {}
         for k in sorted(self._known.values(), key=lambda k: k.entry.at):
             if k.state != HELD:
-                newest[text_key(k.entry.text)] = k
+                newest[k.key] = k
         self._exact = {key: k.entry.sid for key, k in newest.items() if k.state == ACTIVE}
-        self._ids = list(self._exact.values())
-        self._index = None
-        if self._ids:
-            self._index = faiss.IndexFlatIP(len(self._known[self._ids[0]].vector))
-            self._index.add(np.stack([self._known[sid].vector for sid in self._ids]))
+        ids = list(self._exact.values())
+        index = None
+        if ids:
+            index = faiss.IndexFlatIP(len(self._known[ids[0]].vector))
+            index.add(np.stack([self._known[sid].vector for sid in ids]))
+        self._ids, self._index = ids, index
+        counts = Counter(k.state for k in self._known.values())
+        self._counts = {state: counts.get(state, 0) for state in STATES}
 
     # --- serving ----------------------------------------------------------------------------
     def lookup(self, texts: Sequence[str], embeddings: np.ndarray) -> list[Hit | None]:
@@ -209,9 +221,8 @@ class CorrectionMemory:
         return hits
 
     def counts(self) -> dict[str, int]:
-        """Entries per state."""
-        c = Counter(k.state for k in self._known.values())
-        return {state: c.get(state, 0) for state in STATES}
+        """Entries per state at the last refresh (safe to read from any thread)."""
+        return self._counts
 
     def states(self) -> dict[str, str]:
         """Each entry's state by sid (tests, `online status`)."""

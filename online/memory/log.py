@@ -10,11 +10,11 @@ weights already know); this log only says what was taught and what must be forgo
 Keys (namespace ``Keys.memory``, built inside the scripts):
 
 - ``e``: hash sid -> entry JSON (the current set: a new replica starts from it);
-- ``z``: sorted set sid -> time taught (age and capacity trimming, oldest first);
+- ``z``: sorted set sid -> time stored (the server's clock: age and capacity trimming, oldest first);
 - ``ops``: stream of changes, ``{op: add, entry}`` or ``{op: del, sid, reason}``, that running replicas
   follow (capped at ``STREAM_MAX`` changes; a replica that fell further behind reloads the snapshot);
-- ``gone:<sid>``: forgotten on purpose (a thumbs-down, the quarantine): the same teaching redelivered
-  does not bring it back while the event could still be redelivered.
+- ``gone:<event_id>``: forgotten on purpose (a thumbs-down, the quarantine): that event, redelivered,
+  does not bring its entry back (a new teaching of the same text and label does).
 
 Texts are PII-masked like the buffer's, and a correction's id is the buffer's sample id (text + label),
 so the round that quarantines a sample removes exactly its entry. Durability is Redis's (AOF); on the
@@ -36,32 +36,38 @@ from online.keys import Keys
 STREAM_MAX = 100_000
 
 _ADD = """
-local p, now, cap, max_age, ttl, smax = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
-  tonumber(ARGV[5]), ARGV[6]
-local n = tonumber(ARGV[7])
+local p, now, smax, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local added = 0
 for i = 0, n - 1 do
-  local sid, at, entry = ARGV[8 + i * 3], tonumber(ARGV[9 + i * 3]), ARGV[10 + i * 3]
-  if redis.call('EXISTS', p .. ':gone:' .. sid) == 0 and at > now - max_age then
+  local sid, eid, entry = ARGV[5 + i * 3], ARGV[6 + i * 3], ARGV[7 + i * 3]
+  if redis.call('EXISTS', p .. ':gone:' .. eid) == 0 then
     redis.call('HSET', p .. ':e', sid, entry)
-    redis.call('ZADD', p .. ':z', at, sid)
+    redis.call('ZADD', p .. ':z', now, sid)
     redis.call('XADD', p .. ':ops', 'MAXLEN', '~', smax, '*', 'op', 'add', 'entry', entry)
     added = added + 1
   end
 end
+return added
+"""
+
+_TRIM = """
+local p, now, cap, max_age, smax = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local function drop(sid, reason)
   redis.call('HDEL', p .. ':e', sid)
   redis.call('ZREM', p .. ':z', sid)
   redis.call('XADD', p .. ':ops', 'MAXLEN', '~', smax, '*', 'op', 'del', 'sid', sid, 'reason', reason)
 end
+local gone = 0
 for _, sid in ipairs(redis.call('ZRANGEBYSCORE', p .. ':z', '-inf', now - max_age, 'LIMIT', 0, 1000)) do
   drop(sid, 'age')
+  gone = gone + 1
 end
 local over = redis.call('ZCARD', p .. ':z') - cap
 if over > 0 then
   for _, sid in ipairs(redis.call('ZRANGE', p .. ':z', 0, over - 1)) do drop(sid, 'capacity') end
+  gone = gone + over
 end
-return added
+return gone
 """
 
 _FORGET = """
@@ -69,8 +75,11 @@ local p, ttl, smax, reason, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], to
 local gone = 0
 for i = 0, n - 1 do
   local sid = ARGV[6 + i]
-  redis.call('SET', p .. ':gone:' .. sid, '1', 'EX', ttl)
-  if redis.call('HDEL', p .. ':e', sid) == 1 then
+  local entry = redis.call('HGET', p .. ':e', sid)
+  if entry then
+    local eid = cjson.decode(entry)['event_id']
+    redis.call('SET', p .. ':gone:' .. eid, '1', 'EX', ttl)  -- that event, redelivered, stays forgotten
+    redis.call('HDEL', p .. ':e', sid)
     redis.call('ZREM', p .. ':z', sid)
     redis.call('XADD', p .. ':ops', 'MAXLEN', '~', smax, '*', 'op', 'del', 'sid', sid, 'reason', reason)
     gone = gone + 1
@@ -96,7 +105,8 @@ class Correction:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> "Correction":
-        return cls(**json.loads(raw))
+        fields = json.loads(raw)
+        return cls(**{name: fields[name] for name in cls.__dataclass_fields__})  # newer writers may add fields
 
 
 @dataclass(frozen=True)
@@ -130,24 +140,30 @@ class CorrectionLog:
         self.max_age_s = max_age_s
         self.gone_ttl_s = gone_ttl_s
         self._add = client.register_script(_ADD)
+        self._trim = client.register_script(_TRIM)
         self._forget = client.register_script(_FORGET)
 
     def add(self, items: list[Incoming]) -> int:
-        """Append corrections (idempotent by sample id; a forgotten one stays forgotten) and trim the
-        oldest past the age limit and the capacity. Returns how many were written."""
+        """Append corrections (idempotent by sample id: a re-taught one carries its newest event; an
+        event forgotten on purpose stays forgotten when redelivered), then trim. Returns how many."""
         if not items:
             return 0
-        args: list[str | float | int] = [
-            self.p, time.time(), self.capacity, self.max_age_s, self.gone_ttl_s, STREAM_MAX, len(items),
-        ]  # fmt: skip
+        args: list[str | float | int] = [self.p, time.time(), STREAM_MAX, len(items)]
         for it in items:
             c = correction(it)
-            args += [c.sid, c.at, c.to_json()]
-        return int(self._add(args=args))
+            args += [c.sid, c.event_id, c.to_json()]
+        added = int(self._add(args=args))
+        self.trim()
+        return added
+
+    def trim(self) -> int:
+        """Drop entries stored longer than the age limit ago, then the oldest past the capacity (also
+        run by the trainer's housekeeping, so entries age out when no new correction arrives)."""
+        return int(self._trim(args=[self.p, time.time(), self.capacity, self.max_age_s, STREAM_MAX]))
 
     def forget(self, sids: list[str], reason: str) -> int:
-        """Remove entries from every replica's memory (a quarantined sample, a thumbs-down on a memory
-        answer); they are not re-added by a redelivered event."""
+        """Remove entries from every replica's memory (a quarantined or dropped sample, a memory answer
+        voted down or corrected). The same events redelivered do not bring them back; a new teaching does."""
         if not sids:
             return 0
         return int(self._forget(args=[self.p, self.gone_ttl_s, STREAM_MAX, reason, len(sids), *sids]))

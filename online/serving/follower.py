@@ -212,7 +212,10 @@ class VersionFollower:
                 await asyncio.sleep(min(self.s.model_poll_s, 1.0))
             await self.sync()
             if self._on_tick:
-                await self._on_tick()
+                try:
+                    await self._on_tick()
+                except Exception as exc:  # a heartbeat never stops the replica following the registry
+                    log.warning("replica tick failed: %r", exc)
 
 
 async def _at_low_priority(fn, *args):

@@ -4,11 +4,12 @@ At start (and after any Redis trouble) it loads the log's snapshot, then follows
 blocking read, so a taught text is answered from memory about as soon as the consumer stored it. Texts
 are embedded with the served version's own encoder on the forward thread (the one thread running torch
 here), in small chunks between batches. Before a hot swap, :meth:`MemoryFollower.prepare` builds the new
-version's memory, so the swap changes weights and memory together; a memory that fails to build never
-delays a swap (the version serves without one, logged).
+version's memory, so the swap changes weights and memory together (the swap waits for it); a memory that
+fails to build never stops a swap (the version serves without one, logged, and it is built again after).
 
 Every ``model_poll_s`` (and at once when the quarantine removes something) it re-reads the quarantined
-and trusted sources and the approved labels: the policy each memory's states depend on.
+and trusted sources, the approved labels and the samples the buffer's quarantine holds: the policy each
+memory's states depend on. Every touch of a memory (faiss included) runs on the forward thread.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class MemoryFollower:
         self.rules = LabelRules.from_settings(s)
         self.screen_cfg = ScreenConfig.from_settings(s) if s.quarantine else None
         self.entries: dict[str, Correction] = {}
-        self.memories: dict[int, CorrectionMemory] = {}
+        self.memories: dict[int, tuple[CorrectionMemory, Predictor]] = {}  # served (+ one being prepared)
         self.policy = Policy()
         self._position: str | None = None  # None: (re)load the snapshot
         self._policy_due = 0.0
@@ -75,33 +76,39 @@ class MemoryFollower:
         await cancel(self._task)
 
     def memory_for(self, version: int) -> CorrectionMemory | None:
-        return self.memories.get(version)
+        held = self.memories.get(version)
+        return held[0] if held else None
 
     def stats(self) -> dict[str, int]:
         """The served version's memory by state, for the heartbeat (`online status`)."""
         predictor = self._served()
-        memory = self.memories.get(predictor.version) if predictor else None
-        return memory.counts() if memory else {state: 0 for state in STATES}
+        memory = self.memory_for(predictor.version) if predictor else None
+        return dict(memory.counts()) if memory else {state: 0 for state in STATES}
 
     # --- building a version's memory ----------------------------------------------------------
     async def prepare(self, predictor: Predictor) -> None:
-        """Build ``predictor``'s memory before it goes live (called by the version follower)."""
+        """Build ``predictor``'s memory before it goes live (called by the version follower). The swap
+        waits for it: embedding N entries costs N/64 short forward-thread calls between batches."""
         try:
             reference = await asyncio.to_thread(self._reference, predictor.version)
-            memory = CorrectionMemory(
-                predictor.version, predictor.labels, self.s.memory_similarity, self.rules, self.screen_cfg, reference
-            )
-            memory.policy = self.policy
             async with self._lock:
+                memory = await self.batcher.call(
+                    lambda: CorrectionMemory(
+                        predictor.version, predictor.labels, self.s.memory_similarity, self.rules, self.screen_cfg,
+                        reference,
+                    )
+                )  # fmt: skip
                 await self._fill(memory, predictor)
-                self.memories[predictor.version] = memory
+                self.memories[predictor.version] = (memory, predictor)
         except Exception as exc:  # serving goes on without a memory for this version
             log.error("version %s: correction memory not built (%r); it serves without one", predictor.version, exc)
 
     async def swapped(self, predictor: Predictor) -> None:
-        """Keep only the served version's memory."""
+        """Keep only the served version's memory; build it if its preparation failed."""
         async with self._lock:
-            self.memories = {v: m for v, m in self.memories.items() if v == predictor.version}
+            self.memories = {v: held for v, held in self.memories.items() if v == predictor.version}
+        if predictor.version not in self.memories:
+            await self.prepare(predictor)
         self._gauges()
 
     def _reference(self, version: int) -> Reference | None:
@@ -109,24 +116,25 @@ class MemoryFollower:
         return Reference.load(path) if path.is_file() else None
 
     async def _fill(self, memory: CorrectionMemory, predictor: Predictor) -> None:
-        """Bring ``memory`` to the log's entries: forget what left, embed what is new, decide states."""
-        memory.forget(sorted(memory.sids() - self.entries.keys()))
-        todo = [e for sid, e in self.entries.items() if sid not in memory]
+        """Bring ``memory`` to the log's entries: embed what is new, forget what left, decide states.
+        Every touch of the memory runs on the forward thread; the caller holds the lock."""
+        entries, policy = dict(self.entries), self.policy
+        todo = await self.batcher.call(lambda: memory.missing(entries))
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start : start + CHUNK]
             await self.batcher.call(lambda chunk=chunk: _learn(memory, predictor, chunk))
-        policy = self.policy
-        await self.batcher.call(lambda: memory.refresh(policy))
+
+        def settle() -> None:
+            memory.forget_all_but(set(entries))
+            memory.refresh(policy)
+
+        await self.batcher.call(settle)
 
     async def _sync(self) -> None:
-        predictor = self._served()
-        if predictor is None:
-            return
+        """Every memory held (the served version's, and one being prepared for a swap) to the log."""
         async with self._lock:
-            memory = self.memories.get(predictor.version)
-            if memory is None:
-                return  # not built (yet, or it failed): the next swap builds one
-            await self._fill(memory, predictor)
+            for memory, predictor in list(self.memories.values()):
+                await self._fill(memory, predictor)
         self._gauges()
 
     def _gauges(self) -> None:
@@ -143,6 +151,11 @@ class MemoryFollower:
             except (redis.RedisError, OSError) as exc:
                 self.redis_health.failed(exc)  # logged once per outage there
                 self._position = None  # reload the snapshot when Redis is back: changes may be lost
+                await asyncio.sleep(min(self.s.model_poll_s, 1.0))
+                continue
+            except Exception as exc:  # an unreadable change: never stop following
+                log.warning("correction log not read (%r); reloading its snapshot", exc)
+                self._position = None
                 await asyncio.sleep(min(self.s.model_poll_s, 1.0))
                 continue
             if changed:
@@ -183,6 +196,7 @@ class MemoryFollower:
                 frozenset(self.stores.sources.quarantined()),
                 frozenset(self.stores.sources.trusted()),
                 frozenset(self.stores.labels.approved()),
+                frozenset(self.stores.buffer.held_ids()),
             )
 
         policy = await asyncio.to_thread(read)

@@ -39,13 +39,14 @@ def test_the_log_is_idempotent_masks_pii_and_forgets_on_purpose(log):
 
 def test_the_log_keeps_the_newest_within_capacity_and_age(log):
     now = __import__("time").time()
-    old = Incoming("e0", "too old to matter", "x", "agent", now - 7200)
     items = [Incoming(f"e{i}", f"text number {i}", "x", "agent", now + i) for i in range(1, 6)]
-    assert log.add([old]) == 0  # older than the age limit: never stored
-    log.add(items)
+    for item in items:  # stored one after another: the stored time orders them, not the client's
+        log.add([item])
     position, entries = log.snapshot()
     assert [e.text for e in entries] == ["text number 3", "text number 4", "text number 5"]
     assert sum(c.reason == "capacity" for c in changes(log)) == 2 and position == changes(log)[-1].stream_id
+    aged = CorrectionLog(log.r, Keys(log.p.rsplit(":", 1)[0]), capacity=3, max_age_s=0.0, gone_ttl_s=60)
+    assert aged.trim() == 3 and aged.size() == 0  # the trainer's housekeeping ages them out
 
 
 def _entry(i: int, label: str, source: str = "agent", text: str | None = None) -> Correction:
@@ -91,6 +92,8 @@ def test_states_exact_and_near_answers_and_the_blend():
 
     memory.learn([_entry(5, "new", source="other")], _probs(LABELS, "a")[None], _unit([1, 1, 0.1]))
     memory.refresh()
+    retaught = Correction("s1", "e9", "Where is  my parcel", "b", "agent-2", 9.0)
+    assert memory.missing({"s1": retaught, "s5": _entry(5, "new", source="other")}) == [retaught]
     assert memory.states()["s4"] == ACTIVE  # the label has its 2 examples now
     top, _ = blend(memory.lookup(["text 4"], _unit([1, 1, 0]))[0], _probs(LABELS, "a"), LABELS, 2)
     assert top == [("new", 1.0), ("a", 0.0)]

@@ -147,7 +147,7 @@ def test_a_release_sticks_and_a_drop_never_returns(parts):
     held = {h.text: h.sid for h in buffer.held()}
     assert set(held) == {t for t, _, _ in flipped}
     assert quarantine.release(buffer, ledger, [held["please rain today"]]) == 1
-    assert quarantine.drop(buffer, [held["a guitar concert now"]]) == 1
+    assert quarantine.drop(buffer, runner.stores.corrections, [held["a guitar concert now"]]) == 1
 
     report = runner.run()  # the operator's word outranks the screen: not held again
     assert report.new == 1 and report.quarantined == 0 and buffer.held() == []

@@ -146,3 +146,18 @@ def test_a_new_replica_rebuilds_the_memory(stack):
     with served_app(settings) as second:
         answer = wait_for(lambda: (p := ask(second, TAUGHT))["source"] == "memory" and p, timeout=10, what="rebuilt")
         assert answer["label"] == right
+
+
+def test_a_label_correcting_a_memory_answer_replaces_it(stack):
+    settings, client, _ = stack
+    model_label = ask(client, TAUGHT)["label"]
+    teach(client, TAUGHT, other(model_label))
+    served = wait_for(lambda: (p := ask(client, TAUGHT))["source"] == "memory" and p, what="a memory answer")
+    resp = client.post(
+        "/v1/feedback",
+        json={"kind": "label", "text": TAUGHT, "label": "c", "prediction_id": served["prediction_id"], "source": "u"},
+    )
+    assert resp.status_code == 202
+    wait_for(lambda: Stores.from_settings(settings).corrections.size() == 1, what="the old entry forgotten")
+    # the new label "c" is pending under the label rules (1 of 3 examples): the model answers meanwhile
+    wait_for(lambda: ask(client, TAUGHT)["source"] == "model", what="the corrected memory answer gone")

@@ -45,4 +45,6 @@ async def release(body: QuarantineAction, stores: StoresDep) -> QuarantineResult
 @api.post("/v1/quarantine/drop", response_model=QuarantineResult)
 async def drop(body: QuarantineAction, stores: StoresDep) -> QuarantineResult:
     """Delete held samples for good (with ``source``: everything it sent that is held)."""
-    return QuarantineResult(changed=await asyncio.to_thread(quarantine.drop, stores.buffer, body.sids, body.source))
+    return QuarantineResult(
+        changed=await asyncio.to_thread(quarantine.drop, stores.buffer, stores.corrections, body.sids, body.source)
+    )
