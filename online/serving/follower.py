@@ -165,6 +165,8 @@ class VersionFollower:
                 return False
             if self._prepare:
                 await self._prepare(predictor)  # never raises: a version serves without its extras
+            if await self._superseded(version):
+                return False
             old = self.version
             self.current = predictor  # the atomic swap: one reference
             if self._on_swap:
@@ -174,6 +176,18 @@ class VersionFollower:
             self.metrics.swaps.inc()
             log.info("now serving version %s (was %s)", version, old)
             return True
+
+    async def _superseded(self, version: int) -> bool:
+        """The live alias moved on while ``version`` was being built (a rollback during a slow swap):
+        swapping now would serve a version that is no longer live until the next sync."""
+        try:
+            live = await asyncio.to_thread(self.registry.live)
+        except redis.RedisError:
+            return False  # cannot tell: the swap goes on, the next sync corrects it
+        if live is not None and live != version:
+            log.info("version %s was superseded by %s while it was being loaded: not swapped in", version, live)
+            return True
+        return False
 
     async def _build(self, version: int) -> Predictor:
         """Verify off the forward thread; build and warm up on it, in steps so batches interleave."""

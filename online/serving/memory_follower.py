@@ -67,12 +67,16 @@ class MemoryFollower:
         self._policy_due = 0.0
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
+        self._stopping = False
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._follow())
 
     async def stop(self) -> None:
+        # redis-py may turn a cancellation inside a blocking read into a connection error, which the loop
+        # treats as an outage and retries: the flag ends it whatever the cancellation became
+        self._stopping = True
         await cancel(self._task)
 
     def memory_for(self, version: int) -> CorrectionMemory | None:
@@ -143,7 +147,7 @@ class MemoryFollower:
 
     # --- following the log --------------------------------------------------------------------
     async def _follow(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 changed = await self._read()
                 if time.monotonic() >= self._policy_due:
