@@ -239,5 +239,7 @@ def blend(hit: Hit, probs: np.ndarray, labels: Sequence[str], k: int) -> tuple[l
     if hit.label in labels:
         mixed = mixed.copy()
         mixed[labels.index(hit.label)] += s
-    top = sorted(scores.items(), key=lambda kv: -kv[1])[:k]
+    model = {lab: float(p) for lab, p in zip(labels, probs)}
+    # ties (every other label is 0 for the exact text) keep the model's order, not the label list's
+    top = sorted(scores.items(), key=lambda kv: (-kv[1], -model.get(kv[0], 0.0)))[:k]
     return [(lab, round(p, 6)) for lab, p in top], mixed
