@@ -79,16 +79,11 @@ def run_bench_memory(
     policy = Policy(approved_labels=frozenset(lab for _, lab in pool))  # new intents an operator approved
 
     def memory_of(n: int, similarity: float, check: bool = True) -> CorrectionMemory:
-        memory = CorrectionMemory(version, model.labels, similarity, rules, screen_cfg, reference if check else None)
+        memory = CorrectionMemory(model.labels, similarity, rules, screen_cfg, reference if check else None)
         memory.policy = policy
         memory.learn(entries[:n], pool_probs[:n].numpy(), pool_emb[:n].numpy())
         memory.refresh()
         return memory
-
-    def served(memory: CorrectionMemory, texts: list[str], probs, emb) -> list[str]:
-        hits = memory.lookup(texts, emb.numpy())
-        labels = [model.labels[i] for i in probs.argmax(-1).tolist()]
-        return [blend(h, probs[i].numpy(), model.labels, 1)[0][0][0] if h else labels[i] for i, h in enumerate(hits)]
 
     rows = []
     # the setting without the known-data comparison too (an ablation: what the comparison buys)
@@ -97,7 +92,7 @@ def run_bench_memory(
         base = None
         for n in SIZES:
             memory = memory_of(n, similarity, check)
-            answers = served(memory, [t for t, _ in traffic], traffic_probs, traffic_emb)
+            answers = served_labels(memory, [t for t, _ in traffic], traffic_probs, traffic_emb)
             untouched = sum(a == lab for a, (_, lab) in zip(answers, traffic)) / len(traffic)
             base = untouched if base is None else base
             taught = [
@@ -108,7 +103,7 @@ def run_bench_memory(
             para_acc = None
             if para:
                 p_probs, p_emb = predictor.probabilities_and_embeddings(para)
-                got = served(memory, para, p_probs, p_emb)
+                got = served_labels(memory, para, p_probs, p_emb)
                 para_acc = sum(a == e.label for a, e in zip(got, sample)) / len(sample)
             counts = memory.counts()
             rows.append(
@@ -186,7 +181,7 @@ def served_accuracy(
     predictor = Predictor(
         model, 0, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len
     )
-    memory = CorrectionMemory(0, model.labels, settings.memory_similarity, LabelRules.from_settings(settings),
+    memory = CorrectionMemory(model.labels, settings.memory_similarity, LabelRules.from_settings(settings),
                               screen_cfg, reference)  # fmt: skip
     memory.policy = Policy(quarantined_sources=quarantined)
     entries = [Correction(f"c{i}", f"e{i}", t, lab, src, float(i)) for i, (t, lab, src) in enumerate(taught)]
@@ -196,6 +191,13 @@ def served_accuracy(
         memory.learn(chunk, probs.numpy(), emb.numpy())
     memory.refresh()
     probs, emb = predictor.probabilities_and_embeddings([t for t, _ in test])
-    hits = memory.lookup([t for t, _ in test], emb.numpy())
-    answers = [h.label if h else model.labels[int(p.argmax())] for h, p in zip(hits, probs)]
+    answers = served_labels(memory, [t for t, _ in test], probs, emb)
     return sum(a == lab for a, (_, lab) in zip(answers, test)) / len(test)
+
+
+def served_labels(memory: CorrectionMemory, texts: list[str], probs, emb) -> list[str]:
+    """The label a replica serves for each text: the memory's blend where it answers, else the model's
+    (what ``MemoryHook`` does, from embeddings computed once)."""
+    hits = memory.lookup(texts, emb.numpy())
+    answers = [memory.labels[i] for i in probs.argmax(-1).tolist()]
+    return [blend(h, probs[i].numpy(), memory.labels, 1)[0][0][0] if h else answers[i] for i, h in enumerate(hits)]

@@ -96,8 +96,8 @@ class FeedbackProcessor:
                 out.samples.append(sample)
                 if pred is None or pred.label != ev.label:
                     out.corrections.append(sample)
-                if pred is not None and pred.memory_sid and pred.label != ev.label:
-                    out.forget.append(pred.memory_sid)  # the memory's answer was corrected: it leaves
+                    if pred is not None and pred.memory_sid:
+                        out.forget.append(pred.memory_sid)  # the memory's answer was corrected: it leaves
                 if ev.prediction_id:
                     out.answered.append(ev.prediction_id)
                 if pred:

@@ -37,7 +37,7 @@ from online.feedback.buffer import ReplayBuffer
 from online.feedback.labels import PENDING, LabelBook, is_pending
 from online.keys import Keys
 from online.memory.log import CorrectionLog
-from online.monitoring.drift import Reference
+from online.monitoring.drift import Reference, unit_rows
 from online.settings import Settings
 
 SOURCE_HELD = "source quarantined"
@@ -110,8 +110,7 @@ def screen(
     """Judge each item from the live model's probabilities and embeddings of its text."""
     import faiss
 
-    x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = unit_rows(embeddings)
     n = len(items)
     pool_vectors = [x]
     pool_labels = [it.label for it in items]

@@ -19,6 +19,7 @@ import numpy as np
 import redis
 
 from online.keys import Keys
+from online.monitoring.drift import unit_rows
 
 
 def uncertainty(margin: np.ndarray, far: np.ndarray) -> np.ndarray:
@@ -44,9 +45,7 @@ def diverse_pick(embeddings: np.ndarray, scores: np.ndarray, k: int) -> list[int
         return []
     if n <= k:
         return [int(i) for i in np.argsort(-scores)]
-    x = np.ascontiguousarray(
-        embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12), dtype=np.float32
-    )
+    x = unit_rows(embeddings)
     km = faiss.Kmeans(x.shape[1], k, niter=20, seed=1, min_points_per_centroid=1, max_points_per_centroid=10**6)
     km.train(x)
     _, assign = km.index.search(x, 1)

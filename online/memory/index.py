@@ -37,7 +37,7 @@ from online.feedback.labels import LabelRules, govern
 from online.feedback.pii import mask_pii
 from online.feedback.quarantine import Candidate, ScreenConfig, screen
 from online.memory.log import Correction
-from online.monitoring.drift import Reference
+from online.monitoring.drift import Reference, unit_rows
 
 ACTIVE, ABSORBED, HELD, PENDING = "active", "absorbed", "held", "pending"
 STATES = (ACTIVE, ABSORBED, HELD, PENDING)
@@ -84,14 +84,12 @@ class CorrectionMemory:
 
     def __init__(
         self,
-        version: int,
         labels: Sequence[str],
         similarity: float,
         rules: LabelRules,
         screen_cfg: ScreenConfig | None,
         reference: Reference | None,
     ) -> None:
-        self.version = version
         self.labels = list(labels)
         self.similarity = similarity
         self.rules = rules
@@ -105,10 +103,7 @@ class CorrectionMemory:
         self._index = None
         self._known_index = None  # the version's indexed training data: a correction must be nearer than it
         if reference is not None and reference.train_labels:
-            import faiss
-
-            self._known_index = faiss.IndexFlatIP(reference.train.shape[1])
-            self._known_index.add(np.ascontiguousarray(reference.train, dtype=np.float32))
+            self._known_index = reference.index()
             self._known_labels = list(reference.train_labels)
 
     # --- contents ---------------------------------------------------------------------------
@@ -122,8 +117,7 @@ class CorrectionMemory:
         whose source is not trusted. Call :meth:`refresh` afterwards."""
         if not entries:
             return
-        x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = unit_rows(embeddings)
         judged: dict[int, tuple[str, str | None]] = {}
         todo = [i for i, e in enumerate(entries) if e.source not in self.policy.trusted_sources]
         if self.screen_cfg is not None and todo:
@@ -203,8 +197,7 @@ class CorrectionMemory:
                 hits[i] = Hit(sid, e.event_id, e.label, 1.0, True)
         rest = [i for i, h in enumerate(hits) if h is None]
         if rest and self._index is not None:
-            x = embeddings[rest]
-            x = np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+            x = unit_rows(embeddings[rest])
             sims, nn = self._index.search(x, 1)
             if self._known_index is not None:
                 known_sims, known_nn = self._known_index.search(x, 1)

@@ -33,7 +33,8 @@ REFERENCE_FILE = "reference.npz"
 NULL_DRAWS = 500
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (float32): cosine similarity is then an inner product (faiss IP)."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -86,8 +87,8 @@ class Reference:
         train_labels: list[str] | None = None,
     ) -> "Reference":
         rng = np.random.default_rng(seed)
-        train = _normalise(train_emb)
-        calib = _normalise(calib_emb)
+        train = unit_rows(train_emb)
+        calib = unit_rows(calib_emb)
         d_cal = _nn_distance(_index(train), calib)
         m = min(len(train), 2 * window)
         mmd_ref = train[rng.choice(len(train), m, replace=False)]
@@ -178,7 +179,7 @@ def _nn_distance(index, x: np.ndarray) -> np.ndarray:
 
 
 def nn_distance(index, embeddings: np.ndarray) -> np.ndarray:
-    return _nn_distance(index, _normalise(embeddings))
+    return _nn_distance(index, unit_rows(embeddings))
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ def window_signals(
     t: Thresholds,
 ) -> dict[str, dict]:
     """Every input and prediction signal of one window: value, threshold, and whether it alerts."""
-    x = _normalise(embeddings)
+    x = unit_rows(embeddings)
     knn_rate = float(np.mean(nn_dist > ref.nn_q95))
     mmd = _mmd2(x, ref.mmd_ref, ref.kyy_mean, ref.gamma)
     mmd_p = _p_value(ref.mmd_null, mmd)

@@ -37,6 +37,7 @@ log = logging.getLogger("online.serving.memory")
 
 CHUNK = 64  # texts embedded per forward-thread call: a request waits at most one chunk's forward
 READ_BLOCK_MS = 1000
+READ_COUNT = 1000  # changes per stream read
 
 
 class MemoryFollower:
@@ -98,10 +99,9 @@ class MemoryFollower:
             async with self._lock:
                 memory = await self.batcher.call(
                     lambda: CorrectionMemory(
-                        predictor.version, predictor.labels, self.s.memory_similarity, self.rules, self.screen_cfg,
-                        reference,
+                        predictor.labels, self.s.memory_similarity, self.rules, self.screen_cfg, reference
                     )
-                )  # fmt: skip
+                )
                 await self._fill(memory, predictor)
                 self.memories[predictor.version] = (memory, predictor)
         except Exception as exc:  # serving goes on without a memory for this version
@@ -176,14 +176,15 @@ class MemoryFollower:
             self._position = position
             log.info("correction memory: %d entries loaded", len(entries))
             return True
-        reply = await self._aredis.xread({self.log.stream: self._position}, count=1000, block=READ_BLOCK_MS)
+        reply = await self._aredis.xread({self.log.stream: self._position}, count=READ_COUNT, block=READ_BLOCK_MS)
         if not reply:
             return False
         changes = [parse_change(sid, fields) for sid, fields in reply[0][1]]
-        first = await asyncio.to_thread(self.log.first_position)
-        if first is not None and self._position != "0-0" and _older(self._position, first):
-            self._position = None  # fell behind the stream's cap (changes may be lost): reload
-            return False
+        if len(changes) == READ_COUNT:  # behind: maybe past the stream's cap (one extra read, only then)
+            first = await asyncio.to_thread(self.log.first_position)
+            if first is not None and self._position != "0-0" and _older(self._position, first):
+                self._position = None  # changes may be lost: reload the snapshot
+                return False
         for change in changes:
             if change.entry is not None:
                 self.entries[change.entry.sid] = change.entry

@@ -69,7 +69,7 @@ RULES = LabelRules(policy="limited", min_examples=2, budget_per_hour=3, corrobor
 
 
 def test_states_exact_and_near_answers_and_the_blend():
-    memory = CorrectionMemory(1, LABELS, 0.9, RULES, None, None)
+    memory = CorrectionMemory(LABELS, 0.9, RULES, None, None)
     entries = [
         _entry(1, "b", text="Where is  my parcel"),  # the model says a: active
         _entry(2, "a"),  # the model already says a: absorbed
@@ -105,7 +105,7 @@ def test_a_correction_must_be_nearer_than_known_data_of_another_label():
         train=known, mmd_ref=known, pred_dist=np.ones(3) / 3, nn_q95=0.1, nn_q99=0.2, gamma=1.0, kyy_mean=0.5,
         mmd_null=np.zeros(3), js_null=np.zeros(3), window=20, train_labels=["a", "b"],
     )  # fmt: skip
-    memory = CorrectionMemory(1, LABELS, 0.8, RULES, None, reference)
+    memory = CorrectionMemory(LABELS, 0.8, RULES, None, reference)
     memory.learn([_entry(1, "c")], _probs(LABELS, "a")[None], _unit([1, 0.3, 0]))
     memory.refresh()
     near_correction, near_known_a = _unit([1, 0.35, 0]), _unit([1, 0.05, 0])
