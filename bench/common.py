@@ -82,13 +82,6 @@ def latest_local_version(settings: Settings) -> tuple[TextClassifier, Manifest] 
     return None
 
 
-def publish_live(settings: Settings, model: TextClassifier) -> Manifest:
-    registry = Stores.from_settings(settings).registry
-    manifest = registry.publish(model, parent=None)
-    promotion.promote(registry, manifest.version, "benchmark")
-    return manifest
-
-
 class _Connection:
     """A minimal HTTP/1.1 keep-alive client for load generation.
 
@@ -181,6 +174,22 @@ def http_load(url: str, texts: list[str], total: int, concurrency: int) -> LoadR
     return asyncio.run(_load([url], texts, total, concurrency))
 
 
+def publish_gated(env: Settings, model: TextClassifier, parent: int | None) -> Manifest:
+    """Publish ``model`` as a round would: a gate baseline on the seed test set (frozen as the golden set
+    the first time) and the int8 artifact built and checked beside it."""
+    _, test = seed_data(env)
+    gate = Gate(env, GoldenSet.for_settings(env, test))
+    report = gate.baseline(model)
+    with gate.serving_artifacts(model, report) as artifacts:
+        return Stores.from_settings(env).registry.publish(
+            model,
+            parent=parent,
+            gate=report.model_dump(),
+            metrics={"golden_accuracy": report.golden_accuracy},
+            artifacts=artifacts,
+        )
+
+
 def install_v1(env: Settings, console: Console, found: tuple[TextClassifier, object] | None) -> None:
     """Version 1 in a bench's own registry: the user's newest local version re-gated on the seed test set,
     or (none found) trained on the seed data."""
@@ -189,12 +198,7 @@ def install_v1(env: Settings, console: Console, found: tuple[TextClassifier, obj
         console.print("no local model version: training version 1 on the seed data first")
         train_version_one(env, registry)
         return
-    model = found[0]
-    _, test = seed_data(env)
-    report = Gate(env, GoldenSet.for_settings(env, test)).baseline(model)
-    v1 = registry.publish(
-        model, parent=None, gate=report.model_dump(), metrics={"golden_accuracy": report.golden_accuracy}
-    )
+    v1 = publish_gated(env, found[0], parent=None)
     promotion.promote(registry, v1.version, "benchmark start")
 
 

@@ -1,108 +1,180 @@
-"""`online bench serve`: the HTTP API against a naive server and against the raw batched forward.
+"""`online bench serve`: the HTTP API on its default engine against the raw forward of every engine.
 
-(a) naive: the same API with one forward per request, no batching, fp32;
-(b) raw: the served numeric path (precision, length bucketing) called in-process on full batches;
-the limit the API can approach. Accuracy of the served path is checked against fp32 on CLINC150 test.
+(a) raw: each engine's served numeric path (length bucketing; torch fp32, torch bf16 where the hardware
+has it, the version's int8 ONNX Runtime artifact on CPU) called in-process on full batches, engines
+interleaved so that machine noise hits them alike;
+(b) api: the HTTP API as configured (its engine read from ``/readyz``);
+(c) naive: the same API with one forward per request, no batching, torch fp32.
+Accuracy of every engine on the CLINC150 test texts of the model's labels, against fp32.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 
-from rich.console import Console
+import httpx
 from rich.table import Table
 
-from bench.common import LoadResult, bench_environment, http_load, latest_local_version, publish_live
+from bench.common import LoadResult, bench_environment, http_load, install_v1, latest_local_version
+from bench.report import BenchConsole
 from online.data import Clinc150
-from online.learning.fit import accuracy
-from online.learning.version_one import train_version_one
+from online.model import resolve_device
+from online.serving.engines import INT8_FILE, OnnxEngine, resolve_precision
 from online.serving.predictor import Predictor
 from online.settings import Settings
 from online.stores import Stores
 from services.supervisor import api_process
 
+ROUNDS = 3  # each raw cell is measured in this many slices, engines interleaved
 
-def _raw(predictor: Predictor, texts: list[str], total: int, batch: int) -> LoadResult:
-    predictor.predict(texts[:batch])
+
+def _raw_slice(predictor: Predictor, texts: list[str], total: int, batch: int, offset: int) -> LoadResult:
     latencies = []
     started = time.perf_counter()
     for start in range(0, total, batch):
-        chunk = [texts[(start + j) % len(texts)] for j in range(batch)]
+        chunk = [texts[(offset + start + j) % len(texts)] for j in range(batch)]
         t0 = time.perf_counter()
-        predictor.predict(chunk)
+        predictor.probabilities(chunk)
         latencies.extend([time.perf_counter() - t0] * batch)
     done = (total + batch - 1) // batch * batch
     return LoadResult(done, 0, time.perf_counter() - started, latencies)
 
 
-def _accuracy(predictor: Predictor, test: list[tuple[str, str]]) -> float:
-    return accuracy(lambda texts: [p.label for p in predictor.predict(texts, 1)], test)
+def _raw(predictors: dict[str, Predictor], texts: list[str], total: int, batch: int) -> dict[str, LoadResult]:
+    """Every engine on the same texts, in ``ROUNDS`` interleaved slices."""
+    out = {name: LoadResult(0, 0, 0.0, []) for name in predictors}
+    for p in predictors.values():
+        p.probabilities(texts[:batch])  # warm
+    for r in range(ROUNDS):
+        for name, p in predictors.items():
+            part = _raw_slice(p, texts, max(batch, total // ROUNDS), batch, r * total)
+            acc = out[name]
+            out[name] = LoadResult(
+                acc.requests + part.requests, 0, acc.seconds + part.seconds, acc.latencies + part.latencies
+            )
+    return out
 
 
-def run_bench_serve(settings: Settings, requests: int, levels: list[int], eval_limit: int, console: Console) -> None:
+def _engine_of(url: str) -> str:
+    return httpx.get(f"{url}/readyz", timeout=10).json().get("engine") or "?"
+
+
+def run_bench_serve(
+    settings: Settings, requests: int, levels: list[int], eval_limit: int, console: BenchConsole
+) -> None:
     clinc = Clinc150.open(settings.data_dir)
     found = latest_local_version(settings)
+    device = resolve_device(settings.device)
     with bench_environment(settings) as env:
-        if found is None:
-            console.print("no local model version: training version 1 on the seed data first")
-            registry = Stores.from_settings(env).registry
-            manifest = train_version_one(env, registry)
-            model, _ = registry.load(manifest.version)
-        else:
-            model, manifest = found
-            publish_live(env, model)
+        registry = Stores.from_settings(env).registry
+        install_v1(env, console, found)  # gated, with its int8 artifact built the way a round builds it
+        version = registry.live()
+        model, manifest = registry.load(version)
         known = set(model.labels)
-        test = [ex for ex in clinc.split("test") if ex[1] in known]
-        if eval_limit:
-            test = test[:eval_limit]
+        test = [ex for ex in clinc.split("test") if ex[1] in known][: eval_limit or None]
         texts = [t for t, _ in clinc.split("test")]
 
-        def predictor(precision: str) -> Predictor:
-            return Predictor(
-                model, manifest.version, device=env.device, precision=precision, max_seq_len=env.max_seq_len
+        def torch_predictor(precision: str) -> Predictor:
+            return Predictor(model, version, device=env.device, precision=precision, max_seq_len=env.max_seq_len)
+
+        predictors = {"torch-fp32": torch_predictor("fp32")}
+        if resolve_precision("auto", device) != "fp32":
+            name = f"torch-{resolve_precision('auto', device)}"
+            predictors[name] = torch_predictor("auto")
+        if device.type == "cpu" and INT8_FILE in manifest.artifacts:
+            engine = OnnxEngine(registry.artifact(version, INT8_FILE), threads=env.num_threads)
+            predictors["onnx-int8"] = Predictor.on_engine(
+                engine, version, model.labels, model.base_model, max_seq_len=env.max_seq_len
             )
+        elif device.type == "cpu":
+            check = (manifest.gate or {}).get("engine") or {}
+            console.print(f"[yellow]no int8 artifact ({check.get('detail', 'not built')}): no onnx-int8 rows")
 
-        acc_fp32 = _accuracy(predictor("fp32"), test)
-        served = predictor(env.precision)
-        acc_served = _accuracy(served, test)
-        rows: dict[int, dict[str, LoadResult]] = {c: {} for c in levels}
-        for c in levels:
-            rows[c]["raw"] = _raw(served, texts, requests, c)
-        served = None  # free it before the servers start
+        fp32_labels = None
+        for name, p in predictors.items():
+            predicted = [p.labels[i] for i in p.probabilities([t for t, _ in test]).argmax(-1).tolist()]
+            fp32_labels = fp32_labels or predicted
+            acc = sum(guess == lab for guess, (_, lab) in zip(predicted, test)) / max(len(test), 1)
+            agreement = sum(a == b for a, b in zip(predicted, fp32_labels)) / max(len(test), 1)
+            console.row(table="accuracy", engine=name, texts=len(test), accuracy=acc, agreement_with_fp32=agreement)
+
+        raw = {c: _raw(predictors, texts, requests, c) for c in levels}
+        predictors = None  # free every engine before the servers start
+        gc.collect()
+        api: dict[int, LoadResult] = {}
+        naive: dict[int, LoadResult] = {}
         with api_process(env) as url:
+            api_engine = _engine_of(url)
             for c in levels:
-                rows[c]["api"] = http_load(url, texts, requests, c)
-        with api_process(env, ONLINE_MAX_BATCH_SIZE="1", ONLINE_MAX_WAIT_MS="0", ONLINE_PRECISION="fp32") as url:
+                api[c] = http_load(url, texts, requests, c)
+        naive_env = {"ONLINE_MAX_BATCH_SIZE": "1", "ONLINE_MAX_WAIT_MS": "0", "ONLINE_PRECISION": "fp32"}
+        with api_process(env, ONLINE_ENGINE="torch", **naive_env) as url:
+            naive_engine = _engine_of(url)
             for c in levels:
-                rows[c]["naive"] = http_load(url, texts, requests, c)
+                naive[c] = http_load(url, texts, requests, c)
 
-    table = Table(title=f"online bench serve: {requests} single-text requests per cell, model v{manifest.version}")
-    for col in ("conc.", "API req/s", "naive req/s", "raw req/s", "API/naive", "API/raw",
-                "API p50/p99 ms", "naive p50/p99 ms", "raw p50/p99 ms", "errors"):  # fmt: skip
-        table.add_column(col, justify="right")
+    def load_row(server: str, engine: str, c: int, r: LoadResult) -> None:
+        console.row(
+            table="load", server=server, engine=engine, concurrency=c, req_per_s=r.throughput,
+            p50_ms=1e3 * r.p50, p99_ms=1e3 * r.pct(0.99), errors=r.errors,
+        )  # fmt: skip
+
     for c in levels:
-        api, naive, raw = rows[c]["api"], rows[c]["naive"], rows[c]["raw"]
+        load_row("api", api_engine, c, api[c])
+        load_row("naive", naive_engine, c, naive[c])
+        for name, r in raw[c].items():
+            load_row("raw", name, c, r)
+    _report(console, manifest.version, requests, api_engine)
+
+
+def _report(console: BenchConsole, version: int, requests: int, api_engine: str) -> None:
+    load = [r for r in console.rows if r["table"] == "load"]
+    table = Table(title=f"online bench serve: {requests} single-text requests per cell, model v{version}")
+    for col in ("server", "engine", "conc.", "req/s", "p50 ms", "p99 ms", "errors"):
+        table.add_column(col, justify="left" if col in ("server", "engine") else "right")
+    for r in load:
         table.add_row(
-            str(c),
-            f"{api.throughput:.0f}",
-            f"{naive.throughput:.0f}",
-            f"{raw.throughput:.0f}",
-            f"{api.throughput / naive.throughput:.2f}x",
-            f"{api.throughput / raw.throughput:.2f}x",
-            f"{api.p50 * 1e3:.1f}/{api.pct(0.99) * 1e3:.1f}",
-            f"{naive.p50 * 1e3:.1f}/{naive.pct(0.99) * 1e3:.1f}",
-            f"{raw.p50 * 1e3:.1f}/{raw.pct(0.99) * 1e3:.1f}",
-            f"{api.errors}/{naive.errors}",
-        )
+            r["server"], r["engine"], str(r["concurrency"]), f"{r['req_per_s']:.0f}",
+            f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", str(r["errors"]),
+        )  # fmt: skip
     console.print(table)
-    console.print(
-        f"accuracy on {len(test)} CLINC150 test texts of the model's labels: served path ({served_precision(env)}) "
-        f"{acc_served * 100:.2f}% vs fp32 {acc_fp32 * 100:.2f}% (delta {(acc_served - acc_fp32) * 100:+.2f} points)"
-    )
+    acc = {r["engine"]: r for r in console.rows if r["table"] == "accuracy"}
+    accuracy_table = Table(title="accuracy on the CLINC150 test texts of the model's labels")
+    for col in ("engine", "texts", "accuracy %", "vs fp32 (points)", "agrees with fp32 %"):
+        accuracy_table.add_column(col, justify="left" if col == "engine" else "right")
+    base = acc["torch-fp32"]["accuracy"]
+    for name, r in acc.items():
+        accuracy_table.add_row(
+            name, str(r["texts"]), f"{100 * r['accuracy']:.2f}", f"{100 * (r['accuracy'] - base):+.2f}",
+            f"{100 * r['agreement_with_fp32']:.2f}",
+        )  # fmt: skip
+    console.print(accuracy_table)
 
+    top = max(r["concurrency"] for r in load)
+    low = min(r["concurrency"] for r in load)
 
-def served_precision(settings: Settings) -> str:
-    from online.model import resolve_device
-    from online.serving.predictor import resolve_precision
+    def cell(server: str, engine: str | None, c: int) -> dict | None:
+        return next((r for r in load if r["server"] == server and r["concurrency"] == c
+                     and (engine is None or r["engine"] == engine)), None)  # fmt: skip
 
-    return resolve_precision(settings.precision, resolve_device(settings.device))
+    api_top = cell("api", None, top)
+    torch_raw = [
+        r for r in load if r["server"] == "raw" and r["concurrency"] == top and r["engine"].startswith("torch")
+    ]
+    best_torch = max(torch_raw, key=lambda r: r["req_per_s"])
+    raw_low, api_low = cell("raw", api_engine, low), cell("api", None, low)
+    served = acc.get(api_engine, acc["torch-fp32"])
+    lines = [
+        f"API at concurrency {top} on {api_engine}: {api_top['req_per_s']:.0f} req/s = "
+        f"{api_top['req_per_s'] / best_torch['req_per_s']:.2f}x raw {best_torch['engine']} "
+        f"{best_torch['req_per_s']:.0f} (goal > 1x)",
+        f"{api_engine} accuracy {100 * (served['accuracy'] - base):+.2f} points against fp32 (goal >= -0.5)",
+    ]
+    if raw_low and api_low:
+        lines.append(
+            f"p50 at concurrency {low}: API {api_low['p50_ms']:.1f} ms = {api_low['p50_ms'] / raw_low['p50_ms']:.2f}x "
+            f"raw {api_engine} {raw_low['p50_ms']:.1f} ms (goal <= 1.5x)"
+        )
+    for line in lines:
+        console.print(line)

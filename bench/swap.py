@@ -15,10 +15,10 @@ import time
 
 import httpx
 import torch
-from rich.console import Console
 from rich.table import Table
 
-from bench.common import LoadResult, _load, bench_environment, latest_local_version
+from bench.common import LoadResult, _load, bench_environment, latest_local_version, publish_gated
+from bench.report import BenchConsole
 from online.data import Clinc150
 from online.lifecycle import promotion
 from online.model import TextClassifier, default_base_model
@@ -48,7 +48,13 @@ def _wait_all_serve(urls: list[str], version: int, timeout: float = 120.0) -> fl
 
 
 def run_bench_swap(
-    settings: Settings, console: Console, *, versions: int, steady_requests: int, concurrency: int, interval_s: float
+    settings: Settings,
+    console: BenchConsole,
+    *,
+    versions: int,
+    steady_requests: int,
+    concurrency: int,
+    interval_s: float,
 ) -> None:
     clinc = Clinc150.open(settings.data_dir)
     texts = [t for t, _ in clinc.split("test")[:2000]]
@@ -60,14 +66,15 @@ def run_bench_swap(
         model = TextClassifier.from_base(settings.base_model or default_base_model(), labels)
     with bench_environment(settings) as env:
         registry = Stores.from_settings(env).registry
-        v1 = registry.publish(model, parent=None).version
+        console.print(f"publishing {versions + 1} versions, each with its int8 artifact (as a round does)")
+        v1 = publish_gated(env, model, parent=None).version
         promotion.promote(registry, v1, "benchmark")
         candidates, parent = [], v1
         gen = torch.Generator().manual_seed(0)
         for _ in range(versions):  # distinct weights, published before the load starts
             with torch.no_grad():
                 model.head.weight.add_(torch.randn(model.head.weight.shape, generator=gen) * 1e-3)
-            parent = registry.publish(model, parent=parent).version
+            parent = publish_gated(env, model, parent=parent).version
             candidates.append(parent)
         console.print(f"2 API processes, concurrency {concurrency}; promoting {versions} versions then one rollback")
         # Two replicas share the machine: each gets half the cores, or their OpenMP teams fight (measured:
@@ -75,6 +82,8 @@ def run_bench_swap(
         threads = str(settings.num_threads or max(1, (os.cpu_count() or 2) // 2))
         with api_process(env, ONLINE_NUM_THREADS=threads) as a, api_process(env, ONLINE_NUM_THREADS=threads) as b:
             urls = [a, b]
+            engines = sorted({httpx.get(f"{u}/readyz", timeout=10).json().get("engine") for u in urls})
+            console.print(f"replicas serve on {', '.join(map(str, engines))}")
             asyncio.run(_load(urls, texts, 4 * concurrency, concurrency))  # warm connections
             steady = asyncio.run(_load(urls, texts, steady_requests, concurrency))
             swaps: list[tuple[str, int, float, float]] = []
@@ -110,7 +119,7 @@ def run_bench_swap(
     _report(console, steady, during, swaps)
 
 
-def _report(console: Console, steady: LoadResult, during: LoadResult, swaps: list) -> None:
+def _report(console: BenchConsole, steady: LoadResult, during: LoadResult, swaps: list) -> None:
     windows = [(t0, t1 + 1.0) for _, _, t0, t1 in swaps]
     in_window = [lat for lat, st in zip(during.latencies, during.starts) if any(a <= st <= b for a, b in windows)]
     base = _pct(steady.latencies, 0.99)
@@ -124,6 +133,10 @@ def _report(console: Console, steady: LoadResult, during: LoadResult, swaps: lis
     ]
     for name, n, err, rps, lats in rows:
         p99 = _pct(lats, 0.99)
+        console.row(
+            table="phases", phase=name, requests=n, errors=None if err == "" else err, req_per_s=rps,
+            p50_ms=1000 * _pct(lats, 0.5), p99_ms=1000 * p99, p99_vs_steady=p99 / base,
+        )  # fmt: skip
         table.add_row(
             name,
             str(n),
@@ -138,6 +151,7 @@ def _report(console: Console, steady: LoadResult, during: LoadResult, swaps: lis
     for col in ("action", "version", "seconds"):
         times.add_column(col, justify="right")
     for action, v, t0, t1 in swaps:
+        console.row(table="swaps", action=action, version=v, seconds=t1 - t0)
         times.add_row(action, str(v), f"{t1 - t0:.2f}")
     console.print(times)
     served = sorted(set(during.versions))

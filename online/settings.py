@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     precision: Precision = Field(
         "auto", description="Serving path: auto = bf16 where native (CPU AVX512-BF16/AMX, CUDA), else fp32."
     )
+    engine: Literal["auto", "torch", "onnx-int8"] = Field(
+        "auto",
+        description="Serving engine: auto = the version's int8 ONNX Runtime artifact on CPU (built at publish; "
+        "torch when a version has none), torch on CUDA. torch: no artifact is built or loaded.",
+    )
 
     # --- serving -----------------------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="API bind address.")
@@ -217,6 +222,15 @@ class Settings(BaseSettings):
     gate_label_min_support: int = Field(10, ge=1, description="...if it has at least this many examples.")
     gate_holdout_min: int = Field(5, ge=1, description="Holdout size below which its check is skipped.")
     gate_latency_ratio: float = Field(1.5, gt=0, description="Most batch latency of candidate / live.")
+    engine_max_drop: float = Field(
+        0.005,
+        ge=0,
+        le=1,
+        description="Most golden accuracy the int8 artifact may lose against fp32 (else torch serves).",
+    )
+    engine_min_agreement: float = Field(
+        0.97, ge=0, le=1, description="Least share of golden texts where int8 and fp32 agree (else torch serves)."
+    )
     keep_versions: int = Field(10, ge=2, description="Versions kept on disk (live, its parent always kept).")
 
     # --- drift monitoring (thresholds chosen by `online bench drift`) --------------------------

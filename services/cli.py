@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from bench.report import BenchConsole
 from online.settings import Settings
 from services.supervisor import running_stack
 
@@ -48,6 +49,14 @@ def _logging(level: str = "INFO") -> None:
 def wide_console() -> Console:
     """Benchmark tables are wide; keep them readable when output goes to a file or a pipe."""
     return Console(width=max(console.width, 160))
+
+
+JsonOut = typer.Option(None, "--json", metavar="PATH", help="Also write the results as JSON rows to PATH.")
+
+
+def _save(bench_console, path: Path | None) -> None:
+    if path is not None:
+        bench_console.write(path)
 
 
 def _stop_event() -> threading.Event:
@@ -172,14 +181,23 @@ def train(
 
 def gate_table(gate: dict) -> Table:
     table = Table("check", "passed", "value", "threshold", "detail", title="gate")
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     for c in gate.get("checks", []):
-        fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
         table.add_row(
             c["name"],
             "[green]yes[/]" if c["passed"] else "[red]no[/]",
             fmt(c["value"]),
             fmt(c["threshold"]),
             c.get("detail", ""),
+        )
+    engine = gate.get("engine")
+    if engine:  # informational: a version whose artifact failed is served by torch, not refused
+        table.add_row(
+            "int8 engine",
+            "[green]yes[/]" if engine["passed"] else "[yellow]no: torch serves[/]",
+            fmt(engine.get("accuracy")),
+            "" if engine.get("fp32_accuracy") is None else fmt(engine["fp32_accuracy"] - engine["max_drop"]),
+            engine.get("detail", ""),
         )
     return table
 
@@ -393,13 +411,16 @@ def status() -> None:
         + ("running" if paused is None else f"[yellow]paused[/] ({paused.get('reason', '')})")
     )
 
-    replicas = Table("replica", "serves", "last seen", "memory", "from memory", "load error", title="API replicas")
+    replicas = Table(
+        "replica", "serves", "engine", "last seen", "memory", "from memory", "load error", title="API replicas"
+    )
     for beat in stores.replicas.all():
         age = beat.age_s()
         stale = age > 3 * settings.model_poll_s + 5
         replicas.add_row(
             beat.replica,
             str(beat.version),
+            beat.engine or "",
             f"{age:.0f} s ago" + (" [red](stale)[/]" if stale else ""),
             *_memory_cells(beat.memory),
             beat.last_load_error or "",
@@ -690,12 +711,17 @@ def buffer_stats() -> None:
 
 
 @bench_app.command("ingest")
-def bench_ingest(events: int = typer.Option(50_000, help="Events to push through.")) -> None:
+def bench_ingest(
+    events: int = typer.Option(50_000, help="Events to push through."),
+    json_out: Path | None = JsonOut,
+) -> None:
     """Producer -> Kafka -> consumer -> replay buffer, against the broker's raw produce+consume rate."""
     from bench.ingest import run_bench_ingest
 
     _logging("WARNING")
-    run_bench_ingest(Settings(), events, wide_console())
+    console = BenchConsole("ingest")
+    run_bench_ingest(Settings(), events, console)
+    _save(console, json_out)
 
 
 @bench_app.command("serve")
@@ -703,12 +729,15 @@ def bench_serve(
     requests: int = typer.Option(600, help="Requests per concurrency level and server."),
     concurrency: str = typer.Option("1,8,32", help="Comma-separated concurrency levels."),
     eval_limit: int = typer.Option(0, help="CLINC150 test texts for the accuracy check (0: all 4500)."),
+    json_out: Path | None = JsonOut,
 ) -> None:
     """HTTP API vs a naive server vs the raw in-process batched forward, side by side."""
     from bench.serve import run_bench_serve
 
     _logging("WARNING")
-    run_bench_serve(Settings(), requests, [int(c) for c in concurrency.split(",")], eval_limit, wide_console())
+    console = BenchConsole("serve")
+    run_bench_serve(Settings(), requests, [int(c) for c in concurrency.split(",")], eval_limit, console)
+    _save(console, json_out)
 
 
 @bench_app.command("swap")
@@ -717,19 +746,22 @@ def bench_swap(
     steady_requests: int = typer.Option(3000, help="Requests of the steady phase."),
     concurrency: int = typer.Option(32, help="Concurrent clients, spread over the two replicas."),
     interval: float = typer.Option(3.0, help="Seconds between swaps."),
+    json_out: Path | None = JsonOut,
 ) -> None:
     """Hot swaps under load on two API processes: errors, p99 against steady, time to swap."""
     from bench.swap import run_bench_swap
 
     _logging("WARNING")
+    console = BenchConsole("swap")
     run_bench_swap(
         Settings(),
-        wide_console(),
+        console,
         versions=versions,
         steady_requests=steady_requests,
         concurrency=concurrency,
         interval_s=interval,
     )
+    _save(console, json_out)
 
 
 @bench_app.command("freshness")
@@ -737,18 +769,22 @@ def bench_freshness(
     trials: int = typer.Option(5, help="New intents taught, one after another (one per later domain)."),
     per_intent: int = typer.Option(20, help="Label events that teach each intent."),
     timeout: float = typer.Option(300.0, help="Give up on a trial after this many seconds."),
+    json_out: Path | None = JsonOut,
 ) -> None:
     """Feedback teaching a new intent -> first answer by a version trained on it (whole system)."""
     from bench.freshness import run_bench_freshness
 
     _logging("WARNING")
-    run_bench_freshness(Settings(), wide_console(), trials=trials, per_intent=per_intent, timeout_s=timeout)
+    console = BenchConsole("freshness")
+    run_bench_freshness(Settings(), console, trials=trials, per_intent=per_intent, timeout_s=timeout)
+    _save(console, json_out)
 
 
 @bench_app.command("memory")
 def bench_memory(
     similarities: str = typer.Option("0.8,0.85,0.9,0.95", help="Comma-separated similarity thresholds to compare."),
     requests: int = typer.Option(500, help="Single-text requests per memory size for the latency rows."),
+    json_out: Path | None = JsonOut,
 ) -> None:
     """Corrections in memory (0 to 10,000): untouched-traffic and paraphrase accuracy, predict p99."""
     from bench.memory import run_bench_memory
@@ -757,22 +793,27 @@ def bench_memory(
     _logging("WARNING")
     settings = Settings()
     configure_threads(settings.num_threads)
+    console = BenchConsole("memory")
     run_bench_memory(
-        settings, wide_console(), similarities=[float(x) for x in similarities.split(",") if x.strip()],
+        settings, console, similarities=[float(x) for x in similarities.split(",") if x.strip()],
         latency_requests=requests,
     )  # fmt: skip
+    _save(console, json_out)
 
 
 @bench_app.command("drift")
 def bench_drift(
     windows: int = typer.Option(100, help="In-domain windows before the switch."),
     after: int = typer.Option(10, help="Windows after the switch to out-of-scope traffic."),
+    json_out: Path | None = JsonOut,
 ) -> None:
     """In-domain traffic, then out-of-scope: false alarms and windows to alarm for every drift signal."""
     from bench.drift import run_bench_drift
 
     _logging("WARNING")
-    run_bench_drift(Settings(), wide_console(), windows=windows, after=after)
+    console = BenchConsole("drift")
+    run_bench_drift(Settings(), console, windows=windows, after=after)
+    _save(console, json_out)
 
 
 @bench_app.command("chaos")
@@ -780,12 +821,15 @@ def bench_chaos(
     steady: float = typer.Option(20.0, help="Seconds of steady load before the first fault."),
     settle: float = typer.Option(5.0, help="Seconds of load after each recovery, counted in the fault's row."),
     timeout: float = typer.Option(180.0, help="Longest wait for a recovery (and for the final drain)."),
+    json_out: Path | None = JsonOut,
 ) -> None:
     """Kill -9 Redis, the broker, the consumer, the trainer mid-round and an API replica under load."""
     from bench.chaos import run_bench_chaos
 
     _logging()
-    run_bench_chaos(Settings(), wide_console(), steady_s=steady, settle_s=settle, timeout_s=timeout)
+    console = BenchConsole("chaos")
+    run_bench_chaos(Settings(), console, steady_s=steady, settle_s=settle, timeout_s=timeout)
+    _save(console, json_out)
 
 
 @bench_app.command("poison")
@@ -796,14 +840,16 @@ def bench_poison(
     epochs: int = typer.Option(2, help="Epochs a round."),
     rounds: int = typer.Option(3, help="Domains streamed after the seed domains."),
     journeys: bool = typer.Option(True, help="Also the honest-teaching, correction and label-attack rows."),
+    json_out: Path | None = JsonOut,
 ) -> None:
     """Flipped labels from hostile sources, honest teaching and label-space attacks, quarantine on and off."""
     from bench.poison import run_bench_poison
 
     _logging("WARNING")
+    console = BenchConsole("poison")
     run_bench_poison(
         Settings(),
-        wide_console(),
+        console,
         shares=[float(x) for x in shares.split(",") if x.strip()],
         per_intent=per_intent,
         memory_per_intent=memory_per_intent,
@@ -811,6 +857,7 @@ def bench_poison(
         rounds=rounds,
         journeys=journeys,
     )
+    _save(console, json_out)
 
 
 @bench_app.command("review")
@@ -818,14 +865,17 @@ def bench_review(
     budgets: str = typer.Option("75,150,300,600", help="Comma-separated label budgets."),
     per_intent: int = typer.Option(50, help="Seed-domain train examples per intent for the starting model."),
     epochs: int = typer.Option(2, help="Epochs of the round trained on the bought labels."),
+    json_out: Path | None = JsonOut,
 ) -> None:
     """Active learning: labels for the review queue's picks against random picks, same budget."""
     from bench.review import run_bench_review
 
     _logging("WARNING")
+    console = BenchConsole("review")
     run_bench_review(
-        Settings(), wide_console(), budgets=[int(b) for b in budgets.split(",")], per_intent=per_intent, epochs=epochs
+        Settings(), console, budgets=[int(b) for b in budgets.split(",")], per_intent=per_intent, epochs=epochs
     )
+    _save(console, json_out)
 
 
 @bench_app.command("learn")
@@ -837,7 +887,9 @@ def bench_learn(
     epochs: int = typer.Option(2, help="Epochs a round."),
     joint: str = typer.Option("final", help="Joint upper bound: after every round (every), the last (final), off."),
     rounds: int = typer.Option(0, help="Stop after this many rounds (0: the whole stream)."),
-    out: Path | None = typer.Option(Path(".online/bench/learn.json"), help="Write the results as JSON here."),
+    out: Path | None = typer.Option(
+        Path(".online/bench/learn.json"), "--json", "--out", help="Write the results as JSON here."
+    ),
     data: Path | None = typer.Option(None, "--data", help="Your labelled file instead of CLINC150."),
     test: Path | None = typer.Option(None, "--test", help="Its test file (default: a stratified split of --data)."),
     groups: int = typer.Option(

@@ -64,6 +64,7 @@ def settings(tmp_path, tiny_base, redis_server) -> Settings:
         head_learning_rate=1e-2,
         learning_rate=1e-3,
         precision="fp32",
+        engine="torch",  # exporting the int8 artifact costs ~4 s a publish: tests/serving/test_int8_engine.py covers it
         model_poll_s=0.5,
     )
 

@@ -100,16 +100,18 @@ def train_v1(settings, registry: ModelRegistry, epochs: int = 10) -> tuple[TextC
     torch.manual_seed(0)
     model = TextClassifier.from_base(settings.base_model, OLD)
     fit(model, examples(OLD, 40, seed=1), epochs=epochs, lr=1e-3, head_lr=1e-2, seed=0)
-    golden = GoldenSet.for_settings(settings)
-    baseline = Gate(settings, golden).baseline(model)
-    reference = build_reference(model, examples(OLD, 40, seed=1), golden.examples, settings)
-    manifest = registry.publish(
-        model,
-        parent=None,
-        gate=baseline.model_dump(),
-        metrics={"golden_accuracy": baseline.golden_accuracy},
-        extra_files={REFERENCE_FILE: reference.dumps()},
-    )
+    gate = Gate(settings, GoldenSet.for_settings(settings))
+    baseline = gate.baseline(model)
+    reference = build_reference(model, examples(OLD, 40, seed=1), gate.golden.examples, settings)
+    with gate.serving_artifacts(model, baseline) as artifacts:  # the int8 artifact unless engine is torch
+        manifest = registry.publish(
+            model,
+            parent=None,
+            gate=baseline.model_dump(),
+            metrics={"golden_accuracy": baseline.golden_accuracy},
+            extra_files={REFERENCE_FILE: reference.dumps()},
+            artifacts=artifacts,
+        )
     registry.promote(manifest.version)
     return model, manifest
 

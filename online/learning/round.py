@@ -12,6 +12,7 @@ buffer as rehearsal material, but are not retried as "new" forever.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -78,6 +79,8 @@ class RoundReport(BaseModel):
         record = self.model_dump(exclude={"gate", "added_labels"})
         record["added_labels"] = len(self.added_labels)
         record["gate"] = None if self.gate is None else {c.name: c.passed for c in self.gate.checks}
+        engine = self.gate.engine if self.gate else None
+        record["engine"] = None if engine is None else ("onnx-int8" if engine.passed else f"torch ({engine.detail})")
         return record
 
     def summary(self) -> str:
@@ -292,17 +295,20 @@ class RoundRunner:
         if gate.passed:  # the drift reference of a version that may go live
             ref = build_reference(result.model, pool + new, list(self.gate.golden.examples) + holdout, self.s)
             extra[REFERENCE_FILE] = ref.dumps()
-        report.duration_s = time.perf_counter() - started  # to the publish; the return updates it
-        fence()
-        candidate = self.registry.publish(
-            result.model,
-            parent=parent,
-            metrics=metrics,
-            round_stats=report.manifest_stats(),
-            gate=gate.model_dump(),
-            status="published" if gate.passed else "rejected",
-            extra_files=extra,
-        )
+        with contextlib.ExitStack() as stack:
+            artifacts = stack.enter_context(self.gate.serving_artifacts(result.model, gate)) if gate.passed else {}
+            report.duration_s = time.perf_counter() - started  # to the publish; the return updates it
+            fence()
+            candidate = self.registry.publish(
+                result.model,
+                parent=parent,
+                metrics=metrics,
+                round_stats=report.manifest_stats(),
+                gate=gate.model_dump(),
+                status="published" if gate.passed else "rejected",
+                extra_files=extra,
+                artifacts=artifacts,
+            )
         report.version = candidate.version
         if gate.passed:
             reason = f"round on {len(new)} new samples passed the gate"

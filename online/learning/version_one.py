@@ -111,24 +111,27 @@ def train_version_one(
     acc = accuracy(lambda texts: [p.label for p in predictor.predict(texts, 1)], test)
     # The golden set is frozen now, from the seed test data, and never changes afterwards.
     golden = GoldenSet.for_settings(settings, test)
-    report = Gate(settings, golden).baseline(model)
+    gate = Gate(settings, golden)
+    report = gate.baseline(model)
     reference = build_reference(model, train, golden.examples, settings)
-    if fence:
-        fence()
-    manifest = registry.publish(
-        model,
-        parent=None,
-        gate=report.model_dump(),
-        extra_files={REFERENCE_FILE: reference.dumps()},
-        metrics={"seed_test_accuracy": acc, "golden_accuracy": report.golden_accuracy},
-        round_stats={
-            "kind": "seed",
-            "examples": len(train),
-            "epochs": epochs,
-            "mean_loss": result.mean_loss,
-            "duration_s": time.perf_counter() - started,
-        },
-    )
+    with gate.serving_artifacts(model, report) as artifacts:
+        if fence:
+            fence()
+        manifest = registry.publish(
+            model,
+            parent=None,
+            gate=report.model_dump(),
+            extra_files={REFERENCE_FILE: reference.dumps()},
+            artifacts=artifacts,
+            metrics={"seed_test_accuracy": acc, "golden_accuracy": report.golden_accuracy},
+            round_stats={
+                "kind": "seed",
+                "examples": len(train),
+                "epochs": epochs,
+                "mean_loss": result.mean_loss,
+                "duration_s": time.perf_counter() - started,
+            },
+        )
     if fence:
         fence()
     promotion.promote(registry, manifest.version, "version 1 trained on the seed data")

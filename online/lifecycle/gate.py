@@ -15,19 +15,23 @@ Live's golden results are stored in its manifest, so each round evaluates only t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import statistics
+import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from online.data import Example
+from online.lifecycle.artifact import EngineCheck, build_int8
 from online.model import TextClassifier
+from online.serving.engines import INT8_FILE
 from online.serving.predictor import Predictor
 from online.settings import Settings
 
@@ -51,6 +55,7 @@ class GateReport(BaseModel):
     holdout_accuracy: float | None = None
     batch_latency_ms: float | None = None
     duration_s: float = 0.0
+    engine: EngineCheck | None = None  # the int8 artifact against fp32; a failure means torch serves it
 
     def failed(self) -> list[str]:
         return [c.name for c in self.checks if not c.passed]
@@ -145,6 +150,15 @@ class Gate:
 
     def _predictor(self, model: TextClassifier) -> Predictor:
         return Predictor(model, 0, device=self.s.device, precision=self.s.precision, max_seq_len=self.s.max_seq_len)
+
+    @contextlib.contextmanager
+    def serving_artifacts(self, model: TextClassifier, report: GateReport) -> Iterator[dict[str, Path]]:
+        """Build the int8 artifact of a version that passed, judge it on the golden set (the result goes
+        into ``report.engine``) and yield it for :meth:`ModelRegistry.publish` to store: empty when it
+        failed or the engine setting is torch, and then torch serves the version."""
+        with tempfile.TemporaryDirectory(prefix="online-artifact-") as tmp:
+            path, report.engine = build_int8(model, self.golden.examples, self.s, Path(tmp))
+            yield {INT8_FILE: path} if path else {}
 
     def baseline(self, model: TextClassifier) -> GateReport:
         """The report of a version nothing is compared with (version 1): its golden results."""

@@ -10,6 +10,7 @@ directory it came from. Continual rounds then grow its classifier for new labels
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -157,17 +158,20 @@ def import_classifier(
         live_report = GateReport.model_validate(live_manifest.gate) if live_manifest.gate else None
         report = gate.evaluate(model, live_model, live_report, list(test))
     reference = build_reference(model, list(test) or golden.examples, golden.examples, settings)
-    if fence:
-        fence()
-    manifest = registry.publish(
-        model,
-        parent=live,
-        gate=report.model_dump(),
-        status="published" if report.passed else "rejected",
-        extra_files={REFERENCE_FILE: reference.dumps()},
-        metrics={"golden_accuracy": report.golden_accuracy},
-        round_stats={"kind": "import", "source": str(Path(path).resolve()), "labels": len(model.labels)},
-    )
+    with contextlib.ExitStack() as stack:
+        artifacts = stack.enter_context(gate.serving_artifacts(model, report)) if report.passed else {}
+        if fence:
+            fence()
+        manifest = registry.publish(
+            model,
+            parent=live,
+            gate=report.model_dump(),
+            status="published" if report.passed else "rejected",
+            extra_files={REFERENCE_FILE: reference.dumps()},
+            artifacts=artifacts,
+            metrics={"golden_accuracy": report.golden_accuracy},
+            round_stats={"kind": "import", "source": str(Path(path).resolve()), "labels": len(model.labels)},
+        )
     if report.passed:
         if fence:
             fence()

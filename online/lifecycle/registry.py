@@ -8,7 +8,9 @@ announced on a pub/sub channel; replicas that miss the message still see it by p
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +39,7 @@ class Manifest(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     round: dict[str, Any] = Field(default_factory=dict)
     gate: dict[str, Any] | None = None
+    artifacts: dict[str, str] = Field(default_factory=dict)  # serving artifacts beside the weights: name -> sha256
 
 
 class LiveChange(BaseModel):
@@ -54,7 +57,31 @@ class LiveMoved(RuntimeError):
 
 
 class IntegrityError(RuntimeError):
-    """A version's weight file is missing or does not match its manifest's sha256."""
+    """A version's weight file (or a serving artifact) is missing or does not match its manifest's sha256."""
+
+
+class _Verified:
+    """Files whose sha256 was checked in this process, by identity (path, inode, size, mtime): a replica
+    hashes each file once, and a rollback to a version it already served checks nothing but a stat.
+    A file rewritten in place gets a new mtime (or inode), so it is hashed again."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[int, int, int, str]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, path: Path, expected: str, what: str) -> None:
+        if not path.is_file():
+            raise IntegrityError(f"{what}: {path} is missing")
+        st = os.stat(path)
+        identity = (st.st_ino, st.st_size, st.st_mtime_ns, expected)
+        with self._lock:
+            if self._seen.get(path) == identity:
+                return
+        digest = sha256_file(path)
+        if digest != expected:
+            raise IntegrityError(f"{what}: sha256 {digest[:12]} != manifest {expected[:12]}")
+        with self._lock:
+            self._seen[path] = identity
 
 
 class ModelRegistry:
@@ -69,6 +96,7 @@ class ModelRegistry:
         self._history = f"{ns}:history"
         self._shadow = f"{ns}:shadow"
         self.channel = keys.registry_channel
+        self._verified = _Verified()
 
     # --- reading ------------------------------------------------------------------------------
     def path(self, version: int) -> Path:
@@ -92,15 +120,20 @@ class ModelRegistry:
         return [LiveChange.model_validate_json(v) for v in self.r.lrange(self._history, 0, -1)]
 
     def verify(self, version: int) -> Manifest:
-        """Check a version's weight file against its manifest's sha256 (no torch involved)."""
+        """Check a version's weight file against its manifest's sha256 (no torch involved; once per file
+        and process, see :class:`_Verified`)."""
         manifest = self.get(version)
-        weights = self.path(version) / WEIGHTS_FILE
-        if not weights.is_file():
-            raise IntegrityError(f"version {version}: weight file {weights} is missing")
-        digest = sha256_file(weights)
-        if digest != manifest.sha256:
-            raise IntegrityError(f"version {version}: sha256 {digest[:12]} != manifest {manifest.sha256[:12]}")
+        self._verified.check(self.path(version) / WEIGHTS_FILE, manifest.sha256, f"version {version} weights")
         return manifest
+
+    def artifact(self, version: int, name: str) -> Path:
+        """The path of a version's serving artifact, checked against its manifest's sha256."""
+        manifest = self.get(version)
+        if name not in manifest.artifacts:
+            raise IntegrityError(f"version {version} has no artifact {name}")
+        path = self.path(version) / name
+        self._verified.check(path, manifest.artifacts[name], f"version {version} {name}")
+        return path
 
     def load(self, version: int, verify: bool = True) -> tuple[TextClassifier, Manifest]:
         """Load a version's weights, by default after :meth:`verify`."""
@@ -121,10 +154,12 @@ class ModelRegistry:
         gate: dict[str, Any] | None = None,
         status: Status = "published",
         extra_files: dict[str, bytes] | None = None,
+        artifacts: dict[str, Path] | None = None,
     ) -> Manifest:
         """Store a new version (files, then index). It serves nothing until :meth:`promote`.
 
-        ``extra_files`` (e.g. the drift reference) are written into the version's directory too."""
+        ``extra_files`` (e.g. the drift reference) are written into the version's directory too;
+        ``artifacts`` (the int8 engine's model) are moved there and their sha256 kept in the manifest."""
         version = int(self.r.incr(self._seq))
         target = self.path(version)
         tmp = target.with_name(target.name + ".tmp")
@@ -133,6 +168,10 @@ class ModelRegistry:
         sha = model.save(tmp / WEIGHTS_FILE)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
+        stored = {}
+        for name, source in (artifacts or {}).items():
+            shutil.move(source, tmp / name)
+            stored[name] = sha256_file(tmp / name)
         manifest = Manifest(
             version=version,
             labels=model.labels,
@@ -144,6 +183,7 @@ class ModelRegistry:
             metrics=metrics or {},
             round=round_stats or {},
             gate=gate,
+            artifacts=stored,
         )
         (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
         tmp.rename(target)

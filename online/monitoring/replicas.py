@@ -18,6 +18,7 @@ class Heartbeat:
     at: float
     last_load_error: str | None = None
     memory: dict[str, int] | None = None  # correction memory by state, answers by source (None: off)
+    engine: str | None = None  # what runs the live version's forward: onnx-int8, torch-bf16, ...
 
     def age_s(self, now: float | None = None) -> float:
         return (now or time.time()) - self.at
@@ -29,7 +30,13 @@ class Replicas:
         self._key = keys.replicas
 
     def beat(self, beat: Heartbeat) -> None:
-        entry = {"version": beat.version, "at": beat.at, "last_load_error": beat.last_load_error, "memory": beat.memory}
+        entry = {
+            "version": beat.version,
+            "at": beat.at,
+            "last_load_error": beat.last_load_error,
+            "memory": beat.memory,
+            "engine": beat.engine,
+        }
         self.r.hset(self._key, beat.replica, json.dumps(entry))
 
     def all(self) -> list[Heartbeat]:

@@ -2,9 +2,10 @@
 
 Pub/sub on the registry's channel wakes the follower at once; the same loop's timeout makes it a
 polling fallback, so a replica that missed a message (or lost Redis for a while) still converges. A new
-version is verified (sha256, on a low-priority thread so the forward thread keeps its core), built and
-warmed up on the forward thread in small steps between batches, then swapped in with one reference
-assignment: a request keeps the predictor it started with.
+version is verified (sha256 once per file, on a low-priority thread so the forward thread keeps its
+core), its engine opened (the int8 session on that thread too; torch weights on the forward thread),
+warmed up on the forward thread one small batch at a time between live batches, then swapped in with
+one reference assignment: a request keeps the predictor it started with.
 
 A version that fails to load is retried with exponential backoff from ``model_poll_s`` (live and shadow alike), never in a hot loop;
 after ``LOAD_MAX_FAILURES`` tries it is marked given up (``/readyz`` ``failed_loads``) and retried only
@@ -24,9 +25,10 @@ from dataclasses import dataclass
 import redis
 import redis.asyncio as aredis
 
-from online.lifecycle.registry import ModelRegistry
+from online.lifecycle.registry import Manifest, ModelRegistry
 from online.serving.batcher import MicroBatcher, cancel
 from online.serving.breaker import Breaker
+from online.serving.engines import INT8_FILE, OnnxEngine, resolve_engine
 from online.serving.metrics import ApiMetrics
 from online.serving.predictor import Predictor
 from online.settings import Settings
@@ -173,8 +175,10 @@ class VersionFollower:
                 await self._on_swap(predictor)
             self.failures.pop("live", None)
             self.metrics.live_version.set(version)
+            self.metrics.engine.clear()
+            self.metrics.engine.labels(predictor.engine_name).set(1)
             self.metrics.swaps.inc()
-            log.info("now serving version %s (was %s)", version, old)
+            log.info("now serving version %s on %s (was %s)", version, predictor.engine_name, old)
             return True
 
     async def _superseded(self, version: int) -> bool:
@@ -190,21 +194,53 @@ class VersionFollower:
         return False
 
     async def _build(self, version: int) -> Predictor:
-        """Verify off the forward thread; build and warm up on it, in steps so batches interleave."""
-        await _at_low_priority(self.registry.verify, version)
-        model, _ = await self.batcher.call(lambda: self.registry.load(version, verify=False))
-        predictor = await self.batcher.call(
-            lambda: Predictor(
-                model,
-                version,
-                device=self.s.device,
-                precision=self.s.precision,
-                max_seq_len=self.s.max_seq_len,
-                copy_model=False,
+        """Verify and open the engine off the forward thread; warm up on it one small batch at a time, so
+        live batches interleave with the swap instead of waiting for all of it."""
+        manifest = await _at_low_priority(self.registry.verify, version)
+        predictor = None
+        if resolve_engine(self.s.engine, self.s.device) == "onnx-int8":
+            predictor = await self._int8(version, manifest)
+        if predictor is None:
+            model, _ = await self.batcher.call(lambda: self.registry.load(version, verify=False))
+            predictor = await self.batcher.call(
+                lambda: Predictor(
+                    model,
+                    version,
+                    device=self.s.device,
+                    precision=self.s.precision,
+                    max_seq_len=self.s.max_seq_len,
+                    copy_model=False,
+                )
+            )
+        for batch in predictor.warmup_batches():
+            await self.batcher.call(lambda b=batch: predictor.probabilities(b))
+        return predictor
+
+    async def _int8(self, version: int, manifest: Manifest) -> Predictor | None:
+        """The version on its int8 artifact, or None (logged) when it has none or it cannot be used: the
+        caller then serves it with torch. The session is built off the forward thread: it is not torch work."""
+        if INT8_FILE not in manifest.artifacts:
+            engine_check = (manifest.gate or {}).get("engine") or {}
+            log.warning(
+                "version %s has no int8 artifact (%s): served by torch",
+                version, engine_check.get("detail") or "not built at publish",
+            )  # fmt: skip
+            self.metrics.engine_fallbacks.labels("missing").inc()
+            return None
+        try:
+            path = await _at_low_priority(self.registry.artifact, version, INT8_FILE)
+            # At normal priority: the session's thread pool is created here and a thread inherits its
+            # creator's nice value, so pool threads made at nice 19 would starve the forward under load.
+            engine = await asyncio.to_thread(OnnxEngine, path, threads=self.s.num_threads)
+        except Exception as exc:  # corrupted or unreadable: the weights are still good
+            log.error("version %s: int8 artifact refused (%s): served by torch", version, exc)
+            self.metrics.engine_fallbacks.labels("refused").inc()
+            return None
+        return await self.batcher.call(
+            lambda: Predictor.on_engine(
+                engine, version, manifest.labels, manifest.base_model, max_seq_len=self.s.max_seq_len
             )
         )
-        await self.batcher.call(predictor.warmup)
-        return predictor
 
     async def _watch(self) -> None:
         """Pub/sub wakes us at once; the timeout makes the same loop a polling fallback."""

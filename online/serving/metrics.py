@@ -25,6 +25,17 @@ class ApiMetrics:
             "online_model_load_failures", "Versions this replica could not load", ["version"], registry=r
         )
         self.swaps = Counter("online_model_swaps", "Hot swaps completed", registry=r)
+        self.engine = Gauge(
+            "online_model_engine", "1 for the engine serving the live version (onnx-int8, torch-bf16, ...)",
+            ["engine"], registry=r,
+        )  # fmt: skip
+        self.engine_fallbacks = Counter(
+            "online_engine_fallbacks",
+            "Versions served by torch instead of their int8 artifact (missing: not built or refused by the gate; "
+            "refused: failed its checksum or would not load)",
+            ["reason"],
+            registry=r,
+        )
         self.log_failures = Counter("online_prediction_log_failures", "Prediction-log writes that failed", registry=r)
         self.hook_failures = Counter(
             "online_forward_hook_failures",

@@ -1,21 +1,22 @@
 """The serving path: one immutable, warmed-up predictor per model version.
 
 A :class:`Predictor` is built once per version (in the background during a hot swap) and never mutated,
-so a request that started on it finishes on it. Speed on CPU comes from three measured levers: batching
-(done by the caller), less padding (texts sorted by token length and padded per bucket) and a bf16 copy
-of the weights where the CPU has native bf16 (AVX512-BF16/AMX); on CUDA, autocast to bf16 or fp16.
+so a request that started on it finishes on it. Speed on CPU comes from measured levers: batching (done
+by the caller), less padding (texts sorted by token length and padded per bucket) and the engine
+(``online.serving.engines``: int8 weights under ONNX Runtime by default on CPU, torch in bf16 where the
+CPU has native bf16, autocast to bf16 or fp16 on CUDA).
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 
-from online.model import TextClassifier, load_tokenizer, resolve_device, token_limit
+from online.model import TextClassifier, load_tokenizer, token_limit
+from online.serving.engines import Engine, TorchEngine, resolve_precision
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+__all__ = ["Prediction", "Predictor", "resolve_precision"]
 
 
 @dataclass(frozen=True)
@@ -25,21 +26,15 @@ class Prediction:
     top_k: list[tuple[str, float]]
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 where the hardware runs it natively, else fp32 (fp16 on CUDA without bf16)."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-
-
 class Predictor:
     """A frozen copy of one model version, ready to serve.
 
     Call it from one thread only, the same thread that built it: on a 2-core machine a second thread
     running torch ops creates a second OpenMP team, libgomp then throttles its spin-waits and every
     forward slows down about 2x for the life of the process (measured).
+
+    ``Predictor(model, version, ...)`` serves the model with torch; :meth:`on_engine` serves any engine
+    (a version's int8 artifact) with the same tokenisation and bucketing.
     """
 
     def __init__(
@@ -53,24 +48,46 @@ class Predictor:
         bucket_size: int = 16,
         copy_model: bool = True,
     ) -> None:
+        engine = TorchEngine(model, device=device, precision=precision, copy_model=copy_model)
+        self._setup(engine, version, model.labels, model.base_model, max_seq_len, bucket_size)
+
+    @classmethod
+    def on_engine(
+        cls,
+        engine: Engine,
+        version: int,
+        labels: list[str],
+        base_model: str,
+        *,
+        max_seq_len: int = 64,
+        bucket_size: int = 16,
+    ) -> "Predictor":
+        predictor = cls.__new__(cls)
+        predictor._setup(engine, version, labels, base_model, max_seq_len, bucket_size)
+        return predictor
+
+    def _setup(
+        self, engine: Engine, version: int, labels: list[str], base_model: str, max_seq_len: int, bucket_size: int
+    ) -> None:
+        self.engine = engine
         self.version = version
-        self.labels = list(model.labels)
-        self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.labels = list(labels)
         self.max_seq_len = max_seq_len
         self.bucket_size = bucket_size
-        self.tokenizer = load_tokenizer(model.base_model)
-        served = (copy.deepcopy(model) if copy_model else model).eval().to(self.device)
-        self._autocast = self.device.type == "cuda" and self.precision != "fp32"
-        if not self._autocast:
-            served = served.to(_DTYPES[self.precision])
-        for p in served.parameters():
-            p.requires_grad_(False)
-        self.model = served
+        self.tokenizer = load_tokenizer(base_model)
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name
+
+    def warmup_batches(self) -> list[list[str]]:
+        """One small batch per bucket shape class: a replica runs them one at a time between live
+        batches, so the first real request pays no one-off cost and no live batch waits for all of them."""
+        return [["warm up"] * self.bucket_size, ["a longer warm-up text " * 8], ["warm up"]]
 
     def warmup(self) -> None:
-        """One forward per bucket shape class, so the first real request pays no one-off costs."""
-        self.probabilities(["warm up"] * self.bucket_size + ["a longer warm-up text " * 8])
+        for batch in self.warmup_batches():
+            self.probabilities(batch)
 
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         """Softmax over the head for each text, in input order, as float32 on the CPU."""
@@ -80,28 +97,25 @@ class Predictor:
     def probabilities_and_embeddings(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Softmax over the head and the sentence embedding (the head's input) of each text, in input
         order, float32 on the CPU. The embedding comes free with the forward: drift monitoring uses it."""
+        hidden = self.engine.hidden_size
         if not texts:
-            return torch.empty(0, len(self.labels)), torch.empty(0, self.model.head.in_features)
+            return torch.empty(0, len(self.labels)), torch.empty(0, hidden)
         enc = self.tokenizer(texts, truncation=True, max_length=token_limit(self.tokenizer, self.max_seq_len))
         ids = enc["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         out = torch.empty(len(texts), len(self.labels))
-        emb = torch.empty(len(texts), self.model.head.in_features)
+        emb = torch.empty(len(texts), hidden)
         pad = self.tokenizer.pad_token_id or 0
+        pin = self.engine.pin_memory
         for start in range(0, len(order), self.bucket_size):
             idx = order[start : start + self.bucket_size]
             width = max(len(ids[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            input_ids = torch.full((len(idx), width), pad, dtype=torch.long, pin_memory=pin)
+            mask = torch.zeros((len(idx), width), dtype=torch.long, pin_memory=pin)
             for row, i in enumerate(idx):
                 input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
                 mask[row, : len(ids[i])] = 1
-            input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-            with torch.autocast(self.device.type, dtype=_DTYPES[self.precision], enabled=self._autocast):
-                pooled = self.model.embed(input_ids, mask)
-                logits = self.model.head(pooled)
-            out[idx] = torch.softmax(logits.float(), dim=-1).cpu()
-            emb[idx] = pooled.float().cpu()
+            out[idx], emb[idx] = self.engine(input_ids, mask)
         return out, emb
 
     def predict(self, texts: list[str], top_k: int = 3) -> list[Prediction]:

@@ -129,6 +129,7 @@ class ModelService:
         beat = Heartbeat(
             self.window.replica, self.version, time.time(), self.follower.last_load_error,
             memory=self.memory_stats(),
+            engine=self.follower.current.engine_name if self.follower.current else None,
         )  # fmt: skip
 
         def write() -> None:

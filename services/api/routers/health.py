@@ -24,6 +24,7 @@ async def readyz(service: ServiceDep) -> JSONResponse:
         "ready": service.version is not None,
         "dependencies": service.dependencies(),
         "model_version": service.version,
+        "engine": service.follower.current.engine_name if service.follower.current else None,
         "last_load_error": service.follower.last_load_error,
         "failed_loads": [
             {"slot": slot, "version": f.version, "tries": f.failures, "given_up": f.given_up, "error": f.error}
