@@ -1,8 +1,10 @@
 """Dynamic micro-batching: concurrent requests share one forward pass.
 
 Requests queue up while a forward runs on a single worker thread; the next batch takes everything
-waiting (up to ``max_batch`` texts). When the queue is idle a lone request waits at most ``max_wait_ms``
-for company. Requests that started on different model versions are never mixed in one forward.
+waiting (up to ``max_batch`` texts). A batch that is not full waits at most ``max_wait_ms`` for company,
+but only while traffic is concurrent (the last batch held more than one request): a lone client, who
+could never be joined, is served at once instead of paying the wait on every call. Requests that
+started on different model versions are never mixed in one forward.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class MicroBatcher(Generic[M, R]):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self._task: asyncio.Task | None = None
         self._carry: _Item[M] | None = None
+        self._last_requests = 0  # requests in the last batch: was anyone else around?
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -63,7 +66,7 @@ class MicroBatcher(Generic[M, R]):
         first = self._carry or await self._queue.get()
         self._carry = None
         batch, size = [first], len(first.texts)
-        deadline = time.monotonic() + self.max_wait
+        deadline = time.monotonic() + (self.max_wait if self._last_requests > 1 else 0.0)
         while size < self.max_batch:
             try:
                 item = self._queue.get_nowait()
@@ -80,6 +83,7 @@ class MicroBatcher(Generic[M, R]):
                 break
             batch.append(item)
             size += len(item.texts)
+        self._last_requests = len(batch)
         return batch
 
     async def _loop(self) -> None:

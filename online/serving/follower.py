@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aredis
+import torch
 
 from online.lifecycle.registry import Manifest, ModelRegistry
 from online.serving.batcher import MicroBatcher, cancel
@@ -170,6 +171,9 @@ class VersionFollower:
             if await self._superseded(version):
                 return False
             old = self.version
+            # The whole forward thread (hooks included) at the engine's torch threads, not just its calls.
+            threads = predictor.engine.torch_threads or self.s.num_threads or os.cpu_count() or 1
+            await self.batcher.call(lambda: torch.set_num_threads(threads))
             self.current = predictor  # the atomic swap: one reference
             if self._on_swap:
                 await self._on_swap(predictor)

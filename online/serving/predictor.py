@@ -14,9 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from online.model import TextClassifier, load_tokenizer, token_limit
-from online.serving.engines import Engine, TorchEngine, resolve_precision
-
-__all__ = ["Prediction", "Predictor", "resolve_precision"]
+from online.serving.engines import Engine, TorchEngine, torch_threads
 
 
 @dataclass(frozen=True)
@@ -97,6 +95,10 @@ class Predictor:
     def probabilities_and_embeddings(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Softmax over the head and the sentence embedding (the head's input) of each text, in input
         order, float32 on the CPU. The embedding comes free with the forward: drift monitoring uses it."""
+        with torch_threads(self.engine.torch_threads):
+            return self._forward(texts)
+
+    def _forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.engine.hidden_size
         if not texts:
             return torch.empty(0, len(self.labels)), torch.empty(0, hidden)

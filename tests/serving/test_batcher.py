@@ -55,3 +55,32 @@ def test_a_failing_forward_fails_its_requests_only():
 
     bad, good = asyncio.run(main())
     assert isinstance(bad[0], RuntimeError) and good == ["fine"]
+
+
+def test_a_lone_client_never_waits_for_company_and_concurrent_traffic_does():
+    calls: list[int] = []
+
+    def run(model: str, texts: list[str]) -> list[str]:
+        calls.append(len(texts))
+        return texts
+
+    async def main() -> None:
+        # A wait of 60 s: a lone request held for it would blow the 10 s timeout below.
+        batcher: MicroBatcher[str, str] = MicroBatcher(run, max_batch=8, max_wait_ms=60_000)
+        batcher.start()
+        for i in range(3):  # one client, one request at a time
+            assert await asyncio.wait_for(batcher.submit("m", [f"lone {i}"]), 10) == [f"lone {i}"]
+        assert calls == [1, 1, 1]
+        await asyncio.wait_for(asyncio.gather(*(batcher.submit("m", [f"c{i}"]) for i in range(8))), 10)  # full batch
+        # traffic is concurrent now: a request waits for company, which arrives and shares its forward
+        first = asyncio.create_task(batcher.submit("m", ["a"]))
+        await asyncio.sleep(0.2)
+        assert not first.done()
+        second = asyncio.create_task(batcher.submit("m", ["b"]))
+        await asyncio.sleep(0)
+        remaining = [asyncio.create_task(batcher.submit("m", [f"d{i}"])) for i in range(6)]  # fills the batch
+        await asyncio.wait_for(asyncio.gather(first, second, *remaining), 10)
+        assert calls[-1] == 8
+        await batcher.stop()
+
+    asyncio.run(main())
