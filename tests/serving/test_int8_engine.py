@@ -134,3 +134,12 @@ def test_cuda_serving_path_matches_cpu_fp32(int8_settings, precision):
     p_cpu, _ = cpu.probabilities_and_embeddings(texts)
     assert p_gpu.device.type == "cpu" and e_gpu.dtype == torch.float32
     assert (p_gpu - p_cpu).abs().max() < 0.05
+
+
+def test_an_artifact_the_gate_refuses_is_not_stored(int8_settings, monkeypatch):
+    monkeypatch.setattr(artifact, "check_int8", lambda *a: (0.80, 0.95, 0.85))  # 15 points lost, 85% agreement
+    registry = Stores.from_settings(int8_settings).registry
+    _, v1 = train_v1(int8_settings, registry)
+    check = v1.gate["engine"]
+    assert v1.artifacts == {} and v1.status == "published" and not check["passed"]
+    assert check["accuracy"] == 0.80 and check["agreement"] == 0.85 and "int8 0.8000 vs fp32 0.9500" in check["detail"]
