@@ -15,6 +15,7 @@ every ``MAX_BACKOFF_S``, until the registry names another version.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import threading
@@ -175,6 +176,10 @@ class VersionFollower:
             threads = predictor.engine.torch_threads or self.s.num_threads or os.cpu_count() or 1
             await self.batcher.call(lambda: torch.set_num_threads(threads))
             self.current = predictor  # the atomic swap: one reference
+            # Everything alive now (libraries, the new version) leaves the cyclic GC's view: a full
+            # collection walks the whole heap with the GIL held, and under load those walks were the
+            # p99 (about 1 request in 100 waited ~150 ms more). Refcounting still frees what is dropped.
+            gc.freeze()
             if self._on_swap:
                 await self._on_swap(predictor)
             self.failures.pop("live", None)
