@@ -32,7 +32,7 @@ def _cell(text: str) -> Any:
 
 def table_rows(table: Table) -> list[dict[str, Any]]:
     """The cells of a rich table as one dict per row, keyed by column header."""
-    columns = [(str(c.header), [str(v) for v in c._cells]) for c in table.columns]
+    columns = [(str(c.header), [str(v) for v in c.cells]) for c in table.columns]
     n = max((len(cells) for _, cells in columns), default=0)
     title = str(table.title or "")
     return [
@@ -46,19 +46,17 @@ class BenchConsole(Console):
     def __init__(self, bench: str) -> None:
         super().__init__(width=max(Console().width, 160))
         self.bench = bench
-        self.rows: list[dict[str, Any]] = []
-        self._typed = False
+        self.rows: list[dict[str, Any]] = []  # typed rows
+        self.table_rows: list[dict[str, Any]] = []  # every printed table, cell by cell
 
     def row(self, **fields: Any) -> None:
         """A typed result row (numbers as numbers); a benchmark that gives these has its tables left out."""
-        self._typed = True
         self.rows.append(fields)
 
     def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        if not self._typed:
-            for obj in objects:
-                if isinstance(obj, Table):
-                    self.rows.extend(table_rows(obj))
+        for obj in objects:
+            if isinstance(obj, Table):
+                self.table_rows.extend(table_rows(obj))
         super().print(*objects, **kwargs)
 
     def write(self, path: Path) -> None:
@@ -67,7 +65,7 @@ class BenchConsole(Console):
             "command": " ".join(["online", *sys.argv[1:]]),
             "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
-            "rows": self.rows,
+            "rows": self.rows or self.table_rows,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2) + "\n")

@@ -82,6 +82,7 @@ def run_bench_serve(
         if resolve_precision("auto", device) != "fp32":
             name = f"torch-{resolve_precision('auto', device)}"
             predictors[name] = torch_predictor("auto")
+        engine = None
         if device.type == "cpu" and INT8_FILE in manifest.artifacts:
             engine = OnnxEngine(registry.artifact(version, INT8_FILE), threads=env.num_threads)
             predictors["onnx-int8"] = Predictor.on_engine(
@@ -100,7 +101,7 @@ def run_bench_serve(
             console.row(table="accuracy", engine=name, texts=len(test), accuracy=acc, agreement_with_fp32=agreement)
 
         raw = {c: _raw(predictors, texts, requests, c) for c in levels}
-        predictors = None  # free every engine before the servers start
+        predictors = p = engine = None  # free every engine before the servers start
         gc.collect()
         api: dict[int, LoadResult] = {}
         naive: dict[int, LoadResult] = {}

@@ -107,7 +107,9 @@ class Settings(BaseSettings):
 
     # --- compute -----------------------------------------------------------------------------
     device: Device = Field("auto", description="auto (CUDA when present), cpu or cuda.")
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; unset: all cores.")
+    num_threads: int | None = Field(
+        None, ge=1, description="CPU threads of torch and of the int8 engine's ONNX Runtime pool; unset: all cores."
+    )
     precision: Precision = Field(
         "auto", description="Serving path: auto = bf16 where native (CPU AVX512-BF16/AMX, CUDA), else fp32."
     )

@@ -54,7 +54,7 @@ def wide_console() -> Console:
 JsonOut = typer.Option(None, "--json", metavar="PATH", help="Also write the results as JSON rows to PATH.")
 
 
-def _save(bench_console, path: Path | None) -> None:
+def _save(bench_console: BenchConsole, path: Path | None) -> None:
     if path is not None:
         bench_console.write(path)
 

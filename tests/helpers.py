@@ -102,8 +102,8 @@ def train_v1(settings, registry: ModelRegistry, epochs: int = 10) -> tuple[TextC
     fit(model, examples(OLD, 40, seed=1), epochs=epochs, lr=1e-3, head_lr=1e-2, seed=0)
     gate = Gate(settings, GoldenSet.for_settings(settings))
     baseline = gate.baseline(model)
-    reference = build_reference(model, examples(OLD, 40, seed=1), gate.golden.examples, settings)
     with gate.serving_artifacts(model, baseline) as artifacts:  # the int8 artifact unless engine is torch
+        reference = build_reference(model, examples(OLD, 40, seed=1), gate.golden.examples, settings, artifacts)
         manifest = registry.publish(
             model,
             parent=None,

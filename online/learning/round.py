@@ -12,7 +12,6 @@ buffer as rehearsal material, but are not retried as "new" forever.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -291,12 +290,12 @@ class RoundRunner:
         metrics = {"golden_accuracy": gate.golden_accuracy}
         if gate.holdout_accuracy is not None:
             metrics["holdout_accuracy"] = gate.holdout_accuracy
-        extra = {}
-        if gate.passed:  # the drift reference of a version that may go live
-            ref = build_reference(result.model, pool + new, list(self.gate.golden.examples) + holdout, self.s)
-            extra[REFERENCE_FILE] = ref.dumps()
-        with contextlib.ExitStack() as stack:
-            artifacts = stack.enter_context(self.gate.serving_artifacts(result.model, gate)) if gate.passed else {}
+        with self.gate.serving_artifacts(result.model, gate) as artifacts:
+            extra = {}
+            if gate.passed:  # the drift reference of a version that may go live
+                calibration = list(self.gate.golden.examples) + holdout
+                ref = build_reference(result.model, pool + new, calibration, self.s, artifacts)
+                extra[REFERENCE_FILE] = ref.dumps()
             report.duration_s = time.perf_counter() - started  # to the publish; the return updates it
             fence()
             candidate = self.registry.publish(

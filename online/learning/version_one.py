@@ -113,8 +113,8 @@ def train_version_one(
     golden = GoldenSet.for_settings(settings, test)
     gate = Gate(settings, golden)
     report = gate.baseline(model)
-    reference = build_reference(model, train, golden.examples, settings)
     with gate.serving_artifacts(model, report) as artifacts:
+        reference = build_reference(model, train, golden.examples, settings, artifacts)
         if fence:
             fence()
         manifest = registry.publish(

@@ -134,12 +134,15 @@ def build_int8(
     started = time.perf_counter()
     target = workdir / INT8_FILE
     limits = {"max_drop": settings.engine_max_drop, "min_agreement": settings.engine_min_agreement}
+    step = "export"
     try:
         export_int8(model, target)
+        step = "check"
         acc, fp32_acc, agreement = check_int8(model, target, golden, settings)
-    except Exception as exc:  # an architecture the exporter cannot handle: torch serves it
-        log.warning("int8 artifact not built (%r): the version will be served by torch", exc)
-        return None, EngineCheck(passed=False, detail=f"export failed: {exc!r}"[:500], **limits)
+    except Exception as exc:  # an architecture the exporter or ONNX Runtime cannot handle: torch serves it
+        log.warning("int8 artifact failed its %s (%r): the version will be served by torch", step, exc)
+        detail = f"{step} failed: {exc!r}"[:500]
+        return None, EngineCheck(passed=False, build_s=time.perf_counter() - started, detail=detail, **limits)
     passed = fp32_acc - acc <= settings.engine_max_drop and agreement >= settings.engine_min_agreement
     check = EngineCheck(
         passed=passed,

@@ -154,8 +154,12 @@ class Gate:
     @contextlib.contextmanager
     def serving_artifacts(self, model: TextClassifier, report: GateReport) -> Iterator[dict[str, Path]]:
         """Build the int8 artifact of a version that passed, judge it on the golden set (the result goes
-        into ``report.engine``) and yield it for :meth:`ModelRegistry.publish` to store: empty when it
-        failed or the engine setting is torch, and then torch serves the version."""
+        into ``report.engine``) and yield it for :meth:`ModelRegistry.publish` to store (and the drift
+        reference to be built with). Empty when the version failed the gate (it never serves), the
+        artifact failed its check or the engine setting is torch: then torch serves the version."""
+        if not report.passed:
+            yield {}
+            return
         with tempfile.TemporaryDirectory(prefix="online-artifact-") as tmp:
             path, report.engine = build_int8(model, self.golden.examples, self.s, Path(tmp))
             yield {INT8_FILE: path} if path else {}

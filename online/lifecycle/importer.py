@@ -10,7 +10,6 @@ directory it came from. Continual rounds then grow its classifier for new labels
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import shutil
@@ -157,9 +156,8 @@ def import_classifier(
         live_model, live_manifest = registry.load(live)
         live_report = GateReport.model_validate(live_manifest.gate) if live_manifest.gate else None
         report = gate.evaluate(model, live_model, live_report, list(test))
-    reference = build_reference(model, list(test) or golden.examples, golden.examples, settings)
-    with contextlib.ExitStack() as stack:
-        artifacts = stack.enter_context(gate.serving_artifacts(model, report)) if report.passed else {}
+    with gate.serving_artifacts(model, report) as artifacts:
+        reference = build_reference(model, list(test) or golden.examples, golden.examples, settings, artifacts)
         if fence:
             fence()
         manifest = registry.publish(

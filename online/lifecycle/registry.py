@@ -126,9 +126,9 @@ class ModelRegistry:
         self._verified.check(self.path(version) / WEIGHTS_FILE, manifest.sha256, f"version {version} weights")
         return manifest
 
-    def artifact(self, version: int, name: str) -> Path:
+    def artifact(self, version: int, name: str, manifest: Manifest | None = None) -> Path:
         """The path of a version's serving artifact, checked against its manifest's sha256."""
-        manifest = self.get(version)
+        manifest = manifest or self.get(version)
         if name not in manifest.artifacts:
             raise IntegrityError(f"version {version} has no artifact {name}")
         path = self.path(version) / name

@@ -1,29 +1,42 @@
-"""Build a version's drift reference with its own serving path (same precision as the API), so the
-embeddings the API compares live traffic with are computed exactly as live traffic's are."""
+"""Build a version's drift reference with its own serving path (the engine and precision the API will
+serve it with: its int8 artifact when it has one), so the embeddings the API compares live traffic
+with are computed exactly as live traffic's are."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from online.data import Example
 from online.learning.rehearsal import ClassBalanced
 from online.model import TextClassifier
 from online.monitoring.drift import Reference
+from online.serving.engines import INT8_FILE, OnnxEngine, resolve_engine
 from online.serving.predictor import Predictor
 from online.settings import Settings
 
 
 def build_reference(
-    model: TextClassifier, trained_on: Sequence[Example], calibration: Sequence[Example], settings: Settings
+    model: TextClassifier,
+    trained_on: Sequence[Example],
+    calibration: Sequence[Example],
+    settings: Settings,
+    artifacts: Mapping[str, Path] | None = None,
 ) -> Reference:
     """``trained_on``: what the version learned from (a class-balanced sample goes into the index);
-    ``calibration``: in-domain texts it never trained on (the golden set, the round's holdout)."""
+    ``calibration``: in-domain texts it never trained on (the golden set, the round's holdout);
+    ``artifacts``: the version's serving artifacts, whose int8 engine replicas serve where it has one."""
     rng = random.Random(settings.seed)
     sample = ClassBalanced().select(trained_on, settings.drift_reference_size, rng)
-    predictor = Predictor(
-        model, 0, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len
-    )
+    int8 = (artifacts or {}).get(INT8_FILE)
+    if int8 is not None and resolve_engine(settings.engine, settings.device) == "onnx-int8":
+        engine = OnnxEngine(int8, threads=settings.num_threads)
+        predictor = Predictor.on_engine(engine, 0, model.labels, model.base_model, max_seq_len=settings.max_seq_len)
+    else:
+        predictor = Predictor(
+            model, 0, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len
+        )
     _, train_emb = predictor.probabilities_and_embeddings([t for t, _ in sample])
     probs, calib_emb = predictor.probabilities_and_embeddings([t for t, _ in calibration])
     return Reference.build(

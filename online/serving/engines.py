@@ -27,7 +27,6 @@ from online.model import TextClassifier, resolve_device
 
 log = logging.getLogger("online.serving.engines")
 
-EngineName = Literal["auto", "torch", "onnx-int8"]
 INT8_FILE = "model.int8.onnx"
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -60,7 +59,7 @@ def resolve_engine(engine: str, device: str) -> Literal["torch", "onnx-int8"]:
 
 
 @contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
+def torch_thread_count(n: int | None) -> Iterator[None]:
     """torch's CPU threads set to ``n`` for a while (``None``: unchanged), restored after."""
     before = torch.get_num_threads()
     if n is None or n == before:
@@ -108,10 +107,11 @@ class TorchEngine:
 class OnnxEngine:
     """An ONNX Runtime session on a version's int8 artifact (CPU).
 
-    The session is created wherever the caller likes (a replica builds it on a low-priority thread
-    during a hot swap: graph optimisation is not torch work, so it makes no second OpenMP team) and run
-    on the forward thread. ``threads``: ONNX Runtime's intra-op pool; unset, one per core (set
-    explicitly: left at 0, ONNX Runtime's own choice ran at 549 texts/s against 759 with 2 threads on 2 cores).
+    The session is created wherever the caller likes (a replica builds it on a worker thread at normal
+    priority during a hot swap: it is not torch work, so it makes no second OpenMP team, and its pool
+    threads must not inherit a low priority) and run on the forward thread. ``threads``: ONNX Runtime's
+    intra-op pool; unset, one per CPU this process may use (set explicitly: left at 0, ONNX Runtime's own
+    choice ran at 549 texts/s against 759 with 2 threads on 2 cores).
     """
 
     name = "onnx-int8"
@@ -126,7 +126,7 @@ class OnnxEngine:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.inter_op_num_threads = 1
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
         options.log_severity_level = 3  # errors only: its warnings are about graph rewrites, not faults
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         outputs = {o.name: o for o in self.session.get_outputs()}

@@ -3,8 +3,8 @@
 Pub/sub on the registry's channel wakes the follower at once; the same loop's timeout makes it a
 polling fallback, so a replica that missed a message (or lost Redis for a while) still converges. A new
 version is verified (sha256 once per file, on a low-priority thread so the forward thread keeps its
-core), its engine opened (the int8 session on that thread too; torch weights on the forward thread),
-warmed up on the forward thread one small batch at a time between live batches, then swapped in with
+core), its engine opened (the int8 session on another thread at normal priority; torch weights on the
+forward thread), warmed up on the forward thread one small batch at a time between live batches, then swapped in with
 one reference assignment: a request keeps the predictor it started with.
 
 A version that fails to load is retried with exponential backoff from ``model_poll_s`` (live and shadow alike), never in a hot loop;
@@ -27,7 +27,7 @@ import redis
 import redis.asyncio as aredis
 import torch
 
-from online.lifecycle.registry import Manifest, ModelRegistry
+from online.lifecycle.registry import IntegrityError, Manifest, ModelRegistry
 from online.serving.batcher import MicroBatcher, cancel
 from online.serving.breaker import Breaker
 from online.serving.engines import INT8_FILE, OnnxEngine, resolve_engine
@@ -80,6 +80,7 @@ class VersionFollower:
         self.shadow_share = 0.0
         self.failures: dict[str, LoadFailure] = {}  # by slot: "live", "shadow"
         self._swap_lock = asyncio.Lock()
+        self._process_threads = torch.get_num_threads()  # as configured at start, restored for torch engines
         self._task: asyncio.Task | None = None
 
     @property
@@ -173,15 +174,15 @@ class VersionFollower:
                 return False
             old = self.version
             # The whole forward thread (hooks included) at the engine's torch threads, not just its calls.
-            threads = predictor.engine.torch_threads or self.s.num_threads or os.cpu_count() or 1
+            threads = predictor.engine.torch_threads or self._process_threads
             await self.batcher.call(lambda: torch.set_num_threads(threads))
             self.current = predictor  # the atomic swap: one reference
+            if self._on_swap:
+                await self._on_swap(predictor)  # companions of the old version are dropped there
             # Everything alive now (libraries, the new version) leaves the cyclic GC's view: a full
             # collection walks the whole heap with the GIL held, and under load those walks were the
             # p99 (about 1 request in 100 waited ~150 ms more). Refcounting still frees what is dropped.
             gc.freeze()
-            if self._on_swap:
-                await self._on_swap(predictor)
             self.failures.pop("live", None)
             self.metrics.live_version.set(version)
             self.metrics.engine.clear()
@@ -221,13 +222,17 @@ class VersionFollower:
                     copy_model=False,
                 )
             )
-        for batch in predictor.warmup_batches():
-            await self.batcher.call(lambda b=batch: predictor.probabilities(b))
+            await self._warm_up(predictor)
         return predictor
 
+    async def _warm_up(self, predictor: Predictor) -> None:
+        for batch in predictor.warmup_batches():
+            await self.batcher.call(lambda b=batch: predictor.probabilities(b))
+
     async def _int8(self, version: int, manifest: Manifest) -> Predictor | None:
-        """The version on its int8 artifact, or None (logged) when it has none or it cannot be used: the
-        caller then serves it with torch. The session is built off the forward thread: it is not torch work."""
+        """The version on its int8 artifact, warmed up, or None (logged) when it has none or it cannot be
+        used (checksum, session, a run that fails or answers the wrong shape): the caller then serves it
+        with torch. A Redis error is raised: the whole build is retried, nothing is concluded."""
         if INT8_FILE not in manifest.artifacts:
             engine_check = (manifest.gate or {}).get("engine") or {}
             log.warning(
@@ -237,19 +242,26 @@ class VersionFollower:
             self.metrics.engine_fallbacks.labels("missing").inc()
             return None
         try:
-            path = await _at_low_priority(self.registry.artifact, version, INT8_FILE)
+            path = await _at_low_priority(self.registry.artifact, version, INT8_FILE, manifest)
             # At normal priority: the session's thread pool is created here and a thread inherits its
             # creator's nice value, so pool threads made at nice 19 would starve the forward under load.
             engine = await asyncio.to_thread(OnnxEngine, path, threads=self.s.num_threads)
-        except Exception as exc:  # corrupted or unreadable: the weights are still good
+            predictor = await self.batcher.call(
+                lambda: Predictor.on_engine(
+                    engine, version, manifest.labels, manifest.base_model, max_seq_len=self.s.max_seq_len
+                )
+            )
+            await self._warm_up(predictor)
+            probs = await self.batcher.call(lambda: predictor.probabilities(["a shape check"]))
+            if tuple(probs.shape) != (1, len(manifest.labels)):
+                raise IntegrityError(f"it answers {tuple(probs.shape)} for {len(manifest.labels)} labels")
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # corrupted, unreadable or broken: the weights are still good
             log.error("version %s: int8 artifact refused (%s): served by torch", version, exc)
             self.metrics.engine_fallbacks.labels("refused").inc()
             return None
-        return await self.batcher.call(
-            lambda: Predictor.on_engine(
-                engine, version, manifest.labels, manifest.base_model, max_seq_len=self.s.max_seq_len
-            )
-        )
+        return predictor
 
     async def _watch(self) -> None:
         """Pub/sub wakes us at once; the timeout makes the same loop a polling fallback."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from online.model import TextClassifier, load_tokenizer, token_limit
-from online.serving.engines import Engine, TorchEngine, torch_threads
+from online.serving.engines import Engine, TorchEngine, torch_thread_count
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class Predictor:
         max_seq_len: int = 64,
         bucket_size: int = 16,
     ) -> "Predictor":
+        """A predictor on any engine (a version's int8 artifact): no torch model is built or kept."""
         predictor = cls.__new__(cls)
         predictor._setup(engine, version, labels, base_model, max_seq_len, bucket_size)
         return predictor
@@ -84,6 +85,7 @@ class Predictor:
         return [["warm up"] * self.bucket_size, ["a longer warm-up text " * 8], ["warm up"]]
 
     def warmup(self) -> None:
+        """Every warm-up batch at once (a replica runs them one by one between live batches instead)."""
         for batch in self.warmup_batches():
             self.probabilities(batch)
 
@@ -95,7 +97,7 @@ class Predictor:
     def probabilities_and_embeddings(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Softmax over the head and the sentence embedding (the head's input) of each text, in input
         order, float32 on the CPU. The embedding comes free with the forward: drift monitoring uses it."""
-        with torch_threads(self.engine.torch_threads):
+        with torch_thread_count(self.engine.torch_threads):
             return self._forward(texts)
 
     def _forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -143,3 +143,22 @@ def test_an_artifact_the_gate_refuses_is_not_stored(int8_settings, monkeypatch):
     check = v1.gate["engine"]
     assert v1.artifacts == {} and v1.status == "published" and not check["passed"]
     assert check["accuracy"] == 0.80 and check["agreement"] == 0.85 and "int8 0.8000 vs fp32 0.9500" in check["detail"]
+
+
+def test_an_artifact_that_runs_wrong_is_refused_at_load_and_torch_serves(int8_settings, tmp_path):
+    registry = Stores.from_settings(int8_settings).registry
+    model, v1 = train_v1(int8_settings, registry)
+    grown = copy.deepcopy(model)
+    grown.grow(["travel"])
+    stale = tmp_path / INT8_FILE  # v1's artifact: a valid model, but of 3 labels where v2 has 4
+    stale.write_bytes(registry.artifact(v1.version, INT8_FILE).read_bytes())
+    v2 = registry.publish(grown, parent=v1.version, artifacts={INT8_FILE: stale}).version
+
+    with served_app(int8_settings) as client:
+        registry.promote(v2)
+        wait_for(lambda: client.get("/readyz").json()["model_version"] == v2, what="the swap to v2")
+        ready = client.get("/readyz").json()
+        assert ready["engine"] == "torch-fp32" and not ready["failed_loads"]
+        top = client.post("/v1/predict", json={"text": "book a flight", "top_k": 4}).json()["predictions"][0]["top_k"]
+        assert {t["label"] for t in top} == {*OLD, "travel"}
+        assert 'online_engine_fallbacks_total{reason="refused"} 1.0' in client.get("/metrics").text
