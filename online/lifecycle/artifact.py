@@ -87,7 +87,13 @@ def export_int8(model: TextClassifier, target: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="online-export-") as tmp:
         fp32 = Path(tmp) / "model.onnx"
         # The exporter reports its passes on stdout and warns about its own internals: neither is ours.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            _quiet("torch.onnx"),
+            _quiet("onnxscript"),  # its optimiser logs every pass at INFO
+            _quiet("onnx_ir"),
+        ):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 served,

@@ -32,8 +32,14 @@ def promote(
     action: Action = "promote",
 ) -> LiveChange:
     """Make ``version`` live after checking its weights (raises KeyError, ValueError,
-    ``IntegrityError`` or :class:`LiveMoved`)."""
-    registry.verify(version)
+    ``IntegrityError`` or :class:`LiveMoved`). A serving artifact that fails its checksum does not stop
+    it (the weights serve, by torch): it is logged here, before replicas find out one by one."""
+    manifest = registry.verify(version)
+    for name in manifest.artifacts:
+        try:
+            registry.artifact(version, name, manifest)
+        except IntegrityError as exc:
+            log.warning("%s: replicas will refuse it and serve version %s with torch", exc, version)
     return registry.promote(version, action=action, reason=reason, expect_live=expect_live)
 
 
