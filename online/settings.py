@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         "torch when a version has none), torch on CUDA. torch: no artifact is built or loaded.",
     )
 
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="Logs: console on a terminal, one JSON object per line otherwise (auto), or forced."
+    )
+
+    access_log: bool = Field(True, description="The API logs one line per request (status, duration, request id).")
+
     # --- serving -----------------------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="API bind address.")
     api_port: int = Field(8000, ge=0, le=65535, description="API port.")

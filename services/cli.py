@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import threading
@@ -12,10 +11,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
 from bench.report import BenchConsole
+from online.logs import configure_logging
 from online.settings import Settings
 from services.supervisor import running_stack
 
@@ -31,19 +30,39 @@ app.add_typer(buffer_app, name="buffer")
 console = Console(soft_wrap=True)  # messages never wrap mid-path; tables still fit the width
 
 
+def _version(show: bool) -> None:
+    if show:
+        from online import __version__
+
+        console.print(f"online {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """online: a continual-learning text classifier server with a feedback loop."""
+
+
+def _print_json(data: object) -> None:
+    """Machine-readable output of a read command (``--json``): one JSON document on stdout."""
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+JsonFlag = typer.Option(False, "--json", help="Print JSON instead of tables.")
+
+
 def _settings() -> Settings:
     """Settings from the environment; server addresses of a running `online up` fill the gaps."""
     return running_stack(Settings())
 
 
 def _logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-    )
-    for noisy in ("kafka", "httpx", "transformers", "faiss"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """Console output on a terminal, JSON lines otherwise (``ONLINE_LOG_FORMAT``): ``online.logs``."""
+    configure_logging(Settings().log_format, level)
 
 
 def wide_console() -> Console:
@@ -202,7 +221,7 @@ def gate_table(gate: dict) -> Table:
     return table
 
 
-models_app = typer.Typer(help="Model versions: list, show, history.", invoke_without_command=True)
+models_app = typer.Typer(help="Model versions: list, show, promote, rollback, import.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
 
 
@@ -219,14 +238,34 @@ def _when(ts: float) -> str:
 
 @models_app.callback()
 def models(ctx: typer.Context) -> None:
-    """List model versions (the live one marked), then the history of the live alias."""
-    if ctx.invoked_subcommand:
-        return
+    """Model versions: `online models` alone lists them (as `online models list`)."""
+    if not ctx.invoked_subcommand:
+        models_list(as_json=False)
+
+
+@models_app.command("list")
+def models_list(as_json: bool = JsonFlag) -> None:
+    """Every version (the live one marked), then the history of the live alias."""
     stores = _stores()
     registry, live_acc = stores.registry, stores.live_accuracy
     live = registry.live()
+    manifests, history = registry.list(), registry.history()
+    if as_json:
+        _print_json(
+            {
+                "live": live,
+                "versions": [
+                    m.model_dump(exclude={"labels", "gate"})
+                    | {"labels": len(m.labels), "gate_passed": (m.gate or {}).get("passed"),
+                       "live_accuracy": live_acc.get(m.version).accuracy, "live_judged": live_acc.get(m.version).n}
+                    for m in manifests
+                ],
+                "history": [ch.model_dump() for ch in history],
+            }
+        )  # fmt: skip
+        return
     table = Table("version", "live", "parent", "status", "created", "labels", "gate", "golden", "live acc (n)")
-    for m in registry.list():
+    for m in manifests:
         acc = live_acc.get(m.version)
         gate = (
             ""
@@ -249,17 +288,17 @@ def models(ctx: typer.Context) -> None:
             f"{acc.accuracy:.3f} ({acc.n})" if acc.n else "",
         )
     console.print(table)
-    history = Table("when", "action", "version", "previous", "reason", title="live alias history")
-    for ch in registry.history()[-15:]:
+    history_table = Table("when", "action", "version", "previous", "reason", title="live alias history")
+    for ch in history[-15:]:
         style = {"auto_rollback": "bold red", "rollback": "yellow"}.get(ch.action, "")
-        history.add_row(
+        history_table.add_row(
             _when(ch.at),
             f"[{style}]{ch.action}[/]" if style else ch.action,
             str(ch.version),
             str(ch.previous or ""),
             ch.reason,
         )
-    console.print(history)
+    console.print(history_table)
 
 
 @models_app.command("import")
@@ -358,7 +397,7 @@ def models_promote(
 
 
 @models_app.command("show")
-def models_show(version: int = typer.Argument(..., help="Version to show.")) -> None:
+def models_show(version: int = typer.Argument(..., help="Version to show."), as_json: bool = JsonFlag) -> None:
     """One version: manifest, round statistics and the gate report, check by check."""
     stores = _stores()
     registry, live_acc = stores.registry, stores.live_accuracy
@@ -368,6 +407,11 @@ def models_show(version: int = typer.Argument(..., help="Version to show.")) -> 
         console.print(f"[red]{exc.args[0]}[/]")
         raise typer.Exit(1) from None
     acc = live_acc.get(version)
+    if as_json:
+        _print_json(
+            m.model_dump() | {"live": registry.live() == m.version, "live_accuracy": acc.accuracy, "live_judged": acc.n}
+        )
+        return
     console.print(
         f"[bold]version {m.version}[/] ({m.status}{', live' if registry.live() == m.version else ''}), "
         f"parent {m.parent}, created {_when(m.created_at)}, {len(m.labels)} labels, sha256 {m.sha256[:16]}"
@@ -536,12 +580,12 @@ def _print_supervised(settings: Settings) -> None:
         console.print(table)
 
 
-@app.command()
-def rollback(
+@models_app.command("rollback")
+def models_rollback(
     to: int | None = typer.Option(None, "--to", help="Version to go back to (default: the live version's parent)."),
     reason: str = typer.Option("", help="Why, for the history."),
 ) -> None:
-    """Point the live alias back; every API replica swaps to it."""
+    """Point the live alias back; every API replica swaps to it (also `online rollback`)."""
     from online.lifecycle import promotion
     from online.lifecycle.registry import IntegrityError, LiveMoved
 
@@ -552,6 +596,8 @@ def rollback(
         raise typer.Exit(1) from None
     console.print(f"live: version {change.version} (was {change.previous})")
 
+
+app.command("rollback", help="Point the live alias back (same as `online models rollback`).")(models_rollback)
 
 labels_app = typer.Typer(help="New labels: which wait to go live, and approving them.", no_args_is_help=True)
 app.add_typer(labels_app, name="labels")

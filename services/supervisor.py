@@ -332,16 +332,26 @@ def stop_processes(procs: list[subprocess.Popen], timeout: float = 20.0) -> None
 
 @contextmanager
 def api_process(settings: Settings, **env_overrides: str) -> Iterator[str]:
-    """`online serve` in a child process; yields its base URL once /readyz says ready."""
+    """`online serve` in a child process; yields its base URL once /readyz says ready. Its log (an
+    access line per request) goes to ``<state_dir>/logs/api-<port>.log``, not into the caller's output."""
     port = free_port()
     env = child_env(settings.model_copy(update={"api_port": port}), **env_overrides)
-    proc = subprocess.Popen([sys.executable, "-m", "services", "serve"], env=env, stdout=subprocess.DEVNULL)
+    log_path = settings.state_dir / "logs" / f"api-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc)
-        yield url
-    finally:
-        stop_processes([proc])
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=log_file
+        )
+        try:
+            try:
+                wait_ready(url, proc)
+            except (RuntimeError, TimeoutError) as exc:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{exc}; its log ({log_path}) ends:\n{tail}") from None
+            yield url
+        finally:
+            stop_processes([proc])
 
 
 def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 180.0) -> None:

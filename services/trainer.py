@@ -9,7 +9,6 @@ runs the automatic-rollback check and collects old versions.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -196,8 +195,7 @@ class Scheduler:
         self._waiting_since = None
         self.metrics.observe(report if report.status != "idle" or report.quarantined else None, report.status)
         if report.status != "idle" or report.quarantined:
-            log.info("%s", report.summary())
-            log.info("round %s", json.dumps(report.log_record()))
+            log.info("%s", report.summary(), extra={"round": report.log_record()})  # the record: JSON logs
         return report
 
     def housekeeping(self) -> None:

@@ -11,12 +11,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from online import __version__
 from online.connections import async_redis_client
 from online.contract import feedback_body_model, predict_request_model
 from online.serving.metrics import ApiMetrics
 from online.serving.service import ModelService, NotReady
 from online.settings import Settings
 from online.stores import Stores
+from services.api.access import AccessLog
 from services.api.intake import FeedbackIntake, RateLimited, Unavailable
 from services.api.limits import BodySizeLimit
 from services.api.routers import (
@@ -59,12 +61,13 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="online",
         summary="A continual-learning text classifier with a feedback loop.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLog, enabled=settings.access_log)  # added last: outermost, sees every answer
     if settings.cors_origins:  # off unless configured
         app.add_middleware(
             CORSMiddleware,

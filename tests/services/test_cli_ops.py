@@ -45,3 +45,34 @@ def test_train_now_models_show_status_and_pause(settings, tmp_path, monkeypatch)
     assert runner.invoke(cli, ["training", "resume"]).exit_code == 0
     assert "running" in runner.invoke(cli, ["training", "status"]).output
     assert runner.invoke(cli, ["train", "--now"]).exit_code == 0  # nothing new: an idle round
+
+
+def test_version_models_list_show_json_and_rollback_under_models(settings, tmp_path, monkeypatch):
+    import json
+
+    from online import __version__
+
+    s = helpers.keyword_round_settings(settings, tmp_path)
+    for key, value in settings_env(s).items():
+        monkeypatch.setenv(key, value)
+    registry = Stores.from_settings(s).registry
+    model, v1 = helpers.train_v1(s, registry)
+    model.grow(["travel"])
+    v2 = registry.publish(model, parent=v1.version).version
+    registry.promote(v2)
+    runner = CliRunner()
+
+    version = runner.invoke(cli, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == f"online {__version__}" and __version__ != "0+unknown"
+
+    listed = json.loads(runner.invoke(cli, ["models", "list", "--json"]).output)
+    assert listed["live"] == v2 and [v["version"] for v in listed["versions"]] == [v1.version, v2]
+    assert listed["versions"][0]["gate_passed"] is True and listed["versions"][1]["labels"] == 4
+    shown = json.loads(runner.invoke(cli, ["models", "show", str(v1.version), "--json"]).output)
+    assert shown["version"] == v1.version and shown["gate"]["passed"] and shown["live"] is False
+
+    rolled = runner.invoke(cli, ["models", "rollback", "--reason", "cli test"])
+    assert rolled.exit_code == 0 and f"live: version {v1.version}" in rolled.output
+    assert registry.live() == v1.version and registry.history()[-1].reason == "cli test"
+    again = runner.invoke(cli, ["rollback"])  # the top-level alias: v1 has no parent
+    assert again.exit_code == 1 and "no parent" in again.output

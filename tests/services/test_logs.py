@@ -1,0 +1,58 @@
+"""Logs a pipeline can parse: JSON lines with structured fields, a request id per API call, an access log."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from online.logs import _RequestId, json_formatter, request_id, resolve_format
+from tests.helpers import live_untrained, served_app
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_auto_is_console_on_a_terminal_and_json_lines_otherwise():
+    assert resolve_format("auto", _Tty()) == "console"
+    assert resolve_format("auto", io.StringIO()) == "json"
+    assert resolve_format("json", _Tty()) == "json" and resolve_format("console", io.StringIO()) == "console"
+
+
+def test_a_json_line_carries_level_logger_message_fields_and_the_request_id():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(json_formatter())
+    handler.addFilter(_RequestId())
+    logger = logging.getLogger("online.test_logs")
+    logger.addHandler(handler)
+    logger.propagate = False
+    token = request_id.set("req-42")
+    try:
+        logger.warning("round from v1: promoted v2 (意图)", extra={"round": {"new": 25, "gate": {"holdout": True}}})
+    finally:
+        request_id.reset(token)
+        logger.removeHandler(handler)
+    line = json.loads(stream.getvalue())  # exactly one JSON object on one line
+    assert line["level"] == "WARNING" and line["logger"] == "online.test_logs"
+    assert line["message"] == "round from v1: promoted v2 (意图)" and line["round"] == {"new": 25, "gate": {"holdout": True}}
+    assert line["request_id"] == "req-42" and line["timestamp"].startswith("20")
+
+
+def test_every_request_gets_an_id_and_an_access_line(settings, caplog):
+    live_untrained(settings)
+    with served_app(settings) as client, caplog.at_level(logging.INFO, logger="online.access"):
+        given = client.post("/v1/predict", json={"text": "hello"}, headers={"X-Request-ID": "trace-abc.1"})
+        made = client.post("/v1/predict", json={"text": "hello"})
+        hostile = client.get("/healthz", headers={"X-Request-ID": "bad id\nwith newline"})
+        invalid = client.post("/v1/predict", json={"text": ""})
+    assert given.headers["x-request-id"] == "trace-abc.1"
+    assert len(made.headers["x-request-id"]) == 32 and made.headers["x-request-id"] != "trace-abc.1"
+    assert "\n" not in hostile.headers["x-request-id"] and hostile.headers["x-request-id"] != "bad id"
+    assert invalid.status_code == 422
+    lines = {r.request_id: r for r in caplog.records if r.name == "online.access"}
+    assert lines["trace-abc.1"].status == 200 and lines["trace-abc.1"].path == "/v1/predict"
+    assert lines["trace-abc.1"].duration_ms > 0 and lines["trace-abc.1"].method == "POST"
+    assert lines[invalid.headers["x-request-id"]].status == 422  # refusals are logged too
