@@ -125,6 +125,17 @@ class Settings(BaseSettings):
 
     access_log: bool = Field(True, description="The API logs one line per request (status, duration, request id).")
 
+    pii_mask: bool = Field(
+        True, description="Mask e-mails, IBANs, cards, IPs and phone numbers before any text is stored."
+    )
+    pii_phone_regions: list[str] = Field(
+        ["US"],
+        description='Regions whose national phone formats are masked (JSON list, e.g. ["US","CN","DE"]); +country numbers always are.',
+    )
+    pii_patterns: dict[str, str] = Field(
+        default_factory=dict, description='Your own kinds to mask: {"KIND": "regex"} -> <KIND> (JSON).'
+    )
+
     # --- serving -----------------------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="API bind address.")
     api_port: int = Field(8000, ge=0, le=65535, description="API port.")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import redis
 
 from online.connections import Role, redis_client
+from online.feedback import pii
 from online.feedback.buffer import ReplayBuffer
 from online.feedback.labels import LabelBook
 from online.feedback.prediction_log import PredictionLog
@@ -55,6 +56,7 @@ class Stores:
     def from_settings(cls, settings: Settings, role: Role = "worker", client: redis.Redis | None = None) -> "Stores":
         """``role``: ``serving`` for the API (fails fast when Redis is down), ``worker`` for the rest
         (retries through a Redis restart). ``client``: share one already built."""
+        pii.configure(settings.pii_mask, settings.pii_phone_regions, settings.pii_patterns)  # every stored text
         r = client if client is not None else redis_client(settings, role)
         keys = Keys(settings.key_prefix)
         s = settings

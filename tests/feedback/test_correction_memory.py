@@ -27,10 +27,10 @@ def changes(log: CorrectionLog) -> list:
 
 def test_the_log_is_idempotent_masks_pii_and_forgets_on_purpose(log):
     now = __import__("time").time()
-    ev = Incoming("e1", "call me on 555 123 4567 about my card", "card_declined", "agent", now)
+    ev = Incoming("e1", "call me on 415 555 0132 about my card", "card_declined", "agent", now)
     assert log.add([ev]) == 1 and log.add([ev]) == 1  # redelivery rewrites the same entry
     _, entries = log.snapshot()
-    assert len(entries) == 1 and "<PHONE>" in entries[0].text and "555" not in entries[0].text
+    assert len(entries) == 1 and "<PHONE>" in entries[0].text and "0132" not in entries[0].text
     sid = entries[0].sid
     assert log.forget([sid], "thumbs down") == 1
     assert log.add([ev]) == 0 and log.size() == 0  # a forgotten correction is not brought back by redelivery

@@ -1,0 +1,50 @@
+"""PII masking: each kind found precisely, amounts, dates and order numbers left alone, both ways."""
+
+from __future__ import annotations
+
+import pytest
+
+from online.feedback.pii import PiiMasker
+
+MASKED = [  # (text, what must go, the placeholder that replaces it)
+    ("mail me at jane.doe+cs@example.co.uk", "jane.doe", "<EMAIL>"),
+    ("card 4111 1111 1111 1111 was declined", "4111", "<CARD>"),
+    ("pay to DE89 3704 0044 0532 0130 00 today", "3704", "<IBAN>"),
+    ("iban GB82WEST12345698765432 please", "WEST1234", "<IBAN>"),
+    ("call me at 415-555-0132", "555-0132", "<PHONE>"),
+    ("my number is +86 138 0013 8000", "138 0013", "<PHONE>"),
+    ("ring +44 20 7946 0958 after six", "7946", "<PHONE>"),
+    ("login from 192.168.1.20 failed", "192.168", "<IP>"),
+    ("blocked 2001:db8::8a2e:370:7334 again", "2001:db8", "<IP>"),
+]
+KEPT = [  # texts with nothing personal: unchanged
+    "transfer 1500000 dollars to savings",
+    "my payment on 2024-03-15 at 10:30:15 bounced",
+    "where is order 12345678",
+    "card ending 1234 is lost",
+    "order number 4111 1111 1111 1112 is late",  # fails Luhn: not a card
+    "DE00 1234 5678 9012 3456 78 is not an iban",  # fails mod 97
+    "upgrade to version 1.2.3 then 10.0.0.256",  # not an address
+    "book a table for 4 at 7:30 pm on 12/05",
+    "转账 1500000 元",
+]
+
+
+@pytest.mark.parametrize("text,secret,placeholder", MASKED)
+def test_personal_data_is_masked(text, secret, placeholder):
+    masked = PiiMasker()(text)
+    assert secret not in masked and placeholder in masked
+
+
+@pytest.mark.parametrize("text", KEPT)
+def test_amounts_dates_and_order_numbers_are_left_alone(text):
+    assert PiiMasker()(text) == text
+
+
+def test_regions_patterns_and_off():
+    chinese = "请拨打13800138000联系我"  # a national format: masked where CN is one of the regions
+    assert PiiMasker(regions=["US"])(chinese) == chinese
+    assert "13800138000" not in PiiMasker(regions=["US", "CN"])(chinese)
+    custom = PiiMasker(patterns={"employee": r"\bEMP-\d{5}\b"})
+    assert custom("badge EMP-12345 lost") == "badge <EMPLOYEE> lost"
+    assert PiiMasker(enabled=False)("mail a@b.io") == "mail a@b.io"
