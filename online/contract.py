@@ -75,6 +75,39 @@ class ModelOut(BaseModel):
     judged: int = Field(0, description="Predictions of this version judged by feedback.")
 
 
+class ModelDetail(ModelOut):
+    """One version in full: what `online models show N` prints."""
+
+    label_names: list[str]
+    base_model: str
+    sha256: str
+    artifacts: dict[str, str] = Field(description="Serving artifacts beside the weights: name -> sha256.")
+    gate: dict | None = Field(
+        None, description="The gate report, check by check (the int8 engine's check in `engine`)."
+    )
+    round: dict = Field(default_factory=dict, description="The round that made it: new, held, rehearsed, timings.")
+
+
+class ReviewItemOut(BaseModel):
+    prediction_id: str
+    text: str = Field(description="PII-masked, as stored.")
+    label: str
+    score: float
+    margin: float = Field(description="Top-1 minus top-2 probability.")
+    distance: float | None = Field(
+        None, description="To the nearest training example (None without a drift reference)."
+    )
+    far: bool = Field(description="Farther from the training data than 99% of in-domain texts.")
+    uncertainty: float
+    version: int
+    at: float
+
+
+class ReviewResponse(BaseModel):
+    queued: int
+    items: list[ReviewItemOut]
+
+
 class LiveChangeOut(BaseModel):
     at: float
     action: str

@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     prediction_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="How long predictions stay resolvable.")
     model_poll_s: float = Field(5.0, gt=0, description="Polling fallback for the live alias.")
     admin_token: SecretStr | None = Field(None, description="Bearer token for admin endpoints; unset: refused.")
+    reviewer_token: SecretStr | None = Field(
+        None, description="Bearer token that may read the review queue (user texts) without admin rights."
+    )
     feedback_api_keys: dict[str, SecretStr] | None = Field(
         None, description='JSON {"source": "key"}: feedback then needs X-API-Key, and a key sends as its source only.'
     )

@@ -7,19 +7,31 @@ import secrets
 
 from fastapi import HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 
 _bearer = HTTPBearer(auto_error=False)
 
 
-async def require_admin(request: Request) -> None:
-    token = request.app.state.settings.admin_token
-    if token is None:
-        raise HTTPException(403, "admin endpoints are disabled: set ONLINE_ADMIN_TOKEN to enable them")
+async def _require_one_of(request: Request, tokens: list[SecretStr | None], what: str) -> None:
+    accepted = [t for t in tokens if t is not None]
+    if not accepted:
+        raise HTTPException(403, f"{what} endpoints are disabled: set ONLINE_ADMIN_TOKEN to enable them")
     credentials: HTTPAuthorizationCredentials | None = await _bearer(request)
     if credentials is None:
-        raise HTTPException(401, "admin token required (Authorization: Bearer ...)", {"WWW-Authenticate": "Bearer"})
-    if not secrets.compare_digest(credentials.credentials.encode(), token.get_secret_value().encode()):
-        raise HTTPException(403, "wrong admin token")
+        raise HTTPException(401, f"{what} token required (Authorization: Bearer ...)", {"WWW-Authenticate": "Bearer"})
+    given = credentials.credentials.encode()
+    if not any(secrets.compare_digest(given, t.get_secret_value().encode()) for t in accepted):
+        raise HTTPException(403, f"wrong {what} token")
+
+
+async def require_admin(request: Request) -> None:
+    await _require_one_of(request, [request.app.state.settings.admin_token], "admin")
+
+
+async def require_reviewer(request: Request) -> None:
+    """The review queue shows user texts: the admin token, or a reviewer token that can do nothing else."""
+    s = request.app.state.settings
+    await _require_one_of(request, [s.admin_token, s.reviewer_token], "reviewer")
 
 
 async def feedback_source(request: Request) -> str | None:

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from online.feedback.review_queue import diverse_pick
 from online.stores import Stores
@@ -18,7 +19,17 @@ from tests.helpers import ConsumerThread, wait_for
 @pytest.fixture
 def rsettings(kafka_settings, tmp_path):
     golden = helpers.write_golden(tmp_path / "golden.jsonl", helpers.examples(helpers.OLD, 40, seed=7))
-    return kafka_settings.model_copy(update={"golden_path": golden, "drift_window": 1000, "review_max_margin": 0.3})
+    return kafka_settings.model_copy(
+        update={
+            "golden_path": golden,
+            "drift_window": 1000,
+            "review_max_margin": 0.3,
+            "reviewer_token": SecretStr("rev-key"),
+        }
+    )
+
+
+REVIEWER = {"Authorization": "Bearer rev-key"}
 
 
 def test_the_queue_returns_uncertain_diverse_items_and_feedback_answers_them(rsettings):
@@ -35,7 +46,9 @@ def test_the_queue_returns_uncertain_diverse_items_and_feedback_answers_them(rse
         traffic = confident + mixed + cluster
         for start in range(0, len(traffic), 16):
             assert client.post("/v1/predict", json={"texts": traffic[start : start + 16]}).status_code == 200
-        queued = client.get("/v1/review", params={"limit": 6}).json()
+        assert client.get("/v1/review").status_code == 401  # it shows user texts: a token is needed
+        assert client.get("/v1/review", headers={"Authorization": "Bearer nope"}).status_code == 403
+        queued = client.get("/v1/review", params={"limit": 6}, headers=REVIEWER).json()
         assert queued["queued"] >= 6
         items = queued["items"]
         assert len(items) == 6
@@ -60,7 +73,10 @@ def test_the_queue_returns_uncertain_diverse_items_and_feedback_answers_them(rse
             wait_for(
                 lambda: (
                     picked["prediction_id"]
-                    not in {i["prediction_id"] for i in client.get("/v1/review", params={"limit": 200}).json()["items"]}
+                    not in {
+                        i["prediction_id"]
+                        for i in client.get("/v1/review", params={"limit": 200}, headers=REVIEWER).json()["items"]
+                    }
                 ),
                 timeout=60,
                 what="the answered item leaves the queue",

@@ -108,6 +108,17 @@ def test_models_lists_live_version(client, registry):
     assert body["history"][-1]["action"] == "promote"
 
 
+def test_one_model_in_full_and_an_unknown_one_is_404(client, registry):
+    live = registry.live()
+    body = client.get(f"/v1/models/{live}").json()
+    manifest = registry.get(live)
+    assert body["version"] == live and body["live"] and body["label_names"] == manifest.labels
+    assert body["sha256"] == manifest.sha256 and body["base_model"] == manifest.base_model
+    assert body["gate"] == manifest.gate and body["round"] == manifest.round
+    missing = client.get("/v1/models/999")
+    assert missing.status_code == 404 and "999" in missing.json()["detail"]
+
+
 def test_metrics_exposed(client):
     client.post("/v1/predict", json={"text": "hello"})
     text = client.get("/metrics").text

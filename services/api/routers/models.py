@@ -4,7 +4,7 @@ import asyncio
 
 from fastapi import APIRouter, Depends, HTTPException
 
-from online.contract import LiveChangeOut, ModelOut, ModelsResponse, PromoteRequest, RollbackRequest
+from online.contract import LiveChangeOut, ModelDetail, ModelOut, ModelsResponse, PromoteRequest, RollbackRequest
 from online.lifecycle import promotion
 from online.lifecycle.registry import IntegrityError, LiveMoved
 from services.api.admin import require_admin
@@ -39,6 +39,37 @@ async def models(stores: StoresDep, service: ServiceDep) -> ModelsResponse:
             for m in versions
         ],
         history=[LiveChangeOut(**h.model_dump()) for h in history],
+    )
+
+
+@api.get("/v1/models/{version}", response_model=ModelDetail, responses={404: {"description": "No such version"}})
+async def model(version: int, stores: StoresDep) -> ModelDetail:
+    """One version: its gate report check by check (with the int8 engine's check), round statistics,
+    artifacts and live accuracy from feedback."""
+    registry = stores.registry
+    try:
+        m, live, acc = await asyncio.to_thread(
+            lambda: (registry.get(version), registry.live(), stores.live_accuracy.get(version))
+        )
+    except KeyError as exc:
+        raise HTTPException(404, str(exc).strip("'\"")) from exc
+    return ModelDetail(
+        version=m.version,
+        parent=m.parent,
+        status=m.status,
+        live=m.version == live,
+        created_at=m.created_at,
+        labels=len(m.labels),
+        metrics=m.metrics,
+        gate_passed=None if m.gate is None else bool(m.gate.get("passed")),
+        live_accuracy=acc.accuracy,
+        judged=acc.n,
+        label_names=m.labels,
+        base_model=m.base_model,
+        sha256=m.sha256,
+        artifacts=m.artifacts,
+        gate=m.gate,
+        round=m.round,
     )
 
 
