@@ -88,6 +88,18 @@ class ModelDetail(ModelOut):
     round: dict = Field(default_factory=dict, description="The round that made it: new, held, rehearsed, timings.")
 
 
+class ValidationIssue(BaseModel):
+    field: str = Field(description="Dotted path of the offending field (`body` for the whole body).")
+    reason: str
+
+
+class ValidationErrorOut(BaseModel):
+    """What every 422 answers: one readable line, and the issues one by one."""
+
+    detail: str
+    errors: list[ValidationIssue]
+
+
 class ReviewItemOut(BaseModel):
     prediction_id: str
     text: str = Field(description="PII-masked, as stored.")

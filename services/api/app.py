@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from online import __version__
 from online.connections import async_redis_client
-from online.contract import feedback_body_model, predict_request_model
+from online.contract import ValidationErrorOut, ValidationIssue, feedback_body_model, predict_request_model
 from online.serving.metrics import ApiMetrics
 from online.serving.service import ModelService, NotReady
 from online.settings import Settings
@@ -94,12 +94,26 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body", "reason": e["msg"]}
+        issues = [
+            ValidationIssue(field=".".join(str(p) for p in e["loc"] if p != "body") or "body", reason=e["msg"])
             for e in exc.errors()
         ]
-        reason = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
-        return JSONResponse({"detail": reason, "errors": errors}, status_code=422)
+        body = ValidationErrorOut(detail="; ".join(f"{i.field}: {i.reason}" for i in issues), errors=issues)
+        return JSONResponse(body.model_dump(), status_code=422)
+
+    def openapi() -> dict:
+        """FastAPI's schema, with its 422 body replaced by the one the handler above sends."""
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            ours = ValidationErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(ours.pop("$defs", {}))
+            components["HTTPValidationError"] = ours
+            components.pop("ValidationError", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     app.include_router(predict.router(predict_request_model(settings)))
     app.include_router(feedback.router(feedback_body_model(settings)))

@@ -1,4 +1,5 @@
-"""schemathesis against the project's own OpenAPI schema, on a running API process: no 5xx anywhere.
+"""schemathesis against the project's own OpenAPI schema, on a running API process: no 5xx anywhere, and
+every answer whose status the schema documents matches the schema it documents (422s included).
 
 Examples are bounded (hypothesis ``max_examples``) so the suite stays fast; the admin token is sent, so
 admin endpoints are exercised past authentication too."""
@@ -9,6 +10,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from pydantic import SecretStr
+from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from online.model import TextClassifier
 from online.stores import Stores
@@ -62,6 +64,7 @@ def test_no_server_errors_on_any_endpoint(api):
             assert response.status_code < 500, (
                 f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}"
             )
+            case.validate_response(response, checks=[response_schema_conformance])
 
         check()
     assert set(seen) == {op.label for op in operations}  # every endpoint was called
