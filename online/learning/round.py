@@ -256,10 +256,14 @@ class RoundRunner:
                 status="idle", parent=parent, quarantined=held, held_by_reason=held_by, cursor=upto,
                 started_at=started_at, duration_s=time.perf_counter() - started,
             )  # fmt: skip
+        # In content order (sid), not arrival order: events of one batch reach the buffer interleaved
+        # differently across Kafka partitions from run to run, and the same data must train the same round.
+        samples = sorted(samples, key=lambda s: s.sid)
         new_ids = {s.sid for s in samples}
         new = [(s.text, s.label) for s in samples]
         train_new, holdout = split_holdout(new, self.s.holdout_fraction, self.s.holdout_min_new)
-        pool = [(s.text, s.label) for s in self.buffer.samples() if s.sid not in new_ids] + self._seed_for(live)
+        remembered = sorted((s for s in self.buffer.samples() if s.sid not in new_ids), key=lambda s: s.sid)
+        pool = [(s.text, s.label) for s in remembered] + self._seed_for(live)
         rng = random.Random(self.s.seed + upto)
         rehearsal = select_rehearsal(live, pool, len(train_new), self.cfg, rng, train_new)
         n_train = len(train_new) * new_repeats(len(train_new), len(rehearsal), self.cfg) + len(rehearsal)
