@@ -23,7 +23,14 @@ from typing import Any, Generic, TypeVar
 import httpx
 from pydantic import TypeAdapter
 
-from online.contract import FeedbackAccepted, FeedbackStats, LiveChangeOut, ModelsResponse, PredictResponse
+from online.contract import (
+    FeedbackAccepted,
+    FeedbackStats,
+    LiveChangeOut,
+    ModelsResponse,
+    PredictResponse,
+    ReviewResponse,
+)
 from online.feedback.events import EVENT_ADAPTER, LabelEvent, ThumbsEvent
 
 T = TypeVar("T")
@@ -50,6 +57,7 @@ class _Call(Generic[T]):
     json: Any = None
     params: dict[str, Any] = field(default_factory=dict)
     admin: bool = False
+    reviewer: bool = False  # the admin token or the reviewer token
 
 
 def _events(events: Iterable[Event | dict]) -> list[Event]:
@@ -120,9 +128,11 @@ class _Calls:
     def drift(self, history: int = 0) -> dict:
         return self._run(_Call("GET", "/v1/drift", TypeAdapter(dict), params={"history": history}))
 
-    def review(self, limit: int = 20) -> dict:
-        """Predictions worth a human label (answer one with :meth:`label` naming its prediction_id)."""
-        return self._run(_Call("GET", "/v1/review", TypeAdapter(dict), params={"limit": limit}))
+    def review(self, limit: int = 20) -> ReviewResponse:
+        """Predictions worth a human label (answer one with :meth:`label` naming its prediction_id).
+        Needs the reviewer or the admin token: it shows user texts."""
+        call = _Call("GET", "/v1/review", TypeAdapter(ReviewResponse), params={"limit": limit}, reviewer=True)
+        return self._run(call)
 
     def feedback_stats(self) -> FeedbackStats:
         return self._run(_Call("GET", "/v1/feedback/stats", TypeAdapter(FeedbackStats)))
@@ -135,6 +145,7 @@ class _Base(_Calls):
         *,
         api_key: str | None = None,
         admin_token: str | None = None,
+        reviewer_token: str | None = None,
         timeout: float = 10.0,
         retries: int = 5,
         max_wait_s: float = 30.0,
@@ -142,6 +153,7 @@ class _Base(_Calls):
     ) -> None:
         self.url = url.rstrip("/")
         self.admin_token = admin_token
+        self.reviewer_token = reviewer_token
         self.retries = retries
         self.max_wait_s = max_wait_s
         self._headers = {"X-API-Key": api_key} if api_key else {}
@@ -154,6 +166,11 @@ class _Base(_Calls):
             if not self.admin_token:
                 raise ApiError(401, "this call needs the admin token: Client(..., admin_token=...)")
             headers["Authorization"] = f"Bearer {self.admin_token}"
+        elif call.reviewer:
+            token = self.reviewer_token or self.admin_token
+            if not token:
+                raise ApiError(401, "this call needs the reviewer or admin token: Client(..., reviewer_token=...)")
+            headers["Authorization"] = f"Bearer {token}"
         return {"method": call.method, "url": call.path, "json": call.json, "params": call.params, "headers": headers}
 
     def _retry_in(
