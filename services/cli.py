@@ -154,7 +154,10 @@ def stack() -> None:
 
 
 @app.command()
-def serve() -> None:
+def serve(
+    host: str | None = typer.Option(None, "--host", help="Bind address (default: ONLINE_API_HOST)."),
+    port: int | None = typer.Option(None, "--port", help="Port (default: ONLINE_API_PORT)."),
+) -> None:
     """Run the HTTP API (one replica)."""
     import uvicorn
 
@@ -162,6 +165,8 @@ def serve() -> None:
 
     _logging()
     settings = _settings()
+    given = {k: v for k, v in {"api_host": host, "api_port": port}.items() if v is not None}
+    settings = settings.model_copy(update=given) if given else settings
     from online.learning.fit import configure_threads
 
     configure_threads(settings.num_threads)
@@ -442,7 +447,7 @@ def _memory_cells(memory: dict[str, int] | None) -> tuple[str, str]:
 
 
 @app.command()
-def status() -> None:
+def status(as_json: bool = JsonFlag) -> None:
     """Everything at a glance: live version, replicas, buffer, last rounds, drift signals and alerts."""
     from online.monitoring.report import drift_report
 
@@ -450,6 +455,9 @@ def status() -> None:
     settings, registry = stores.settings, stores.registry
     live = registry.live()
     paused = stores.control.paused()
+    if as_json:
+        _print_json(_status_document(stores, live, paused, drift_report(stores)))
+        return
     console.print(
         f"[bold]live version:[/] {live}   training: "
         + ("running" if paused is None else f"[yellow]paused[/] ({paused.get('reason', '')})")
@@ -540,6 +548,41 @@ def status() -> None:
         "[bold]alerts:[/] "
         + ("[green]none[/]" if not alerts else ", ".join(f"[red]{a['signal']}[/]={a['value']:.3g}" for a in alerts))
     )
+
+
+def _status_document(stores, live: int | None, paused: dict | None, report: dict) -> dict:
+    """What `online status` shows, as one JSON document (a monitoring script's input)."""
+    from dataclasses import asdict
+
+    buffer = stores.buffer
+    stats = buffer.stats()
+    rounds = [m for m in stores.registry.list() if m.round.get("kind") == "continual"][-5:]
+    return {
+        "live_version": live,
+        "training": {"paused": paused is not None, "reason": (paused or {}).get("reason")},
+        "replicas": [asdict(b) | {"age_s": b.age_s()} for b in stores.replicas.all()],
+        "correction_log": stores.corrections.size(),
+        "buffer": {
+            "samples": buffer.size(),
+            "new": buffer.new_count(),
+            "labels": len([st for st in stats if st.stored]),
+            "dead_lettered": sum(st.dead_lettered for st in stats),
+            "held": buffer.held_count(),
+        },
+        "rounds": [
+            {
+                "version": m.version,
+                "parent": m.parent,
+                "status": m.status,
+                "created_at": m.created_at,
+                "gate_passed": (m.gate or {}).get("passed"),
+                **{k: m.round.get(k) for k in ("new", "rehearsed", "train_s")},
+            }
+            for m in rounds
+        ],  # fmt: skip
+        "drift": {k: report[k] for k in ("replicas", "feedback", "live_accuracy", "alerts")},
+        "feedback_volume": report["feedback_volume"],
+    }
 
 
 def _print_screening(stores) -> None:
@@ -659,10 +702,21 @@ app.add_typer(quarantine_app, name="quarantine")
 
 
 @quarantine_app.command("list")
-def quarantine_list(limit: int = typer.Option(50, help="Held samples to show.")) -> None:
+def quarantine_list(limit: int = typer.Option(50, help="Held samples to show."), as_json: bool = JsonFlag) -> None:
     """Held samples and per-source statistics."""
+    from dataclasses import asdict
+
     stores = _stores()
     buffer, ledger = stores.buffer, stores.sources
+    if as_json:
+        _print_json(
+            {
+                "held_count": buffer.held_count(),
+                "held": [asdict(h) for h in buffer.held(limit)],
+                "sources": ledger.stats(),
+            }
+        )
+        return
     held = Table("sid", "source", "sources", "label", "text", "reason", "since", title=f"held ({buffer.held_count()})")
     for h in buffer.held(limit):
         held.add_row(h.sid, h.source, str(h.sources), h.label, h.text[:60], h.reason, _when(h.at))
@@ -749,11 +803,19 @@ def feedback_send(
 
 
 @buffer_app.command("stats")
-def buffer_stats() -> None:
+def buffer_stats(as_json: bool = JsonFlag) -> None:
     """Per label: stored, total events, new since the last round, duplicates, dead-lettered, evicted."""
+    from dataclasses import asdict
+
     from services.cli_feedback import buffer_table
 
-    console.print(buffer_table(_stores().buffer))
+    buffer = _stores().buffer
+    if as_json:
+        _print_json(
+            {"cursor": buffer.cursor(), "capacity": buffer.capacity, "labels": [asdict(r) for r in buffer.stats()]}
+        )
+        return
+    console.print(buffer_table(buffer))
 
 
 @bench_app.command("ingest")

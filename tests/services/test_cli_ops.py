@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from typer.testing import CliRunner
@@ -39,6 +40,14 @@ def test_train_now_models_show_status_and_pause(settings, tmp_path, monkeypatch)
     assert listed.exit_code == 0 and "passed" in listed.output and "promote" in listed.output
 
     assert runner.invoke(cli, ["training", "pause", "--reason", "incident 42"]).exit_code == 0
+    document = json.loads(runner.invoke(cli, ["status", "--json"]).output)
+    assert document["live_version"] == 2 and document["training"] == {"paused": True, "reason": "incident 42"}
+    assert document["rounds"][-1]["version"] == 2 and document["rounds"][-1]["gate_passed"] is True
+    assert document["buffer"]["samples"] == buffer.size() and "alerts" in document["drift"]
+    stats = json.loads(runner.invoke(cli, ["buffer", "stats", "--json"]).output)
+    assert {r["label"] for r in stats["labels"]} >= {"travel"} and stats["capacity"] == s.buffer_capacity
+    held = json.loads(runner.invoke(cli, ["quarantine", "list", "--json"]).output)
+    assert held["held_count"] == len(held["held"]) and isinstance(held["sources"], dict)
     status = runner.invoke(cli, ["status"])
     assert status.exit_code == 0, status.output
     assert "live version: 2" in status.output and "incident 42" in status.output and "last rounds" in status.output
@@ -48,8 +57,6 @@ def test_train_now_models_show_status_and_pause(settings, tmp_path, monkeypatch)
 
 
 def test_version_models_list_show_json_and_rollback_under_models(settings, tmp_path, monkeypatch):
-    import json
-
     from online import __version__
 
     s = helpers.keyword_round_settings(settings, tmp_path)
