@@ -88,6 +88,25 @@ class ModelDetail(ModelOut):
     round: dict = Field(default_factory=dict, description="The round that made it: new, held, rehearsed, timings.")
 
 
+class ShadowSlot(BaseModel):
+    version: int
+    share: float = Field(description="Share of live traffic the candidate also answers (never returned).")
+    since: float
+
+
+class ShadowResponse(BaseModel):
+    """The candidate running in shadow, with its agreement and accuracy next to live's on the same
+    requests; ``shadow`` is null when none runs (the other fields then stay empty)."""
+
+    shadow: ShadowSlot | None = None
+    loaded_by_this_replica: bool = False
+    requests: int = 0
+    agreement: float | None = None
+    judged: int = 0
+    shadow_accuracy: float | None = None
+    live_accuracy_same_requests: float | None = None
+
+
 class ValidationIssue(BaseModel):
     field: str = Field(description="Dotted path of the offending field (`body` for the whole body).")
     reason: str
