@@ -8,15 +8,18 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from bench.report import BenchConsole
 from online.logs import configure_logging
 from online.settings import Settings
 from services.supervisor import running_stack
+
+if TYPE_CHECKING:  # bench/ is a development tool: not in the Docker image
+    from bench.report import BenchConsole
 
 app = typer.Typer(
     help="online: a continual-learning text classifier server with a feedback loop.", no_args_is_help=True
@@ -825,6 +828,7 @@ def bench_ingest(
 ) -> None:
     """Producer -> Kafka -> consumer -> replay buffer, against the broker's raw produce+consume rate."""
     from bench.ingest import run_bench_ingest
+    from bench.report import BenchConsole
 
     _logging("WARNING")
     console = BenchConsole("ingest")
@@ -840,6 +844,7 @@ def bench_serve(
     json_out: Path | None = JsonOut,
 ) -> None:
     """HTTP API vs a naive server vs the raw in-process batched forward, side by side."""
+    from bench.report import BenchConsole
     from bench.serve import run_bench_serve
 
     _logging("WARNING")
@@ -857,6 +862,7 @@ def bench_swap(
     json_out: Path | None = JsonOut,
 ) -> None:
     """Hot swaps under load on two API processes: errors, p99 against steady, time to swap."""
+    from bench.report import BenchConsole
     from bench.swap import run_bench_swap
 
     _logging("WARNING")
@@ -881,6 +887,7 @@ def bench_freshness(
 ) -> None:
     """Feedback teaching a new intent -> first answer by a version trained on it (whole system)."""
     from bench.freshness import run_bench_freshness
+    from bench.report import BenchConsole
 
     _logging("WARNING")
     console = BenchConsole("freshness")
@@ -896,6 +903,7 @@ def bench_memory(
 ) -> None:
     """Corrections in memory (0 to 10,000): untouched-traffic and paraphrase accuracy, predict p99."""
     from bench.memory import run_bench_memory
+    from bench.report import BenchConsole
     from online.learning.fit import configure_threads
 
     _logging("WARNING")
@@ -917,6 +925,7 @@ def bench_drift(
 ) -> None:
     """In-domain traffic, then out-of-scope: false alarms and windows to alarm for every drift signal."""
     from bench.drift import run_bench_drift
+    from bench.report import BenchConsole
 
     _logging("WARNING")
     console = BenchConsole("drift")
@@ -933,6 +942,7 @@ def bench_chaos(
 ) -> None:
     """Kill -9 Redis, the broker, the consumer, the trainer mid-round and an API replica under load."""
     from bench.chaos import run_bench_chaos
+    from bench.report import BenchConsole
 
     _logging()
     console = BenchConsole("chaos")
@@ -952,6 +962,7 @@ def bench_poison(
 ) -> None:
     """Flipped labels from hostile sources, honest teaching and label-space attacks, quarantine on and off."""
     from bench.poison import run_bench_poison
+    from bench.report import BenchConsole
 
     _logging("WARNING")
     console = BenchConsole("poison")
@@ -976,6 +987,7 @@ def bench_review(
     json_out: Path | None = JsonOut,
 ) -> None:
     """Active learning: labels for the review queue's picks against random picks, same budget."""
+    from bench.report import BenchConsole
     from bench.review import run_bench_review
 
     _logging("WARNING")
