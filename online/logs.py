@@ -9,6 +9,7 @@ at a terminal gets Rich's console output as before. ``ONLINE_LOG_FORMAT`` picks:
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextvars import ContextVar
 from typing import Literal
@@ -50,12 +51,20 @@ def json_formatter() -> logging.Formatter:
     )
 
 
+def progress_bars() -> bool:
+    """Whether this process draws progress bars: only for a person at a terminal."""
+    return sys.stderr.isatty()
+
+
 def configure_logging(fmt: LogFormat = "auto", level: str = "INFO") -> Literal["json", "console"]:
     """Set up the root logger for this process (replacing any earlier setup); returns the format used."""
     chosen = resolve_format(fmt)
     if chosen == "json":
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(json_formatter())
+        # Progress bars are for people: in a JSON stream they are unparseable lines. Hugging Face's
+        # (weights loading) read this switch when they start; the trainer's bar checks `progress_bars`.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     else:
         from rich.console import Console
         from rich.logging import RichHandler

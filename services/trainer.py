@@ -25,6 +25,7 @@ from online.lifecycle import auto_rollback, promotion
 from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.leader import Leadership, LeadershipLost
 from online.lifecycle.registry import ModelRegistry
+from online.logs import progress_bars
 from online.settings import Settings
 from online.stores import Stores
 
@@ -76,12 +77,14 @@ class TrainerMetrics:
 
 
 def progress_bar() -> Progress:
+    """A training bar on a terminal; none when the output is a log stream (JSON lines)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        disable=not progress_bars(),
     )
 
 
