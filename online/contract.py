@@ -88,6 +88,77 @@ class ModelDetail(ModelOut):
     round: dict = Field(default_factory=dict, description="The round that made it: new, held, rehearsed, timings.")
 
 
+class Signal(BaseModel):
+    """One drift signal of a window: its value against its threshold (extra fields: the signal's own)."""
+
+    model_config = ConfigDict(extra="allow")
+    value: float | None
+    threshold: float | None
+    alert: bool
+    kind: str | None = None
+
+
+class WindowSnapshot(BaseModel):
+    """A replica's latest (or a past) window of predictions."""
+
+    model_config = ConfigDict(extra="allow")
+    at: float
+    replica: str
+    version: int | None
+    size: int
+    signals: dict[str, Signal]
+    label_counts: dict[str, int] = Field(default_factory=dict)
+
+
+class VersionVerdict(BaseModel):
+    p_value: float | None
+    drop: float | None
+    worse: bool
+    reason: str
+
+
+class VersionAccuracy(BaseModel):
+    version: int
+    parent: int | None
+    n: int
+    correct: int
+    accuracy: float | None
+    live: bool
+    per_minute: list[tuple[int, int, int]] = Field(description="(minute, judged, correct), the last 3 hours.")
+    vs_parent: VersionVerdict | None = None
+
+
+class DriftAlert(BaseModel):
+    signal: str
+    replica: str | None
+    value: float | None
+    threshold: float | None
+    at: float
+
+
+class LabelDistribution(BaseModel):
+    labels: list[str] = Field(default_factory=list)
+    window: list[float] = Field(default_factory=list)
+    reference: list[float | None] = Field(default_factory=list)
+
+
+class DriftReport(BaseModel):
+    """Everything `/v1/drift` shows (`online.monitoring.report.drift_report`)."""
+
+    live_version: int | None
+    replica: str | None
+    window_size: int
+    reference: bool
+    signals: dict[str, Signal]
+    replicas: list[WindowSnapshot]
+    feedback: dict[str, Signal]
+    live_accuracy: list[VersionAccuracy]
+    feedback_volume: list[tuple[int, int]] = Field(description="(minute, events), the last hour.")
+    alerts: list[DriftAlert]
+    label_distribution: LabelDistribution
+    history: list[WindowSnapshot] | None = None
+
+
 class ShadowSlot(BaseModel):
     version: int
     share: float = Field(description="Share of live traffic the candidate also answers (never returned).")
