@@ -22,7 +22,7 @@ LogFormat = Literal["auto", "json", "console"]
 # request-id middleware; contextvars follow the request across awaits and into to_thread calls).
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-QUIET_LIBRARIES = ("kafka", "httpx", "transformers", "faiss", "onnxscript", "onnx_ir")
+QUIET_LIBRARIES = ("kafka", "httpx", "transformers", "faiss")  # the ONNX exporter's: silenced where it runs
 
 
 class _RequestId(logging.Filter):

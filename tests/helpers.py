@@ -94,24 +94,21 @@ def train_v1(settings, registry: ModelRegistry, epochs: int = 10) -> tuple[TextC
     import torch
 
     from online.lifecycle.gate import Gate, GoldenSet
-    from online.monitoring.drift import REFERENCE_FILE
-    from online.monitoring.reference import build_reference
 
     torch.manual_seed(0)
     model = TextClassifier.from_base(settings.base_model, OLD)
     fit(model, examples(OLD, 40, seed=1), epochs=epochs, lr=1e-3, head_lr=1e-2, seed=0)
     gate = Gate(settings, GoldenSet.for_settings(settings))
     baseline = gate.baseline(model)
-    with gate.serving_artifacts(model, baseline) as artifacts:  # the int8 artifact unless engine is torch
-        reference = build_reference(model, examples(OLD, 40, seed=1), gate.golden.examples, settings, artifacts)
-        manifest = registry.publish(
-            model,
-            parent=None,
-            gate=baseline.model_dump(),
-            metrics={"golden_accuracy": baseline.golden_accuracy},
-            extra_files={REFERENCE_FILE: reference.dumps()},
-            artifacts=artifacts,
-        )
+    manifest = gate.publish(  # with the int8 artifact unless the engine is torch, and the drift reference
+        registry,
+        model,
+        baseline,
+        parent=None,
+        trained_on=examples(OLD, 40, seed=1),
+        calibration=gate.golden.examples,
+        metrics={"golden_accuracy": baseline.golden_accuracy},
+    )
     registry.promote(manifest.version)
     return model, manifest
 

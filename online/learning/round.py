@@ -34,7 +34,6 @@ from online.lifecycle import promotion
 from online.lifecycle.gate import Gate, GateReport
 from online.model import TextClassifier
 from online.monitoring.drift import REFERENCE_FILE, Reference
-from online.monitoring.reference import build_reference
 from online.serving.predictor import Predictor
 from online.settings import Settings
 from online.stores import Stores
@@ -294,24 +293,22 @@ class RoundRunner:
         metrics = {"golden_accuracy": gate.golden_accuracy}
         if gate.holdout_accuracy is not None:
             metrics["holdout_accuracy"] = gate.holdout_accuracy
-        with self.gate.serving_artifacts(result.model, gate) as artifacts:
-            extra = {}
-            if gate.passed:  # the drift reference of a version that may go live
-                calibration = list(self.gate.golden.examples) + holdout
-                ref = build_reference(result.model, pool + new, calibration, self.s, artifacts)
-                extra[REFERENCE_FILE] = ref.dumps()
-            report.duration_s = time.perf_counter() - started  # to the publish; the return updates it
-            fence()
-            candidate = self.registry.publish(
-                result.model,
-                parent=parent,
-                metrics=metrics,
-                round_stats=report.manifest_stats(),
-                gate=gate.model_dump(),
-                status="published" if gate.passed else "rejected",
-                extra_files=extra,
-                artifacts=artifacts,
-            )
+
+        def stats() -> dict:  # to the publish (artifact and reference included); the return updates it
+            report.duration_s = time.perf_counter() - started
+            return report.manifest_stats()
+
+        candidate = self.gate.publish(
+            self.registry,
+            result.model,
+            gate,
+            parent=parent,
+            trained_on=pool + new,
+            calibration=list(self.gate.golden.examples) + holdout,
+            fence=fence,
+            metrics=metrics,
+            round_stats=stats,
+        )
         report.version = candidate.version
         if gate.passed:
             reason = f"round on {len(new)} new samples passed the gate"

@@ -20,8 +20,6 @@ from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.importer import import_classifier
 from online.lifecycle.registry import Manifest, ModelRegistry
 from online.model import TextClassifier, default_base_model, resolve_device
-from online.monitoring.drift import REFERENCE_FILE
-from online.monitoring.reference import build_reference
 from online.serving.predictor import Predictor
 from online.settings import Settings
 
@@ -113,25 +111,23 @@ def train_version_one(
     golden = GoldenSet.for_settings(settings, test)
     gate = Gate(settings, golden)
     report = gate.baseline(model)
-    with gate.serving_artifacts(model, report) as artifacts:
-        reference = build_reference(model, train, golden.examples, settings, artifacts)
-        if fence:
-            fence()
-        manifest = registry.publish(
-            model,
-            parent=None,
-            gate=report.model_dump(),
-            extra_files={REFERENCE_FILE: reference.dumps()},
-            artifacts=artifacts,
-            metrics={"seed_test_accuracy": acc, "golden_accuracy": report.golden_accuracy},
-            round_stats={
-                "kind": "seed",
-                "examples": len(train),
-                "epochs": epochs,
-                "mean_loss": result.mean_loss,
-                "duration_s": time.perf_counter() - started,
-            },
-        )
+    manifest = gate.publish(
+        registry,
+        model,
+        report,
+        parent=None,
+        trained_on=train,
+        calibration=golden.examples,
+        fence=fence,
+        metrics={"seed_test_accuracy": acc, "golden_accuracy": report.golden_accuracy},
+        round_stats=lambda: {
+            "kind": "seed",
+            "examples": len(train),
+            "epochs": epochs,
+            "mean_loss": result.mean_loss,
+            "duration_s": time.perf_counter() - started,
+        },
+    )
     if fence:
         fence()
     promotion.promote(registry, manifest.version, "version 1 trained on the seed data")

@@ -23,14 +23,17 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from online.data import Example
 from online.lifecycle.artifact import EngineCheck, build_int8
+from online.lifecycle.registry import Manifest, ModelRegistry
 from online.model import TextClassifier
+from online.monitoring.drift import REFERENCE_FILE
+from online.monitoring.reference import build_reference
 from online.serving.engines import INT8_FILE
 from online.serving.predictor import Predictor
 from online.settings import Settings
@@ -163,6 +166,42 @@ class Gate:
         with tempfile.TemporaryDirectory(prefix="online-artifact-") as tmp:
             path, report.engine = build_int8(model, self.golden.examples, self.s, Path(tmp))
             yield {INT8_FILE: path} if path else {}
+
+    def publish(
+        self,
+        registry: ModelRegistry,
+        model: TextClassifier,
+        report: GateReport,
+        *,
+        parent: int | None,
+        trained_on: Sequence[Example],
+        calibration: Sequence[Example],
+        fence: Callable[[], None] | None = None,
+        metrics: dict[str, float] | None = None,
+        round_stats: dict | Callable[[], dict] | None = None,
+    ) -> Manifest:
+        """Store a judged version with what replicas serve beside its weights: for a version that passed,
+        its int8 artifact (:meth:`serving_artifacts`) and the drift reference built with the same engine.
+        ``round_stats`` may be a callable, read once both are built (a round's duration counts them);
+        ``fence()`` runs right before the write."""
+        with self.serving_artifacts(model, report) as artifacts:
+            extra = {}
+            if report.passed:
+                reference = build_reference(model, trained_on, calibration, self.s, artifacts)
+                extra[REFERENCE_FILE] = reference.dumps()
+            stats = round_stats() if callable(round_stats) else round_stats
+            if fence:
+                fence()
+            return registry.publish(
+                model,
+                parent=parent,
+                metrics=metrics,
+                round_stats=stats,
+                gate=report.model_dump(),
+                status="published" if report.passed else "rejected",
+                extra_files=extra,
+                artifacts=artifacts,
+            )
 
     def baseline(self, model: TextClassifier) -> GateReport:
         """The report of a version nothing is compared with (version 1): its golden results."""

@@ -27,8 +27,6 @@ from online.lifecycle import promotion
 from online.lifecycle.gate import Gate, GateReport, GoldenSet
 from online.lifecycle.registry import Manifest, ModelRegistry
 from online.model import TextClassifier
-from online.monitoring.drift import REFERENCE_FILE
-from online.monitoring.reference import build_reference
 from online.settings import Settings
 
 log = logging.getLogger("online.lifecycle.importer")
@@ -156,20 +154,17 @@ def import_classifier(
         live_model, live_manifest = registry.load(live)
         live_report = GateReport.model_validate(live_manifest.gate) if live_manifest.gate else None
         report = gate.evaluate(model, live_model, live_report, list(test))
-    with gate.serving_artifacts(model, report) as artifacts:
-        reference = build_reference(model, list(test) or golden.examples, golden.examples, settings, artifacts)
-        if fence:
-            fence()
-        manifest = registry.publish(
-            model,
-            parent=live,
-            gate=report.model_dump(),
-            status="published" if report.passed else "rejected",
-            extra_files={REFERENCE_FILE: reference.dumps()},
-            artifacts=artifacts,
-            metrics={"golden_accuracy": report.golden_accuracy},
-            round_stats={"kind": "import", "source": str(Path(path).resolve()), "labels": len(model.labels)},
-        )
+    manifest = gate.publish(
+        registry,
+        model,
+        report,
+        parent=live,
+        trained_on=list(test) or golden.examples,
+        calibration=golden.examples,
+        fence=fence,
+        metrics={"golden_accuracy": report.golden_accuracy},
+        round_stats={"kind": "import", "source": str(Path(path).resolve()), "labels": len(model.labels)},
+    )
     if report.passed:
         if fence:
             fence()

@@ -46,6 +46,12 @@ def other(label: str) -> str:
     return "b" if label == "a" else "a"
 
 
+def corrected(client) -> dict:
+    """TAUGHT corrected away from the model's answer, once the memory answers it: that answer."""
+    teach(client, TAUGHT, other(ask(client, TAUGHT)["label"]))
+    return wait_for(lambda: (p := ask(client, TAUGHT))["source"] == "memory" and p, what="a memory answer")
+
+
 def test_a_correction_is_answered_at_once_and_a_close_paraphrase_follows(stack):
     settings, client, _ = stack
     before, unrelated = ask(client, TAUGHT), ask(client, UNRELATED)
@@ -113,9 +119,7 @@ def test_a_version_that_answers_an_entry_retires_it_and_a_rollback_restores_it(s
 
 def test_a_thumbs_down_on_a_memory_answer_removes_it(stack):
     settings, client, _ = stack
-    model_label = ask(client, TAUGHT)["label"]
-    teach(client, TAUGHT, other(model_label))
-    served = wait_for(lambda: (p := ask(client, TAUGHT))["source"] == "memory" and p, what="a memory answer")
+    served = corrected(client)
     resp = client.post(
         "/v1/feedback", json={"kind": "thumbs", "prediction_id": served["prediction_id"], "vote": "down", "source": "u"}
     )
@@ -147,9 +151,7 @@ def test_a_new_replica_rebuilds_the_memory(stack):
 
 def test_a_label_correcting_a_memory_answer_replaces_it(stack):
     settings, client, _ = stack
-    model_label = ask(client, TAUGHT)["label"]
-    teach(client, TAUGHT, other(model_label))
-    served = wait_for(lambda: (p := ask(client, TAUGHT))["source"] == "memory" and p, what="a memory answer")
+    served = corrected(client)
     resp = client.post(
         "/v1/feedback",
         json={"kind": "label", "text": TAUGHT, "label": "c", "prediction_id": served["prediction_id"], "source": "u"},

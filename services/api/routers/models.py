@@ -6,11 +6,28 @@ from fastapi import APIRouter, Depends, HTTPException
 
 from online.contract import LiveChangeOut, ModelDetail, ModelOut, ModelsResponse, PromoteRequest, RollbackRequest
 from online.lifecycle import promotion
-from online.lifecycle.registry import IntegrityError, LiveMoved
+from online.lifecycle.registry import IntegrityError, LiveMoved, Manifest
+from online.monitoring.live_accuracy import VersionAccuracy
 from services.api.admin import require_admin
 from services.api.deps import ServiceDep, StoresDep
 
 api = APIRouter(tags=["models"])
+
+
+def _summary(m: Manifest, live: int | None, acc: VersionAccuracy | None) -> dict:
+    """The fields of :class:`ModelOut` (and of :class:`ModelDetail`, which adds to them)."""
+    return {
+        "version": m.version,
+        "parent": m.parent,
+        "status": m.status,
+        "live": m.version == live,
+        "created_at": m.created_at,
+        "labels": len(m.labels),
+        "metrics": m.metrics,
+        "gate_passed": None if m.gate is None else bool(m.gate.get("passed")),
+        "live_accuracy": acc.accuracy if acc else None,
+        "judged": acc.n if acc else 0,
+    }
 
 
 @api.get("/v1/models", response_model=ModelsResponse)
@@ -23,21 +40,7 @@ async def models(stores: StoresDep, service: ServiceDep) -> ModelsResponse:
     return ModelsResponse(
         live=live,
         served_by_this_replica=service.version,
-        versions=[
-            ModelOut(
-                version=m.version,
-                parent=m.parent,
-                status=m.status,
-                live=m.version == live,
-                created_at=m.created_at,
-                labels=len(m.labels),
-                metrics=m.metrics,
-                gate_passed=None if m.gate is None else bool(m.gate.get("passed")),
-                live_accuracy=accs[m.version].accuracy if m.version in accs else None,
-                judged=accs[m.version].n if m.version in accs else 0,
-            )
-            for m in versions
-        ],
+        versions=[ModelOut(**_summary(m, live, accs.get(m.version))) for m in versions],
         history=[LiveChangeOut(**h.model_dump()) for h in history],
     )
 
@@ -54,16 +57,7 @@ async def model(version: int, stores: StoresDep) -> ModelDetail:
     except KeyError as exc:
         raise HTTPException(404, str(exc).strip("'\"")) from exc
     return ModelDetail(
-        version=m.version,
-        parent=m.parent,
-        status=m.status,
-        live=m.version == live,
-        created_at=m.created_at,
-        labels=len(m.labels),
-        metrics=m.metrics,
-        gate_passed=None if m.gate is None else bool(m.gate.get("passed")),
-        live_accuracy=acc.accuracy,
-        judged=acc.n,
+        **_summary(m, live, acc),
         label_names=m.labels,
         base_model=m.base_model,
         sha256=m.sha256,
