@@ -26,10 +26,15 @@ from pydantic import TypeAdapter
 from online.contract import (
     FeedbackAccepted,
     FeedbackStats,
+    LabelApproved,
     LiveChangeOut,
+    ModelDetail,
     ModelsResponse,
     PredictResponse,
+    QuarantineResponse,
+    QuarantineResult,
     ReviewResponse,
+    TrainingState,
 )
 from online.feedback.events import EVENT_ADAPTER, LabelEvent, ThumbsEvent
 
@@ -116,6 +121,10 @@ class _Calls:
     def models(self) -> ModelsResponse:
         return self._run(_Call("GET", "/v1/models", TypeAdapter(ModelsResponse)))
 
+    def model(self, version: int) -> ModelDetail:
+        """One version in full: manifest, gate report check by check, round statistics."""
+        return self._run(_Call("GET", f"/v1/models/{version}", TypeAdapter(ModelDetail)))
+
     def rollback(self, to: int | None = None, reason: str = "") -> LiveChangeOut:
         """Live back to ``to`` (default: the live version's parent). Needs the admin token."""
         body = {"to": to, "reason": reason}
@@ -136,6 +145,36 @@ class _Calls:
 
     def feedback_stats(self) -> FeedbackStats:
         return self._run(_Call("GET", "/v1/feedback/stats", TypeAdapter(FeedbackStats)))
+
+    def approve_label(self, label: str) -> LabelApproved:
+        """Let a new label go live (admin)."""
+        return self._run(_Call("POST", f"/v1/labels/{label}/approve", TypeAdapter(LabelApproved), admin=True))
+
+    def training(self) -> TrainingState:
+        return self._run(_Call("GET", "/v1/training", TypeAdapter(TrainingState)))
+
+    def pause(self, reason: str = "") -> TrainingState:
+        """No new round starts until :meth:`resume` (admin)."""
+        body = {"reason": reason}
+        return self._run(_Call("POST", "/v1/training/pause", TypeAdapter(TrainingState), json=body, admin=True))
+
+    def resume(self) -> TrainingState:
+        return self._run(_Call("POST", "/v1/training/resume", TypeAdapter(TrainingState), admin=True))
+
+    def quarantine(self, limit: int = 200) -> QuarantineResponse:
+        """Held feedback (its texts: admin) and per-source statistics."""
+        call = _Call("GET", "/v1/quarantine", TypeAdapter(QuarantineResponse), params={"limit": limit}, admin=True)
+        return self._run(call)
+
+    def release(self, sids: Sequence[str] = (), source: str | None = None) -> QuarantineResult:
+        """Release held samples, or trust ``source`` again and release all it sent (admin)."""
+        body = {"sids": list(sids), "source": source}
+        return self._run(_Call("POST", "/v1/quarantine/release", TypeAdapter(QuarantineResult), json=body, admin=True))
+
+    def drop(self, sids: Sequence[str] = (), source: str | None = None) -> QuarantineResult:
+        """Delete held samples for good (admin)."""
+        body = {"sids": list(sids), "source": source}
+        return self._run(_Call("POST", "/v1/quarantine/drop", TypeAdapter(QuarantineResult), json=body, admin=True))
 
 
 class _Base(_Calls):

@@ -16,6 +16,8 @@ from rich.table import Table
 
 from online.logs import configure_logging
 from online.settings import Settings
+from services import cli_remote
+from services.cli_remote import ApiUrl
 from services.supervisor import running_stack
 
 if TYPE_CHECKING:  # bench/ is a development tool: not in the Docker image
@@ -248,12 +250,14 @@ def _when(ts: float) -> str:
 def models(ctx: typer.Context) -> None:
     """Model versions: `online models` alone lists them (as `online models list`)."""
     if not ctx.invoked_subcommand:
-        models_list(as_json=False)
+        models_list(as_json=False, api=None)
 
 
 @models_app.command("list")
-def models_list(as_json: bool = JsonFlag) -> None:
+def models_list(as_json: bool = JsonFlag, api: str | None = ApiUrl) -> None:
     """Every version (the live one marked), then the history of the live alias."""
+    if api:
+        return cli_remote.models_list(api, as_json, console)
     stores = _stores()
     registry, live_acc = stores.registry, stores.live_accuracy
     live = registry.live()
@@ -391,8 +395,11 @@ def eval_(
 def models_promote(
     version: int = typer.Argument(..., help="A published version."),
     reason: str = typer.Option("", help="Why, for the history."),
+    api: str | None = ApiUrl,
 ) -> None:
     """Make a published version live (its weights are checked first); every API replica swaps to it."""
+    if api:
+        return cli_remote.live_change(api, console, promote=version, reason=reason or "manual promotion (CLI)")
     from online.lifecycle import promotion
     from online.lifecycle.registry import IntegrityError, LiveMoved
 
@@ -405,8 +412,12 @@ def models_promote(
 
 
 @models_app.command("show")
-def models_show(version: int = typer.Argument(..., help="Version to show."), as_json: bool = JsonFlag) -> None:
+def models_show(
+    version: int = typer.Argument(..., help="Version to show."), as_json: bool = JsonFlag, api: str | None = ApiUrl
+) -> None:
     """One version: manifest, round statistics and the gate report, check by check."""
+    if api:
+        return cli_remote.models_show(api, version, as_json, console)
     stores = _stores()
     registry, live_acc = stores.registry, stores.live_accuracy
     try:
@@ -630,8 +641,11 @@ def _print_supervised(settings: Settings) -> None:
 def models_rollback(
     to: int | None = typer.Option(None, "--to", help="Version to go back to (default: the live version's parent)."),
     reason: str = typer.Option("", help="Why, for the history."),
+    api: str | None = ApiUrl,
 ) -> None:
     """Point the live alias back; every API replica swaps to it (also `online rollback`)."""
+    if api:
+        return cli_remote.live_change(api, console, to=to, reason=reason or "manual rollback (CLI)")
     from online.lifecycle import promotion
     from online.lifecycle.registry import IntegrityError, LiveMoved
 
@@ -664,8 +678,10 @@ def labels_pending() -> None:
 
 
 @labels_app.command("approve")
-def labels_approve(label: str = typer.Argument(..., help="The new label to let go live.")) -> None:
+def labels_approve(label: str = typer.Argument(..., help="The new label to let go live."), api: str | None = ApiUrl) -> None:
     """Let a new label go live (remembered); its held examples are trained by the next round."""
+    if api:
+        return cli_remote.approve_label(api, label, console)
     from online.feedback.quarantine import approve_label
 
     stores = _stores()
@@ -682,20 +698,28 @@ def _control():
 
 
 @training_app.command("pause")
-def training_pause(reason: str = typer.Option("", help="Why, shown in `online training status`.")) -> None:
+def training_pause(
+    reason: str = typer.Option("", help="Why, shown in `online training status`."), api: str | None = ApiUrl
+) -> None:
     """No new round starts until resumed (a running round finishes)."""
+    if api:
+        return cli_remote.training(api, console, "pause", reason or "paused (CLI)")
     _control().pause(reason or "paused (CLI)")
     console.print("training paused")
 
 
 @training_app.command("resume")
-def training_resume() -> None:
+def training_resume(api: str | None = ApiUrl) -> None:
+    if api:
+        return cli_remote.training(api, console, "resume")
     _control().resume()
     console.print("training resumed")
 
 
 @training_app.command("status")
-def training_status() -> None:
+def training_status(api: str | None = ApiUrl) -> None:
+    if api:
+        return cli_remote.training(api, console, "status")
     state = _control().paused()
     console.print("running" if state is None else f"paused since {_when(state['at'])}: {state.get('reason', '')}")
 
@@ -705,9 +729,14 @@ app.add_typer(quarantine_app, name="quarantine")
 
 
 @quarantine_app.command("list")
-def quarantine_list(limit: int = typer.Option(50, help="Held samples to show."), as_json: bool = JsonFlag) -> None:
+def quarantine_list(
+    limit: int = typer.Option(50, help="Held samples to show."), as_json: bool = JsonFlag, api: str | None = ApiUrl
+) -> None:
     """Held samples and per-source statistics."""
     from dataclasses import asdict
+
+    if api:
+        return cli_remote.quarantine_list(api, limit, as_json, console)
 
     stores = _stores()
     buffer, ledger = stores.buffer, stores.sources
@@ -742,9 +771,13 @@ def quarantine_list(limit: int = typer.Option(50, help="Held samples to show."),
 def quarantine_release(
     sids: list[str] = typer.Argument(None, help="Held sample ids (from `online quarantine list`)."),
     source: str | None = typer.Option(None, help="Trust this source again and release all it sent."),
+    api: str | None = ApiUrl,
 ) -> None:
     """Release held samples: the next round trains on them."""
     from online.feedback import quarantine
+
+    if api:
+        return cli_remote.quarantine_change(api, console, "release", sids or [], source)
 
     stores = _stores()
     console.print(f"released {quarantine.release(stores.buffer, stores.sources, sids or [], source)}")
@@ -754,9 +787,13 @@ def quarantine_release(
 def quarantine_drop(
     sids: list[str] = typer.Argument(None, help="Held sample ids."),
     source: str | None = typer.Option(None, help="Drop everything held from this source."),
+    api: str | None = ApiUrl,
 ) -> None:
     """Delete held samples for good."""
     from online.feedback import quarantine
+
+    if api:
+        return cli_remote.quarantine_change(api, console, "drop", sids or [], source)
 
     stores = _stores()
     console.print(f"dropped {quarantine.drop(stores.buffer, stores.corrections, sids or [], source)}")
@@ -770,7 +807,9 @@ def feedback_send(
     prediction_id: str | None = typer.Option(None, help="Thumbs event: the prediction judged..."),
     vote: str | None = typer.Option(None, help="...up or down."),
     source: str = typer.Option("cli", help="Client id (rate limits are per source)."),
-    api: str | None = typer.Option(None, help="API base URL (default: ONLINE_API_HOST:ONLINE_API_PORT)."),
+    api: str | None = typer.Option(
+        None, envvar="ONLINE_API_URL", help="API base URL (default: ONLINE_API_HOST:ONLINE_API_PORT)."
+    ),
     batch: int = typer.Option(200, min=1, help="Events per request."),
 ) -> None:
     """Send one event, or every event of a JSONL file (with a progress bar), through the API."""
@@ -1000,13 +1039,16 @@ def bench_review(
 
 @bench_app.command("learn")
 def bench_learn(
-    methods: str = typer.Option("", help="Comma-separated methods (default: all, joint included)."),
-    start: str = typer.Option("seed", help="seed: start from version 1's seed domains; first: from domain 1."),
+    methods: str = typer.Option(
+        "", help="Comma-separated methods, or all (default: replay-balanced, default, joint)."
+    ),
+    start: str = typer.Option("first", help="first: version 1 knows domain 1; seed: version 1's seed domains."),
     per_intent: int = typer.Option(100, help="Train examples per intent arriving as feedback (CLINC150 has 100)."),
     memory_per_intent: int = typer.Option(20, help="Remembered examples per intent that rehearsal picks from."),
     epochs: int = typer.Option(2, help="Epochs a round."),
     joint: str = typer.Option("final", help="Joint upper bound: after every round (every), the last (final), off."),
     rounds: int = typer.Option(0, help="Stop after this many rounds (0: the whole stream)."),
+    seeds: int = typer.Option(3, min=1, help="Runs of every method, one per seed: mean and spread."),
     out: Path | None = typer.Option(
         Path(".online/bench/learn.json"), "--json", "--out", help="Write the results as JSON here."
     ),
@@ -1039,6 +1081,7 @@ def bench_learn(
         joint=joint,
         rounds=rounds or None,
         out=out,
+        seeds=seeds,
     )
 
 

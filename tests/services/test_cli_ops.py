@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from typer.testing import CliRunner
 
 from online.feedback.buffer import Incoming
+from online.model import TextClassifier
 from online.stores import Stores
 from services.cli import app as cli
 from tests import helpers
@@ -83,3 +85,48 @@ def test_version_models_list_show_json_and_rollback_under_models(settings, tmp_p
     assert registry.live() == v1.version and registry.history()[-1].reason == "cli test"
     again = runner.invoke(cli, ["rollback"])  # the top-level alias: v1 has no parent
     assert again.exit_code == 1 and "no parent" in again.output
+
+
+def test_admin_commands_against_a_remote_api(kafka_settings, monkeypatch):
+    """`--api URL` drives a deployment through its HTTP API with the admin token, as an operator of the
+    compose stack does from their laptop: no Redis or model volume of its own."""
+    from pydantic import SecretStr
+
+    from services.supervisor import api_process
+
+    s = kafka_settings.model_copy(update={"admin_token": SecretStr("op-token")})
+    registry = Stores.from_settings(s).registry
+    first = helpers.live_untrained(s, ("refund", "delivery"))
+    second = registry.publish(TextClassifier.from_base(s.base_model, ["refund", "delivery"]), parent=first).version
+    runner = CliRunner()
+    with api_process(s) as url:
+        for key in [k for k in list(os.environ) if k.startswith("ONLINE_")]:
+            monkeypatch.delenv(key)  # nothing local: only the URL and the token
+        monkeypatch.setenv("ONLINE_ADMIN_TOKEN", "op-token")
+        remote = ["--api", url]
+
+        promoted = runner.invoke(cli, ["models", "promote", str(second), "--reason", "remote", *remote])
+        assert promoted.exit_code == 0 and f"live: version {second} (was {first})" in promoted.output
+        listed = json.loads(runner.invoke(cli, ["models", "list", "--json", *remote]).output)
+        assert listed["live"] == second and [v["version"] for v in listed["versions"]] == [first, second]
+        assert listed["history"][-1]["reason"] == "remote"
+        shown = json.loads(runner.invoke(cli, ["models", "show", str(first), "--json", *remote]).output)
+        assert shown["version"] == first and sorted(shown["label_names"]) == ["delivery", "refund"]
+        monkeypatch.setenv("ONLINE_API_URL", url)  # the environment names the API just as well
+        rolled = runner.invoke(cli, ["rollback", "--reason", "remote undo"])
+        assert rolled.exit_code == 0 and f"live: version {first}" in rolled.output
+        assert registry.live() == first and registry.history()[-1].reason == "remote undo"
+
+        assert runner.invoke(cli, ["training", "pause", "--reason", "incident 7"]).exit_code == 0
+        assert "incident 7" in runner.invoke(cli, ["training", "status"]).output
+        assert "running" in runner.invoke(cli, ["training", "resume"]).output
+        held = json.loads(runner.invoke(cli, ["quarantine", "list", "--json"]).output)
+        assert held == {"held": [], "sources": []}
+        assert "released 0" in runner.invoke(cli, ["quarantine", "release", "--source", "nobody"]).output
+        assert "approved" in runner.invoke(cli, ["labels", "approve", "returns"]).output
+
+        monkeypatch.setenv("ONLINE_ADMIN_TOKEN", "wrong")
+        refused = runner.invoke(cli, ["rollback"])
+        assert refused.exit_code == 1 and "HTTP 403" in refused.output and registry.live() == first
+    gone = runner.invoke(cli, ["models", "list"])
+    assert gone.exit_code == 2 and "cannot reach" in gone.output

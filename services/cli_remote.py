@@ -1,0 +1,148 @@
+"""Admin commands against a running API (``--api URL`` or ``ONLINE_API_URL``) instead of Redis and the
+model volume: how an operator drives the compose stack, or any deployment, from their own machine.
+
+The admin token comes from ``ONLINE_ADMIN_TOKEN`` (the reviewer token from ``ONLINE_REVIEWER_TOKEN``), as
+the API checks it; a refusal prints the API's reason and exits 1, an unreachable API exits 2. ``--json``
+prints the API's own response model (``online.contract``), the documented shape of each endpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from online.client import ApiError, Client
+from online.settings import Settings
+
+ApiUrl = typer.Option(
+    None,
+    "--api",
+    envvar="ONLINE_API_URL",
+    metavar="URL",
+    help="Run against this API (with ONLINE_ADMIN_TOKEN) instead of the local Redis and model store.",
+)
+
+
+@contextlib.contextmanager
+def remote(url: str, console: Console) -> Iterator[Client]:
+    """A client of ``url`` with the configured tokens; API errors end the command with their reason."""
+    settings = Settings()
+    secret = {
+        k: v.get_secret_value()
+        for k, v in (("admin", settings.admin_token), ("reviewer", settings.reviewer_token))
+        if v
+    }
+    try:
+        with Client(url, admin_token=secret.get("admin"), reviewer_token=secret.get("reviewer"), retries=2) as client:
+            yield client
+    except ApiError as exc:
+        console.print(f"[red]refused by {url}:[/] HTTP {exc.status}: {exc.detail}")
+        raise typer.Exit(1) from None
+    except httpx.TransportError as exc:
+        console.print(f"[red]cannot reach {url}:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def print_model(model: BaseModel) -> None:
+    print(json.dumps(model.model_dump(mode="json"), indent=2, ensure_ascii=False))
+
+
+def _when(ts: float | None) -> str:
+    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def models_list(url: str, as_json: bool, console: Console) -> None:
+    with remote(url, console) as api:
+        out = api.models()
+    if as_json:
+        return print_model(out)
+    table = Table("version", "live", "parent", "status", "created", "labels", "gate", "golden", "live acc (n)")
+    for m in out.versions:
+        table.add_row(
+            str(m.version),
+            "●" if m.live else "",
+            str(m.parent or ""),
+            m.status,
+            _when(m.created_at),
+            str(m.labels),
+            "" if m.gate_passed is None else "passed" if m.gate_passed else "failed",
+            f"{m.metrics['golden_accuracy']:.4f}" if "golden_accuracy" in m.metrics else "",
+            f"{m.live_accuracy:.3f} ({m.judged})" if m.judged and m.live_accuracy is not None else "",
+        )
+    console.print(table)
+    history = Table("when", "action", "version", "previous", "reason", title="live alias history")
+    for ch in out.history[-15:]:
+        history.add_row(_when(ch.at), ch.action, str(ch.version), str(ch.previous or ""), ch.reason)
+    console.print(history)
+
+
+def models_show(url: str, version: int, as_json: bool, console: Console) -> None:
+    from services.cli import gate_table
+
+    with remote(url, console) as api:
+        m = api.model(version)
+    if as_json:
+        return print_model(m)
+    console.print(
+        f"[bold]version {m.version}[/] ({m.status}{', live' if m.live else ''}), parent {m.parent}, "
+        f"created {_when(m.created_at)}, {m.labels} labels, sha256 {m.sha256[:16]}"
+    )
+    console.print(f"metrics: {', '.join(f'{k}={v:.4f}' for k, v in m.metrics.items())}")
+    if m.judged and m.live_accuracy is not None:
+        console.print(f"live accuracy from feedback: {m.live_accuracy:.4f} over {m.judged} judged predictions")
+    if m.round:
+        console.print("round: " + ", ".join(f"{k}={v}" for k, v in m.round.items() if k != "added_labels"))
+    if m.gate:
+        console.print(gate_table(m.gate))
+
+
+def live_change(url: str, console: Console, *, promote: int | None = None, to: int | None = None, reason: str) -> None:
+    with remote(url, console) as api:
+        change = api.promote(promote, reason) if promote is not None else api.rollback(to, reason)
+    console.print(f"live: version {change.version} (was {change.previous})")
+
+
+def training(url: str, console: Console, action: str, reason: str = "") -> None:
+    with remote(url, console) as api:
+        state = {"pause": lambda: api.pause(reason), "resume": api.resume, "status": api.training}[action]()
+    console.print("running" if not state.paused else f"paused since {_when(state.paused_at)}: {state.reason}")
+
+
+def quarantine_list(url: str, limit: int, as_json: bool, console: Console) -> None:
+    with remote(url, console) as api:
+        out = api.quarantine(limit)
+    if as_json:
+        return print_model(out)
+    held = Table("sid", "source", "sources", "label", "text", "reason", "since", title=f"held (first {len(out.held)})")
+    for h in out.held:
+        held.add_row(h.sid, h.source, str(h.sources), h.label, h.text[:60], h.reason, _when(h.at))
+    console.print(held)
+    sources = Table("source", "events", "judged", "contradicted", "rate", "quarantined", title="sources")
+    for s in out.sources:
+        rate = "" if s.contradiction_rate is None else f"{s.contradiction_rate:.2f}"
+        sources.add_row(
+            s.source, str(s.events), str(s.judged), str(s.contradicted), rate, "[red]yes[/]" if s.quarantined else ""
+        )
+    console.print(sources)
+
+
+def quarantine_change(url: str, console: Console, action: str, sids: list[str], source: str | None) -> None:
+    with remote(url, console) as api:
+        result = (api.release if action == "release" else api.drop)(sids, source)
+    console.print(f"{'released' if action == 'release' else 'dropped'} {result.changed}")
+
+
+def approve_label(url: str, label: str, console: Console) -> None:
+    with remote(url, console) as api:
+        out = api.approve_label(label)
+    console.print(
+        f"{label!r} {'approved' if out.newly_approved else 'was already approved'}; {out.released} held examples released"
+    )
