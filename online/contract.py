@@ -327,6 +327,51 @@ class FeedbackStats(BaseModel):
     quarantined_sources: list[str]
     trusted_sources: list[str]
     approved_labels: list[str]
+    review_queued: int = Field(0, description="Predictions waiting for a human label (`GET /v1/review`).")
+
+
+class RoundOut(BaseModel):
+    """One continual round that produced a version (passed or rejected by the gate)."""
+
+    version: int
+    parent: int | None
+    status: str = Field(description="The version's status: published (live or not), rejected, collected.")
+    gate_passed: bool | None
+    failed_checks: list[str]
+    created_at: float
+    started_at: float | None
+    duration_s: float
+    train_s: float
+    new: int
+    holdout: int
+    rehearsed: int
+    quarantined: int
+    added_labels: int
+    golden_accuracy: float | None
+
+
+class RoundsResponse(BaseModel):
+    rounds: list[RoundOut] = Field(description="Oldest first.")
+
+
+class BufferLabelOut(BaseModel):
+    label: str
+    stored: int
+    total: int = Field(description="Events ever stored for the label.")
+    new: int = Field(description="Not yet trained on by a round.")
+    duplicates: int
+    dead_lettered: int
+    evicted: int
+
+
+class BufferResponse(BaseModel):
+    """The replay buffer in counts (no texts)."""
+
+    capacity: int
+    samples: int
+    new: int
+    held: int
+    labels: list[BufferLabelOut]
 
 
 class LabelApproved(BaseModel):

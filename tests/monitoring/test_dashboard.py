@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from online.feedback.buffer import Incoming
+from online.feedback.review_queue import ReviewItem
 from online.lifecycle import promotion
 from online.monitoring.live_accuracy import Judgement
 from online.stores import Stores
@@ -21,7 +23,7 @@ from tests import helpers
 from tests.helpers import wait_for
 
 ARTIFACTS = Path(os.environ.get("ONLINE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
-PLOTS = ["accuracy", "timeline", "rates", "pvalues", "labels", "volume", "held"]
+PLOTS = ["accuracy", "timeline", "rates", "pvalues", "labels", "volume", "held", "rounds", "queues", "buffer"]
 
 
 def _chromium() -> tuple[str, str]:
@@ -46,16 +48,25 @@ def test_dashboard_renders_every_plot_with_data(kafka_settings, tmp_path):
     stores = Stores.from_settings(s)
     registry = stores.registry
     model, v1 = helpers.train_v1(s, registry)
-    v2 = registry.publish(model, parent=v1.version).version
+    round_stats = {"kind": "continual", "new": 40, "holdout": 4, "rehearsed": 120, "quarantined": 1,
+                   "duration_s": 12.5, "train_s": 9.0, "added_labels": ["music"]}  # fmt: skip
+    v2 = registry.publish(model, parent=v1.version, round_stats=round_stats, gate=v1.gate).version
     registry.promote(v2, reason="round passed the gate")
+    rejected = {**v1.gate, "passed": False}
+    registry.publish(model, parent=v2, round_stats=round_stats | {"new": 8}, gate=rejected, status="rejected")
     promotion.rollback(registry, reason="operator")
     live_acc = stores.live_accuracy
     now = time.time()
     live_acc.record([Judgement(f"a{i}", v1.version, i % 10 != 0, now - 60 * (i % 3)) for i in range(60)])
     live_acc.record([Judgement(f"b{i}", v2, i % 2 == 0, now) for i in range(40)])
     stores.buffer.add([Incoming("m1", "a rain forecast", "music", "mallory", now)])  # held by the screen
+    stores.review.add(
+        [ReviewItem("p1", "is it going to pour", "weather", 0.4, 0.05, None, False, 0.95, 1, now, np.ones(4))]
+    )
     stores.sources.quarantine("mallory")
     stores.buffer.quarantine([(s.sid, "source quarantined") for s in stores.buffer.samples()])
+    waiting = [Incoming(f"k{i}", t, lab, "alice", now) for i, (t, lab) in enumerate(helpers.examples(helpers.OLD, 3, 11))]
+    stores.buffer.add(waiting)  # after the screen's verdict: these wait for the next round
 
     with api_process(s) as url:
         texts = [t for t, _ in helpers.examples(helpers.OLD, 40, seed=3)]
@@ -74,7 +85,7 @@ def test_dashboard_renders_every_plot_with_data(kafka_settings, tmp_path):
 
         options = webdriver.ChromeOptions()
         options.binary_location = browser
-        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1300"):
+        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1700"):
             options.add_argument(arg)
         driver = webdriver.Chrome(service=Service(driver_path), options=options)
         try:
@@ -98,6 +109,13 @@ def test_dashboard_renders_every_plot_with_data(kafka_settings, tmp_path):
                     > 0
                 ), f"plot {plot} not drawn"
             assert "live version 1" in driver.find_element("id", "status").text
+            titles = driver.execute_script(
+                "return ['rounds', 'queues', 'buffer'].map((id) => document.getElementById(id).layout.title.text)"
+            )
+            assert titles[0] == "training rounds: 1 passed, 1 rejected" and "9 of" in titles[2], titles
+            waiting = driver.execute_script("return document.getElementById('queues').data[0].y")
+            # review queue (ours and the uncertain predictions above), held, new for the next round
+            assert waiting[0] >= 1 and waiting[1:] == [1, 9], waiting
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             shot = ARTIFACTS / "dashboard.png"
             driver.save_screenshot(str(shot))

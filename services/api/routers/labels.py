@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 
 from fastapi import APIRouter, Depends, Path
 
-from online.contract import FeedbackStats, LabelApproved
+from online.contract import BufferLabelOut, BufferResponse, FeedbackStats, LabelApproved
 from online.feedback import quarantine
 from services.api.admin import require_admin
 from services.api.deps import StoresDep
@@ -19,10 +20,30 @@ _ADMIN = {401: {"description": "No token"}, 403: {"description": "Wrong token or
 async def feedback_stats(stores: StoresDep) -> FeedbackStats:
     """Held feedback per kind of reason and per source, new labels waiting to go live, quarantined and
     trusted sources, approved labels."""
-    summary = await asyncio.to_thread(
-        lambda: quarantine.screening_summary(stores.buffer, stores.sources, stores.labels.approved())
+    summary, queued = await asyncio.to_thread(
+        lambda: (
+            quarantine.screening_summary(stores.buffer, stores.sources, stores.labels.approved()),
+            stores.review.size(),
+        )
     )
-    return FeedbackStats.model_validate(summary)
+    return FeedbackStats.model_validate(summary | {"review_queued": queued})
+
+
+@api.get("/v1/buffer", response_model=BufferResponse)
+async def buffer_stats(stores: StoresDep) -> BufferResponse:
+    """The replay buffer per label: stored, new since the last round, duplicates, dead-lettered, evicted."""
+    buffer = stores.buffer
+
+    def read() -> BufferResponse:
+        return BufferResponse(
+            capacity=buffer.capacity,
+            samples=buffer.size(),
+            new=buffer.new_count(),
+            held=buffer.held_count(),
+            labels=[BufferLabelOut(**asdict(st)) for st in buffer.stats()],
+        )
+
+    return await asyncio.to_thread(read)
 
 
 @api.post(

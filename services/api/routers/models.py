@@ -2,9 +2,18 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Query
 
-from online.contract import LiveChangeOut, ModelDetail, ModelOut, ModelsResponse, PromoteRequest, RollbackRequest
+from online.contract import (
+    LiveChangeOut,
+    ModelDetail,
+    ModelOut,
+    ModelsResponse,
+    PromoteRequest,
+    RollbackRequest,
+    RoundOut,
+    RoundsResponse,
+)
 from online.lifecycle import promotion
 from online.lifecycle.registry import IntegrityError, LiveMoved, Manifest
 from online.monitoring.live_accuracy import VersionAccuracy
@@ -28,6 +37,35 @@ def _summary(m: Manifest, live: int | None, acc: VersionAccuracy | None) -> dict
         "live_accuracy": acc.accuracy if acc else None,
         "judged": acc.n if acc else 0,
     }
+
+
+def _round(m: Manifest) -> RoundOut:
+    r, gate = m.round, m.gate or {}
+    return RoundOut(
+        version=m.version,
+        parent=m.parent,
+        status=m.status,
+        gate_passed=gate.get("passed"),
+        failed_checks=[c["name"] for c in gate.get("checks", []) if not c["passed"]],
+        created_at=m.created_at,
+        started_at=r.get("started_at"),
+        duration_s=r.get("duration_s", 0.0),
+        train_s=r.get("train_s", 0.0),
+        new=r.get("new", 0),
+        holdout=r.get("holdout", 0),
+        rehearsed=r.get("rehearsed", 0),
+        quarantined=r.get("quarantined", 0),
+        added_labels=len(r.get("added_labels", [])),
+        golden_accuracy=m.metrics.get("golden_accuracy"),
+    )
+
+
+@api.get("/v1/rounds", response_model=RoundsResponse)
+async def rounds(stores: StoresDep, limit: int = Query(100, ge=1, le=1000)) -> RoundsResponse:
+    """The last continual rounds that made a version, oldest first: status, timings and what each
+    trained on (new, held out, rehearsed, quarantined), for the dashboard and scripts."""
+    manifests = await asyncio.to_thread(stores.registry.list)
+    return RoundsResponse(rounds=[_round(m) for m in manifests if m.round.get("kind") == "continual"][-limit:])
 
 
 @api.get("/v1/models", response_model=ModelsResponse)
