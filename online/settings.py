@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     )
 
     access_log: bool = Field(True, description="The API logs one line per request (status, duration, request id).")
+    otel_traces: bool = Field(
+        False, description="OpenTelemetry span per API request (`pip install 'online[otel]'`; OTEL_* variables)."
+    )
 
     pii_mask: bool = Field(
         True, description="Mask e-mails, IBANs, cards, IPs and phone numbers before any text is stored."
@@ -173,6 +176,9 @@ class Settings(BaseSettings):
     rehearsal_ratio: float = Field(1.0, ge=0, description="Rehearsed examples per new example...")
     rehearsal_min: int = Field(256, ge=0, description="...but at least this many.")
     distill_weight: float = Field(1.0, ge=0, description="Weight of distillation from the live model (0: off).")
+    bias_correction: Literal["off", "logit-adjust", "weight-align", "head-finetune"] = Field(
+        "off", description="How a round counters its pull towards its own labels (see `online bench learn`)."
+    )
     new_share_min: float = Field(
         0.5, ge=0, lt=1, description="Small rounds repeat new examples (up to 8x) to this share of the data."
     )

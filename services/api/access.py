@@ -12,6 +12,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,9 +31,10 @@ def incoming_id(headers: list[tuple[bytes, bytes]]) -> str:
 
 
 class AccessLog:
-    def __init__(self, app: ASGIApp, enabled: bool = True) -> None:
+    def __init__(self, app: ASGIApp, enabled: bool = True, tag: Callable[[str], None] | None = None) -> None:
         self.app = app
         self.enabled = enabled  # request ids are always given; the line per request is optional
+        self.tag = tag  # e.g. put the id on the request's trace span (services.api.tracing)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,6 +42,8 @@ class AccessLog:
             return
         rid = incoming_id(scope.get("headers", []))
         token = request_id.set(rid)
+        if self.tag:
+            self.tag(rid)
         started = time.perf_counter()
         status = 500  # what a request that raised before answering is logged with
 

@@ -18,6 +18,7 @@ from online.serving.metrics import ApiMetrics
 from online.serving.service import ModelService, NotReady
 from online.settings import Settings
 from online.stores import Stores
+from services.api import tracing
 from services.api.access import AccessLog
 from services.api.intake import FeedbackIntake, RateLimited, Unavailable
 from services.api.limits import BodySizeLimit
@@ -57,6 +58,8 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.to_thread(app.state.intake.close)
             await async_client.aclose()
             stores.close()
+            if provider := getattr(app.state, "tracer_provider", None):
+                provider.shutdown()  # the last spans are exported, not dropped
 
     app = FastAPI(
         title="online",
@@ -67,7 +70,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AccessLog, enabled=settings.access_log)  # added last: outermost, sees every answer
+    tag = tracing.tag_request if settings.otel_traces else None
+    app.add_middleware(AccessLog, enabled=settings.access_log, tag=tag)  # outermost of ours: sees every answer
+    if settings.otel_traces:
+        tracing.instrument(app)
     if settings.cors_origins:  # off unless configured
         app.add_middleware(
             CORSMiddleware,
