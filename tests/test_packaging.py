@@ -22,3 +22,34 @@ def test_the_dockerfile_installs_with_the_constraints_file():
     pins = [line for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line]
     pinned = {line.split("==")[0].lower() for line in pins}
     assert {"transformers", "kafka-python", "redis", "fastapi", "onnxruntime", "uvicorn"} <= pinned
+
+
+def test_every_floor_is_the_tested_release_line():
+    """A declared floor below what the suite ran with would promise versions nobody tested: each floor
+    in pyproject.toml has the major.minor of its pin in constraints.txt (torch: the README's pin)."""
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = {
+        name.lower().replace("_", "-"): Version(version)
+        for name, version in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M)
+    }
+    pins["torch"] = Version(re.search(r"torch==([\d.]+)", (ROOT / "README.md").read_text()).group(1))
+    declared = [*project["dependencies"], *(d for ds in project["optional-dependencies"].values() for d in ds)]
+    checked = []
+    for line in declared:
+        req = Requirement(line)
+        floors = [Version(s.version) for s in req.specifier if s.operator == ">="]
+        if not floors or req.name == "online":
+            continue
+        pin = pins.get(req.name.lower())
+        assert pin is not None, f"{req.name} has a floor but no tested pin in constraints.txt"
+        assert floors[0] <= pin and floors[0].release[:2] == pin.release[:2], (
+            f"{req.name}: floor {floors[0]} is not the tested line {pin.major}.{pin.minor} (constraints.txt)"
+        )
+        checked.append(req.name)
+    assert {"transformers", "kafka-python", "redis", "fastapi"} <= set(checked)
