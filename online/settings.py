@@ -92,7 +92,9 @@ class Settings(BaseSettings):
         "auto",
         description="Sentence embedding of a new model: auto = the sentence-transformers config of BASE_MODEL, else mean.",
     )
-    max_seq_len: int = Field(64, ge=8, description="Tokens kept per text (CLINC150 texts are short).")
+    max_seq_len: int = Field(
+        64, ge=8, description="Tokens kept per text (CLINC150 texts are short), never more than the model's own limit."
+    )
     seed_domains: int = Field(5, ge=1, le=10, description="CLINC150 domains version 1 is trained on.")
     seed_epochs: int | None = Field(
         None,
