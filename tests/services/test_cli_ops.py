@@ -130,3 +130,20 @@ def test_admin_commands_against_a_remote_api(kafka_settings, monkeypatch):
         assert refused.exit_code == 1 and "HTTP 403" in refused.output and registry.live() == first
     gone = runner.invoke(cli, ["models", "list"])
     assert gone.exit_code == 2 and "cannot reach" in gone.output
+
+
+def test_serve_binds_the_host_and_port_given_on_the_command_line(settings, monkeypatch):
+    import uvicorn
+
+    for key, value in settings_env(settings.model_copy(update={"api_host": "127.0.0.1", "api_port": 8000})).items():
+        monkeypatch.setenv(key, value)
+    bound = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: bound.append((app.state.settings, kw)))
+    runner = CliRunner()
+
+    assert runner.invoke(cli, ["serve", "--host", "0.0.0.0", "--port", "8123"]).exit_code == 0
+    assert runner.invoke(cli, ["serve"]).exit_code == 0  # the environment's, when no flag is given
+    (flagged, kw), (default, kw_default) = bound
+    assert (kw["host"], kw["port"]) == ("0.0.0.0", 8123) and (flagged.api_host, flagged.api_port) == ("0.0.0.0", 8123)
+    assert (kw_default["host"], kw_default["port"]) == ("127.0.0.1", 8000)
+    assert runner.invoke(cli, ["serve", "--port", "http"]).exit_code == 2  # not a port: a usage error
