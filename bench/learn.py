@@ -34,33 +34,48 @@ from online.model import WEIGHTS_FILE, TextClassifier, default_base_model, detec
 from online.serving.predictor import Predictor
 from online.settings import Settings
 
-FULL_MEMORY = "balanced+distill, whole buffer"  # rehearsing from everything seen, as the Redis buffer does
+FULL_MEMORY = "distill, whole buffer"  # rehearsing from everything seen, as the Redis buffer does
 
 
 def methods(base: LearnConfig) -> dict[str, LearnConfig]:
-    """Everything compared; ``joint`` (the upper bound) is handled apart. ``base`` is the product's
-    round as configured; :data:`FULL_MEMORY` lifts the memory bound, as the Redis buffer (50,000
-    samples by default) holds every example of this stream."""
-    replay = base.but(strategy="balanced", distill_weight=0.0, rehearsal_min=0)
+    """Everything compared; ``joint`` (the upper bound) is handled apart. ``default`` is the product's
+    round as configured (``ONLINE_*`` settings); :data:`FULL_MEMORY` lifts the memory bound, as the Redis
+    buffer (50,000 samples by default) holds every example of this stream."""
+    plain = base.but(distill_weight=0.0, rehearsal_min=0, bias_correction="off")
+    replay = plain.but(strategy="balanced")
+    distill = replay.but(distill_weight=1.0)
     return {
-        "naive": base.but(rehearsal_ratio=0.0, distill_weight=0.0),
+        "default": base.but(rehearsal_min=0),
+        "naive": plain.but(rehearsal_ratio=0.0),
         "replay-reservoir": replay.but(strategy="reservoir"),
-        "replay-balanced": replay.but(strategy="balanced"),
+        "replay-balanced": replay,
         "replay-diverse": replay.but(strategy="diverse"),
-        "balanced+distill": base.but(strategy="balanced", distill_weight=1.0, rehearsal_min=0),
-        "interfered+distill": base.but(strategy="interfered", distill_weight=1.0, rehearsal_min=0),
-        "lora+distill": base.but(mode="lora", strategy="balanced", distill_weight=1.0, rehearsal_min=0),
+        "replay+logit-adjust": replay.but(bias_correction="logit-adjust"),
+        "balanced+distill": distill,
+        "interfered+distill": distill.but(strategy="interfered"),
+        "distill+logit-adjust": distill.but(bias_correction="logit-adjust"),
+        "distill+head-finetune": distill.but(bias_correction="head-finetune"),
+        "replay-x2": replay.but(rehearsal_ratio=2.0),  # twice the rehearsal: at most 1.5x the cost a round
+        "replay-x2+distill": distill.but(rehearsal_ratio=2.0),
+        "lora+distill": distill.but(mode="lora"),
+        "lora+default": base.but(mode="lora", rehearsal_min=0),
         "head-only": replay.but(mode="head"),
-        FULL_MEMORY: base.but(strategy="balanced", distill_weight=1.0, rehearsal_min=0),
+        "head-only+default": base.but(mode="head", rehearsal_min=0),
+        FULL_MEMORY: distill,
     }
+
+
+DEFAULT_METHODS = ["replay-balanced", "default", "joint"]
 
 
 @dataclass
 class Run:
     name: str
+    seed: int = 0
     acc: list[float] = field(default_factory=list)  # accuracy on all seen domains after each round
     per_domain: list[dict[str, float]] = field(default_factory=list)
     round_s: list[float] = field(default_factory=list)
+    round_cpu_s: list[float] = field(default_factory=list)  # process CPU time: the cost, even on a busy machine
     samples: list[int] = field(default_factory=list)
 
     @property
@@ -138,120 +153,209 @@ def run_bench_learn(
     data: Path | None = None,
     test: Path | None = None,
     groups: int = 5,
+    seeds: int = 3,
 ) -> dict:
+    """Every chosen method over ``seeds`` seeds (the seed orders training batches, dropout, the memory
+    and rehearsal picks, and the starting model), seeds outermost so that a slow spell of the machine
+    lands on every method alike. Prints mean and spread; ``out`` gets every run as JSON."""
     configure_threads(settings.num_threads)
-    rng = random.Random(settings.seed)
     if data is not None:
-        stream_of = _file_stream(settings, data, test, groups, per_intent, rng)
+        stream_of = _file_stream(settings, data, test, groups, per_intent, random.Random(settings.seed))
     else:
-        stream_of = _clinc_stream(settings, start, per_intent, rng)
+        stream_of = _clinc_stream(settings, start, per_intent, random.Random(settings.seed))
     domains, train, tests, n_start, start_label, title = stream_of
     stream = domains[n_start:][: rounds if rounds else None]
     base_model = settings.base_model or default_base_model()
     base = LearnConfig.from_settings(settings).but(epochs=epochs)
     all_methods = methods(base)
-    chosen = names or [*all_methods, "joint"]
+    chosen = DEFAULT_METHODS if not names else [*all_methods, "joint"] if names == ["all"] else names
     unknown = set(chosen) - set(all_methods) - {"joint"}
     if unknown:
-        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {[*all_methods, 'joint']}")
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from all, {[*all_methods, 'joint']}")
 
     start_train = [ex for d in domains[:n_start] for ex in train[d]]
     console.print(
         f"start: {n_start} {start_label} ({len(start_train)} examples), then {len(stream)} rounds "
         f"({', '.join(stream)}); {per_intent} train examples per intent, memory {memory_per_intent} per intent, "
-        f"{epochs} epochs a round"
+        f"{epochs} epochs a round; {seeds} seed(s); methods {', '.join(chosen)}"
     )
 
     # A user's small file: the start (and joint) models get version 1's epochs, as `online up --data` trains
-    def from_scratch(n: int) -> LearnConfig:
-        return base.but(epochs=seed_epochs(settings, n)) if data is not None else base
+    def from_scratch(n: int, seed: int) -> LearnConfig:
+        return base.but(epochs=seed_epochs(settings, n), seed=seed) if data is not None else base.but(seed=seed)
 
-    start_model = _start_model(
-        start_train, from_scratch(len(start_train)), base_model, settings.state_dir / "bench", console
-    )
-    start_scores = _evaluate(start_model, {d: tests[d] for d in domains[:n_start]}, settings)
-    runs: dict[str, Run] = {}
+    runs: dict[str, list[Run]] = {name: [] for name in chosen}
+    start_acc: list[float] = []
 
-    for name in chosen:
-        if name == "joint":
-            continue
-        cfg = all_methods[name]
-        run = runs.setdefault(name, Run(name))
-        model = start_model
-        keep = 10**9 if name == FULL_MEMORY else memory_per_intent
-        memory = _subsample(start_train, keep, random.Random(settings.seed))
-        for i, domain in enumerate(stream):
-            new = train[domain]
-            t0 = time.perf_counter()
-            rehearsal = select_rehearsal(model, memory, len(new), cfg, random.Random(settings.seed + i), new)
-            result = learn(model, new, rehearsal, cfg)
-            run.round_s.append(time.perf_counter() - t0)
-            run.samples.append(result.examples)
-            model = result.model
-            memory += _subsample(new, keep, random.Random(settings.seed + 100 + i))
-            seen = domains[: n_start + i + 1]
-            scores = _evaluate(model, {d: tests[d] for d in seen}, settings)
-            run.per_domain.append(scores)
-            run.acc.append(_weighted(scores, tests))
-            console.print(
-                f"  {name:<18} round {i + 1}/{len(stream)} ({domain}): acc on seen {run.acc[-1]:.4f}, "
-                f"{result.examples} samples, {run.round_s[-1]:.1f} s"
-            )
+    def report() -> dict:
+        return {
+            "start": start,
+            "per_intent": per_intent,
+            "memory_per_intent": memory_per_intent,
+            "epochs": epochs,
+            "seeds": [settings.seed + s for s in range(seeds)],
+            "stream": stream,
+            "start_accuracy": start_acc,
+            "defaults": {k: v for k, v in asdict(base).items() if k != "device"},
+            "summary": {name: _summary(rs, joint) for name, rs in runs.items() if rs},
+            "runs": {name: [{**asdict(r), "forgetting": r.forgetting} for r in rs] for name, rs in runs.items()},
+        }
 
-    if "joint" in chosen and joint != "off":
-        run = runs.setdefault("joint", Run("joint"))
-        for i in range(len(stream)):
-            if joint == "final" and i < len(stream) - 1:
+    def save() -> None:  # after every run: a long benchmark cut short keeps what it measured
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report(), indent=2))
+
+    for s in range(seeds):
+        seed = settings.seed + s
+        start_model = _start_model(
+            start_train, from_scratch(len(start_train), seed), base_model, settings.state_dir / "bench", console
+        )
+        start_acc.append(_weighted(_evaluate(start_model, {d: tests[d] for d in domains[:n_start]}, settings), tests))
+        for name in chosen:
+            run = Run(name, seed=seed)
+            runs[name].append(run)
+            if name == "joint":
+                _joint(run, joint, stream, domains, n_start, train, tests, from_scratch, base_model, settings, console)
+                save()
                 continue
-            seen = domains[: n_start + i + 1]
-            examples = [ex for d in seen for ex in train[d]]
-            t0 = time.perf_counter()
-            model = _train_from_base(examples, from_scratch(len(examples)), base_model)
-            run.round_s.append(time.perf_counter() - t0)
-            run.samples.append(len(examples))
-            scores = _evaluate(model, {d: tests[d] for d in seen}, settings)
-            run.per_domain.append(scores)
-            run.acc.append(_weighted(scores, tests))
-            console.print(
-                f"  {'joint':<18} after round {i + 1}: acc on seen {run.acc[-1]:.4f}, {run.round_s[-1]:.1f} s"
-            )
+            cfg = all_methods[name].but(seed=seed)
+            model = start_model
+            keep = 10**9 if name == FULL_MEMORY else memory_per_intent
+            memory = _subsample(start_train, keep, random.Random(seed))
+            for i, domain in enumerate(stream):
+                new = train[domain]
+                t0, c0 = time.perf_counter(), time.process_time()
+                rehearsal = select_rehearsal(model, memory, len(new), cfg, random.Random(seed * 1000 + i), new)
+                result = learn(model, new, rehearsal, cfg)
+                run.round_s.append(time.perf_counter() - t0)
+                run.round_cpu_s.append(time.process_time() - c0)
+                run.samples.append(result.examples)
+                model = result.model
+                memory += _subsample(new, keep, random.Random(seed * 1000 + 100 + i))
+                seen = domains[: n_start + i + 1]
+                scores = _evaluate(model, {d: tests[d] for d in seen}, settings)
+                run.per_domain.append(scores)
+                run.acc.append(_weighted(scores, tests))
+                console.print(
+                    f"  seed {seed} {name:<24} round {i + 1}/{len(stream)} ({domain}): acc on seen "
+                    f"{run.acc[-1]:.4f}, {result.examples} samples, {run.round_s[-1]:.1f} s"
+                )
+            save()
 
-    table = Table(title=f"online bench learn: {title}, {len(stream)} rounds after the {start_label}")
-    for col in ("method", "final acc", "avg acc", "forgetting", "s/round", "ms/sample", "vs joint"):
+    _print_summary(console, runs, joint, start_label, statistics.mean(start_acc), title, len(stream))
+    matrix_of = "default" if "default" in runs else next((n for n in runs if n != "joint"), None)
+    if matrix_of:
+        _print_matrix(console, matrix_of, runs[matrix_of], domains[: n_start + len(stream)])
+    save()
+    if out:
+        console.print(f"results written to {out}")
+    return report()
+
+
+def _joint(run, joint, stream, domains, n_start, train, tests, from_scratch, base_model, settings, console) -> None:  # noqa: ANN001
+    """The upper bound: a model trained from the base encoder on everything seen, after every round or
+    only the last (``joint`` = every | final)."""
+    for i in range(len(stream)):
+        if joint == "off" or (joint == "final" and i < len(stream) - 1):
+            continue
+        seen = domains[: n_start + i + 1]
+        examples = [ex for d in seen for ex in train[d]]
+        t0 = time.perf_counter()
+        model = _train_from_base(examples, from_scratch(len(examples), run.seed), base_model)
+        run.round_s.append(time.perf_counter() - t0)
+        run.samples.append(len(examples))
+        scores = _evaluate(model, {d: tests[d] for d in seen}, settings)
+        run.per_domain.append(scores)
+        run.acc.append(_weighted(scores, tests))
+        console.print(f"  seed {run.seed} {'joint':<24} after round {i + 1}: acc on seen {run.acc[-1]:.4f}")
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v == v]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _summary(rs: list[Run], joint: str) -> dict[str, float]:
+    """Mean and standard deviation over seeds of what the table shows."""
+    out: dict[str, float] = {}
+    final = [r.acc[-1] for r in rs if r.acc]
+    avg = [statistics.mean(r.acc) for r in rs if r.acc and (r.name != "joint" or joint == "every")]
+    forgetting = [r.forgetting for r in rs if r.name != "joint" or joint == "every"]
+    for key, values in (("final", final), ("avg", avg), ("forgetting", forgetting)):
+        out[f"{key}_mean"], out[f"{key}_sd"] = _mean_sd([100 * v for v in values])
+    out["round_s_mean"], out["round_s_sd"] = _mean_sd([statistics.mean(r.round_s) for r in rs if r.round_s])
+    out["round_cpu_s_mean"], out["round_cpu_s_sd"] = _mean_sd(
+        [statistics.mean(r.round_cpu_s) for r in rs if r.round_cpu_s]
+    )
+    return out
+
+
+def _pm(mean: float, sd: float, digits: int = 2) -> str:
+    return "-" if mean != mean else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def _print_summary(console, runs, joint, start_label, start_acc, title, n_rounds) -> None:  # noqa: ANN001
+    summary = {name: _summary(rs, joint) for name, rs in runs.items()}
+    joint_final = summary.get("joint", {}).get("final_mean", float("nan"))
+    replay_cpu = summary.get("replay-balanced", {}).get("round_cpu_s_mean", float("nan"))
+    n_seeds = max(len(rs) for rs in runs.values())
+    table = Table(
+        title=f"online bench learn: {title}, {n_rounds} rounds after the {start_label}, mean ± sd of {n_seeds} seed(s)"
+    )
+    for col in (
+        "method",
+        "final acc %",
+        "avg acc %",
+        "forgetting",
+        "vs joint",
+        "s/round",
+        "CPU s/round",
+        "cost vs replay",
+    ):
         table.add_column(col, justify="left" if col == "method" else "right")
-    joint_final = runs["joint"].acc[-1] if "joint" in runs and runs["joint"].acc else None
-    for run in runs.values():
-        rounds_done = len(run.acc)
-        avg = statistics.mean(run.acc) if run.name != "joint" or joint == "every" else float("nan")
-        ms = 1000 * sum(run.round_s) / max(sum(run.samples) * (1 if run.name == "head-only" else epochs), 1)
+    for name, sm in summary.items():
+        is_joint = name == "joint"
         table.add_row(
-            run.name,
-            f"{100 * run.acc[-1]:.2f}%" if rounds_done else "-",
-            "-" if avg != avg else f"{100 * avg:.2f}%",
-            "-" if run.name == "joint" and joint != "every" else f"{100 * run.forgetting:.2f}",
-            f"{statistics.mean(run.round_s):.1f}",
-            f"{ms:.1f}",
-            f"{100 * (run.acc[-1] - joint_final):+.2f}" if joint_final is not None and rounds_done else "-",
+            name,
+            _pm(sm["final_mean"], sm["final_sd"]),
+            _pm(sm["avg_mean"], sm["avg_sd"]),
+            _pm(sm["forgetting_mean"], sm["forgetting_sd"]),
+            "-" if is_joint or joint_final != joint_final else f"{sm['final_mean'] - joint_final:+.2f}",
+            _pm(sm["round_s_mean"], sm["round_s_sd"], 1),
+            "-" if is_joint else _pm(sm["round_cpu_s_mean"], sm["round_cpu_s_sd"], 1),
+            "-" if is_joint or replay_cpu != replay_cpu else f"{sm['round_cpu_s_mean'] / replay_cpu:.2f}x",
         )
     console.print(table)
+    seeds = Table(title="per seed: final accuracy % / forgetting (points)")
+    seeds.add_column("method")
+    for r in next(iter(runs.values())):
+        seeds.add_column(f"seed {r.seed}", justify="right")
+    for name, rs in runs.items():
+        seeds.add_row(name, *(f"{100 * r.acc[-1]:.2f} / {100 * r.forgetting:.2f}" if r.acc else "-" for r in rs))
+    console.print(seeds)
     console.print(
-        f"start model on its {start_label}: {100 * _weighted(start_scores, tests):.2f}%. forgetting = mean over "
-        "earlier domains of (best - final) accuracy, points. ms/sample: round time / (samples x epochs)."
+        f"start model on its {start_label}: {100 * start_acc:.2f}%. forgetting = mean over earlier domains of "
+        "(best - final) accuracy, points. cost vs replay: CPU seconds a round (this process's, so other load on "
+        "the machine barely moves it) against replay-balanced's, measured in this run."
     )
-    report = {
-        "start": start,
-        "per_intent": per_intent,
-        "memory_per_intent": memory_per_intent,
-        "epochs": epochs,
-        "stream": stream,
-        "start_accuracy": start_scores,
-        "runs": {name: {**asdict(run), "forgetting": run.forgetting} for name, run in runs.items()},
-    }
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
-        console.print(f"results written to {out}")
-    return report
+
+
+def _print_matrix(console, name: str, rs: list[Run], domains: list[str]) -> None:  # noqa: ANN001
+    """Accuracy per domain (columns) after each round (rows), mean over seeds: which old intents a round hurt."""
+    table = Table(title=f"{name}: accuracy % per domain after each round (mean of {len(rs)} seed(s))")
+    table.add_column("after round")
+    for d in domains:
+        table.add_column(d[:10], justify="right")
+    for i in range(len(rs[0].per_domain)):
+        cells = []
+        for d in domains:
+            values = [r.per_domain[i][d] for r in rs if i < len(r.per_domain) and d in r.per_domain[i]]
+            cells.append(f"{100 * statistics.mean(values):.1f}" if values else "")
+        table.add_row(f"{i + 1} ({list(rs[0].per_domain[i])[-1]})", *cells)
+    console.print(table)
 
 
 Stream = tuple[list[str], dict[str, list[Example]], dict[str, list[Example]], int, str, str]

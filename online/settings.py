@@ -178,7 +178,7 @@ class Settings(BaseSettings):
     rehearsal_ratio: float = Field(1.0, ge=0, description="Rehearsed examples per new example...")
     rehearsal_min: int = Field(256, ge=0, description="...but at least this many.")
     distill_weight: float = Field(1.0, ge=0, description="Weight of distillation from the live model (0: off).")
-    bias_correction: Literal["off", "logit-adjust", "weight-align", "head-finetune"] = Field(
+    bias_correction: Literal["off", "logit-adjust", "head-finetune"] = Field(
         "off", description="How a round counters its pull towards its own labels (see `online bench learn`)."
     )
     new_share_min: float = Field(

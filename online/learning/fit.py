@@ -45,6 +45,7 @@ def fit(
     teacher_logits: torch.Tensor | None = None,
     distill_weight: float = 0.0,
     temperature: float = 2.0,
+    log_prior: torch.Tensor | None = None,
     progress: Progress | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``examples`` (labels must already be in ``model.labels``).
@@ -54,6 +55,9 @@ def fit(
     over the first ``teacher_logits.shape[1]`` labels, from the live model) add a distillation term
     ``distill_weight * T^2 * KL(teacher || student)`` at temperature ``T``: the old model's knowledge
     of the old labels is kept while the new ones are learned (Learning without Forgetting).
+    ``log_prior`` (one value per label, see :func:`label_log_prior`) is added to the logits in the
+    cross-entropy only (logit adjustment, Menon et al. 2021): a label that fills most of the data is not
+    learned as the likelier answer, the bias towards a round's new labels that makes old ones forgotten.
     """
     device = device or torch.device("cpu")
     model.to(device).train()
@@ -77,6 +81,7 @@ def fit(
     distill = teacher_logits is not None and distill_weight > 0
     if distill:
         teacher_logits = teacher_logits.to(device)
+    prior = log_prior.to(device) if log_prior is not None else None
     rng = random.Random(seed)
     torch.manual_seed(seed)  # dropout masks: a round is reproducible from its inputs
     total_loss, steps, seen = 0.0, 0, 0
@@ -92,7 +97,7 @@ def fit(
             target = torch.tensor([index[examples[i][1]] for i in rows], device=device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = model(enc["input_ids"], enc["attention_mask"]).float()
-                loss = loss_fn(logits, target)
+                loss = loss_fn(logits if prior is None else logits + prior, target)
                 if distill:
                     old = teacher_logits[rows]
                     student = torch.log_softmax(logits[:, : old.shape[1]] / temperature, dim=-1)
@@ -125,10 +130,12 @@ def fit_head(
     max_seq_len: int = 64,
     device: torch.device | None = None,
     seed: int = 0,
+    log_prior: torch.Tensor | None = None,
     progress: Progress | None = None,
 ) -> FitResult:
     """Train only the head, on embeddings computed once: the frozen-encoder mode, cheap enough for
-    many epochs (one encoder forward per example instead of a forward and backward per epoch)."""
+    many epochs (one encoder forward per example instead of a forward and backward per epoch).
+    ``log_prior``: as in :func:`fit`."""
     device = device or torch.device("cpu")
     index = {lab: i for i, lab in enumerate(model.labels)}
     unknown = {lab for _, lab in examples if lab not in index}
@@ -140,11 +147,12 @@ def fit_head(
     y = torch.tensor([index[lab] for _, lab in examples], device=device)
     model.head.to(device).train()
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=head_lr, weight_decay=0.01)
+    prior = log_prior.to(device) if log_prior is not None else 0.0
     gen = torch.Generator().manual_seed(seed)
     total_loss, steps = 0.0, 0
     for _ in range(epochs):
         for rows in torch.randperm(len(examples), generator=gen).split(batch_size):
-            loss = nn.functional.cross_entropy(model.head(x[rows]), y[rows])
+            loss = nn.functional.cross_entropy(model.head(x[rows]) + prior, y[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -152,6 +160,18 @@ def fit_head(
             steps += 1
     model.eval()
     return FitResult(examples_seen=len(examples) * epochs, mean_loss=total_loss / max(steps, 1))
+
+
+def label_log_prior(labels: Sequence[str], examples: Sequence[Example], tau: float = 1.0) -> torch.Tensor:
+    """``tau * log(share of examples)`` per label of the head, for logit adjustment. A label absent from
+    the examples counts as the rarest present one (it is not pushed down for being missing)."""
+    counts = torch.zeros(len(labels))
+    index = {lab: i for i, lab in enumerate(labels)}
+    for _, lab in examples:
+        counts[index[lab]] += 1
+    present = counts[counts > 0]
+    counts[counts == 0] = present.min() if len(present) else 1.0
+    return tau * torch.log(counts / counts.sum())
 
 
 @torch.no_grad()

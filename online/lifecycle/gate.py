@@ -55,6 +55,9 @@ class GateReport(BaseModel):
     golden_sha256: str
     golden_accuracy: float
     golden_per_label: dict[str, list[int]]  # label -> [right, total]: the next round's baseline
+    # label -> candidate minus live accuracy on its golden texts, labels that changed, worst first:
+    # which old intents a round hurt (or helped), the per-label column of `online bench learn`'s matrix
+    golden_label_change: dict[str, float] = {}
     holdout_accuracy: float | None = None
     batch_latency_ms: float | None = None
     duration_s: float = 0.0
@@ -267,11 +270,16 @@ class Gate:
         )
 
         worst_label, worst_drop = None, -math.inf
+        change: dict[str, float] = {}
         for label, (right, total) in per_label.items():
-            if total < s.gate_label_min_support or label not in live_report.golden_per_label:
+            if label not in live_report.golden_per_label:
                 continue
             lr, lt = live_report.golden_per_label[label]
             d = lr / lt - right / total
+            if d != 0:
+                change[label] = round(-d, 4)
+            if total < s.gate_label_min_support:
+                continue
             if d > worst_drop:
                 worst_label, worst_drop = label, d
         checks.append(
@@ -329,6 +337,7 @@ class Gate:
             golden_sha256=self.golden.sha256,
             golden_accuracy=acc,
             golden_per_label=per_label,
+            golden_label_change=dict(sorted(change.items(), key=lambda kv: (kv[1], kv[0]))),
             holdout_accuracy=holdout_acc,
             batch_latency_ms=cand_ms,
             duration_s=time.perf_counter() - started,
