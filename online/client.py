@@ -24,6 +24,7 @@ import httpx
 from pydantic import TypeAdapter
 
 from online.contract import (
+    BufferResponse,
     FeedbackAccepted,
     FeedbackStats,
     LabelApproved,
@@ -146,6 +147,10 @@ class _Calls:
     def feedback_stats(self) -> FeedbackStats:
         return self._run(_Call("GET", "/v1/feedback/stats", TypeAdapter(FeedbackStats)))
 
+    def buffer(self) -> BufferResponse:
+        """The replay buffer per label, in counts."""
+        return self._run(_Call("GET", "/v1/buffer", TypeAdapter(BufferResponse)))
+
     def approve_label(self, label: str) -> LabelApproved:
         """Let a new label go live (admin)."""
         return self._run(_Call("POST", f"/v1/labels/{label}/approve", TypeAdapter(LabelApproved), admin=True))
@@ -217,13 +222,14 @@ class _Base(_Calls):
     ) -> float | None:
         """Seconds before the next attempt, or None when this outcome is final. Predict and feedback are
         safe to resend (feedback keeps its event ids); an admin call whose request may have reached the
-        server is not (a second rollback would go back two versions)."""
+        server is not (a second rollback would go back two versions): it is resent only when it never got
+        through (a refused connection, or a 429/503 the API itself answered), never after a proxy's 502/504."""
         if attempt >= self.retries:
             return None
         if error is not None and call.admin and not isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)):
             return None
         if response is not None:
-            if response.status_code not in RETRY_STATUS:
+            if response.status_code not in RETRY_STATUS or (call.admin and response.status_code in (502, 504)):
                 return None
             after = response.headers.get("retry-after")
             if after is not None:

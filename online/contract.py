@@ -327,7 +327,9 @@ class FeedbackStats(BaseModel):
     quarantined_sources: list[str]
     trusted_sources: list[str]
     approved_labels: list[str]
-    review_queued: int = Field(0, description="Predictions waiting for a human label (`GET /v1/review`).")
+    review_queued: int = Field(
+        0, description="Predictions queued for a human label (`GET /v1/review`; expired ones leave when it is read)."
+    )
 
 
 class RoundOut(BaseModel):
@@ -371,7 +373,10 @@ class BufferResponse(BaseModel):
     samples: int
     new: int
     held: int
-    labels: list[BufferLabelOut]
+    labels: list[BufferLabelOut] = Field(description="Labels with samples in the buffer.")
+    dead_lettered_other: int = Field(
+        0, description="Events dead-lettered under labels never stored (refused by the allow-list, ...)."
+    )
 
 
 class LabelApproved(BaseModel):

@@ -247,10 +247,10 @@ def _when(ts: float) -> str:
 
 
 @models_app.callback()
-def models(ctx: typer.Context) -> None:
+def models(ctx: typer.Context, api: str | None = ApiUrl) -> None:
     """Model versions: `online models` alone lists them (as `online models list`)."""
     if not ctx.invoked_subcommand:
-        models_list(as_json=False, api=None)
+        models_list(as_json=False, api=api)
 
 
 @models_app.command("list")
@@ -461,8 +461,14 @@ def _memory_cells(memory: dict[str, int] | None) -> tuple[str, str]:
 
 
 @app.command()
-def status(as_json: bool = JsonFlag) -> None:
+def status(as_json: bool = JsonFlag, api: str | None = ApiUrl) -> None:
     """Everything at a glance: live version, replicas, buffer, last rounds, drift signals and alerts."""
+    if api:  # refused, not silently answered from whatever local stack there is
+        console.print(
+            f"[red]status reads the stack's Redis directly.[/] Against {api}: `online models list --api`, "
+            f"`online buffer stats --api`, GET {api}/v1/drift, or the dashboard at {api}/dashboard"
+        )
+        raise typer.Exit(2)
     from online.monitoring.report import drift_report
 
     stores = _stores()
@@ -664,8 +670,10 @@ app.add_typer(labels_app, name="labels")
 
 
 @labels_app.command("pending")
-def labels_pending() -> None:
+def labels_pending(api: str | None = ApiUrl) -> None:
     """New labels whose examples are held until the label may go live (ONLINE_LABEL_POLICY)."""
+    if api:
+        return cli_remote.labels_pending(api, console)
     from online.feedback.quarantine import screening_summary
 
     stores = _stores()
@@ -678,7 +686,9 @@ def labels_pending() -> None:
 
 
 @labels_app.command("approve")
-def labels_approve(label: str = typer.Argument(..., help="The new label to let go live."), api: str | None = ApiUrl) -> None:
+def labels_approve(
+    label: str = typer.Argument(..., help="The new label to let go live."), api: str | None = ApiUrl
+) -> None:
     """Let a new label go live (remembered); its held examples are trained by the next round."""
     if api:
         return cli_remote.approve_label(api, label, console)
@@ -845,8 +855,10 @@ def feedback_send(
 
 
 @buffer_app.command("stats")
-def buffer_stats(as_json: bool = JsonFlag) -> None:
+def buffer_stats(as_json: bool = JsonFlag, api: str | None = ApiUrl) -> None:
     """Per label: stored, total events, new since the last round, duplicates, dead-lettered, evicted."""
+    if api:
+        return cli_remote.buffer_stats(api, as_json, console)
     from dataclasses import asdict
 
     from services.cli_feedback import buffer_table
@@ -1039,9 +1051,7 @@ def bench_review(
 
 @bench_app.command("learn")
 def bench_learn(
-    methods: str = typer.Option(
-        "", help="Comma-separated methods, or all (default: replay-balanced, default, joint)."
-    ),
+    methods: str = typer.Option("", help="Comma-separated methods, or all (default: replay-balanced, default, joint)."),
     start: str = typer.Option("first", help="first: version 1 knows domain 1; seed: version 1's seed domains."),
     per_intent: int = typer.Option(100, help="Train examples per intent arriving as feedback (CLINC150 has 100)."),
     memory_per_intent: int = typer.Option(20, help="Remembered examples per intent that rehearsal picks from."),

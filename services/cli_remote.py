@@ -1,9 +1,10 @@
 """Admin commands against a running API (``--api URL`` or ``ONLINE_API_URL``) instead of Redis and the
 model volume: how an operator drives the compose stack, or any deployment, from their own machine.
 
-The admin token comes from ``ONLINE_ADMIN_TOKEN`` (the reviewer token from ``ONLINE_REVIEWER_TOKEN``), as
-the API checks it; a refusal prints the API's reason and exits 1, an unreachable API exits 2. ``--json``
-prints the API's own response model (``online.contract``), the documented shape of each endpoint.
+The admin token comes from ``ONLINE_ADMIN_TOKEN``, as the API checks it; a refusal prints the API's reason
+and exits 1, an unreachable API exits 2. ``--json`` prints the API's own response model
+(``online.contract``), the documented shape of each endpoint (the local ``--json`` documents are the
+stores' own, with a few more fields: ``held_count``, label lists).
 """
 
 from __future__ import annotations
@@ -33,18 +34,16 @@ ApiUrl = typer.Option(
 
 @contextlib.contextmanager
 def remote(url: str, console: Console) -> Iterator[Client]:
-    """A client of ``url`` with the configured tokens; API errors end the command with their reason."""
-    settings = Settings()
-    secret = {
-        k: v.get_secret_value()
-        for k, v in (("admin", settings.admin_token), ("reviewer", settings.reviewer_token))
-        if v
-    }
+    """A client of ``url`` with the admin token; API errors end the command with their reason."""
+    token = Settings().admin_token
     try:
-        with Client(url, admin_token=secret.get("admin"), reviewer_token=secret.get("reviewer"), retries=2) as client:
+        with Client(url, admin_token=token.get_secret_value() if token else None, retries=2) as client:
             yield client
     except ApiError as exc:
-        console.print(f"[red]refused by {url}:[/] HTTP {exc.status}: {exc.detail}")
+        if exc.status == 401 and token is None:
+            console.print(f"[red]this command needs the admin token of {url}:[/] set ONLINE_ADMIN_TOKEN")
+        else:
+            console.print(f"[red]refused by {url}:[/] HTTP {exc.status}: {exc.detail}")
         raise typer.Exit(1) from None
     except httpx.TransportError as exc:
         console.print(f"[red]cannot reach {url}:[/] {exc}")
@@ -121,7 +120,7 @@ def quarantine_list(url: str, limit: int, as_json: bool, console: Console) -> No
         out = api.quarantine(limit)
     if as_json:
         return print_model(out)
-    held = Table("sid", "source", "sources", "label", "text", "reason", "since", title=f"held (first {len(out.held)})")
+    held = Table("sid", "source", "sources", "label", "text", "reason", "since", title=f"held (oldest {len(out.held)})")
     for h in out.held:
         held.add_row(h.sid, h.source, str(h.sources), h.label, h.text[:60], h.reason, _when(h.at))
     console.print(held)
@@ -145,4 +144,29 @@ def approve_label(url: str, label: str, console: Console) -> None:
         out = api.approve_label(label)
     console.print(
         f"{label!r} {'approved' if out.newly_approved else 'was already approved'}; {out.released} held examples released"
+    )
+
+
+def labels_pending(url: str, console: Console) -> None:
+    with remote(url, console) as api:
+        out = api.feedback_stats()
+    table = Table("label", "examples", "sources", "why it waits", title="pending new labels")
+    for p in out.pending_labels:
+        table.add_row(p.label, str(p.examples), ", ".join(p.sources), p.reason)
+    console.print(table)
+    console.print(f"approved so far: {', '.join(out.approved_labels) or 'none'}")
+
+
+def buffer_stats(url: str, as_json: bool, console: Console) -> None:
+    with remote(url, console) as api:
+        out = api.buffer()
+    if as_json:
+        return print_model(out)
+    table = Table("label", "stored", "total", "new", "duplicates", "dead-lettered", "evicted", title="replay buffer")
+    for r in out.labels:
+        table.add_row(r.label, *(str(v) for v in (r.stored, r.total, r.new, r.duplicates, r.dead_lettered, r.evicted)))
+    console.print(table)
+    console.print(
+        f"{out.samples} of {out.capacity} samples, {out.new} new, {out.held} held, "
+        f"{out.dead_lettered_other} dead-lettered under labels that are not in the buffer"
     )

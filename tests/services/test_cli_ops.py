@@ -123,7 +123,17 @@ def test_admin_commands_against_a_remote_api(kafka_settings, monkeypatch):
         held = json.loads(runner.invoke(cli, ["quarantine", "list", "--json"]).output)
         assert held == {"held": [], "sources": []}
         assert "released 0" in runner.invoke(cli, ["quarantine", "release", "--source", "nobody"]).output
-        assert "approved" in runner.invoke(cli, ["labels", "approve", "returns"]).output
+        assert "'returns' approved;" in runner.invoke(cli, ["labels", "approve", "returns"]).output
+        assert "returns" in runner.invoke(cli, ["labels", "pending"]).output.split("approved so far:")[1]
+        buffer = json.loads(runner.invoke(cli, ["buffer", "stats", "--json"]).output)
+        assert buffer["labels"] == [] and buffer["capacity"] == s.buffer_capacity
+        bare = runner.invoke(cli, ["models"])  # the bare group lists remotely too
+        assert bare.exit_code == 0 and "live alias history" in bare.output
+        status = runner.invoke(cli, ["status"])  # reads Redis: refused rather than answered from elsewhere
+        assert status.exit_code == 2 and "/dashboard" in status.output
+        monkeypatch.delenv("ONLINE_ADMIN_TOKEN")
+        tokenless = runner.invoke(cli, ["training", "pause"])
+        assert tokenless.exit_code == 1 and "set ONLINE_ADMIN_TOKEN" in tokenless.output
 
         monkeypatch.setenv("ONLINE_ADMIN_TOKEN", "wrong")
         refused = runner.invoke(cli, ["rollback"])

@@ -119,3 +119,19 @@ def test_an_admin_call_that_may_have_reached_the_server_is_not_sent_twice():
         with pytest.raises(httpx.ReadTimeout):
             api.predict("x")  # safe to resend
         assert len(calls) == 1 + 1 + api.retries
+
+
+def test_an_admin_call_behind_a_proxy_that_answered_502_is_not_sent_twice():
+    calls = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(502, json={"detail": "bad gateway"})  # the upstream may have acted on it
+
+    with Client("http://api", admin_token="t", transport=httpx.MockTransport(gateway), max_wait_s=0.01) as api:
+        with pytest.raises(ApiError) as err:
+            api.rollback()
+        assert err.value.status == 502 and calls == ["/v1/models/rollback"]
+        with pytest.raises(ApiError):
+            api.models()  # a read is safe to resend
+        assert calls.count("/v1/models") == 1 + api.retries

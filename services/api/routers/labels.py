@@ -35,12 +35,16 @@ async def buffer_stats(stores: StoresDep) -> BufferResponse:
     buffer = stores.buffer
 
     def read() -> BufferResponse:
+        # Open to every caller: per-label rows only for labels stored, not for any string a sender
+        # tried (refused labels are dead-lettered under their name and only counted here).
+        stored, stats = buffer.labels(), buffer.stats()
         return BufferResponse(
             capacity=buffer.capacity,
             samples=buffer.size(),
             new=buffer.new_count(),
             held=buffer.held_count(),
-            labels=[BufferLabelOut(**asdict(st)) for st in buffer.stats()],
+            labels=[BufferLabelOut(**asdict(st)) for st in stats if st.label in stored],
+            dead_lettered_other=sum(st.dead_lettered for st in stats if st.label not in stored),
         )
 
     return await asyncio.to_thread(read)
