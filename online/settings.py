@@ -179,7 +179,8 @@ class Settings(BaseSettings):
     rehearsal_min: int = Field(256, ge=0, description="...but at least this many.")
     distill_weight: float = Field(1.0, ge=0, description="Weight of distillation from the live model (0: off).")
     bias_correction: Literal["off", "logit-adjust", "head-finetune"] = Field(
-        "off", description="How a round counters its pull towards its own labels (see `online bench learn`)."
+        "off",
+        description="logit-adjust: train against the round's label shares (less forgetting on CLINC150, less recall of a small round's new label; see docs/benchmarks.md).",
     )
     new_share_min: float = Field(
         0.5, ge=0, lt=1, description="Small rounds repeat new examples (up to 8x) to this share of the data."

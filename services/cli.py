@@ -228,6 +228,12 @@ def gate_table(gate: dict) -> Table:
             "" if engine.get("fp32_accuracy") is None else fmt(engine["fp32_accuracy"] - engine["max_drop"]),
             engine.get("detail", ""),
         )
+    change = gate.get("golden_label_change") or {}
+    if change:  # which golden labels the round moved, worst first: what it hurt and what it helped
+        hurt = [kv for kv in change.items() if kv[1] < 0][:5]  # sorted worst first
+        helped = [kv for kv in change.items() if kv[1] > 0][-3:]
+        cells = ", ".join(f"{k} {v:+.2f}" for k, v in hurt + helped)
+        table.caption = f"golden accuracy per label against the parent ({len(change)} changed): {cells}"
     return table
 
 
