@@ -206,6 +206,23 @@ def run_bench_learn(
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(report(), indent=2))
 
+    def train_joint(run: Run) -> None:
+        """The upper bound: a model trained from the base encoder on everything seen, after every round or
+        only the last (``joint`` = every | final)."""
+        for i in range(len(stream)):
+            if joint == "off" or (joint == "final" and i < len(stream) - 1):
+                continue
+            seen = domains[: n_start + i + 1]
+            examples = [ex for d in seen for ex in train[d]]
+            t0 = time.perf_counter()
+            model = _train_from_base(examples, from_scratch(len(examples), run.seed), base_model)
+            run.round_s.append(time.perf_counter() - t0)
+            run.samples.append(len(examples))
+            scores = _evaluate(model, {d: tests[d] for d in seen}, settings)
+            run.per_domain.append(scores)
+            run.acc.append(_weighted(scores, tests))
+            console.print(f"  seed {run.seed} {'joint':<24} after round {i + 1}: acc on seen {run.acc[-1]:.4f}")
+
     for s in range(seeds):
         seed = settings.seed + s
         start_model = _start_model(
@@ -216,7 +233,7 @@ def run_bench_learn(
             run = Run(name, seed=seed)
             runs[name].append(run)
             if name == "joint":
-                _joint(run, joint, stream, domains, n_start, train, tests, from_scratch, base_model, settings, console)
+                train_joint(run)
                 save()
                 continue
             cfg = all_methods[name].but(seed=seed)
@@ -253,24 +270,6 @@ def run_bench_learn(
     return report()
 
 
-def _joint(run, joint, stream, domains, n_start, train, tests, from_scratch, base_model, settings, console) -> None:  # noqa: ANN001
-    """The upper bound: a model trained from the base encoder on everything seen, after every round or
-    only the last (``joint`` = every | final)."""
-    for i in range(len(stream)):
-        if joint == "off" or (joint == "final" and i < len(stream) - 1):
-            continue
-        seen = domains[: n_start + i + 1]
-        examples = [ex for d in seen for ex in train[d]]
-        t0 = time.perf_counter()
-        model = _train_from_base(examples, from_scratch(len(examples), run.seed), base_model)
-        run.round_s.append(time.perf_counter() - t0)
-        run.samples.append(len(examples))
-        scores = _evaluate(model, {d: tests[d] for d in seen}, settings)
-        run.per_domain.append(scores)
-        run.acc.append(_weighted(scores, tests))
-        console.print(f"  seed {run.seed} {'joint':<24} after round {i + 1}: acc on seen {run.acc[-1]:.4f}")
-
-
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if v == v]
     if not values:
@@ -297,7 +296,15 @@ def _pm(mean: float, sd: float, digits: int = 2) -> str:
     return "-" if mean != mean else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
-def _print_summary(console, runs, joint, start_label, start_acc, title, n_rounds) -> None:  # noqa: ANN001
+def _print_summary(
+    console: Console,
+    runs: dict[str, list[Run]],
+    joint: str,
+    start_label: str,
+    start_acc: float,
+    title: str,
+    n_rounds: int,
+) -> None:
     summary = {name: _summary(rs, joint) for name, rs in runs.items()}
     joint_final = summary.get("joint", {}).get("final_mean", float("nan"))
     replay_cpu = summary.get("replay-balanced", {}).get("round_cpu_s_mean", float("nan"))
@@ -343,7 +350,7 @@ def _print_summary(console, runs, joint, start_label, start_acc, title, n_rounds
     )
 
 
-def _print_matrix(console, name: str, rs: list[Run], domains: list[str]) -> None:  # noqa: ANN001
+def _print_matrix(console: Console, name: str, rs: list[Run], domains: list[str]) -> None:
     """Accuracy per domain (columns) after each round (rows), mean over seeds: which old intents a round hurt."""
     table = Table(title=f"{name}: accuracy % per domain after each round (mean of {len(rs)} seed(s))")
     table.add_column("after round")

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,8 @@ from rich.table import Table
 from online.logs import configure_logging
 from online.settings import Settings
 from services import cli_remote
-from services.cli_remote import ApiUrl
+from services.cli_remote import ApiUrl, gate_table
+from services.cli_remote import when as _when
 from services.supervisor import running_stack
 
 if TYPE_CHECKING:  # bench/ is a development tool: not in the Docker image
@@ -208,35 +208,6 @@ def train(
     raise typer.Exit(0 if report.status in ("promoted", "idle") else 3)
 
 
-def gate_table(gate: dict) -> Table:
-    table = Table("check", "passed", "value", "threshold", "detail", title="gate")
-    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
-    for c in gate.get("checks", []):
-        table.add_row(
-            c["name"],
-            "[green]yes[/]" if c["passed"] else "[red]no[/]",
-            fmt(c["value"]),
-            fmt(c["threshold"]),
-            c.get("detail", ""),
-        )
-    engine = gate.get("engine")
-    if engine:  # informational: a version whose artifact failed is served by torch, not refused
-        table.add_row(
-            "int8 engine",
-            "[green]yes[/]" if engine["passed"] else "[yellow]no: torch serves[/]",
-            fmt(engine.get("accuracy")),
-            "" if engine.get("fp32_accuracy") is None else fmt(engine["fp32_accuracy"] - engine["max_drop"]),
-            engine.get("detail", ""),
-        )
-    change = gate.get("golden_label_change") or {}
-    if change:  # which golden labels the round moved, worst first: what it hurt and what it helped
-        hurt = [kv for kv in change.items() if kv[1] < 0][:5]  # sorted worst first
-        helped = [kv for kv in change.items() if kv[1] > 0][-3:]
-        cells = ", ".join(f"{k} {v:+.2f}" for k, v in hurt + helped)
-        table.caption = f"golden accuracy per label against the parent ({len(change)} changed): {cells}"
-    return table
-
-
 models_app = typer.Typer(help="Model versions: list, show, promote, rollback, import.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
 
@@ -246,10 +217,6 @@ def _stores():
     from online.stores import Stores
 
     return Stores.from_settings(_settings())
-
-
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 @models_app.callback()

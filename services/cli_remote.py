@@ -54,8 +54,38 @@ def print_model(model: BaseModel) -> None:
     print(json.dumps(model.model_dump(mode="json"), indent=2, ensure_ascii=False))
 
 
-def _when(ts: float | None) -> str:
+def when(ts: float | None) -> str:
+    """A timestamp as operators read it, local time ("" for none)."""
     return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def gate_table(gate: dict) -> Table:
+    table = Table("check", "passed", "value", "threshold", "detail", title="gate")
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    for c in gate.get("checks", []):
+        table.add_row(
+            c["name"],
+            "[green]yes[/]" if c["passed"] else "[red]no[/]",
+            fmt(c["value"]),
+            fmt(c["threshold"]),
+            c.get("detail", ""),
+        )
+    engine = gate.get("engine")
+    if engine:  # informational: a version whose artifact failed is served by torch, not refused
+        table.add_row(
+            "int8 engine",
+            "[green]yes[/]" if engine["passed"] else "[yellow]no: torch serves[/]",
+            fmt(engine.get("accuracy")),
+            "" if engine.get("fp32_accuracy") is None else fmt(engine["fp32_accuracy"] - engine["max_drop"]),
+            engine.get("detail", ""),
+        )
+    change = gate.get("golden_label_change") or {}
+    if change:  # which golden labels the round moved, worst first: what it hurt and what it helped
+        hurt = [kv for kv in change.items() if kv[1] < 0][:5]  # sorted worst first
+        helped = [kv for kv in change.items() if kv[1] > 0][-3:]
+        cells = ", ".join(f"{k} {v:+.2f}" for k, v in hurt + helped)
+        table.caption = f"golden accuracy per label against the parent ({len(change)} changed): {cells}"
+    return table
 
 
 def models_list(url: str, as_json: bool, console: Console) -> None:
@@ -70,7 +100,7 @@ def models_list(url: str, as_json: bool, console: Console) -> None:
             "●" if m.live else "",
             str(m.parent or ""),
             m.status,
-            _when(m.created_at),
+            when(m.created_at),
             str(m.labels),
             "" if m.gate_passed is None else "passed" if m.gate_passed else "failed",
             f"{m.metrics['golden_accuracy']:.4f}" if "golden_accuracy" in m.metrics else "",
@@ -79,20 +109,18 @@ def models_list(url: str, as_json: bool, console: Console) -> None:
     console.print(table)
     history = Table("when", "action", "version", "previous", "reason", title="live alias history")
     for ch in out.history[-15:]:
-        history.add_row(_when(ch.at), ch.action, str(ch.version), str(ch.previous or ""), ch.reason)
+        history.add_row(when(ch.at), ch.action, str(ch.version), str(ch.previous or ""), ch.reason)
     console.print(history)
 
 
 def models_show(url: str, version: int, as_json: bool, console: Console) -> None:
-    from services.cli import gate_table
-
     with remote(url, console) as api:
         m = api.model(version)
     if as_json:
         return print_model(m)
     console.print(
         f"[bold]version {m.version}[/] ({m.status}{', live' if m.live else ''}), parent {m.parent}, "
-        f"created {_when(m.created_at)}, {m.labels} labels, sha256 {m.sha256[:16]}"
+        f"created {when(m.created_at)}, {m.labels} labels, sha256 {m.sha256[:16]}"
     )
     console.print(f"metrics: {', '.join(f'{k}={v:.4f}' for k, v in m.metrics.items())}")
     if m.judged and m.live_accuracy is not None:
@@ -112,7 +140,7 @@ def live_change(url: str, console: Console, *, promote: int | None = None, to: i
 def training(url: str, console: Console, action: str, reason: str = "") -> None:
     with remote(url, console) as api:
         state = {"pause": lambda: api.pause(reason), "resume": api.resume, "status": api.training}[action]()
-    console.print("running" if not state.paused else f"paused since {_when(state.paused_at)}: {state.reason}")
+    console.print("running" if not state.paused else f"paused since {when(state.paused_at)}: {state.reason}")
 
 
 def quarantine_list(url: str, limit: int, as_json: bool, console: Console) -> None:
@@ -122,7 +150,7 @@ def quarantine_list(url: str, limit: int, as_json: bool, console: Console) -> No
         return print_model(out)
     held = Table("sid", "source", "sources", "label", "text", "reason", "since", title=f"held (oldest {len(out.held)})")
     for h in out.held:
-        held.add_row(h.sid, h.source, str(h.sources), h.label, h.text[:60], h.reason, _when(h.at))
+        held.add_row(h.sid, h.source, str(h.sources), h.label, h.text[:60], h.reason, when(h.at))
     console.print(held)
     sources = Table("source", "events", "judged", "contradicted", "rate", "quarantined", title="sources")
     for s in out.sources:
