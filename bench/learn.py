@@ -41,7 +41,7 @@ def methods(base: LearnConfig) -> dict[str, LearnConfig]:
     """Everything compared; ``joint`` (the upper bound) is handled apart. ``default`` is the product's
     round as configured (``ONLINE_*`` settings); :data:`FULL_MEMORY` lifts the memory bound, as the Redis
     buffer (50,000 samples by default) holds every example of this stream."""
-    plain = base.but(distill_weight=0.0, rehearsal_min=0, bias_correction="off")
+    plain = base.but(distill_weight=0.0, rehearsal_min=0, bias_correction="off", probe_first=False)
     replay = plain.but(strategy="balanced")
     distill = replay.but(distill_weight=1.0)
     return {
@@ -57,6 +57,8 @@ def methods(base: LearnConfig) -> dict[str, LearnConfig]:
         "distill+head-finetune": distill.but(bias_correction="head-finetune"),
         "replay-x2": replay.but(rehearsal_ratio=2.0),  # twice the rehearsal: at most 1.5x the cost a round
         "replay-x2+distill": distill.but(rehearsal_ratio=2.0),
+        "replay+probe": replay.but(probe_first=True),
+        "probe+distill": distill.but(probe_first=True),
         "lora+distill": distill.but(mode="lora"),
         "lora+default": base.but(mode="lora", rehearsal_min=0),
         "head-only": replay.but(mode="head"),

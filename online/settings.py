@@ -173,14 +173,18 @@ class Settings(BaseSettings):
     # --- trainer: a round (defaults chosen by `online bench learn`) -------------------------
     train_mode: Literal["full", "head", "lora"] = Field("full", description="What a round fine-tunes.")
     rehearsal_strategy: Literal["balanced", "reservoir", "diverse", "interfered"] = Field(
-        "interfered", description="Which remembered examples a round replays."
+        "balanced", description="Which remembered examples a round replays."
     )
     rehearsal_ratio: float = Field(1.0, ge=0, description="Rehearsed examples per new example...")
     rehearsal_min: int = Field(256, ge=0, description="...but at least this many.")
     distill_weight: float = Field(1.0, ge=0, description="Weight of distillation from the live model (0: off).")
     bias_correction: Literal["off", "logit-adjust", "head-finetune"] = Field(
-        "off",
-        description="logit-adjust: train against the round's label shares (less forgetting on CLINC150, less recall of a small round's new label; see docs/benchmarks.md).",
+        "logit-adjust",
+        description="logit-adjust: train against the round's label shares, so a round's new labels are not learned as the likelier answers (less forgetting; docs/benchmarks.md).",
+    )
+    probe_first: bool = Field(
+        True,
+        description="Fit the head on the live encoder's frozen features before fine-tuning (LP-FT): new labels start learned, the encoder is pulled less.",
     )
     new_share_min: float = Field(
         0.5, ge=0, lt=1, description="Small rounds repeat new examples (up to 8x) to this share of the data."

@@ -132,18 +132,21 @@ def fit_head(
     seed: int = 0,
     log_prior: torch.Tensor | None = None,
     progress: Progress | None = None,
+    x: torch.Tensor | None = None,
 ) -> FitResult:
     """Train only the head, on embeddings computed once: the frozen-encoder mode, cheap enough for
     many epochs (one encoder forward per example instead of a forward and backward per epoch).
-    ``log_prior``: as in :func:`fit`."""
+    ``log_prior``: as in :func:`fit`. ``x``: the examples' embeddings when the caller has them."""
     device = device or torch.device("cpu")
     index = {lab: i for i, lab in enumerate(model.labels)}
     unknown = {lab for _, lab in examples if lab not in index}
     if unknown:
         raise ValueError(f"labels not in the model's head: {sorted(unknown)[:5]}")
-    x = embeddings(model, [t for t, _ in examples], max_seq_len=max_seq_len, device=device)
-    if progress:
-        progress(len(examples))
+    if x is None:
+        x = embeddings(model, [t for t, _ in examples], max_seq_len=max_seq_len, device=device)
+        if progress:
+            progress(len(examples))
+    x = x.to(device)
     y = torch.tensor([index[lab] for _, lab in examples], device=device)
     model.head.to(device).train()
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=head_lr, weight_decay=0.01)

@@ -4,7 +4,10 @@ This is the learning algorithm only, with no Redis, Kafka or registry in it, so 
 (``online.learning.round``) and the benchmark (``online bench learn``) run exactly the same code. It:
 
 1. copies the live model and grows its head for labels it has never seen (old rows kept);
-2. computes the live model's logits on every training example when distillation is on;
+2. embeds the round's examples once with the live encoder: the live head's logits on them are the
+   distillation targets, and the grown head is first fitted on these frozen features (a linear probe,
+   LP-FT: Kumar et al. 2022), so new labels start learned and the fine-tuning's first steps do not drag
+   the encoder towards a head that knows nothing of them;
 3. fine-tunes in one of three modes: ``head`` (frozen encoder, head trained on cached embeddings),
    ``full`` (encoder and head) or ``lora`` (low-rank adapters via peft, merged back afterwards, so a
    candidate is always a plain :class:`TextClassifier` that serves and saves like any other).
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 
 from online.data import Example
-from online.learning.fit import Progress, embeddings, fit, fit_head, label_log_prior, logits
+from online.learning.fit import Progress, embeddings, fit, fit_head, label_log_prior
 from online.learning.rehearsal import strategy as make_strategy
 from online.model import TextClassifier, resolve_device
 from online.settings import Settings
@@ -60,6 +63,7 @@ class LearnConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_lr: float = 5e-4
+    probe_first: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "LearnConfig":
@@ -71,6 +75,7 @@ class LearnConfig:
             new_share_min=settings.new_share_min,
             distill_weight=settings.distill_weight,
             bias_correction=settings.bias_correction,
+            probe_first=settings.probe_first,
             epochs=settings.train_epochs,
             batch_size=settings.train_batch_size,
             lr=settings.learning_rate,
@@ -160,14 +165,15 @@ def learn(
     ``cfg.bias_correction`` counters the pull of a round towards its own labels (a round brings 100
     examples of a new intent beside a handful of each old one, and the head learns that new intents are
     likelier): ``logit-adjust`` trains against the round's label shares (free), ``head-finetune`` retrains
-    the head on a class-balanced subset afterwards (one extra forward over it). Logit adjustment forgets
-    less on the CLINC150 stream but learns a small round's new label less surely, so it is not the
-    default yet (docs/benchmarks.md)."""
+    the head on a class-balanced subset afterwards (one extra forward over it). Distillation and logit
+    adjustment both hold a round's new labels back; the probe (``cfg.probe_first``) is what lets them be
+    learned all the same (docs/benchmarks.md)."""
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     model = copy.deepcopy(live).cpu()
     added = model.grow(sorted({lab for _, lab in new} | {lab for _, lab in rehearsal}))
-    examples = list(new) * new_repeats(len(new), len(rehearsal), cfg) + list(rehearsal)
+    repeats = new_repeats(len(new), len(rehearsal), cfg)
+    examples = list(new) * repeats + list(rehearsal)
     # The round's label shares over distinct examples: the repeats of a small round's new examples are a
     # deliberate push towards what was just taught, not an imbalance to correct.
     distinct = list(new) + list(rehearsal)
@@ -185,9 +191,28 @@ def learn(
             progress=progress,
         )
     else:
+        distill = cfg.distill_weight > 0 and bool(live.labels)
         teacher = None
-        if cfg.distill_weight > 0 and live.labels:
-            teacher = logits(live, [t for t, _ in examples], max_seq_len=cfg.max_seq_len, device=device)
+        if cfg.probe_first or distill:
+            # One forward of the live encoder over the round's distinct examples serves the probe and
+            # the distillation targets alike.
+            frozen = embeddings(live, [t for t, _ in distinct], max_seq_len=cfg.max_seq_len, device=device)
+            if distill:
+                with torch.no_grad():
+                    teacher = live.head.to(frozen.device)(frozen)[
+                        _distinct_rows(len(new), repeats, len(rehearsal))
+                    ].float()
+            if cfg.probe_first:
+                fit_head(
+                    model,
+                    distinct,
+                    x=frozen,
+                    epochs=cfg.head_epochs,
+                    head_lr=cfg.head_lr,
+                    device=device,
+                    seed=cfg.seed,
+                    log_prior=prior,
+                )
         lr = cfg.lr
         if cfg.mode == "lora":
             model.encoder = _with_lora(model.encoder, cfg)
@@ -229,6 +254,12 @@ def learn(
         mean_loss=result.mean_loss,
         duration_s=time.perf_counter() - started,
     )
+
+
+def _distinct_rows(n_new: int, repeats: int, n_rehearsal: int) -> torch.Tensor:
+    """For each row of a round's examples (``new`` ``repeats`` times, then the rehearsal), its row in
+    ``new + rehearsal``."""
+    return torch.cat([torch.arange(n_new).repeat(repeats), n_new + torch.arange(n_rehearsal)])
 
 
 def class_balanced(examples: Sequence[Example], k: int, rng: random.Random) -> list[Example]:

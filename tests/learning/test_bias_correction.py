@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from online.learning.fit import fit, label_log_prior, logits
+from online.learning.fit import label_log_prior, logits
 from online.learning.step import LearnConfig, class_balanced, learn
 from online.lifecycle.gate import Gate, GoldenSet
 from online.model import TextClassifier
@@ -29,14 +29,6 @@ def test_class_balanced_takes_the_same_number_of_distinct_texts_per_label():
     picked = class_balanced(pool, 12, random.Random(0))
     counts = {lab: sum(1 for _, x in picked if x == lab) for lab in "abc"}
     assert counts == {"a": 4, "b": 3, "c": 1} and len(set(picked)) == len(picked)
-
-
-@pytest.fixture(scope="module")
-def live(tiny_base) -> TextClassifier:
-    torch.manual_seed(0)
-    model = TextClassifier.from_base(tiny_base, helpers.OLD)
-    fit(model, helpers.examples(helpers.OLD, 40, seed=1), epochs=10, lr=1e-3, head_lr=1e-2, seed=0)
-    return model
 
 
 def _new_label_pull(model: TextClassifier, texts: list[str]) -> float:

@@ -30,7 +30,9 @@ def test_from_settings_maps_settings_fields():
     s = Settings(
         _env_file=None,
         train_mode="lora",
-        rehearsal_strategy="balanced",
+        rehearsal_strategy="interfered",
+        bias_correction="head-finetune",
+        probe_first=False,
         rehearsal_ratio=0.5,
         rehearsal_min=7,
         new_share_min=0.25,
@@ -46,13 +48,14 @@ def test_from_settings_maps_settings_fields():
     c = LearnConfig.from_settings(s)
     assert (c.mode, c.strategy, c.rehearsal_ratio, c.rehearsal_min, c.new_share_min) == (
         "lora",
-        "balanced",
+        "interfered",
         0.5,
         7,
         0.25,
     )
     assert (c.distill_weight, c.epochs, c.batch_size, c.lr, c.head_lr) == (0.3, 3, 16, 1e-4, 1e-3)
     assert (c.max_seq_len, c.device, c.seed) == (32, "cpu", 42)
+    assert (c.bias_correction, c.probe_first) == ("head-finetune", False)
 
 
 def test_but_returns_a_changed_copy(base):
