@@ -60,6 +60,9 @@ class RoundReport(BaseModel):
     rehearsal_strategy: str | None = None
     mode: str | None = None
     epochs: int | None = None
+    distill_weight: float | None = None
+    bias_correction: str | None = None
+    probe_first: bool | None = None
     mean_loss: float | None = None
     train_s: float = 0.0
     duration_s: float = 0.0
@@ -283,6 +286,9 @@ class RoundRunner:
             rehearsal_strategy=self.cfg.strategy,
             mode=self.cfg.mode,
             epochs=self.cfg.epochs,
+            distill_weight=self.cfg.distill_weight,
+            bias_correction=self.cfg.bias_correction,
+            probe_first=self.cfg.probe_first,
             mean_loss=result.mean_loss,
             train_s=result.duration_s,
             cursor=upto,

@@ -64,6 +64,11 @@ def test_a_round_learns_a_new_label_and_old_labels_keep_theirs(tsettings, parts)
     assert buffer.new_count() == 0  # the cursor moved past the round's samples
     model, manifest = registry.load(report.version)
     assert manifest.labels[:3] == v1.labels  # old head rows kept in place
+    recipe = ("balanced", 1.0, "logit-adjust", True)  # the defaults, recorded with the version
+    assert (
+        tuple(manifest.round[k] for k in ("rehearsal_strategy", "distill_weight", "bias_correction", "probe_first"))
+        == recipe
+    )
     new_acc = helpers.accuracy(model, test_new)
     assert new_acc >= 0.9
     assert helpers.accuracy(model, test_old) >= old_before - 0.05
