@@ -80,6 +80,8 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     distill = teacher_logits is not None and distill_weight > 0
     if distill:
+        if len(teacher_logits) != len(examples):
+            raise ValueError(f"{len(teacher_logits)} teacher rows for {len(examples)} examples")
         teacher_logits = teacher_logits.to(device)
     prior = log_prior.to(device) if log_prior is not None else None
     rng = random.Random(seed)
@@ -146,6 +148,8 @@ def fit_head(
         x = embeddings(model, [t for t, _ in examples], max_seq_len=max_seq_len, device=device)
         if progress:
             progress(len(examples))
+    elif len(x) != len(examples):
+        raise ValueError(f"{len(x)} embeddings for {len(examples)} examples")
     x = x.to(device)
     y = torch.tensor([index[lab] for _, lab in examples], device=device)
     model.head.to(device).train()

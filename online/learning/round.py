@@ -286,9 +286,10 @@ class RoundRunner:
             rehearsal_strategy=self.cfg.strategy,
             mode=self.cfg.mode,
             epochs=self.cfg.epochs,
-            distill_weight=self.cfg.distill_weight,
+            # what ran: head mode is a probe of its own and distils nothing
+            distill_weight=self.cfg.distill_weight if self.cfg.mode != "head" else 0.0,
             bias_correction=self.cfg.bias_correction,
-            probe_first=self.cfg.probe_first,
+            probe_first=self.cfg.probe_first and self.cfg.mode != "head",
             mean_loss=result.mean_loss,
             train_s=result.duration_s,
             cursor=upto,

@@ -49,6 +49,7 @@ class LearnConfig:
     new_share_min: float  # small rounds repeat their new examples up to this share of the data...
     distill_weight: float
     bias_correction: BiasCorrection
+    probe_first: bool  # fit the head on the live encoder's features first (head_epochs at head_lr)
     epochs: int
     batch_size: int
     lr: float
@@ -63,7 +64,6 @@ class LearnConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_lr: float = 5e-4
-    probe_first: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "LearnConfig":
@@ -193,7 +193,7 @@ def learn(
     else:
         distill = cfg.distill_weight > 0 and bool(live.labels)
         teacher = None
-        if cfg.probe_first or distill:
+        if distinct and (cfg.probe_first or distill):
             # One forward of the live encoder over the round's distinct examples serves the probe and
             # the distillation targets alike.
             frozen = embeddings(live, [t for t, _ in distinct], max_seq_len=cfg.max_seq_len, device=device)

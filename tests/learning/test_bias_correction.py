@@ -47,7 +47,14 @@ def test_each_correction_learns_the_new_label_and_pulls_old_texts_less_towards_i
     old_tests = [t for t, _ in helpers.examples(helpers.OLD, 30, seed=9)]
     new_tests = helpers.examples(["travel"], 20, seed=10)
     cfg = LearnConfig.from_settings(settings).but(
-        mode=mode, epochs=6, lr=1e-3, head_lr=1e-2, distill_weight=0.0, new_share_min=0.0, device="cpu"
+        mode=mode,
+        epochs=6,
+        lr=1e-3,
+        head_lr=1e-2,
+        distill_weight=0.0,
+        new_share_min=0.0,
+        device="cpu",
+        probe_first=False,  # the corrections alone (the probe has tests/learning/test_probe_first.py)
     )
     pull = {}
     for correction in ("off", "logit-adjust", "head-finetune"):
