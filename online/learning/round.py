@@ -286,10 +286,9 @@ class RoundRunner:
             rehearsal_strategy=self.cfg.strategy,
             mode=self.cfg.mode,
             epochs=self.cfg.epochs,
-            # what ran: head mode is a probe of its own and distils nothing
-            distill_weight=self.cfg.distill_weight if self.cfg.mode != "head" else 0.0,
+            distill_weight=self.cfg.distill_weight if self.cfg.distills else 0.0,
             bias_correction=self.cfg.bias_correction,
-            probe_first=self.cfg.probe_first and self.cfg.mode != "head",
+            probe_first=self.cfg.probes,
             mean_loss=result.mean_loss,
             train_s=result.duration_s,
             cursor=upto,

@@ -85,6 +85,16 @@ class LearnConfig:
             seed=settings.seed,
         )
 
+    @property
+    def distills(self) -> bool:
+        """Whether a round distils from the live model (``head`` mode trains the head alone: never)."""
+        return self.distill_weight > 0 and self.mode != "head"
+
+    @property
+    def probes(self) -> bool:
+        """Whether a round fits its head on frozen features first (``head`` mode is nothing else)."""
+        return self.probe_first and self.mode != "head"
+
     def but(self, **changes: object) -> "LearnConfig":
         return replace(self, **changes)
 
@@ -191,9 +201,9 @@ def learn(
             progress=progress,
         )
     else:
-        distill = cfg.distill_weight > 0 and bool(live.labels)
+        distill = cfg.distills and bool(live.labels)
         teacher = None
-        if distinct and (cfg.probe_first or distill):
+        if distinct and (cfg.probes or distill):
             # One forward of the live encoder over the round's distinct examples serves the probe and
             # the distillation targets alike.
             frozen = embeddings(live, [t for t, _ in distinct], max_seq_len=cfg.max_seq_len, device=device)
@@ -202,7 +212,7 @@ def learn(
                     teacher = live.head.to(frozen.device)(frozen)[
                         _distinct_rows(len(new), repeats, len(rehearsal))
                     ].float()
-            if cfg.probe_first:
+            if cfg.probes:
                 fit_head(
                     model,
                     distinct,
@@ -236,7 +246,7 @@ def learn(
         if cfg.mode == "lora":
             model.encoder = model.encoder.merge_and_unload()
     if cfg.bias_correction == "head-finetune" and rehearsal:
-        balanced = class_balanced(list(new) + list(rehearsal), len(rehearsal), random.Random(cfg.seed))
+        balanced = class_balanced(distinct, len(rehearsal), random.Random(cfg.seed))
         fit_head(
             model,
             balanced,
