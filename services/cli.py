@@ -17,7 +17,6 @@ from online.logs import configure_logging
 from online.settings import Settings
 from services import cli_remote
 from services.cli_remote import ApiUrl, gate_table
-from services.cli_remote import when as _when
 from services.supervisor import running_stack
 
 if TYPE_CHECKING:  # bench/ is a development tool: not in the Docker image
@@ -266,7 +265,7 @@ def models_list(as_json: bool = JsonFlag, api: str | None = ApiUrl) -> None:
             "●" if m.version == live else "",
             str(m.parent or ""),
             m.status,
-            _when(m.created_at),
+            cli_remote.when(m.created_at),
             str(len(m.labels)),
             gate,
             f"{m.metrics['golden_accuracy']:.4f}" if "golden_accuracy" in m.metrics else "",
@@ -277,7 +276,7 @@ def models_list(as_json: bool = JsonFlag, api: str | None = ApiUrl) -> None:
     for ch in history[-15:]:
         style = {"auto_rollback": "bold red", "rollback": "yellow"}.get(ch.action, "")
         history_table.add_row(
-            _when(ch.at),
+            cli_remote.when(ch.at),
             f"[{style}]{ch.action}[/]" if style else ch.action,
             str(ch.version),
             str(ch.previous or ""),
@@ -406,7 +405,7 @@ def models_show(
         return
     console.print(
         f"[bold]version {m.version}[/] ({m.status}{', live' if registry.live() == m.version else ''}), "
-        f"parent {m.parent}, created {_when(m.created_at)}, {len(m.labels)} labels, sha256 {m.sha256[:16]}"
+        f"parent {m.parent}, created {cli_remote.when(m.created_at)}, {len(m.labels)} labels, sha256 {m.sha256[:16]}"
     )
     console.print(f"metrics: {', '.join(f'{k}={v:.4f}' for k, v in m.metrics.items())}")
     if acc.n:
@@ -497,7 +496,7 @@ def status(as_json: bool = JsonFlag, api: str | None = ApiUrl) -> None:
             str(m.round.get("rehearsed")),
             gate,
             f"{m.round.get('train_s', 0):.1f}",
-            _when(m.created_at),
+            cli_remote.when(m.created_at),
         )
     console.print(rounds)
 
@@ -704,7 +703,9 @@ def training_status(api: str | None = ApiUrl) -> None:
     if api:
         return cli_remote.training(api, console, "status")
     state = _control().paused()
-    console.print("running" if state is None else f"paused since {_when(state['at'])}: {state.get('reason', '')}")
+    console.print(
+        "running" if state is None else f"paused since {cli_remote.when(state['at'])}: {state.get('reason', '')}"
+    )
 
 
 quarantine_app = typer.Typer(help="Feedback held as possible poisoning: list, release, drop.", no_args_is_help=True)
@@ -734,7 +735,7 @@ def quarantine_list(
         return
     held = Table("sid", "source", "sources", "label", "text", "reason", "since", title=f"held ({buffer.held_count()})")
     for h in buffer.held(limit):
-        held.add_row(h.sid, h.source, str(h.sources), h.label, h.text[:60], h.reason, _when(h.at))
+        held.add_row(h.sid, h.source, str(h.sources), h.label, h.text[:60], h.reason, cli_remote.when(h.at))
     console.print(held)
     sources = Table("source", "events", "judged", "contradicted", "rate", "quarantined", title="sources")
     for name, st in ledger.stats().items():
