@@ -22,7 +22,7 @@ import math
 import statistics
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -58,6 +58,9 @@ class GateReport(BaseModel):
     # label -> candidate minus live accuracy on its golden texts, labels that changed, worst first:
     # which old intents a round hurt (or helped), the per-label column of `online bench learn`'s matrix
     golden_label_change: dict[str, float] = {}
+    # new label -> {golden label: texts of it the candidate now answers with the new label}: a round that
+    # teaches an intent overlapping a known one (the gate's usual reason to refuse a small honest round)
+    golden_taken_by_new: dict[str, dict[str, int]] = {}
     holdout_accuracy: float | None = None
     batch_latency_ms: float | None = None
     duration_s: float = 0.0
@@ -133,6 +136,22 @@ def _per_label(predicted: list[str], examples: Sequence[Example]) -> dict[str, l
         out[lab][0] += int(p == lab)
         out[lab][1] += 1
     return dict(out)
+
+
+def _taken_by_new(predicted: list[str], examples: Sequence[Example], new: set[str]) -> dict[str, dict[str, int]]:
+    """For each new label, the golden labels whose texts are now answered with it, most taken first."""
+    out: dict[str, Counter[str]] = defaultdict(Counter)
+    for p, (_, lab) in zip(predicted, examples):
+        if p in new and p != lab:
+            out[p][lab] += 1
+    return {new_label: dict(c.most_common()) for new_label, c in sorted(out.items())}
+
+
+def _taken_detail(taken: dict[str, dict[str, int]]) -> str:
+    if not taken:
+        return ""
+    parts = [f"{new} took {', '.join(f'{lab} {n}' for lab, n in list(c.items())[:3])}" for new, c in taken.items()]
+    return f"; {sum(sum(c.values()) for c in taken.values())} answered with a new label ({'; '.join(parts)})"
 
 
 def _batch_latency_ms(predictors: Sequence[Predictor], texts: list[str], repeats: int = 7) -> list[float]:
@@ -253,6 +272,7 @@ class Gate:
         predicted = [cand.labels[i] for i in probs.argmax(-1).tolist()]
         per_label = _per_label(predicted, self.golden.examples)
         acc = sum(r for r, _ in per_label.values()) / len(texts)
+        taken = _taken_by_new(predicted, self.golden.examples, set(candidate.labels) - set(live.labels))
         checks = []
 
         finite = bool(probs.isfinite().all()) and bool(((probs.sum(-1) - 1).abs() < 1e-3).all())
@@ -265,7 +285,8 @@ class Gate:
                 passed=drop <= s.gate_max_golden_drop,
                 value=acc,
                 threshold=live_report.golden_accuracy - s.gate_max_golden_drop,
-                detail=f"live {live_report.golden_accuracy:.4f}, candidate {acc:.4f} on {len(texts)} texts",
+                detail=f"live {live_report.golden_accuracy:.4f}, candidate {acc:.4f} on {len(texts)} texts"
+                + _taken_detail(taken),
             )
         )
 
@@ -338,6 +359,7 @@ class Gate:
             golden_accuracy=acc,
             golden_per_label=per_label,
             golden_label_change=dict(sorted(change.items(), key=lambda kv: (kv[1], kv[0]))),
+            golden_taken_by_new=taken,
             holdout_accuracy=holdout_acc,
             batch_latency_ms=cand_ms,
             duration_s=time.perf_counter() - started,

@@ -79,3 +79,27 @@ def test_the_gate_report_records_which_golden_labels_a_candidate_changed(live, s
     report = gate.evaluate(hurt, live, baseline, [])
     assert list(report.golden_label_change) == ["music"] and report.golden_label_change["music"] < -0.5
     assert gate.evaluate(live, live, baseline, []).golden_label_change == {}
+
+
+def test_the_gate_report_names_the_golden_labels_a_new_label_takes(live, settings, tmp_path):
+    s = helpers.keyword_round_settings(settings.model_copy(update={"base_model": live.base_model}), tmp_path)
+    gate = Gate(s, GoldenSet.for_settings(s))
+    baseline = gate.baseline(live)
+    music = helpers.OLD.index("music")
+    overlapping = TextClassifier.from_base(live.base_model, helpers.OLD)
+    overlapping.load_state_dict(live.state_dict())
+    overlapping.grow(["concerts"])
+    with torch.no_grad():  # the new label is music's row, just ahead: it answers what live answered music
+        overlapping.head.weight[-1] = overlapping.head.weight[music]
+        overlapping.head.bias[-1] = overlapping.head.bias[music] + 0.01
+    live_said_music = sum(
+        live.labels[i] == "music" for i in logits(live, [t for t, _ in gate.golden.examples]).argmax(-1).tolist()
+    )
+    report = gate.evaluate(overlapping, live, baseline, [])
+    assert live_said_music > 0
+    assert list(report.golden_taken_by_new) == ["concerts"]
+    taken = report.golden_taken_by_new["concerts"]
+    assert sum(taken.values()) == live_said_music and max(taken, key=taken.get) == "music", taken
+    golden_check = next(c for c in report.checks if c.name == "golden_accuracy")
+    assert "concerts took music" in golden_check.detail
+    assert gate.evaluate(live, live, baseline, []).golden_taken_by_new == {}
