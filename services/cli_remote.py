@@ -85,9 +85,6 @@ def gate_table(gate: dict) -> Table:
         helped = [kv for kv in change.items() if kv[1] > 0][-3:]
         cells = ", ".join(f"{k} {v:+.2f}" for k, v in hurt + helped)
         table.caption = f"golden accuracy per label against the parent ({len(change)} changed): {cells}"
-    for new_label, taken in (gate.get("golden_taken_by_new") or {}).items():
-        cells = ", ".join(f"{lab} {n}" for lab, n in taken.items())
-        table.caption = f"{table.caption or ''}\nnew label {new_label} answers golden texts of: {cells}".lstrip()
     return table
 
 

@@ -58,8 +58,8 @@ class GateReport(BaseModel):
     # label -> candidate minus live accuracy on its golden texts, labels that changed, worst first:
     # which old intents a round hurt (or helped), the per-label column of `online bench learn`'s matrix
     golden_label_change: dict[str, float] = {}
-    # new label -> {golden label: texts of it the candidate now answers with the new label}: a round that
-    # teaches an intent overlapping a known one (the gate's usual reason to refuse a small honest round)
+    # new label -> {golden label: texts of it the candidate answers with the new label (some may have been
+    # wrong already)}: a round teaching an intent that overlaps a known one, a common reason to refuse it
     golden_taken_by_new: dict[str, dict[str, int]] = {}
     holdout_accuracy: float | None = None
     batch_latency_ms: float | None = None
@@ -147,11 +147,17 @@ def _taken_by_new(predicted: list[str], examples: Sequence[Example], new: set[st
     return {new_label: dict(c.most_common()) for new_label, c in sorted(out.items())}
 
 
-def _taken_detail(taken: dict[str, dict[str, int]]) -> str:
+def _taken_detail(taken: dict[str, dict[str, int]], shown: int = 3) -> str:
+    """``taken`` for a check's detail: the count, then each new label's ``shown`` largest sources."""
     if not taken:
         return ""
-    parts = [f"{new} took {', '.join(f'{lab} {n}' for lab, n in list(c.items())[:3])}" for new, c in taken.items()]
-    return f"; {sum(sum(c.values()) for c in taken.values())} answered with a new label ({'; '.join(parts)})"
+    parts = []
+    for new_label, sources in taken.items():
+        cells = [f"{lab} {n}" for lab, n in list(sources.items())[:shown]]
+        more = f", +{len(sources) - shown} more" if len(sources) > shown else ""
+        parts.append(f"{new_label}: {', '.join(cells)}{more}")
+    total = sum(sum(c.values()) for c in taken.values())
+    return f"; {total} answered with a new label ({'; '.join(parts)})"
 
 
 def _batch_latency_ms(predictors: Sequence[Predictor], texts: list[str], repeats: int = 7) -> list[float]:

@@ -101,5 +101,5 @@ def test_the_gate_report_names_the_golden_labels_a_new_label_takes(live, setting
     taken = report.golden_taken_by_new["concerts"]
     assert sum(taken.values()) == live_said_music and max(taken, key=taken.get) == "music", taken
     golden_check = next(c for c in report.checks if c.name == "golden_accuracy")
-    assert "concerts took music" in golden_check.detail
+    assert "answered with a new label (concerts: music" in golden_check.detail
     assert gate.evaluate(live, live, baseline, []).golden_taken_by_new == {}

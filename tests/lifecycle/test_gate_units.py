@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from online.lifecycle.gate import GOLDEN_FILE, Check, GateReport, GoldenSet, _per_label
+from online.lifecycle.gate import GOLDEN_FILE, Check, GateReport, GoldenSet, _per_label, _taken_by_new, _taken_detail
 from online.settings import Settings
 
 EXAMPLES = [
@@ -202,3 +202,20 @@ def test_report_round_trips_through_json():
     assert back == r
     assert back.failed() == ["label_regression"]
     assert back.holdout_accuracy is None and back.batch_latency_ms is None
+
+
+def test_taken_by_new_counts_golden_texts_answered_with_a_new_label_most_first():
+    golden = [("a", "greet"), ("b", "greet"), ("c", "time"), ("d", "wave"), ("e", "farewell"), ("f", "greet")]
+    predicted = ["wave", "wave", "wave", "wave", "farewell", "greet"]
+    # "d" is a golden text of the new label itself: answered right, taken from nobody
+    taken = _taken_by_new(predicted, golden, {"wave"})
+    assert taken == {"wave": {"greet": 2, "time": 1}} and list(taken["wave"]) == ["greet", "time"]
+    assert _taken_by_new(predicted, golden, set()) == {}
+
+
+def test_taken_detail_names_the_largest_sources_and_how_many_more():
+    taken = {"wave": {"greet": 5, "time": 2, "farewell": 1, "thanks": 1}, "zzz": {"time": 1}}
+    assert _taken_detail(taken, shown=2) == (
+        "; 10 answered with a new label (wave: greet 5, time 2, +2 more; zzz: time 1)"
+    )
+    assert _taken_detail({}) == ""
