@@ -93,15 +93,25 @@ class TextClassifier(nn.Module):
     # --- construction -------------------------------------------------------------------------
     @classmethod
     def from_base(
-        cls, base_model: str, labels: list[str], random_init: bool = False, pooling: str = "auto"
+        cls,
+        base_model: str,
+        labels: list[str],
+        random_init: bool = False,
+        pooling: str = "auto",
+        seed: int | None = None,
     ) -> "TextClassifier":
         """A new classifier on a pretrained encoder (``random_init``: same shape, random weights);
-        ``pooling`` auto: what the encoder's sentence-transformers config says, else mean."""
-        if random_init:
-            encoder = AutoModel.from_config(AutoConfig.from_pretrained(base_model))
-        else:
-            encoder = AutoModel.from_pretrained(base_model)
-        return cls(encoder, labels, base_model, detect_pooling(base_model) if pooling == "auto" else pooling)
+        ``pooling`` auto: what the encoder's sentence-transformers config says, else mean. ``seed``
+        draws the new head (and a random encoder) from its own generator: the same inputs give the same
+        version 1 in any process, whatever else drew random numbers before (the global state is kept)."""
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            if random_init:
+                encoder = AutoModel.from_config(AutoConfig.from_pretrained(base_model))
+            else:
+                encoder = AutoModel.from_pretrained(base_model)
+            return cls(encoder, labels, base_model, detect_pooling(base_model) if pooling == "auto" else pooling)
 
     @classmethod
     def load(cls, weights: Path, labels: list[str], base_model: str, pooling: Pooling = "mean") -> "TextClassifier":

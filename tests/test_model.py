@@ -64,3 +64,14 @@ def test_served_path_matches_fp32(tiny_base):
     assert torch.allclose(bf16.probabilities(texts), full, atol=0.05)
     preds = fp32.predict(texts, top_k=3)
     assert all(p.label == p.top_k[0][0] and len(p.top_k) == 3 for p in preds)
+
+
+def test_a_seeded_new_head_is_the_same_whatever_was_drawn_before(tiny_base):
+    first = TextClassifier.from_base(tiny_base, ["a", "b", "c"], seed=7)
+    torch.rand(1000)  # other work in the process draws random numbers
+    state = torch.random.get_rng_state()
+    again = TextClassifier.from_base(tiny_base, ["a", "b", "c"], seed=7)
+    assert torch.equal(first.head.weight, again.head.weight) and torch.equal(first.head.bias, again.head.bias)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is left alone
+    other = TextClassifier.from_base(tiny_base, ["a", "b", "c"], seed=8)
+    assert not torch.equal(first.head.weight, other.head.weight)

@@ -91,7 +91,9 @@ def train_version_one(
     train, test = seed_data(settings)
     labels = sorted({lab for _, lab in train})
     epochs = seed_epochs(settings, len(train))
-    model = TextClassifier.from_base(settings.base_model or default_base_model(), labels, pooling=settings.pooling)
+    model = TextClassifier.from_base(
+        settings.base_model or default_base_model(), labels, pooling=settings.pooling, seed=settings.seed
+    )
     result = fit(
         model,
         train,
