@@ -209,9 +209,8 @@ def learn(
             frozen = embeddings(live, [t for t, _ in distinct], max_seq_len=cfg.max_seq_len, device=device)
             if distill:
                 with torch.no_grad():
-                    teacher = live.head.to(frozen.device)(frozen)[
-                        _distinct_rows(len(new), repeats, len(rehearsal))
-                    ].float()
+                    # embeddings() left live on ``device``, beside ``frozen``
+                    teacher = live.head(frozen)[_distinct_rows(len(new), repeats, len(rehearsal))].float()
             if cfg.probes:
                 fit_head(
                     model,
