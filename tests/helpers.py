@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,13 +32,26 @@ DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cli
 # -- polling and environment ---------------------------------------------------------------------------------
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> object:
-    """Poll ``condition`` until it returns something truthy; fail the test on timeout."""
+def wait_for(
+    condition: Callable[[], object],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "",
+    alive: Sequence[subprocess.Popen] = (),
+) -> object:
+    """Poll ``condition`` until it returns something truthy; fail the test on timeout, or at once when a
+    process of ``alive`` (the ones meant to bring the condition about) has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
+        dead = [p for p in alive if p.poll() is not None]
+        if dead:
+            raise AssertionError(
+                f"{' '.join(map(str, dead[0].args))} exited with {dead[0].returncode} "
+                f"while waiting for {what or condition}"
+            )
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
 

@@ -58,7 +58,7 @@ def test_two_apis_two_consumers_two_trainers(kafka_settings, tmp_path):
                     stderr=open(tmp_path / f"consume{i}.log", "w"),
                 )
             )
-        v1 = wait_for(registry.live, timeout=300, what="version 1 from one of the two trainers")
+        v1 = wait_for(registry.live, timeout=300, what="version 1 from one of the two trainers", alive=procs)
         assert len(registry.list()) == 1  # the other trainer waited for the lock instead of training too
 
         clinc = Clinc150.open(s.data_dir)

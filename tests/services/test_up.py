@@ -58,7 +58,7 @@ def test_up_serves_then_stops_cleanly(tmp_path, tiny_base):
             except httpx.HTTPError:
                 return False
 
-        wait_for(ready, timeout=240, interval=0.5, what="version 1 served by `online up`")
+        wait_for(ready, timeout=240, interval=0.5, what="version 1 served by `online up`", alive=[proc])
         body = httpx.post(f"{url}/v1/predict", json={"text": "what is my bank balance"}).json()
         assert body["model_version"] == 1 and body["predictions"][0]["prediction_id"]
 
