@@ -34,7 +34,7 @@ from rich.table import Table
 from bench.common import install_v1, latest_local_version
 from online.data import Clinc150
 from online.settings import Settings
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.embedded import free_port
 from services.supervisor import EmbeddedStack, Supervisor, supervised_units, wait_ready
 

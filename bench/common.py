@@ -21,9 +21,9 @@ from online.lifecycle import promotion
 from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.registry import MANIFEST_FILE, Manifest
 from online.model import WEIGHTS_FILE, TextClassifier
-from online.monitoring.drift import REFERENCE_FILE, Reference
+from online.reference import REFERENCE_FILE, Reference
 from online.settings import Settings
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.embedded import start_redis
 
 

@@ -19,11 +19,12 @@ from bench.common import bench_environment, latest_local_version
 from online.data import Clinc150
 from online.learning.version_one import seed_data, train_version_one
 from online.lifecycle.gate import GoldenSet
-from online.monitoring.drift import Thresholds, nn_distance, window_signals
-from online.monitoring.reference import build_reference
-from online.serving.predictor import Predictor
+from online.lifecycle.package import build_reference
+from online.monitoring.drift import Thresholds, window_signals
+from online.predictor import Predictor
+from online.reference import nn_distance
 from online.settings import Settings
-from online.stores import Stores
+from online.wiring.stores import Stores
 
 
 def _embed(predictor: Predictor, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

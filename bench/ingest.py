@@ -19,9 +19,9 @@ from rich.table import Table
 
 from online.bus import ensure_topics, make_producer
 from online.data import Clinc150
-from online.feedback.events import LabelEvent, encode_event
+from online.events import LabelEvent, encode_event
 from online.settings import Settings
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.embedded import start_redis, start_tansu
 from services.supervisor import child_env, stop_processes
 

@@ -25,13 +25,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from online.data import Clinc150, Example
+from online.data import Clinc150
+from online.examples import Example
 from online.labelled_file import Columns, train_and_test
 from online.learning.fit import configure_threads, fit
 from online.learning.step import LearnConfig, learn, select_rehearsal
 from online.learning.version_one import seed_epochs
 from online.model import WEIGHTS_FILE, TextClassifier, default_base_model, detect_pooling
-from online.serving.predictor import Predictor
+from online.predictor import Predictor
 from online.settings import Settings
 
 FULL_MEMORY = "distill, whole buffer"  # rehearsing from everything seen, as the Redis buffer does

@@ -33,10 +33,10 @@ from online.feedback.labels import LabelRules
 from online.feedback.quarantine import ScreenConfig
 from online.memory.index import CorrectionMemory, Policy, blend
 from online.memory.log import Correction
+from online.predictor import Predictor
 from online.serving.breaker import Breaker
 from online.serving.forward import ForwardPass, MemoryHook
 from online.serving.metrics import ApiMetrics
-from online.serving.predictor import Predictor
 from online.settings import Settings
 
 SIZES = (0, 100, 1000, 10_000)

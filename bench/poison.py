@@ -20,14 +20,15 @@ from rich.table import Table
 
 from bench.learn import _evaluate, _start_model, _subsample, _weighted
 from bench.memory import served_accuracy
-from online.data import Clinc150, Example
+from online.data import Clinc150
+from online.examples import Example
 from online.feedback.labels import LabelRules, govern
 from online.feedback.quarantine import Candidate, ScreenConfig, decide, screen
 from online.learning.fit import configure_threads
 from online.learning.step import LearnConfig, learn, select_rehearsal
+from online.lifecycle.package import build_reference
 from online.model import TextClassifier, default_base_model
-from online.monitoring.reference import build_reference
-from online.serving.predictor import Predictor
+from online.predictor import Predictor
 from online.settings import Settings
 
 HONEST = [f"honest-{i}" for i in range(8)]

@@ -20,10 +20,10 @@ from online.data import Clinc150
 from online.feedback.review_queue import diverse_pick, margins, uncertainty
 from online.learning.fit import configure_threads
 from online.learning.step import LearnConfig, learn, select_rehearsal
+from online.lifecycle.package import build_reference
 from online.model import default_base_model
-from online.monitoring.drift import nn_distance
-from online.monitoring.reference import build_reference
-from online.serving.predictor import Predictor
+from online.predictor import Predictor
+from online.reference import nn_distance
 from online.settings import Settings
 
 

@@ -19,11 +19,11 @@ from rich.table import Table
 from bench.common import LoadResult, bench_environment, http_load, install_v1, latest_local_version
 from bench.report import BenchConsole
 from online.data import Clinc150
+from online.engines import INT8_FILE, OnnxEngine, resolve_precision
 from online.model import resolve_device
-from online.serving.engines import INT8_FILE, OnnxEngine, resolve_precision
-from online.serving.predictor import Predictor
+from online.predictor import Predictor
 from online.settings import Settings
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.supervisor import api_process
 
 ROUNDS = 3  # each raw cell is measured in this many slices, engines interleaved

@@ -25,7 +25,7 @@ from online.data import Clinc150
 from online.lifecycle import promotion
 from online.model import TextClassifier, default_base_model
 from online.settings import Settings
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.supervisor import api_process
 
 

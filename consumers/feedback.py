@@ -22,7 +22,7 @@ from consumers.processor import FeedbackProcessor, Outcome
 from online.bus import discard_producer, ensure_topics, make_consumer, make_producer
 from online.connections import FsyncMode, fsync_barrier, fsync_mode
 from online.settings import Settings
-from online.stores import Stores
+from online.wiring.stores import Stores
 
 log = logging.getLogger("online.consumer")
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from kafka.consumer.fetcher import ConsumerRecord
 from pydantic import ValidationError
 
+from online.events import LabelEvent, ThumbsEvent, parse_event
 from online.feedback.buffer import Incoming
-from online.feedback.events import LabelEvent, ThumbsEvent, parse_event
 from online.feedback.prediction_log import PredictionLog, PredictionRecord
 from online.monitoring.live_accuracy import Judgement
 from online.settings import Settings

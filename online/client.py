@@ -37,7 +37,7 @@ from online.contract import (
     ReviewResponse,
     TrainingState,
 )
-from online.feedback.events import EVENT_ADAPTER, LabelEvent, ThumbsEvent
+from online.events import EVENT_ADAPTER, LabelEvent, ThumbsEvent
 
 T = TypeVar("T")
 Event = LabelEvent | ThumbsEvent

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 
-from online.feedback.events import FeedbackEvent
+from online.events import FeedbackEvent
 from online.settings import Settings
 
 

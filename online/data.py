@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-Example = tuple[str, str]  # (text, label)
+from online.examples import Example
 
 
 class DataNotFound(FileNotFoundError):

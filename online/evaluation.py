@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
-from online.data import Example
+from online.examples import Example
 from online.model import TextClassifier
-from online.serving.predictor import Predictor
+from online.predictor import Predictor
 from online.settings import Settings
 
 

@@ -213,7 +213,7 @@ app.add_typer(models_app, name="models")
 
 def _stores():
     """The stores of the running stack (``online.stores``), as every other process builds them."""
-    from online.stores import Stores
+    from online.wiring.stores import Stores
 
     return Stores.from_settings(_settings())
 
@@ -441,7 +441,7 @@ def status(as_json: bool = JsonFlag, api: str | None = ApiUrl) -> None:
             f"`online buffer stats --api`, GET {api}/v1/drift, or the dashboard at {api}/dashboard"
         )
         raise typer.Exit(2)
-    from online.monitoring.report import drift_report
+    from services.admin.drift import drift_report
 
     stores = _stores()
     settings, registry = stores.settings, stores.registry
@@ -799,7 +799,7 @@ def feedback_send(
     """Send one event, or every event of a JSONL file (with a progress bar), through the API."""
     from pydantic import ValidationError
 
-    from online.feedback.events import EVENT_ADAPTER
+    from online.events import EVENT_ADAPTER
     from services.cli_feedback import SendFailed, read_jsonl, send
 
     settings = Settings()

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from online.events import EVENT_ADAPTER, LabelEvent, ThumbsEvent
 from online.feedback.buffer import ReplayBuffer
-from online.feedback.events import EVENT_ADAPTER, LabelEvent, ThumbsEvent
 
 Event = LabelEvent | ThumbsEvent
 

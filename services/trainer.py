@@ -27,7 +27,7 @@ from online.lifecycle.leader import Leadership, LeadershipLost
 from online.lifecycle.registry import ModelRegistry
 from online.logs import progress_bars
 from online.settings import Settings
-from online.stores import Stores
+from online.wiring.stores import Stores
 
 log = logging.getLogger("online.trainer")
 

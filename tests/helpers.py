@@ -17,13 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from consumers.feedback import FeedbackConsumer
-from online.data import Example
+from online.examples import Example
 from online.feedback.buffer import ReplayBuffer
 from online.learning.fit import fit
 from online.lifecycle.registry import Manifest, ModelRegistry
 from online.model import TextClassifier
 from online.settings import Settings
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.supervisor import child_env
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clinc150"
@@ -148,7 +148,7 @@ def served_app(settings: Settings) -> Iterator:
 
 
 def accuracy(model: TextClassifier, items: list[Example]) -> float:
-    from online.serving.predictor import Predictor
+    from online.predictor import Predictor
 
     preds = Predictor(model, 0, precision="fp32").predict([t for t, _ in items], 1)
     return sum(p.label == lab for p, (_, lab) in zip(preds, items)) / len(items)

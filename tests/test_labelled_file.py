@@ -79,7 +79,7 @@ def test_a_missing_custom_column_names_its_own_flag_and_labels_match_the_event_c
     path = _csv(tmp_path / "t.csv", ROWS, header=("text", "label"))
     with pytest.raises(DataError, match="no column 'utterance'.*--text-column"):
         read_labelled(path, Columns(text="utterance", label="label"))
-    from online.feedback.events import EVENT_ADAPTER
+    from online.events import EVENT_ADAPTER
 
     for label in ("हिन्दी", "退款", "café-2"):  # what the API accepts, a file accepts (and back)
         EVENT_ADAPTER.validate_python({"kind": "label", "text": "t", "label": label, "source": "s"})

@@ -7,8 +7,8 @@ import torch
 
 from online.lifecycle.registry import IntegrityError
 from online.model import TextClassifier
-from online.serving.predictor import Predictor
-from online.stores import Stores
+from online.predictor import Predictor
+from online.wiring.stores import Stores
 
 
 def test_grow_keeps_old_rows_and_predictions(tiny_base):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from online.data import Clinc150
 from online.learning.fit import accuracy, fit
 from online.model import TextClassifier, default_base_model
-from online.serving.predictor import Predictor
+from online.predictor import Predictor
 from tests.helpers import DATA_DIR
 
 INTENTS = ["balance", "weather", "translate", "alarm"]

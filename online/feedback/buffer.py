@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import redis
 
+from online.examples import Sample
 from online.feedback.pii import mask_pii
 from online.keys import Keys
 
@@ -162,17 +163,6 @@ class Incoming:
     label: str
     source: str
     at: float
-
-
-@dataclass(frozen=True)
-class Sample:
-    sid: str
-    text: str
-    label: str
-    count: int
-    seq: int
-    source: str
-    released: bool = False  # an operator released it from quarantine: the screen leaves it alone
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import redis
@@ -36,8 +37,7 @@ import redis
 from online.feedback.buffer import ReplayBuffer
 from online.feedback.labels import PENDING, LabelBook, is_pending
 from online.keys import Keys
-from online.memory.log import CorrectionLog
-from online.monitoring.drift import Reference, unit_rows
+from online.reference import Reference, unit_rows
 from online.settings import Settings
 
 SOURCE_HELD = "source quarantined"
@@ -306,6 +306,12 @@ def release(buffer: ReplayBuffer, ledger: SourceLedger, sids: Sequence[str] = ()
     return buffer.release(chosen)
 
 
+class Forgets(Protocol):
+    """What :func:`drop` needs of the correction log (``online.memory.log``, a layer above)."""
+
+    def forget(self, sids: list[str], reason: str) -> int: ...
+
+
 def approve_label(book: LabelBook, buffer: ReplayBuffer, label: str) -> tuple[bool, int]:
     """An operator approves a new label: remembered for good, and the examples held only because the label
     was pending go back to the buffer as released, trained by the next round (examples held as
@@ -316,7 +322,7 @@ def approve_label(book: LabelBook, buffer: ReplayBuffer, label: str) -> tuple[bo
     return new, buffer.release(chosen)
 
 
-def drop(buffer: ReplayBuffer, corrections: CorrectionLog, sids: Sequence[str] = (), source: str | None = None) -> int:
+def drop(buffer: ReplayBuffer, corrections: Forgets, sids: Sequence[str] = (), source: str | None = None) -> int:
     """An operator deletes held samples for good (with ``source``: everything of it that is held); they
     leave the correction memory too."""
     chosen = list(sids) + ([h.sid for h in buffer.held() if h.source == source] if source else [])

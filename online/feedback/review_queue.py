@@ -19,7 +19,7 @@ import numpy as np
 import redis
 
 from online.keys import Keys
-from online.monitoring.drift import unit_rows
+from online.reference import unit_rows
 
 
 def uncertainty(margin: np.ndarray, far: np.ndarray) -> np.ndarray:

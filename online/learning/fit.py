@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from online.data import Example
+from online.examples import Example
 from online.model import TextClassifier, load_tokenizer, token_limit
 
 Progress = Callable[[int], None]  # called with the number of examples just trained on

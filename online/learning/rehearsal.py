@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from online.data import Example
+from online.examples import Example, by_label, class_balanced, class_quotas
 
 Embed = Callable[[list[str]], np.ndarray]  # texts -> (n, d) float32 embeddings of the live model
 
@@ -29,24 +29,6 @@ class Strategy(Protocol):
     ) -> list[Example]: ...
 
 
-def class_quotas(counts: dict[str, int], k: int) -> dict[str, int]:
-    """Split ``k`` picks evenly over labels; a label with fewer examples passes its share on."""
-    quotas = dict.fromkeys(counts, 0)
-    left = min(k, sum(counts.values()))
-    open_labels = sorted(counts)
-    while left > 0 and open_labels:
-        share = max(left // len(open_labels), 1)
-        for label in list(open_labels):
-            take = min(share, counts[label] - quotas[label], left)
-            quotas[label] += take
-            left -= take
-            if quotas[label] >= counts[label]:
-                open_labels.remove(label)
-            if left == 0:
-                break
-    return quotas
-
-
 def _unit_embeddings(embed: Embed | None, texts: list[str], strategy: str) -> np.ndarray:
     """The live model's embeddings of ``texts``, L2-normalised for cosine search with faiss."""
     import faiss
@@ -56,13 +38,6 @@ def _unit_embeddings(embed: Embed | None, texts: list[str], strategy: str) -> np
     x = np.ascontiguousarray(embed(texts), dtype=np.float32)
     faiss.normalize_L2(x)
     return x
-
-
-def _by_label(pool: Sequence[Example]) -> dict[str, list[Example]]:
-    groups: dict[str, list[Example]] = defaultdict(list)
-    for ex in pool:
-        groups[ex[1]].append(ex)
-    return groups
 
 
 class Reservoir:
@@ -96,9 +71,7 @@ class ClassBalanced:
         embed: Embed | None = None,
         new: Sequence[Example] = (),
     ) -> list[Example]:
-        groups = _by_label(pool)
-        quotas = class_quotas({lab: len(exs) for lab, exs in groups.items()}, k)
-        return [ex for lab, exs in sorted(groups.items()) for ex in rng.sample(exs, quotas[lab])]
+        return class_balanced(pool, k, rng)
 
 
 class Diverse:
@@ -127,7 +100,7 @@ class Diverse:
     ) -> list[Example]:
         import faiss
 
-        groups = _by_label(pool)
+        groups = by_label(pool)
         quotas = class_quotas({lab: len(exs) for lab, exs in groups.items()}, k)
         chosen: list[Example] = []
         candidates: dict[str, list[Example]] = {}

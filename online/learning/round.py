@@ -19,24 +19,26 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from online.data import DataNotFound, Example
-from online.feedback.buffer import Sample
-from online.feedback.labels import LabelRules, govern, is_pending
-from online.feedback.quarantine import Candidate, ScreenConfig, batch_counts, decide, reason_kind, screen
+from online.data import DataNotFound
+from online.examples import Example, Sample
+from online.feedback.buffer import ReplayBuffer
+from online.feedback.labels import LabelBook, LabelRules, govern, is_pending
+from online.feedback.quarantine import Candidate, ScreenConfig, SourceLedger, batch_counts, decide, reason_kind, screen
 from online.learning.fit import Progress
 from online.learning.step import LearnConfig, learn, new_repeats, select_rehearsal, split_holdout
 from online.learning.version_one import seed_data
 from online.lifecycle import promotion
 from online.lifecycle.gate import Gate, GateReport
+from online.lifecycle.registry import ModelRegistry
+from online.memory.log import CorrectionLog
 from online.model import TextClassifier
-from online.monitoring.drift import REFERENCE_FILE, Reference
-from online.serving.predictor import Predictor
+from online.predictor import Predictor
+from online.reference import REFERENCE_FILE, Reference
 from online.settings import Settings
-from online.stores import Stores
 
 log = logging.getLogger("online.learning.round")
 
@@ -128,10 +130,32 @@ def work_units(n_examples: int, cfg: LearnConfig) -> int:
     return n_examples if cfg.mode == "head" else n_examples * cfg.epochs
 
 
+class RoundStores(Protocol):
+    """The stores a round reads and writes (the wiring's ``Stores`` has them all)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def registry(self) -> ModelRegistry: ...
+
+    @property
+    def buffer(self) -> ReplayBuffer: ...
+
+    @property
+    def sources(self) -> SourceLedger: ...
+
+    @property
+    def labels(self) -> LabelBook: ...
+
+    @property
+    def corrections(self) -> CorrectionLog: ...
+
+
 class RoundRunner:
     """Runs rounds; the caller holds the trainer's leader lock."""
 
-    def __init__(self, stores: Stores, gate: Gate, seed_examples: list[Example] | None = None) -> None:
+    def __init__(self, stores: RoundStores, gate: Gate, seed_examples: list[Example] | None = None) -> None:
         self.s = stores.settings
         self.stores = stores
         self.registry = stores.registry

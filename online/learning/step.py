@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from online.data import Example
+from online.examples import Example
 from online.learning.fit import Progress, embeddings, fit, fit_head, label_log_prior
 from online.learning.rehearsal import strategy as make_strategy
 from online.model import TextClassifier, resolve_device

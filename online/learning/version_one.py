@@ -12,7 +12,8 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-from online.data import Clinc150, Example
+from online.data import Clinc150
+from online.examples import Example
 from online.labelled_file import Columns, read_labelled, train_and_test
 from online.learning.fit import Progress, accuracy, fit
 from online.lifecycle import promotion
@@ -20,7 +21,7 @@ from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.importer import import_classifier
 from online.lifecycle.registry import Manifest, ModelRegistry
 from online.model import TextClassifier, default_base_model, resolve_device
-from online.serving.predictor import Predictor
+from online.predictor import Predictor
 from online.settings import Settings
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
-from online.data import Example
+from online.engines import INT8_FILE, OnnxEngine
+from online.examples import Example
 from online.model import TextClassifier
-from online.serving.engines import INT8_FILE, OnnxEngine
-from online.serving.predictor import Predictor
+from online.predictor import Predictor
 from online.settings import Settings
 
 log = logging.getLogger("online.lifecycle.artifact")

@@ -28,14 +28,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from online.data import Example
+from online.engines import INT8_FILE
+from online.examples import Example
 from online.lifecycle.artifact import EngineCheck, build_int8
+from online.lifecycle.package import build_reference
 from online.lifecycle.registry import Manifest, ModelRegistry
 from online.model import TextClassifier
-from online.monitoring.drift import REFERENCE_FILE
-from online.monitoring.reference import build_reference
-from online.serving.engines import INT8_FILE
-from online.serving.predictor import Predictor
+from online.predictor import Predictor
+from online.reference import REFERENCE_FILE
 from online.settings import Settings
 
 GOLDEN_FILE = "golden.jsonl"

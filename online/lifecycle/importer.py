@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from online.data import Example
-from online.feedback.events import label_ok
+from online.events import label_ok
+from online.examples import Example
 from online.lifecycle import promotion
 from online.lifecycle.gate import Gate, GateReport, GoldenSet
 from online.lifecycle.registry import Manifest, ModelRegistry

@@ -37,7 +37,7 @@ from online.feedback.labels import LabelRules, govern
 from online.feedback.pii import mask_pii
 from online.feedback.quarantine import Candidate, ScreenConfig, screen
 from online.memory.log import Correction
-from online.monitoring.drift import Reference, unit_rows
+from online.reference import Reference, unit_rows
 
 ACTIVE, ABSORBED, HELD, PENDING = "active", "absorbed", "held", "pending"
 STATES = (ACTIVE, ABSORBED, HELD, PENDING)

@@ -27,12 +27,12 @@ import redis
 import redis.asyncio as aredis
 import torch
 
+from online.engines import INT8_FILE, OnnxEngine, resolve_engine
 from online.lifecycle.registry import IntegrityError, Manifest, ModelRegistry
+from online.predictor import Predictor
 from online.serving.batcher import MicroBatcher, cancel
 from online.serving.breaker import Breaker
-from online.serving.engines import INT8_FILE, OnnxEngine, resolve_engine
 from online.serving.metrics import ApiMetrics
-from online.serving.predictor import Predictor
 from online.settings import Settings
 
 log = logging.getLogger("online.serving.follower")

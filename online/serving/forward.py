@@ -25,10 +25,10 @@ from online.feedback.review_queue import ReviewQueue
 from online.feedback.review_queue import candidates as review_candidates
 from online.lifecycle.shadow import ShadowLedger
 from online.memory.index import CorrectionMemory, blend
-from online.monitoring.drift_window import DriftWindow
+from online.predictor import Predictor
 from online.serving.breaker import Breaker
+from online.serving.drift_window import DriftWindow
 from online.serving.metrics import ApiMetrics
-from online.serving.predictor import Predictor
 
 log = logging.getLogger("online.serving.forward")
 

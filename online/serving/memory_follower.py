@@ -18,20 +18,23 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import redis
 import redis.asyncio as aredis
 
-from online.feedback.labels import LabelRules
-from online.feedback.quarantine import ScreenConfig
+from online.feedback.buffer import ReplayBuffer
+from online.feedback.labels import LabelBook, LabelRules
+from online.feedback.quarantine import ScreenConfig, SourceLedger
+from online.lifecycle.registry import ModelRegistry
 from online.memory.index import STATES, CorrectionMemory, Policy
-from online.memory.log import Correction, parse_change
-from online.monitoring.drift import REFERENCE_FILE, Reference
+from online.memory.log import Correction, CorrectionLog, parse_change
+from online.predictor import Predictor
+from online.reference import REFERENCE_FILE, Reference
 from online.serving.batcher import MicroBatcher, cancel
 from online.serving.breaker import Breaker
 from online.serving.metrics import ApiMetrics
-from online.serving.predictor import Predictor
-from online.stores import Stores
+from online.settings import Settings
 
 log = logging.getLogger("online.serving.memory")
 
@@ -40,10 +43,32 @@ READ_BLOCK_MS = 1000
 READ_COUNT = 1000  # changes per stream read
 
 
+class MemoryStores(Protocol):
+    """The stores a replica's correction memory follows (the wiring's ``Stores`` has them all)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def registry(self) -> ModelRegistry: ...
+
+    @property
+    def buffer(self) -> ReplayBuffer: ...
+
+    @property
+    def sources(self) -> SourceLedger: ...
+
+    @property
+    def labels(self) -> LabelBook: ...
+
+    @property
+    def corrections(self) -> CorrectionLog: ...
+
+
 class MemoryFollower:
     def __init__(
         self,
-        stores: Stores,
+        stores: MemoryStores,
         batcher: MicroBatcher,
         async_redis: aredis.Redis,
         redis_health: Breaker,

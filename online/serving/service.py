@@ -9,14 +9,21 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
+from typing import Protocol
 
 import redis
 import redis.asyncio as aredis
 
-from online.monitoring.drift_window import DriftWindow
-from online.monitoring.replicas import Heartbeat
+from online.feedback.prediction_log import PredictionLog
+from online.feedback.review_queue import ReviewQueue
+from online.lifecycle.shadow import ShadowLedger
+from online.monitoring.drift_log import DriftLog
+from online.monitoring.live_accuracy import LiveAccuracy
+from online.monitoring.replicas import Heartbeat, Replicas
+from online.predictor import Predictor
 from online.serving.batcher import MicroBatcher
 from online.serving.breaker import Breaker
+from online.serving.drift_window import DriftWindow
 from online.serving.follower import VersionFollower
 from online.serving.forward import (
     DriftHook,
@@ -27,12 +34,32 @@ from online.serving.forward import (
     ServedPrediction,
     ShadowHook,
 )
-from online.serving.memory_follower import MemoryFollower
+from online.serving.memory_follower import MemoryFollower, MemoryStores
 from online.serving.metrics import ApiMetrics
-from online.serving.predictor import Predictor
-from online.stores import Stores
 
 log = logging.getLogger("online.serving")
+
+
+class ServingStores(MemoryStores, Protocol):
+    """The stores an API replica uses (the wiring's ``Stores`` has them all)."""
+
+    @property
+    def drift(self) -> DriftLog: ...
+
+    @property
+    def live_accuracy(self) -> LiveAccuracy: ...
+
+    @property
+    def predictions(self) -> PredictionLog: ...
+
+    @property
+    def replicas(self) -> Replicas: ...
+
+    @property
+    def review(self) -> ReviewQueue: ...
+
+    @property
+    def shadow(self) -> ShadowLedger: ...
 
 
 class NotReady(RuntimeError):
@@ -40,7 +67,7 @@ class NotReady(RuntimeError):
 
 
 class ModelService:
-    def __init__(self, stores: Stores, metrics: ApiMetrics, async_redis: aredis.Redis) -> None:
+    def __init__(self, stores: ServingStores, metrics: ApiMetrics, async_redis: aredis.Redis) -> None:
         s = stores.settings
         self.settings = s
         self.stores = stores

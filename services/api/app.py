@@ -17,7 +17,7 @@ from online.contract import ValidationErrorOut, ValidationIssue, feedback_body_m
 from online.serving.metrics import ApiMetrics
 from online.serving.service import ModelService, NotReady
 from online.settings import Settings
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.api import tracing
 from services.api.access import AccessLog
 from services.api.intake import FeedbackIntake, RateLimited, Unavailable

@@ -15,7 +15,7 @@ from fastapi import Depends, Request
 from online.serving.metrics import ApiMetrics
 from online.serving.service import ModelService
 from online.settings import Settings
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.api.intake import FeedbackIntake
 
 

@@ -20,9 +20,9 @@ from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, TopicPartition
 
 from online.bus import ensure_topics, make_producer
-from online.feedback.events import LabelEvent, encode_event
+from online.events import LabelEvent, encode_event
 from online.model import TextClassifier
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.api.app import create_app
 from services.embedded import start_redis, start_tansu
 from tests.helpers import ConsumerThread, buffer_of, live_untrained, settings_env, total_events, wait_for

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from online.feedback.buffer import Incoming, ReplayBuffer
-from online.stores import Stores
+from online.wiring.stores import Stores
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from online.feedback.labels import LabelRules
 from online.keys import Keys
 from online.memory.index import ABSORBED, ACTIVE, HELD, PENDING, CorrectionMemory, Hit, Policy, blend
 from online.memory.log import Correction, CorrectionLog, parse_change
-from online.monitoring.drift import Reference
+from online.reference import Reference
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from online.learning.round import RoundRunner
 from online.lifecycle.gate import Gate, GoldenSet
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.trainer import Scheduler
 from tests import helpers
 from tests.helpers import ConsumerThread, served_app, wait_for

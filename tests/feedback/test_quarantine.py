@@ -12,7 +12,7 @@ from online.feedback.buffer import Incoming, ReplayBuffer
 from online.feedback.quarantine import SOURCE_HELD
 from online.learning.round import RoundRunner
 from online.lifecycle.gate import Gate, GoldenSet
-from online.stores import Stores
+from online.wiring.stores import Stores
 from tests import helpers
 
 HONEST = ["alice", "bob", "carol"]

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from online.feedback.review_queue import diverse_pick
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.api.app import create_app
 from tests import helpers
 from tests.helpers import ConsumerThread, wait_for

@@ -8,7 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from online.learning.rehearsal import STRATEGIES, class_quotas, strategy
+from online.examples import class_quotas
+from online.learning.rehearsal import STRATEGIES, strategy
 
 POOL = [(f"text {i} of {lab}", lab) for lab, n in (("a", 40), ("b", 40), ("c", 5), ("d", 40)) for i in range(n)]
 NEW = [(f"new text {i}", "e") for i in range(10)]

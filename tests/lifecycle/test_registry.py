@@ -14,7 +14,7 @@ from online.lifecycle import auto_rollback, promotion
 from online.lifecycle.registry import ModelRegistry
 from online.model import TextClassifier
 from online.monitoring.live_accuracy import Judgement, LiveAccuracy, VersionAccuracy
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.api.app import create_app
 from services.supervisor import api_process
 from services.trainer import Scheduler

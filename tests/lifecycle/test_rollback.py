@@ -8,7 +8,7 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from online.model import TextClassifier
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.api.app import create_app
 from services.cli import app as cli
 from tests.helpers import settings_env, wait_for

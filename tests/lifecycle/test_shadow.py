@@ -9,7 +9,7 @@ import threading
 import torch
 from fastapi.testclient import TestClient
 
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.api.app import create_app
 from services.trainer import Scheduler
 from tests import helpers

@@ -17,7 +17,7 @@ from online.feedback.buffer import Incoming
 from online.feedback.review_queue import ReviewItem
 from online.lifecycle import promotion
 from online.monitoring.live_accuracy import Judgement
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.supervisor import api_process
 from tests import helpers
 from tests.helpers import wait_for

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from online.data import Clinc150
 from online.monitoring.live_accuracy import Judgement
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.api.app import create_app
 from tests import helpers
 from tests.helpers import wait_for

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from online.lifecycle.registry import ModelRegistry
 from online.model import TextClassifier
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.api.app import create_app
 from tests.helpers import wait_for
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from online.feedback.buffer import Incoming
 from online.model import TextClassifier
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.cli import app as cli
 from tests import helpers
 from tests.helpers import settings_env

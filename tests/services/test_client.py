@@ -11,9 +11,9 @@ import pytest
 
 from online.client import ApiError, AsyncClient, Client
 from online.contract import FeedbackAccepted, ModelsResponse, PredictResponse
-from online.feedback.events import LabelEvent
+from online.events import LabelEvent
 from online.model import TextClassifier
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.supervisor import api_process
 from tests import helpers
 

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from online.model import TextClassifier
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.supervisor import api_process
 
 TOKEN = "fuzz-token"

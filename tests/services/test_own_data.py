@@ -23,7 +23,7 @@ from online.learning.round import RoundRunner
 from online.learning.version_one import make_version_one
 from online.lifecycle.gate import Gate, GoldenSet
 from online.model import default_base_model
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.cli import app as cli
 from services.trainer import Scheduler
 from tests.helpers import ConsumerThread, accuracy, served_app, settings_env, total_events, wait_for

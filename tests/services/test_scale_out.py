@@ -14,7 +14,7 @@ import pytest
 
 from online.bus import ensure_topics
 from online.data import Clinc150
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.embedded import free_port
 from services.supervisor import api_process, child_env, stop_processes
 from tests.helpers import wait_for

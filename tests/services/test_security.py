@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.api.app import create_app
 from tests.helpers import live_untrained
 

@@ -15,7 +15,7 @@ from online.learning import step as continual
 from online.learning.round import RoundRunner
 from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.leader import Leadership
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services import trainer
 from services.trainer import Scheduler
 from tests import helpers

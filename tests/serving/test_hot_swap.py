@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from online.model import TextClassifier
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.api.app import create_app
 from tests.helpers import wait_for
 

@@ -7,12 +7,12 @@ import copy
 import pytest
 import torch
 
+from online.engines import INT8_FILE, OnnxEngine, resolve_engine
 from online.lifecycle import artifact
 from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.registry import IntegrityError
-from online.serving.engines import INT8_FILE, OnnxEngine, resolve_engine
-from online.serving.predictor import Predictor
-from online.stores import Stores
+from online.predictor import Predictor
+from online.wiring.stores import Stores
 from tests.helpers import OLD, examples, keyword_round_settings, served_app, train_v1, wait_for
 
 

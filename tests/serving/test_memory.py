@@ -12,7 +12,7 @@ import torch
 
 from online.lifecycle.promotion import rollback
 from online.model import TextClassifier
-from online.stores import Stores
+from online.wiring.stores import Stores
 from tests.helpers import ConsumerThread, served_app, wait_for
 
 TAUGHT = "my card got declined at the grocery store"

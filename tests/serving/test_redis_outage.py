@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from online.model import TextClassifier
-from online.stores import Stores
+from online.wiring.stores import Stores
 from services.api.app import create_app
 from services.embedded import start_redis, start_tansu
 from tests.helpers import live_untrained, served_app, wait_for

@@ -5,7 +5,7 @@ import asyncio
 from fastapi import APIRouter, Query
 
 from online.contract import DriftReport
-from online.monitoring.report import drift_report
+from services.admin.drift import drift_report
 from services.api.deps import ServiceDep, StoresDep
 
 api = APIRouter(tags=["monitoring"])

@@ -19,13 +19,14 @@ import numpy as np
 import redis
 import torch
 
-from online.monitoring.drift import REFERENCE_FILE, Reference, Thresholds, nn_distance, window_signals
+from online.monitoring.drift import Thresholds, window_signals
 from online.monitoring.drift_log import DriftLog
+from online.reference import REFERENCE_FILE, Reference, nn_distance
 from online.serving.breaker import Breaker
 from online.serving.metrics import ApiMetrics
 from online.settings import Settings
 
-log = logging.getLogger("online.monitoring.drift")
+log = logging.getLogger("online.serving.drift_window")
 
 
 def replica_name() -> str:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from online.engines import Engine, TorchEngine, torch_thread_count
 from online.model import TextClassifier, load_tokenizer, token_limit
-from online.serving.engines import Engine, TorchEngine, torch_thread_count
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 
 from online.lifecycle.auto_rollback import judge
-from online.monitoring.drift_window import DriftWindow
-from online.stores import Stores
+from online.serving.drift_window import DriftWindow
+from online.wiring.stores import Stores
 
 
 def drift_report(stores: Stores, window: DriftWindow | None = None, history: int = 0) -> dict:

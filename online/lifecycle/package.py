@@ -8,12 +8,11 @@ import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from online.data import Example
-from online.learning.rehearsal import ClassBalanced
+from online.engines import INT8_FILE, OnnxEngine, resolve_engine
+from online.examples import Example, class_balanced
 from online.model import TextClassifier
-from online.monitoring.drift import Reference
-from online.serving.engines import INT8_FILE, OnnxEngine, resolve_engine
-from online.serving.predictor import Predictor
+from online.predictor import Predictor
+from online.reference import Reference
 from online.settings import Settings
 
 
@@ -28,7 +27,7 @@ def build_reference(
     ``calibration``: in-domain texts it never trained on (the golden set, the round's holdout);
     ``artifacts``: the version's serving artifacts, whose int8 engine replicas serve where it has one."""
     rng = random.Random(settings.seed)
-    sample = ClassBalanced().select(trained_on, settings.drift_reference_size, rng)
+    sample = class_balanced(trained_on, settings.drift_reference_size, rng)
     int8 = (artifacts or {}).get(INT8_FILE)
     if int8 is not None and resolve_engine(settings.engine, settings.device) == "onnx-int8":
         engine = OnnxEngine(int8, threads=settings.num_threads)

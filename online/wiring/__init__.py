@@ -1,0 +1,1 @@
+"""The wiring: the only place that builds stores and processes from one Settings object."""
