@@ -17,9 +17,10 @@ from typing import Callable, Iterator
 from rich.console import Console
 
 from online.learning.version_one import seed_data, train_version_one
-from online.lifecycle import promotion
 from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.registry import MANIFEST_FILE, Manifest
+from online.lifecycle.release import JudgedVersion, Placement, release
+from online.lifecycle.reports import ImportStats
 from online.model import WEIGHTS_FILE, TextClassifier
 from online.reference import REFERENCE_FILE, Reference
 from online.settings import Settings
@@ -174,20 +175,24 @@ def http_load(url: str, texts: list[str], total: int, concurrency: int) -> LoadR
     return asyncio.run(_load([url], texts, total, concurrency))
 
 
-def publish_gated(env: Settings, model: TextClassifier, parent: int | None) -> Manifest:
-    """Publish ``model`` as a round would: a gate baseline on the seed test set (frozen as the golden set
-    the first time) and the int8 artifact built and checked beside it."""
-    _, test = seed_data(env)
-    gate = Gate(env, GoldenSet.for_settings(env, test))
-    report = gate.baseline(model)
-    with gate.serving_artifacts(model, report) as artifacts:
-        return Stores.from_settings(env).registry.publish(
-            model,
-            parent=parent,
-            gate=report.model_dump(),
-            metrics={"golden_accuracy": report.golden_accuracy},
-            artifacts=artifacts,
-        )
+def publish_gated(env: Settings, model: TextClassifier, parent: int | None, placement: Placement = "none") -> Manifest:
+    """Release ``model`` through the pipeline every version takes: a gate baseline on the seed test set
+    (frozen as the golden set the first time), the int8 artifact and drift reference beside it; placed
+    as ``placement`` says (the swap benchmark promotes by hand, timed)."""
+    train, test = seed_data(env)
+    golden = GoldenSet.for_settings(env, test)
+    report = Gate(env, golden).baseline(model)
+    judged = JudgedVersion(
+        model=model,
+        report=report,
+        parent=parent,
+        trained_on=train,
+        calibration=golden.examples,
+        golden=golden.examples,
+        metrics={"golden_accuracy": report.golden_accuracy},
+    )
+    stats = ImportStats(source="benchmark", labels=len(model.labels))
+    return release(Stores.from_settings(env).registry, env, judged, stats, reason="benchmark", placement=placement).manifest
 
 
 def install_v1(env: Settings, console: Console, found: tuple[TextClassifier, object] | None) -> None:
@@ -198,8 +203,7 @@ def install_v1(env: Settings, console: Console, found: tuple[TextClassifier, obj
         console.print("no local model version: training version 1 on the seed data first")
         train_version_one(env, registry)
         return
-    v1 = publish_gated(env, found[0], parent=None)
-    promotion.promote(registry, v1.version, "benchmark start")
+    publish_gated(env, found[0], parent=None, placement="promote")
 
 
 def version_under_test(settings: Settings, console: Console) -> tuple[TextClassifier, int, Reference | None]:

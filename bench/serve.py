@@ -89,8 +89,8 @@ def run_bench_serve(
                 engine, version, model.labels, model.base_model, max_seq_len=env.max_seq_len
             )
         elif device.type == "cpu":
-            check = (manifest.gate or {}).get("engine") or {}
-            console.print(f"[yellow]no int8 artifact ({check.get('detail', 'not built')}): no onnx-int8 rows")
+            check = manifest.gate.engine if manifest.gate else None
+            console.print(f"[yellow]no int8 artifact ({check.detail if check else 'not built'}): no onnx-int8 rows")
 
         fp32_labels = None
         for name, p in predictors.items():

@@ -233,7 +233,7 @@ class Scheduler:
         while not self.stop.is_set():
             try:
                 self.housekeeping()
-                if self.stores.control.paused() is None and self.due():
+                if not self.stores.control.paused() and self.due():
                     self.run_round()
                 if redis_down:
                     log.info("redis reachable again: training resumes")

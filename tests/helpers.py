@@ -108,22 +108,24 @@ def train_v1(settings, registry: ModelRegistry, epochs: int = 10) -> tuple[TextC
     import torch
 
     from online.lifecycle.gate import Gate, GoldenSet
+    from online.lifecycle.release import JudgedVersion, release
+    from online.lifecycle.reports import SeedStats
 
     torch.manual_seed(0)
     model = TextClassifier.from_base(settings.base_model, OLD)
     fit(model, examples(OLD, 40, seed=1), epochs=epochs, lr=1e-3, head_lr=1e-2, seed=0)
     gate = Gate(settings, GoldenSet.for_settings(settings))
     baseline = gate.baseline(model)
-    manifest = gate.publish(  # with the int8 artifact unless the engine is torch, and the drift reference
-        registry,
-        model,
-        baseline,
+    judged = JudgedVersion(  # released with the int8 artifact unless the engine is torch, and the reference
+        model=model,
+        report=baseline,
         parent=None,
         trained_on=examples(OLD, 40, seed=1),
         calibration=gate.golden.examples,
+        golden=gate.golden.examples,
         metrics={"golden_accuracy": baseline.golden_accuracy},
     )
-    registry.promote(manifest.version)
+    manifest = release(registry, settings, judged, SeedStats(examples=80, epochs=epochs), reason="test").manifest
     return model, manifest
 
 

@@ -21,8 +21,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, Field
-
 from online.data import DataNotFound
 from online.examples import Example, Sample
 from online.feedback.buffer import ReplayBuffer
@@ -31,9 +29,10 @@ from online.feedback.quarantine import Candidate, ScreenConfig, SourceLedger, ba
 from online.learning.fit import Progress
 from online.learning.step import LearnConfig, learn, new_repeats, select_rehearsal, split_holdout
 from online.learning.version_one import seed_data
-from online.lifecycle import promotion
-from online.lifecycle.gate import Gate, GateReport
+from online.lifecycle.gate import Gate
 from online.lifecycle.registry import ModelRegistry
+from online.lifecycle.release import JudgedVersion, release
+from online.lifecycle.reports import GateReport, RoundStats
 from online.memory.log import CorrectionLog
 from online.model import TextClassifier
 from online.predictor import Predictor
@@ -45,37 +44,19 @@ log = logging.getLogger("online.learning.round")
 RoundStatus = Literal["promoted", "shadow", "rejected", "superseded", "idle"]
 
 
-class RoundReport(BaseModel):
-    """One round, in the one shape every reader uses: the manifest's ``round`` field (all but the gate,
-    which the manifest keeps on its own), the trainer's log record, `online train --now`."""
+class RoundReport(RoundStats):
+    """One round, in the one shape every reader uses: the manifest's ``round`` field (its
+    :class:`RoundStats` part; the gate report has its own field), the trainer's log record,
+    `online train --now`."""
 
-    kind: Literal["continual"] = "continual"
     status: RoundStatus
     parent: int | None = None
     version: int | None = None
-    new: int = 0
-    holdout: int = 0
-    rehearsed: int = 0
-    quarantined: int = 0
-    held_by_reason: dict[str, int] = Field(default_factory=dict)
-    added_labels: list[str] = Field(default_factory=list)
-    rehearsal_strategy: str | None = None
-    mode: str | None = None
-    epochs: int | None = None
-    distill_weight: float | None = None
-    bias_correction: str | None = None
-    probe_first: bool | None = None
-    mean_loss: float | None = None
-    train_s: float = 0.0
-    duration_s: float = 0.0
-    cursor: int | None = None
-    started_at: float | None = None
-    trained_by: str | None = None
     gate: GateReport | None = None
 
-    def manifest_stats(self) -> dict:
+    def manifest_stats(self) -> RoundStats:
         """What the version's manifest keeps as ``round`` (the gate report has its own field)."""
-        return self.model_dump(exclude={"gate", "status", "version", "parent"})
+        return RoundStats.model_validate(self.model_dump(include=set(RoundStats.model_fields)))
 
     def log_record(self) -> dict:
         """The structured fields of the trainer's one log line per round."""
@@ -296,7 +277,7 @@ class RoundRunner:
         progress = on_start(work_units(n_train, self.cfg)) if on_start else None
         result = learn(live, train_new, rehearsal, self.cfg, progress)
 
-        live_report = GateReport.model_validate(manifest.gate) if manifest.gate else None
+        live_report = manifest.gate
         gate = self.gate.evaluate(result.model, live, live_report, holdout)
         report = RoundReport(
             status="rejected",
@@ -324,26 +305,28 @@ class RoundRunner:
         if gate.holdout_accuracy is not None:
             metrics["holdout_accuracy"] = gate.holdout_accuracy
 
-        def stats() -> dict:  # to the publish (artifact and reference included); the return updates it
+        def stats() -> RoundStats:  # read once the package is built: the round's duration counts it
             report.duration_s = time.perf_counter() - started
             return report.manifest_stats()
 
-        candidate = self.gate.publish(
+        released = release(
             self.registry,
-            result.model,
-            gate,
-            parent=parent,
-            trained_on=pool + new,
-            calibration=list(self.gate.golden.examples) + holdout,
+            self.s,
+            JudgedVersion(
+                model=result.model,
+                report=gate,
+                parent=parent,
+                trained_on=pool + new,
+                calibration=list(self.gate.golden.examples) + holdout,
+                golden=self.gate.golden.examples,
+                metrics=metrics,
+            ),
+            stats,
+            reason=f"round on {len(new)} new samples passed the gate",
             fence=fence,
-            metrics=metrics,
-            round_stats=stats,
         )
-        report.version = candidate.version
-        if gate.passed:
-            reason = f"round on {len(new)} new samples passed the gate"
-            fence()
-            report.status = promotion.place_candidate(self.registry, candidate, self.s, reason)
+        report.version = released.manifest.version
+        report.status = released.outcome  # rejected, promoted, shadow or superseded
         if report.status != "superseded":
             # A superseded round is retried from the new live version: the cursor stays.
             fence()

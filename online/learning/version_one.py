@@ -16,10 +16,11 @@ from online.data import Clinc150
 from online.examples import Example
 from online.labelled_file import Columns, read_labelled, train_and_test
 from online.learning.fit import Progress, accuracy, fit
-from online.lifecycle import promotion
 from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.importer import import_classifier
 from online.lifecycle.registry import Manifest, ModelRegistry
+from online.lifecycle.release import JudgedVersion, release
+from online.lifecycle.reports import SeedStats
 from online.model import TextClassifier, default_base_model, resolve_device
 from online.predictor import Predictor
 from online.settings import Settings
@@ -114,24 +115,23 @@ def train_version_one(
     golden = GoldenSet.for_settings(settings, test)
     gate = Gate(settings, golden)
     report = gate.baseline(model)
-    manifest = gate.publish(
+    released = release(
         registry,
-        model,
-        report,
-        parent=None,
-        trained_on=train,
-        calibration=golden.examples,
+        settings,
+        JudgedVersion(
+            model=model,
+            report=report,
+            parent=None,
+            trained_on=train,
+            calibration=golden.examples,
+            golden=golden.examples,
+            metrics={"seed_test_accuracy": acc, "golden_accuracy": report.golden_accuracy},
+        ),
+        lambda: SeedStats(
+            examples=len(train), epochs=epochs, mean_loss=result.mean_loss, duration_s=time.perf_counter() - started
+        ),
+        reason="version 1 trained on the seed data",
         fence=fence,
-        metrics={"seed_test_accuracy": acc, "golden_accuracy": report.golden_accuracy},
-        round_stats=lambda: {
-            "kind": "seed",
-            "examples": len(train),
-            "epochs": epochs,
-            "mean_loss": result.mean_loss,
-            "duration_s": time.perf_counter() - started,
-        },
     )
-    if fence:
-        fence()
-    promotion.promote(registry, manifest.version, "version 1 trained on the seed data")
+    manifest = released.manifest
     return manifest

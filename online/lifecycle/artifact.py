@@ -22,29 +22,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel
 
 from online.engines import INT8_FILE, OnnxEngine
 from online.examples import Example
+from online.lifecycle.reports import EngineCheck
 from online.model import TextClassifier
 from online.predictor import Predictor
 from online.settings import Settings
 
 log = logging.getLogger("online.lifecycle.artifact")
-
-
-class EngineCheck(BaseModel):
-    """How the int8 artifact of a version did against the same model in fp32 on the golden set."""
-
-    engine: str = "onnx-int8"
-    passed: bool
-    accuracy: float | None = None
-    fp32_accuracy: float | None = None
-    agreement: float | None = None
-    max_drop: float | None = None
-    min_agreement: float | None = None
-    build_s: float = 0.0
-    detail: str = ""
 
 
 class _Served(torch.nn.Module):

@@ -7,6 +7,7 @@ import time
 
 import redis
 
+from online.contract import TrainingState
 from online.keys import Keys
 
 
@@ -22,6 +23,13 @@ class TrainingControl:
     def resume(self) -> None:
         self.r.delete(self._paused)
 
-    def paused(self) -> dict | None:
+    def state(self) -> TrainingState:
+        """Whether training is paused, since when and why."""
         raw = self.r.get(self._paused)
-        return json.loads(raw) if raw else None
+        if not raw:
+            return TrainingState(paused=False)
+        stored = json.loads(raw)
+        return TrainingState(paused=True, paused_at=stored.get("at"), reason=stored.get("reason", ""))
+
+    def paused(self) -> bool:
+        return bool(self.r.exists(self._paused))

@@ -15,59 +15,22 @@ Live's golden results are stored in its manifest, so each round evaluates only t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import statistics
-import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import BaseModel
-
-from online.engines import INT8_FILE
 from online.examples import Example
-from online.lifecycle.artifact import EngineCheck, build_int8
-from online.lifecycle.package import build_reference
-from online.lifecycle.registry import Manifest, ModelRegistry
+from online.lifecycle.reports import Check, GateReport
 from online.model import TextClassifier
 from online.predictor import Predictor
-from online.reference import REFERENCE_FILE
 from online.settings import Settings
 
 GOLDEN_FILE = "golden.jsonl"
-
-
-class Check(BaseModel):
-    name: str
-    passed: bool
-    value: float | None
-    threshold: float | None
-    detail: str = ""
-
-
-class GateReport(BaseModel):
-    passed: bool
-    checks: list[Check]
-    golden_sha256: str
-    golden_accuracy: float
-    golden_per_label: dict[str, list[int]]  # label -> [right, total]: the next round's baseline
-    # label -> candidate minus live accuracy on its golden texts, labels that changed, worst first:
-    # which old intents a round hurt (or helped), the per-label column of `online bench learn`'s matrix
-    golden_label_change: dict[str, float] = {}
-    # new label -> {golden label: texts of it the candidate answers with the new label (some may have been
-    # wrong already)}: a round teaching an intent that overlaps a known one, a common reason to refuse it
-    golden_taken_by_new: dict[str, dict[str, int]] = {}
-    holdout_accuracy: float | None = None
-    batch_latency_ms: float | None = None
-    duration_s: float = 0.0
-    engine: EngineCheck | None = None  # the int8 artifact against fp32; a failure means torch serves it
-
-    def failed(self) -> list[str]:
-        return [c.name for c in self.checks if not c.passed]
 
 
 class GoldenSet:
@@ -181,55 +144,6 @@ class Gate:
 
     def _predictor(self, model: TextClassifier) -> Predictor:
         return Predictor(model, 0, device=self.s.device, precision=self.s.precision, max_seq_len=self.s.max_seq_len)
-
-    @contextlib.contextmanager
-    def serving_artifacts(self, model: TextClassifier, report: GateReport) -> Iterator[dict[str, Path]]:
-        """Build the int8 artifact of a version that passed, judge it on the golden set (the result goes
-        into ``report.engine``) and yield it for :meth:`ModelRegistry.publish` to store (and the drift
-        reference to be built with). Empty when the version failed the gate (it never serves), the
-        artifact failed its check or the engine setting is torch: then torch serves the version."""
-        if not report.passed:
-            yield {}
-            return
-        with tempfile.TemporaryDirectory(prefix="online-artifact-") as tmp:
-            path, report.engine = build_int8(model, self.golden.examples, self.s, Path(tmp))
-            yield {INT8_FILE: path} if path else {}
-
-    def publish(
-        self,
-        registry: ModelRegistry,
-        model: TextClassifier,
-        report: GateReport,
-        *,
-        parent: int | None,
-        trained_on: Sequence[Example],
-        calibration: Sequence[Example],
-        fence: Callable[[], None] | None = None,
-        metrics: dict[str, float] | None = None,
-        round_stats: dict | Callable[[], dict] | None = None,
-    ) -> Manifest:
-        """Store a judged version with what replicas serve beside its weights: for a version that passed,
-        its int8 artifact (:meth:`serving_artifacts`) and the drift reference built with the same engine.
-        ``round_stats`` may be a callable, read once both are built (a round's duration counts them);
-        ``fence()`` runs right before the write."""
-        with self.serving_artifacts(model, report) as artifacts:
-            extra = {}
-            if report.passed:
-                reference = build_reference(model, trained_on, calibration, self.s, artifacts)
-                extra[REFERENCE_FILE] = reference.dumps()
-            stats = round_stats() if callable(round_stats) else round_stats
-            if fence:
-                fence()
-            return registry.publish(
-                model,
-                parent=parent,
-                metrics=metrics,
-                round_stats=stats,
-                gate=report.model_dump(),
-                status="published" if report.passed else "rejected",
-                extra_files=extra,
-                artifacts=artifacts,
-            )
 
     def baseline(self, model: TextClassifier) -> GateReport:
         """The report of a version nothing is compared with (version 1): its golden results."""

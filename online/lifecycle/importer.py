@@ -23,9 +23,10 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from online.events import label_ok
 from online.examples import Example
-from online.lifecycle import promotion
 from online.lifecycle.gate import Gate, GateReport, GoldenSet
 from online.lifecycle.registry import Manifest, ModelRegistry
+from online.lifecycle.release import JudgedVersion, release
+from online.lifecycle.reports import ImportStats
 from online.model import TextClassifier
 from online.settings import Settings
 
@@ -152,25 +153,25 @@ def import_classifier(
         report = gate.baseline(model)
     else:
         live_model, live_manifest = registry.load(live)
-        live_report = GateReport.model_validate(live_manifest.gate) if live_manifest.gate else None
-        report = gate.evaluate(model, live_model, live_report, list(test))
-    manifest = gate.publish(
+        report = gate.evaluate(model, live_model, live_manifest.gate, list(test))
+    released = release(
         registry,
-        model,
-        report,
-        parent=live,
-        trained_on=list(test) or golden.examples,
-        calibration=golden.examples,
+        settings,
+        JudgedVersion(
+            model=model,
+            report=report,
+            parent=live,
+            trained_on=list(test) or golden.examples,
+            calibration=golden.examples,
+            golden=golden.examples,
+            metrics={"golden_accuracy": report.golden_accuracy},
+        ),
+        ImportStats(source=str(Path(path).resolve()), labels=len(model.labels)),
+        reason=reason or f"imported from {Path(path).name}",
         fence=fence,
-        metrics={"golden_accuracy": report.golden_accuracy},
-        round_stats={"kind": "import", "source": str(Path(path).resolve()), "labels": len(model.labels)},
     )
-    if report.passed:
-        if fence:
-            fence()
-        promotion.promote(registry, manifest.version, reason or f"imported from {Path(path).name}", expect_live=live)
-    else:
+    if not report.passed:
         log.warning(
-            "import of %s refused by the gate (%s): version %d rejected", path, report.failed(), manifest.version
+            "import of %s refused by the gate (%s): version %d rejected", path, report.failed(), released.manifest.version
         )
-    return manifest, report
+    return released.manifest, report

@@ -1,18 +1,28 @@
-"""Build a version's drift reference with its own serving path (the engine and precision the API will
-serve it with: its int8 artifact when it has one), so the embeddings the API compares live traffic
-with are computed exactly as live traffic's are."""
+"""Packaging a judged version: what replicas serve beside its weights.
+
+A version that passed the gate gets its int8 artifact (built and checked against fp32 on the golden set,
+the result kept in its gate report) and its drift reference, built with its own serving path (the engine
+and precision the API will serve it with: its int8 artifact when it has one), so the embeddings the API
+compares live traffic with are computed exactly as live traffic's are. A rejected version is packaged
+with nothing: it never serves.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from online.engines import INT8_FILE, OnnxEngine, resolve_engine
 from online.examples import Example, class_balanced
+from online.lifecycle.artifact import build_int8
+from online.lifecycle.reports import GateReport
 from online.model import TextClassifier
 from online.predictor import Predictor
-from online.reference import Reference
+from online.reference import REFERENCE_FILE, Reference
 from online.settings import Settings
 
 
@@ -47,3 +57,33 @@ def build_reference(
         settings.seed,
         train_labels=[lab for _, lab in sample],
     )
+
+
+@dataclass(frozen=True)
+class Package:
+    """What the registry stores beside a version's weights."""
+
+    artifacts: dict[str, Path] = field(default_factory=dict)  # serving artifacts (moved in, checksummed)
+    files: dict[str, bytes] = field(default_factory=dict)  # small files written beside them (the reference)
+
+
+@contextlib.contextmanager
+def package(
+    model: TextClassifier,
+    report: GateReport,
+    golden: Sequence[Example],
+    trained_on: Sequence[Example],
+    calibration: Sequence[Example],
+    settings: Settings,
+) -> Iterator[Package]:
+    """Build what a judged version serves with (``report.engine`` records the int8 check). Empty when the
+    version failed the gate; no int8 artifact when it failed its check or the engine setting is torch
+    (torch then serves the version). The artifacts live in a temporary directory until the block ends."""
+    if not report.passed:
+        yield Package()
+        return
+    with tempfile.TemporaryDirectory(prefix="online-artifact-") as tmp:
+        path, report.engine = build_int8(model, golden, settings, Path(tmp))
+        artifacts = {INT8_FILE: path} if path else {}
+        reference = build_reference(model, trained_on, calibration, settings, artifacts)
+        yield Package(artifacts, {REFERENCE_FILE: reference.dumps()})

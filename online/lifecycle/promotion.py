@@ -13,14 +13,13 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from online.lifecycle.registry import IntegrityError, LiveChange, LiveMoved, Manifest, ModelRegistry
+from online.lifecycle.registry import IntegrityError, LiveChange, LiveMoved, ModelRegistry
 from online.lifecycle.shadow import ShadowLedger, verdict
 from online.settings import Settings
 
 log = logging.getLogger("online.lifecycle.promotion")
 
 Action = Literal["promote", "rollback", "auto_rollback"]
-Placement = Literal["promoted", "shadow", "superseded"]
 
 
 def promote(
@@ -58,21 +57,6 @@ def rollback(
     return promote(registry, target, reason or f"rollback from {live}", expect_live=live, action=action)
 
 
-def place_candidate(registry: ModelRegistry, candidate: Manifest, settings: Settings, reason: str) -> Placement:
-    """A candidate that passed the gate: live at once, or first in shadow when ``shadow_share`` > 0.
-
-    ``superseded`` when live moved since the candidate's parent (e.g. a rollback happened meanwhile)."""
-    if settings.shadow_share > 0:
-        registry.set_shadow(candidate.version, settings.shadow_share)
-        return "shadow"
-    try:
-        promote(registry, candidate.version, reason, expect_live=candidate.parent)
-    except LiveMoved as exc:
-        log.warning("%s", exc)
-        return "superseded"
-    return "promoted"
-
-
 @dataclass(frozen=True)
 class ShadowOutcome:
     version: int
@@ -85,7 +69,7 @@ def settle_shadow(registry: ModelRegistry, ledger: ShadowLedger, settings: Setti
     slot = registry.shadow()
     if not slot:
         return None
-    version = slot["version"]
+    version = slot.version
     decision, why = verdict(ledger.stats(version), settings)
     if decision is None:
         return None

@@ -13,12 +13,14 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import redis
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from online.contract import ShadowSlot
 from online.keys import Keys
+from online.lifecycle.reports import GateReport, VersionStats
 from online.model import WEIGHTS_FILE, Pooling, TextClassifier, sha256_file
 
 MANIFEST_FILE = "manifest.json"
@@ -37,9 +39,15 @@ class Manifest(BaseModel):
     created_at: float = Field(default_factory=time.time)
     status: Status = "published"
     metrics: dict[str, float] = Field(default_factory=dict)
-    round: dict[str, Any] = Field(default_factory=dict)
-    gate: dict[str, Any] | None = None
+    round: VersionStats | None = None  # how it was made: a round, the seed training, an import
+    gate: GateReport | None = None  # the gate's judgement (a baseline for a version nothing was compared with)
     artifacts: dict[str, str] = Field(default_factory=dict)  # serving artifacts beside the weights: name -> sha256
+
+    @field_validator("round", mode="before")
+    @classmethod
+    def _empty_round(cls, value: object) -> object:
+        """Manifests written before rounds were typed stored ``{}`` for "no statistics"."""
+        return None if value == {} else value
 
 
 class LiveChange(BaseModel):
@@ -150,8 +158,8 @@ class ModelRegistry:
         *,
         parent: int | None,
         metrics: dict[str, float] | None = None,
-        round_stats: dict[str, Any] | None = None,
-        gate: dict[str, Any] | None = None,
+        round_stats: VersionStats | None = None,
+        gate: GateReport | None = None,
         status: Status = "published",
         extra_files: dict[str, bytes] | None = None,
         artifacts: dict[str, Path] | None = None,
@@ -181,7 +189,7 @@ class ModelRegistry:
             parent=parent,
             status=status,
             metrics=metrics or {},
-            round=round_stats or {},
+            round=round_stats,
             gate=gate,
             artifacts=stored,
         )
@@ -219,7 +227,7 @@ class ModelRegistry:
                 except redis.WatchError:
                     continue
         shadow = self.shadow()
-        if shadow and shadow["version"] == version:
+        if shadow and shadow.version == version:
             self.clear_shadow()  # it is live now
         self.r.publish(self.channel, json.dumps({"live": version}))
         return change
@@ -261,16 +269,16 @@ class ModelRegistry:
         return collected
 
     # --- shadow evaluation --------------------------------------------------------------------
-    def shadow(self) -> dict | None:
-        """The version running in shadow (answers logged, never returned): {version, share, since}."""
+    def shadow(self) -> ShadowSlot | None:
+        """The version running in shadow (answers logged, never returned)."""
         raw = self.r.get(self._shadow)
-        return json.loads(raw) if raw else None
+        return ShadowSlot.model_validate_json(raw) if raw else None
 
     def set_shadow(self, version: int, share: float) -> None:
         manifest = self.get(version)
         if manifest.status != "published":
             raise ValueError(f"version {version} is {manifest.status}: it cannot run in shadow")
-        self.r.set(self._shadow, json.dumps({"version": version, "share": share, "since": time.time()}))
+        self.r.set(self._shadow, ShadowSlot(version=version, share=share, since=time.time()).model_dump_json())
         self.r.publish(self.channel, json.dumps({"shadow": version}))
 
     def clear_shadow(self) -> None:

@@ -27,6 +27,7 @@ import redis
 import redis.asyncio as aredis
 import torch
 
+from online.contract import ShadowSlot
 from online.engines import INT8_FILE, OnnxEngine, resolve_engine
 from online.lifecycle.registry import IntegrityError, Manifest, ModelRegistry
 from online.predictor import Predictor
@@ -134,9 +135,9 @@ class VersionFollower:
             await self.swap_to(live)
         await self._sync_shadow(slot)
 
-    async def _sync_shadow(self, slot: dict | None) -> None:
-        wanted = slot["version"] if slot else None
-        self.shadow_share = float(slot["share"]) if slot else 0.0
+    async def _sync_shadow(self, slot: ShadowSlot | None) -> None:
+        wanted = slot.version if slot else None
+        self.shadow_share = slot.share if slot else 0.0
         current = self.shadow.version if self.shadow else None
         if wanted == current:
             return
@@ -234,10 +235,10 @@ class VersionFollower:
         used (checksum, session, a run that fails or answers the wrong shape): the caller then serves it
         with torch. A Redis error is raised: the whole build is retried, nothing is concluded."""
         if INT8_FILE not in manifest.artifacts:
-            engine_check = (manifest.gate or {}).get("engine") or {}
+            check = manifest.gate.engine if manifest.gate else None
             log.warning(
                 "version %s has no int8 artifact (%s): served by torch",
-                version, engine_check.get("detail") or "not built at publish",
+                version, (check.detail if check else "") or "not built at publish",
             )  # fmt: skip
             self.metrics.engine_fallbacks.labels("missing").inc()
             return None

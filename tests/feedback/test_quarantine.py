@@ -59,7 +59,7 @@ def test_a_flipped_label_is_held_and_released_when_enough_sources_agree(parts):
     assert report.status == "promoted"
     (held,) = buffer.held()
     assert (held.text, held.label, held.source) == flipped[:3] and "weather" in held.reason
-    assert registry.get(report.version).round["quarantined"] == 1
+    assert registry.get(report.version).round.quarantined == 1
     assert flipped[0] not in {s.text for s in buffer.samples()}  # not trained, not rehearsed
     assert "mallory" not in ledger.quarantined()  # one contradiction is not a hostile source
 

@@ -74,7 +74,7 @@ def test_the_trainer_promotes_a_shadow_that_agrees_after_its_period(settings):
     scheduler = Scheduler(stores, threading.Event())
     ledger.count(v2, requests=30, agreed=29)
     scheduler.housekeeping()
-    assert registry.shadow()["version"] == v2 and registry.live() == v1  # the period is not over yet
+    assert registry.shadow().version == v2 and registry.live() == v1  # the period is not over yet
     ledger.count(v2, requests=30, agreed=28)
     scheduler.housekeeping()
     assert registry.live() == v2 and registry.shadow() is None

@@ -217,7 +217,7 @@ def test_an_imported_bert_classifier_is_served_as_it_was_and_a_round_grows_it(se
     live = stores.registry.live()
     manifest = stores.registry.get(live)
     assert manifest.labels == sorted(TASKS["en"]["labels"]) and manifest.pooling == "pooler"
-    assert manifest.round["kind"] == "import" and manifest.gate["golden_accuracy"] >= 0.9
+    assert manifest.round.kind == "import" and manifest.gate.golden_accuracy >= 0.9
 
     texts = [t for t, _ in _seed_rows("en", 4, seed=77)]
     tokenizer = BertTokenizerFast.from_pretrained(tmp_path / "my-bert")

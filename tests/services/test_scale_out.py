@@ -96,9 +96,9 @@ def test_two_apis_two_consumers_two_trainers(kafka_settings, tmp_path):
         consumed = [_metric(p, "online_consumer_records_total") for p in metric_ports]
         assert sum(consumed) >= sent and all(c > 0 for c in consumed), consumed  # both consumers had partitions
 
-        rounds = [m for m in registry.list() if m.round.get("kind") == "continual"]
+        rounds = [m for m in registry.list() if m.round and m.round.kind == "continual"]
         assert len(rounds) >= 2
-        spans = sorted((m.round["started_at"], m.created_at, m.round["trained_by"]) for m in rounds)
+        spans = sorted((m.round.started_at, m.created_at, m.round.trained_by) for m in rounds)
         for (_, end, _), (start, _, _) in zip(spans, spans[1:]):
             assert start >= end, "two rounds overlapped"
         assert all(p.poll() is None for p in procs), "a trainer or consumer died"

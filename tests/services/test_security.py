@@ -30,7 +30,7 @@ def test_admin_endpoints_refuse_without_the_token_and_with_a_wrong_one(settings,
         assert client.post(path, json=body).status_code == 401
         assert client.post(path, json=body, headers={"Authorization": "Bearer guess"}).status_code == 403
         assert client.post(path, json=body, headers={"Authorization": "Basic czNjcmV0"}).status_code == 401
-    assert Stores.from_settings(settings).control.paused() is None  # nothing changed
+    assert Stores.from_settings(settings).control.paused() is False  # nothing changed
 
 
 def test_feedback_keys_are_per_source(kafka_settings):

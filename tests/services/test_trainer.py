@@ -66,7 +66,7 @@ def test_a_round_learns_a_new_label_and_old_labels_keep_theirs(tsettings, parts)
     assert manifest.labels[:3] == v1.labels  # old head rows kept in place
     recipe = ("balanced", 1.0, "logit-adjust", True)  # the defaults, recorded with the version
     assert (
-        tuple(manifest.round[k] for k in ("rehearsal_strategy", "distill_weight", "bias_correction", "probe_first"))
+        tuple(getattr(manifest.round, k) for k in ("rehearsal_strategy", "distill_weight", "bias_correction", "probe_first"))
         == recipe
     )
     new_acc = helpers.accuracy(model, test_new)
@@ -126,7 +126,7 @@ def test_a_broken_candidate_is_rejected_and_never_serves(tsettings, parts, monke
         assert report.status == "rejected"
         assert "golden_accuracy" in report.gate.failed() and "label_regression" in report.gate.failed()
         manifest = registry.get(report.version)
-        assert manifest.status == "rejected" and manifest.gate["passed"] is False
+        assert manifest.status == "rejected" and manifest.gate.passed is False
         assert registry.live() == v1.version
         with pytest.raises(ValueError, match="rejected"):
             registry.promote(report.version)

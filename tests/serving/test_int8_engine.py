@@ -11,6 +11,8 @@ from online.engines import INT8_FILE, OnnxEngine, resolve_engine
 from online.lifecycle import artifact
 from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.registry import IntegrityError
+from online.lifecycle.release import JudgedVersion, release
+from online.lifecycle.reports import SeedStats
 from online.predictor import Predictor
 from online.wiring.stores import Stores
 from tests.helpers import OLD, examples, keyword_round_settings, served_app, train_v1, wait_for
@@ -25,8 +27,9 @@ def _publish_next(settings, registry, model, parent: int) -> int:
     """A new version of ``model`` published the way a round does: gate baseline, then its artifacts."""
     gate = Gate(settings, GoldenSet.for_settings(settings))
     report = gate.baseline(model)
-    with gate.serving_artifacts(model, report) as artifacts:
-        return registry.publish(model, parent=parent, gate=report.model_dump(), artifacts=artifacts).version
+    golden = gate.golden.examples
+    judged = JudgedVersion(model, report, parent, golden, golden, golden, {})
+    return release(registry, settings, judged, SeedStats(examples=0, epochs=0), reason="t", placement="none").manifest.version
 
 
 def test_auto_is_int8_on_cpu_and_torch_on_cuda():
@@ -57,9 +60,9 @@ def test_artifact_built_at_publish_checked_by_the_gate_and_served_after_a_hot_sw
     registry = Stores.from_settings(int8_settings).registry
     model, v1 = train_v1(int8_settings, registry)
     assert INT8_FILE in v1.artifacts
-    check = v1.gate["engine"]
-    assert check["passed"] and check["agreement"] >= int8_settings.engine_min_agreement
-    assert check["fp32_accuracy"] - check["accuracy"] <= int8_settings.engine_max_drop
+    check = v1.gate.engine
+    assert check.passed and check.agreement >= int8_settings.engine_min_agreement
+    assert check.fp32_accuracy - check.accuracy <= int8_settings.engine_max_drop
     registry.artifact(v1.version, INT8_FILE)  # its sha256 matches the manifest
 
     with served_app(int8_settings) as client:
@@ -103,7 +106,7 @@ def test_a_failed_export_publishes_the_version_for_torch(int8_settings, monkeypa
     registry = Stores.from_settings(int8_settings).registry
     _, v1 = train_v1(int8_settings, registry)
     assert v1.artifacts == {} and v1.status == "published"
-    assert not v1.gate["engine"]["passed"] and "does not export" in v1.gate["engine"]["detail"]
+    assert not v1.gate.engine.passed and "does not export" in v1.gate.engine.detail
 
     with served_app(int8_settings) as client:
         assert client.get("/readyz").json()["engine"] == "torch-fp32"
@@ -140,9 +143,9 @@ def test_an_artifact_the_gate_refuses_is_not_stored(int8_settings, monkeypatch):
     monkeypatch.setattr(artifact, "check_int8", lambda *a: (0.80, 0.95, 0.85))  # 15 points lost, 85% agreement
     registry = Stores.from_settings(int8_settings).registry
     _, v1 = train_v1(int8_settings, registry)
-    check = v1.gate["engine"]
-    assert v1.artifacts == {} and v1.status == "published" and not check["passed"]
-    assert check["accuracy"] == 0.80 and check["agreement"] == 0.85 and "int8 0.8000 vs fp32 0.9500" in check["detail"]
+    check = v1.gate.engine
+    assert v1.artifacts == {} and v1.status == "published" and not check.passed
+    assert check.accuracy == 0.80 and check.agreement == 0.85 and "int8 0.8000 vs fp32 0.9500" in check.detail
 
 
 def test_an_artifact_that_runs_wrong_is_refused_at_load_and_torch_serves(int8_settings, tmp_path):

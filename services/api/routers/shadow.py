@@ -4,7 +4,7 @@ import asyncio
 
 from fastapi import APIRouter
 
-from online.contract import ShadowResponse, ShadowSlot
+from online.contract import ShadowResponse
 from services.api.deps import ServiceDep, StoresDep
 
 api = APIRouter(tags=["models"])
@@ -19,11 +19,11 @@ async def shadow(stores: StoresDep, service: ServiceDep) -> ShadowResponse:
         slot = stores.registry.shadow()
         if not slot:
             return ShadowResponse()
-        st = stores.shadow.stats(slot["version"])
+        st = stores.shadow.stats(slot.version)
         loaded = service.follower.shadow
         return ShadowResponse(
-            shadow=ShadowSlot(**slot),
-            loaded_by_this_replica=loaded is not None and loaded.version == slot["version"],
+            shadow=slot,
+            loaded_by_this_replica=loaded is not None and loaded.version == slot.version,
             requests=st.requests,
             agreement=st.agreement,
             judged=st.judged,

@@ -14,15 +14,9 @@ api = APIRouter(tags=["training"])
 _ADMIN = {401: {"description": "No token"}, 403: {"description": "Wrong token or admin disabled"}}
 
 
-def _state(raw: dict | None) -> TrainingState:
-    if raw is None:
-        return TrainingState(paused=False)
-    return TrainingState(paused=True, paused_at=raw.get("at"), reason=raw.get("reason", ""))
-
-
 @api.get("/v1/training", response_model=TrainingState)
 async def training_state(stores: StoresDep) -> TrainingState:
-    return _state(await asyncio.to_thread(stores.control.paused))
+    return await asyncio.to_thread(stores.control.state)
 
 
 @api.post("/v1/training/pause", response_model=TrainingState, dependencies=[Depends(require_admin)], responses=_ADMIN)
@@ -30,11 +24,11 @@ async def pause(body: PauseRequest, stores: StoresDep) -> TrainingState:
     """No new round starts until resumed (a round already running finishes and is gated as usual)."""
     control = stores.control
     await asyncio.to_thread(control.pause, body.reason or "paused (API)")
-    return _state(await asyncio.to_thread(control.paused))
+    return await asyncio.to_thread(control.state)
 
 
 @api.post("/v1/training/resume", response_model=TrainingState, dependencies=[Depends(require_admin)], responses=_ADMIN)
 async def resume(stores: StoresDep) -> TrainingState:
     control = stores.control
     await asyncio.to_thread(control.resume)
-    return _state(await asyncio.to_thread(control.paused))
+    return await asyncio.to_thread(control.state)
