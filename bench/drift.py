@@ -21,7 +21,7 @@ from online.learning.version_one import seed_data, train_version_one
 from online.lifecycle.gate import GoldenSet
 from online.lifecycle.package import build_reference
 from online.monitoring.drift import Thresholds, window_signals
-from online.predictor import Predictor
+from online.predictor import Predictor, torch_predictor
 from online.reference import nn_distance
 from online.settings import Settings
 from online.wiring.stores import Stores
@@ -49,9 +49,7 @@ def run_bench_drift(settings: Settings, console: Console, *, windows: int, after
     train, test = seed_data(settings)
     golden = GoldenSet(test, "bench") if settings.golden_path is None else GoldenSet.load(settings.golden_path)
     reference = build_reference(model, train, golden.examples, settings)
-    predictor = Predictor(
-        model, 0, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len
-    )
+    predictor = torch_predictor(model, 0, settings)
     known = set(model.labels)
     in_domain = [t for t, lab in clinc.split("val") if lab in known]
     oos = [t for t, _ in clinc.split("oos_test")]

@@ -32,7 +32,7 @@ from online.learning.fit import configure_threads, fit
 from online.learning.step import LearnConfig, learn, select_rehearsal
 from online.learning.version_one import seed_epochs
 from online.model import WEIGHTS_FILE, TextClassifier, default_base_model, detect_pooling
-from online.predictor import Predictor
+from online.predictor import torch_predictor
 from online.settings import Settings
 
 FULL_MEMORY = "distill, whole buffer"  # rehearsing from everything seen, as the Redis buffer does
@@ -99,9 +99,7 @@ def _subsample(examples: list[Example], per_intent: int, rng: random.Random) -> 
 
 
 def _evaluate(model: TextClassifier, tests: dict[str, list[Example]], settings: Settings) -> dict[str, float]:
-    predictor = Predictor(
-        model, 0, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len
-    )
+    predictor = torch_predictor(model, 0, settings)
     out = {}
     for domain, examples in tests.items():
         preds = predictor.predict([t for t, _ in examples], 1)

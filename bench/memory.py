@@ -33,7 +33,7 @@ from online.feedback.labels import LabelRules
 from online.feedback.quarantine import ScreenConfig
 from online.memory.index import CorrectionMemory, Policy, blend
 from online.memory.log import Correction
-from online.predictor import Predictor
+from online.predictor import torch_predictor
 from online.serving.breaker import Breaker
 from online.serving.forward import ForwardPass, MemoryHook
 from online.serving.metrics import ApiMetrics
@@ -49,9 +49,7 @@ def run_bench_memory(
     clinc = Clinc150.open(settings.data_dir)
     model, version, reference = version_under_test(settings, console)
     known = set(model.labels)
-    predictor = Predictor(
-        model, version, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len
-    )
+    predictor = torch_predictor(model, version, settings)
     predictor.warmup()
     rng = random.Random(settings.seed)
     seen = [ex for split in ("train", "val", "test") for ex in clinc.split(split)]
@@ -178,9 +176,7 @@ def served_accuracy(
 ) -> float:
     """Accuracy on ``test`` of ``model`` with a correction memory of ``taught`` (text, label, source),
     screened and governed as a replica serving ``model`` would."""
-    predictor = Predictor(
-        model, 0, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len
-    )
+    predictor = torch_predictor(model, 0, settings)
     memory = CorrectionMemory(model.labels, settings.memory_similarity, LabelRules.from_settings(settings),
                               screen_cfg, reference)  # fmt: skip
     memory.policy = Policy(quarantined_sources=quarantined)

@@ -28,7 +28,7 @@ from online.learning.fit import configure_threads
 from online.learning.step import LearnConfig, learn, select_rehearsal
 from online.lifecycle.package import build_reference
 from online.model import TextClassifier, default_base_model
-from online.predictor import Predictor
+from online.predictor import torch_predictor
 from online.settings import Settings
 
 HONEST = [f"honest-{i}" for i in range(8)]
@@ -110,9 +110,7 @@ def run_bench_poison(
             t0 = time.perf_counter()
             kept = events
             if quarantine:
-                predictor = Predictor(
-                    model, 0, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len
-                )
+                predictor = torch_predictor(model, 0, settings)
                 probs, emb = predictor.probabilities_and_embeddings([t for t, _, _, _ in events])
                 reference = build_reference(model, memory, calibration, settings)
                 items = [Candidate(t, lab, src) for t, lab, src, _ in events]
@@ -257,9 +255,7 @@ def run_journeys(settings: Settings, console: Console, start: TextClassifier, st
     rules = LabelRules.from_settings(settings)
     memory = _subsample(start_train, memory_per_intent, random.Random(settings.seed))
     reference = build_reference(start, memory, calibration, settings)
-    predictor = Predictor(
-        start, 0, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len
-    )
+    predictor = torch_predictor(start, 0, settings)
 
     def one_round(events: list[Event], quarantine: bool) -> tuple[TextClassifier, list[bool]]:
         held = [False] * len(events)
@@ -281,7 +277,7 @@ def run_journeys(settings: Settings, console: Console, start: TextClassifier, st
         return learn(start, new, rehearsal, cfg).model, held
 
     def accuracy(model: TextClassifier, items: list[Example]) -> float:
-        p = Predictor(model, 0, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len)
+        p = torch_predictor(model, 0, settings)
         preds = p.predict([t for t, _ in items], 1)
         return sum(x.label == lab for x, (_, lab) in zip(preds, items)) / len(items)
 

@@ -22,7 +22,7 @@ from online.learning.fit import configure_threads
 from online.learning.step import LearnConfig, learn, select_rehearsal
 from online.lifecycle.package import build_reference
 from online.model import default_base_model
-from online.predictor import Predictor
+from online.predictor import torch_predictor
 from online.reference import nn_distance
 from online.settings import Settings
 
@@ -44,9 +44,7 @@ def run_bench_review(settings: Settings, console: Console, *, budgets: list[int]
     calibration = _subsample(clinc.by_domain("test", domains[:n_start]), 10, random.Random(1))
     reference = build_reference(start, start_train, calibration, settings)
     traffic = [ex for d in domains for ex in clinc.by_domain("train", [d])]  # unlabelled: labels are bought
-    predictor = Predictor(
-        start, 0, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len
-    )
+    predictor = torch_predictor(start, 0, settings)
     probs, emb = [], []
     for i in range(0, len(traffic), 64):
         p, e = predictor.probabilities_and_embeddings([t for t, _ in traffic[i : i + 64]])

@@ -19,9 +19,9 @@ from rich.table import Table
 from bench.common import LoadResult, bench_environment, http_load, install_v1, latest_local_version
 from bench.report import BenchConsole
 from online.data import Clinc150
-from online.engines import INT8_FILE, OnnxEngine, resolve_precision
+from online.engines import INT8_FILE, resolve_precision
 from online.model import resolve_device
-from online.predictor import Predictor
+from online.predictor import Predictor, int8_predictor, torch_predictor
 from online.settings import Settings
 from online.wiring.stores import Stores
 from services.supervisor import api_process
@@ -75,19 +75,16 @@ def run_bench_serve(
         test = [ex for ex in clinc.split("test") if ex[1] in known][: eval_limit or None]
         texts = [t for t, _ in clinc.split("test")]
 
-        def torch_predictor(precision: str) -> Predictor:
-            return Predictor(model, version, device=env.device, precision=precision, max_seq_len=env.max_seq_len)
+        def on_torch(precision: str) -> Predictor:
+            return torch_predictor(model, version, env, precision=precision)
 
-        predictors = {"torch-fp32": torch_predictor("fp32")}
+        predictors = {"torch-fp32": on_torch("fp32")}
         if resolve_precision("auto", device) != "fp32":
             name = f"torch-{resolve_precision('auto', device)}"
-            predictors[name] = torch_predictor("auto")
-        engine = None
+            predictors[name] = on_torch("auto")
         if device.type == "cpu" and INT8_FILE in manifest.artifacts:
-            engine = OnnxEngine(registry.artifact(version, INT8_FILE), threads=env.num_threads)
-            predictors["onnx-int8"] = Predictor.on_engine(
-                engine, version, model.labels, model.base_model, max_seq_len=env.max_seq_len
-            )
+            int8 = registry.artifact(version, INT8_FILE)
+            predictors["onnx-int8"] = int8_predictor(int8, version, model.labels, model.base_model, env)
         elif device.type == "cpu":
             check = manifest.gate.engine if manifest.gate else None
             console.print(f"[yellow]no int8 artifact ({check.detail if check else 'not built'}): no onnx-int8 rows")
@@ -101,7 +98,7 @@ def run_bench_serve(
             console.row(table="accuracy", engine=name, texts=len(test), accuracy=acc, agreement_with_fp32=agreement)
 
         raw = {c: _raw(predictors, texts, requests, c) for c in levels}
-        predictors = p = engine = None  # free every engine before the servers start
+        predictors = p = None  # free every engine before the servers start
         gc.collect()
         api: dict[int, LoadResult] = {}
         naive: dict[int, LoadResult] = {}

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from online.examples import Example
 from online.model import TextClassifier
-from online.predictor import Predictor
+from online.predictor import torch_predictor
 from online.settings import Settings
 
 
@@ -67,9 +67,7 @@ def score(predicted: Sequence[str], examples: Sequence[Example], model_labels: S
 def evaluate(model: TextClassifier, examples: Sequence[Example], settings: Settings, version: int | None = None
              ) -> EvalReport:  # fmt: skip
     """Predict every text with the serving path (same precision and truncation as the API) and score."""
-    predictor = Predictor(
-        model, version or 0, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len
-    )
+    predictor = torch_predictor(model, version or 0, settings)
     predicted: list[str] = []
     texts = [t for t, _ in examples]
     for start in range(0, len(texts), 256):

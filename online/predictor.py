@@ -3,18 +3,20 @@
 A :class:`Predictor` is built once per version (in the background during a hot swap) and never mutated,
 so a request that started on it finishes on it. Speed on CPU comes from measured levers: batching (done
 by the caller), less padding (texts sorted by token length and padded per bucket) and the engine
-(``online.serving.engines``: int8 weights under ONNX Runtime by default on CPU, torch in bf16 where the
+(``online.engines``: int8 weights under ONNX Runtime by default on CPU, torch in bf16 where the
 CPU has native bf16, autocast to bf16 or fp16 on CUDA).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from online.engines import Engine, TorchEngine, torch_thread_count
+from online.engines import Engine, OnnxEngine, TorchEngine, resolve_engine, torch_thread_count
 from online.model import TextClassifier, load_tokenizer, token_limit
+from online.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -137,3 +139,43 @@ class Predictor:
             top = [(self.labels[i], round(s, 6)) for i, s in zip(i_row, s_row)]
             result.append(Prediction(label=top[0][0], score=top[0][1], top_k=top))
         return result, probs, emb
+
+
+# --- the one factory: every process builds its predictors here, from its Settings ------------------------
+def serves_int8(settings: Settings) -> bool:
+    """The engine choice, made once: a version with a checked int8 artifact serves on ONNX Runtime when
+    the engine setting resolves to it (``auto`` on CPU); otherwise torch serves it."""
+    return resolve_engine(settings.engine, settings.device) == "onnx-int8"
+
+
+def torch_predictor(
+    model: TextClassifier,
+    version: int,
+    settings: Settings,
+    *,
+    precision: str | None = None,
+    copy_model: bool = True,
+) -> Predictor:
+    """``model`` on torch with the configured device, precision (unless given) and sequence length."""
+    return Predictor(
+        model,
+        version,
+        device=settings.device,
+        precision=precision or settings.precision,
+        max_seq_len=settings.max_seq_len,
+        copy_model=copy_model,
+    )
+
+
+def int8_predictor(path: Path, version: int, labels: list[str], base_model: str, settings: Settings) -> Predictor:
+    """A version's int8 artifact on ONNX Runtime (the CPU engine), tokenised like its torch model."""
+    engine = OnnxEngine(path, threads=settings.num_threads)
+    return Predictor.on_engine(engine, version, labels, base_model, max_seq_len=settings.max_seq_len)
+
+
+def serving_predictor(model: TextClassifier, version: int, settings: Settings, int8: Path | None) -> Predictor:
+    """What a replica would serve ``model`` with: its int8 artifact when it has one and the engine
+    setting says so, else torch (the drift reference is built with this, so it matches live traffic)."""
+    if int8 is not None and serves_int8(settings):
+        return int8_predictor(int8, version, model.labels, model.base_model, settings)
+    return torch_predictor(model, version, settings)

@@ -35,7 +35,7 @@ from online.lifecycle.release import JudgedVersion, release
 from online.lifecycle.reports import GateReport, RoundStats
 from online.memory.log import CorrectionLog
 from online.model import TextClassifier
-from online.predictor import Predictor
+from online.predictor import torch_predictor
 from online.reference import REFERENCE_FILE, Reference
 from online.settings import Settings
 
@@ -184,9 +184,7 @@ class RoundRunner:
         items = [Candidate(s.text, s.label, s.source) for s in todo]
         judged = []
         if todo:
-            predictor = Predictor(
-                live, 0, device=self.s.device, precision=self.s.precision, max_seq_len=self.s.max_seq_len
-            )
+            predictor = torch_predictor(live, 0, self.s)
             probs, emb = predictor.probabilities_and_embeddings([s.text for s in todo])
             ref_path = self.registry.path(parent) / REFERENCE_FILE
             reference = Reference.load(ref_path) if ref_path.is_file() else None

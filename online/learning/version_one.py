@@ -22,7 +22,7 @@ from online.lifecycle.registry import Manifest, ModelRegistry
 from online.lifecycle.release import JudgedVersion, release
 from online.lifecycle.reports import SeedStats
 from online.model import TextClassifier, default_base_model, resolve_device
-from online.predictor import Predictor
+from online.predictor import torch_predictor
 from online.settings import Settings
 
 
@@ -109,7 +109,7 @@ def train_version_one(
         progress=progress,
     )
     model.cpu()
-    predictor = Predictor(model, 0, device=settings.device, precision="fp32", max_seq_len=settings.max_seq_len)
+    predictor = torch_predictor(model, 0, settings, precision="fp32")
     acc = accuracy(lambda texts: [p.label for p in predictor.predict(texts, 1)], test)
     # The golden set is frozen now, from the seed test data, and never changes afterwards.
     golden = GoldenSet.for_settings(settings, test)

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from online.engines import INT8_FILE, OnnxEngine
+from online.engines import INT8_FILE
 from online.examples import Example
 from online.lifecycle.reports import EngineCheck
 from online.model import TextClassifier
-from online.predictor import Predictor
+from online.predictor import Predictor, int8_predictor
 from online.settings import Settings
 
 log = logging.getLogger("online.lifecycle.artifact")
@@ -101,14 +101,8 @@ def check_int8(
 ) -> tuple[float, float, float]:
     """(int8 accuracy, fp32 accuracy, argmax agreement) on ``golden``."""
     texts = [t for t, _ in golden]
-    int8 = Predictor.on_engine(
-        OnnxEngine(path, threads=settings.num_threads),
-        0,
-        model.labels,
-        model.base_model,
-        max_seq_len=settings.max_seq_len,
-    )
-    fp32 = Predictor(model, 0, device="cpu", precision="fp32", max_seq_len=settings.max_seq_len)
+    int8 = int8_predictor(path, 0, model.labels, model.base_model, settings)
+    fp32 = Predictor(model, 0, device="cpu", precision="fp32", max_seq_len=settings.max_seq_len)  # the CPU reference
     a = int8.probabilities(texts).argmax(-1)
     b = fp32.probabilities(texts).argmax(-1)
     gold = torch.tensor([model.labels.index(lab) if lab in model.labels else -1 for _, lab in golden])

@@ -27,7 +27,7 @@ from pathlib import Path
 from online.examples import Example
 from online.lifecycle.reports import Check, GateReport
 from online.model import TextClassifier
-from online.predictor import Predictor
+from online.predictor import Predictor, torch_predictor
 from online.settings import Settings
 
 GOLDEN_FILE = "golden.jsonl"
@@ -143,7 +143,7 @@ class Gate:
         self.golden = golden
 
     def _predictor(self, model: TextClassifier) -> Predictor:
-        return Predictor(model, 0, device=self.s.device, precision=self.s.precision, max_seq_len=self.s.max_seq_len)
+        return torch_predictor(model, 0, self.s)
 
     def baseline(self, model: TextClassifier) -> GateReport:
         """The report of a version nothing is compared with (version 1): its golden results."""

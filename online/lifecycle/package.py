@@ -16,12 +16,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from online.engines import INT8_FILE, OnnxEngine, resolve_engine
+from online.engines import INT8_FILE
 from online.examples import Example, class_balanced
 from online.lifecycle.artifact import build_int8
 from online.lifecycle.reports import GateReport
 from online.model import TextClassifier
-from online.predictor import Predictor
+from online.predictor import serving_predictor
 from online.reference import REFERENCE_FILE, Reference
 from online.settings import Settings
 
@@ -38,14 +38,7 @@ def build_reference(
     ``artifacts``: the version's serving artifacts, whose int8 engine replicas serve where it has one."""
     rng = random.Random(settings.seed)
     sample = class_balanced(trained_on, settings.drift_reference_size, rng)
-    int8 = (artifacts or {}).get(INT8_FILE)
-    if int8 is not None and resolve_engine(settings.engine, settings.device) == "onnx-int8":
-        engine = OnnxEngine(int8, threads=settings.num_threads)
-        predictor = Predictor.on_engine(engine, 0, model.labels, model.base_model, max_seq_len=settings.max_seq_len)
-    else:
-        predictor = Predictor(
-            model, 0, device=settings.device, precision=settings.precision, max_seq_len=settings.max_seq_len
-        )
+    predictor = serving_predictor(model, 0, settings, (artifacts or {}).get(INT8_FILE))
     _, train_emb = predictor.probabilities_and_embeddings([t for t, _ in sample])
     probs, calib_emb = predictor.probabilities_and_embeddings([t for t, _ in calibration])
     return Reference.build(

@@ -28,9 +28,9 @@ import redis.asyncio as aredis
 import torch
 
 from online.contract import ShadowSlot
-from online.engines import INT8_FILE, OnnxEngine, resolve_engine
+from online.engines import INT8_FILE
 from online.lifecycle.registry import IntegrityError, Manifest, ModelRegistry
-from online.predictor import Predictor
+from online.predictor import Predictor, int8_predictor, serves_int8, torch_predictor
 from online.serving.batcher import MicroBatcher, cancel
 from online.serving.breaker import Breaker
 from online.serving.metrics import ApiMetrics
@@ -209,19 +209,12 @@ class VersionFollower:
         live batches interleave with the swap instead of waiting for all of it."""
         manifest = await _at_low_priority(self.registry.verify, version)
         predictor = None
-        if resolve_engine(self.s.engine, self.s.device) == "onnx-int8":
+        if serves_int8(self.s):
             predictor = await self._int8(version, manifest)
         if predictor is None:
             model, _ = await self.batcher.call(lambda: self.registry.load(version, verify=False))
             predictor = await self.batcher.call(
-                lambda: Predictor(
-                    model,
-                    version,
-                    device=self.s.device,
-                    precision=self.s.precision,
-                    max_seq_len=self.s.max_seq_len,
-                    copy_model=False,
-                )
+                lambda: torch_predictor(model, version, self.s, copy_model=False)
             )
             await self._warm_up(predictor)
         return predictor
@@ -246,11 +239,8 @@ class VersionFollower:
             path = await _at_low_priority(self.registry.artifact, version, INT8_FILE, manifest)
             # At normal priority: the session's thread pool is created here and a thread inherits its
             # creator's nice value, so pool threads made at nice 19 would starve the forward under load.
-            engine = await asyncio.to_thread(OnnxEngine, path, threads=self.s.num_threads)
-            predictor = await self.batcher.call(
-                lambda: Predictor.on_engine(
-                    engine, version, manifest.labels, manifest.base_model, max_seq_len=self.s.max_seq_len
-                )
+            predictor = await asyncio.to_thread(
+                int8_predictor, path, version, manifest.labels, manifest.base_model, self.s
             )
             await self._warm_up(predictor)
             probs = await self.batcher.call(lambda: predictor.probabilities(["a shape check"]))
