@@ -22,6 +22,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
+from online.versioned import ModelSpec, register_family
+
 WEIGHTS_FILE = "model.safetensors"
 Pooling = Literal["mean", "cls", "pooler"]
 
@@ -132,6 +134,16 @@ class TextClassifier(nn.Module):
         _materialise_buffers(model)
         return model.eval()
 
+    family = "classifier"
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(family=self.family, labels=self.labels, base_model=self.base_model, pooling=self.pooling)
+
+    @classmethod
+    def from_spec(cls, weights: Path, spec: ModelSpec) -> "TextClassifier":
+        """The registry's loader of classifier versions (``online.versioned``)."""
+        return cls.load(weights, spec.labels, spec.base_model, spec.pooling)  # type: ignore[arg-type]
+
     def save(self, weights: Path) -> str:
         """Write the weights as safetensors and return their sha256 (what the manifest records)."""
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
@@ -193,3 +205,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+register_family(TextClassifier.family, TextClassifier.from_spec)

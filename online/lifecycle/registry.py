@@ -21,20 +21,19 @@ from pydantic import BaseModel, Field, field_validator
 from online.contract import ShadowSlot
 from online.keys import Keys
 from online.lifecycle.reports import GateReport, VersionStats
-from online.model import WEIGHTS_FILE, Pooling, TextClassifier, sha256_file
+from online.model import WEIGHTS_FILE, sha256_file
+from online.versioned import ModelSpec, VersionModel, load_model
 
 MANIFEST_FILE = "manifest.json"
 Status = Literal["published", "rejected", "collected"]
 
 
-class Manifest(BaseModel):
-    """What is known of one version; stored beside its weights and in the Redis index."""
+class Manifest(ModelSpec):
+    """What is known of one version; stored beside its weights and in the Redis index. Its
+    :class:`ModelSpec` fields (family, labels, base model, pooling) rebuild the model."""
 
     version: int
-    labels: list[str]
-    base_model: str
     sha256: str
-    pooling: Pooling = "mean"
     parent: int | None = None
     created_at: float = Field(default_factory=time.time)
     status: Status = "published"
@@ -143,18 +142,16 @@ class ModelRegistry:
         self._verified.check(path, manifest.artifacts[name], f"version {version} {name}")
         return path
 
-    def load(self, version: int, verify: bool = True) -> tuple[TextClassifier, Manifest]:
-        """Load a version's weights, by default after :meth:`verify`."""
+    def load(self, version: int, verify: bool = True) -> tuple[VersionModel, Manifest]:
+        """Load a version's model (its family's loader, ``online.versioned``), by default after
+        :meth:`verify`."""
         manifest = self.verify(version) if verify else self.get(version)
-        model = TextClassifier.load(
-            self.path(version) / WEIGHTS_FILE, manifest.labels, manifest.base_model, manifest.pooling
-        )
-        return model, manifest
+        return load_model(self.path(version) / WEIGHTS_FILE, manifest), manifest
 
     # --- writing ------------------------------------------------------------------------------
     def publish(
         self,
-        model: TextClassifier,
+        model: VersionModel,
         *,
         parent: int | None,
         metrics: dict[str, float] | None = None,
@@ -181,11 +178,9 @@ class ModelRegistry:
             shutil.move(source, tmp / name)
             stored[name] = sha256_file(tmp / name)
         manifest = Manifest(
+            **model.spec().model_dump(),
             version=version,
-            labels=model.labels,
-            base_model=model.base_model,
             sha256=sha,
-            pooling=model.pooling,
             parent=parent,
             status=status,
             metrics=metrics or {},

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal
 
 from online.examples import Example
 from online.lifecycle import promotion
-from online.lifecycle.package import package
+from online.lifecycle.package import Package, package
 from online.lifecycle.registry import LiveMoved, Manifest, ModelRegistry
 from online.lifecycle.reports import GateReport, VersionStats
-from online.model import TextClassifier
 from online.settings import Settings
+from online.versioned import VersionModel
 
 log = logging.getLogger("online.lifecycle.release")
 
@@ -34,7 +35,7 @@ Outcome = Literal["promoted", "shadow", "superseded", "rejected", "published"]
 class JudgedVersion:
     """A judged model and what the pipeline needs to package it."""
 
-    model: TextClassifier
+    model: VersionModel
     report: GateReport
     parent: int | None
     trained_on: Sequence[Example]  # what it learned from: the drift reference's index
@@ -47,6 +48,23 @@ class JudgedVersion:
 class Release:
     manifest: Manifest
     outcome: Outcome
+
+
+Packager = Callable[[JudgedVersion, Settings], AbstractContextManager[Package]]
+
+
+def _package_classifier(candidate: JudgedVersion, settings: Settings) -> AbstractContextManager[Package]:
+    c = candidate
+    return package(c.model, c.report, c.golden, c.trained_on, c.calibration, settings)  # type: ignore[arg-type]
+
+
+_PACKAGERS: dict[str, Packager] = {"classifier": _package_classifier}
+
+
+def register_packager(family: str, packager: Packager) -> None:
+    """What a model family's versions serve with beside their weights (a second family registers its
+    own; the pipeline itself does not change)."""
+    _PACKAGERS[family] = packager
 
 
 def placement_for(settings: Settings, parent: int | None) -> Placement:
@@ -72,9 +90,7 @@ def release(
     leader lock). A candidate that failed the gate is published as ``rejected`` (inspectable, never
     served); one whose parent is no longer live is ``superseded`` (published, not placed)."""
     report = candidate.report
-    with package(
-        candidate.model, report, candidate.golden, candidate.trained_on, candidate.calibration, settings
-    ) as pkg:
+    with _PACKAGERS[candidate.model.spec().family](candidate, settings) as pkg:
         version_stats = stats() if callable(stats) else stats
         if fence:
             fence()
