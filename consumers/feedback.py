@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Protocol
 
 import redis
 from kafka import OffsetAndMetadata, TopicPartition
@@ -21,6 +22,13 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from consumers.processor import FeedbackProcessor, Outcome
 from online.bus import discard_producer, ensure_topics, make_consumer, make_producer
 from online.connections import FsyncMode, fsync_barrier, fsync_mode
+from online.feedback.buffer import ReplayBuffer
+from online.feedback.prediction_log import PredictionLog
+from online.feedback.review_queue import ReviewQueue
+from online.keys import Keys
+from online.lifecycle.shadow import ShadowLedger
+from online.memory.log import CorrectionLog
+from online.monitoring.live_accuracy import LiveAccuracy
 from online.settings import Settings
 from online.wiring.stores import Stores
 
@@ -40,13 +48,40 @@ class ConsumerMetrics:
         )
 
 
+class ConsumerStores(Protocol):
+    """The stores the consumer writes (the wiring's ``Stores`` has them all)."""
+
+    @property
+    def redis(self) -> redis.Redis: ...
+
+    @property
+    def keys(self) -> Keys: ...
+
+    @property
+    def buffer(self) -> ReplayBuffer: ...
+
+    @property
+    def corrections(self) -> CorrectionLog: ...
+
+    @property
+    def live_accuracy(self) -> LiveAccuracy: ...
+
+    @property
+    def shadow(self) -> ShadowLedger: ...
+
+    @property
+    def review(self) -> ReviewQueue: ...
+
+    @property
+    def predictions(self) -> PredictionLog: ...
+
+
 class FeedbackConsumer:
     """The Kafka loop around :class:`FeedbackProcessor`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, stores: ConsumerStores) -> None:
         self.settings = settings
         self.metrics = ConsumerMetrics()
-        stores = Stores.from_settings(settings)
         self.redis = stores.redis
         self.keys = stores.keys
         self.fsync: FsyncMode | None = None  # learned from the server at the first batch
@@ -171,7 +206,8 @@ class FeedbackConsumer:
 
 
 def run_consumer(settings: Settings, stop: threading.Event) -> None:
-    consumer = FeedbackConsumer(settings)
+    """The consumer process's wiring: its stores from the one Settings object, its metrics endpoint."""
+    consumer = FeedbackConsumer(settings, Stores.from_settings(settings))
     if settings.consumer_metrics_port is not None:
         start_http_server(settings.consumer_metrics_port, addr="0.0.0.0", registry=consumer.metrics.registry)
     consumer.run(stop)

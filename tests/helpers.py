@@ -164,7 +164,7 @@ class ConsumerThread:
 
     def __init__(self, settings) -> None:
         self.stop = threading.Event()
-        self.consumer = FeedbackConsumer(settings)
+        self.consumer = FeedbackConsumer(settings, Stores.from_settings(settings))
         self.thread = threading.Thread(target=self.consumer.run, args=(self.stop,), daemon=True)
 
     def __enter__(self) -> "ConsumerThread":
