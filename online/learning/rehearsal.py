@@ -25,8 +25,16 @@ class Strategy(Protocol):
     needs_embeddings: bool
 
     def select(
-        self, pool: Sequence[Example], k: int, rng: random.Random, embed: Embed | None = None
-    ) -> list[Example]: ...
+        self,
+        pool: Sequence[Example],
+        k: int,
+        rng: random.Random,
+        embed: Embed | None = None,
+        new: Sequence[Example] = (),
+    ) -> list[Example]:
+        """``k`` examples of ``pool`` to replay beside ``new`` (the round's new feedback, which some
+        strategies aim at: the remembered examples it would interfere with)."""
+        ...
 
 
 def _unit_embeddings(embed: Embed | None, texts: list[str], strategy: str) -> np.ndarray:

@@ -181,8 +181,8 @@ class VersionFollower:
             if self._on_swap:
                 await self._on_swap(predictor)  # companions of the old version are dropped there
             # Everything alive now (libraries, the new version) leaves the cyclic GC's view: a full
-            # collection walks the whole heap with the GIL held, and under load those walks were the
-            # p99 (about 1 request in 100 waited ~150 ms more). Refcounting still frees what is dropped.
+            # collection walks the whole heap with the GIL held, and under load those walks set the p99
+            # (`online bench swap` measures it). Refcounting still frees what is dropped.
             gc.freeze()
             self.failures.pop("live", None)
             self.metrics.live_version.set(version)
