@@ -212,15 +212,15 @@ def version_under_test(settings: Settings, console: Console) -> tuple[TextClassi
     found = latest_local_version(settings)
     if found is not None:
         model, manifest = found
-        path = settings.models_dir / f"v{manifest.version}" / REFERENCE_FILE
+        path = settings.models_dir / f"v{manifest.version}" / REFERENCE_FILE  # the user's own folder store
         return model, manifest.version, Reference.load(path) if path.is_file() else None
     console.print("no local model version: training version 1 on the seed data first")
     with bench_environment(settings) as env:
         registry = Stores.from_settings(env).registry
         manifest = train_version_one(env, registry)
         model, _ = registry.load(manifest.version)
-        path = registry.path(manifest.version) / REFERENCE_FILE
-        return model, manifest.version, Reference.load(path) if path.is_file() else None
+        path = registry.optional_artifact(manifest.version, REFERENCE_FILE)
+        return model, manifest.version, Reference.load(path) if path else None
 
 
 _OPENERS = ("hey, ", "hi, ", "quick question: ", "excuse me, ", "hello, ")

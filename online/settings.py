@@ -25,7 +25,10 @@ class Settings(BaseSettings):
 
     # --- where things live -------------------------------------------------------------------
     state_dir: Path = Field(Path(".online"), description="Local state: embedded servers' data, logs.")
-    model_store: Path | None = Field(None, description="Model versions on disk (default: STATE_DIR/models).")
+    model_store: Path | str | None = Field(
+        None,
+        description="Where model versions live: a folder (default: STATE_DIR/models) or S3-compatible object storage, s3://bucket/prefix (endpoint and credentials from the standard AWS_* variables); with object storage each process caches what it serves in STATE_DIR/model-cache.",
+    )
     data_dir: Path = Field(Path("../shared/data/clinc150"), description="CLINC150 directory (data_full.json).")
     seed_data: Path | None = Field(
         None,
@@ -299,8 +302,15 @@ class Settings(BaseSettings):
         return env
 
     @property
+    def object_store(self) -> bool:
+        return str(self.model_store or "").startswith("s3://")
+
+    @property
     def models_dir(self) -> Path:
-        return self.model_store or self.state_dir / "models"
+        """The local directory versions are read from: the folder store, or the object store's cache."""
+        if self.object_store:
+            return self.state_dir / "model-cache"
+        return Path(self.model_store) if self.model_store else self.state_dir / "models"
 
 
 def _reveal(value):

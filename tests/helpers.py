@@ -183,3 +183,30 @@ def buffer_of(settings) -> ReplayBuffer:
 
 def total_events(buffer: ReplayBuffer) -> int:
     return sum(s.total for s in buffer.stats())
+
+
+# -- object storage: moto's S3 server ----------------------------------------------------------------------
+
+
+def start_s3(log_dir: Path):
+    """moto's S3-compatible server on a free loopback port (stopped by PID like the other servers)."""
+    import shutil as _shutil
+
+    from services.embedded import _start, _with_retries
+
+    binary = _shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    return _with_retries(lambda p: _start("s3", [binary, "-H", "127.0.0.1", "-p", str(p)], p, log_dir / "s3.log", 30))
+
+
+def s3_env(monkeypatch, port: int, bucket: str) -> None:
+    """The standard AWS variables pointing at a local S3 server, and ``bucket`` created there."""
+    import boto3
+
+    for name, value in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    boto3.client("s3").create_bucket(Bucket=bucket)

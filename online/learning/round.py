@@ -186,8 +186,8 @@ class RoundRunner:
         if todo:
             predictor = torch_predictor(live, 0, self.s)
             probs, emb = predictor.probabilities_and_embeddings([s.text for s in todo])
-            ref_path = self.registry.path(parent) / REFERENCE_FILE
-            reference = Reference.load(ref_path) if ref_path.is_file() else None
+            ref_path = self.registry.optional_artifact(parent, REFERENCE_FILE)
+            reference = Reference.load(ref_path) if ref_path else None
             judged = screen(items, probs.numpy(), emb.numpy(), live.labels, reference, cfg)
         reasons, newly = decide(items, judged, ledger.counts(), bad, cfg)
         # Label governance covers every sample but the operator's releases (trusted and agreed ones too:

@@ -26,11 +26,10 @@ from pathlib import Path
 
 from online.examples import Example
 from online.lifecycle.reports import Check, GateReport
+from online.lifecycle.store import GOLDEN_FILE
 from online.model import TextClassifier
 from online.predictor import Predictor, torch_predictor
 from online.settings import Settings
-
-GOLDEN_FILE = "golden.jsonl"
 
 
 class GoldenSet:

@@ -1,6 +1,10 @@
-"""Versioned model registry: weights and manifests on disk, the index and the ``live`` alias in Redis.
+"""Versioned model registry: version files in a model store (a folder or S3-compatible object storage,
+``online.lifecycle.store``), the index and the ``live`` alias in Redis.
 
 Files are written first and the Redis index second, so a version the index names always has its files.
+Every file of a version (weights, int8 artifact, drift reference) has its sha256 in the manifest and is
+checked before it serves; a process reads versions from its local directory (the folder, or its cache of
+the object store, filled on first use).
 The ``live`` alias changes in one MULTI/EXEC together with its history entry, and every change is
 announced on a pub/sub channel; replicas that miss the message still see it by polling :meth:`live`.
 """
@@ -8,6 +12,7 @@ announced on a pub/sub channel; replicas that miss the message still see it by p
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
@@ -21,10 +26,11 @@ from pydantic import BaseModel, Field, field_validator
 from online.contract import ShadowSlot
 from online.keys import Keys
 from online.lifecycle.reports import GateReport, VersionStats
+from online.lifecycle.store import GOLDEN_FILE, MANIFEST_FILE, FolderStore, ModelStore, StoreUnavailable
 from online.model import WEIGHTS_FILE, sha256_file
 from online.versioned import ModelSpec, VersionModel, load_model
 
-MANIFEST_FILE = "manifest.json"
+log = logging.getLogger("online.lifecycle.registry")
 Status = Literal["published", "rejected", "collected"]
 
 
@@ -92,10 +98,13 @@ class _Verified:
 
 
 class ModelRegistry:
-    def __init__(self, client: redis.Redis, store: Path, keys: Keys) -> None:
+    def __init__(self, client: redis.Redis, store: ModelStore | Path, keys: Keys) -> None:
         self.r = client
-        self.store = Path(store)
-        self.store.mkdir(parents=True, exist_ok=True)
+        self.store: ModelStore = store if not isinstance(store, (str, Path)) else FolderStore(Path(store))
+        try:  # a trainer or importer on a fresh host judges on the golden set the first one froze
+            self.store.fetch_file(GOLDEN_FILE)
+        except StoreUnavailable as exc:
+            log.warning("golden set not fetched (%s): it is fetched again on the next start", exc)
         ns = keys.registry
         self._index = f"{ns}:index"
         self._live = f"{ns}:live"
@@ -107,7 +116,16 @@ class ModelRegistry:
 
     # --- reading ------------------------------------------------------------------------------
     def path(self, version: int) -> Path:
-        return self.store / f"v{version}"
+        """The version's local directory (it may not be fetched yet: :meth:`fetch`)."""
+        return self.store.local / f"v{version}"
+
+    def fetch(self, version: int) -> Path:
+        """The version's local directory, fetched from the store first when it is not cached (raises
+        ``StoreUnavailable`` when the store cannot be reached and nothing is cached)."""
+        try:
+            return self.store.fetch(f"v{version}")
+        except KeyError:
+            raise IntegrityError(f"version {version}: its files are missing from {self.store.url}") from None
 
     def live(self) -> int | None:
         value = self.r.get(self._live)
@@ -130,7 +148,7 @@ class ModelRegistry:
         """Check a version's weight file against its manifest's sha256 (no torch involved; once per file
         and process, see :class:`_Verified`)."""
         manifest = self.get(version)
-        self._verified.check(self.path(version) / WEIGHTS_FILE, manifest.sha256, f"version {version} weights")
+        self._verified.check(self.fetch(version) / WEIGHTS_FILE, manifest.sha256, f"version {version} weights")
         return manifest
 
     def artifact(self, version: int, name: str, manifest: Manifest | None = None) -> Path:
@@ -138,9 +156,17 @@ class ModelRegistry:
         manifest = manifest or self.get(version)
         if name not in manifest.artifacts:
             raise IntegrityError(f"version {version} has no artifact {name}")
-        path = self.path(version) / name
+        path = self.fetch(version) / name
         self._verified.check(path, manifest.artifacts[name], f"version {version} {name}")
         return path
+
+    def optional_artifact(self, version: int, name: str) -> Path | None:
+        """A checked file the version may have (its drift reference): None when it has none."""
+        manifest = self.get(version)
+        if name in manifest.artifacts:
+            return self.artifact(version, name, manifest)
+        legacy = self.path(version) / name  # written before every file was checksummed
+        return legacy if legacy.is_file() else None
 
     def load(self, version: int, verify: bool = True) -> tuple[VersionModel, Manifest]:
         """Load a version's model (its family's loader, ``online.versioned``), by default after
@@ -171,9 +197,10 @@ class ModelRegistry:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         sha = model.save(tmp / WEIGHTS_FILE)
+        stored = {}
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
-        stored = {}
+            stored[name] = sha256_file(tmp / name)
         for name, source in (artifacts or {}).items():
             shutil.move(source, tmp / name)
             stored[name] = sha256_file(tmp / name)
@@ -189,7 +216,11 @@ class ModelRegistry:
             artifacts=stored,
         )
         (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
-        tmp.rename(target)
+        self.store.put(target.name, tmp)  # every file, the manifest last
+        golden = self.store.local / GOLDEN_FILE
+        if golden.is_file():
+            self.store.put_file(GOLDEN_FILE, golden)  # frozen before version 1 is published: shared from it
+        shutil.rmtree(tmp, ignore_errors=True)
         self.r.hset(self._index, str(version), manifest.model_dump_json())
         return manifest
 
@@ -259,7 +290,7 @@ class ModelRegistry:
                 continue
             m.status = "collected"
             self.r.hset(self._index, str(m.version), m.model_dump_json())
-            shutil.rmtree(self.path(m.version), ignore_errors=True)
+            self.store.delete(f"v{m.version}")
             collected.append(m.version)
         return collected
 

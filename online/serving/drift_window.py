@@ -21,7 +21,7 @@ import torch
 
 from online.monitoring.drift import Thresholds, window_signals
 from online.monitoring.drift_log import DriftLog
-from online.reference import REFERENCE_FILE, Reference, nn_distance
+from online.reference import Reference, nn_distance
 from online.serving.breaker import Breaker
 from online.serving.metrics import ApiMetrics
 from online.settings import Settings
@@ -60,12 +60,11 @@ class DriftWindow:
         self._window = w
 
     # --- on the forward thread ----------------------------------------------------------------
-    def set_version(self, version: int, labels: list[str], path: Path) -> None:
-        """Called when a replica swaps: a new window against the new version's reference."""
+    def set_version(self, version: int, labels: list[str], ref_path: Path | None) -> None:
+        """Called when a replica swaps: a new window against the new version's (checked) reference."""
         self.version, self.labels = version, list(labels)
-        ref_path = path / REFERENCE_FILE
         self.reference, self._index = None, None
-        if ref_path.is_file():
+        if ref_path is not None:
             try:
                 self.reference = Reference.load(ref_path)
                 self._index = self.reference.index()

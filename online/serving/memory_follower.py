@@ -26,7 +26,7 @@ import redis.asyncio as aredis
 from online.feedback.buffer import ReplayBuffer
 from online.feedback.labels import LabelBook, LabelRules
 from online.feedback.quarantine import ScreenConfig, SourceLedger
-from online.lifecycle.registry import ModelRegistry
+from online.lifecycle.registry import IntegrityError, ModelRegistry
 from online.memory.index import STATES, CorrectionMemory, Policy
 from online.memory.log import Correction, CorrectionLog, parse_change
 from online.predictor import Predictor
@@ -141,8 +141,12 @@ class MemoryFollower:
         self._gauges()
 
     def _reference(self, version: int) -> Reference | None:
-        path = self.stores.registry.path(version) / REFERENCE_FILE
-        return Reference.load(path) if path.is_file() else None
+        try:
+            path = self.stores.registry.optional_artifact(version, REFERENCE_FILE)
+        except IntegrityError as exc:  # the screen then works without neighbours, as for a version without one
+            log.error("version %s: drift reference refused (%s)", version, exc)
+            return None
+        return Reference.load(path) if path else None
 
     async def _fill(self, memory: CorrectionMemory, predictor: Predictor) -> None:
         """Bring ``memory`` to the log's entries: embed what is new, forget what left, decide states.

@@ -16,11 +16,13 @@ import redis.asyncio as aredis
 
 from online.feedback.prediction_log import PredictionLog
 from online.feedback.review_queue import ReviewQueue
+from online.lifecycle.registry import IntegrityError
 from online.lifecycle.shadow import ShadowLedger
 from online.monitoring.drift_log import DriftLog
 from online.monitoring.live_accuracy import LiveAccuracy
 from online.monitoring.replicas import Heartbeat, Replicas
 from online.predictor import Predictor
+from online.reference import REFERENCE_FILE
 from online.serving.batcher import MicroBatcher
 from online.serving.breaker import Breaker
 from online.serving.drift_window import DriftWindow
@@ -146,7 +148,11 @@ class ModelService:
 
     async def _swapped(self, predictor: Predictor) -> None:
         """A new live version: a fresh drift window against its reference (on the forward thread)."""
-        path = self.stores.registry.path(predictor.version)
+        try:
+            path = await asyncio.to_thread(self.stores.registry.optional_artifact, predictor.version, REFERENCE_FILE)
+        except (IntegrityError, redis.RedisError) as exc:  # monitoring must never stop serving
+            log.error("version %s: drift reference unavailable (%s); input-drift signals off", predictor.version, exc)
+            path = None
         await self.batcher.call(lambda: self.window.set_version(predictor.version, predictor.labels, path))
         if self.memory:
             await self.memory.swapped(predictor)

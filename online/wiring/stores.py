@@ -23,6 +23,7 @@ from online.keys import Keys
 from online.lifecycle.control import TrainingControl
 from online.lifecycle.registry import ModelRegistry
 from online.lifecycle.shadow import ShadowLedger
+from online.lifecycle.store import open_store
 from online.memory.log import CorrectionLog
 from online.monitoring.drift_log import DriftLog
 from online.monitoring.feedback_volume import FeedbackVolume
@@ -64,7 +65,7 @@ class Stores:
             settings=s,
             redis=r,
             keys=keys,
-            registry=ModelRegistry(r, s.models_dir, keys),
+            registry=ModelRegistry(r, open_store(s.model_store or s.models_dir, s.models_dir), keys),
             buffer=ReplayBuffer(r, keys, s.buffer_capacity, s.dedup_ttl_s),
             corrections=CorrectionLog(r, keys, s.memory_capacity, s.memory_max_age_s, s.dedup_ttl_s),
             sources=SourceLedger(r, keys),

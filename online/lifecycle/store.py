@@ -1,0 +1,180 @@
+"""Where version files live: a local folder (one host, or a volume every process mounts) or S3-compatible
+object storage (any number of hosts), chosen by ``ONLINE_MODEL_STORE`` (a path, or ``s3://bucket/prefix``).
+
+Both keep a version as an immutable set of files under ``v<N>/``, with ``manifest.json`` written last:
+a version whose manifest is missing is incomplete and invisible (the registry's Redis index, written
+after the store, is what names versions; this is the store's own commit marker). Every process reads
+versions from a local directory: the folder itself, or for object storage a cache it fills on first use
+and then reads without the network, so a replica keeps serving (and restarting on) its cached versions
+while the store is unreachable. Checksums are the registry's business (every file's sha256 is in the
+manifest and is checked before anything serves); the store only moves bytes.
+
+Credentials and endpoint of object storage come from the standard ``AWS_*`` variables (boto3 reads
+``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+MANIFEST_FILE = "manifest.json"
+GOLDEN_FILE = "golden.jsonl"  # the frozen golden set, shared by every trainer and importer
+
+
+class StoreUnavailable(RuntimeError):
+    """The object store could not be reached or refused a request (the message says which)."""
+
+
+class ModelStore(Protocol):
+    """What the registry needs of the place version files live."""
+
+    url: str
+    local: Path  # the directory processes read versions from
+
+    def put(self, name: str, directory: Path) -> None:
+        """Store every file of ``directory`` as ``name/``, ``manifest.json`` last; ``directory`` may be
+        moved (the folder store renames it into place)."""
+        ...
+
+    def fetch(self, name: str) -> Path:
+        """``local / name``, fetched first when it is not complete there. Raises KeyError when the store
+        has no complete ``name``, :class:`StoreUnavailable` when it cannot be reached."""
+        ...
+
+    def delete(self, name: str) -> None: ...
+
+    def put_file(self, key: str, source: Path) -> None:
+        """A single shared file (the frozen golden set), beside the versions."""
+        ...
+
+    def fetch_file(self, key: str) -> Path | None:
+        """``local / key``, fetched first if missing locally; None when the store has none either."""
+        ...
+
+
+class FolderStore:
+    """Versions in a local folder: the store and the local directory are one."""
+
+    def __init__(self, root: Path) -> None:
+        self.local = Path(root)
+        self.url = str(self.local)
+        self.local.mkdir(parents=True, exist_ok=True)
+
+    def put(self, name: str, directory: Path) -> None:
+        target = self.local / name
+        if directory.resolve() != target.resolve():
+            shutil.rmtree(target, ignore_errors=True)
+            directory.rename(target)
+
+    def fetch(self, name: str) -> Path:
+        path = self.local / name
+        if not (path / MANIFEST_FILE).is_file():
+            raise KeyError(f"{path} is not a complete version")
+        return path
+
+    def delete(self, name: str) -> None:
+        shutil.rmtree(self.local / name, ignore_errors=True)
+
+    def put_file(self, key: str, source: Path) -> None:
+        target = self.local / key
+        if source.resolve() != target.resolve():
+            shutil.copyfile(source, target)
+
+    def fetch_file(self, key: str) -> Path | None:
+        path = self.local / key
+        return path if path.is_file() else None
+
+
+class S3Store:
+    """Versions as objects under ``s3://bucket/prefix/``, read through a local cache directory."""
+
+    def __init__(self, url: str, cache: Path) -> None:
+        import boto3  # only processes configured for object storage need it
+        from botocore.config import Config
+
+        parsed = urlparse(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ValueError(f"{url}: not an s3://bucket/prefix URL")
+        self.url = url
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.local = Path(cache)
+        self.local.mkdir(parents=True, exist_ok=True)
+        # A short connect timeout and few retries: an unreachable store must not hold a swap for minutes.
+        config = Config(connect_timeout=3, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"})
+        self.s3 = boto3.client("s3", config=config)
+
+    def _key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(*args, **kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise KeyError(f"{self.url}: no {what}") from None
+            raise StoreUnavailable(f"{self.url}: {what}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"{self.url}: {what}: {exc}") from exc
+
+    def put(self, name: str, directory: Path) -> None:
+        files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
+        for path in [*files, directory / MANIFEST_FILE]:  # the manifest last: the version's commit marker
+            self._call(f"upload of {name}/{path.name}", self.s3.upload_file, str(path), self.bucket, self._key(name, path.name))
+        cached = self.local / name  # the writer keeps what it wrote: no download of its own version
+        shutil.rmtree(cached, ignore_errors=True)
+        shutil.copytree(directory, cached)
+
+    def fetch(self, name: str) -> Path:
+        path = self.local / name
+        if (path / MANIFEST_FILE).is_file():
+            return path  # complete in the cache: no network
+        self._call(f"{name}/{MANIFEST_FILE}", self.s3.head_object, Bucket=self.bucket, Key=self._key(name, MANIFEST_FILE))
+        listing = self._call(f"listing of {name}", self.s3.list_objects_v2, Bucket=self.bucket, Prefix=self._key(name) + "/")
+        keys = [o["Key"] for o in listing.get("Contents", [])]
+        tmp = self.local / f".{name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for key in sorted(keys, key=lambda k: k.endswith("/" + MANIFEST_FILE)):  # manifest last here too
+            self._call(f"download of {key}", self.s3.download_file, self.bucket, key, str(tmp / key.rsplit("/", 1)[1]))
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+        return path
+
+    def delete(self, name: str) -> None:
+        listing = self._call(f"listing of {name}", self.s3.list_objects_v2, Bucket=self.bucket, Prefix=self._key(name) + "/")
+        keys = [{"Key": o["Key"]} for o in listing.get("Contents", [])]
+        # The manifest first: a half-deleted version is incomplete, never half-visible.
+        keys.sort(key=lambda k: not k["Key"].endswith("/" + MANIFEST_FILE))
+        for key in keys:
+            self._call(f"delete of {key['Key']}", self.s3.delete_object, Bucket=self.bucket, Key=key["Key"])
+        shutil.rmtree(self.local / name, ignore_errors=True)
+
+    def put_file(self, key: str, source: Path) -> None:
+        self._call(f"upload of {key}", self.s3.upload_file, str(source), self.bucket, self._key(key))
+        if source.resolve() != (self.local / key).resolve():
+            shutil.copyfile(source, self.local / key)
+
+    def fetch_file(self, key: str) -> Path | None:
+        path = self.local / key
+        if path.is_file():
+            return path
+        try:
+            self._call(key, self.s3.download_file, self.bucket, self._key(key), str(path) + ".partial")
+        except KeyError:
+            return None
+        Path(str(path) + ".partial").rename(path)
+        return path
+
+
+def open_store(location: str | Path, cache: Path) -> ModelStore:
+    """The store ``ONLINE_MODEL_STORE`` names: ``s3://bucket/prefix`` or a folder."""
+    if str(location).startswith("s3://"):
+        return S3Store(str(location), cache)
+    return FolderStore(Path(location))

@@ -1,0 +1,95 @@
+"""Versions in S3-compatible object storage (moto's S3 server): published by one "host", served by
+another with an empty state directory, checked against the manifest's sha256, still served from the
+cache while the store is down, collected from the bucket."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+
+from online.engines import INT8_FILE
+from online.lifecycle import promotion
+from online.lifecycle.gate import GoldenSet
+from online.lifecycle.registry import IntegrityError
+from online.lifecycle.store import GOLDEN_FILE, StoreUnavailable
+from online.reference import REFERENCE_FILE
+from online.wiring.stores import Stores
+from tests.helpers import OLD, examples, keyword_round_settings, s3_env, start_s3, train_v1
+
+BUCKET = "versions"
+
+
+@pytest.fixture
+def s3(tmp_path, monkeypatch):
+    server = start_s3(tmp_path / "s3")
+    s3_env(monkeypatch, server.port, BUCKET)
+    yield server
+    server.stop()
+
+
+def _host(settings, tmp_path, name: str):
+    """The settings of one host: the shared Redis and bucket, its own (empty) state directory; the golden
+    set frozen into the store (by the first host that freezes it), not an operator's file."""
+    (tmp_path / name).mkdir(exist_ok=True)
+    state = tmp_path / name / "state"
+    return keyword_round_settings(
+        settings, tmp_path / name, model_store=f"s3://{BUCKET}/prod", state_dir=state, golden_path=None
+    )
+
+
+def _trainer(settings, tmp_path):
+    host = _host(settings, tmp_path, "trainer")
+    registry = Stores.from_settings(host).registry
+    GoldenSet.for_settings(host, examples(OLD, 15, seed=7))  # frozen in this host's cache, shared at publish
+    return host, registry
+
+
+def _objects() -> list[str]:
+    listing = boto3.client("s3").list_objects_v2(Bucket=BUCKET)
+    return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
+def test_a_version_published_on_one_host_serves_on_another(s3, settings, tmp_path):
+    trainer, registry = _trainer(settings, tmp_path)
+    _, v1 = train_v1(trainer, registry)
+    keys = _objects()
+    assert f"prod/v{v1.version}/manifest.json" in keys and f"prod/{GOLDEN_FILE}" in keys
+    assert REFERENCE_FILE in v1.artifacts  # the drift reference is checksummed like the weights
+
+    api = _host(settings, tmp_path, "api")  # nothing on disk yet
+    registry = Stores.from_settings(api).registry
+    assert (api.models_dir / GOLDEN_FILE).is_file()  # a fresh host judges on the frozen golden set
+    model, manifest = registry.load(v1.version)  # fetched from the bucket, then checked
+    assert model.labels == v1.labels and registry.path(v1.version).is_dir()
+    if INT8_FILE in manifest.artifacts:
+        assert registry.artifact(v1.version, INT8_FILE).is_file()
+
+    s3.stop()  # the store goes away: the cached version still verifies and loads, without the network
+    again = Stores.from_settings(api).registry
+    assert again.load(v1.version)[1].sha256 == v1.sha256
+    third = _host(settings, tmp_path, "late")  # a host with nothing cached cannot serve it, and says why
+    with pytest.raises(StoreUnavailable):
+        Stores.from_settings(third).registry.verify(v1.version)
+
+
+def test_a_corrupted_object_is_refused(s3, settings, tmp_path):
+    trainer, registry = _trainer(settings, tmp_path)
+    _, v1 = train_v1(trainer, registry)
+    boto3.client("s3").put_object(Bucket=BUCKET, Key=f"prod/v{v1.version}/model.safetensors", Body=b"tampered")
+    api = _host(settings, tmp_path, "api")
+    with pytest.raises(IntegrityError, match="sha256"):
+        Stores.from_settings(api).registry.verify(v1.version)
+
+
+def test_rollback_and_collection_work_on_the_bucket(s3, settings, tmp_path):
+    host, registry = _trainer(settings, tmp_path)
+    model, v1 = train_v1(host, registry)
+    versions = [v1.version]
+    for _ in range(3):
+        versions.append(registry.publish(model, parent=versions[-1]).version)
+        promotion.promote(registry, versions[-1], "test")
+    promotion.rollback(registry)
+    assert registry.live() == versions[-2]
+    collected = registry.collect(keep=1)
+    assert collected and all(not any(k.startswith(f"prod/v{v}/") for k in _objects()) for v in collected)
+    assert registry.get(collected[0]).status == "collected"
