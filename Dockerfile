@@ -7,6 +7,7 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY online online
 COPY consumers consumers
 COPY services services
+COPY bench bench
 # Every other dependency at the versions the test suite passed with (constraints.txt), not "latest".
 RUN pip install --no-cache-dir -c constraints.txt . && useradd --create-home online && mkdir -p /state && chown online /state
 USER online

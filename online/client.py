@@ -25,6 +25,7 @@ from pydantic import TypeAdapter
 
 from online.contract import (
     BufferResponse,
+    DriftReport,
     FeedbackAccepted,
     FeedbackStats,
     LabelApproved,
@@ -35,6 +36,8 @@ from online.contract import (
     QuarantineResponse,
     QuarantineResult,
     ReviewResponse,
+    RoundsResponse,
+    ShadowResponse,
     TrainingState,
 )
 from online.events import EVENT_ADAPTER, LabelEvent, ThumbsEvent
@@ -135,8 +138,16 @@ class _Calls:
         body = {"version": version, "reason": reason}
         return self._run(_Call("POST", "/v1/models/promote", TypeAdapter(LiveChangeOut), json=body, admin=True))
 
-    def drift(self, history: int = 0) -> dict:
-        return self._run(_Call("GET", "/v1/drift", TypeAdapter(dict), params={"history": history}))
+    def rounds(self, limit: int = 100) -> RoundsResponse:
+        """The last continual rounds that made a version, oldest first."""
+        return self._run(_Call("GET", "/v1/rounds", TypeAdapter(RoundsResponse), params={"limit": limit}))
+
+    def shadow(self) -> ShadowResponse:
+        """The candidate running in shadow (if any), with its agreement and accuracy next to live's."""
+        return self._run(_Call("GET", "/v1/shadow", TypeAdapter(ShadowResponse)))
+
+    def drift(self, history: int = 0) -> DriftReport:
+        return self._run(_Call("GET", "/v1/drift", TypeAdapter(DriftReport), params={"history": history}))
 
     def review(self, limit: int = 20) -> ReviewResponse:
         """Predictions worth a human label (answer one with :meth:`label` naming its prediction_id).

@@ -71,6 +71,7 @@ class ModelOut(BaseModel):
     labels: int
     metrics: dict[str, float]
     gate_passed: bool | None = None
+    failed_checks: list[str] = Field(default_factory=list, description="The gate checks it failed.")
     live_accuracy: float | None = Field(None, description="From feedback on this version's own predictions.")
     judged: int = Field(0, description="Predictions of this version judged by feedback.")
 
@@ -85,7 +86,11 @@ class ModelDetail(ModelOut):
     gate: dict | None = Field(
         None, description="The gate report, check by check (the int8 engine's check in `engine`)."
     )
-    round: dict = Field(default_factory=dict, description="The round that made it: new, held, rehearsed, timings.")
+    round: dict | None = Field(
+        None,
+        description="How it was made, by `kind`: continual (a round: new, held out, rehearsed, timings), "
+        "seed (version 1 trained on the seed data) or import (a classifier trained elsewhere).",
+    )
 
 
 class Signal(BaseModel):
@@ -143,7 +148,7 @@ class LabelDistribution(BaseModel):
 
 
 class DriftReport(BaseModel):
-    """Everything `/v1/drift` shows (`online.monitoring.report.drift_report`)."""
+    """Everything `/v1/drift` shows (`services.admin.drift.drift_report`)."""
 
     live_version: int | None
     replica: str | None
@@ -288,8 +293,9 @@ class SourceOut(BaseModel):
 
 
 class QuarantineResponse(BaseModel):
-    held: list[HeldOut]
+    held: list[HeldOut] = Field(description="The oldest held samples, up to the limit asked for.")
     sources: list[SourceOut]
+    held_count: int = Field(0, description="Every sample held, listed or not.")
 
 
 class QuarantineAction(BaseModel):
@@ -319,14 +325,19 @@ class PendingLabel(BaseModel):
     reason: str
 
 
-class FeedbackStats(BaseModel):
-    """What the screen holds back, in counts (no texts: open to every caller)."""
+class ScreeningSummary(BaseModel):
+    """What the screen holds back, in counts only (``online.feedback.quarantine.screening_summary``)."""
 
     held: HeldCounts
     pending_labels: list[PendingLabel]
     quarantined_sources: list[str]
     trusted_sources: list[str]
     approved_labels: list[str]
+
+
+class FeedbackStats(ScreeningSummary):
+    """What the screen holds back, in counts (no texts: open to every caller)."""
+
     review_queued: int = Field(
         0, description="Predictions queued for a human label (`GET /v1/review`; expired ones leave when it is read)."
     )
@@ -377,9 +388,57 @@ class BufferResponse(BaseModel):
     dead_lettered_other: int = Field(
         0, description="Events dead-lettered under labels never stored (refused by the allow-list, ...)."
     )
+    cursor: int | None = Field(None, description="Sequence number of the last event stored.")
 
 
 class LabelApproved(BaseModel):
     label: str
     newly_approved: bool
     released: int = Field(description="Held examples of the label back in the buffer: the next round trains on them.")
+
+
+class ReplicaOut(BaseModel):
+    """An API replica's last heartbeat."""
+
+    replica: str
+    version: int | None
+    at: float
+    age_s: float
+    stale: bool = Field(description="No heartbeat for three model polls: the replica is probably gone.")
+    engine: str | None = None
+    last_load_error: str | None = None
+    memory: dict[str, int] | None = Field(None, description="Correction memory by state, answers by source.")
+
+
+class BufferSummary(BaseModel):
+    samples: int
+    new: int
+    labels: int
+    dead_lettered: int
+    held: int
+
+
+class SupervisedProcess(BaseModel):
+    pid: int
+    restarts: int = 0
+
+
+class Supervisor(BaseModel):
+    """A running `online up` in the same state directory, and the processes it restarts."""
+
+    pid: int
+    processes: dict[str, SupervisedProcess] = Field(default_factory=dict)
+
+
+class StatusReport(BaseModel):
+    """Everything `online status` shows, as one document (a monitoring script's input)."""
+
+    live_version: int | None
+    training: TrainingState
+    replicas: list[ReplicaOut]
+    correction_log: int = Field(description="Corrections taught through feedback, in the correction log.")
+    buffer: BufferSummary
+    screening: ScreeningSummary
+    rounds: list[RoundOut] = Field(description="The last continual rounds, oldest first.")
+    drift: DriftReport
+    supervisor: Supervisor | None = None

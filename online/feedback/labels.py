@@ -54,15 +54,6 @@ class LabelRules:
         )
 
 
-@dataclass(frozen=True)
-class NewLabel:
-    """What a round knows of one new label: its examples (trainable or pending) and their sources."""
-
-    label: str
-    examples: int
-    sources: frozenset[str]
-
-
 def pending_reason(why: str) -> str:
     return f"{PENDING}: {why}"
 

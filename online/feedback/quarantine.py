@@ -34,6 +34,7 @@ from typing import Protocol
 import numpy as np
 import redis
 
+from online.contract import HeldCounts, PendingLabel, ScreeningSummary
 from online.feedback.buffer import ReplayBuffer
 from online.feedback.labels import PENDING, LabelBook, is_pending
 from online.keys import Keys
@@ -331,32 +332,31 @@ def drop(buffer: ReplayBuffer, corrections: Forgets, sids: Sequence[str] = (), s
     return dropped
 
 
-def screening_summary(buffer: ReplayBuffer, ledger: SourceLedger, approved: set[str]) -> dict:
+def screening_summary(buffer: ReplayBuffer, ledger: SourceLedger, approved: set[str]) -> ScreeningSummary:
     """What the screen holds, in counts only (no texts): per kind of reason, per source, the new labels
     waiting to go live, and the sources quarantined or trusted. Read by ``GET /v1/feedback/stats``,
     `online status` and the dashboard."""
     held = buffer.held()
     by_reason: Counter[str] = Counter()
     by_source: dict[str, Counter[str]] = {}
-    pending: dict[str, dict] = {}
+    pending: dict[str, PendingLabel] = {}
     for h in held:
         kind = reason_kind(h.reason)
         by_reason[kind] += 1
         by_source.setdefault(h.source, Counter())[kind] += 1
         if kind == PENDING:
-            entry = pending.setdefault(h.label, {"label": h.label, "examples": 0, "sources": set(), "reason": h.reason})
-            entry["examples"] += 1
-            entry["sources"].add(h.source)
-    return {
-        "held": {
-            "total": len(held),
-            "by_reason": dict(by_reason),
-            "by_source": {s: dict(c) for s, c in sorted(by_source.items())},
-        },
-        "pending_labels": [
-            {**p, "sources": sorted(p["sources"])} for p in sorted(pending.values(), key=lambda p: p["label"])
-        ],
-        "quarantined_sources": sorted(ledger.quarantined()),
-        "trusted_sources": sorted(ledger.trusted()),
-        "approved_labels": sorted(approved),
-    }
+            entry = pending.setdefault(h.label, PendingLabel(label=h.label, examples=0, sources=[], reason=h.reason))
+            entry.examples += 1
+            if h.source not in entry.sources:
+                entry.sources.append(h.source)
+    return ScreeningSummary(
+        held=HeldCounts(
+            total=len(held),
+            by_reason=dict(by_reason),
+            by_source={s: dict(c) for s, c in sorted(by_source.items())},
+        ),
+        pending_labels=[p.model_copy(update={"sources": sorted(p.sources)}) for _, p in sorted(pending.items())],
+        quarantined_sources=sorted(ledger.quarantined()),
+        trusted_sources=sorted(ledger.trusted()),
+        approved_labels=sorted(approved),
+    )

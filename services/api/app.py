@@ -18,6 +18,7 @@ from online.serving.metrics import ApiMetrics
 from online.serving.service import ModelService, NotReady
 from online.settings import Settings
 from online.wiring.stores import Stores
+from services.admin.local import LocalAdmin
 from services.api import tracing
 from services.api.access import AccessLog
 from services.api.intake import FeedbackIntake, RateLimited, Unavailable
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
         async_client = async_redis_client(settings)
         service = ModelService(stores, metrics, async_client)
         app.state.stores = stores
+        app.state.admin = LocalAdmin(stores)
         app.state.service = service
         app.state.intake = FeedbackIntake(stores, service.redis_health, service.broker_health)
         await service.start()

@@ -1,6 +1,7 @@
 """Typed FastAPI dependencies: what a router may ask for, each built once in ``services.api.app``.
 
-Routers declare ``stores: StoresDep`` or ``service: ServiceDep`` and never reach into ``app.state``
+Routers declare ``admin: AdminDep`` (the stores turned into response models, ``services.admin.local``),
+``stores: StoresDep`` or ``service: ServiceDep`` and never reach into ``app.state``
 (the FastAPI full-stack template's ``deps.py`` pattern). They are ``async``: FastAPI runs a plain
 ``def`` dependency on its thread pool, a thread hop per request for a field read (measured in
 ``online bench serve``: the API's event loop spent its time handing requests to worker threads).
@@ -16,6 +17,7 @@ from online.serving.metrics import ApiMetrics
 from online.serving.service import ModelService
 from online.settings import Settings
 from online.wiring.stores import Stores
+from services.admin.local import LocalAdmin
 from services.api.intake import FeedbackIntake
 
 
@@ -25,6 +27,10 @@ async def get_settings(request: Request) -> Settings:
 
 async def get_stores(request: Request) -> Stores:
     return request.app.state.stores
+
+
+async def get_admin(request: Request) -> LocalAdmin:
+    return request.app.state.admin
 
 
 async def get_service(request: Request) -> ModelService:
@@ -41,6 +47,7 @@ async def get_metrics(request: Request) -> ApiMetrics:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoresDep = Annotated[Stores, Depends(get_stores)]
+AdminDep = Annotated[LocalAdmin, Depends(get_admin)]
 ServiceDep = Annotated[ModelService, Depends(get_service)]
 IntakeDep = Annotated[FeedbackIntake, Depends(get_intake)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]

@@ -169,8 +169,8 @@ def test_one_source_cannot_flood_the_label_space(parts):
     assert not {f"label-{i}" for i in range(30)} & live  # one example each: none is a label yet
     assert len({lab for _, lab, _ in flood} & live) <= 3  # the hourly budget of one source
     summary = quarantine_summary(buffer, ledger)
-    assert sum(summary["held"]["by_source"]["mallory"].values()) == report.quarantined
-    assert not summary["held"]["by_source"].keys() - {"mallory"}  # the honest sources' feedback all trained
+    assert sum(summary.held.by_source["mallory"].values()) == report.quarantined
+    assert not summary.held.by_source.keys() - {"mallory"}  # the honest sources' feedback all trained
 
 
 def test_a_new_label_cannot_take_over_an_existing_intent_without_approval(parts):
@@ -181,11 +181,11 @@ def test_a_new_label_cannot_take_over_an_existing_intent_without_approval(parts)
     send(buffer, honest(10, seed=66) + hijack)
     runner.run()
     assert "acct_money" not in registry.get(registry.live()).labels
-    pending = quarantine_summary(buffer, ledger)["pending_labels"]
-    assert [p["label"] for p in pending] == ["acct_money"] and "take over" in pending[0]["reason"]
+    pending = quarantine_summary(buffer, ledger).pending_labels
+    assert [p.label for p in pending] == ["acct_money"] and "take over" in pending[0].reason
 
     new, released = approve_label(runner.stores.labels, buffer, "acct_money")  # the operator says yes
-    assert new and released == pending[0]["examples"] >= 3  # those held as contradicted stay held
+    assert new and released == pending[0].examples >= 3  # those held as contradicted stay held
     report = runner.run()
     assert "acct_money" in report.added_labels and report.quarantined == 0
     assert "acct_money" in runner.stores.labels.approved()  # remembered

@@ -44,7 +44,7 @@ def test_client_against_a_running_api(kafka_settings):
             change = api.rollback(reason="sdk test")
             assert change.version == first and change.previous == second.version
             helpers.wait_for(lambda: api.predict("x").model_version == first, what="the replica back on v1")
-            assert set(api.drift()) >= {"alerts"} and api.review(limit=5).queued >= 0
+            assert isinstance(api.drift().alerts, list) and api.review(limit=5).queued >= 0
             assert api.feedback_stats().held.total == 0
             with pytest.raises(ApiError) as err:
                 api.predict("   ")  # a blank text is refused with the server's reason, not retried

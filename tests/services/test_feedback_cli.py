@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import httpx
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from online.client import Client
 from services.api.app import create_app
 from services.cli import app as cli
-from services.cli_feedback import post_events, read_jsonl
+from services.commands.feedback import read_jsonl, send
 from tests.helpers import ConsumerThread, buffer_of, settings_env, total_events, wait_for
 
 
@@ -23,9 +25,16 @@ def test_jsonl_file_through_api_and_buffer_stats(kafka_settings, tmp_path, monke
     assert len(events) == 5 and [e.split(":")[0] for e in errors] == ["line 3", "line 5"]
     assert all(e.source == "cli-test" for e in events)
 
-    with TestClient(create_app(kafka_settings)) as client:
-        post_events(client, events)
-        post_events(client, events)  # a retry of the same ids is harmless
+    def through(app: TestClient):  # the client's requests, answered by the app in this process
+        def handle(request: httpx.Request) -> httpx.Response:
+            got = app.request(request.method, request.url.path, content=request.content, headers=request.headers)
+            return httpx.Response(got.status_code, headers={"content-type": "application/json"}, content=got.content)
+
+        return httpx.MockTransport(handle)
+
+    with TestClient(create_app(kafka_settings)) as http, Client("http://api", transport=through(http)) as api:
+        send(api, events, batch=2)
+        send(api, events, batch=5)  # a retry of the same ids is harmless
     buffer = buffer_of(kafka_settings)
     with ConsumerThread(kafka_settings):
         wait_for(lambda: total_events(buffer) == 5, timeout=60, what="the file's events")

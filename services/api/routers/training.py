@@ -8,27 +8,23 @@ from fastapi import APIRouter, Depends
 
 from online.contract import PauseRequest, TrainingState
 from services.api.admin import require_admin
-from services.api.deps import StoresDep
+from services.api.deps import AdminDep
 
 api = APIRouter(tags=["training"])
 _ADMIN = {401: {"description": "No token"}, 403: {"description": "Wrong token or admin disabled"}}
 
 
 @api.get("/v1/training", response_model=TrainingState)
-async def training_state(stores: StoresDep) -> TrainingState:
-    return await asyncio.to_thread(stores.control.state)
+async def training_state(admin: AdminDep) -> TrainingState:
+    return await asyncio.to_thread(admin.training)
 
 
 @api.post("/v1/training/pause", response_model=TrainingState, dependencies=[Depends(require_admin)], responses=_ADMIN)
-async def pause(body: PauseRequest, stores: StoresDep) -> TrainingState:
+async def pause(body: PauseRequest, admin: AdminDep) -> TrainingState:
     """No new round starts until resumed (a round already running finishes and is gated as usual)."""
-    control = stores.control
-    await asyncio.to_thread(control.pause, body.reason or "paused (API)")
-    return await asyncio.to_thread(control.state)
+    return await asyncio.to_thread(admin.pause, body.reason or "paused (API)")
 
 
 @api.post("/v1/training/resume", response_model=TrainingState, dependencies=[Depends(require_admin)], responses=_ADMIN)
-async def resume(stores: StoresDep) -> TrainingState:
-    control = stores.control
-    await asyncio.to_thread(control.resume)
-    return await asyncio.to_thread(control.state)
+async def resume(admin: AdminDep) -> TrainingState:
+    return await asyncio.to_thread(admin.resume)

@@ -1,0 +1,247 @@
+"""`online bench ...`: the benchmarks as a typer app, registered with the `online` command line through
+the ``online.commands`` entry point (pyproject.toml), so ``services`` never imports ``bench``.
+
+Runs on its own too: ``python -m bench.cli serve --requests 100``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+
+from services.commands.common import LabelColumn, TextColumn, data_options
+from services.wiring import current
+
+if TYPE_CHECKING:
+    from bench.report import BenchConsole
+    from online.settings import Settings
+
+app = typer.Typer(help="Benchmarks (ratios measured side by side in one run).", no_args_is_help=True)
+JsonOut = typer.Option(None, "--json", metavar="PATH", help="Also write the results as JSON rows to PATH.")
+
+
+def _start(name: str, level: str = "WARNING") -> tuple[Settings, BenchConsole]:
+    """The command's settings (read once) and its result table, logging at ``level``."""
+    from bench.report import BenchConsole
+
+    wiring = current()
+    wiring.logging(level)
+    return wiring.settings, BenchConsole(name)
+
+
+def _save(bench_console: BenchConsole, path: Path | None) -> None:
+    if path is not None:
+        bench_console.write(path)
+
+
+def _floats(csv: str) -> list[float]:
+    return [float(x) for x in csv.split(",") if x.strip()]
+
+
+@app.command("ingest")
+def bench_ingest(
+    events: int = typer.Option(50_000, help="Events to push through."),
+    json_out: Path | None = JsonOut,
+) -> None:
+    """Producer -> Kafka -> consumer -> replay buffer, against the broker's raw produce+consume rate."""
+    from bench.ingest import run_bench_ingest
+
+    settings, console = _start("ingest")
+    run_bench_ingest(settings, events, console)
+    _save(console, json_out)
+
+
+@app.command("serve")
+def bench_serve(
+    requests: int = typer.Option(600, help="Requests per concurrency level and server."),
+    concurrency: str = typer.Option("1,8,32", help="Comma-separated concurrency levels."),
+    eval_limit: int = typer.Option(0, help="CLINC150 test texts for the accuracy check (0: all 4500)."),
+    json_out: Path | None = JsonOut,
+) -> None:
+    """HTTP API vs a naive server vs the raw in-process batched forward, side by side."""
+    from bench.serve import run_bench_serve
+
+    settings, console = _start("serve")
+    run_bench_serve(settings, requests, [int(c) for c in concurrency.split(",")], eval_limit, console)
+    _save(console, json_out)
+
+
+@app.command("swap")
+def bench_swap(
+    versions: int = typer.Option(5, help="Versions promoted one after another (then one rollback)."),
+    steady_requests: int = typer.Option(3000, help="Requests of the steady phase."),
+    concurrency: int = typer.Option(32, help="Concurrent clients, spread over the two replicas."),
+    interval: float = typer.Option(3.0, help="Seconds between swaps."),
+    json_out: Path | None = JsonOut,
+) -> None:
+    """Hot swaps under load on two API processes: errors, p99 against steady, time to swap."""
+    from bench.swap import run_bench_swap
+
+    settings, console = _start("swap")
+    run_bench_swap(
+        settings,
+        console,
+        versions=versions,
+        steady_requests=steady_requests,
+        concurrency=concurrency,
+        interval_s=interval,
+    )
+    _save(console, json_out)
+
+
+@app.command("freshness")
+def bench_freshness(
+    trials: int = typer.Option(5, help="New intents taught, one after another (one per later domain)."),
+    per_intent: int = typer.Option(20, help="Label events that teach each intent."),
+    timeout: float = typer.Option(300.0, help="Give up on a trial after this many seconds."),
+    json_out: Path | None = JsonOut,
+) -> None:
+    """Feedback teaching a new intent -> first answer by a version trained on it (whole system)."""
+    from bench.freshness import run_bench_freshness
+
+    settings, console = _start("freshness")
+    run_bench_freshness(settings, console, trials=trials, per_intent=per_intent, timeout_s=timeout)
+    _save(console, json_out)
+
+
+@app.command("memory")
+def bench_memory(
+    similarities: str = typer.Option("0.8,0.85,0.9,0.95", help="Comma-separated similarity thresholds to compare."),
+    requests: int = typer.Option(500, help="Single-text requests per memory size for the latency rows."),
+    json_out: Path | None = JsonOut,
+) -> None:
+    """Corrections in memory (0 to 10,000): untouched-traffic and paraphrase accuracy, predict p99."""
+    from bench.memory import run_bench_memory
+    from online.learning.fit import configure_threads
+
+    settings, console = _start("memory")
+    configure_threads(settings.num_threads)
+    run_bench_memory(settings, console, similarities=_floats(similarities), latency_requests=requests)
+    _save(console, json_out)
+
+
+@app.command("drift")
+def bench_drift(
+    windows: int = typer.Option(100, help="In-domain windows before the switch."),
+    after: int = typer.Option(10, help="Windows after the switch to out-of-scope traffic."),
+    json_out: Path | None = JsonOut,
+) -> None:
+    """In-domain traffic, then out-of-scope: false alarms and windows to alarm for every drift signal."""
+    from bench.drift import run_bench_drift
+
+    settings, console = _start("drift")
+    run_bench_drift(settings, console, windows=windows, after=after)
+    _save(console, json_out)
+
+
+@app.command("chaos")
+def bench_chaos(
+    steady: float = typer.Option(20.0, help="Seconds of steady load before the first fault."),
+    settle: float = typer.Option(5.0, help="Seconds of load after each recovery, counted in the fault's row."),
+    timeout: float = typer.Option(180.0, help="Longest wait for a recovery (and for the final drain)."),
+    json_out: Path | None = JsonOut,
+) -> None:
+    """Kill -9 Redis, the broker, the consumer, the trainer mid-round and an API replica under load."""
+    from bench.chaos import run_bench_chaos
+
+    settings, console = _start("chaos", level="INFO")
+    run_bench_chaos(settings, console, steady_s=steady, settle_s=settle, timeout_s=timeout)
+    _save(console, json_out)
+
+
+@app.command("poison")
+def bench_poison(
+    shares: str = typer.Option("0.1,0.3", help="Comma-separated shares of events from hostile sources."),
+    per_intent: int = typer.Option(50, help="Feedback events per intent per round."),
+    memory_per_intent: int = typer.Option(20, help="Remembered examples per intent for rehearsal."),
+    epochs: int = typer.Option(2, help="Epochs a round."),
+    rounds: int = typer.Option(3, help="Domains streamed after the seed domains."),
+    journeys: bool = typer.Option(True, help="Also the honest-teaching, correction and label-attack rows."),
+    json_out: Path | None = JsonOut,
+) -> None:
+    """Flipped labels from hostile sources, honest teaching and label-space attacks, quarantine on and off."""
+    from bench.poison import run_bench_poison
+
+    settings, console = _start("poison")
+    run_bench_poison(
+        settings,
+        console,
+        shares=_floats(shares),
+        per_intent=per_intent,
+        memory_per_intent=memory_per_intent,
+        epochs=epochs,
+        rounds=rounds,
+        journeys=journeys,
+    )
+    _save(console, json_out)
+
+
+@app.command("review")
+def bench_review(
+    budgets: str = typer.Option("75,150,300,600", help="Comma-separated label budgets."),
+    per_intent: int = typer.Option(50, help="Seed-domain train examples per intent for the starting model."),
+    epochs: int = typer.Option(2, help="Epochs of the round trained on the bought labels."),
+    json_out: Path | None = JsonOut,
+) -> None:
+    """Active learning: labels for the review queue's picks against random picks, same budget."""
+    from bench.review import run_bench_review
+
+    settings, console = _start("review")
+    run_bench_review(
+        settings, console, budgets=[int(b) for b in budgets.split(",")], per_intent=per_intent, epochs=epochs
+    )
+    _save(console, json_out)
+
+
+@app.command("learn")
+def bench_learn(
+    methods: str = typer.Option("", help="Comma-separated methods, or all (default: replay-balanced, default, joint)."),
+    start: str = typer.Option("first", help="first: version 1 knows domain 1; seed: version 1's seed domains."),
+    per_intent: int = typer.Option(100, help="Train examples per intent arriving as feedback (CLINC150 has 100)."),
+    memory_per_intent: int = typer.Option(20, help="Remembered examples per intent that rehearsal picks from."),
+    epochs: int = typer.Option(2, help="Epochs a round."),
+    joint: str = typer.Option("final", help="Joint upper bound: after every round (every), the last (final), off."),
+    rounds: int = typer.Option(0, help="Stop after this many rounds (0: the whole stream)."),
+    seeds: int = typer.Option(3, min=1, help="Runs of every method, one per seed: mean and spread."),
+    out: Path | None = typer.Option(
+        Path(".online/bench/learn.json"), "--json", "--out", help="Write the results as JSON here."
+    ),
+    data: Path | None = typer.Option(None, "--data", help="Your labelled file instead of CLINC150."),
+    test: Path | None = typer.Option(None, "--test", help="Its test file (default: a stratified split of --data)."),
+    groups: int = typer.Option(
+        5, "--groups", help="With --data: label groups; the first starts, each other is a round."
+    ),
+    text_column: str | None = TextColumn,
+    label_column: str | None = LabelColumn,
+) -> None:
+    """Continual learning on the CLINC150 domain stream (or your labels in --groups groups): our strategies
+    against joint and naive training, so you can pick rehearsal settings on your data."""
+    from bench.learn import run_bench_learn
+
+    wiring = current()
+    wiring.logging("WARNING")
+    if start not in ("seed", "first") or joint not in ("every", "final", "off"):
+        raise typer.BadParameter("--start is seed or first; --joint is every, final or off")
+    wide = Console(width=max(Console().width, 160))  # wide tables stay readable in a file or a pipe
+    run_bench_learn(
+        data_options(wiring.settings, text_column=text_column, label_column=label_column),
+        wide,
+        data=data,
+        test=test,
+        groups=groups,
+        names=[m for m in methods.split(",") if m] or None,
+        start=start,
+        per_intent=per_intent,
+        memory_per_intent=memory_per_intent,
+        epochs=epochs,
+        joint=joint,
+        rounds=rounds or None,
+        out=out,
+        seeds=seeds,
+    )
+
+
+if __name__ == "__main__":
+    app()

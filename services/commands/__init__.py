@@ -1,0 +1,1 @@
+"""The `online` subcommands by group; ``services.cli`` assembles them into one app."""

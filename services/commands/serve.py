@@ -1,0 +1,117 @@
+"""The process commands: `online up`, `stack`, `serve`, `consume`, `train`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from services import views
+from services.commands.common import LabelColumn, TextColumn, console, data_options, stop_event
+from services.wiring import current
+
+
+def up(
+    replicas: int = typer.Option(1, "--replicas", min=1, help="API processes, on ONLINE_API_PORT and the next ports."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Your labelled file (CSV, TSV, JSONL, Parquet) for version 1."
+    ),
+    test: Path | None = typer.Option(None, "--test", help="Its test file (default: a stratified split of --data)."),
+    text_column: str | None = TextColumn,
+    label_column: str | None = LabelColumn,
+    base_model: str | None = typer.Option(None, "--base-model", help="Local Hugging Face encoder directory."),
+    model: Path | None = typer.Option(None, "--model", help="Your fine-tuned classifier directory, as version 1."),
+) -> None:
+    """Start everything: local broker + Redis (unless configured), API, feedback consumer, trainer;
+    restart whatever dies. Version 1 is trained on --data (default: the CLINC150 demo) or imported (--model)."""
+    from online.learning.version_one import seed_data
+    from services.supervisor import run_up
+
+    wiring = current()
+    wiring.logging()
+    settings = data_options(
+        wiring.settings, seed_data=data, seed_test=test, text_column=text_column, label_column=label_column,
+        base_model=str(Path(base_model).resolve()) if base_model else None, seed_model=model,
+    )  # fmt: skip
+    if settings.seed_model:  # a classifier that cannot be served as it is fails here, before anything starts
+        from online.lifecycle.importer import ImportRefused, convert
+
+        if not (settings.seed_test or settings.seed_data or settings.golden_path):
+            raise typer.BadParameter("--model needs labelled test texts of its labels: --test FILE (or --data)")
+        try:
+            console.print(
+                f"imported classifier: {len(convert(settings.seed_model, settings.models_dir).labels)} labels"
+            )
+        except ImportRefused as exc:
+            console.print(f"[red]refused:[/] {exc}")
+            raise typer.Exit(2) from None
+    if settings.seed_data:
+        train, held = seed_data(settings)  # a bad file fails here, before anything starts
+        console.print(
+            f"seed data: {len(train)} examples, {len({lab for _, lab in train})} labels, {len(held)} test examples"
+        )
+    raise typer.Exit(run_up(settings, replicas=replicas))
+
+
+def stack() -> None:
+    """Run only the embedded Tansu broker and Redis, for running the other parts by hand."""
+    from services.supervisor import EmbeddedStack
+
+    wiring = current()
+    wiring.logging()
+    stop = stop_event()
+    s = EmbeddedStack.start(wiring.settings)
+    console.print(f"export ONLINE_KAFKA_BOOTSTRAP={s.settings.kafka_bootstrap}")
+    console.print(f"export ONLINE_REDIS_URL={s.settings.redis_url}")
+    try:
+        stop.wait()
+    finally:
+        s.stop()
+
+
+def serve(
+    host: str | None = typer.Option(None, "--host", help="Bind address (default: ONLINE_API_HOST)."),
+    port: int | None = typer.Option(None, "--port", help="Port (default: ONLINE_API_PORT)."),
+) -> None:
+    """Run the HTTP API (one replica)."""
+    import uvicorn
+
+    from online.learning.fit import configure_threads
+    from services.api.app import create_app
+
+    wiring = current()
+    wiring.logging()
+    given = {k: v for k, v in {"api_host": host, "api_port": port}.items() if v is not None}
+    settings = wiring.stack.model_copy(update=given) if given else wiring.stack
+    configure_threads(settings.num_threads)
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning")
+
+
+def consume() -> None:
+    """Run the feedback consumer (Kafka -> replay buffer)."""
+    from consumers.feedback import run_consumer
+
+    wiring = current()
+    wiring.logging()
+    run_consumer(wiring.stack, stop_event())
+
+
+def train(
+    now: bool = typer.Option(False, "--now", help="Run one round at once (waiting for the leader lock) and exit."),
+) -> None:
+    """Run the trainer scheduler (version 1 on an empty registry, then continual rounds)."""
+    from services.trainer import run_trainer, train_now
+
+    wiring = current()
+    wiring.logging()
+    if not now:
+        run_trainer(wiring.stack, stop_event())
+        return
+    report = train_now(wiring.stack, stop_event())
+    if report is None:
+        console.print("[red]no round:[/] stopped, or the leader lock was not free in time")
+        raise typer.Exit(1)
+    console.print(report.summary())
+    if report.gate is not None:
+        console.print(views.gate_table(report.gate))
+    raise typer.Exit(0 if report.status in ("promoted", "idle") else 3)
