@@ -20,15 +20,19 @@ log = logging.getLogger("online.bus")
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Create the feedback topic (several partitions) and its dead-letter topic if missing."""
+    """Create the feedback topic (several partitions) and its dead-letter topic if missing, with the
+    configured replication factor and ``min.insync.replicas``: with ``acks=all`` a write is answered only
+    once that many replicas have it, so an accepted event survives the loss of a broker (RF 3, ISR 2)."""
     wanted = {settings.feedback_topic: settings.feedback_partitions, settings.dlq_topic: 1}
+    configs = {"min.insync.replicas": str(settings.kafka_min_insync_replicas)}
+    rf = settings.kafka_replication_factor
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap(settings), client_id="online-admin")
             try:
                 existing = set(admin.list_topics())
-                missing = [NewTopic(t, n, 1) for t, n in wanted.items() if t not in existing]
+                missing = [NewTopic(t, n, rf, topic_configs=configs) for t, n in wanted.items() if t not in existing]
                 if missing:
                     try:
                         admin.create_topics(missing)
@@ -48,6 +52,7 @@ def make_producer(settings: Settings, **overrides) -> KafkaProducer:
     config = dict(
         bootstrap_servers=kafka_bootstrap(settings),
         acks="all",
+        enable_idempotence=True,  # a retried send is written once (producer id + sequence numbers)
         linger_ms=5,
         retries=5,
         max_in_flight_requests_per_connection=1,

@@ -20,6 +20,26 @@ def redis_url(settings: Settings) -> str:
     return settings.redis_url
 
 
+def sentinel_addresses(settings: Settings) -> list[tuple[str, int]]:
+    """``host:port,host:port`` as (host, port) pairs; a clear error for a malformed entry."""
+    out = []
+    for entry in (settings.redis_sentinels or "").split(","):
+        host, sep, port = entry.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise NotConfigured(f"ONLINE_REDIS_SENTINELS: {entry.strip()!r} is not host:port")
+        out.append((host, int(port)))
+    return out
+
+
+def _url_options(settings: Settings) -> dict:
+    """Password and database from ``redis_url`` when Sentinel finds the master (its host is ignored)."""
+    if not settings.redis_url:
+        return {}
+    pool = redis.ConnectionPool.from_url(settings.redis_url)
+    kwargs = pool.connection_kwargs
+    return {k: kwargs[k] for k in ("password", "username", "db") if kwargs.get(k) is not None}
+
+
 def kafka_bootstrap(settings: Settings) -> str:
     if not settings.kafka_bootstrap:
         raise NotConfigured("ONLINE_KAFKA_BOOTSTRAP is not set (or run `online up`, which starts a local broker)")
@@ -40,23 +60,28 @@ def redis_client(settings: Settings, role: Role = "worker") -> redis.Redis:
     from redis.retry import Retry
 
     if role == "serving":
-        return redis.Redis.from_url(
-            redis_url(settings),
-            decode_responses=True,
+        options = dict(
             socket_connect_timeout=settings.serving_redis_timeout_s,
             # a down Redis fails at connect; reads get longer, for admin listings of thousands of items
             socket_timeout=4 * settings.serving_redis_timeout_s,
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-            health_check_interval=10,
         )
-    return redis.Redis.from_url(
-        redis_url(settings),
-        decode_responses=True,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=20),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        health_check_interval=10,
-    )
+    else:
+        options = dict(retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=20))
+    options |= dict(decode_responses=True, retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+    if settings.redis_sentinels:
+        # Through Sentinel: a connection error makes the pool ask the sentinels for the master again, so
+        # the same client follows a failover (redis-py's SentinelConnectionPool); scripts, pipelines and
+        # transactions run on the master as before.
+        from redis.sentinel import Sentinel
+
+        sentinel = Sentinel(
+            sentinel_addresses(settings),
+            socket_timeout=settings.serving_redis_timeout_s if role == "serving" else 2.0,
+            socket_connect_timeout=settings.serving_redis_timeout_s if role == "serving" else 2.0,
+        )
+        return sentinel.master_for(settings.redis_sentinel_master, **(options | _url_options(settings)))
+    return redis.Redis.from_url(redis_url(settings), health_check_interval=10, **options)
 
 
 FsyncMode = Literal["everysec", "server", "waitaof"]
@@ -97,6 +122,16 @@ def fsync_barrier(client: redis.Redis, probe_key: str, timeout_ms: int = 5000) -
 
 def async_redis_client(settings: Settings) -> aredis.Redis:
     """The API's event-loop client (pub/sub of live-alias changes), fail-fast like ``serving``."""
+    if settings.redis_sentinels:
+        from redis.asyncio.sentinel import Sentinel
+
+        sentinel = Sentinel(sentinel_addresses(settings), socket_connect_timeout=settings.serving_redis_timeout_s)
+        return sentinel.master_for(
+            settings.redis_sentinel_master,
+            decode_responses=True,
+            socket_connect_timeout=settings.serving_redis_timeout_s,
+            **_url_options(settings),
+        )
     return aredis.Redis.from_url(
         redis_url(settings),
         decode_responses=True,

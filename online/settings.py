@@ -50,6 +50,17 @@ class Settings(BaseSettings):
     # --- infrastructure ----------------------------------------------------------------------
     kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers; unset: embedded Tansu.")
     redis_url: str | None = Field(None, description="Redis URL; unset: embedded redis-server (AOF on).")
+    redis_sentinels: str | None = Field(
+        None,
+        description="Redis Sentinel addresses, host:port,host:port: every process then finds the master through them and follows a failover (REDIS_URL then only gives the password and database, if any).",
+    )
+    redis_sentinel_master: str = Field("online", min_length=1, description="The master's name in Sentinel.")
+    kafka_replication_factor: int = Field(
+        1, ge=1, description="Replication factor of the topics `online` creates (3 on a production Kafka cluster)."
+    )
+    kafka_min_insync_replicas: int = Field(
+        1, ge=1, description="min.insync.replicas of the topics `online` creates (2 with replication factor 3)."
+    )
     feedback_topic: str = Field("online.feedback", description="Topic of feedback events.")
     dlq_topic: str = Field("online.feedback.dlq", description="Dead-letter topic for bad events.")
     feedback_partitions: int = Field(
