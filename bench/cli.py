@@ -74,9 +74,10 @@ def bench_swap(
     steady_requests: int = typer.Option(3000, help="Requests of the steady phase."),
     concurrency: int = typer.Option(32, help="Concurrent clients, spread over the two replicas."),
     interval: float = typer.Option(3.0, help="Seconds between swaps."),
+    stores: str = typer.Option("folder,s3", help="Model stores measured side by side: folder, s3 (moto's server)."),
     json_out: Path | None = JsonOut,
 ) -> None:
-    """Hot swaps under load on two API processes: errors, p99 against steady, time to swap."""
+    """Hot swaps under load on two API processes: errors, p99 against steady, time to swap, per model store."""
     from bench.swap import run_bench_swap
 
     settings, console = _start("swap")
@@ -87,6 +88,7 @@ def bench_swap(
         steady_requests=steady_requests,
         concurrency=concurrency,
         interval_s=interval,
+        stores=[s.strip() for s in stores.split(",") if s.strip()],
     )
     _save(console, json_out)
 

@@ -20,12 +20,12 @@ from online.learning.version_one import seed_data, train_version_one
 from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.registry import MANIFEST_FILE, Manifest
 from online.lifecycle.release import JudgedVersion, Placement, release
-from online.lifecycle.reports import ImportStats
 from online.model import WEIGHTS_FILE, TextClassifier
 from online.reference import REFERENCE_FILE, Reference
+from online.reports import ImportStats
 from online.settings import Settings
 from online.wiring.stores import Stores
-from services.embedded import start_redis
+from services.embedded import Server, _start, _with_retries, start_redis
 
 
 @dataclass
@@ -237,3 +237,15 @@ def paraphrase(text: str, rng: random.Random) -> str:
         del words[rng.choice(droppable)]
     out = " ".join(words)
     return rng.choice(_OPENERS) + out if rng.random() < 0.5 else out + rng.choice(_CLOSERS)
+
+
+def start_s3(log_dir: Path) -> Server:
+    """moto's S3-compatible server on a free loopback port (the test extra installs it), for benchmarks
+    of the object-store registry; stopped by PID like the other servers."""
+    import shutil
+    import sys
+
+    binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    if not Path(binary).is_file():
+        raise RuntimeError("moto_server not found: pip install 'moto[server]' (the test extra has it)")
+    return _with_retries(lambda p: _start("s3", [binary, "-H", "127.0.0.1", "-p", str(p)], p, log_dir / "s3.log", 30))

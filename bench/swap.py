@@ -4,22 +4,33 @@ Steady load first, then the same load while ``versions`` new versions are promot
 and the last one is rolled back. Reports errors, p99 during the swap phase and inside the swap windows
 (from promote until every replica serves the new version, plus a settling second) against steady p99,
 and the time from each promote until both replicas serve it.
+
+``stores``: the same run on each model store, side by side: ``folder`` (one directory both replicas
+read) and ``s3`` (moto's S3 server on loopback; each replica has its own empty state directory and
+fetches every version it serves from the bucket into its cache, as replicas on separate hosts do).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import http.client
 import json
 import os
+import statistics
+import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import torch
 from rich.table import Table
 
-from bench.common import LoadResult, _load, bench_environment, latest_local_version, publish_gated
+from bench.common import LoadResult, _load, bench_environment, latest_local_version, publish_gated, start_s3
 from bench.report import BenchConsole
 from online.data import Clinc150
 from online.lifecycle import promotion
@@ -61,6 +72,43 @@ def _wait_all_serve(urls: list[str], version: int, timeout: float = 120.0) -> fl
     raise TimeoutError(f"replicas did not all swap to version {version} within {timeout}s")
 
 
+@dataclass
+class SwapRun:
+    store: str
+    steady: LoadResult
+    during: LoadResult
+    swaps: list[tuple[str, int, float, float]]
+
+
+@contextmanager
+def _store_environment(settings: Settings, store: str) -> Iterator[tuple[Settings, list[dict[str, str]]]]:
+    """The bench environment on ``store``, and each replica's extra environment (its own state dir)."""
+    with bench_environment(settings) as env:
+        if store == "folder":
+            yield env, [{}, {}]
+            return
+        with tempfile.TemporaryDirectory(prefix="online-bench-s3-") as tmp:
+            server = start_s3(Path(tmp))
+            aws = {
+                "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.port}",
+                "AWS_ACCESS_KEY_ID": "bench",
+                "AWS_SECRET_ACCESS_KEY": "bench",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }
+            saved = {k: os.environ.get(k) for k in aws}
+            os.environ.update(aws)  # this process publishes through boto3 too
+            try:
+                import boto3
+
+                boto3.client("s3").create_bucket(Bucket="bench")
+                replicas = [aws | {"ONLINE_STATE_DIR": str(Path(tmp) / f"replica-{i}")} for i in range(2)]
+                yield env.model_copy(update={"model_store": "s3://bench/versions"}), replicas
+            finally:
+                for k, v in saved.items():
+                    os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+                server.stop()
+
+
 def run_bench_swap(
     settings: Settings,
     console: BenchConsole,
@@ -69,6 +117,7 @@ def run_bench_swap(
     steady_requests: int,
     concurrency: int,
     interval_s: float,
+    stores: Sequence[str] = ("folder", "s3"),
 ) -> None:
     clinc = Clinc150.open(settings.data_dir)
     texts = [t for t, _ in clinc.split("test")[:2000]]
@@ -78,9 +127,30 @@ def run_bench_swap(
     else:
         labels = sorted({lab for _, lab in clinc.seed(settings.seed_domains)})
         model = TextClassifier.from_base(settings.base_model or default_base_model(), labels)
-    with bench_environment(settings) as env:
+    runs = []
+    for store in stores:
+        runs.append(_one_store(settings, console, model, texts, store, versions, steady_requests, concurrency, interval_s))
+    for run in runs:
+        _report(console, run)
+    if len(runs) > 1:
+        _compare(console, runs)
+
+
+def _one_store(
+    settings: Settings,
+    console: BenchConsole,
+    model: TextClassifier,
+    texts: list[str],
+    store: str,
+    versions: int,
+    steady_requests: int,
+    concurrency: int,
+    interval_s: float,
+) -> SwapRun:
+    model = copy.deepcopy(model)  # every store publishes the same weights
+    with _store_environment(settings, store) as (env, replica_env):
         registry = Stores.from_settings(env).registry
-        console.print(f"publishing {versions + 1} versions, each with its int8 artifact (as a round does)")
+        console.print(f"[{store}] publishing {versions + 1} versions, each with its int8 artifact (as a round does)")
         v1 = publish_gated(env, model, parent=None).version
         promotion.promote(registry, v1, "benchmark")
         candidates, parent = [], v1
@@ -90,14 +160,17 @@ def run_bench_swap(
                 model.head.weight.add_(torch.randn(model.head.weight.shape, generator=gen) * 1e-3)
             parent = publish_gated(env, model, parent=parent).version
             candidates.append(parent)
-        console.print(f"2 API processes, concurrency {concurrency}; promoting {versions} versions then one rollback")
+        console.print(f"[{store}] 2 API processes, concurrency {concurrency}; promoting {versions} versions then one rollback")
         # Two replicas share the machine: each gets half the cores, or their OpenMP teams fight (measured:
         # with every replica on all cores, throughput fell to a quarter).
         threads = str(settings.num_threads or max(1, (os.cpu_count() or 2) // 2))
-        with api_process(env, ONLINE_NUM_THREADS=threads) as a, api_process(env, ONLINE_NUM_THREADS=threads) as b:
+        with (
+            api_process(env, ONLINE_NUM_THREADS=threads, **replica_env[0]) as a,
+            api_process(env, ONLINE_NUM_THREADS=threads, **replica_env[1]) as b,
+        ):
             urls = [a, b]
             engines = sorted({httpx.get(f"{u}/readyz", timeout=10).json().get("engine") for u in urls})
-            console.print(f"replicas serve on {', '.join(map(str, engines))}")
+            console.print(f"[{store}] replicas serve on {', '.join(map(str, engines))}")
             asyncio.run(_load(urls, texts, 4 * concurrency, concurrency))  # warm connections
             steady = asyncio.run(_load(urls, texts, steady_requests, concurrency))
             swaps: list[tuple[str, int, float, float]] = []
@@ -130,14 +203,33 @@ def run_bench_swap(
             thread.join()
     if failure:
         raise failure[0]
-    _report(console, steady, during, swaps)
+    return SwapRun(store, steady, during, swaps)
 
 
-def _report(console: BenchConsole, steady: LoadResult, during: LoadResult, swaps: list) -> None:
+def _compare(console: BenchConsole, runs: list[SwapRun]) -> None:
+    table = Table(title="the same swaps on each model store (one run)")
+    for col in ("store", "errors", "p99 swap windows / steady", "promote -> all serve, median s", "max s"):
+        table.add_column(col, justify="left" if col == "store" else "right")
+    for run in runs:
+        windows = [(t0, t1 + 1.0) for _, _, t0, t1 in run.swaps]
+        in_window = [lat for lat, st in zip(run.during.latencies, run.during.starts) if any(a <= st <= b for a, b in windows)]
+        ratio = _pct(in_window, 0.99) / _pct(run.steady.latencies, 0.99)
+        times = [t1 - t0 for _, _, t0, t1 in run.swaps]
+        errors = run.steady.errors + run.during.errors
+        console.row(
+            table="stores", store=run.store, errors=errors, p99_vs_steady=ratio,
+            swap_s_median=statistics.median(times), swap_s_max=max(times),
+        )  # fmt: skip
+        table.add_row(run.store, str(errors), f"{ratio:.2f}x", f"{statistics.median(times):.2f}", f"{max(times):.2f}")
+    console.print(table)
+
+
+def _report(console: BenchConsole, run: SwapRun) -> None:
+    steady, during, swaps = run.steady, run.during, run.swaps
     windows = [(t0, t1 + 1.0) for _, _, t0, t1 in swaps]
     in_window = [lat for lat, st in zip(during.latencies, during.starts) if any(a <= st <= b for a, b in windows)]
     base = _pct(steady.latencies, 0.99)
-    table = Table(title="online bench swap: 2 API processes under load while versions go live")
+    table = Table(title=f"online bench swap ({run.store} store): 2 API processes under load while versions go live")
     for col in ("phase", "requests", "errors", "req/s", "p50 ms", "p99 ms", "p99 / steady p99"):
         table.add_column(col, justify="left" if col == "phase" else "right")
     rows = [
@@ -148,7 +240,7 @@ def _report(console: BenchConsole, steady: LoadResult, during: LoadResult, swaps
     for name, n, err, rps, lats in rows:
         p99 = _pct(lats, 0.99)
         console.row(
-            table="phases", phase=name, requests=n, errors=None if err == "" else err, req_per_s=rps,
+            table="phases", store=run.store, phase=name, requests=n, errors=None if err == "" else err, req_per_s=rps,
             p50_ms=1000 * _pct(lats, 0.5), p99_ms=1000 * p99, p99_vs_steady=p99 / base,
         )  # fmt: skip
         table.add_row(
@@ -165,7 +257,7 @@ def _report(console: BenchConsole, steady: LoadResult, during: LoadResult, swaps
     for col in ("action", "version", "seconds"):
         times.add_column(col, justify="right")
     for action, v, t0, t1 in swaps:
-        console.row(table="swaps", action=action, version=v, seconds=t1 - t0)
+        console.row(table="swaps", store=run.store, action=action, version=v, seconds=t1 - t0)
         times.add_row(action, str(v), f"{t1 - t0:.2f}")
     console.print(times)
     served = sorted(set(during.versions))

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 
 from online.events import FeedbackEvent
+from online.reports import GateReport, VersionStats
 from online.settings import Settings
 
 
@@ -83,10 +84,10 @@ class ModelDetail(ModelOut):
     base_model: str
     sha256: str
     artifacts: dict[str, str] = Field(description="Serving artifacts beside the weights: name -> sha256.")
-    gate: dict | None = Field(
+    gate: GateReport | None = Field(
         None, description="The gate report, check by check (the int8 engine's check in `engine`)."
     )
-    round: dict | None = Field(
+    round: VersionStats | None = Field(
         None,
         description="How it was made, by `kind`: continual (a round: new, held out, rehearsed, timings), "
         "seed (version 1 trained on the seed data) or import (a classifier trained elsewhere).",

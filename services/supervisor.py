@@ -64,7 +64,7 @@ class EmbeddedStack:
                 tansu = start_tansu(state / "tansu")
                 servers.append(tansu)
                 updates["kafka_bootstrap"] = f"127.0.0.1:{tansu.port}"
-            if not settings.redis_url:
+            if not settings.redis_url and not settings.redis_sentinels:
                 rds = start_redis(state / "redis", fsync=settings.redis_fsync)
                 servers.append(rds)
                 updates["redis_url"] = f"redis://127.0.0.1:{rds.port}/0"
@@ -121,7 +121,7 @@ class EmbeddedStack:
 
 def running_stack(settings: Settings) -> Settings:
     """Fill unset server addresses from a running `online up`/`online stack` in the same state dir."""
-    if settings.kafka_bootstrap and settings.redis_url:
+    if settings.kafka_bootstrap and (settings.redis_url or settings.redis_sentinels):
         return settings
     path = settings.state_dir / STACK_FILE
     try:

@@ -7,7 +7,7 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
@@ -23,7 +23,7 @@ from online.contract import (
     StatusReport,
     TrainingState,
 )
-from online.lifecycle.reports import GateReport, RoundStats, VersionStats
+from online.reports import GateReport, RoundStats
 
 if TYPE_CHECKING:
     from online.evaluation import EvalReport
@@ -108,7 +108,7 @@ def model(console: Console, m: ModelDetail) -> None:
     if m.judged and m.live_accuracy is not None:
         console.print(f"live accuracy from feedback: {m.live_accuracy:.4f} over {m.judged} judged predictions")
     if m.round:
-        stats = TypeAdapter(VersionStats).validate_python(m.round)
+        stats = m.round
         added = stats.added_labels if isinstance(stats, RoundStats) else []
         fields = stats.model_dump(exclude={"added_labels"})
         console.print(
@@ -117,7 +117,7 @@ def model(console: Console, m: ModelDetail) -> None:
             + (f", added labels={len(added)}" if added else "")
         )
     if m.gate:
-        console.print(gate_table(GateReport.model_validate(m.gate)))
+        console.print(gate_table(m.gate))
 
 
 def live_change(console: Console, change: LiveChangeOut) -> None:

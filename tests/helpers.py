@@ -109,7 +109,7 @@ def train_v1(settings, registry: ModelRegistry, epochs: int = 10) -> tuple[TextC
 
     from online.lifecycle.gate import Gate, GoldenSet
     from online.lifecycle.release import JudgedVersion, release
-    from online.lifecycle.reports import SeedStats
+    from online.reports import SeedStats
 
     torch.manual_seed(0)
     model = TextClassifier.from_base(settings.base_model, OLD)
@@ -190,12 +190,9 @@ def total_events(buffer: ReplayBuffer) -> int:
 
 def start_s3(log_dir: Path):
     """moto's S3-compatible server on a free loopback port (stopped by PID like the other servers)."""
-    import shutil as _shutil
+    from bench.common import start_s3 as start
 
-    from services.embedded import _start, _with_retries
-
-    binary = _shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    return _with_retries(lambda p: _start("s3", [binary, "-H", "127.0.0.1", "-p", str(p)], p, log_dir / "s3.log", 30))
+    return start(log_dir)
 
 
 def s3_env(monkeypatch, port: int, bucket: str) -> None:

@@ -32,11 +32,11 @@ from online.learning.version_one import seed_data
 from online.lifecycle.gate import Gate
 from online.lifecycle.registry import ModelRegistry
 from online.lifecycle.release import JudgedVersion, release
-from online.lifecycle.reports import GateReport, RoundStats
 from online.memory.log import CorrectionLog
 from online.model import TextClassifier
 from online.predictor import torch_predictor
 from online.reference import REFERENCE_FILE, Reference
+from online.reports import GateReport, RoundStats
 from online.settings import Settings
 
 log = logging.getLogger("online.learning.round")

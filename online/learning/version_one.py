@@ -20,9 +20,9 @@ from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.importer import import_classifier
 from online.lifecycle.registry import Manifest, ModelRegistry
 from online.lifecycle.release import JudgedVersion, release
-from online.lifecycle.reports import SeedStats
 from online.model import TextClassifier, default_base_model, resolve_device
 from online.predictor import torch_predictor
+from online.reports import SeedStats
 from online.settings import Settings
 
 

@@ -25,9 +25,9 @@ import torch
 
 from online.engines import INT8_FILE
 from online.examples import Example
-from online.lifecycle.reports import EngineCheck
 from online.model import TextClassifier
 from online.predictor import Predictor, int8_predictor
+from online.reports import EngineCheck
 from online.settings import Settings
 
 log = logging.getLogger("online.lifecycle.artifact")

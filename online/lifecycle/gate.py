@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from online.examples import Example
-from online.lifecycle.reports import Check, GateReport
 from online.lifecycle.store import GOLDEN_FILE
 from online.model import TextClassifier
 from online.predictor import Predictor, torch_predictor
+from online.reports import Check, GateReport
 from online.settings import Settings
 
 

@@ -26,8 +26,8 @@ from online.examples import Example
 from online.lifecycle.gate import Gate, GateReport, GoldenSet
 from online.lifecycle.registry import Manifest, ModelRegistry
 from online.lifecycle.release import JudgedVersion, release
-from online.lifecycle.reports import ImportStats
 from online.model import TextClassifier
+from online.reports import ImportStats
 from online.settings import Settings
 
 log = logging.getLogger("online.lifecycle.importer")

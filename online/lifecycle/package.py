@@ -19,10 +19,10 @@ from pathlib import Path
 from online.engines import INT8_FILE
 from online.examples import Example, class_balanced
 from online.lifecycle.artifact import build_int8
-from online.lifecycle.reports import GateReport
 from online.model import TextClassifier
 from online.predictor import serving_predictor
 from online.reference import REFERENCE_FILE, Reference
+from online.reports import GateReport
 from online.settings import Settings
 
 

@@ -25,9 +25,9 @@ from pydantic import BaseModel, Field, field_validator
 
 from online.contract import ShadowSlot
 from online.keys import Keys
-from online.lifecycle.reports import GateReport, VersionStats
 from online.lifecycle.store import GOLDEN_FILE, MANIFEST_FILE, FolderStore, ModelStore, StoreUnavailable
 from online.model import WEIGHTS_FILE, sha256_file
+from online.reports import GateReport, VersionStats
 from online.versioned import ModelSpec, VersionModel, load_model
 
 log = logging.getLogger("online.lifecycle.registry")

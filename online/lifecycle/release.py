@@ -21,7 +21,7 @@ from online.examples import Example
 from online.lifecycle import promotion
 from online.lifecycle.package import Package, package
 from online.lifecycle.registry import LiveMoved, Manifest, ModelRegistry
-from online.lifecycle.reports import GateReport, VersionStats
+from online.reports import GateReport, VersionStats
 from online.settings import Settings
 from online.versioned import VersionModel
 

@@ -34,8 +34,8 @@ from online.contract import (
 from online.feedback import quarantine
 from online.lifecycle import promotion
 from online.lifecycle.registry import IntegrityError, LiveMoved, Manifest
-from online.lifecycle.reports import RoundStats
 from online.monitoring.live_accuracy import VersionAccuracy
+from online.reports import RoundStats
 from online.serving.drift_window import DriftWindow
 from online.wiring.stores import Stores
 from services.admin.backend import NotFound, Refused
@@ -123,8 +123,8 @@ class LocalAdmin:
             base_model=m.base_model,
             sha256=m.sha256,
             artifacts=m.artifacts,
-            gate=None if m.gate is None else m.gate.model_dump(),
-            round=None if m.round is None else m.round.model_dump(),
+            gate=m.gate,
+            round=m.round,
         )
 
     def rounds(self, limit: int = 100) -> RoundsResponse:

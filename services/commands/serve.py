@@ -21,6 +21,9 @@ def up(
     label_column: str | None = LabelColumn,
     base_model: str | None = typer.Option(None, "--base-model", help="Local Hugging Face encoder directory."),
     model: Path | None = typer.Option(None, "--model", help="Your fine-tuned classifier directory, as version 1."),
+    store: str | None = typer.Option(
+        None, "--store", help="Where versions live: a folder or s3://bucket/prefix (default: ONLINE_MODEL_STORE)."
+    ),
 ) -> None:
     """Start everything: local broker + Redis (unless configured), API, feedback consumer, trainer;
     restart whatever dies. Version 1 is trained on --data (default: the CLINC150 demo) or imported (--model)."""
@@ -33,6 +36,8 @@ def up(
         wiring.settings, seed_data=data, seed_test=test, text_column=text_column, label_column=label_column,
         base_model=str(Path(base_model).resolve()) if base_model else None, seed_model=model,
     )  # fmt: skip
+    if store:
+        settings = settings.model_copy(update={"model_store": store if store.startswith("s3://") else Path(store)})
     if settings.seed_model:  # a classifier that cannot be served as it is fails here, before anything starts
         from online.lifecycle.importer import ImportRefused, convert
 

@@ -12,7 +12,7 @@ import pytest
 from online.lifecycle import promotion
 from online.lifecycle.package import Package
 from online.lifecycle.release import JudgedVersion, register_packager, release
-from online.lifecycle.reports import GateReport, ImportStats
+from online.reports import GateReport, ImportStats
 from online.versioned import ModelSpec, load_model, register_family
 from online.wiring.stores import Stores
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from online.contract import ModelDetail
 from online.lifecycle.registry import ModelRegistry
 from online.model import TextClassifier
 from online.wiring.stores import Stores
@@ -114,7 +115,8 @@ def test_one_model_in_full_and_an_unknown_one_is_404(client, registry):
     manifest = registry.get(live)
     assert body["version"] == live and body["live"] and body["label_names"] == manifest.labels
     assert body["sha256"] == manifest.sha256 and body["base_model"] == manifest.base_model
-    assert body["gate"] == manifest.gate and body["round"] == manifest.round
+    detail = ModelDetail.model_validate(body)
+    assert detail.gate == manifest.gate and detail.round == manifest.round
     missing = client.get("/v1/models/999")
     assert missing.status_code == 404 and "999" in missing.json()["detail"]
 

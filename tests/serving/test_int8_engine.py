@@ -12,8 +12,8 @@ from online.lifecycle import artifact
 from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.registry import IntegrityError
 from online.lifecycle.release import JudgedVersion, release
-from online.lifecycle.reports import SeedStats
 from online.predictor import Predictor
+from online.reports import SeedStats
 from online.wiring.stores import Stores
 from tests.helpers import OLD, examples, keyword_round_settings, served_app, train_v1, wait_for
 
