@@ -49,9 +49,11 @@ class ShadowLedger:
             pipe.execute()
 
     def judge(self, shadow: list[Judgement], live: list[Judgement]) -> None:
-        """Both lists are keyed by the shadow version (one entry per judged shadowed request)."""
-        self.shadow_acc.record(shadow)
+        """Both lists are keyed by the shadow version (one entry per judged shadowed request). Live's side
+        is written first: ``stats().judged`` counts the shadow's side, so a reader that sees a request
+        judged also sees live's judgement of it (no half-judged request shows live at 0)."""
         self.live_acc.record(live)
+        self.shadow_acc.record(shadow)
 
     def stats(self, version: int) -> ShadowStats:
         h = self.r.hgetall(f"{self.p}:{version}")
