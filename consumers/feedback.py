@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from consumers.processor import FeedbackProcessor, Outcome
 from online.bus import discard_producer, ensure_topics, make_consumer, make_producer
-from online.connections import FsyncMode, fsync_barrier, fsync_mode
+from online.connections import FsyncMode, fsync_barrier, fsync_mode, replication_barrier
 from online.feedback.buffer import ReplayBuffer
 from online.feedback.prediction_log import PredictionLog
 from online.feedback.review_queue import ReviewQueue
@@ -85,6 +85,8 @@ class FeedbackConsumer:
         self.redis = stores.redis
         self.keys = stores.keys
         self.fsync: FsyncMode | None = None  # learned from the server at the first batch
+        acks = settings.redis_replica_acks
+        self.replica_acks = acks if acks is not None else (1 if settings.redis_sentinels else 0)
         self.buffer = stores.buffer
         self.corrections = stores.corrections
         self.accuracy = stores.live_accuracy
@@ -134,6 +136,8 @@ class FeedbackConsumer:
         m.corrections.inc(len(out.corrections) if self.settings.memory else 0)
         if self.fsync == "waitaof":  # the offsets are committed next: first the AOF must be on disk
             fsync_barrier(self.redis, self.keys.fsync_probe)
+        if self.replica_acks:  # ...and on the replicas a failover would promote
+            replication_barrier(self.redis, self.keys.fsync_probe, self.replica_acks)
         return out
 
     def _check_fsync(self) -> None:

@@ -120,6 +120,19 @@ def fsync_barrier(client: redis.Redis, probe_key: str, timeout_ms: int = 5000) -
         raise redis.TimeoutError(f"the AOF was not fsynced within {timeout_ms} ms")
 
 
+def replication_barrier(client: redis.Redis, probe_key: str, replicas: int, timeout_ms: int = 5000) -> None:
+    """Return once ``replicas`` replicas have every earlier write of any connection (WAIT after a probe
+    write on the same connection: replication is one ordered stream). Under Sentinel a failover promotes
+    a replica, so a write only the old master had would be lost with it: the consumer commits a batch's
+    offsets only after this barrier."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.incr(probe_key)
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        _, acked = pipe.execute()
+    if int(acked) < replicas:
+        raise redis.TimeoutError(f"{acked} of {replicas} replicas acknowledged within {timeout_ms} ms")
+
+
 def async_redis_client(settings: Settings) -> aredis.Redis:
     """The API's event-loop client (pub/sub of live-alias changes), fail-fast like ``serving``."""
     if settings.redis_sentinels:

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         description="Redis Sentinel addresses, host:port,host:port: every process then finds the master through them and follows a failover (REDIS_URL then only gives the password and database, if any).",
     )
     redis_sentinel_master: str = Field("online", min_length=1, description="The master's name in Sentinel.")
+    redis_replica_acks: int | None = Field(
+        None,
+        ge=0,
+        description="Replicas that must hold a feedback batch before its Kafka offsets are committed (so a failover loses no accepted event); unset: 1 with Sentinel, else 0.",
+    )
     kafka_replication_factor: int = Field(
         1, ge=1, description="Replication factor of the topics `online` creates (3 on a production Kafka cluster)."
     )

@@ -101,10 +101,7 @@ class ModelRegistry:
     def __init__(self, client: redis.Redis, store: ModelStore | Path, keys: Keys) -> None:
         self.r = client
         self.store: ModelStore = store if not isinstance(store, (str, Path)) else FolderStore(Path(store))
-        try:  # a trainer or importer on a fresh host judges on the golden set the first one froze
-            self.store.fetch_file(GOLDEN_FILE)
-        except StoreUnavailable as exc:
-            log.warning("golden set not fetched (%s): it is fetched again on the next start", exc)
+
         ns = keys.registry
         self._index = f"{ns}:index"
         self._live = f"{ns}:live"
@@ -113,6 +110,14 @@ class ModelRegistry:
         self._shadow = f"{ns}:shadow"
         self.channel = keys.registry_channel
         self._verified = _Verified()
+
+    def fetch_golden(self) -> None:
+        """A trainer or importer on a fresh host judges on the golden set the first one froze (API
+        replicas never need it, so they do not wait on an unreachable store for it)."""
+        try:
+            self.store.fetch_file(GOLDEN_FILE)
+        except StoreUnavailable as exc:
+            log.warning("golden set not fetched (%s): it is fetched again on the next start", exc)
 
     # --- reading ------------------------------------------------------------------------------
     def path(self, version: int) -> Path:

@@ -61,11 +61,14 @@ class Stores:
         r = client if client is not None else redis_client(settings, role)
         keys = Keys(settings.key_prefix)
         s = settings
+        registry = ModelRegistry(r, open_store(s.model_store or s.models_dir, s.models_dir), keys)
+        if role == "worker":
+            registry.fetch_golden()
         return cls(
             settings=s,
             redis=r,
             keys=keys,
-            registry=ModelRegistry(r, open_store(s.model_store or s.models_dir, s.models_dir), keys),
+            registry=registry,
             buffer=ReplayBuffer(r, keys, s.buffer_capacity, s.dedup_ttl_s),
             corrections=CorrectionLog(r, keys, s.memory_capacity, s.memory_max_age_s, s.dedup_ttl_s),
             sources=SourceLedger(r, keys),

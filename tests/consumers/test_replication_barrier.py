@@ -1,0 +1,27 @@
+"""The consumer's replication barrier: offsets are committed only once a replica holds the batch."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from online.connections import redis_client, replication_barrier
+
+
+def test_a_master_without_replicas_refuses_the_barrier_and_zero_replicas_pass(settings):
+    client = redis_client(settings)
+    replication_barrier(client, "probe", replicas=0, timeout_ms=100)
+    with pytest.raises(redis.TimeoutError, match="0 of 1 replicas"):
+        replication_barrier(client, "probe", replicas=1, timeout_ms=100)
+
+
+def test_with_sentinel_the_consumer_waits_for_one_replica(settings):
+    from consumers.feedback import FeedbackConsumer
+    from online.wiring.stores import Stores
+
+    stores = Stores.from_settings(settings)
+    assert FeedbackConsumer(settings, stores).replica_acks == 0
+    sentinel = settings.model_copy(update={"redis_sentinels": "127.0.0.1:1"})
+    assert FeedbackConsumer(sentinel, stores).replica_acks == 1
+    explicit = sentinel.model_copy(update={"redis_replica_acks": 2})
+    assert FeedbackConsumer(explicit, stores).replica_acks == 2
