@@ -75,10 +75,11 @@ def redis_client(settings: Settings, role: Role = "worker") -> redis.Redis:
         # transactions run on the master as before.
         from redis.sentinel import Sentinel
 
+        probe = settings.serving_redis_timeout_s if role == "serving" else 2.0
+        # The sentinels' own timeouts go in sentinel_kwargs: Sentinel's other keyword arguments become the
+        # master connections' options, and a 2 s socket timeout there would cut a WAIT short.
         sentinel = Sentinel(
-            sentinel_addresses(settings),
-            socket_timeout=settings.serving_redis_timeout_s if role == "serving" else 2.0,
-            socket_connect_timeout=settings.serving_redis_timeout_s if role == "serving" else 2.0,
+            sentinel_addresses(settings), sentinel_kwargs={"socket_timeout": probe, "socket_connect_timeout": probe}
         )
         return sentinel.master_for(settings.redis_sentinel_master, **(options | _url_options(settings)))
     return redis.Redis.from_url(redis_url(settings), health_check_interval=10, **options)

@@ -88,11 +88,12 @@ def main() -> None:
     from online.connections import NotConfigured
     from online.data import DataNotFound
     from online.labelled_file import DataError
+    from online.lifecycle.store import StoreUnavailable
     from services.embedded import ServerError
 
     try:
         app(prog_name="online")
-    except (NotConfigured, DataNotFound, DataError, ServerError) as exc:
+    except (NotConfigured, DataNotFound, DataError, ServerError, StoreUnavailable) as exc:
         from rich.markup import escape
 
         Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(str(exc))}", highlight=False)

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from online.learning.fit import Progress as ProgressFn
 from online.learning.fit import configure_threads
 from online.learning.round import RoundReport, RoundRunner
-from online.learning.version_one import make_version_one, seed_data, seed_epochs
+from online.learning.version_one import VersionOneRefused, make_version_one, seed_data, seed_epochs
 from online.lifecycle import auto_rollback, promotion
 from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.leader import Leadership, LeadershipLost
@@ -131,6 +131,9 @@ def ensure_version_one(settings: Settings, registry: ModelRegistry, leader: Lead
             log.info("stopped before version 1 was published; nothing published")
         except LeadershipLost as exc:
             log.warning("lost leadership while training version 1 (%s); nothing published", exc)
+        except VersionOneRefused as exc:
+            log.error("%s", exc)
+            stop.wait(settings.train_poll_s * 10)  # not in a loop of refusals: the operator must act
         finally:
             leader.release()
 
@@ -151,6 +154,7 @@ class Scheduler:
 
     def runner(self) -> RoundRunner:
         if self._runner is None:  # built lazily: the golden set exists only once version 1 does
+            self.registry.fetch_golden()  # frozen by whichever trainer made version 1, maybe on another host
             self._runner = RoundRunner(self.stores, Gate(self.s, GoldenSet.for_settings(self.s)))
         return self._runner
 

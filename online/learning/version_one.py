@@ -72,13 +72,23 @@ def make_version_one(
     progress: Progress | None = None,
     fence: Callable[[], None] | None = None,
 ) -> Manifest:
-    """Version 1: the user's own classifier imported (``seed_model``), else trained on the seed data."""
+    """Version 1: the user's own classifier imported (``seed_model``), else trained on the seed data.
+    Raises :class:`VersionOneRefused` when the gate refused it (nothing went live)."""
     if settings.seed_model:
-        manifest, _ = import_classifier(
+        manifest, report = import_classifier(
             settings, registry, settings.seed_model, seed_test_examples(settings), "version 1 imported", fence
         )
-        return manifest
-    return train_version_one(settings, registry, progress, fence)
+    else:
+        manifest = train_version_one(settings, registry, progress, fence)
+        report = manifest.gate
+    if registry.live() != manifest.version:
+        failed = ", ".join(report.failed()) if report else "not placed"
+        raise VersionOneRefused(f"version {manifest.version} was refused ({failed}): fix the seed data or model")
+    return manifest
+
+
+class VersionOneRefused(RuntimeError):
+    """Version 1 did not pass its gate: retrying the same data would publish the same refusal."""
 
 
 def train_version_one(
@@ -111,7 +121,9 @@ def train_version_one(
     model.cpu()
     predictor = torch_predictor(model, 0, settings, precision="fp32")
     acc = accuracy(lambda texts: [p.label for p in predictor.predict(texts, 1)], test)
-    # The golden set is frozen now, from the seed test data, and never changes afterwards.
+    # The golden set is frozen now, from the seed test data, and never changes afterwards (unless a
+    # trainer on another host froze it first: the store's copy wins).
+    registry.fetch_golden()
     golden = GoldenSet.for_settings(settings, test)
     gate = Gate(settings, golden)
     report = gate.baseline(model)

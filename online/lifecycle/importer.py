@@ -23,11 +23,11 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from online.events import label_ok
 from online.examples import Example
-from online.lifecycle.gate import Gate, GateReport, GoldenSet
+from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.registry import Manifest, ModelRegistry
 from online.lifecycle.release import JudgedVersion, release
 from online.model import TextClassifier
-from online.reports import ImportStats
+from online.reports import GateReport, ImportStats
 from online.settings import Settings
 
 log = logging.getLogger("online.lifecycle.importer")
@@ -140,7 +140,8 @@ def import_classifier(
 
     With nothing live, the import is version 1 (its gate report is a baseline); otherwise it is a
     candidate against live, judged on the frozen golden set like any round's."""
-    model = convert(path, settings.models_dir)
+    model = convert(path, registry.store.local)
+    registry.fetch_golden()
     live = registry.live()
     if live is None and not GoldenSet.exists(settings) and not test:
         raise ImportRefused("no golden set yet: give labelled test texts of the model's labels (--test FILE)")

@@ -47,6 +47,9 @@ class Manifest(ModelSpec):
     round: VersionStats | None = None  # how it was made: a round, the seed training, an import
     gate: GateReport | None = None  # the gate's judgement (a baseline for a version nothing was compared with)
     artifacts: dict[str, str] = Field(default_factory=dict)  # serving artifacts beside the weights: name -> sha256
+    # An imported classifier's base (config, tokenizer) shared through the store: a key under it, so every
+    # host reads it from its own local directory (``base_model`` is rewritten to that path when read).
+    base_ref: str | None = None
 
     @field_validator("round", mode="before")
     @classmethod
@@ -110,6 +113,7 @@ class ModelRegistry:
         self._shadow = f"{ns}:shadow"
         self.channel = keys.registry_channel
         self._verified = _Verified()
+        self._golden_shared = False
 
     def fetch_golden(self) -> None:
         """A trainer or importer on a fresh host judges on the golden set the first one froze (API
@@ -140,11 +144,16 @@ class ModelRegistry:
         raw = self.r.hget(self._index, str(version))
         if raw is None:
             raise KeyError(f"no model version {version}")
-        return Manifest.model_validate_json(raw)
+        return self._local(Manifest.model_validate_json(raw))
 
     def list(self) -> list[Manifest]:
-        items = [Manifest.model_validate_json(v) for v in self.r.hvals(self._index)]
+        items = [self._local(Manifest.model_validate_json(v)) for v in self.r.hvals(self._index)]
         return sorted(items, key=lambda m: m.version)
+
+    def _local(self, manifest: Manifest) -> Manifest:
+        if manifest.base_ref:
+            manifest.base_model = str(self.store.local / manifest.base_ref)
+        return manifest
 
     def history(self) -> list[LiveChange]:
         return [LiveChange.model_validate_json(v) for v in self.r.lrange(self._history, 0, -1)]
@@ -153,7 +162,16 @@ class ModelRegistry:
         """Check a version's weight file against its manifest's sha256 (no torch involved; once per file
         and process, see :class:`_Verified`)."""
         manifest = self.get(version)
-        self._verified.check(self.fetch(version) / WEIGHTS_FILE, manifest.sha256, f"version {version} weights")
+        try:
+            self._verified.check(self.fetch(version) / WEIGHTS_FILE, manifest.sha256, f"version {version} weights")
+        except IntegrityError:
+            self.store.evict(f"v{version}")  # a damaged cached copy: fetched once more from the store
+            self._verified.check(self.fetch(version) / WEIGHTS_FILE, manifest.sha256, f"version {version} weights")
+        if manifest.base_ref:
+            try:
+                self.store.fetch_tree(manifest.base_ref)
+            except KeyError:
+                raise IntegrityError(f"version {version}: its base {manifest.base_ref} is missing from the store") from None
         return manifest
 
     def artifact(self, version: int, name: str, manifest: Manifest | None = None) -> Path:
@@ -209,8 +227,15 @@ class ModelRegistry:
         for name, source in (artifacts or {}).items():
             shutil.move(source, tmp / name)
             stored[name] = sha256_file(tmp / name)
+        spec = model.spec()
+        base_ref = None
+        base = Path(spec.base_model)
+        if base.is_absolute() and base.is_relative_to(self.store.local.resolve()):
+            base_ref = base.relative_to(self.store.local.resolve()).as_posix()  # an imported classifier's base
+            self.store.put_tree(base_ref, base)
         manifest = Manifest(
-            **model.spec().model_dump(),
+            **spec.model_dump(),
+            base_ref=base_ref,
             version=version,
             sha256=sha,
             parent=parent,
@@ -223,8 +248,9 @@ class ModelRegistry:
         (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
         self.store.put(target.name, tmp)  # every file, the manifest last
         golden = self.store.local / GOLDEN_FILE
-        if golden.is_file():
+        if golden.is_file() and not self._golden_shared:
             self.store.put_file(GOLDEN_FILE, golden)  # frozen before version 1 is published: shared from it
+            self._golden_shared = True
         shutil.rmtree(tmp, ignore_errors=True)
         self.r.hset(self._index, str(version), manifest.model_dump_json())
         return manifest

@@ -117,6 +117,9 @@ def release(
 
 def _place(registry: ModelRegistry, manifest: Manifest, placement: Placement, settings: Settings, reason: str) -> Outcome:
     if placement == "shadow":
+        if registry.live() != manifest.parent:  # judged against a version no longer live: not comparable
+            log.warning("version %d not put in shadow: live is no longer its parent %s", manifest.version, manifest.parent)
+            return "superseded"
         registry.set_shadow(manifest.version, settings.shadow_share)
         return "shadow"
     try:

@@ -30,6 +30,7 @@ import torch
 from online.contract import ShadowSlot
 from online.engines import INT8_FILE
 from online.lifecycle.registry import IntegrityError, Manifest, ModelRegistry
+from online.lifecycle.store import StoreUnavailable
 from online.predictor import Predictor, int8_predictor, serves_int8, torch_predictor
 from online.serving.batcher import MicroBatcher, cancel
 from online.serving.breaker import Breaker
@@ -111,6 +112,11 @@ class VersionFollower:
     def _failed(self, slot: str, version: int, exc: Exception) -> None:
         previous = self.failures.get(slot)
         n = previous.failures + 1 if previous and previous.version == version else 1
+        if isinstance(exc, StoreUnavailable):  # the store is down, not the version: retried every poll, never given up
+            failure = LoadFailure(version, str(exc), 1, time.monotonic() + self.s.model_poll_s)
+            self.failures[slot] = failure
+            log.warning("cannot fetch %s version %s yet (%s); still serving %s", slot, version, exc, self.version)
+            return
         failure = LoadFailure(version, str(exc), n, 0.0)
         backoff = MAX_BACKOFF_S if failure.given_up else min(self.s.model_poll_s * 2 ** (n - 1), MAX_BACKOFF_S)
         failure.retry_at = time.monotonic() + backoff

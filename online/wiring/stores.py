@@ -34,7 +34,7 @@ from online.settings import Settings
 
 @dataclass(frozen=True)
 class Stores:
-    """Everything a process reads or writes in Redis (and the model store on disk)."""
+    """Everything a process reads or writes in Redis (and the model store: a folder or object storage)."""
 
     settings: Settings
     redis: redis.Redis
@@ -62,8 +62,6 @@ class Stores:
         keys = Keys(settings.key_prefix)
         s = settings
         registry = ModelRegistry(r, open_store(s.model_store or s.models_dir, s.models_dir), keys)
-        if role == "worker":
-            registry.fetch_golden()
         return cls(
             settings=s,
             redis=r,

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from online import __version__
 from online.connections import async_redis_client
 from online.contract import ValidationErrorOut, ValidationIssue, feedback_body_model, predict_request_model
+from online.lifecycle.store import StoreUnavailable
 from online.serving.metrics import ApiMetrics
 from online.serving.service import ModelService, NotReady
 from online.settings import Settings
@@ -71,9 +72,13 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    request_model = predict_request_model(settings)
+    app.add_middleware(predict.PredictFastPath, request_model=request_model)  # innermost: after the checks
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     tag = tracing.tag_request if settings.otel_traces else None
-    app.add_middleware(AccessLog, enabled=settings.access_log, tag=tag)  # outermost of ours: sees every answer
+    app.add_middleware(  # outermost of ours: sees every answer
+        AccessLog, enabled=settings.access_log, tag=tag, max_per_s=settings.access_log_max_per_s
+    )
     if settings.otel_traces:
         tracing.instrument(app)
     if settings.cors_origins:  # off unless configured
@@ -95,6 +100,11 @@ def create_app(settings: Settings) -> FastAPI:
             status_code=503,
             headers={"Retry-After": str(exc.retry_after)},
         )
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        # e.g. a promotion to a version this replica has not cached while the object store is down
+        return JSONResponse({"detail": f"model store unavailable: {exc}"}, status_code=503, headers={"Retry-After": "10"})
 
     @app.exception_handler(RateLimited)
     async def _rate(_: Request, exc: RateLimited) -> JSONResponse:
@@ -123,7 +133,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    app.include_router(predict.router(predict_request_model(settings)))
+    app.include_router(predict.router(request_model))
     app.include_router(feedback.router(feedback_body_model(settings)))
     app.include_router(models.api)
     app.include_router(training.api)

@@ -75,7 +75,8 @@ def models_import(
     reason: str = typer.Option("", help="Why, for the history."),
 ) -> None:
     """Import a classifier you fine-tuned: its id2label becomes the label set; it goes through the gate
-    (against live when one is) and, when it passes, goes live on every replica."""
+    (against live when one is) and, when it passes, goes live on every replica (or first in shadow when
+    ONLINE_SHADOW_SHARE > 0, as a round's candidate does)."""
     from online.labelled_file import Columns, read_labelled
     from online.lifecycle.importer import ImportRefused, import_classifier
 
@@ -93,7 +94,14 @@ def models_import(
             f"[red]refused by the gate:[/] version {manifest.version} rejected ({', '.join(report.failed())})"
         )
         raise typer.Exit(1)
-    console.print(f"live: version {manifest.version} ({len(manifest.labels)} labels, from {path})")
+    registry = stores.registry
+    if registry.live() == manifest.version:
+        console.print(f"live: version {manifest.version} ({len(manifest.labels)} labels, from {path})")
+    elif (slot := registry.shadow()) and slot.version == manifest.version:
+        console.print(f"in shadow: version {manifest.version} answers {slot.share:.0%} of traffic beside live (ONLINE_SHADOW_SHARE)")
+    else:
+        console.print(f"[yellow]published, not live:[/] version {manifest.version} (live moved to {registry.live()} meanwhile)")
+        raise typer.Exit(1)
 
 
 def eval_(

@@ -79,6 +79,14 @@ def serve(
     port: int | None = typer.Option(None, "--port", help="Port (default: ONLINE_API_PORT)."),
 ) -> None:
     """Run the HTTP API (one replica)."""
+    import os
+
+    # The replica's thread budget: the forward thread (ONNX Runtime's intra-op pool, or torch, sized by
+    # ONLINE_NUM_THREADS), the event loop, the side-effect thread. numpy's BLAS (the drift window's
+    # statistics, the review picks) runs on one thread: with a pool per core it spun beside the forward
+    # pass (measured: 12x the CPU of one thread for the drift window's statistics on 2 busy cores).
+    # Set before numpy is first imported, which is below.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import uvicorn
 
     from online.learning.fit import configure_threads
@@ -89,7 +97,10 @@ def serve(
     given = {k: v for k, v in {"api_host": host, "api_port": port}.items() if v is not None}
     settings = wiring.stack.model_copy(update=given) if given else wiring.stack
     configure_threads(settings.num_threads)
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning")
+    # access_log=False: uvicorn's own line per request stays off (services.api.access writes one, with the id)
+    uvicorn.run(
+        create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning", access_log=False
+    )
 
 
 def consume() -> None:

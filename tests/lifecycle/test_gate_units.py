@@ -8,7 +8,9 @@ import json
 
 import pytest
 
-from online.lifecycle.gate import GOLDEN_FILE, Check, GateReport, GoldenSet, _per_label, _taken_by_new, _taken_detail
+from online.lifecycle.gate import GoldenSet, _per_label, _taken_by_new, _taken_detail
+from online.lifecycle.store import GOLDEN_FILE
+from online.reports import Check, GateReport
 from online.settings import Settings
 
 EXAMPLES = [

@@ -58,7 +58,9 @@ def test_a_version_published_on_one_host_serves_on_another(s3, settings, tmp_pat
 
     api = _host(settings, tmp_path, "api")  # nothing on disk yet
     registry = Stores.from_settings(api).registry
-    assert (api.models_dir / GOLDEN_FILE).is_file()  # a fresh host judges on the frozen golden set
+    assert not (api.models_dir / GOLDEN_FILE).exists()  # an API host never needs it...
+    registry.fetch_golden()
+    assert (api.models_dir / GOLDEN_FILE).is_file()  # ...a trainer on a fresh host judges on the frozen one
     model, manifest = registry.load(v1.version)  # fetched from the bucket, then checked
     assert model.labels == v1.labels and registry.path(v1.version).is_dir()
     if INT8_FILE in manifest.artifacts:
@@ -93,3 +95,20 @@ def test_rollback_and_collection_work_on_the_bucket(s3, settings, tmp_path):
     collected = registry.collect(keep=1)
     assert collected and all(not any(k.startswith(f"prod/v{v}/") for k in _objects()) for v in collected)
     assert registry.get(collected[0]).status == "collected"
+
+
+def test_an_imported_classifier_is_served_by_a_host_that_did_not_import_it(s3, settings, tmp_path):
+    """Its base (config, tokenizer) travels through the store with it, not only the weights."""
+    from online.lifecycle.importer import import_classifier
+    from tests.services.test_own_data import _fine_tuned_bert, _seed_rows
+
+    rows = _seed_rows("en", 20, seed=1)
+    _fine_tuned_bert(tmp_path / "my-bert", rows)
+    host = _host(settings, tmp_path, "importer").model_copy(update={"gate_latency_ratio": 5.0})
+    manifest, report = import_classifier(host, Stores.from_settings(host).registry, tmp_path / "my-bert", _seed_rows("en", 8, seed=50))
+    assert report.passed and manifest.base_ref and any(k.startswith(f"prod/{manifest.base_ref}/") for k in _objects())
+
+    api = _host(settings, tmp_path, "api")
+    registry = Stores.from_settings(api).registry
+    model, served = registry.load(manifest.version)
+    assert served.base_model.startswith(str(api.models_dir)) and model.labels == manifest.labels
