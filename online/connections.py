@@ -126,6 +126,12 @@ def replication_barrier(client: redis.Redis, probe_key: str, replicas: int, time
     write on the same connection: replication is one ordered stream). Under Sentinel a failover promotes
     a replica, so a write only the old master had would be lost with it: the consumer commits a batch's
     offsets only after this barrier."""
+    # A master left without replicas (its replica was promoted after a failover, nothing re-attached yet)
+    # can only be waited on by the replicas it has: waiting for absent ones would stop all feedback.
+    connected = int(client.info("replication").get("connected_slaves", 0))
+    replicas = min(replicas, connected)
+    if replicas == 0:
+        return
     with client.pipeline(transaction=False) as pipe:
         pipe.incr(probe_key)
         pipe.execute_command("WAIT", replicas, timeout_ms)
