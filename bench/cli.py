@@ -55,16 +55,23 @@ def bench_ingest(
 
 @app.command("serve")
 def bench_serve(
-    requests: int = typer.Option(600, help="Requests per concurrency level and server."),
+    requests: int = typer.Option(600, help="Requests per cell: the raw ones, and the HTTP ones of the Python client."),
     concurrency: str = typer.Option("1,8,32", help="Comma-separated concurrency levels."),
     eval_limit: int = typer.Option(0, help="CLINC150 test texts for the accuracy check (0: all 4500)."),
+    client: str = typer.Option(
+        "auto", help="HTTP load generator: wrk (native), python (asyncio, in this process), auto (wrk if installed)."
+    ),
+    seconds: float = typer.Option(10.0, help="With wrk: seconds per HTTP cell (after 1 s of warm-up)."),
     json_out: Path | None = JsonOut,
 ) -> None:
     """HTTP API vs a naive server vs the raw in-process batched forward, side by side."""
     from bench.serve import run_bench_serve
 
+    if client not in ("auto", "wrk", "python"):
+        raise typer.BadParameter("--client is auto, wrk or python")
     settings, console = _start("serve")
-    run_bench_serve(settings, requests, [int(c) for c in concurrency.split(",")], eval_limit, console)
+    levels = [int(c) for c in concurrency.split(",")]
+    run_bench_serve(settings, requests, levels, eval_limit, console, client=client, seconds=seconds)
     _save(console, json_out)
 
 
@@ -243,6 +250,17 @@ def bench_learn(
         out=out,
         seeds=seeds,
     )
+
+
+
+@app.command("gpu", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_gpu(ctx: typer.Context) -> None:
+    """The GPU check: forward per precision, parity with CPU fp32, a training round, the CUDA tests, as
+    gpu.json (`online bench gpu --out DIR [--device cuda|cpu] [--tiny]`; `python -m bench.gpu_carry`
+    prepares what a bare GPU machine needs)."""
+    from bench.gpu import main
+
+    raise typer.Exit(main(ctx.args))
 
 
 if __name__ == "__main__":

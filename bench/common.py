@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import random
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
@@ -41,15 +44,27 @@ class LoadResult:
     def throughput(self) -> float:
         return self.requests / self.seconds
 
+    # A native load generator reports percentiles, not every latency: ``{quantile: seconds}``.
+    percentiles: dict[float, float] = field(default_factory=dict)
+    client: str = "python"  # what measured: "python" (this process's asyncio client) or "wrk"
+    client_cpu: float | None = None  # the load generator's CPU seconds over the run
+    server_cpu: float | None = None  # the server process's CPU seconds over the run, when known
+
     def pct(self, q: float) -> float:
         if not self.latencies:
-            return float("nan")
+            return self.percentiles.get(q, float("nan"))
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     @property
     def p50(self) -> float:
-        return statistics.median(self.latencies) if self.latencies else float("nan")
+        if not self.latencies:
+            return self.percentiles.get(0.5, float("nan"))
+        return statistics.median(self.latencies)
+
+    def cpu_share(self, seconds: float | None) -> float | None:
+        """CPU seconds as a share of the whole machine (every core) over the run."""
+        return None if seconds is None else seconds / (self.seconds * (os.cpu_count() or 1))
 
 
 @contextmanager
@@ -169,10 +184,144 @@ async def _load(
     return LoadResult(sent, errors, time.perf_counter() - started, latencies, starts, versions)
 
 
-def http_load(url: str, texts: list[str], total: int, concurrency: int) -> LoadResult:
-    """``total`` single-text /v1/predict calls from ``concurrency`` concurrent clients."""
+def http_load(url: str, texts: list[str], total: int, concurrency: int, server_pid: int | None = None) -> LoadResult:
+    """``total`` single-text /v1/predict calls from ``concurrency`` concurrent clients (this process's
+    asyncio client; its CPU seconds and, given ``server_pid``, the server's are measured too)."""
     asyncio.run(_load([url], texts, min(total, 4 * concurrency), concurrency))  # warm connections
-    return asyncio.run(_load([url], texts, total, concurrency))
+    cpu0, server0 = time.process_time(), cpu_seconds(server_pid)
+    result = asyncio.run(_load([url], texts, total, concurrency))
+    result.client_cpu = time.process_time() - cpu0
+    result.server_cpu = _delta(cpu_seconds(server_pid), server0)
+    return result
+
+
+# --- a native load generator ------------------------------------------------------------------------
+# wrk (https://github.com/wg/wrk, Debian package `wrk`): one C thread on epoll drives every connection,
+# so its own CPU per request is a small fraction of the Python client's and the server keeps the cores.
+# The script sends the bodies of a file in turn (one JSON body a line), and its ``done`` hook prints the
+# summary and latency percentiles as one JSON line (wrk's own text output rounds them).
+WRK_SCRIPT = r"""
+local bodies = os.getenv("ONLINE_WRK_BODIES")
+local path = os.getenv("ONLINE_WRK_PATH") or "/v1/predict"
+local requests = {}
+local i = 0
+
+function init(args)
+  for line in io.lines(bodies) do
+    requests[#requests + 1] = wrk.format("POST", path, {["Content-Type"] = "application/json"}, line)
+  end
+end
+
+function request()
+  i = i % #requests + 1
+  return requests[i]
+end
+
+function done(summary, latency, _)
+  local e = summary.errors
+  local q = {}
+  for _, p in ipairs({50, 90, 99, 99.9}) do
+    q[#q + 1] = string.format('"%s": %d', tostring(p), latency:percentile(p))
+  end
+  io.write(string.format(
+    '\nONLINE_WRK {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, ' ..
+    '"status": %d, "timeout": %d, "mean_us": %.1f, "max_us": %d, "percentiles_us": {%s}}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency.mean, latency.max, table.concat(q, ", ")))
+end
+"""
+
+
+def native_client() -> str | None:
+    """The native load generator's path when one is installed (``wrk``), else None."""
+    return shutil.which("wrk")
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a running process (Linux ``/proc``), None when unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def listening_pid(url: str) -> int | None:
+    """The process listening on ``url``'s TCP port on this machine (Linux ``/proc``), None when unknown:
+    the socket's inode from ``/proc/net/tcp``, then the process holding it."""
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{cols[9]}]")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def _delta(after: float | None, before: float | None) -> float | None:
+    return None if after is None or before is None else after - before
+
+
+def wrk_load(
+    url: str, texts: list[str], seconds: float, concurrency: int, server_pid: int | None = None, warm_s: float = 1.0
+) -> LoadResult:
+    """``concurrency`` keep-alive connections of wrk posting single-text /v1/predict bodies for
+    ``seconds`` (after ``warm_s`` of the same load, not counted); non-2xx answers, timeouts and socket
+    errors count as errors. The client's CPU comes from the kernel's account of the wrk process."""
+    binary = native_client()
+    if binary is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    with tempfile.TemporaryDirectory(prefix="online-wrk-") as tmp:
+        script, bodies = Path(tmp) / "predict.lua", Path(tmp) / "bodies.jsonl"
+        script.write_text(WRK_SCRIPT)
+        bodies.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        env = {**os.environ, "ONLINE_WRK_BODIES": str(bodies)}
+
+        def run(duration: float) -> tuple[dict, float]:
+            cmd = [binary, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
+                   "-s", str(script), url]  # fmt: skip
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            proc.stdout and proc.stdout.close()
+            line = next((ln for ln in out.splitlines() if ln.startswith("ONLINE_WRK ")), None)
+            if proc.returncode != 0 or line is None:
+                raise RuntimeError(f"wrk failed ({proc.returncode}): {out[-1000:]}")
+            return json.loads(line.removeprefix("ONLINE_WRK ")), usage.ru_utime + usage.ru_stime
+
+        if warm_s > 0:
+            run(warm_s)
+        server0 = cpu_seconds(server_pid)
+        summary, client_cpu = run(seconds)
+        server_cpu = _delta(cpu_seconds(server_pid), server0)
+    errors = sum(summary[k] for k in ("connect", "read", "write", "status", "timeout"))
+    pct = {float(k) / 100: v / 1e6 for k, v in summary["percentiles_us"].items()} if summary["requests"] else {}
+    return LoadResult(
+        requests=summary["requests"],
+        errors=errors,
+        seconds=summary["duration_us"] / 1e6,
+        latencies=[],
+        percentiles=pct,
+        client="wrk",
+        client_cpu=client_cpu,
+        server_cpu=server_cpu,
+    )
 
 
 def publish_gated(env: Settings, model: TextClassifier, parent: int | None, placement: Placement = "none") -> Manifest:

@@ -6,6 +6,11 @@ interleaved so that machine noise hits them alike;
 (b) api: the HTTP API as configured (its engine read from ``/readyz``);
 (c) naive: the same API with one forward per request, no batching, torch fp32.
 Accuracy of every engine on the CLINC150 test texts of the model's labels, against fp32.
+
+The HTTP rows are measured by a native load generator when one is installed (``wrk``: one C thread on
+epoll, a small fraction of a core at these rates), else by this process's asyncio client (which shares
+the cores with the server it measures, and understates it). Each row names its client and gives the
+client's and the server's CPU, as a share of the machine, beside its figures.
 """
 
 from __future__ import annotations
@@ -16,7 +21,16 @@ import time
 import httpx
 from rich.table import Table
 
-from bench.common import LoadResult, bench_environment, http_load, install_v1, latest_local_version
+from bench.common import (
+    LoadResult,
+    bench_environment,
+    http_load,
+    install_v1,
+    latest_local_version,
+    listening_pid,
+    native_client,
+    wrk_load,
+)
 from bench.report import BenchConsole
 from online.data import Clinc150
 from online.engines import INT8_FILE, resolve_precision
@@ -60,8 +74,23 @@ def _engine_of(url: str) -> str:
     return httpx.get(f"{url}/readyz", timeout=10).json().get("engine") or "?"
 
 
+def _client(choice: str) -> str:
+    """The load generator the HTTP rows use: ``auto`` is wrk when installed, else the Python client."""
+    if choice == "auto":
+        return "wrk" if native_client() else "python"
+    if choice == "wrk" and not native_client():
+        raise RuntimeError("--client wrk: wrk is not installed (apt-get install wrk)")
+    return choice
+
+
 def run_bench_serve(
-    settings: Settings, requests: int, levels: list[int], eval_limit: int, console: BenchConsole
+    settings: Settings,
+    requests: int,
+    levels: list[int],
+    eval_limit: int,
+    console: BenchConsole,
+    client: str = "auto",
+    seconds: float = 10.0,
 ) -> None:
     clinc = Clinc150.open(settings.data_dir)
     found = latest_local_version(settings)
@@ -100,27 +129,40 @@ def run_bench_serve(
         raw = {c: _raw(predictors, texts, requests, c) for c in levels}
         predictors = p = None  # free every engine before the servers start
         gc.collect()
+        used = _client(client)
+        console.print(
+            f"HTTP rows measured by {'wrk (native)' if used == 'wrk' else 'the Python asyncio client'}"
+            + (f", {seconds:g} s a cell after 1 s of warm-up" if used == "wrk" else f", {requests} requests a cell")
+        )
+
+        def measure(url: str, c: int) -> LoadResult:
+            pid = listening_pid(url)
+            if used == "wrk":
+                return wrk_load(url, texts, seconds, c, server_pid=pid)
+            return http_load(url, texts, requests, c, server_pid=pid)
+
         api: dict[int, LoadResult] = {}
         naive: dict[int, LoadResult] = {}
         with api_process(env) as url:
             api_engine = _engine_of(url)
             for c in levels:
-                api[c] = http_load(url, texts, requests, c)
+                api[c] = measure(url, c)
         naive_env = {"ONLINE_MAX_BATCH_SIZE": "1", "ONLINE_MAX_WAIT_MS": "0", "ONLINE_PRECISION": "fp32"}
         with api_process(env, ONLINE_ENGINE="torch", **naive_env) as url:
             naive_engine = _engine_of(url)
             for c in levels:
-                naive[c] = http_load(url, texts, requests, c)
+                naive[c] = measure(url, c)
 
-    def load_row(server: str, engine: str, c: int, r: LoadResult) -> None:
+    def load_row(server: str, engine: str, c: int, r: LoadResult, client: str = "in-process") -> None:
         console.row(
             table="load", server=server, engine=engine, concurrency=c, req_per_s=r.throughput,
-            p50_ms=1e3 * r.p50, p99_ms=1e3 * r.pct(0.99), errors=r.errors,
+            p50_ms=1e3 * r.p50, p99_ms=1e3 * r.pct(0.99), errors=r.errors, client=client,
+            client_cpu=r.cpu_share(r.client_cpu), server_cpu=r.cpu_share(r.server_cpu),
         )  # fmt: skip
 
     for c in levels:
-        load_row("api", api_engine, c, api[c])
-        load_row("naive", naive_engine, c, naive[c])
+        load_row("api", api_engine, c, api[c], api[c].client)
+        load_row("naive", naive_engine, c, naive[c], naive[c].client)
         for name, r in raw[c].items():
             load_row("raw", name, c, r)
     _report(console, manifest.version, requests, api_engine)
@@ -128,15 +170,22 @@ def run_bench_serve(
 
 def _report(console: BenchConsole, version: int, requests: int, api_engine: str) -> None:
     load = [r for r in console.rows if r["table"] == "load"]
-    table = Table(title=f"online bench serve: {requests} single-text requests per cell, model v{version}")
-    for col in ("server", "engine", "conc.", "req/s", "p50 ms", "p99 ms", "errors"):
-        table.add_column(col, justify="left" if col in ("server", "engine") else "right")
+    table = Table(title=f"online bench serve: single-text requests, model v{version}")
+    columns = ("server", "engine", "conc.", "req/s", "p50 ms", "p99 ms", "errors", "client", "client CPU", "server CPU")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("server", "engine", "client") else "right")
+
+    def share(x: float | None) -> str:
+        return "" if x is None else f"{100 * x:.0f}%"
+
     for r in load:
         table.add_row(
             r["server"], r["engine"], str(r["concurrency"]), f"{r['req_per_s']:.0f}",
-            f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", str(r["errors"]),
+            f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", str(r["errors"]), r["client"],
+            share(r["client_cpu"]), share(r["server_cpu"]),
         )  # fmt: skip
     console.print(table)
+    console.print("CPU: the load generator's and the server process's CPU time over the cell, as a share of all cores")
     acc = {r["engine"]: r for r in console.rows if r["table"] == "accuracy"}
     accuracy_table = Table(title="accuracy on the CLINC150 test texts of the model's labels")
     for col in ("engine", "texts", "accuracy %", "vs fp32 (points)", "agrees with fp32 %"):
@@ -162,6 +211,7 @@ def _report(console: BenchConsole, version: int, requests: int, api_engine: str)
     ]
     best_torch = max(torch_raw, key=lambda r: r["req_per_s"])
     raw_low, api_low = cell("raw", api_engine, low), cell("api", None, low)
+    raw_top = cell("raw", api_engine, top)
     served = acc.get(api_engine, acc["torch-fp32"])
     lines = [
         f"API at concurrency {top} on {api_engine}: {api_top['req_per_s']:.0f} req/s = "
@@ -169,10 +219,16 @@ def _report(console: BenchConsole, version: int, requests: int, api_engine: str)
         f"{best_torch['req_per_s']:.0f} (goal > 1x)",
         f"{api_engine} accuracy {100 * (served['accuracy'] - base):+.2f} points against fp32 (goal >= -0.5)",
     ]
+    if raw_top:
+        lines.insert(
+            1,
+            f"API at concurrency {top}: {api_top['req_per_s'] / raw_top['req_per_s']:.2f}x raw {api_engine} "
+            f"{raw_top['req_per_s']:.0f} req/s, the engine it serves (goal >= 0.85x; client: {api_top['client']})",
+        )
     if raw_low and api_low:
         lines.append(
             f"p50 at concurrency {low}: API {api_low['p50_ms']:.1f} ms = {api_low['p50_ms'] / raw_low['p50_ms']:.2f}x "
-            f"raw {api_engine} {raw_low['p50_ms']:.1f} ms (goal <= 1.5x)"
+            f"raw {api_engine} {raw_low['p50_ms']:.1f} ms (goal <= 1.5x; client: {api_low['client']})"
         )
     for line in lines:
         console.print(line)

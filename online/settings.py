@@ -145,6 +145,12 @@ class Settings(BaseSettings):
     )
 
     access_log: bool = Field(True, description="The API logs one line per request (status, duration, request id).")
+    access_log_max_per_s: float = Field(
+        100.0,
+        ge=0,
+        description="Above this many successful requests a second, 1 in k is logged (k from the last second's "
+        "rate, in the line as `sample_1_in`); errors always are. 0: every line.",
+    )
     otel_traces: bool = Field(
         False, description="OpenTelemetry span per API request (`pip install 'online[otel]'`; OTEL_* variables)."
     )

@@ -66,6 +66,11 @@ class Breaker:
                 self._open_until = now + self.current_cooldown_s
             return True
 
+    def refusing(self) -> bool:
+        """True while open (a call now would be refused). Unlike :meth:`allow` it claims no trial call:
+        for skipping work whose Redis write is made later, by a caller that then asks :meth:`allow`."""
+        return time.monotonic() < self._open_until
+
     def retry_after_s(self) -> int:
         """Whole seconds until the next trial call (at least 1): a client's ``Retry-After``."""
         with self._lock:

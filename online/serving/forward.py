@@ -1,19 +1,36 @@
 """The forward pass of an API replica and its side effects, as an ordered list of hooks.
 
 :class:`ForwardPass` runs on the batcher's one forward thread: one batched pass of the predictor, then
-each hook in order on the batch (shadow answers, prediction log, drift window, review queue). A hook
-never costs an answer: a failing hook is logged and counted (``online_forward_hook_failures``) and the
-batch is served anyway. A new side effect is a new hook, not another try/except in the forward pass.
+the hooks in order. A hook has up to two phases:
+
+- ``before(batch)``, on the forward thread, before the batch is answered: what may change an answer or
+  needs the predictor (the correction memory's answers, the shadow candidate's forward);
+- ``after(batches)``, on the replica's side-effect thread (:class:`SideEffectWriter`), once the batch
+  is answered: the prediction log, the drift window, the review queue, the shadow's counts. Every batch
+  answered while the thread was busy is handed over at once, so a hook writes them in one call (one
+  Redis pipeline); batches keep their order.
+
+The forward thread thus never waits on a Redis round trip, a PII mask, a drift statistic or a review
+pick: it goes straight on to the next batch. No torch operation runs in ``after`` (its arrays are
+numpy views taken on the forward thread: one thread does torch work, see docs/how-it-works.md).
+
+A hook never costs an answer: a failing hook is logged and counted (``online_forward_hook_failures``)
+and the batch is served anyway; a hook whose Redis is down is skipped and counted
+(``online_side_effects_dropped``). A new side effect is a new hook, not another try/except here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+import threading
+import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import redis
@@ -46,7 +63,9 @@ class ServedPrediction:
 
 @dataclass
 class Batch:
-    """One forward pass, as the hooks see it. Hooks may add to ``records`` and ``distances``."""
+    """One forward pass, as the hooks see it. ``before`` hooks may change ``served``, ``records`` and
+    ``probs``; ``probs_np`` and ``embeddings_np`` are the numpy views ``after`` hooks read (taken once the
+    ``before`` hooks are done); ``notes`` carries a hook's own data from its ``before`` to its ``after``."""
 
     predictor: Predictor
     texts: list[str]
@@ -55,23 +74,184 @@ class Batch:
     probs: torch.Tensor
     embeddings: torch.Tensor
     distances: np.ndarray | None = field(default=None)
+    probs_np: np.ndarray | None = field(default=None, repr=False)
+    embeddings_np: np.ndarray | None = field(default=None, repr=False)
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 class Hook(Protocol):
-    name: str
-    uses_redis: bool  # a best-effort Redis write: skipped while the breaker is open
+    """A side effect of the forward pass. Implement ``before``, ``after`` or both (the other absent)."""
 
-    def __call__(self, batch: Batch) -> bool:
-        """Run on one batch; True when it did talk to Redis (only that may close the breaker)."""
-        ...
+    name: str
+    uses_redis: bool  # best effort: skipped (and counted) while the replica's Redis breaker is open
+
+    # def before(self, batch: Batch) -> None: on the forward thread, before the answer
+    # def after(self, batches: list[Batch]) -> bool: on the side-effect thread, after the answers;
+    #     True when it did talk to Redis (only that may close the breaker)
+
+
+def _texts(batches: Sequence[Batch]) -> int:
+    return sum(len(b.texts) for b in batches)
+
+
+class SideEffectWriter:
+    """The ``after`` phase of the hooks, on one thread of its own, batch after batch in serving order.
+
+    Everything waiting is taken at once and each hook gets those batches together; at low rates the
+    thread lingers up to ``linger_s`` for company (so side effects land within ~20 ms of the answer). The breaker is asked
+    before a Redis hook runs and told the outcome (a success may close it); a hook refused by the breaker
+    or failing on a connection error is counted as dropped, any other failure is a bug, logged and
+    counted. At most ``max_pending`` texts wait: beyond that (side effects slower than serving, e.g. a
+    slow Redis) new batches' side effects are dropped and counted rather than queued without bound.
+    :meth:`call` runs a function on this thread between batches (the drift window's version change);
+    :meth:`settled` waits until what was handed over before it is done (a replica's reads of its own
+    side effects: the review queue, the shadow's counts)."""
+
+    def __init__(
+        self,
+        hooks: Sequence[Hook],
+        breaker: Breaker,
+        metrics: ApiMetrics,
+        *,
+        linger_s: float = 0.02,
+        gather: int = 128,
+        max_pending: int = 20_000,
+    ) -> None:
+        self.hooks = [h for h in hooks if hasattr(h, "after")]
+        self.breaker = breaker
+        self.metrics = metrics
+        self.linger_s = linger_s  # at low rates, wait this long for company: one pipeline, one BLAS call
+        self.gather = gather  # ... unless this many texts are waiting already
+        self.max_pending = max_pending
+        self._pending = 0  # texts handed over, not yet done
+        self._jobs: deque[Batch | Callable[[], None]] = deque()
+        self._wake = threading.Condition(threading.Lock())
+        self._urgent = False  # a call or a settled() waits: no lingering
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="side-effects", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: Batch) -> None:
+        """Hand over an answered batch (from the forward thread); returns at once."""
+        n = len(batch.texts)
+        with self._wake:
+            accepted = self._pending + n <= self.max_pending and not self._stopping
+            if accepted:
+                self._pending += n
+                self._jobs.append(batch)
+                self._wake.notify()
+        if not accepted:
+            for hook in self.hooks:
+                self.metrics.side_effects_dropped.labels(hook.name).inc(n)
+
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the side-effect thread after the batches handed over so far."""
+        with self._wake:
+            self._jobs.append(fn)
+            self._urgent = True
+            self._wake.notify()
+
+    async def settled(self, timeout: float = 5.0) -> None:
+        """Wait (at most ``timeout`` seconds) until the batches handed over before this call are done."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def mark() -> None:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        with self._wake:
+            if self._stopping or not self._thread.is_alive():
+                return
+            self._jobs.append(mark)
+            self._urgent = True
+            self._wake.notify()
+        try:
+            await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            log.warning("side effects not done within %.1f s (Redis slow?)", timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish what is waiting, then end the thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:  # a faiss search here (the drift window's) must not start an OpenMP team of its own
+            import faiss
+
+            faiss.omp_set_num_threads(1)
+        except ImportError:  # pragma: no cover - faiss is a dependency
+            pass
+        while True:
+            with self._wake:
+                while not self._jobs and not self._stopping:
+                    self._wake.wait()
+                deadline = time.monotonic() + self.linger_s
+                while not (self._stopping or self._urgent or self._pending >= self.gather):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._wake.wait(remaining)
+                if not self._jobs:
+                    return  # stopping, nothing left
+                jobs = list(self._jobs)
+                self._jobs.clear()
+                self._urgent = False
+            run: list[Batch] = []
+            for job in jobs:  # batches between two calls go together; a call runs in its place
+                if isinstance(job, Batch):
+                    run.append(job)
+                    continue
+                self._after(run)
+                run = []
+                try:
+                    job()
+                except Exception as exc:  # the thread never dies
+                    log.warning("side-effect thread call failed: %r", exc)
+            self._after(run)
+
+    def _after(self, batches: list[Batch]) -> None:
+        if not batches:
+            return
+        n = _texts(batches)
+        try:
+            for hook in self.hooks:
+                if hook.uses_redis and not self.breaker.allow():
+                    self.metrics.side_effects_dropped.labels(hook.name).inc(n)
+                    continue
+                try:
+                    talked = hook.after(batches)  # type: ignore[attr-defined]
+                except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:  # Redis down: drop, count
+                    self.breaker.failed(exc)  # logs the outage once, not per batch
+                    self.metrics.side_effects_dropped.labels(hook.name).inc(n)
+                except Exception as exc:  # a side effect never stops the others
+                    self.metrics.hook_failures.labels(hook.name).inc()
+                    log.warning("forward hook %s failed on %d texts: %r", hook.name, n, exc)
+                else:
+                    if talked and hook.uses_redis:
+                        self.breaker.succeeded()
+        finally:
+            with self._wake:
+                self._pending -= n
 
 
 class ForwardPass:
-    def __init__(self, hooks: Sequence[Hook], metrics: ApiMetrics, max_top_k: int, breaker: Breaker) -> None:
+    def __init__(
+        self,
+        hooks: Sequence[Hook],
+        metrics: ApiMetrics,
+        max_top_k: int,
+        breaker: Breaker,
+        writer: SideEffectWriter | None = None,
+    ) -> None:
         self.hooks = list(hooks)
+        self.before = [h for h in self.hooks if hasattr(h, "before")]
         self.metrics = metrics
         self.max_top_k = max_top_k
         self.breaker = breaker
+        self.writer = writer or SideEffectWriter(self.hooks, breaker, metrics)
         self.answered = {"model": 0, "memory": 0}  # texts by answer source since start (`online status`)
 
     def __call__(self, predictor: Predictor, texts: list[str]) -> list[ServedPrediction]:
@@ -84,29 +264,28 @@ class ForwardPass:
             for s, t in zip(served, texts)
         ]
         batch = Batch(predictor, texts, served, records, probs, emb)
-        for hook in self.hooks:
-            if hook.uses_redis and not self.breaker.allow():
+        for hook in self.before:
+            if hook.uses_redis and self.breaker.refusing():  # Redis down: its write would be dropped anyway
                 self.metrics.side_effects_dropped.labels(hook.name).inc(len(texts))
                 continue
             try:
-                if hook(batch) and hook.uses_redis:
-                    self.breaker.succeeded()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:  # Redis down: skip its side effects
-                self.breaker.failed(exc)  # logs the outage once, not per batch
-                self.metrics.side_effects_dropped.labels(hook.name).inc(len(texts))
+                hook.before(batch)  # type: ignore[attr-defined]
             except Exception as exc:  # a side effect never costs an answer
                 self.metrics.hook_failures.labels(hook.name).inc()
                 log.warning("forward hook %s failed on a batch of %d: %r", hook.name, len(texts), exc)
+        batch.probs_np, batch.embeddings_np = batch.probs.numpy(), batch.embeddings.numpy()
         self.metrics.predictions.labels(str(predictor.version)).inc(len(texts))
         from_memory = sum(p.source == "memory" for p in batch.served)
         for source, n in (("memory", from_memory), ("model", len(texts) - from_memory)):
             self.answered[source] += n
             self.metrics.answers.labels(source).inc(n)
+        self.writer.submit(batch)
         return batch.served
 
 
 class ShadowHook:
-    """The shadow candidate answers a sampled share of the batch; its answers go to the log only."""
+    """The shadow candidate answers a sampled share of the batch; its answers go to the log only, its
+    agreement with live to the shadow ledger."""
 
     name = "shadow"
     uses_redis = True
@@ -116,13 +295,13 @@ class ShadowHook:
         self.ledger = ledger
         self._rng = random.Random()
 
-    def __call__(self, batch: Batch) -> bool:
+    def before(self, batch: Batch) -> None:
         predictor, share = self.shadow()
         if predictor is None or share <= 0:
-            return False
+            return
         picked = [i for i in range(len(batch.texts)) if self._rng.random() < share]
         if not picked:
-            return False
+            return
         answers = predictor.predict([batch.texts[i] for i in picked], 1)
         agreed = 0
         for i, answer in zip(picked, answers):
@@ -131,8 +310,20 @@ class ShadowHook:
                 update={"shadow_version": predictor.version, "shadow_label": answer.label}
             )
             agreed += answer.label == rec.label
-        self.ledger.count(predictor.version, len(picked), agreed)
-        return True
+        batch.notes[self.name] = (predictor.version, len(picked), agreed)
+
+    def after(self, batches: list[Batch]) -> bool:
+        """One count per shadow version for the batches handed over together."""
+        per_version: dict[int, list[int]] = {}
+        for b in batches:
+            if self.name in b.notes:
+                version, requests, agreed = b.notes[self.name]
+                acc = per_version.setdefault(version, [0, 0])
+                acc[0] += requests
+                acc[1] += agreed
+        for version, (requests, agreed) in per_version.items():
+            self.ledger.count(version, requests, agreed)
+        return bool(per_version)
 
 
 class MemoryHook:
@@ -149,10 +340,10 @@ class MemoryHook:
         self.max_top_k = max_top_k
         self.metrics = metrics
 
-    def __call__(self, batch: Batch) -> bool:
+    def before(self, batch: Batch) -> None:
         memory = self.memory_for(batch.predictor.version)
         if memory is None:
-            return False
+            return
         hits = memory.lookup(batch.texts, batch.embeddings.numpy())
         labels = batch.predictor.labels
         if any(hits):
@@ -170,12 +361,11 @@ class MemoryHook:
                 update={"label": top[0][0], "score": top[0][1], "memory_sid": hit.sid}
             )
             self.metrics.memory_hits.labels("exact" if hit.exact else "near").inc()
-        return False
 
 
 class PredictionLogHook:
-    """Every prediction, for resolving thumbs feedback later. Serving beats logging: a failed write only
-    means thumbs on these ids will dead-letter."""
+    """Every prediction, for resolving thumbs feedback later (PII-masked). Serving beats logging: a
+    failed write only means thumbs on these ids will dead-letter."""
 
     name = "prediction_log"
     uses_redis = True
@@ -184,9 +374,9 @@ class PredictionLogHook:
         self.prediction_log = prediction_log
         self.metrics = metrics
 
-    def __call__(self, batch: Batch) -> bool:
+    def after(self, batches: list[Batch]) -> bool:
         try:
-            self.prediction_log.record_many(batch.records)
+            self.prediction_log.record_many([r for b in batches for r in b.records])  # one round trip
         except Exception:
             self.metrics.log_failures.inc()
             raise
@@ -194,7 +384,7 @@ class PredictionLogHook:
 
 
 class DriftHook:
-    """The batch into this replica's drift window; distances to the training data for the review hook."""
+    """Each batch into this replica's drift window; distances to the training data for the review hook."""
 
     name = "drift"
     uses_redis = False  # local; the window's own Redis write at its close goes through the breaker
@@ -202,8 +392,16 @@ class DriftHook:
     def __init__(self, window: DriftWindow) -> None:
         self.window = window
 
-    def __call__(self, batch: Batch) -> bool:
-        batch.distances = self.window.observe(batch.predictor.version, batch.probs, batch.embeddings)
+    def after(self, batches: list[Batch]) -> bool:
+        current = [b for b in batches if b.predictor.version == self.window.version]
+        dist = self.window.distances(np.concatenate([b.embeddings_np for b in current])) if current else None
+        offset = 0
+        for b in current:  # batch by batch: a window closes at the batch that fills it, as it always did
+            n = len(b.texts)
+            b.distances = self.window.observe(
+                b.predictor.version, b.probs_np, b.embeddings_np, None if dist is None else dist[offset : offset + n]
+            )
+            offset += n
         return False
 
 
@@ -218,12 +416,14 @@ class ReviewHook:
         self.window = window
         self.max_margin = max_margin
 
-    def __call__(self, batch: Batch) -> bool:
-        queued = review_candidates(
-            [p.prediction_id for p in batch.served], batch.texts, [p.label for p in batch.served],
-            batch.probs.numpy(), batch.embeddings.numpy(), batch.distances, self.window.far_threshold,
-            self.max_margin, batch.predictor.version,
-        )  # fmt: skip
+    def after(self, batches: list[Batch]) -> bool:
+        queued = []
+        for b in batches:
+            queued += review_candidates(
+                [p.prediction_id for p in b.served], b.texts, [p.label for p in b.served],
+                b.probs_np, b.embeddings_np, b.distances, self.window.far_threshold,
+                self.max_margin, b.predictor.version,
+            )  # fmt: skip
         if not queued:
             return False
         self.queue.add([replace(item, text=mask_pii(item.text)) for item in queued])

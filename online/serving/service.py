@@ -35,6 +35,7 @@ from online.serving.forward import (
     ReviewHook,
     ServedPrediction,
     ShadowHook,
+    SideEffectWriter,
 )
 from online.serving.memory_follower import MemoryFollower, MemoryStores
 from online.serving.metrics import ApiMetrics
@@ -91,18 +92,16 @@ class ModelService:
         self.window = DriftWindow(s, stores.drift, metrics, self.redis_health)
         self.follower: VersionFollower
         self.memory: MemoryFollower | None = None
-        self.forward = forward = ForwardPass(
-            [
-                ShadowHook(lambda: self.follower.shadow_state(), stores.shadow),  # first: compares weights
-                MemoryHook(self._memory_for, s.max_top_k, metrics),  # before the log: it may change the answer
-                PredictionLogHook(stores.predictions, metrics),
-                DriftHook(self.window),
-                ReviewHook(stores.review, self.window, s.review_max_margin),  # after drift: uses its distances
-            ],
-            metrics,
-            s.max_top_k,
-            self.redis_health,
-        )
+        hooks = [
+            ShadowHook(lambda: self.follower.shadow_state(), stores.shadow),  # first: compares weights
+            MemoryHook(self._memory_for, s.max_top_k, metrics),  # before the log: it may change the answer
+            PredictionLogHook(stores.predictions, metrics),
+            DriftHook(self.window),
+            ReviewHook(stores.review, self.window, s.review_max_margin),  # after drift: uses its distances
+        ]
+        # the hooks' after-answer work (Redis writes, drift, review) on a thread of its own
+        self.writer = SideEffectWriter(hooks, self.redis_health, metrics)
+        self.forward = forward = ForwardPass(hooks, metrics, s.max_top_k, self.redis_health, self.writer)
         self.batcher: MicroBatcher[Predictor, ServedPrediction] = MicroBatcher(
             forward, max_batch=s.max_batch_size, max_wait_ms=s.max_wait_ms, on_batch=self._observe_batch
         )
@@ -126,6 +125,11 @@ class ModelService:
             await self.memory.stop()
         await self.follower.stop()
         await self.batcher.stop()
+        await asyncio.to_thread(self.writer.stop)  # what the last batches handed over is written
+
+    async def settled(self) -> None:
+        """Until this replica's side effects handed over so far are in Redis (for its own reads)."""
+        await self.writer.settled()
 
     def _memory_for(self, version: int):
         return self.memory.memory_for(version) if self.memory else None
@@ -147,13 +151,14 @@ class ModelService:
         self.metrics.forward_seconds.observe(seconds)
 
     async def _swapped(self, predictor: Predictor) -> None:
-        """A new live version: a fresh drift window against its reference (on the forward thread)."""
+        """A new live version: a fresh drift window against its reference (on the side-effect thread,
+        after the batches answered so far)."""
         try:
             path = await asyncio.to_thread(self.stores.registry.optional_artifact, predictor.version, REFERENCE_FILE)
         except (IntegrityError, redis.RedisError) as exc:  # monitoring must never stop serving
             log.error("version %s: drift reference unavailable (%s); input-drift signals off", predictor.version, exc)
             path = None
-        await self.batcher.call(lambda: self.window.set_version(predictor.version, predictor.labels, path))
+        self.writer.call(lambda: self.window.set_version(predictor.version, predictor.labels, path))
         if self.memory:
             await self.memory.swapped(predictor)
 

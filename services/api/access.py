@@ -4,11 +4,18 @@ A pure ASGI middleware (outermost, so a 413 or a 422 is logged too). The id come
 ``X-Request-ID`` when it is a sane token (a proxy or client that traces its calls), else a new one; it
 is returned in the response's ``X-Request-ID`` and attached to every log line written while the request
 is served (``online.logs.request_id``). Uvicorn's own access log stays off: this one carries the id.
+
+At high rates the line costs a fair share of a request's CPU on the event loop (a JSON log record is
+tens of microseconds; measured ~50 us of ~170 us at 800 req/s): above ``max_per_s`` successful requests
+a second, 1 in k of them is logged, k from the previous second's rate so that about ``max_per_s`` lines
+a second are written, each with ``sample_1_in: k`` (what it stands for: counts stay reconstructible).
+Every refusal and error (status >= 400) is always logged; ``max_per_s=0`` logs every line.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import uuid
@@ -31,10 +38,32 @@ def incoming_id(headers: list[tuple[bytes, bytes]]) -> str:
 
 
 class AccessLog:
-    def __init__(self, app: ASGIApp, enabled: bool = True, tag: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        enabled: bool = True,
+        tag: Callable[[str], None] | None = None,
+        max_per_s: float = 0.0,
+    ) -> None:
         self.app = app
         self.enabled = enabled  # request ids are always given; the line per request is optional
         self.tag = tag  # e.g. put the id on the request's trace span (services.api.tracing)
+        self.max_per_s = max_per_s  # 0: every line
+        self._second = 0  # the current whole second (monotonic)
+        self._seen = 0  # successful requests in it
+        self._every = 1  # log 1 in this many successful requests (from the previous second's rate)
+
+    def _sample(self, status: int) -> int | None:
+        """1 for a line to write in full, k for one that stands for k requests, None for none."""
+        if status >= 400 or not self.max_per_s:
+            return 1
+        now = int(time.monotonic())
+        if now != self._second:
+            rate = self._seen if now == self._second + 1 else 0  # an idle gap: back to every line
+            self._every = max(1, math.ceil(rate / self.max_per_s))
+            self._second, self._seen = now, 0
+        self._seen += 1
+        return self._every if self._seen % self._every == 0 else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,21 +87,20 @@ class AccessLog:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id.reset(token)
-            if self.enabled:
-                self._log(scope, status, time.perf_counter() - started, rid)
+            if self.enabled and (every := self._sample(status)) is not None:
+                self._log(scope, status, time.perf_counter() - started, rid, every)
 
     @staticmethod
-    def _log(scope: Scope, status: int, seconds: float, rid: str) -> None:
+    def _log(scope: Scope, status: int, seconds: float, rid: str, every: int = 1) -> None:
         client = scope.get("client")
-        log.info(
-                "%s %s %d %.1f ms",
-            scope["method"], scope["path"], status, 1000 * seconds,
-            extra={
-                "request_id": rid,
-                "method": scope["method"],
-                "path": scope["path"],
-                "status": status,
-                "duration_ms": round(1000 * seconds, 2),
-                "client": f"{client[0]}:{client[1]}" if client else None,
-            },
-        )  # fmt: skip
+        extra = {
+            "request_id": rid,
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": round(1000 * seconds, 2),
+            "client": f"{client[0]}:{client[1]}" if client else None,
+        }
+        if every > 1:
+            extra["sample_1_in"] = every
+        log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, 1000 * seconds, extra=extra)

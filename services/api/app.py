@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse
 
 from online import __version__
 from online.connections import async_redis_client
-from online.lifecycle.store import StoreUnavailable
 from online.contract import ValidationErrorOut, ValidationIssue, feedback_body_model, predict_request_model
+from online.lifecycle.store import StoreUnavailable
 from online.serving.metrics import ApiMetrics
 from online.serving.service import ModelService, NotReady
 from online.settings import Settings
@@ -72,9 +72,13 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    request_model = predict_request_model(settings)
+    app.add_middleware(predict.PredictFastPath, request_model=request_model)  # innermost: after the checks
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     tag = tracing.tag_request if settings.otel_traces else None
-    app.add_middleware(AccessLog, enabled=settings.access_log, tag=tag)  # outermost of ours: sees every answer
+    app.add_middleware(  # outermost of ours: sees every answer
+        AccessLog, enabled=settings.access_log, tag=tag, max_per_s=settings.access_log_max_per_s
+    )
     if settings.otel_traces:
         tracing.instrument(app)
     if settings.cors_origins:  # off unless configured
@@ -129,7 +133,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    app.include_router(predict.router(predict_request_model(settings)))
+    app.include_router(predict.router(request_model))
     app.include_router(feedback.router(feedback_body_model(settings)))
     app.include_router(models.api)
     app.include_router(training.api)

@@ -45,6 +45,15 @@ async def get_metrics(request: Request) -> ApiMetrics:
     return request.app.state.metrics
 
 
+async def settled(request: Request) -> None:
+    """For a route that reads this replica's own side effects (the review queue, the shadow's counts):
+    wait until the Redis writes of the predictions answered so far are made (they are written just
+    after each answer, off the forward thread: ``online.serving.forward.SideEffectWriter``)."""
+    service = getattr(request.app.state, "service", None)
+    if service is not None:
+        await service.settled()
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoresDep = Annotated[Stores, Depends(get_stores)]
 AdminDep = Annotated[LocalAdmin, Depends(get_admin)]

@@ -17,6 +17,7 @@ from online.feedback.buffer import Incoming
 from online.feedback.review_queue import ReviewItem
 from online.lifecycle import promotion
 from online.monitoring.live_accuracy import Judgement
+from online.reports import RoundStats
 from online.wiring.stores import Stores
 from services.supervisor import api_process
 from tests import helpers
@@ -48,12 +49,12 @@ def test_dashboard_renders_every_plot_with_data(kafka_settings, tmp_path):
     stores = Stores.from_settings(s)
     registry = stores.registry
     model, v1 = helpers.train_v1(s, registry)
-    round_stats = {"kind": "continual", "new": 40, "holdout": 4, "rehearsed": 120, "quarantined": 1,
-                   "duration_s": 12.5, "train_s": 9.0, "added_labels": ["music"]}  # fmt: skip
+    round_stats = RoundStats(new=40, holdout=4, rehearsed=120, quarantined=1, duration_s=12.5, train_s=9.0,
+                             added_labels=["music"])  # fmt: skip
     v2 = registry.publish(model, parent=v1.version, round_stats=round_stats, gate=v1.gate).version
     registry.promote(v2, reason="round passed the gate")
-    rejected = {**v1.gate, "passed": False}
-    registry.publish(model, parent=v2, round_stats=round_stats | {"new": 8}, gate=rejected, status="rejected")
+    rejected = v1.gate.model_copy(update={"passed": False})
+    registry.publish(model, parent=v2, round_stats=round_stats.model_copy(update={"new": 8}), gate=rejected, status="rejected")
     promotion.rollback(registry, reason="operator")
     live_acc = stores.live_accuracy
     now = time.time()

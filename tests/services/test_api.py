@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 
-from online.contract import ModelDetail
+from online.contract import ModelDetail, PredictResponse
 from online.lifecycle.registry import ModelRegistry
 from online.model import TextClassifier
+from online.serving.forward import ServedPrediction
 from online.wiring.stores import Stores
 from services.api.app import create_app
+from services.api.routers.predict import predict_body
 from tests.helpers import wait_for
 
 LABELS = ["balance", "transfer", "weather"]
@@ -55,10 +59,41 @@ def test_predict_one_and_many(client, settings, registry):
 def test_predictions_are_logged_for_feedback(client, settings):
     text = "mail me at jane@example.com about my balance"
     pred = client.post("/v1/predict", json={"text": text}).json()["predictions"][0]
-    record = Stores.from_settings(settings).predictions.get(pred["prediction_id"])
-    assert record is not None
+    log = Stores.from_settings(settings).predictions
+    # written by the replica's side-effect thread just after the answer: moments later, not before it
+    record = wait_for(lambda: log.get(pred["prediction_id"]), timeout=10, what="the prediction logged")
     assert record.label == pred["label"] and record.version == pred["model_version"]
     assert "jane@example.com" not in record.text and "<EMAIL>" in record.text
+
+
+def test_the_answer_bytes_are_the_documented_response_model():
+    served = [
+        ServedPrediction("a" * 32, "balance", 0.5, [("balance", 0.5), ("transfer", 0.25)], 3),
+        ServedPrediction("b" * 32, "ünïcode", 1.0, [("ünïcode", 1.0)], 3, source="memory", memory_event_id="e1"),
+    ]
+    body = predict_body(served)
+    typed = PredictResponse.model_validate_json(body)
+    assert json.loads(body) == json.loads(typed.model_dump_json())  # every field, nothing more
+    assert typed.predictions[1].source == "memory" and typed.predictions[1].memory_event_id == "e1"
+
+
+def test_the_fast_path_and_the_route_answer_alike(client, registry):
+    """A JSON body is answered before FastAPI's routing (services.api.routers.predict.PredictFastPath);
+    another JSON media type goes through the route: the same document either way."""
+    fast = client.post("/v1/predict", json={"texts": ["what is my balance", "b"], "top_k": 2})
+    routed = client.post(
+        "/v1/predict",
+        content=json.dumps({"texts": ["what is my balance", "b"], "top_k": 2}),
+        headers={"content-type": "application/merge-patch+json"},
+    )
+    assert fast.status_code == routed.status_code == 200
+    assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
+    for answer in (fast.json(), routed.json()):
+        typed = PredictResponse.model_validate(answer)
+        assert typed.model_version == registry.live() and len(typed.predictions) == 2
+        assert all(len(p.top_k) == 2 for p in typed.predictions)
+    strip = lambda a: [{k: v for k, v in p.items() if k != "prediction_id"} for p in a["predictions"]]
+    assert strip(fast.json()) == strip(routed.json())
 
 
 @pytest.mark.parametrize(

@@ -56,3 +56,20 @@ def test_every_request_gets_an_id_and_an_access_line(settings, caplog):
     assert lines["trace-abc.1"].status == 200 and lines["trace-abc.1"].path == "/v1/predict"
     assert lines["trace-abc.1"].duration_ms > 0 and lines["trace-abc.1"].method == "POST"
     assert lines[invalid.headers["x-request-id"]].status == 422  # refusals are logged too
+
+
+def test_at_high_rates_one_successful_line_in_k_is_written_and_says_so(monkeypatch):
+    from services.api import access
+
+    clock = [100.0]
+    monkeypatch.setattr(access.time, "monotonic", lambda: clock[0])
+    log = access.AccessLog(app=None, max_per_s=10)
+    first = [log._sample(200) for _ in range(50)]  # 50 in the first second: every line (no rate known yet)
+    assert first == [1] * 50
+    clock[0] = 101.0  # the next second: 50/s against 10/s -> 1 in 5
+    second = [log._sample(200) for _ in range(50)]
+    assert second.count(5) == 10 and second.count(None) == 40
+    assert log._sample(500) == 1 and log._sample(422) == 1  # refusals and errors: always
+    clock[0] = 105.0  # after an idle gap: every line again
+    assert [log._sample(200) for _ in range(3)] == [1, 1, 1]
+    assert access.AccessLog(app=None, max_per_s=0)._sample(200) == 1  # 0: every line

@@ -35,9 +35,15 @@ def test_predictions_are_answered_while_redis_is_down(settings, tmp_path):
             answers = [client.post("/v1/predict", json={"texts": [f"during {i}", "x"]}) for i in range(20)]
             assert [r.status_code for r in answers] == [200] * 20
             assert {r.json()["model_version"] for r in answers} == {v1}
-            metrics = client.get("/metrics").text
-            dropped = _metric(metrics, "online_side_effects_dropped_total")
-            assert dropped >= 40  # every text's log/review write skipped or failed, none waited on
+            # every text's log/review write skipped or failed, none waited on (counted by the side-effect
+            # thread, moments after the answers)
+            metrics = wait_for(
+                lambda: (
+                    (t := client.get("/metrics").text) and _metric(t, "online_side_effects_dropped_total") >= 40 and t
+                ),
+                timeout=10,
+                what="the dropped side effects counted",
+            )
             assert _metric(metrics, "online_forward_hook_failures_total") == 0  # Redis faults are not bugs
             ready = client.get("/readyz")
             assert ready.status_code == 200 and ready.json()["model_version"] == v1

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Query
 
 from online.contract import ReviewItemOut, ReviewResponse
 from services.api.admin import require_reviewer
-from services.api.deps import StoresDep
+from services.api.deps import StoresDep, settled
 
 api = APIRouter(tags=["review"])
 
@@ -14,7 +14,7 @@ api = APIRouter(tags=["review"])
 @api.get(
     "/v1/review",
     response_model=ReviewResponse,
-    dependencies=[Depends(require_reviewer)],
+    dependencies=[Depends(require_reviewer), Depends(settled)],
     responses={401: {"description": "No token"}, 403: {"description": "Wrong token or review disabled"}},
 )
 async def review(stores: StoresDep, limit: int = Query(20, ge=1, le=200)) -> ReviewResponse:

@@ -2,15 +2,15 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from online.contract import ShadowResponse
-from services.api.deps import AdminDep, ServiceDep
+from services.api.deps import AdminDep, ServiceDep, settled
 
 api = APIRouter(tags=["models"])
 
 
-@api.get("/v1/shadow", response_model=ShadowResponse)
+@api.get("/v1/shadow", response_model=ShadowResponse, dependencies=[Depends(settled)])
 async def shadow(admin: AdminDep, service: ServiceDep) -> ShadowResponse:
     """The candidate running in shadow (if any): its share of traffic, agreement with live, and accuracy
     from feedback on the shadowed requests, next to live's on the same requests."""
