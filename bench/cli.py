@@ -115,6 +115,29 @@ def bench_freshness(
     _save(console, json_out)
 
 
+@app.command("abuse")
+def bench_abuse(
+    attacks: str = typer.Option(
+        "all",
+        help="Comma-separated, run one after another: thumbs, poison-records, crafted-text, long-texts, "
+        "invented-names, id-squatting, predict-flood (all: every one).",
+    ),
+    window: float = typer.Option(20.0, help="Seconds of each window: without the attack, then with it."),
+    drain: float = typer.Option(120.0, help="Seconds to wait at the end for accepted honest events to be stored."),
+    json_out: Path | None = JsonOut,
+) -> None:
+    """Each attack of the threat model against the stack under honest traffic, beside the same load without it."""
+    from bench.abuse import ATTACKS, run_bench_abuse
+
+    chosen = list(ATTACKS) if attacks == "all" else [a.strip() for a in attacks.split(",") if a.strip()]
+    unknown = sorted(set(chosen) - set(ATTACKS))
+    if unknown:
+        raise typer.BadParameter(f"unknown attacks {unknown}; known: {', '.join(ATTACKS)}")
+    settings, console = _start("abuse")
+    run_bench_abuse(settings, console, attacks=chosen, window_s=window, drain_s=drain)
+    _save(console, json_out)
+
+
 @app.command("memory")
 def bench_memory(
     similarities: str = typer.Option("0.8,0.85,0.9,0.95", help="Comma-separated similarity thresholds to compare."),
@@ -250,7 +273,6 @@ def bench_learn(
         out=out,
         seeds=seeds,
     )
-
 
 
 @app.command("gpu", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
