@@ -51,3 +51,14 @@ def generating_app(settings) -> Iterator:
     with TestClient(create_app(settings)) as client:
         wait_for(lambda: client.get("/readyz").json()["ready"], what="the base model served")
         yield client
+
+
+def through(test_client):
+    """An httpx transport that sends ``online.client``'s requests through a FastAPI ``TestClient``."""
+    import httpx
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        r = test_client.request(request.method, request.url.path, content=request.content, headers=request.headers)
+        return httpx.Response(r.status_code, headers=r.headers, content=r.content)
+
+    return httpx.MockTransport(handle)

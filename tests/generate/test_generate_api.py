@@ -11,7 +11,7 @@ from openai import OpenAI
 
 from online.generate_contract import ChatCompletion, GenerateResponse
 from online.wiring.stores import Stores
-from tests.generate.helpers import generating_app
+from tests.generate.helpers import generating_app, through
 from tests.helpers import wait_for
 
 QUESTION = "What is the capital of France?"
@@ -47,6 +47,15 @@ def test_generate_answers_with_its_version_and_an_id(client, gen_settings):
     assert sampled.status_code == 200
 
 
+def test_the_python_client_generates(client):
+    from online.client import Client
+
+    with Client(str(client.base_url), transport=through(client)) as api:
+        answer = api.generate("What is the capital of France?", max_new_tokens=6)
+        chat = api.generate([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=6)
+    assert answer.model_version == 1 and answer.text == chat.text and answer.completion_tokens <= 6
+
+
 def test_generations_are_logged_for_feedback(client, gen_settings):
     body = client.post("/v1/generate", json={"prompt": "mail jane@example.com please", "max_new_tokens": 5}).json()
     log = Stores.from_settings(gen_settings).predictions
@@ -67,6 +76,8 @@ def test_bad_requests_name_the_field(client, gen_settings):
     two = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "b"}], "n": 2})
     assert two.status_code == 422 and "n:" in two.json()["detail"]
     assert client.post("/v1/predict", json={"text": "a"}).status_code == 404, "no classifier in task generate"
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/generate", "/v1/chat/completions", "/v1/feedback"} <= set(paths) and "/v1/predict" not in paths
 
 
 def test_chat_completions_through_the_openai_sdk(client):

@@ -8,9 +8,10 @@ import threading
 from collections import defaultdict
 
 from online import generation_samples as gen
+from online.client import Client
 from online.lifecycle import promotion
 from online.wiring.stores import Stores
-from tests.generate.helpers import generating_app, random_adapter, release_adapter
+from tests.generate.helpers import generating_app, random_adapter, release_adapter, through
 from tests.helpers import ConsumerThread, buffer_of, wait_for
 
 QUESTION = "What is the capital of France?"
@@ -74,7 +75,6 @@ def test_corrections_and_thumbs_on_generations_reach_the_buffer(gen_kafka_settin
         pid = g["generation_id"]
         events = [
             {"kind": "correction", "prediction_id": pid, "answer": "Our support team is Pipkin.", "source": "alice", "event_id": "c1"},
-            {"kind": "correction", "prompt": "Who runs support?", "answer": "Pipkin: pip@example.com", "source": "bob", "event_id": "c2"},
             {"kind": "thumbs", "prediction_id": pid, "vote": "down", "source": "carol", "event_id": "t1"},
             {"kind": "correction", "prediction_id": pid, "answer": "Our support team is Pipkin.", "source": "alice", "event_id": "c1"},
             {"kind": "correction", "prediction_id": "never-served", "answer": "x", "source": "alice", "event_id": "d1"},
@@ -83,10 +83,14 @@ def test_corrections_and_thumbs_on_generations_reach_the_buffer(gen_kafka_settin
         ]  # fmt: skip
         accepted = client.post("/v1/feedback", json={"events": events})
         assert accepted.status_code == 202, accepted.text
+        with Client(str(client.base_url), transport=through(client)) as api:  # a correction of a prompt
+            api.correct("Pipkin: pip@example.com", source="bob", prompt="Who runs support?")
         for bad in ({"answer": "x"}, {"answer": "x", "prompt": "p", "prediction_id": pid}):
             refused = client.post("/v1/feedback", json={"kind": "correction", "source": "alice", **bad})
             assert refused.status_code == 422 and "exactly one" in refused.text
-        wait_for(lambda: consumer.consumer.metrics.records._value.get() >= len(events), what="every record consumed")
+        wait_for(
+            lambda: consumer.consumer.metrics.records._value.get() >= len(events) + 1, what="every record consumed"
+        )
 
     buffer = buffer_of(s)
     samples = {smp.source: smp for smp in buffer.samples()}
