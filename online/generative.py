@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -185,7 +186,11 @@ class AdapterHost:
         while len(self._loaded) > self.keep:
             name = next(n for n in self._loaded if n != self._active)
             del self._loaded[name]
-            self.peft.delete_adapter(name)
+            with warnings.catch_warnings():  # peft says when the adapter it routes through goes: ours to re-set
+                warnings.simplefilter("ignore", UserWarning)
+                self.peft.delete_adapter(name)
+            if self._active is None:
+                self._active = _UNKNOWN  # peft picked another adapter: the next batch sets its own state
 
     def activate(self, version: GenerativeLM) -> None:
         """Route the next forwards through ``version`` (its adapter, or the bare base)."""

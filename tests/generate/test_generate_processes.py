@@ -1,0 +1,50 @@
+"""`online up --task generate` hands its children a generative deployment, and the trainer of one
+publishes the base model as version 1 through the release pipeline (then waits: rounds come later)."""
+
+from __future__ import annotations
+
+import threading
+
+from typer.testing import CliRunner
+
+from online.wiring.stores import Stores
+from services.cli import app as cli
+from services.trainer import run_trainer
+from tests.helpers import settings_env, wait_for
+
+
+def test_up_with_task_generate_passes_the_task_and_the_base(gen_settings, tiny_lm, monkeypatch):
+    for key, value in settings_env(gen_settings.model_copy(update={"task": "classify"})).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("ONLINE_GENERATE_BASE_MODEL", raising=False)
+    started = {}
+
+    def run_up(settings, replicas=1):
+        started.update(settings=settings, replicas=replicas)
+        return 0
+
+    monkeypatch.setattr("services.supervisor.run_up", run_up)
+    result = CliRunner().invoke(cli, ["up", "--task", "generate", "--base-model", tiny_lm])
+    assert result.exit_code == 0, result.output
+    s = started["settings"]
+    assert s.task == "generate" and s.generate_base_model == tiny_lm and s.to_env()["ONLINE_TASK"] == "generate"
+    assert "generative base model" in result.output
+
+    refused = CliRunner().invoke(cli, ["up", "--task", "poetry"])
+    assert refused.exit_code != 0 and "classify or generate" in refused.output
+
+
+def test_the_trainer_of_a_generative_deployment_publishes_the_base(gen_settings, tiny_lm):
+    registry = Stores.from_settings(gen_settings).registry
+    stop = threading.Event()
+    trainer = threading.Thread(target=run_trainer, args=(gen_settings, stop), daemon=True)
+    trainer.start()
+    try:
+        wait_for(lambda: registry.live() == 1, what="version 1 published")
+    finally:
+        stop.set()
+        trainer.join(30)
+    assert not trainer.is_alive()
+    (manifest,) = registry.list()
+    assert manifest.family == "generative" and manifest.base_model == tiny_lm and manifest.round.kind == "import"
+    assert manifest.gate.passed and [c.name for c in manifest.gate.checks] == ["baseline"]
