@@ -48,3 +48,21 @@ def test_the_trainer_of_a_generative_deployment_publishes_the_base(gen_settings,
     (manifest,) = registry.list()
     assert manifest.family == "generative" and manifest.base_model == tiny_lm and manifest.round.kind == "import"
     assert manifest.gate.passed and [c.name for c in manifest.gate.checks] == ["baseline"]
+
+
+def test_online_serve_generates_over_http_for_the_openai_sdk(gen_settings):
+    """A real `online serve` process (uvicorn, TCP): the SDK's plain and streamed calls, the version named."""
+    from openai import OpenAI
+
+    from online.learning.generative_version_one import release_base
+    from services.supervisor import api_process
+
+    release_base(gen_settings, Stores.from_settings(gen_settings).registry)
+    with api_process(gen_settings) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        plain = client.chat.completions.create(model="m", messages=messages, max_tokens=10)
+        chunks = list(client.chat.completions.create(model="m", messages=messages, max_tokens=10, stream=True))
+    assert plain.model_extra["model_version"] == 1
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == plain.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == plain.choices[0].finish_reason
