@@ -95,6 +95,21 @@ class ServedGeneration:
     completion_tokens: int
 
 
+@dataclass(frozen=True)
+class GenerationStream:
+    """One streamed generation: who answers, its id, then its text pieces and the whole answer."""
+
+    version: int
+    generation_id: str
+    items: AsyncIterator[str | ServedGeneration]
+
+    def __aiter__(self) -> AsyncIterator[str | ServedGeneration]:
+        return self.items.__aiter__()
+
+    async def aclose(self) -> None:
+        await self.items.aclose()  # type: ignore[attr-defined]
+
+
 class GenerationFollower(VersionFollower):
     """The registry follower with the generative family's build: verify off the forward thread, then
     load the adapter beside the live one and warm it up on the forward thread."""
@@ -220,19 +235,22 @@ class GenerationService:
         top_p: float = 1.0,
     ) -> ServedGeneration:
         result = None
-        async for item in self._stream(self._current(), messages, max_new_tokens, temperature, top_p, False):
+        served, generation_id = self._current(), uuid.uuid4().hex
+        async for item in self._stream(served, generation_id, messages, max_new_tokens, temperature, top_p, False):
             result = item
         assert isinstance(result, ServedGeneration)
         return result
 
     def stream(
         self, messages: list[dict[str, str]], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0
-    ) -> tuple[int, AsyncIterator[str | ServedGeneration]]:
-        """The version that answers, and the text as it is decoded (``str`` pieces), then the whole answer.
-        Raises :class:`NotReady` before any version is loaded. A consumer that stops iterating (a client
-        gone) takes its row out of the batch at the next step."""
+    ) -> "GenerationStream":
+        """The text as it is decoded (``str`` pieces), then the whole answer, with the version that answers
+        and the generation's id known up front. Raises :class:`NotReady` before any version is loaded. A
+        consumer that stops iterating (a client gone) takes its row out of the batch at the next step."""
         served = self._current()
-        return served.version, self._stream(served, messages, max_new_tokens, temperature, top_p, True)
+        generation_id = uuid.uuid4().hex
+        items = self._stream(served, generation_id, messages, max_new_tokens, temperature, top_p, True)
+        return GenerationStream(served.version, generation_id, items)
 
     def _current(self) -> ServedVersion:
         served = self.follower.current
@@ -243,6 +261,7 @@ class GenerationService:
     async def _stream(
         self,
         served: ServedVersion,
+        generation_id: str,
         messages: list[dict[str, str]],
         max_new_tokens: int,
         temperature: float,
@@ -289,7 +308,7 @@ class GenerationService:
             self.gen_metrics.first_token.observe(time.perf_counter() - arrived)
         self.gen_metrics.latency.observe(time.perf_counter() - arrived)
         result = ServedGeneration(
-            uuid.uuid4().hex,
+            generation_id,
             generated.text,
             served.version,
             "length" if generated.finish_reason == "length" else "stop",

@@ -98,7 +98,7 @@ def test_chat_completions_through_the_openai_sdk(client):
     ChatCompletion.model_validate(completion.model_dump())  # the documented response model, field for field
 
 
-def test_chat_completions_stream_by_server_sent_events(client):
+def test_chat_completions_stream_by_server_sent_events(client, gen_settings):
     plain = client.post(
         "/v1/chat/completions", json={"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 16}
     ).json()
@@ -112,11 +112,17 @@ def test_chat_completions_stream_by_server_sent_events(client):
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert all(c["object"] == "chat.completion.chunk" and c["model_version"] == 1 for c in chunks)
+    assert len({(c["id"], c["generation_id"]) for c in chunks}) == 1 and chunks[0]["id"].endswith(
+        chunks[0]["generation_id"]
+    )
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert text == plain["choices"][0]["message"]["content"], "the stream adds up to the whole answer"
     last = chunks[-1]
     assert last["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"] and last["generation_id"]
     assert last["usage"]["completion_tokens"] == plain["usage"]["completion_tokens"]
+    log = Stores.from_settings(gen_settings).predictions
+    logged = wait_for(lambda: log.get(last["generation_id"]), timeout=10, what="the streamed generation logged")
+    assert logged.answer == text, "feedback can quote a streamed generation's id"
 
     streamed = sdk(client).chat.completions.create(
         model="x", messages=[{"role": "user", "content": QUESTION}], max_tokens=16, stream=True

@@ -23,7 +23,7 @@ from online.generate_contract import (
     GenerateResponse,
     Usage,
 )
-from online.serving.generation import GenerationService, ServedGeneration
+from online.serving.generation import GenerationService, GenerationStream, ServedGeneration
 from online.settings import Settings
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -72,9 +72,9 @@ def router(
         if not body.stream:
             g = await service.generate(body.chat(), tokens, body.temperature, body.top_p)
             return JSONResponse(_completion(g, model).model_dump())
-        version, stream = service.stream(body.chat(), tokens, body.temperature, body.top_p)  # NotReady: 503
+        stream = service.stream(body.chat(), tokens, body.temperature, body.top_p)  # NotReady: 503 here
         return StreamingResponse(
-            _chunks(stream, model, version),
+            _chunks(stream, model),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -98,20 +98,20 @@ def _completion(g: ServedGeneration, model: str) -> ChatCompletion:
     )
 
 
-async def _chunks(stream: AsyncIterator[str | ServedGeneration], model: str, version: int) -> AsyncIterator[bytes]:
+async def _chunks(stream: GenerationStream, model: str) -> AsyncIterator[bytes]:
     """OpenAI's stream: a first chunk with the role, one per text delta, a last one with the finish
-    reason and usage, then ``[DONE]``. The generation's id is only known at its end, so the chunks carry
-    a stream id of their own and the last one names the ``generation_id`` to quote in feedback."""
-    stream_id = f"chatcmpl-{time.time_ns():x}"
+    reason and usage, then ``[DONE]``. Every chunk names the version and the ``generation_id`` (its ``id``
+    is the one a non-streamed answer would have)."""
     created = int(time.time())
 
     def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
         body = {
-            "id": stream_id,
+            "id": f"chatcmpl-{stream.generation_id}",
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
-            "model_version": version,
+            "model_version": stream.version,
+            "generation_id": stream.generation_id,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             **extra,
         }
@@ -126,7 +126,7 @@ async def _chunks(stream: AsyncIterator[str | ServedGeneration], model: str, ver
                     "completion_tokens": item.completion_tokens,
                     "total_tokens": item.prompt_tokens + item.completion_tokens,
                 }
-                yield chunk({}, item.finish_reason, usage=usage, generation_id=item.generation_id)
+                yield chunk({}, item.finish_reason, usage=usage)
             else:
                 yield chunk({"content": item})
     finally:
