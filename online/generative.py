@@ -169,18 +169,35 @@ class AdapterHost:
 
         config = LoraConfig(**version.lora_config)
         config.inference_mode = True
-        if self.peft is None:
-            self.peft = get_peft_model(self.model, config, adapter_name=name)
-        else:
-            self.peft.add_adapter(name, config)
-        state = {k: v.to(self.device, self.model.dtype) for k, v in version.adapter.items()}
-        self._active = _UNKNOWN  # get_peft_model activates the new adapter: the next batch sets its own
-        result = set_peft_model_state_dict(self.peft, state, adapter_name=name)
-        if result.unexpected_keys:
-            raise ValueError(f"adapter {name} does not fit {self.base_model}: {result.unexpected_keys[:3]}")
+        self._active = _UNKNOWN  # peft activates a new adapter: the next batch sets its own routing
+        try:
+            if self.peft is None:
+                self.peft = get_peft_model(self.model, config, adapter_name=name)
+            else:
+                self.peft.add_adapter(name, config)
+            # copied into the adapter's own parameters (peft keeps them in fp32 beside a bf16 base)
+            state = {k: v.to(self.device) for k, v in version.adapter.items()}
+            result = set_peft_model_state_dict(self.peft, state, adapter_name=name)
+            if result.unexpected_keys:
+                raise ValueError(f"it has weights for modules the base lacks: {result.unexpected_keys[:3]}")
+        except Exception as exc:  # a version that does not fit this base: the host stays as it was
+            self._discard(name)
+            raise ValueError(f"adapter {name} does not fit {self.base_model}: {exc}") from exc
         self.peft.eval()
         self._loaded[name] = None
         self._evict()
+
+    def _discard(self, name: str) -> None:
+        """Remove a half-loaded adapter (the base unwrapped again when it was the first)."""
+        if self.peft is None or name not in self.peft.peft_config:
+            return
+        if self._loaded:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                self.peft.delete_adapter(name)
+        else:
+            self.model = self.peft.unload()
+            self.peft = None
 
     def _evict(self) -> None:
         while len(self._loaded) > self.keep:

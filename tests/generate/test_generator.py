@@ -89,3 +89,21 @@ def test_versions_switch_adapters_and_their_weights_round_trip(host, tiny_lm, tm
         host.load(random_adapter(tiny_lm, seed=seed))
     assert loaded.adapter_name not in host.loaded() and len(host.loaded()) == host.keep
     assert generate(host, loaded, [Generation(chat("hi"), 8)])[0].token_ids == with_adapter, "...and loaded again"
+
+
+def test_an_adapter_for_another_base_is_refused_and_the_host_serves_on(tiny_lm, tmp_path):
+    from tests.generate.tiny import build_tiny_causal_lm
+
+    host = AdapterHost(tiny_lm)
+    base = GenerativeLM(tiny_lm)
+    before = generate(host, base, [Generation(chat("hi"), 6)])[0].token_ids
+    other = build_tiny_causal_lm(tmp_path / "other", hidden_size=64)
+    for first in (True, False):  # the first adapter (peft wraps the base for it), then beside a loaded one
+        if not first:
+            host.load(random_adapter(tiny_lm, seed=7))
+        with pytest.raises(ValueError, match="does not fit"):
+            host.load(random_adapter(other, seed=1))
+        assert generate(host, base, [Generation(chat("hi"), 6)])[0].token_ids == before
+    good = random_adapter(tiny_lm, seed=8)
+    host.load(good)
+    assert generate(host, good, [Generation(chat("hi"), 6)])[0].token_ids != before
