@@ -123,6 +123,11 @@ class GenerationFollower(VersionFollower):
         return await self._build_version(version)  # type: ignore[misc]
 
 
+def _retrieved(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # read here: the waiting generation (if any) raises it from its own queue
+
+
 class GenerationMetrics:
     def __init__(self, metrics: ApiMetrics) -> None:
         r = metrics.registry
@@ -290,6 +295,7 @@ class GenerationService:
             cancelled=gone.is_set,
         )
         batch = asyncio.ensure_future(self.batcher.submit(served, [request]))
+        batch.add_done_callback(_retrieved)  # a client gone before its batch failed leaves nothing unread
         batch.add_done_callback(lambda f: put(f))  # a failed batch (its exception) ends the wait too
         try:
             while True:

@@ -34,7 +34,7 @@ def test_up_with_task_generate_passes_the_task_and_the_base(gen_settings, tiny_l
     assert refused.exit_code != 0 and "classify or generate" in refused.output
 
 
-def test_the_trainer_of_a_generative_deployment_publishes_the_base(gen_settings, tiny_lm):
+def test_the_trainer_of_a_generative_deployment_publishes_the_base(gen_settings, tiny_lm, monkeypatch):
     registry = Stores.from_settings(gen_settings).registry
     stop = threading.Event()
     trainer = threading.Thread(target=run_trainer, args=(gen_settings, stop), daemon=True)
@@ -48,6 +48,12 @@ def test_the_trainer_of_a_generative_deployment_publishes_the_base(gen_settings,
     (manifest,) = registry.list()
     assert manifest.family == "generative" and manifest.base_model == tiny_lm and manifest.round.kind == "import"
     assert manifest.gate.passed and [c.name for c in manifest.gate.checks] == ["baseline"]
+    for key, value in settings_env(gen_settings).items():
+        monkeypatch.setenv(key, value)
+    shown = CliRunner().invoke(cli, ["models", "show", "1"])
+    assert shown.exit_code == 0 and "published, live" in shown.output and "baseline" in shown.output, shown.output
+    status = CliRunner().invoke(cli, ["status", "--json"])
+    assert status.exit_code == 0 and '"live_version": 1' in status.output, status.output
 
 
 def test_online_serve_generates_over_http_for_the_openai_sdk(gen_settings):
