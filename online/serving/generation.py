@@ -220,7 +220,8 @@ class GenerationService:
     def _host(self, base_model: str) -> AdapterHost:
         if base_model not in self._hosts:
             started = time.perf_counter()
-            self._hosts[base_model] = AdapterHost(base_model, self.device)
+            cache = self.settings.state_dir / "base-cache"  # a .gguf base de-quantised once per host
+            self._hosts[base_model] = AdapterHost(base_model, self.device, cache_dir=cache)
             log.info("base model %s loaded in %.1f s", base_model, time.perf_counter() - started)
         return self._hosts[base_model]
 

@@ -107,3 +107,25 @@ def test_an_adapter_for_another_base_is_refused_and_the_host_serves_on(tiny_lm, 
     good = random_adapter(tiny_lm, seed=8)
     host.load(good)
     assert generate(host, good, [Generation(chat("hi"), 6)])[0].token_ids != before
+
+
+def test_a_converted_base_is_kept_once_and_reads_back_the_same(tiny_lm, tmp_path):
+    """What a replica keeps of a de-quantised GGUF (here a plain model stands in for one) loads as the
+    same model and tokenizer; a second replica's copy changes nothing; a changed file gets a new copy."""
+    from online.generative import _converted, _keep_converted, load_base
+
+    model, tokenizer = load_base(tiny_lm)
+    gguf = tmp_path / "base.gguf"
+    gguf.write_bytes(b"one")
+    target = _converted(str(gguf), tmp_path / "cache")
+    _keep_converted(model, tokenizer, target)
+    _keep_converted(model, tokenizer, target)  # another replica converting at the same time: the first stays
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [target.name], "no temporary copies left"
+    copy, copy_tokenizer = load_base(str(target))
+    ids = torch.tensor([tokenizer("What is the capital of France?")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(copy(ids).logits, model(ids).logits)
+    assert copy_tokenizer.chat_template == tokenizer.chat_template
+    assert copy_tokenizer("a b c")["input_ids"] == tokenizer("a b c")["input_ids"]
+    gguf.write_bytes(b"changed")
+    assert _converted(str(gguf), tmp_path / "cache") != target
