@@ -144,3 +144,19 @@ def test_concurrent_requests_share_batches_and_each_gets_its_own_answer(client):
     assert [t["text"] for t in together] == [alone[p] for p in prompts]
     batches = client.get("/metrics").text
     assert "online_generated_tokens_total" in batches
+
+
+def test_not_ready_before_a_version_is_loaded(gen_settings):
+    from fastapi.testclient import TestClient
+
+    from services.api.app import create_app
+
+    with TestClient(create_app(gen_settings)) as c:  # an empty registry: nothing to serve yet
+        assert c.get("/readyz").status_code == 503
+        for path, body in (
+            ("/v1/generate", {"prompt": "hi"}),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stream": True}),
+        ):
+            resp = c.post(path, json=body)
+            assert resp.status_code == 503 and "Retry-After" in resp.headers, (path, body)
