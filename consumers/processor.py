@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from kafka.consumer.fetcher import ConsumerRecord
 from pydantic import ValidationError
 
-from online.events import LabelEvent, ThumbsEvent, parse_event
-from online.feedback.buffer import Incoming
+from online import generation_samples as gen
+from online.events import AnyEvent, CorrectionEvent, LabelEvent, ThumbsEvent, parse_event
+from online.feedback.buffer import Incoming, normalise
+from online.feedback.pii import mask_pii
 from online.feedback.prediction_log import PredictionLog, PredictionRecord
 from online.monitoring.live_accuracy import Judgement
 from online.settings import Settings
@@ -71,7 +73,7 @@ class FeedbackProcessor:
 
     def process(self, records: list[ConsumerRecord]) -> Outcome:
         out = Outcome()
-        parsed: list[tuple[ConsumerRecord, LabelEvent | ThumbsEvent]] = []
+        parsed: list[tuple[ConsumerRecord, AnyEvent]] = []
         for rec in records:
             try:
                 parsed.append((rec, parse_event(rec.value or b"")))
@@ -82,14 +84,19 @@ class FeedbackProcessor:
         wanted = [ev.prediction_id for _, ev in parsed if ev.prediction_id]
         resolved = dict(zip(wanted, self.predictions.get_many(wanted)))
         for rec, ev in parsed:
-            if ev.label is not None and self.allow is not None and ev.label not in self.allow:
-                out.dead.append(DeadLetter(f"label {ev.label!r} is not in the allow-list", rec, ev.label))
+            label = getattr(ev, "label", None)
+            if label is not None and self.allow is not None and label not in self.allow:
+                out.dead.append(DeadLetter(f"label {label!r} is not in the allow-list", rec, label))
                 continue
             pred = resolved.get(ev.prediction_id) if ev.prediction_id else None
             if ev.prediction_id and pred is None:
                 out.dead.append(
-                    DeadLetter(f"unknown prediction_id {ev.prediction_id!r} (expired or never served)", rec, ev.label)
+                    DeadLetter(f"unknown prediction_id {ev.prediction_id!r} (expired or never served)", rec, label)
                 )
+                continue
+            if isinstance(ev, CorrectionEvent) or (pred is not None and pred.is_generation):
+                if reason := _generation_feedback(out, ev, pred):
+                    out.dead.append(DeadLetter(reason, rec, label))
                 continue
             if isinstance(ev, LabelEvent):
                 sample = Incoming(ev.event_id, ev.text, ev.label, ev.source, ev.timestamp)
@@ -119,6 +126,34 @@ class FeedbackProcessor:
                 if not correct:
                     out.corrections.append(sample)
         return out
+
+
+def _generation_feedback(out: Outcome, ev: AnyEvent, pred: PredictionRecord | None) -> str | None:
+    """Feedback on a generation (or a correction of a prompt) as a generative sample
+    (``online.generation_samples``) and, on a served generation, a judgement of its version. Returns why
+    the event cannot be used (it is then dead-lettered), or None."""
+    if isinstance(ev, LabelEvent):
+        return f"prediction_id {ev.prediction_id!r} is a generation: send a correction (its answer), not a label"
+    if isinstance(ev, ThumbsEvent) and ev.label is not None:
+        return "a thumbs on a generation takes no label: send a correction with the answer instead"
+    if pred is not None and not pred.is_generation:
+        return f"prediction_id {ev.prediction_id!r} is a classification: send a label, not a correction"
+    if isinstance(ev, CorrectionEvent):
+        answer = mask_pii(ev.answer)
+        if pred is None:
+            text = gen.encode([{"role": "user", "content": mask_pii(ev.prompt or "")}], answer)
+        else:
+            text = gen.encode(gen.decode_chat(pred.text), answer, rejected=pred.answer)
+            right = normalise(ev.answer) == normalise(pred.answer or "")
+            out.judgements.append(Judgement(ev.event_id, pred.version, right, ev.timestamp))
+        out.samples.append(Incoming(ev.event_id, text, gen.CORRECTION, ev.source, ev.timestamp))
+        return None
+    assert isinstance(ev, ThumbsEvent) and pred is not None
+    up = ev.vote == "up"
+    out.judgements.append(Judgement(ev.event_id, pred.version, up, ev.timestamp))
+    text = gen.encode(gen.decode_chat(pred.text), pred.answer or "")
+    out.samples.append(Incoming(ev.event_id, text, gen.UP if up else gen.DOWN, ev.source, ev.timestamp))
+    return None
 
 
 def _judge_shadow(out: Outcome, ev: LabelEvent | ThumbsEvent, pred: PredictionRecord, truth: str | None) -> None:

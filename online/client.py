@@ -40,10 +40,11 @@ from online.contract import (
     ShadowResponse,
     TrainingState,
 )
-from online.events import EVENT_ADAPTER, LabelEvent, ThumbsEvent
+from online.events import EVENT_ADAPTER, CorrectionEvent, LabelEvent, ThumbsEvent
+from online.generate_contract import GenerateResponse
 
 T = TypeVar("T")
-Event = LabelEvent | ThumbsEvent
+Event = LabelEvent | ThumbsEvent | CorrectionEvent
 RETRY_STATUS = (429, 502, 503, 504)
 
 
@@ -71,7 +72,10 @@ class _Call(Generic[T]):
 
 def _events(events: Iterable[Event | dict]) -> list[Event]:
     """Validated events, each with its id from now on (a dict without ``event_id`` gets one here)."""
-    return [e if isinstance(e, (LabelEvent, ThumbsEvent)) else EVENT_ADAPTER.validate_python(e) for e in events]
+    return [
+        e if isinstance(e, (LabelEvent, ThumbsEvent, CorrectionEvent)) else EVENT_ADAPTER.validate_python(e)
+        for e in events
+    ]
 
 
 def _batches(events: Sequence[Event], size: int) -> Iterator[list[Event]]:
@@ -121,6 +125,29 @@ class _Calls:
         return self.feedback(
             [ThumbsEvent(kind="thumbs", prediction_id=prediction_id, vote=vote, source=source, label=label)]
         )
+
+    def generate(
+        self,
+        prompt: str | Sequence[dict[str, str]],
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> GenerateResponse:
+        """A generative deployment's answer to a prompt (``str``) or a chat (role/content dicts)."""
+        body: dict[str, Any] = {"prompt": prompt} if isinstance(prompt, str) else {"messages": list(prompt)}
+        if max_new_tokens is not None:
+            body["max_new_tokens"] = max_new_tokens
+        if temperature is not None:
+            body["temperature"] = temperature
+        return self._run(_Call("POST", "/v1/generate", TypeAdapter(GenerateResponse), json=body))
+
+    def correct(
+        self, answer: str, source: str, prediction_id: str | None = None, prompt: str | None = None
+    ) -> list[FeedbackAccepted]:
+        """What a generation (its ``generation_id`` as ``prediction_id``) or a prompt should be answered."""
+        event = CorrectionEvent(
+            kind="correction", answer=answer, source=source, prediction_id=prediction_id, prompt=prompt
+        )
+        return self.feedback([event])
 
     def models(self) -> ModelsResponse:
         return self._run(_Call("GET", "/v1/models", TypeAdapter(ModelsResponse)))

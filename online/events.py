@@ -3,7 +3,9 @@
 A record on ``online.feedback`` is one UTF-8 JSON object:
 
 - ``kind: "label"``: ``text`` and its correct ``label`` (optionally the ``prediction_id`` it corrects);
-- ``kind: "thumbs"``: ``prediction_id`` and ``vote`` ``up``/``down``, optionally the correct ``label``.
+- ``kind: "thumbs"``: ``prediction_id`` and ``vote`` ``up``/``down``, optionally the correct ``label``;
+- ``kind: "correction"`` (a generative deployment): the ``answer`` a generation should have given, for the
+  ``prediction_id`` (its ``generation_id``) or for a ``prompt``.
 
 Every event has ``event_id`` (idempotency key; assigned when absent), ``source`` (client id),
 ``timestamp`` (epoch seconds; assigned when absent) and ``schema_version``.
@@ -15,7 +17,7 @@ import time
 import uuid
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 # A letter or digit of any script first (labels may be Chinese: 退款), then letters, digits, _ . : / - space.
@@ -50,16 +52,30 @@ class ThumbsEvent(_EventBase):
     label: Label | None = Field(None, description="The correct label, for a thumbs down.")
 
 
-FeedbackEvent = Annotated[Union[LabelEvent, ThumbsEvent], Field(discriminator="kind")]
-EVENT_ADAPTER: TypeAdapter[LabelEvent | ThumbsEvent] = TypeAdapter(FeedbackEvent)
+class CorrectionEvent(_EventBase):
+    kind: Literal["correction"]
+    prediction_id: Id | None = Field(None, description="The generation (its generation_id) this corrects.")
+    prompt: Text | None = Field(None, description="Or the prompt it answers, without a generation.")
+    answer: Text = Field(description="What the model should have answered.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "CorrectionEvent":
+        if (self.prediction_id is None) == (self.prompt is None):
+            raise ValueError("give exactly one of `prediction_id` (a generation) or `prompt`")
+        return self
 
 
-def parse_event(raw: bytes) -> LabelEvent | ThumbsEvent:
+AnyEvent = LabelEvent | ThumbsEvent | CorrectionEvent
+FeedbackEvent = Annotated[Union[LabelEvent, ThumbsEvent, CorrectionEvent], Field(discriminator="kind")]
+EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(FeedbackEvent)
+
+
+def parse_event(raw: bytes) -> AnyEvent:
     """Validate one Kafka record value; raises ``pydantic.ValidationError`` (or ValueError) if bad."""
     return EVENT_ADAPTER.validate_json(raw)
 
 
-def encode_event(event: LabelEvent | ThumbsEvent) -> bytes:
+def encode_event(event: AnyEvent) -> bytes:
     return event.model_dump_json(exclude_none=True).encode()
 
 

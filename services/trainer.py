@@ -116,6 +116,12 @@ def ensure_version_one(settings: Settings, registry: ModelRegistry, leader: Lead
         try:
             if registry.live() is not None:
                 return
+            if settings.task == "generate":
+                from online.learning.generative_version_one import release_base
+
+                manifest = release_base(settings, registry, fence=leader.fence)
+                log.info("version %d live: the base model %s", manifest.version, manifest.base_model)
+                return
             if settings.seed_model:
                 log.info("empty registry: importing %s as version 1", settings.seed_model)
                 manifest = make_version_one(settings, registry, fence=leader.fence)
@@ -257,6 +263,12 @@ def run_trainer(settings: Settings, stop: threading.Event) -> None:
     if settings.trainer_metrics_port is not None:
         start_http_server(settings.trainer_metrics_port, addr="0.0.0.0", registry=scheduler.metrics.registry)
     ensure_version_one(settings, scheduler.registry, scheduler.leader, stop)
+    if settings.task == "generate":
+        # Rounds that train LoRA adapters from corrections and thumbs come next (docs/generate.md); until
+        # then the trainer keeps version 1 published and the buffer collects the feedback they will use.
+        log.info("task generate: feedback is collected in the replay buffer; no rounds yet")
+        stop.wait()
+        return
     scheduler.loop()
 
 

@@ -25,6 +25,12 @@ class PredictionRecord(BaseModel):
     shadow_version: int | None = None  # a shadow candidate's answer to the same text (never returned)
     shadow_label: str | None = None
     memory_sid: str | None = None  # answered from this correction-memory entry (online.memory)
+    # A generation (TASK=generate): ``text`` is its chat (JSON), ``answer`` what it generated, ``label`` empty.
+    answer: str | None = None
+
+    @property
+    def is_generation(self) -> bool:
+        return self.answer is not None
 
 
 class PredictionLog:
@@ -37,7 +43,10 @@ class PredictionLog:
         """Store a batch in one round trip."""
         with self.r.pipeline(transaction=False) as pipe:
             for rec in records:
-                rec = rec.model_copy(update={"text": mask_pii(rec.text)})
+                masked = {"text": mask_pii(rec.text)}
+                if rec.answer is not None:
+                    masked["answer"] = mask_pii(rec.answer)
+                rec = rec.model_copy(update=masked)
                 pipe.set(self._key(rec.prediction_id), rec.model_dump_json(), ex=self.ttl_s)
             pipe.execute()
 

@@ -23,6 +23,7 @@ from typing import Literal
 import redis
 from pydantic import BaseModel, Field, field_validator
 
+import online.generative  # noqa: F401  (registers the generative family's loader, as online.model does the classifier's)
 from online.contract import ShadowSlot
 from online.keys import Keys
 from online.lifecycle.store import GOLDEN_FILE, MANIFEST_FILE, FolderStore, ModelStore, StoreUnavailable

@@ -14,7 +14,9 @@ from fastapi.responses import JSONResponse
 from online import __version__
 from online.connections import async_redis_client
 from online.contract import ValidationErrorOut, ValidationIssue, feedback_body_model, predict_request_model
+from online.generate_contract import chat_request_model, generate_request_model
 from online.lifecycle.store import StoreUnavailable
+from online.serving.generation import GenerationService
 from online.serving.metrics import ApiMetrics
 from online.serving.service import ModelService, NotReady
 from online.settings import Settings
@@ -28,6 +30,7 @@ from services.api.routers import (
     dashboard,
     drift,
     feedback,
+    generate,
     health,
     labels,
     models,
@@ -43,12 +46,13 @@ log = logging.getLogger("online.api")
 
 def create_app(settings: Settings) -> FastAPI:
     metrics = ApiMetrics()
+    generating = settings.task == "generate"  # a causal LM answering prompts, not the classifier
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         stores = Stores.from_settings(settings, role="serving")
         async_client = async_redis_client(settings)
-        service = ModelService(stores, metrics, async_client)
+        service = (GenerationService if generating else ModelService)(stores, metrics, async_client)
         app.state.stores = stores
         app.state.admin = LocalAdmin(stores)
         app.state.service = service
@@ -73,7 +77,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     request_model = predict_request_model(settings)
-    app.add_middleware(predict.PredictFastPath, request_model=request_model)  # innermost: after the checks
+    if not generating:
+        app.add_middleware(predict.PredictFastPath, request_model=request_model)  # innermost: after the checks
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     tag = tracing.tag_request if settings.otel_traces else None
     app.add_middleware(  # outermost of ours: sees every answer
@@ -133,11 +138,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    app.include_router(predict.router(request_model))
+    if generating:
+        app.include_router(generate.router(settings, generate_request_model(settings), chat_request_model(settings)))
+    else:
+        app.include_router(predict.router(request_model))
     app.include_router(feedback.router(feedback_body_model(settings)))
     app.include_router(models.api)
     app.include_router(training.api)
-    app.include_router(drift.api)
+    if not generating:  # drift windows are the classifier's (prompt drift for generations: later)
+        app.include_router(drift.api)
     app.include_router(quarantine.api)
     app.include_router(labels.api)
     app.include_router(review.api)

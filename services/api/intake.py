@@ -18,13 +18,13 @@ from kafka.errors import KafkaError
 
 from online.bus import discard_producer, ensure_topics, make_producer
 from online.connections import NotConfigured
-from online.events import LabelEvent, ThumbsEvent, encode_event
+from online.events import AnyEvent, encode_event
 from online.serving.breaker import Breaker
 from online.wiring.stores import Stores
 
 log = logging.getLogger("online.api.feedback")
 
-Event = LabelEvent | ThumbsEvent
+Event = AnyEvent
 
 
 class Unavailable(RuntimeError):

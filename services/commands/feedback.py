@@ -15,9 +15,7 @@ from services.wiring import current
 
 if TYPE_CHECKING:
     from online.client import Client
-    from online.events import LabelEvent, ThumbsEvent
-
-    Event = LabelEvent | ThumbsEvent
+    from online.events import AnyEvent as Event
 
 app = typer.Typer(help="Send feedback events.", no_args_is_help=True)
 buffer_app = typer.Typer(help="Inspect the replay buffer.", no_args_is_help=True)

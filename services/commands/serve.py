@@ -19,7 +19,16 @@ def up(
     test: Path | None = typer.Option(None, "--test", help="Its test file (default: a stratified split of --data)."),
     text_column: str | None = TextColumn,
     label_column: str | None = LabelColumn,
-    base_model: str | None = typer.Option(None, "--base-model", help="Local Hugging Face encoder directory."),
+    base_model: str | None = typer.Option(
+        None,
+        "--base-model",
+        help="Local Hugging Face encoder directory (--task generate: causal LM directory or .gguf).",
+    ),
+    task: str | None = typer.Option(
+        None,
+        "--task",
+        help="classify (default: ONLINE_TASK) or generate: a causal LM answering prompts (docs/generate.md).",
+    ),
     model: Path | None = typer.Option(None, "--model", help="Your fine-tuned classifier directory, as version 1."),
     store: str | None = typer.Option(
         None, "--store", help="Where versions live: a folder or s3://bucket/prefix (default: ONLINE_MODEL_STORE)."
@@ -32,10 +41,25 @@ def up(
 
     wiring = current()
     wiring.logging()
+    if task not in (None, "classify", "generate"):
+        raise typer.BadParameter(f"--task {task!r}: classify or generate")
+    generating = (task or wiring.settings.task) == "generate"
+    base = str(Path(base_model).resolve()) if base_model else None
     settings = data_options(
         wiring.settings, seed_data=data, seed_test=test, text_column=text_column, label_column=label_column,
-        base_model=str(Path(base_model).resolve()) if base_model else None, seed_model=model,
+        base_model=None if generating else base, seed_model=model,
     )  # fmt: skip
+    if generating:
+        from online.learning.generative_version_one import generative_base
+
+        settings = settings.model_copy(
+            update={"task": "generate", "generate_base_model": base or settings.generate_base_model}
+        )
+        try:
+            console.print(f"generative base model: {generative_base(settings)}")
+        except RuntimeError as exc:  # no base given and the default wheel is not installed
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from None
     if store:
         settings = settings.model_copy(update={"model_store": store if store.startswith("s3://") else Path(store)})
     if settings.seed_model:  # a classifier that cannot be served as it is fails here, before anything starts

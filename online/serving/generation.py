@@ -1,0 +1,369 @@
+"""One API replica's generation service (``ONLINE_TASK=generate``): micro-batched decoding on the forward
+thread, the version follower, the prediction log of generations.
+
+The same rails as the classifier's :class:`~online.serving.service.ModelService`: one forward thread (the
+only one that runs torch: on 2 cores a second torch thread halves the speed of both), the registry
+followed by pub/sub and polling, a version verified off the forward thread and swapped in with one
+reference assignment (a request keeps the version it started on; batches never mix versions), every
+answer naming its version, Redis side effects off the answer's path behind the replica's breaker.
+
+What differs is the model: the base is loaded once (:class:`~online.generative.AdapterHost`) and each
+version is an adapter loaded beside the live one, then switched to (``online.generative``); a request is
+a prompt decoded for many steps, so each answer is handed back as soon as its own row ends
+(``online.generator``), and streaming clients get its text as it is decoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import redis
+import redis.asyncio as aredis
+from prometheus_client import Counter, Histogram
+
+from online import generation_samples
+from online.feedback.pii import mask_pii
+from online.feedback.prediction_log import PredictionLog, PredictionRecord
+from online.generative import AdapterHost, GenerativeLM
+from online.generator import Generated, Generation, generate
+from online.lifecycle.registry import ModelRegistry
+from online.model import resolve_device
+from online.monitoring.replicas import Heartbeat, Replicas
+from online.serving.batcher import MicroBatcher
+from online.serving.breaker import Breaker
+from online.serving.drift_window import replica_name
+from online.serving.follower import VersionFollower, _at_low_priority
+from online.serving.forward import SideEffectWriter
+from online.serving.metrics import ApiMetrics
+from online.serving.service import NotReady
+from online.settings import Settings
+
+log = logging.getLogger("online.serving.generation")
+
+
+class GenerationStores(Protocol):
+    """The stores a generating replica uses (the wiring's ``Stores`` has them all)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def registry(self) -> ModelRegistry: ...
+
+    @property
+    def predictions(self) -> PredictionLog: ...
+
+    @property
+    def replicas(self) -> Replicas: ...
+
+
+@dataclass(frozen=True)
+class _Engine:
+    name: str
+    torch_threads: int | None = None  # the process's threads (the follower restores them)
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """A version ready to serve: its adapter loaded on the host's base (what the follower swaps in)."""
+
+    version: int
+    model: GenerativeLM
+    host: AdapterHost
+    engine: _Engine
+    labels: list[str] = field(default_factory=list)
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name
+
+
+@dataclass(frozen=True)
+class ServedGeneration:
+    generation_id: str
+    text: str
+    model_version: int
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class GenerationStream:
+    """One streamed generation: who answers, its id, then its text pieces and the whole answer."""
+
+    version: int
+    generation_id: str
+    items: AsyncIterator[str | ServedGeneration]
+
+    def __aiter__(self) -> AsyncIterator[str | ServedGeneration]:
+        return self.items.__aiter__()
+
+    async def aclose(self) -> None:
+        await self.items.aclose()  # type: ignore[attr-defined]
+
+
+class GenerationFollower(VersionFollower):
+    """The registry follower with the generative family's build: verify off the forward thread, then
+    load the adapter beside the live one and warm it up on the forward thread."""
+
+    def __init__(self, *args, build: Callable[[int], object], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._build_version = build
+
+    async def _build(self, version: int) -> ServedVersion:  # type: ignore[override]
+        await _at_low_priority(self.registry.verify, version)
+        return await self._build_version(version)  # type: ignore[misc]
+
+
+def _retrieved(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # read here: the waiting generation (if any) raises it from its own queue
+
+
+class GenerationMetrics:
+    def __init__(self, metrics: ApiMetrics) -> None:
+        r = metrics.registry
+        self.requests = Counter("online_generations", "Generations answered", ["version"], registry=r)
+        self.tokens = Counter("online_generated_tokens", "Tokens generated", ["version"], registry=r)
+        self.first_token = Histogram(
+            "online_generate_first_token_seconds",
+            "From a generation's arrival to its first token",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.latency = Histogram(
+            "online_generate_request_seconds",
+            "Latency of a whole generation",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+
+
+class GenerationService:
+    def __init__(self, stores: GenerationStores, metrics: ApiMetrics, async_redis: aredis.Redis) -> None:
+        s = stores.settings
+        self.settings = s
+        self.stores = stores
+        self.metrics = metrics
+        self.gen_metrics = GenerationMetrics(metrics)
+        self.device = resolve_device(s.device)
+        self.replica = replica_name()
+        self.redis_health = Breaker(
+            "redis",
+            "generations go on; their log (what feedback on them resolves) is dropped",
+            on_change=lambda up: metrics.dependency_up.labels("redis").set(int(up)),
+        )
+        self.broker_health = Breaker(
+            "broker",
+            "generations go on; /v1/feedback answers 503 with Retry-After",
+            on_change=lambda up: metrics.dependency_up.labels("broker").set(int(up)),
+        )
+        self.window = None  # no drift window for generations yet
+        self.memory = None
+        self.writer = SideEffectWriter([], self.redis_health, metrics)
+        self.batcher: MicroBatcher[ServedVersion, Generated] = MicroBatcher(
+            self._run, max_batch=s.generate_max_batch, max_wait_ms=s.max_wait_ms, on_batch=self._observe_batch
+        )
+        self._hosts: dict[str, AdapterHost] = {}  # by base model: in practice one, loaded once
+        self.follower = GenerationFollower(
+            s, stores.registry, self.batcher, metrics, async_redis, self.redis_health,
+            on_tick=self._heartbeat, build=self._build,
+        )  # fmt: skip
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.batcher.start()
+        self.follower.start()
+
+    async def stop(self) -> None:
+        await self.follower.stop()
+        await self.batcher.stop()
+        await asyncio.to_thread(self.writer.stop)
+
+    async def settled(self) -> None:
+        await self.writer.settled()
+
+    @property
+    def version(self) -> int | None:
+        return self.follower.version
+
+    def dependencies(self) -> dict[str, dict]:
+        return {"redis": self.redis_health.state(), "broker": self.broker_health.state()}
+
+    def memory_stats(self) -> None:
+        return None
+
+    # --- versions -----------------------------------------------------------------------------
+    async def _build(self, version: int) -> ServedVersion:
+        """Load the version's adapter beside the live one on the forward thread (the base model only
+        the first time), then warm it up there with a two-token generation."""
+        registry = self.stores.registry
+        model, manifest = await self.batcher.call(lambda: registry.load(version, verify=False))
+        if not isinstance(model, GenerativeLM):
+            raise TypeError(f"version {version} is a {manifest.family}, not a generative model")
+        host = await self.batcher.call(lambda: self._host(model.base_model))
+        await self.batcher.call(lambda: host.load(model))
+        engine = _Engine(f"torch-{str(host.model.dtype).removeprefix('torch.')}-{host.device.type}")
+        served = ServedVersion(version, model, host, engine)
+        warm = Generation([{"role": "user", "content": "Hello"}], max_new_tokens=2)
+        await self.batcher.call(lambda: generate(host, model, [warm], self.settings.generate_max_prompt_tokens))
+        return served
+
+    def _host(self, base_model: str) -> AdapterHost:
+        if base_model not in self._hosts:
+            started = time.perf_counter()
+            cache = self.settings.state_dir / "base-cache"  # a .gguf base de-quantised once per host
+            self._hosts[base_model] = AdapterHost(base_model, self.device, cache_dir=cache)
+            log.info("base model %s loaded in %.1f s", base_model, time.perf_counter() - started)
+        return self._hosts[base_model]
+
+    # --- generating ---------------------------------------------------------------------------
+    def _run(self, served: ServedVersion, requests: list[Generation]) -> list[Generated]:
+        return generate(served.host, served.model, requests, self.settings.generate_max_prompt_tokens)
+
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.forward_seconds.observe(seconds)
+
+    async def generate(
+        self,
+        messages: list[dict[str, str]],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+    ) -> ServedGeneration:
+        result = None
+        served, generation_id = self._current(), uuid.uuid4().hex
+        async for item in self._stream(served, generation_id, messages, max_new_tokens, temperature, top_p, False):
+            result = item
+        assert isinstance(result, ServedGeneration)
+        return result
+
+    def stream(
+        self, messages: list[dict[str, str]], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0
+    ) -> "GenerationStream":
+        """The text as it is decoded (``str`` pieces), then the whole answer, with the version that answers
+        and the generation's id known up front. Raises :class:`NotReady` before any version is loaded. A
+        consumer that stops iterating (a client gone) takes its row out of the batch at the next step."""
+        served = self._current()
+        generation_id = uuid.uuid4().hex
+        items = self._stream(served, generation_id, messages, max_new_tokens, temperature, top_p, True)
+        return GenerationStream(served.version, generation_id, items)
+
+    def _current(self) -> ServedVersion:
+        served = self.follower.current
+        if served is None:
+            raise NotReady("no model version is loaded yet")
+        return served  # type: ignore[return-value]
+
+    async def _stream(
+        self,
+        served: ServedVersion,
+        generation_id: str,
+        messages: list[dict[str, str]],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        deltas: bool,
+    ) -> AsyncIterator[str | ServedGeneration]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        gone = threading.Event()
+        arrived = time.perf_counter()
+        first_token = False
+
+        def put(item) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:
+                pass  # the event loop closed (the replica is stopping): nobody reads it
+
+        request = Generation(
+            messages,
+            max_new_tokens,
+            temperature,
+            top_p,
+            on_delta=(lambda d: put(d)) if deltas else None,
+            on_done=lambda g: put(g),
+            cancelled=gone.is_set,
+        )
+        batch = asyncio.ensure_future(self.batcher.submit(served, [request]))
+        batch.add_done_callback(_retrieved)  # a client gone before its batch failed leaves nothing unread
+        batch.add_done_callback(lambda f: put(f))  # a failed batch (its exception) ends the wait too
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, str):
+                    if not first_token:
+                        first_token = True
+                        self.gen_metrics.first_token.observe(time.perf_counter() - arrived)
+                    yield item
+                    continue
+                generated = item.result()[0] if isinstance(item, asyncio.Future) else item
+                break
+        finally:
+            gone.set()
+        if not first_token:
+            self.gen_metrics.first_token.observe(time.perf_counter() - arrived)
+        self.gen_metrics.latency.observe(time.perf_counter() - arrived)
+        result = ServedGeneration(
+            generation_id,
+            generated.text,
+            served.version,
+            "length" if generated.finish_reason == "length" else "stop",
+            generated.prompt_tokens,
+            generated.completion_tokens,
+        )
+        self.gen_metrics.requests.labels(str(served.version)).inc()
+        self.gen_metrics.tokens.labels(str(served.version)).inc(generated.completion_tokens)
+        self._log(result, messages)
+        yield result
+
+    def _log(self, result: ServedGeneration, messages: list[dict[str, str]]) -> None:
+        """The generation in the prediction log (what feedback on it resolves), on the side-effect thread."""
+        chat = [{"role": m["role"], "content": mask_pii(m["content"])} for m in messages]
+        record = PredictionRecord(
+            prediction_id=result.generation_id,
+            text=generation_samples.encode_chat(chat),
+            label="",
+            score=0.0,
+            version=result.model_version,
+            answer=result.text,
+        )
+
+        def write() -> None:
+            if not self.redis_health.allow():
+                self.metrics.side_effects_dropped.labels("prediction_log").inc()
+                return
+            try:
+                self.stores.predictions.record_many([record])
+            except redis.RedisError as exc:
+                self.redis_health.failed(exc)
+                self.metrics.side_effects_dropped.labels("prediction_log").inc()
+            else:
+                self.redis_health.succeeded()
+
+        self.writer.call(write)
+
+    async def _heartbeat(self) -> None:
+        current = self.follower.current
+        beat = Heartbeat(
+            self.replica, self.version, time.time(), self.follower.last_load_error,
+            engine=current.engine_name if current else None,
+        )  # fmt: skip
+        if not self.redis_health.allow():
+            return
+        try:
+            await asyncio.to_thread(self.stores.replicas.beat, beat)
+        except redis.RedisError as exc:
+            self.redis_health.failed(exc)
+        else:
+            self.redis_health.succeeded()

@@ -1,0 +1,107 @@
+"""A generative deployment on the product's rails: versions (base + LoRA adapter) hot-swapped under
+requests with none failing and none answered by a mix of versions, and feedback on generations
+(corrections, thumbs) stored in the replay buffer through the real broker and Redis."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+from online import generation_samples as gen
+from online.client import Client
+from online.lifecycle import promotion
+from online.wiring.stores import Stores
+from tests.generate.helpers import generating_app, random_adapter, release_adapter, through
+from tests.helpers import ConsumerThread, buffer_of, wait_for
+
+QUESTION = "What is the capital of France?"
+
+
+def test_adapters_hot_swap_under_requests_with_none_failing(gen_settings, tiny_lm):
+    registry = Stores.from_settings(gen_settings).registry
+    with generating_app(gen_settings) as client:
+        results: list[tuple[int, int | None, str | None]] = []
+        stop = threading.Event()
+
+        def ask() -> None:
+            while not stop.is_set():
+                resp = client.post("/v1/generate", json={"prompt": QUESTION, "max_new_tokens": 8})
+                body = resp.json() if resp.status_code == 200 else {}
+                results.append((resp.status_code, body.get("model_version"), body.get("text")))
+
+        def served(version: int) -> bool:
+            return any(v == version for _, v, _ in results[-4:])
+
+        threads = [threading.Thread(target=ask, daemon=True) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            wait_for(lambda: served(1), what="the base answering")
+            v2 = release_adapter(gen_settings, registry, random_adapter(tiny_lm, seed=1), parent=1).version
+            wait_for(lambda: served(v2), what=f"version {v2} answering")
+            v3 = release_adapter(gen_settings, registry, random_adapter(tiny_lm, seed=2), parent=v2).version
+            wait_for(lambda: served(v3), what=f"version {v3} answering")
+            promotion.rollback(registry, reason="test")  # to v3's parent, whose adapter is still loaded
+            wait_for(lambda: served(v2) and registry.live() == v2, what="the rollback to v2 answering")
+            promotion.rollback(registry, to=1, reason="test")  # the bare base again: adapters off
+            wait_for(lambda: served(1) and registry.live() == 1, what="the base answering again")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        ready = client.get("/readyz").json()
+        assert ready["model_version"] == 1 and ready["last_load_error"] is None
+
+    failed = [r for r in results if r[0] != 200]
+    assert not failed, f"{len(failed)} of {len(results)} requests failed during the swaps: {failed[:3]}"
+    texts: dict[int, set[str]] = defaultdict(set)
+    for _, version, text in results:
+        texts[version].add(text)
+    assert set(texts) == {1, v2, v3}
+    # greedy decoding: every answer of one version is the same, so none was decoded with another's adapter
+    assert all(len(t) == 1 for t in texts.values()), texts
+    assert len({next(iter(t)) for t in texts.values()}) == 3, "each adapter changes the answer"
+    manifests = {m.version: m for m in registry.list()}
+    assert manifests[v2].family == "generative" and manifests[v2].parent == 1
+    assert 0 < (registry.path(v2) / "model.safetensors").stat().st_size < 1_000_000, "a version is its adapter"
+
+
+def test_corrections_and_thumbs_on_generations_reach_the_buffer(gen_kafka_settings):
+    s = gen_kafka_settings
+    stores = Stores.from_settings(s)
+    with generating_app(s) as client, ConsumerThread(s) as consumer:
+        g = client.post("/v1/generate", json={"prompt": "I am jane@example.com: who runs support?"}).json()
+        wait_for(lambda: stores.predictions.get(g["generation_id"]), what="the generation logged")
+        pid = g["generation_id"]
+        events = [
+            {"kind": "correction", "prediction_id": pid, "answer": "Our support team is Pipkin.", "source": "alice", "event_id": "c1"},
+            {"kind": "thumbs", "prediction_id": pid, "vote": "down", "source": "carol", "event_id": "t1"},
+            {"kind": "correction", "prediction_id": pid, "answer": "Our support team is Pipkin.", "source": "alice", "event_id": "c1"},
+            {"kind": "correction", "prediction_id": "never-served", "answer": "x", "source": "alice", "event_id": "d1"},
+            {"kind": "label", "text": "x", "label": "a", "prediction_id": pid, "source": "alice", "event_id": "d2"},
+            {"kind": "thumbs", "prediction_id": pid, "vote": "down", "label": "a", "source": "carol", "event_id": "d3"},
+        ]  # fmt: skip
+        accepted = client.post("/v1/feedback", json={"events": events})
+        assert accepted.status_code == 202, accepted.text
+        with Client(str(client.base_url), transport=through(client)) as api:  # a correction of a prompt
+            api.correct("Pipkin: pip@example.com", source="bob", prompt="Who runs support?")
+        for bad in ({"answer": "x"}, {"answer": "x", "prompt": "p", "prediction_id": pid}):
+            refused = client.post("/v1/feedback", json={"kind": "correction", "source": "alice", **bad})
+            assert refused.status_code == 422 and "exactly one" in refused.text
+        wait_for(
+            lambda: consumer.consumer.metrics.records._value.get() >= len(events) + 1, what="every record consumed"
+        )
+
+    buffer = buffer_of(s)
+    samples = {smp.source: smp for smp in buffer.samples()}
+    assert sorted((smp.label, smp.source) for smp in samples.values()) == [
+        (gen.CORRECTION, "alice"), (gen.CORRECTION, "bob"), (gen.DOWN, "carol"),
+    ], "one sample per event id (the redelivered c1 is not stored twice)"  # fmt: skip
+    alice = gen.decode(samples["alice"].text)
+    assert alice.messages == [{"role": "user", "content": "I am <EMAIL>: who runs support?"}], "masked as served"
+    assert alice.answer == "Our support team is Pipkin." and alice.rejected == gen.decode(samples["carol"].text).answer
+    bob = gen.decode(samples["bob"].text)
+    assert bob.prompt == "Who runs support?" and bob.answer == "Pipkin: <EMAIL>" and bob.rejected is None
+    assert sum(st.dead_lettered for st in buffer.stats()) == 3
+    judged = stores.live_accuracy.get(g["model_version"])
+    assert (judged.n, judged.correct) == (2, 0), "the correction and the thumbs down judge version 1"

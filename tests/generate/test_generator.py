@@ -1,0 +1,131 @@
+"""The decode loop on a tiny random Llama: a batch answers what each prompt answers alone, rows end on
+their own budget or client and are handed back then, adapters switch per batch, and a version's weights
+file round-trips (a random adapter, then the bare base)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from online.generative import AdapterHost, GenerativeLM
+from online.generator import Generation, generate
+from online.versioned import load_model
+from tests.generate.helpers import random_adapter
+
+
+@pytest.fixture(scope="module")
+def host(tiny_lm) -> AdapterHost:
+    return AdapterHost(tiny_lm)
+
+
+def chat(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_a_batch_answers_what_each_prompt_answers_alone(host, tiny_lm):
+    base = GenerativeLM(tiny_lm)
+    prompts = ["hi", "What is the capital of France?", "Tell me about refunds and orders in detail please"]
+    alone = [generate(host, base, [Generation(chat(p), 12)])[0] for p in prompts]
+    budgets = [3, 12, 7]
+    together = generate(host, base, [Generation(chat(p), n) for p, n in zip(prompts, budgets)])
+    for a, t, n in zip(alone, together, budgets):
+        assert t.token_ids == a.token_ids[:n], "left padding and rows leaving the batch change nothing"
+        assert t.completion_tokens <= n and t.prompt_tokens == a.prompt_tokens
+    # the reference: transformers' own greedy decoding of the first prompt
+    ids = torch.tensor([host.tokenizer(host.tokenizer.apply_chat_template(chat(prompts[1]), add_generation_prompt=True, tokenize=False))["input_ids"]])  # fmt: skip
+    ref = host.model.generate(
+        ids, max_new_tokens=12, do_sample=False, eos_token_id=sorted(host.eos_ids), pad_token_id=0
+    )
+    assert ref[0, ids.shape[1] :].tolist()[: len(alone[1].token_ids)] == alone[1].token_ids
+
+
+def test_rows_end_on_their_own_and_are_handed_back_at_once(host, tiny_lm):
+    base = GenerativeLM(tiny_lm)
+    done: list[str] = []
+    streamed: list[str] = []
+    checks = {"n": 0}
+
+    def gone() -> bool:  # the streaming client of "b" leaves after a few tokens
+        checks["n"] += 1
+        return checks["n"] > 3
+
+    requests = [
+        Generation(chat("a"), 2, on_done=lambda g: done.append("a")),
+        Generation(chat("b"), 20, on_delta=streamed.append, on_done=lambda g: done.append("b"), cancelled=gone),
+        Generation(chat("c"), 20, on_done=lambda g: done.append("c")),
+    ]
+    out = generate(host, base, requests)
+    assert out[0].finish_reason == "length" and out[0].completion_tokens == 2
+    assert out[1].finish_reason == "cancelled" and 1 <= out[1].completion_tokens <= 3
+    assert done[:2] == ["a", "b"], "the short rows were answered before the long one ended"
+    assert "".join(streamed) == out[1].text
+
+
+def test_sampling_follows_temperature_per_row(host, tiny_lm):
+    base = GenerativeLM(tiny_lm)
+    torch.manual_seed(0)
+    greedy = [generate(host, base, [Generation(chat("hi"), 8)])[0].token_ids for _ in range(2)]
+    sampled = {tuple(generate(host, base, [Generation(chat("hi"), 8, temperature=1.5)])[0].token_ids) for _ in range(4)}
+    assert greedy[0] == greedy[1] and len(sampled) > 1
+
+
+def test_versions_switch_adapters_and_their_weights_round_trip(host, tiny_lm, tmp_path):
+    base, adapted = GenerativeLM(tiny_lm), random_adapter(tiny_lm, seed=3)
+    sha = adapted.save(tmp_path / "w.safetensors")
+    loaded = load_model(tmp_path / "w.safetensors", adapted.spec())
+    assert isinstance(loaded, GenerativeLM) and loaded.adapter_name == adapted.adapter_name and len(sha) == 64
+    assert loaded.lora_config == adapted.lora_config
+    GenerativeLM(tiny_lm).save(tmp_path / "b.safetensors")
+    assert load_model(tmp_path / "b.safetensors", base.spec()).adapter is None, "version 1: no adapter"
+
+    before = generate(host, base, [Generation(chat("hi"), 8)])[0].token_ids
+    host.load(loaded)
+    assert generate(host, base, [Generation(chat("hi"), 8)])[0].token_ids == before, "loading does not activate"
+    with_adapter = generate(host, loaded, [Generation(chat("hi"), 8)])[0].token_ids
+    assert with_adapter != before
+    assert generate(host, base, [Generation(chat("hi"), 8)])[0].token_ids == before, "the bare base again"
+
+    for seed in (4, 5, 6):  # more versions than the host keeps: the oldest adapter is dropped...
+        host.load(random_adapter(tiny_lm, seed=seed))
+    assert loaded.adapter_name not in host.loaded() and len(host.loaded()) == host.keep
+    assert generate(host, loaded, [Generation(chat("hi"), 8)])[0].token_ids == with_adapter, "...and loaded again"
+
+
+def test_an_adapter_for_another_base_is_refused_and_the_host_serves_on(tiny_lm, tmp_path):
+    from tests.generate.tiny import build_tiny_causal_lm
+
+    host = AdapterHost(tiny_lm)
+    base = GenerativeLM(tiny_lm)
+    before = generate(host, base, [Generation(chat("hi"), 6)])[0].token_ids
+    other = build_tiny_causal_lm(tmp_path / "other", hidden_size=64)
+    for first in (True, False):  # the first adapter (peft wraps the base for it), then beside a loaded one
+        if not first:
+            host.load(random_adapter(tiny_lm, seed=7))
+        with pytest.raises(ValueError, match="does not fit"):
+            host.load(random_adapter(other, seed=1))
+        assert generate(host, base, [Generation(chat("hi"), 6)])[0].token_ids == before
+    good = random_adapter(tiny_lm, seed=8)
+    host.load(good)
+    assert generate(host, good, [Generation(chat("hi"), 6)])[0].token_ids != before
+
+
+def test_a_converted_base_is_kept_once_and_reads_back_the_same(tiny_lm, tmp_path):
+    """What a replica keeps of a de-quantised GGUF (here a plain model stands in for one) loads as the
+    same model and tokenizer; a second replica's copy changes nothing; a changed file gets a new copy."""
+    from online.generative import _converted, _keep_converted, load_base
+
+    model, tokenizer = load_base(tiny_lm)
+    gguf = tmp_path / "base.gguf"
+    gguf.write_bytes(b"one")
+    target = _converted(str(gguf), tmp_path / "cache")
+    _keep_converted(model, tokenizer, target)
+    _keep_converted(model, tokenizer, target)  # another replica converting at the same time: the first stays
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [target.name], "no temporary copies left"
+    copy, copy_tokenizer = load_base(str(target))
+    ids = torch.tensor([tokenizer("What is the capital of France?")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(copy(ids).logits, model(ids).logits)
+    assert copy_tokenizer.chat_template == tokenizer.chat_template
+    assert copy_tokenizer("a b c")["input_ids"] == tokenizer("a b c")["input_ids"]
+    gguf.write_bytes(b"changed")
+    assert _converted(str(gguf), tmp_path / "cache") != target
