@@ -33,11 +33,12 @@ class PredictionLog:
         self._key = keys.prediction
         self.ttl_s = ttl_s
 
-    def record_many(self, records: list[PredictionRecord]) -> None:
-        """Store a batch in one round trip."""
+    def record_many(self, records: list[PredictionRecord], masked: bool = False) -> None:
+        """Store a batch in one round trip (texts PII-masked here unless ``masked`` says they are)."""
         with self.r.pipeline(transaction=False) as pipe:
             for rec in records:
-                rec = rec.model_copy(update={"text": mask_pii(rec.text)})
+                if not masked:
+                    rec = rec.model_copy(update={"text": mask_pii(rec.text)})
                 pipe.set(self._key(rec.prediction_id), rec.model_dump_json(), ex=self.ttl_s)
             pipe.execute()
 

@@ -13,7 +13,9 @@ four states, decided here and nowhere else:
   active again;
 - ``active``: answered from memory.
 
-Lookup: the exact text (normalised, PII-masked as stored) always answers from its newest entry. Any other
+Lookup: the exact text (normalised, PII-masked as stored) always answers from its newest entry. A
+query is masked only when some servable entry holds a placeholder (``<email>``...): masking never
+changes a text into one without placeholders, so otherwise the unmasked text finds the same entries. Any other
 text answers from its nearest active entry when the cosine is >= ``similarity`` *and* that entry is
 nearer than the nearest known training example of another label (the version's drift reference, which
 indexes its training data): a fine-tuned encoder pulls texts of an intent it never learned into the
@@ -26,8 +28,9 @@ The answer is interpolated with the model (kNN-LM style): ``p = s * onehot(label
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +44,9 @@ from online.reference import Reference, unit_rows
 
 ACTIVE, ABSORBED, HELD, PENDING = "active", "absorbed", "held", "pending"
 STATES = (ACTIVE, ABSORBED, HELD, PENDING)
+
+
+_PLACEHOLDER = re.compile(r"<[^<>\s]+>")  # what masking leaves (normalised: lower case)
 
 
 def text_key(text: str) -> str:
@@ -99,6 +105,7 @@ class CorrectionMemory:
         self._known: dict[str, _Known] = {}
         self._counts: dict[str, int] = {state: 0 for state in STATES}  # replaced whole by refresh
         self._exact: dict[str, str] = {}  # text key -> sid of its newest servable entry
+        self._mask_queries = False  # some servable key holds a placeholder: queries must be masked to match
         self._ids: list[str] = []
         self._index = None
         self._known_index = None  # the version's indexed training data: a correction must be nearer than it
@@ -129,7 +136,8 @@ class CorrectionMemory:
         for i, e in enumerate(entries):
             hold, takeover = judged.get(i, ("", None))
             answer = self.labels[int(np.argmax(probs[i]))]
-            self._known[e.sid] = _Known(e, x[i], answer, hold, takeover, text_key(e.text))
+            # the log's texts are masked already: normalised, not masked again
+            self._known[e.sid] = _Known(e, x[i], answer, hold, takeover, normalise(e.text))
 
     def forget_all_but(self, sids: set[str]) -> int:
         """Drop the entries the log no longer has."""
@@ -175,6 +183,7 @@ class CorrectionMemory:
             if k.state != HELD:
                 newest[k.key] = k
         self._exact = {key: k.entry.sid for key, k in newest.items() if k.state == ACTIVE}
+        self._mask_queries = any(_PLACEHOLDER.search(key) for key in self._exact)
         ids = list(self._exact.values())
         index = None
         if ids:
@@ -185,13 +194,21 @@ class CorrectionMemory:
         self._counts = {state: counts.get(state, 0) for state in STATES}
 
     # --- serving ----------------------------------------------------------------------------
-    def lookup(self, texts: Sequence[str], embeddings: np.ndarray) -> list[Hit | None]:
-        """The memory's answer for each text, or None where the model answers alone."""
+    def lookup(
+        self, texts: Sequence[str], embeddings: np.ndarray, masked: Callable[[], Sequence[str]] | None = None
+    ) -> list[Hit | None]:
+        """The memory's answer for each text, or None where the model answers alone. ``masked`` gives
+        the texts PII-masked (computed once for the batch); called only when a servable entry holds a
+        placeholder, so most lookups mask nothing."""
         hits: list[Hit | None] = [None] * len(texts)
         if not self._ids:
             return hits
-        for i, text in enumerate(texts):
-            sid = self._exact.get(text_key(text))
+        if self._mask_queries:
+            keys = [normalise(t) for t in (masked() if masked is not None else [mask_pii(t) for t in texts])]
+        else:
+            keys = [normalise(t) for t in texts]
+        for i, key in enumerate(keys):
+            sid = self._exact.get(key)
             if sid is not None:
                 e = self._known[sid].entry
                 hits[i] = Hit(sid, e.event_id, e.label, 1.0, True)
