@@ -257,6 +257,11 @@ class Settings(BaseSettings):
     )
     memory_capacity: int = Field(10_000, ge=1, description="Most corrections kept (the oldest go first).")
     memory_max_age_s: float = Field(7 * 24 * 3600, gt=0, description="Corrections older than this leave the memory.")
+    memory_prepare_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="Longest a hot swap (or a replica's first version) waits for its correction memory; past it the version serves at once and its memory answers once built.",
+    )
 
     # --- label creation -----------------------------------------------------------------------
     label_policy: Literal["open", "limited", "approval"] = Field(

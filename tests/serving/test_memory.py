@@ -160,3 +160,24 @@ def test_a_label_correcting_a_memory_answer_replaces_it(stack):
     wait_for(lambda: Stores.from_settings(settings).corrections.size() == 1, what="the old entry forgotten")
     # the new label "c" is pending under the label rules (1 of 3 examples): the model answers meanwhile
     wait_for(lambda: ask(client, TAUGHT)["source"] == "model", what="the corrected memory answer gone")
+
+
+def test_a_replica_serves_before_its_memory_is_built_and_the_memory_follows(kafka_settings):
+    """A full memory must not keep a replica from serving: past ``memory_prepare_timeout_s`` (0 here)
+    the version serves at once, the memory is built in the background and answers once built."""
+    import time
+
+    from online.feedback.buffer import Incoming
+
+    settings = kafka_settings.model_copy(update={"memory_similarity": 0.98, "memory_prepare_timeout_s": 0.0})
+    registry = Stores.from_settings(settings).registry
+    torch.manual_seed(0)
+    registry.promote(registry.publish(TextClassifier.from_base(settings.base_model, ["a", "b"]), parent=None).version)
+    log = Stores.from_settings(settings).corrections
+    filler = [Incoming(f"f{i}", f"note {i} " + "many long words " * 100, "b", "agent", time.time()) for i in range(300)]
+    log.add(filler)
+    with served_app(settings) as client:  # ready: it did not wait for 300 long entries to be embedded
+        right = other(ask(client, TAUGHT)["label"])
+        log.add([Incoming("t1", TAUGHT, right, "agent", time.time())])
+        answer = wait_for(lambda: (p := ask(client, TAUGHT))["source"] == "memory" and p, timeout=60, what="memory")
+        assert answer["label"] == right
