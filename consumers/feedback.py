@@ -185,6 +185,7 @@ class FeedbackConsumer:
         m.stored.labels("added").inc(added.added)
         m.stored.labels("duplicate").inc(added.duplicates)
         m.stored.labels("redelivered").inc(added.replayed)
+        m.stored.labels("erased").inc(added.erased)
         m.judgements.inc(judged)
         m.corrections.inc(len(out.corrections) if self.settings.memory else 0)
         if self.fsync == "waitaof":  # the offsets are committed next: first the AOF must be on disk

@@ -35,11 +35,17 @@ _ADD = """
 local p = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
-local added, dups, replayed = 0, 0, 0
+local erased = ARGV[4]
+local added, dups, replayed, gone = 0, 0, 0, 0
 for i = 0, n - 1 do
-  local b = 4 + i * 6
+  local b = 5 + i * 7
   local eid, sid, text, label, source, at = ARGV[b], ARGV[b+1], ARGV[b+2], ARGV[b+3], ARGV[b+4], ARGV[b+5]
-  if redis.call('SET', p .. ':seen:' .. eid, '1', 'NX', 'EX', ttl) then
+  local th = ARGV[b+6]
+  local until_at = redis.call('HGET', erased .. ':sources', source)
+  if (until_at and tonumber(at) <= tonumber(until_at)) or redis.call('SISMEMBER', erased .. ':texts', th) == 1 then
+    redis.call('SET', p .. ':seen:' .. eid, '1', 'NX', 'EX', ttl)  -- erased (`online forget`): seen, not stored
+    gone = gone + 1
+  elseif redis.call('SET', p .. ':seen:' .. eid, '1', 'NX', 'EX', ttl) then
     local sk = p .. ':s:' .. sid
     redis.call('SADD', p .. ':srcs:' .. sid, source)
     redis.call('HINCRBY', p .. ':source:' .. source, 'events', 1)
@@ -61,7 +67,7 @@ for i = 0, n - 1 do
     replayed = replayed + 1
   end
 end
-return {added, dups, replayed}
+return {added, dups, replayed, gone}
 """
 
 _QUARANTINE = """
@@ -157,6 +163,11 @@ def sample_id(text: str, label: str) -> str:
     return hashlib.sha1(f"{normalise(text)}\x1f{label}".encode()).hexdigest()[:20]
 
 
+def text_hash(text: str) -> str:
+    """A (masked) text's digest, whatever its label: what an erased text's tombstone keeps."""
+    return hashlib.sha1(normalise(text).encode()).hexdigest()[:20]
+
+
 @dataclass(frozen=True)
 class Incoming:
     """A labelled example on its way into the buffer."""
@@ -191,6 +202,7 @@ class AddResult:
     added: int
     duplicates: int
     replayed: int  # event ids already seen: redelivery
+    erased: int = 0  # of an erased source or text (`online forget`): not stored
 
 
 @dataclass(frozen=True)
@@ -214,6 +226,7 @@ class ReplayBuffer:
     ) -> None:
         self.r = client
         self.p = keys.buffer
+        self.erased = keys.erased
         self.capacity = capacity
         self.dedup_ttl_s = dedup_ttl_s
         self._add = client.register_script(_ADD)
@@ -230,14 +243,14 @@ class ReplayBuffer:
         """Store a batch atomically (PII-masked, deduplicated); then evict if over capacity."""
         if not items:
             return AddResult(0, 0, 0)
-        args: list[str | int | float] = [self.p, self.dedup_ttl_s, len(items)]
+        args: list[str | int | float] = [self.p, self.dedup_ttl_s, len(items), self.erased]
         for it in items:
             text = it.text if it.masked else mask_pii(it.text)
-            args += [it.dedup, sample_id(text, it.label), text, it.label, it.source, it.at]
-        added, dups, replayed = self._add(args=args)
+            args += [it.dedup, sample_id(text, it.label), text, it.label, it.source, it.at, text_hash(text)]
+        added, dups, replayed, gone = self._add(args=args)
         if added:
             self.evict_over_capacity()
-        return AddResult(int(added), int(dups), int(replayed))
+        return AddResult(int(added), int(dups), int(replayed), int(gone))
 
     def mark_seen(self, events: list[tuple[str, str]]) -> list[bool]:
         """Record events (source, event_id) that produce no sample (e.g. a bare thumbs down); True where

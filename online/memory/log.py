@@ -33,18 +33,22 @@ from dataclasses import asdict, dataclass
 import redis
 
 from online.events import dedup_id
-from online.feedback.buffer import Incoming, sample_id
+from online.feedback.buffer import Incoming, sample_id, text_hash
 from online.feedback.pii import mask_pii
 from online.keys import Keys
 
 STREAM_MAX = 100_000
 
 _ADD = """
-local p, now, smax, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local p, now, smax, n, erased = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local added = 0
 for i = 0, n - 1 do
-  local sid, eid, entry = ARGV[5 + i * 3], ARGV[6 + i * 3], ARGV[7 + i * 3]
-  if redis.call('EXISTS', p .. ':gone:' .. eid) == 0 then
+  local sid, eid, th, entry = ARGV[6 + i * 4], ARGV[7 + i * 4], ARGV[8 + i * 4], ARGV[9 + i * 4]
+  local e = cjson.decode(entry)
+  local until_at = redis.call('HGET', erased .. ':sources', e['source'])
+  local forgotten = (until_at and tonumber(e['at']) <= tonumber(until_at))
+    or redis.call('SISMEMBER', erased .. ':texts', th) == 1  -- erased (`online forget`)
+  if not forgotten and redis.call('EXISTS', p .. ':gone:' .. eid) == 0 then
     redis.call('HSET', p .. ':e', sid, entry)
     redis.call('ZADD', p .. ':z', now, sid)
     local old = redis.call('HGET', p .. ':x', sid)
@@ -148,6 +152,7 @@ class CorrectionLog:
     def __init__(self, client: redis.Redis, keys: Keys, capacity: int, max_age_s: float, gone_ttl_s: int) -> None:
         self.r = client
         self.p = keys.memory
+        self.erased = keys.erased
         self.stream = f"{self.p}:ops"
         self.capacity = capacity
         self.max_age_s = max_age_s
@@ -161,10 +166,10 @@ class CorrectionLog:
         event forgotten on purpose stays forgotten when redelivered), then trim. Returns how many."""
         if not items:
             return 0
-        args: list[str | float | int] = [self.p, time.time(), STREAM_MAX, len(items)]
+        args: list[str | float | int] = [self.p, time.time(), STREAM_MAX, len(items), self.erased]
         for it in items:
             c = correction(it)
-            args += [c.sid, dedup_id(c.source, c.event_id), c.to_json()]
+            args += [c.sid, dedup_id(c.source, c.event_id), text_hash(c.text), c.to_json()]
         added = int(self._add(args=args))
         self.trim()
         return added

@@ -28,6 +28,7 @@ from services.api.routers import (
     dashboard,
     drift,
     feedback,
+    forget,
     health,
     labels,
     models,
@@ -139,6 +140,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(training.api)
     app.include_router(drift.api)
     app.include_router(quarantine.api)
+    app.include_router(forget.api)
     app.include_router(labels.api)
     app.include_router(review.api)
     app.include_router(shadow.api)
