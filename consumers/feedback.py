@@ -148,7 +148,7 @@ class FeedbackConsumer:
     def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         """A record that failed past the processor's checks: to the dead-letter topic, counted once."""
         letter = DeadLetter(reason, record)
-        self._dlq().send(self.settings.dlq_topic, letter.encode(), key=record.key).get(
+        self._dlq().send(self.settings.dlq_topic, letter.encode(), key=letter.key).get(
             timeout=self.settings.feedback_timeout_s * 2
         )
         self.buffer.record_dead_letters([(f"{record.topic}:{record.partition}:{record.offset}", None)])
@@ -161,7 +161,7 @@ class FeedbackConsumer:
         out = self.processor.process(records)
         if out.dead:
             producer = self._dlq()
-            futures = [producer.send(self.settings.dlq_topic, d.encode(), key=d.record.key) for d in out.dead]
+            futures = [producer.send(self.settings.dlq_topic, d.encode(), key=d.key) for d in out.dead]
             for f in futures:
                 f.get(timeout=self.settings.feedback_timeout_s * 2)
             self.buffer.record_dead_letters(

@@ -40,6 +40,11 @@ class DeadLetter:
     record: ConsumerRecord
     label: str | None = None
 
+    @property
+    def key(self) -> bytes | None:
+        """The record's key for the dead letter, cut to 256 bytes (a producer may set a huge one)."""
+        return self.record.key[:256] if self.record.key else self.record.key
+
     def encode(self) -> bytes:
         """The dead letter as JSON: reason, where the record was, and a masked copy cut to size."""
         raw = self.record.value or b""

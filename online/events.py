@@ -46,8 +46,9 @@ Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
 _LABEL: TypeAdapter[str] = TypeAdapter(Label)
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 MAX_TEXT_CHARS = 10_000
-# The largest valid record: a text of 4-byte characters and every other field at its bound, with room.
-MAX_EVENT_BYTES = 4 * MAX_TEXT_CHARS + 4_096
+# The largest valid record: a text of astral characters written as JSON escapes (12 bytes each, as
+# ``json.dumps`` does by default) and every other field at its bound, with room.
+MAX_EVENT_BYTES = 12 * MAX_TEXT_CHARS + 8_192
 EARLIEST_TIMESTAMP = 946_684_800.0  # 2000-01-01T00:00:00Z
 FUTURE_SKEW_S = 86_400.0  # a client's clock may run this far ahead of the reader's
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")

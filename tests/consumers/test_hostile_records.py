@@ -62,17 +62,19 @@ def test_infinite_huge_and_control_records_are_capped_dead_letters(kafka_setting
     huge = json.dumps({"kind": "label", "text": "mail me at jane@example.com " * 15_000, "label": "balance", "source": "s"})
     controls = json.dumps({"kind": "label", "text": "\x01" * 180_000, "label": "balance", "source": "s"})
     assert len(huge) > 400_000 and len(controls.encode()) > 1_000_000  # escaped: 6 bytes a character
-    produce_raw(kafka_settings, [*good(3, "before"), infinite, huge.encode(), controls.encode(), *good(3, "after")])
+    produce_raw(kafka_settings, [*good(3, "before"), infinite, huge.encode(), controls.encode()])
+    produce_raw(kafka_settings, [b"not json"], key=b"k" * 900_000)  # a dead letter must not copy a huge key
+    produce_raw(kafka_settings, good(3, "after"))
     buffer = buffer_of(kafka_settings)
     with ConsumerThread(kafka_settings) as ct:
         wait_for(lambda: total_events(buffer) == 6, timeout=60, what="the good records on both sides")
-        dead = read_topic(kafka_settings, kafka_settings.dlq_topic, 3)
+        dead = read_topic(kafka_settings, kafka_settings.dlq_topic, 4)
         assert ct.thread.is_alive()
-    assert len(dead) == 3
+    assert len(dead) == 4
     assert all(len(d) < ONE_MIB // 2 for d in dead), [len(d) for d in dead]
     letters = [json.loads(d) for d in dead]
     reasons = " | ".join(d["reason"] for d in letters)
-    assert "finite" in reasons and "bytes" in reasons, reasons
+    assert "finite" in reasons and "bytes" in reasons and "Invalid JSON" in reasons, reasons
     assert all(d["masked"] for d in letters)
     assert not any("jane@example.com" in (d["original_text"] or "") for d in letters)  # masked copies
     assert any(d["truncated"] and d["original_bytes"] > 400_000 for d in letters)
