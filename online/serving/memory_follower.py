@@ -14,7 +14,8 @@ without one, logged, and it is built again after).
 
 Every ``model_poll_s`` (and at once when the quarantine removes something) it re-reads the quarantined
 and trusted sources, the approved labels and the samples the buffer's quarantine holds: the policy each
-memory's states depend on. Every touch of a memory (faiss included) runs on the forward thread.
+memory's states depend on. Learning and forgetting entries run on the forward thread; deciding states
+and rebuilding the index (O(entries)) run on a worker thread and are published in one assignment.
 """
 
 from __future__ import annotations
@@ -189,11 +190,10 @@ class MemoryFollower:
         for chunk in _chunks(todo):
             await self.batcher.call(lambda chunk=chunk: _learn(memory, predictor, chunk))
 
-        def settle() -> None:
-            memory.forget_all_but(set(entries))
-            memory.refresh(policy)
-
-        await self.batcher.call(settle)
+        await self.batcher.call(lambda: memory.forget_all_but(set(entries)))
+        # deciding states and indexing is O(entries): off the forward thread (lookups read the old view
+        # until it is published); nothing else touches this memory meanwhile (the caller holds the lock)
+        await asyncio.to_thread(memory.refresh, policy)
 
     async def _sync(self) -> None:
         """Every memory held (the served version's, and one being prepared for a swap) to the log."""
