@@ -181,3 +181,16 @@ def test_a_replica_serves_before_its_memory_is_built_and_the_memory_follows(kafk
         log.add([Incoming("t1", TAUGHT, right, "agent", time.time())])
         answer = wait_for(lambda: (p := ask(client, TAUGHT))["source"] == "memory" and p, timeout=60, what="memory")
         assert answer["label"] == right
+
+
+def test_memory_builds_in_slices_bounded_by_texts_and_characters():
+    """A build embeds on the forward thread in slices: 64 texts at most, and a slice of long texts is a
+    short one (a request waits at most one short forward)."""
+    from online.memory.log import Correction
+    from online.serving.memory_follower import CHUNK, CHUNK_CHARS, _chunks
+
+    short = [Correction(f"s{i}", f"e{i}", "short text", "a", "x", 0.0) for i in range(200)]
+    long = [Correction(f"l{i}", f"f{i}", "y" * 10_000, "a", "x", 0.0) for i in range(64)]
+    assert [len(c) for c in _chunks(short)] == [CHUNK, CHUNK, CHUNK, 200 - 3 * CHUNK]
+    slices = _chunks(long)
+    assert sum(map(len, slices)) == 64 and all(sum(len(e.text) for e in c) <= CHUNK_CHARS for c in slices)
