@@ -1,7 +1,7 @@
 """`online consume`: the feedback consumer (Kafka -> replay buffer), exactly once in effect.
 
 Per polled batch: parse and resolve every record (``consumers.processor``), dead-letter the bad ones
-(with the reason and the original bytes) and wait for the broker's ack, write the good ones to the buffer in one atomic script,
+(with the reason and a masked copy cut to size) and wait for the broker's ack, write the good ones to the buffer in one atomic script,
 record live-accuracy judgements, and only then commit the offsets. Redis or the broker being unreachable
 retries the same batch; a crash redelivers it, and every write is idempotent by ``event_id``.
 
@@ -274,7 +274,10 @@ def _seek_back(consumer, leftover: list[ConsumerRecord]) -> None:
         tp = TopicPartition(r.topic, r.partition)
         first[tp] = min(first.get(tp, r.offset), r.offset)
     for tp, offset in first.items():
-        consumer.seek(tp, offset)
+        try:
+            consumer.seek(tp, offset)
+        except Exception as exc:  # revoked by a rebalance meanwhile: its new owner starts at the committed offset
+            log.info("could not seek %s back to %d (%r)", tp, offset, exc)
 
 
 def run_consumer(settings: Settings, stop: threading.Event) -> None:
