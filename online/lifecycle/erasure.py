@@ -238,12 +238,14 @@ def _erase_predictions(r: redis.Redis, keys: Keys, matches_text) -> tuple[int, i
 
 def weights_note(e: Erasure) -> str:
     """What the weights still hold, in one sentence for an operator."""
+    running = " A round already running may still publish one more version trained on them."
     if not e.versions:
-        return "No version was trained after these samples arrived: no weights hold them."
+        return "No version was trained after these samples arrived: no weights hold them." + running
     listed = ", ".join(map(str, e.versions))
     return (
         f"Versions {listed} (live: {e.live}) were trained after these samples arrived and may hold what they "
         f"learned from them ({e.trained} had been trained on). The next version trains without them; as "
         "each round fine-tunes its parent, what was learned fades over the next versions rather than "
         "vanishing at once; the trainer collects superseded versions' files past ONLINE_KEEP_VERSIONS."
+        + running
     )
