@@ -90,3 +90,31 @@ def test_masking_is_linear_in_the_text(unit):
     t_short, t_long = _best_of(masker, short), _best_of(masker, long)
     assert t_long < 20 * max(t_short, 1e-3), (t_short, t_long)
     assert t_long < 5.0, t_long  # generous: ~0.5 s on a slow shared core for the slowest (phone-like)
+
+
+def test_the_consumer_masks_each_text_once(settings, monkeypatch):
+    """A label record is masked once on its way to the buffer and the correction log (it was twice);
+    the API's masking before Kafka is the other one, and masking is idempotent."""
+    import json
+
+    from kafka.consumer.fetcher import ConsumerRecord
+
+    from consumers.processor import FeedbackProcessor
+    from online.feedback import pii
+    from online.wiring.stores import Stores
+
+    stores = Stores.from_settings(settings)
+    calls: list[str] = []
+    masker = pii._masker
+    monkeypatch.setattr(pii, "_masker", lambda text: calls.append(text) or masker(text))
+    values = [
+        json.dumps({"kind": "label", "text": f"mail me at jane{i}@example.com", "label": "x", "source": "s"}).encode()
+        for i in range(5)
+    ]
+    records = [ConsumerRecord("t", 0, 0, i, 0, 0, b"k", v, [], None, 1, len(v), 0) for i, v in enumerate(values)]
+    out = FeedbackProcessor(settings, stores.predictions).process(records)
+    stores.buffer.add(out.samples)
+    stores.corrections.add(out.corrections)
+    assert len(calls) == 5 and len(out.corrections) == 5
+    assert {s.text for s in stores.buffer.samples()} == {"mail me at <EMAIL>"}
+    assert PiiMasker()("mail me at <EMAIL>") == "mail me at <EMAIL>"  # idempotent

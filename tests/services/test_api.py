@@ -56,7 +56,12 @@ def test_predict_one_and_many(client, settings, registry):
     assert len({p["prediction_id"] for p in many["predictions"]}) == 3
 
 
-def test_predictions_are_logged_for_feedback(client, settings):
+def test_predictions_are_logged_for_feedback(client, settings, monkeypatch):
+    from online.feedback import pii
+
+    masked: list[str] = []
+    masker = pii._masker
+    monkeypatch.setattr(pii, "_masker", lambda text: masked.append(text) or masker(text))
     text = "mail me at jane@example.com about my balance"
     pred = client.post("/v1/predict", json={"text": text}).json()["predictions"][0]
     log = Stores.from_settings(settings).predictions
@@ -64,6 +69,7 @@ def test_predictions_are_logged_for_feedback(client, settings):
     record = wait_for(lambda: log.get(pred["prediction_id"]), timeout=10, what="the prediction logged")
     assert record.label == pred["label"] and record.version == pred["model_version"]
     assert "jane@example.com" not in record.text and "<EMAIL>" in record.text
+    assert masked.count(text) == 1  # once for the log and the review queue (it was up to three times)
 
 
 def test_the_answer_bytes_are_the_documented_response_model():
