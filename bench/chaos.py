@@ -44,7 +44,7 @@ class Call:
     started: float
     seconds: float
     status: int  # 0: no answer from any replica
-    event_ids: list[str] = field(default_factory=list)
+    event_ids: list[tuple[str, str]] = field(default_factory=list)  # (source, event_id)
 
 
 class Load:
@@ -116,7 +116,7 @@ class Load:
                                "source": f"chaos-{j % 3}", "event_id": uuid.uuid4().hex})  # fmt: skip
             t0 = time.perf_counter()
             status = self._post(client, n, "/v1/feedback", {"events": events})
-            self.feedback.append(Call(t0, time.perf_counter() - t0, status, [e["event_id"] for e in events]))
+            self.feedback.append(Call(t0, time.perf_counter() - t0, status, [(e["source"], e["event_id"]) for e in events]))
 
         self._paced(self.feedback_rps / 5, one)
 

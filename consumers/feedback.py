@@ -1,10 +1,17 @@
 """`online consume`: the feedback consumer (Kafka -> replay buffer), exactly once in effect.
 
 Per polled batch: parse and resolve every record (``consumers.processor``), dead-letter the bad ones
-(with the reason and the original bytes) and wait for the broker's ack, write the good ones to the buffer in one atomic script,
-record live-accuracy judgements, and only then commit the offsets. Any failure before the commit
+(with the reason and a masked copy cut to size) and wait for the broker's ack, write the good ones to the buffer in one atomic script,
+record live-accuracy judgements, and only then commit the offsets. Redis or the broker being unreachable
 retries the same batch; a crash redelivers it, and every write is idempotent by ``event_id``.
-A poison record is just a dead letter: it never stops the loop.
+
+A poison record is just a dead letter: it never stops the loop and is never retried forever. Whatever
+fails for a reason other than an unreachable Redis or broker (:func:`transient`) is narrowed down to
+its record (the batch is handled again record by record), and that record becomes a dead letter with
+the error as its reason. A batch is bounded by work, not only by count: records past
+``consumer_batch_bytes`` are left for the next poll (the consumer seeks back to them), so a batch of
+long texts stays well within ``consumer_max_poll_interval_ms`` and cannot get the consumer evicted
+from its group over and over.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from consumers.processor import FeedbackProcessor, Outcome
+from consumers.processor import DeadLetter, FeedbackProcessor, Outcome
 from online.bus import discard_producer, ensure_topics, make_consumer, make_producer
 from online.connections import FsyncMode, fsync_barrier, fsync_mode, replication_barrier
 from online.feedback.buffer import ReplayBuffer
@@ -33,6 +40,27 @@ from online.settings import Settings
 from online.wiring.stores import Stores
 
 log = logging.getLogger("online.consumer")
+
+# Redis error replies that say "not now" (a failover, a load, memory full), not "not this record"
+_TRANSIENT_REPLIES = ("READONLY", "LOADING", "MASTERDOWN", "NOREPLICAS", "OOM", "TRYAGAIN", "BUSY", "CLUSTERDOWN")
+
+
+def transient(exc: BaseException) -> bool:
+    """An infrastructure error the batch is retried for (as it is): Redis or the broker unreachable,
+    or a Redis reply that says to come back later. Anything else is a record's fault."""
+    if isinstance(exc, redis.ResponseError):
+        return any(code in str(exc) for code in _TRANSIENT_REPLIES)
+    return isinstance(exc, (redis.RedisError, KafkaError, OSError))
+
+
+def within_budget(records: list[ConsumerRecord], max_bytes: int) -> int:
+    """How many of ``records`` (at least one) one batch handles: up to ``max_bytes`` of record values."""
+    total = 0
+    for i, r in enumerate(records):
+        total += len(r.value or b"") + len(r.key or b"")
+        if total > max_bytes and i > 0:
+            return i
+    return len(records)
 
 
 class ConsumerMetrics:
@@ -101,14 +129,39 @@ class FeedbackConsumer:
             self._dlq_producer = make_producer(self.settings)
         return self._dlq_producer
 
-    def handle(self, records: list[ConsumerRecord]) -> Outcome:
-        """Everything a batch needs before its offsets may be committed. Raises on any failure."""
+    def handle(self, records: list[ConsumerRecord]) -> Outcome | None:
+        """Everything a batch needs before its offsets may be committed. Raises only :func:`transient`
+        errors (the caller retries the batch); any other failure becomes its record's dead letter."""
+        try:
+            return self._handle(records)
+        except Exception as exc:
+            if transient(exc):
+                raise
+            if len(records) > 1:
+                log.warning("a batch of %d records failed (%r): handling them one by one", len(records), exc)
+                for record in records:  # every write is idempotent: what was stored stays stored once
+                    self.handle([record])
+                return None
+            self._dead_letter(records[0], f"not processed: {exc!r}")
+            return None
+
+    def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
+        """A record that failed past the processor's checks: to the dead-letter topic, counted once."""
+        letter = DeadLetter(reason, record)
+        self._dlq().send(self.settings.dlq_topic, letter.encode(), key=letter.key).get(
+            timeout=self.settings.feedback_timeout_s * 2
+        )
+        self.buffer.record_dead_letters([(f"{record.topic}:{record.partition}:{record.offset}", None)])
+        self.metrics.dead.inc()
+        log.error("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, letter.reason[:500])
+
+    def _handle(self, records: list[ConsumerRecord]) -> Outcome:
         if self.fsync is None:
             self._check_fsync()
         out = self.processor.process(records)
         if out.dead:
             producer = self._dlq()
-            futures = [producer.send(self.settings.dlq_topic, d.encode(), key=d.record.key) for d in out.dead]
+            futures = [producer.send(self.settings.dlq_topic, d.encode(), key=d.key) for d in out.dead]
             for f in futures:
                 f.get(timeout=self.settings.feedback_timeout_s * 2)
             self.buffer.record_dead_letters(
@@ -116,7 +169,7 @@ class FeedbackConsumer:
             )
             for d in out.dead:
                 log.warning(
-                    "dead-lettered %s[%d]@%d: %s", d.record.topic, d.record.partition, d.record.offset, d.reason
+                    "dead-lettered %s[%d]@%d: %s", d.record.topic, d.record.partition, d.record.offset, d.reason[:500]
                 )
         added = self.buffer.add(out.samples)
         if self.settings.memory:
@@ -132,6 +185,7 @@ class FeedbackConsumer:
         m.stored.labels("added").inc(added.added)
         m.stored.labels("duplicate").inc(added.duplicates)
         m.stored.labels("redelivered").inc(added.replayed)
+        m.stored.labels("erased").inc(added.erased)
         m.judgements.inc(judged)
         m.corrections.inc(len(out.corrections) if self.settings.memory else 0)
         if self.fsync == "waitaof":  # the offsets are committed next: first the AOF must be on disk
@@ -178,11 +232,15 @@ class FeedbackConsumer:
                 records = [r for batch in polled.values() for r in batch]
                 if not records:
                     continue
+                take = within_budget(records, self.settings.consumer_batch_bytes)
+                if take < len(records):  # the rest is fetched again by the next poll
+                    _seek_back(consumer, records[take:])
+                    records = records[:take]
                 while not stop.is_set():
                     try:
                         self.handle(records)
                         break
-                    except (redis.RedisError, KafkaError, OSError) as exc:
+                    except Exception as exc:  # handle() raises only transient errors
                         log.warning("batch not stored yet (%s); retrying, offsets not committed", exc)
                         self.metrics.retries.inc()
                         self._reset_dlq()
@@ -207,6 +265,19 @@ class FeedbackConsumer:
         if self._dlq_producer is not None:
             discard_producer(self._dlq_producer)  # the batch is retried: dead letters are sent again
             self._dlq_producer = None
+
+
+def _seek_back(consumer, leftover: list[ConsumerRecord]) -> None:
+    """Rewind each partition to its first record this batch leaves out."""
+    first: dict[TopicPartition, int] = {}
+    for r in leftover:
+        tp = TopicPartition(r.topic, r.partition)
+        first[tp] = min(first.get(tp, r.offset), r.offset)
+    for tp, offset in first.items():
+        try:
+            consumer.seek(tp, offset)
+        except Exception as exc:  # revoked by a rebalance meanwhile: its new owner starts at the committed offset
+            log.info("could not seek %s back to %d (%r)", tp, offset, exc)
 
 
 def run_consumer(settings: Settings, stop: threading.Event) -> None:

@@ -2,6 +2,12 @@
 
 The consumer loop (``consumers.feedback``) feeds each polled batch through :meth:`FeedbackProcessor.process`
 and writes what it returns; keeping the decisions here makes them testable without a broker.
+
+Anything wrong with one record makes that record a dead letter, never an exception of the batch (only
+Redis being unreachable is, and the loop retries it). A dead letter keeps a PII-masked copy of the record,
+cut to ``DLQ_TEXT_CHARS`` characters (undecodable bytes: ``DLQ_RAW_BYTES``, base64), so its encoding
+stays under ``DLQ_MAX_BYTES``, far below the producer's 1 MiB. Each text is masked once, here: the
+buffer and the correction log store it as it comes (``Incoming.masked``).
 """
 
 from __future__ import annotations
@@ -11,16 +17,22 @@ import json
 import time
 from dataclasses import dataclass, field
 
+import redis
 from kafka.consumer.fetcher import ConsumerRecord
 from pydantic import ValidationError
 
 from online import generation_samples as gen
-from online.events import AnyEvent, CorrectionEvent, LabelEvent, ThumbsEvent, parse_event
+from online.events import MAX_EVENT_BYTES, AnyEvent, CorrectionEvent, LabelEvent, ThumbsEvent, parse_event
 from online.feedback.buffer import Incoming, normalise
 from online.feedback.pii import mask_pii
 from online.feedback.prediction_log import PredictionLog, PredictionRecord
 from online.monitoring.live_accuracy import Judgement
 from online.settings import Settings
+
+DLQ_TEXT_CHARS = 16_384  # of a UTF-8 record, masked (JSON-escaped: at most ~6 bytes a character)
+DLQ_RAW_BYTES = 4_096  # of a record that is not UTF-8 (base64): nothing reads it as text, so nothing masks it
+DLQ_REASON_CHARS = 1_000
+DLQ_MAX_BYTES = 256 * 1024  # far under the producer's max.request.size (1 MiB)
 
 
 @dataclass(frozen=True)
@@ -29,24 +41,37 @@ class DeadLetter:
     record: ConsumerRecord
     label: str | None = None
 
+    @property
+    def key(self) -> bytes | None:
+        """The record's key for the dead letter, cut to 256 bytes (a producer may set a huge one)."""
+        return self.record.key[:256] if self.record.key else self.record.key
+
     def encode(self) -> bytes:
+        """The dead letter as JSON: reason, where the record was, and a masked copy cut to size."""
         raw = self.record.value or b""
         try:
             text: str | None = raw.decode("utf-8")
         except UnicodeDecodeError:
             text = None
-        return json.dumps(
-            {
-                "reason": self.reason,
-                "topic": self.record.topic,
-                "partition": self.record.partition,
-                "offset": self.record.offset,
-                "key": self.record.key.decode("utf-8", "replace") if self.record.key else None,
-                "original_b64": base64.b64encode(raw).decode(),
-                "original_text": text,
-                "at": time.time(),
-            }
-        ).encode()
+        key = self.record.key.decode("utf-8", "replace")[:256] if self.record.key else None
+        doc = {
+            "reason": mask_pii(self.reason[:DLQ_REASON_CHARS]),
+            "topic": self.record.topic,
+            "partition": self.record.partition,
+            "offset": self.record.offset,
+            "key": mask_pii(key) if key else key,
+            "original_bytes": len(raw),
+            "original_text": None if text is None else mask_pii(text[:DLQ_TEXT_CHARS]),
+            "original_b64": base64.b64encode(raw[:DLQ_RAW_BYTES]).decode() if text is None else None,
+            "truncated": len(raw) > DLQ_RAW_BYTES if text is None else len(text) > DLQ_TEXT_CHARS,
+            "masked": True,
+            "at": time.time(),
+        }
+        out = json.dumps(doc).encode()
+        if len(out) > DLQ_MAX_BYTES:  # cannot happen with the limits above; kept so a change of them cannot stall
+            doc.update(original_text=None, original_b64=None, truncated=True)
+            out = json.dumps(doc).encode()
+        return out
 
 
 @dataclass
@@ -55,13 +80,17 @@ class Outcome:
 
     samples: list[Incoming] = field(default_factory=list)
     judgements: list[Judgement] = field(default_factory=list)
-    seen_only: list[str] = field(default_factory=list)  # valid events that add no sample
+    seen_only: list[tuple[str, str]] = field(default_factory=list)  # (source, event_id): no sample
     dead: list[DeadLetter] = field(default_factory=list)
     answered: list[str] = field(default_factory=list)  # prediction ids labelled: off the review queue
     shadow: list[Judgement] = field(default_factory=list)  # a shadow candidate judged on a shadowed request
     shadow_live: list[Judgement] = field(default_factory=list)  # live judged on the same request
     corrections: list[Incoming] = field(default_factory=list)  # taught labels: to the correction memory
     forget: list[str] = field(default_factory=list)  # memory entries whose answer got a thumbs-down
+
+    def merge(self, other: "Outcome") -> None:
+        for name in self.__dataclass_fields__:
+            getattr(self, name).extend(getattr(other, name))
 
 
 class FeedbackProcessor:
@@ -72,60 +101,105 @@ class FeedbackProcessor:
         self.predictions = predictions
 
     def process(self, records: list[ConsumerRecord]) -> Outcome:
+        """Decide every record; raises only ``redis.RedisError`` (the loop retries the batch)."""
         out = Outcome()
         parsed: list[tuple[ConsumerRecord, AnyEvent]] = []
         for rec in records:
+            size = len(rec.value or b"")
+            if size > MAX_EVENT_BYTES:  # no valid event is this long: not even parsed
+                out.dead.append(DeadLetter(f"record of {size} bytes: no valid event exceeds {MAX_EVENT_BYTES}", rec))
+                continue
             try:
                 parsed.append((rec, parse_event(rec.value or b"")))
             except ValidationError as exc:
                 out.dead.append(DeadLetter(f"invalid event: {_first_error(exc)}", rec))
-            except ValueError as exc:
+            except Exception as exc:  # JSON the parser refuses, or anything else it raises
                 out.dead.append(DeadLetter(f"malformed record: {exc}", rec))
-        wanted = [ev.prediction_id for _, ev in parsed if ev.prediction_id]
-        resolved = dict(zip(wanted, self.predictions.get_many(wanted)))
+        resolved, unreadable = self._resolve([ev.prediction_id for _, ev in parsed if ev.prediction_id])
         for rec, ev in parsed:
-            label = getattr(ev, "label", None)
-            if label is not None and self.allow is not None and label not in self.allow:
-                out.dead.append(DeadLetter(f"label {label!r} is not in the allow-list", rec, label))
+            if ev.prediction_id in unreadable:
+                reason = f"prediction {ev.prediction_id!r} unreadable: {unreadable[ev.prediction_id]}"
+                out.dead.append(DeadLetter(reason, rec, getattr(ev, "label", None)))
                 continue
-            pred = resolved.get(ev.prediction_id) if ev.prediction_id else None
-            if ev.prediction_id and pred is None:
-                out.dead.append(
-                    DeadLetter(f"unknown prediction_id {ev.prediction_id!r} (expired or never served)", rec, label)
-                )
+            part = Outcome()
+            try:
+                self._decide(part, rec, ev, resolved)
+            except Exception as exc:  # a record nothing above foresaw: its dead letter, the batch goes on
+                out.dead.append(DeadLetter(f"not processed: {exc!r}", rec, getattr(ev, "label", None)))
                 continue
-            if isinstance(ev, CorrectionEvent) or (pred is not None and pred.is_generation):
-                if reason := _generation_feedback(out, ev, pred):
-                    out.dead.append(DeadLetter(reason, rec, label))
-                continue
-            if isinstance(ev, LabelEvent):
-                sample = Incoming(ev.event_id, ev.text, ev.label, ev.source, ev.timestamp)
-                out.samples.append(sample)
-                if pred is None or pred.label != ev.label:
-                    out.corrections.append(sample)
-                    if pred is not None and pred.memory_sid:
-                        out.forget.append(pred.memory_sid)  # the memory's answer was corrected: it leaves
-                if ev.prediction_id:
-                    out.answered.append(ev.prediction_id)
-                if pred:
-                    out.judgements.append(Judgement(ev.event_id, pred.version, pred.label == ev.label, ev.timestamp))
-                    _judge_shadow(out, ev, pred, ev.label)
-                continue
-            assert pred is not None
-            correct = ev.vote == "up"
-            out.judgements.append(Judgement(ev.event_id, pred.version, correct, ev.timestamp))
-            label = pred.label if correct else ev.label
-            _judge_shadow(out, ev, pred, label)
-            if not correct and pred.memory_sid:
-                out.forget.append(pred.memory_sid)  # the memory's answer was wrong: it leaves the memory
-            if label is None:
-                out.seen_only.append(ev.event_id)  # thumbs down without the right label: a judgement only
-            else:
-                sample = Incoming(ev.event_id, pred.text, label, ev.source, ev.timestamp)
-                out.samples.append(sample)
-                if not correct:
-                    out.corrections.append(sample)
+            out.merge(part)
         return out
+
+    def _resolve(self, wanted: list[str]) -> tuple[dict[str, PredictionRecord | None], dict[str, str]]:
+        """The logged predictions feedback refers to, in one round trip; one that cannot be read (a
+        stored record this version cannot parse) is reported by id, not raised for the batch."""
+        try:
+            return dict(zip(wanted, self.predictions.get_many(wanted))), {}
+        except redis.RedisError:
+            raise
+        except Exception:
+            pass
+        resolved: dict[str, PredictionRecord | None] = {}
+        unreadable: dict[str, str] = {}
+        for pid in dict.fromkeys(wanted):
+            try:
+                resolved[pid] = self.predictions.get(pid)
+            except redis.RedisError:
+                raise
+            except Exception as exc:
+                unreadable[pid] = repr(exc)[:300]
+        return resolved, unreadable
+
+    def _decide(
+        self,
+        out: Outcome,
+        rec: ConsumerRecord,
+        ev: AnyEvent,
+        resolved: dict[str, PredictionRecord | None],
+    ) -> None:
+        """One valid event into ``out`` (a dead letter, or samples, judgements and the rest)."""
+        label = getattr(ev, "label", None)
+        if label is not None and self.allow is not None and label not in self.allow:
+            out.dead.append(DeadLetter(f"label {label!r} is not in the allow-list", rec, label))
+            return
+        pred = resolved.get(ev.prediction_id) if ev.prediction_id else None
+        if ev.prediction_id and pred is None:
+            out.dead.append(
+                DeadLetter(f"unknown prediction_id {ev.prediction_id!r} (expired or never served)", rec, label)
+            )
+            return
+        if isinstance(ev, CorrectionEvent) or (pred is not None and pred.is_generation):
+            if reason := _generation_feedback(out, ev, pred):
+                out.dead.append(DeadLetter(reason, rec, label))
+            return
+        if isinstance(ev, LabelEvent):
+            # masked once, here, whoever produced it (the API already did: masking is idempotent)
+            sample = Incoming(ev.event_id, mask_pii(ev.text), ev.label, ev.source, ev.timestamp, masked=True)
+            out.samples.append(sample)
+            if pred is None or pred.label != ev.label:
+                out.corrections.append(sample)
+                if pred is not None and pred.memory_sid:
+                    out.forget.append(pred.memory_sid)  # the memory's answer was corrected: it leaves
+            if ev.prediction_id:
+                out.answered.append(ev.prediction_id)
+            if pred:
+                out.judgements.append(Judgement(ev.event_id, pred.version, pred.label == ev.label, ev.timestamp))
+                _judge_shadow(out, ev, pred, ev.label)
+            return
+        assert pred is not None
+        correct = ev.vote == "up"
+        out.judgements.append(Judgement(ev.event_id, pred.version, correct, ev.timestamp))
+        label = pred.label if correct else ev.label
+        _judge_shadow(out, ev, pred, label)
+        if not correct and pred.memory_sid:
+            out.forget.append(pred.memory_sid)  # the memory's answer was wrong: it leaves the memory
+        if label is None:
+            out.seen_only.append((ev.source, ev.event_id))  # thumbs down without the right label: a judgement only
+        else:
+            sample = Incoming(ev.event_id, pred.text, label, ev.source, ev.timestamp, masked=True)  # logged masked
+            out.samples.append(sample)
+            if not correct:
+                out.corrections.append(sample)
 
 
 def _generation_feedback(out: Outcome, ev: AnyEvent, pred: PredictionRecord | None) -> str | None:
@@ -146,13 +220,13 @@ def _generation_feedback(out: Outcome, ev: AnyEvent, pred: PredictionRecord | No
             text = gen.encode(gen.decode_chat(pred.text), answer, rejected=pred.answer)
             right = normalise(ev.answer) == normalise(pred.answer or "")
             out.judgements.append(Judgement(ev.event_id, pred.version, right, ev.timestamp))
-        out.samples.append(Incoming(ev.event_id, text, gen.CORRECTION, ev.source, ev.timestamp))
+        out.samples.append(Incoming(ev.event_id, text, gen.CORRECTION, ev.source, ev.timestamp, masked=True))
         return None
     assert isinstance(ev, ThumbsEvent) and pred is not None
     up = ev.vote == "up"
     out.judgements.append(Judgement(ev.event_id, pred.version, up, ev.timestamp))
     text = gen.encode(gen.decode_chat(pred.text), pred.answer or "")
-    out.samples.append(Incoming(ev.event_id, text, gen.UP if up else gen.DOWN, ev.source, ev.timestamp))
+    out.samples.append(Incoming(ev.event_id, text, gen.UP if up else gen.DOWN, ev.source, ev.timestamp, masked=True))
     return None
 
 

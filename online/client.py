@@ -28,6 +28,7 @@ from online.contract import (
     DriftReport,
     FeedbackAccepted,
     FeedbackStats,
+    ForgetResult,
     LabelApproved,
     LiveChangeOut,
     ModelDetail,
@@ -218,6 +219,11 @@ class _Calls:
         """Delete held samples for good (admin)."""
         body = {"sids": list(sids), "source": source}
         return self._run(_Call("POST", "/v1/quarantine/drop", TypeAdapter(QuarantineResult), json=body, admin=True))
+
+    def forget(self, source: str | None = None, text: str | None = None) -> ForgetResult:
+        """Erase a source's or a text's data everywhere it is stored (admin)."""
+        body = {"source": source, "text": text}
+        return self._run(_Call("POST", "/v1/admin/forget", TypeAdapter(ForgetResult), json=body, admin=True))
 
 
 class _Base(_Calls):

@@ -313,6 +313,44 @@ class QuarantineResult(BaseModel):
     changed: int
 
 
+class ForgetRequest(BaseModel):
+    """Erase one source's data, or one text's (``online.lifecycle.erasure``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")] | None = (
+        Field(None, description="Everything this source sent, and its statistics.")
+    )
+    text: Annotated[str, StringConstraints(min_length=1, max_length=10_000, pattern=r"\S")] | None = Field(
+        None, description="This text (compared masked, case and spaces ignored), whoever sent it, any label."
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "ForgetRequest":
+        if (self.source is None) == (self.text is None):
+            raise ValueError("give exactly one of `source` or `text`")
+        return self
+
+
+class ForgetResult(BaseModel):
+    """What an erasure removed, what it keeps out, and what the weights may still hold."""
+
+    source: str | None
+    text: str | None = Field(None, description="The text as it was stored (masked).")
+    buffer: int = Field(description="Replay-buffer samples removed (trainable and held).")
+    trained: int = Field(description="Of those, samples a round had already trained on.")
+    corrections: int = Field(description="Correction-log entries removed (every replica's memory drops them).")
+    stream: int = Field(description="Correction-stream records holding their texts, removed.")
+    predictions: int = Field(description="Logged predictions of the text removed (none for a source).")
+    predictions_scanned: int = 0
+    review: int = Field(description="Review-queue items of the text removed.")
+    ledger: bool = Field(description="The source's statistics and created labels removed.")
+    kept_out: str = Field(description="What the tombstone keeps from being stored again.")
+    versions: list[int] = Field(description="Versions trained after the samples arrived: they may hold them.")
+    live: int | None
+    weights: str = Field(description="What the weights still hold, and when it is gone.")
+    not_reached: str = Field(description="Copies this erasure cannot reach.")
+
+
 class HeldCounts(BaseModel):
     total: int
     by_reason: dict[str, int] = Field(description="contradicted, source quarantined, pending label")

@@ -9,15 +9,37 @@ A record on ``online.feedback`` is one UTF-8 JSON object:
 
 Every event has ``event_id`` (idempotency key; assigned when absent), ``source`` (client id),
 ``timestamp`` (epoch seconds; assigned when absent) and ``schema_version``.
+
+Every field is bounded, so an event is bounded (``MAX_EVENT_BYTES``) and its fields are safe to store, copy
+and re-encode: ids and sources of at most 128 ASCII characters, labels of at most 100, a text of at most
+10,000 characters without control characters (tab, newline and carriage return allowed), a finite
+timestamp between 2000-01-01 and a day ahead of the reader's clock. What validates here re-encodes
+(:func:`encode_event`) into a record that validates again.
+
+Event ids are the client's, so deduplication keys them by source (:func:`dedup_id`): a client that
+guesses another's id scheme cannot make the other's events look like duplicates of its own.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import re
 import time
 import uuid
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 # A letter or digit of any script first (labels may be Chinese: 退款), then letters, digits, _ . : / - space.
@@ -26,7 +48,27 @@ LABEL_PATTERN = r"^[^\W_][\w.:/ -]{0,99}$"
 Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
 _LABEL: TypeAdapter[str] = TypeAdapter(Label)
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=10_000, pattern=r"\S")]
+MAX_TEXT_CHARS = 10_000
+# The largest valid record: two texts (a correction's prompt and answer) of astral characters written as
+# JSON escapes (12 bytes each, as ``json.dumps`` does by default) and every other field at its bound, with room.
+MAX_EVENT_BYTES = 2 * 12 * MAX_TEXT_CHARS + 8_192
+EARLIEST_TIMESTAMP = 946_684_800.0  # 2000-01-01T00:00:00Z
+FUTURE_SKEW_S = 86_400.0  # a client's clock may run this far ahead of the reader's
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _no_control(text: str) -> str:
+    found = _CONTROL.search(text)
+    if found:
+        raise ValueError(
+            f"control character {found.group()!r} at {found.start()}: only tab, newline and carriage return are allowed"
+        )
+    return text
+
+
+Text = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS, pattern=r"\S"), AfterValidator(_no_control)
+]
 
 
 class _EventBase(BaseModel):
@@ -35,7 +77,19 @@ class _EventBase(BaseModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     event_id: Id = Field(default_factory=lambda: uuid.uuid4().hex, description="Idempotency key.")
     source: Id = Field(description="Who sends it (client id); rate limits and statistics are per source.")
-    timestamp: float = Field(default_factory=time.time, ge=0, description="Epoch seconds.")
+    timestamp: float = Field(
+        default_factory=time.time,
+        ge=EARLIEST_TIMESTAMP,
+        allow_inf_nan=False,
+        description="Epoch seconds: finite, from 2000-01-01 to a day ahead of the server's clock.",
+    )
+
+    @field_validator("timestamp")
+    @classmethod
+    def _not_ahead(cls, value: float) -> float:
+        if not math.isfinite(value) or value > time.time() + FUTURE_SKEW_S:
+            raise ValueError("timestamp is more than a day ahead of the server's clock (epoch seconds expected)")
+        return value
 
 
 class LabelEvent(_EventBase):
@@ -77,6 +131,13 @@ def parse_event(raw: bytes) -> AnyEvent:
 
 def encode_event(event: AnyEvent) -> bytes:
     return event.model_dump_json(exclude_none=True).encode()
+
+
+def dedup_id(source: str, event_id: str) -> str:
+    """The key an event is deduplicated (and its fate looked up) by: the event id within its source, as
+    a digest of fixed shape (so no id, however shaped, collides with another key family). SHA-1, so a
+    Redis script computes the same (``redis.sha1hex(source .. "\31" .. event_id)``)."""
+    return hashlib.sha1(f"{source}\x1f{event_id}".encode()).hexdigest()
 
 
 def event_json_schema() -> dict:

@@ -48,6 +48,12 @@ class Keys:
         return self._k("mem")
 
     @property
+    def erased(self) -> str:
+        """Tombstones of `online forget` (``online.lifecycle.erasure``): ``:sources`` hash source -> when,
+        ``:texts`` set of masked-text digests; the consumer's scripts store nothing they cover."""
+        return self._k("erased")
+
+    @property
     def labels_approved(self) -> str:
         """Set of new labels an operator approved (``online.feedback.labels``)."""
         return self._k("labels", "approved")

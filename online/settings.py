@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         30000, ge=1000, description="Longest time between polls; also the rebalance timeout."
     )
     consumer_batch_size: int = Field(500, ge=1, description="Records per consumer poll.")
+    consumer_batch_bytes: int = Field(
+        262_144,
+        ge=1024,
+        description="Record bytes per consumer batch (at least one record): long texts make smaller batches, so a batch's work stays well within the poll interval.",
+    )
     label_allowlist: list[str] | None = Field(None, description="If set (JSON list), other labels dead-letter.")
     buffer_capacity: int = Field(50_000, ge=100, description="Replay buffer size (class-balanced eviction).")
     dedup_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="How long event ids are remembered.")
@@ -274,6 +279,11 @@ class Settings(BaseSettings):
     )
     memory_capacity: int = Field(10_000, ge=1, description="Most corrections kept (the oldest go first).")
     memory_max_age_s: float = Field(7 * 24 * 3600, gt=0, description="Corrections older than this leave the memory.")
+    memory_prepare_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="Longest a hot swap (or a replica's first version) waits for its correction memory; past it the version serves at once and its memory answers once built.",
+    )
 
     # --- label creation -----------------------------------------------------------------------
     label_policy: Literal["open", "limited", "approval"] = Field(

@@ -13,7 +13,7 @@ from importlib.metadata import entry_points
 import typer
 from rich.console import Console
 
-from services.commands import feedback, labels, models, quarantine, serve, status, training
+from services.commands import feedback, forget, labels, models, quarantine, serve, status, training
 from services.commands.common import console
 from services.wiring import Wiring
 
@@ -61,6 +61,7 @@ app.command("rollback", help="Point the live alias back (same as `online models 
 app.add_typer(training.app, name="training")
 app.add_typer(labels.app, name="labels")
 app.add_typer(quarantine.app, name="quarantine")
+app.command("forget")(forget.forget)
 app.add_typer(feedback.app, name="feedback")
 app.add_typer(feedback.buffer_app, name="buffer")
 

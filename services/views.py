@@ -13,6 +13,7 @@ from rich.table import Table
 
 from online.contract import (
     BufferResponse,
+    ForgetResult,
     LabelApproved,
     LiveChangeOut,
     ModelDetail,
@@ -126,6 +127,24 @@ def live_change(console: Console, change: LiveChangeOut) -> None:
 
 def training(console: Console, state: TrainingState) -> None:
     console.print("running" if not state.paused else f"paused since {when(state.paused_at)}: {state.reason}")
+
+
+def forgotten(console: Console, out: ForgetResult) -> None:
+    """What `online forget` erased, keeps out, cannot reach, and what the weights may still hold."""
+    what = f"source {out.source!r}" if out.source is not None else f"text {out.text!r}"
+    table = Table("store", "removed", title=f"erased: {what}")
+    table.add_row("replay buffer (samples)", f"{out.buffer} ({out.trained} already trained on)")
+    table.add_row("correction log and memory", str(out.corrections))
+    table.add_row("correction stream records", str(out.stream))
+    if out.source is None:
+        table.add_row("prediction log", f"{out.predictions} (of {out.predictions_scanned} scanned)")
+        table.add_row("review queue", str(out.review))
+    else:
+        table.add_row("source statistics, created labels", "yes" if out.ledger else "none")
+    console.print(table)
+    console.print(f"kept out: {out.kept_out}")
+    console.print(f"weights: {out.weights}")
+    console.print(f"not reached: {out.not_reached}")
 
 
 def quarantine(console: Console, out: QuarantineResponse) -> None:

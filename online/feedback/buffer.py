@@ -3,11 +3,13 @@
 Write path (the feedback consumer): :meth:`ReplayBuffer.add` takes a batch of labelled examples and
 applies it in one Lua script, so a batch is all-or-nothing and redelivery is harmless:
 
-- idempotent by ``event_id`` (a ``seen`` key per event, kept ``dedup_ttl_s``);
+- idempotent by ``event_id`` within its source (a ``seen:<online.events.dedup_id>`` key per event, kept
+  ``dedup_ttl_s``): one client cannot make another's events look like duplicates of its own, and no
+  event id collides with the dead letters' ``seen:dlq:<record>`` keys;
 - exact duplicates (same normalised text and label) are counted on the stored sample, not stored again;
 - every new sample gets a sequence number; the trainer's cursor says which ones it has trained on.
 
-Texts are PII-masked before anything is stored. Capacity is bounded by class-balanced reservoir
+Texts are PII-masked before anything is stored (once: an ``Incoming`` the consumer masked says so). Capacity is bounded by class-balanced reservoir
 eviction: while over capacity, a random *already trained* sample of the largest label is dropped, so a
 sample is never evicted before the trainer saw it (nothing accepted is lost) and small labels keep theirs.
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 
 import redis
 
+from online.events import dedup_id
 from online.examples import Sample
 from online.feedback.pii import mask_pii
 from online.keys import Keys
@@ -32,11 +35,17 @@ _ADD = """
 local p = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
-local added, dups, replayed = 0, 0, 0
+local erased = ARGV[4]
+local added, dups, replayed, gone = 0, 0, 0, 0
 for i = 0, n - 1 do
-  local b = 4 + i * 6
+  local b = 5 + i * 7
   local eid, sid, text, label, source, at = ARGV[b], ARGV[b+1], ARGV[b+2], ARGV[b+3], ARGV[b+4], ARGV[b+5]
-  if redis.call('SET', p .. ':seen:' .. eid, '1', 'NX', 'EX', ttl) then
+  local th = ARGV[b+6]
+  local until_at = redis.call('HGET', erased .. ':sources', source)
+  if (until_at and tonumber(at) <= tonumber(until_at)) or redis.call('SISMEMBER', erased .. ':texts', th) == 1 then
+    redis.call('SET', p .. ':seen:' .. eid, '1', 'NX', 'EX', ttl)  -- erased (`online forget`): seen, not stored
+    gone = gone + 1
+  elseif redis.call('SET', p .. ':seen:' .. eid, '1', 'NX', 'EX', ttl) then
     local sk = p .. ':s:' .. sid
     redis.call('SADD', p .. ':srcs:' .. sid, source)
     redis.call('HINCRBY', p .. ':source:' .. source, 'events', 1)
@@ -58,7 +67,7 @@ for i = 0, n - 1 do
     replayed = replayed + 1
   end
 end
-return {added, dups, replayed}
+return {added, dups, replayed, gone}
 """
 
 _QUARANTINE = """
@@ -154,6 +163,11 @@ def sample_id(text: str, label: str) -> str:
     return hashlib.sha1(f"{normalise(text)}\x1f{label}".encode()).hexdigest()[:20]
 
 
+def text_hash(text: str) -> str:
+    """A (masked) text's digest, whatever its label: what an erased text's tombstone keeps."""
+    return hashlib.sha1(normalise(text).encode()).hexdigest()[:20]
+
+
 @dataclass(frozen=True)
 class Incoming:
     """A labelled example on its way into the buffer."""
@@ -163,6 +177,11 @@ class Incoming:
     label: str
     source: str
     at: float
+    masked: bool = False  # the text is PII-masked already (the consumer masks each text once)
+
+    @property
+    def dedup(self) -> str:
+        return dedup_id(self.source, self.event_id)
 
 
 @dataclass(frozen=True)
@@ -183,6 +202,7 @@ class AddResult:
     added: int
     duplicates: int
     replayed: int  # event ids already seen: redelivery
+    erased: int = 0  # of an erased source or text (`online forget`): not stored
 
 
 @dataclass(frozen=True)
@@ -206,6 +226,7 @@ class ReplayBuffer:
     ) -> None:
         self.r = client
         self.p = keys.buffer
+        self.erased = keys.erased
         self.capacity = capacity
         self.dedup_ttl_s = dedup_ttl_s
         self._add = client.register_script(_ADD)
@@ -222,28 +243,29 @@ class ReplayBuffer:
         """Store a batch atomically (PII-masked, deduplicated); then evict if over capacity."""
         if not items:
             return AddResult(0, 0, 0)
-        args: list[str | int | float] = [self.p, self.dedup_ttl_s, len(items)]
+        args: list[str | int | float] = [self.p, self.dedup_ttl_s, len(items), self.erased]
         for it in items:
-            text = mask_pii(it.text)
-            args += [it.event_id, sample_id(text, it.label), text, it.label, it.source, it.at]
-        added, dups, replayed = self._add(args=args)
+            text = it.text if it.masked else mask_pii(it.text)
+            args += [it.dedup, sample_id(text, it.label), text, it.label, it.source, it.at, text_hash(text)]
+        added, dups, replayed, gone = self._add(args=args)
         if added:
             self.evict_over_capacity()
-        return AddResult(int(added), int(dups), int(replayed))
+        return AddResult(int(added), int(dups), int(replayed), int(gone))
 
-    def mark_seen(self, event_ids: list[str]) -> list[bool]:
-        """Record events that produce no sample (e.g. a bare thumbs down); True where first seen."""
+    def mark_seen(self, events: list[tuple[str, str]]) -> list[bool]:
+        """Record events (source, event_id) that produce no sample (e.g. a bare thumbs down); True where
+        first seen."""
         with self.r.pipeline(transaction=False) as pipe:
-            for eid in event_ids:
-                pipe.set(f"{self.p}:seen:{eid}", "1", nx=True, ex=self.dedup_ttl_s)
+            for source, eid in events:
+                pipe.set(f"{self.p}:seen:{dedup_id(source, eid)}", "1", nx=True, ex=self.dedup_ttl_s)
             return [bool(x) for x in pipe.execute()]
 
-    def seen(self, event_ids: list[str]) -> list[bool]:
-        """Whether each event id was stored (or recorded as seen) by a consumer: a client's "did my
-        event land?", and the loss accounting of `online bench chaos`."""
+    def seen(self, events: list[tuple[str, str]]) -> list[bool]:
+        """Whether each event (source, event_id) was stored (or recorded as seen) by a consumer: a
+        client's "did my event land?", and the loss accounting of `online bench chaos`."""
         with self.r.pipeline(transaction=False) as pipe:
-            for eid in event_ids:
-                pipe.exists(f"{self.p}:seen:{eid}")
+            for source, eid in events:
+                pipe.exists(f"{self.p}:seen:{dedup_id(source, eid)}")
             return [bool(x) for x in pipe.execute()]
 
     def record_dead_letters(self, letters: list[tuple[str, str | None]]) -> None:

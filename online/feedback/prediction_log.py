@@ -39,14 +39,15 @@ class PredictionLog:
         self._key = keys.prediction
         self.ttl_s = ttl_s
 
-    def record_many(self, records: list[PredictionRecord]) -> None:
-        """Store a batch in one round trip."""
+    def record_many(self, records: list[PredictionRecord], masked: bool = False) -> None:
+        """Store a batch in one round trip (texts PII-masked here unless ``masked`` says they are)."""
         with self.r.pipeline(transaction=False) as pipe:
             for rec in records:
-                masked = {"text": mask_pii(rec.text)}
-                if rec.answer is not None:
-                    masked["answer"] = mask_pii(rec.answer)
-                rec = rec.model_copy(update=masked)
+                if not masked:
+                    update = {"text": mask_pii(rec.text)}
+                    if rec.answer is not None:
+                        update["answer"] = mask_pii(rec.answer)
+                    rec = rec.model_copy(update=update)
                 pipe.set(self._key(rec.prediction_id), rec.model_dump_json(), ex=self.ttl_s)
             pipe.execute()
 

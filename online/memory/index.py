@@ -13,7 +13,9 @@ four states, decided here and nowhere else:
   active again;
 - ``active``: answered from memory.
 
-Lookup: the exact text (normalised, PII-masked as stored) always answers from its newest entry. Any other
+Lookup: the exact text (normalised, PII-masked as stored) always answers from its newest entry. A
+query is masked only when some servable entry holds a placeholder (``<email>``...): masking never
+changes a text into one without placeholders, so otherwise the unmasked text finds the same entries. Any other
 text answers from its nearest active entry when the cosine is >= ``similarity`` *and* that entry is
 nearer than the nearest known training example of another label (the version's drift reference, which
 indexes its training data): a fine-tuned encoder pulls texts of an intent it never learned into the
@@ -26,9 +28,11 @@ The answer is interpolated with the model (kNN-LM style): ``p = s * onehot(label
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +45,9 @@ from online.reference import Reference, unit_rows
 
 ACTIVE, ABSORBED, HELD, PENDING = "active", "absorbed", "held", "pending"
 STATES = (ACTIVE, ABSORBED, HELD, PENDING)
+
+
+_PLACEHOLDER = re.compile(r"<[^<>\s]+>")  # what masking leaves (normalised: lower case)
 
 
 def text_key(text: str) -> str:
@@ -67,6 +74,16 @@ class Policy:
     held_samples: frozenset[str] = frozenset()  # sids in the buffer's quarantine (any reason, pending too)
 
 
+@dataclass(frozen=True)
+class _View:
+    """The servable entries as a lookup reads them, built by :meth:`CorrectionMemory.refresh`."""
+
+    exact: dict[str, Correction] = field(default_factory=dict)  # text key -> its newest active entry
+    entries: list[Correction] = field(default_factory=list)  # the active entries, in the index's order
+    index: Any = None  # faiss inner-product index of their vectors
+    mask_queries: bool = False  # some key holds a placeholder: queries must be masked to match
+
+
 @dataclass
 class _Known:
     entry: Correction
@@ -79,8 +96,10 @@ class _Known:
 
 
 class CorrectionMemory:
-    """The memory of one version. Build, mutate and look up on the forward thread only (faiss and the
-    entries are not guarded); :meth:`counts` may be read from anywhere."""
+    """The memory of one version. :meth:`learn` and :meth:`forget_all_but` on the forward thread (the
+    follower calls them, one at a time); :meth:`refresh` (O(entries): up to ~0.1 s at 10,000) may run on
+    another thread while lookups go on, as long as nothing else changes the memory meanwhile: it
+    publishes what lookups read in one assignment. :meth:`counts` may be read from anywhere."""
 
     def __init__(
         self,
@@ -98,9 +117,7 @@ class CorrectionMemory:
         self.policy = Policy()
         self._known: dict[str, _Known] = {}
         self._counts: dict[str, int] = {state: 0 for state in STATES}  # replaced whole by refresh
-        self._exact: dict[str, str] = {}  # text key -> sid of its newest servable entry
-        self._ids: list[str] = []
-        self._index = None
+        self._view = _View()  # what lookups read: replaced whole by refresh
         self._known_index = None  # the version's indexed training data: a correction must be nearer than it
         if reference is not None and reference.train_labels:
             self._known_index = reference.index()
@@ -129,7 +146,8 @@ class CorrectionMemory:
         for i, e in enumerate(entries):
             hold, takeover = judged.get(i, ("", None))
             answer = self.labels[int(np.argmax(probs[i]))]
-            self._known[e.sid] = _Known(e, x[i], answer, hold, takeover, text_key(e.text))
+            # the log's texts are masked already: normalised, not masked again
+            self._known[e.sid] = _Known(e, x[i], answer, hold, takeover, normalise(e.text))
 
     def forget_all_but(self, sids: set[str]) -> int:
         """Drop the entries the log no longer has."""
@@ -174,37 +192,49 @@ class CorrectionMemory:
         for k in sorted(self._known.values(), key=lambda k: k.entry.at):
             if k.state != HELD:
                 newest[k.key] = k
-        self._exact = {key: k.entry.sid for key, k in newest.items() if k.state == ACTIVE}
-        ids = list(self._exact.values())
+        active = {key: k for key, k in newest.items() if k.state == ACTIVE}
         index = None
-        if ids:
-            index = faiss.IndexFlatIP(len(self._known[ids[0]].vector))
-            index.add(np.stack([self._known[sid].vector for sid in ids]))
-        self._ids, self._index = ids, index
+        if active:
+            index = faiss.IndexFlatIP(len(next(iter(active.values())).vector))
+            index.add(np.stack([k.vector for k in active.values()]))
+        self._view = _View(  # one assignment: a lookup on another thread sees the old view or the new one
+            exact={key: k.entry for key, k in active.items()},
+            entries=[k.entry for k in active.values()],
+            index=index,
+            mask_queries=any(_PLACEHOLDER.search(key) for key in active),
+        )
         counts = Counter(k.state for k in self._known.values())
         self._counts = {state: counts.get(state, 0) for state in STATES}
 
     # --- serving ----------------------------------------------------------------------------
-    def lookup(self, texts: Sequence[str], embeddings: np.ndarray) -> list[Hit | None]:
-        """The memory's answer for each text, or None where the model answers alone."""
+    def lookup(
+        self, texts: Sequence[str], embeddings: np.ndarray, masked: Callable[[], Sequence[str]] | None = None
+    ) -> list[Hit | None]:
+        """The memory's answer for each text, or None where the model answers alone. ``masked`` gives
+        the texts PII-masked (computed once for the batch); called only when a servable entry holds a
+        placeholder, so most lookups mask nothing."""
         hits: list[Hit | None] = [None] * len(texts)
-        if not self._ids:
+        view = self._view
+        if not view.entries:
             return hits
-        for i, text in enumerate(texts):
-            sid = self._exact.get(text_key(text))
-            if sid is not None:
-                e = self._known[sid].entry
-                hits[i] = Hit(sid, e.event_id, e.label, 1.0, True)
+        if view.mask_queries:
+            keys = [normalise(t) for t in (masked() if masked is not None else [mask_pii(t) for t in texts])]
+        else:
+            keys = [normalise(t) for t in texts]
+        for i, key in enumerate(keys):
+            e = view.exact.get(key)
+            if e is not None:
+                hits[i] = Hit(e.sid, e.event_id, e.label, 1.0, True)
         rest = [i for i, h in enumerate(hits) if h is None]
-        if rest and self._index is not None:
+        if rest and view.index is not None:
             x = unit_rows(embeddings[rest])
-            sims, nn = self._index.search(x, 1)
+            sims, nn = view.index.search(x, 1)
             if self._known_index is not None:
                 known_sims, known_nn = self._known_index.search(x, 1)
             for row, (i, sim, j) in enumerate(zip(rest, sims[:, 0], nn[:, 0])):
                 if j < 0 or sim < self.similarity:
                     continue
-                e = self._known[self._ids[j]].entry
+                e = view.entries[j]
                 if self._known_index is not None:
                     # the nearest known training example of another label is nearer: that intent's text
                     k = known_nn[row, 0]

@@ -13,8 +13,11 @@ Keys (namespace ``Keys.memory``, built inside the scripts):
 - ``z``: sorted set sid -> time stored (the server's clock: age and capacity trimming, oldest first);
 - ``ops``: stream of changes, ``{op: add, entry}`` or ``{op: del, sid, reason}``, that running replicas
   follow (capped at ``STREAM_MAX`` changes; a replica that fell further behind reloads the snapshot);
-- ``gone:<event_id>``: forgotten on purpose (a thumbs-down, the quarantine): that event, redelivered,
-  does not bring its entry back (a new teaching of the same text and label does).
+  an entry's ``add`` is deleted from the stream when the entry leaves (forgotten, aged out, erased), so
+  the stream keeps no text the log no longer holds;
+- ``x``: hash sid -> stream id of the entry's ``add`` (to delete it);
+- ``gone:<online.events.dedup_id>``: forgotten on purpose (a thumbs-down, the quarantine): that event,
+  redelivered, does not bring its entry back (a new teaching of the same text and label does).
 
 Texts are PII-masked like the buffer's, and a correction's id is the buffer's sample id (text + label),
 so the round that quarantines a sample removes exactly its entry. Durability is Redis's (AOF); on the
@@ -29,21 +32,29 @@ from dataclasses import asdict, dataclass
 
 import redis
 
-from online.feedback.buffer import Incoming, sample_id
+from online.events import dedup_id
+from online.feedback.buffer import Incoming, sample_id, text_hash
 from online.feedback.pii import mask_pii
 from online.keys import Keys
 
 STREAM_MAX = 100_000
 
 _ADD = """
-local p, now, smax, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local p, now, smax, n, erased = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local added = 0
 for i = 0, n - 1 do
-  local sid, eid, entry = ARGV[5 + i * 3], ARGV[6 + i * 3], ARGV[7 + i * 3]
-  if redis.call('EXISTS', p .. ':gone:' .. eid) == 0 then
+  local sid, eid, th, entry = ARGV[6 + i * 4], ARGV[7 + i * 4], ARGV[8 + i * 4], ARGV[9 + i * 4]
+  local e = cjson.decode(entry)
+  local until_at = redis.call('HGET', erased .. ':sources', e['source'])
+  local forgotten = (until_at and tonumber(e['at']) <= tonumber(until_at))
+    or redis.call('SISMEMBER', erased .. ':texts', th) == 1  -- erased (`online forget`)
+  if not forgotten and redis.call('EXISTS', p .. ':gone:' .. eid) == 0 then
     redis.call('HSET', p .. ':e', sid, entry)
     redis.call('ZADD', p .. ':z', now, sid)
-    redis.call('XADD', p .. ':ops', 'MAXLEN', '~', smax, '*', 'op', 'add', 'entry', entry)
+    local old = redis.call('HGET', p .. ':x', sid)
+    if old then redis.call('XDEL', p .. ':ops', old) end  -- re-taught: the newer add replaces it
+    local xid = redis.call('XADD', p .. ':ops', 'MAXLEN', '~', smax, '*', 'op', 'add', 'entry', entry)
+    redis.call('HSET', p .. ':x', sid, xid)
     added = added + 1
   end
 end
@@ -55,6 +66,8 @@ local p, now, cap, max_age, smax = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local function drop(sid, reason)
   redis.call('HDEL', p .. ':e', sid)
   redis.call('ZREM', p .. ':z', sid)
+  local xid = redis.call('HGET', p .. ':x', sid)
+  if xid then redis.call('XDEL', p .. ':ops', xid) redis.call('HDEL', p .. ':x', sid) end
   redis.call('XADD', p .. ':ops', 'MAXLEN', '~', smax, '*', 'op', 'del', 'sid', sid, 'reason', reason)
 end
 local gone = 0
@@ -77,10 +90,13 @@ for i = 0, n - 1 do
   local sid = ARGV[6 + i]
   local entry = redis.call('HGET', p .. ':e', sid)
   if entry then
-    local eid = cjson.decode(entry)['event_id']
-    redis.call('SET', p .. ':gone:' .. eid, '1', 'EX', ttl)  -- that event, redelivered, stays forgotten
+    local e = cjson.decode(entry)
+    local key = redis.sha1hex(tostring(e['source']) .. '\\31' .. tostring(e['event_id']))  -- online.events.dedup_id
+    redis.call('SET', p .. ':gone:' .. key, '1', 'EX', ttl)  -- that event, redelivered, stays forgotten
     redis.call('HDEL', p .. ':e', sid)
     redis.call('ZREM', p .. ':z', sid)
+    local xid = redis.call('HGET', p .. ':x', sid)
+    if xid then redis.call('XDEL', p .. ':ops', xid) redis.call('HDEL', p .. ':x', sid) end  -- its text leaves the stream
     redis.call('XADD', p .. ':ops', 'MAXLEN', '~', smax, '*', 'op', 'del', 'sid', sid, 'reason', reason)
     gone = gone + 1
   end
@@ -126,8 +142,9 @@ def parse_change(stream_id: str, fields: dict[str, str]) -> Change:
 
 
 def correction(item: Incoming) -> Correction:
-    """A labelled example as the log keeps it: PII-masked, under the buffer's sample id."""
-    text = mask_pii(item.text)
+    """A labelled example as the log keeps it: PII-masked (once: the consumer's are already), under the
+    buffer's sample id."""
+    text = item.text if item.masked else mask_pii(item.text)
     return Correction(sample_id(text, item.label), item.event_id, text, item.label, item.source, item.at)
 
 
@@ -135,6 +152,7 @@ class CorrectionLog:
     def __init__(self, client: redis.Redis, keys: Keys, capacity: int, max_age_s: float, gone_ttl_s: int) -> None:
         self.r = client
         self.p = keys.memory
+        self.erased = keys.erased
         self.stream = f"{self.p}:ops"
         self.capacity = capacity
         self.max_age_s = max_age_s
@@ -148,10 +166,10 @@ class CorrectionLog:
         event forgotten on purpose stays forgotten when redelivered), then trim. Returns how many."""
         if not items:
             return 0
-        args: list[str | float | int] = [self.p, time.time(), STREAM_MAX, len(items)]
+        args: list[str | float | int] = [self.p, time.time(), STREAM_MAX, len(items), self.erased]
         for it in items:
             c = correction(it)
-            args += [c.sid, c.event_id, c.to_json()]
+            args += [c.sid, dedup_id(c.source, c.event_id), text_hash(c.text), c.to_json()]
         added = int(self._add(args=args))
         self.trim()
         return added

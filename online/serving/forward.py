@@ -77,6 +77,14 @@ class Batch:
     probs_np: np.ndarray | None = field(default=None, repr=False)
     embeddings_np: np.ndarray | None = field(default=None, repr=False)
     notes: dict[str, Any] = field(default_factory=dict)
+    _masked: list[str] | None = field(default=None, repr=False)
+
+    def masked(self) -> list[str]:
+        """The texts PII-masked, computed once for every hook that stores or compares them (the memory
+        on the forward thread only when it must, the prediction log and the review queue after)."""
+        if self._masked is None:
+            self._masked = [mask_pii(t) for t in self.texts]
+        return self._masked
 
 
 class Hook(Protocol):
@@ -344,7 +352,7 @@ class MemoryHook:
         memory = self.memory_for(batch.predictor.version)
         if memory is None:
             return
-        hits = memory.lookup(batch.texts, batch.embeddings.numpy())
+        hits = memory.lookup(batch.texts, batch.embeddings.numpy(), masked=batch.masked)
         labels = batch.predictor.labels
         if any(hits):
             batch.probs = batch.probs.clone()  # out of inference mode: the blended rows are written into it
@@ -376,7 +384,10 @@ class PredictionLogHook:
 
     def after(self, batches: list[Batch]) -> bool:
         try:
-            self.prediction_log.record_many([r for b in batches for r in b.records])  # one round trip
+            records = [
+                r.model_copy(update={"text": text}) for b in batches for r, text in zip(b.records, b.masked())
+            ]
+            self.prediction_log.record_many(records, masked=True)  # one round trip
         except Exception:
             self.metrics.log_failures.inc()
             raise
@@ -420,11 +431,11 @@ class ReviewHook:
         queued = []
         for b in batches:
             queued += review_candidates(
-                [p.prediction_id for p in b.served], b.texts, [p.label for p in b.served],
+                [p.prediction_id for p in b.served], b.masked(), [p.label for p in b.served],
                 b.probs_np, b.embeddings_np, b.distances, self.window.far_threshold,
                 self.max_margin, b.predictor.version,
             )  # fmt: skip
         if not queued:
             return False
-        self.queue.add([replace(item, text=mask_pii(item.text)) for item in queued])
+        self.queue.add(queued)  # texts masked already (Batch.masked)
         return True

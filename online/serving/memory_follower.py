@@ -3,13 +3,19 @@
 At start (and after any Redis trouble) it loads the log's snapshot, then follows its change stream with a
 blocking read, so a taught text is answered from memory about as soon as the consumer stored it. Texts
 are embedded with the served version's own encoder on the forward thread (the one thread running torch
-here), in small chunks between batches. Before a hot swap, :meth:`MemoryFollower.prepare` builds the new
-version's memory, so the swap changes weights and memory together (the swap waits for it); a memory that
-fails to build never stops a swap (the version serves without one, logged, and it is built again after).
+here), in small chunks between batches (at most ``CHUNK`` texts and ``CHUNK_CHARS`` characters: a
+chunk of long texts is a short one, so a request waits at most one short forward); the log's texts are
+masked already, so nothing is masked again here. Before a hot swap, :meth:`MemoryFollower.prepare` builds
+the new version's memory, so the swap changes weights and memory together; the swap waits for it at
+most ``memory_prepare_timeout_s`` (a full memory on a slow replica must not keep a version, or the
+replica's first one, from serving): past it the build goes on in the background and the version's
+memory answers once built. A memory that fails to build never stops a swap (the version serves
+without one, logged, and it is built again after).
 
 Every ``model_poll_s`` (and at once when the quarantine removes something) it re-reads the quarantined
 and trusted sources, the approved labels and the samples the buffer's quarantine holds: the policy each
-memory's states depend on. Every touch of a memory (faiss included) runs on the forward thread.
+memory's states depend on. Learning and forgetting entries run on the forward thread; deciding states
+and rebuilding the index (O(entries)) run on a worker thread and are published in one assignment.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from online.settings import Settings
 log = logging.getLogger("online.serving.memory")
 
 CHUNK = 64  # texts embedded per forward-thread call: a request waits at most one chunk's forward
+CHUNK_CHARS = 32_000  # ...and at most this many characters (long texts make short chunks)
 READ_BLOCK_MS = 1000
 READ_COUNT = 1000  # changes per stream read
 
@@ -94,6 +101,8 @@ class MemoryFollower:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self._building: dict[int, asyncio.Task] = {}  # version -> its memory being built
+        self._preparing: int | None = None  # the version a swap waits for (or went on without)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -104,6 +113,8 @@ class MemoryFollower:
         # treats as an outage and retries: the flag ends it whatever the cancellation became
         self._stopping = True
         await cancel(self._task)
+        for task in list(self._building.values()):
+            await cancel(task)
 
     def memory_for(self, version: int) -> CorrectionMemory | None:
         held = self.memories.get(version)
@@ -118,7 +129,25 @@ class MemoryFollower:
     # --- building a version's memory ----------------------------------------------------------
     async def prepare(self, predictor: Predictor) -> None:
         """Build ``predictor``'s memory before it goes live (called by the version follower). The swap
-        waits for it: embedding N entries costs N/64 short forward-thread calls between batches."""
+        waits for it up to ``memory_prepare_timeout_s``: embedding N entries costs N/64 short
+        forward-thread calls between batches; past the timeout the build goes on in the background."""
+        version = predictor.version
+        self._preparing = version
+        task = self._building.get(version)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._build(predictor))
+            self._building[version] = task
+            task.add_done_callback(lambda _: self._building.pop(version, None))
+        done, _ = await asyncio.wait({task}, timeout=self.s.memory_prepare_timeout_s)
+        if not done:
+            log.warning(
+                "version %s: correction memory still building after %.0f s; the version serves without it "
+                "until it is built",
+                version,
+                self.s.memory_prepare_timeout_s,
+            )
+
+    async def _build(self, predictor: Predictor) -> None:
         try:
             reference = await asyncio.to_thread(self._reference, predictor.version)
             async with self._lock:
@@ -128,15 +157,20 @@ class MemoryFollower:
                     )
                 )
                 await self._fill(memory, predictor)
-                self.memories[predictor.version] = (memory, predictor)
+                served = self._served()
+                if served is None or predictor.version in (served.version, self._preparing):
+                    self.memories[predictor.version] = (memory, predictor)  # not a superseded version's
+            self._gauges()
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # serving goes on without a memory for this version
             log.error("version %s: correction memory not built (%r); it serves without one", predictor.version, exc)
 
     async def swapped(self, predictor: Predictor) -> None:
-        """Keep only the served version's memory; build it if its preparation failed."""
-        async with self._lock:
-            self.memories = {v: held for v, held in self.memories.items() if v == predictor.version}
-        if predictor.version not in self.memories:
+        """Keep only the served version's memory; build it if its preparation failed. (No lock: one
+        assignment, and a build still running in the background must not hold up the swap.)"""
+        self.memories = {v: held for v, held in self.memories.items() if v == predictor.version}
+        if predictor.version not in self.memories and predictor.version not in self._building:
             await self.prepare(predictor)
         self._gauges()
 
@@ -153,15 +187,13 @@ class MemoryFollower:
         Every touch of the memory runs on the forward thread; the caller holds the lock."""
         entries, policy = dict(self.entries), self.policy
         todo = await self.batcher.call(lambda: memory.missing(entries))
-        for start in range(0, len(todo), CHUNK):
-            chunk = todo[start : start + CHUNK]
+        for chunk in _chunks(todo):
             await self.batcher.call(lambda chunk=chunk: _learn(memory, predictor, chunk))
 
-        def settle() -> None:
-            memory.forget_all_but(set(entries))
-            memory.refresh(policy)
-
-        await self.batcher.call(settle)
+        await self.batcher.call(lambda: memory.forget_all_but(set(entries)))
+        # deciding states and indexing is O(entries): off the forward thread (lookups read the old view
+        # until it is published); nothing else touches this memory meanwhile (the caller holds the lock)
+        await asyncio.to_thread(memory.refresh, policy)
 
     async def _sync(self) -> None:
         """Every memory held (the served version's, and one being prepared for a swap) to the log."""
@@ -239,6 +271,22 @@ class MemoryFollower:
             return False
         self.policy = policy
         return True
+
+
+def _chunks(entries: list[Correction]) -> list[list[Correction]]:
+    """``entries`` in forward-thread slices of at most ``CHUNK`` texts and ``CHUNK_CHARS`` characters."""
+    out: list[list[Correction]] = []
+    chunk: list[Correction] = []
+    chars = 0
+    for e in entries:
+        if chunk and (len(chunk) >= CHUNK or chars + len(e.text) > CHUNK_CHARS):
+            out.append(chunk)
+            chunk, chars = [], 0
+        chunk.append(e)
+        chars += len(e.text)
+    if chunk:
+        out.append(chunk)
+    return out
 
 
 def _learn(memory: CorrectionMemory, predictor: Predictor, chunk: list[Correction]) -> None:

@@ -14,6 +14,7 @@ from online.contract import (
     BufferResponse,
     DriftReport,
     FeedbackStats,
+    ForgetResult,
     LabelApproved,
     LiveChangeOut,
     ModelDetail,
@@ -81,6 +82,10 @@ class AdminBackend(Protocol):
     def release(self, sids: Sequence[str], source: str | None) -> QuarantineResult: ...
 
     def drop(self, sids: Sequence[str], source: str | None) -> QuarantineResult: ...
+
+    def forget(self, source: str | None, text: str | None) -> ForgetResult:
+        """Erase a source's or a text's data (exactly one). Raises :class:`Refused`."""
+        ...
 
     def drift(self, history: int = 0) -> DriftReport: ...
 

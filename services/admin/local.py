@@ -14,6 +14,7 @@ from online.contract import (
     BufferSummary,
     DriftReport,
     FeedbackStats,
+    ForgetResult,
     HeldOut,
     LabelApproved,
     LiveChangeOut,
@@ -32,7 +33,7 @@ from online.contract import (
     TrainingState,
 )
 from online.feedback import quarantine
-from online.lifecycle import promotion
+from online.lifecycle import erasure, promotion
 from online.lifecycle.registry import IntegrityError, LiveMoved, Manifest
 from online.monitoring.live_accuracy import VersionAccuracy
 from online.reports import RoundStats
@@ -206,6 +207,26 @@ class LocalAdmin:
 
     def drop(self, sids: Sequence[str], source: str | None) -> QuarantineResult:
         return QuarantineResult(changed=quarantine.drop(self.stores.buffer, self.stores.corrections, sids, source))
+
+    def forget(self, source: str | None, text: str | None) -> ForgetResult:
+        try:
+            e = erasure.forget(self.stores, source=source, text=text)
+        except ValueError as exc:
+            raise Refused(str(exc)) from exc
+        if source is not None:
+            kept = f"events of {source!r} stamped up to now (in flight or redelivered) are not stored; later ones are"
+        else:
+            kept = "this text (masked, any label, any source) is never stored again"
+        return ForgetResult(
+            **{k: v for k, v in e.__dict__.items() if k in ForgetResult.model_fields},
+            kept_out=kept,
+            weights=erasure.weights_note(e),
+            not_reached=(
+                "records still in the feedback and dead-letter topics until their retention (the API masks texts "
+                "before producing; dead letters are masked)"
+                + ("; predictions carry no source: they expire after ONLINE_PREDICTION_TTL_S" if source else "")
+            ),
+        )
 
     # --- monitoring ---------------------------------------------------------------------------------
     def drift(self, history: int = 0, window: DriftWindow | None = None) -> DriftReport:

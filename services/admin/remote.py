@@ -16,6 +16,7 @@ from online.contract import (
     BufferResponse,
     DriftReport,
     FeedbackStats,
+    ForgetResult,
     LabelApproved,
     LiveChangeOut,
     ModelDetail,
@@ -90,6 +91,9 @@ class RemoteAdmin:
 
     def drop(self, sids: Sequence[str], source: str | None) -> QuarantineResult:
         return self._call(self.client.drop, sids, source)
+
+    def forget(self, source: str | None, text: str | None) -> ForgetResult:
+        return self._call(self.client.forget, source, text)
 
     def drift(self, history: int = 0) -> DriftReport:
         return self._call(self.client.drift, history)

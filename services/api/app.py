@@ -30,6 +30,7 @@ from services.api.routers import (
     dashboard,
     drift,
     feedback,
+    forget,
     generate,
     health,
     labels,
@@ -148,6 +149,7 @@ def create_app(settings: Settings) -> FastAPI:
     if not generating:  # drift windows are the classifier's (prompt drift for generations: later)
         app.include_router(drift.api)
     app.include_router(quarantine.api)
+    app.include_router(forget.api)
     app.include_router(labels.api)
     app.include_router(review.api)
     app.include_router(shadow.api)

@@ -4,6 +4,10 @@ A 202 is answered only after the broker acknowledged every event of the call; if
 ``feedback_timeout_s`` (0.8 s by default, so the answer comes within 1 s) the call is a 503 with Retry-After and the producer is rebuilt,
 so nothing that got a 202 is unstored. Clients that retry a 503 should send their own ``event_id``s: the consumer
 deduplicates by it.
+
+Texts are PII-masked here, before they are produced: the feedback topic (and the dead-letter topic after
+it) never holds what the masker finds. The consumer masks again what other producers send (masking is
+idempotent, so a masked text stays as it is).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from kafka.errors import KafkaError
 
 from online.bus import discard_producer, ensure_topics, make_producer
 from online.connections import NotConfigured
-from online.events import AnyEvent, encode_event
+from online.events import MAX_TEXT_CHARS, AnyEvent, CorrectionEvent, LabelEvent, encode_event
+from online.feedback.pii import mask_pii
 from online.serving.breaker import Breaker
 from online.wiring.stores import Stores
 
@@ -47,6 +52,25 @@ class RateLimited(RuntimeError):
     def __init__(self, source: str, retry_after: int) -> None:
         super().__init__(f"source {source!r} is over its feedback rate limit")
         self.retry_after = retry_after
+
+
+def masked(events: list[Event]) -> list[Event]:
+    """Events with their texts PII-masked (a label's text, a correction's prompt and answer; a thumbs
+    event carries none), validated again: a placeholder may be longer than what it replaces (``a@b.io`` ->
+    ``<EMAIL>``), and a text masked past the contract's length is cut to it, so what is produced always
+    validates."""
+    fields = {LabelEvent: ("text",), CorrectionEvent: ("prompt", "answer")}
+    out: list[Event] = []
+    for ev in events:
+        update = {}
+        for name in fields.get(type(ev), ()):
+            value = getattr(ev, name)
+            if value is not None and (text := mask_pii(value)) != value:
+                update[name] = text[:MAX_TEXT_CHARS]
+        if update:
+            ev = type(ev).model_validate({**ev.model_dump(), **update})
+        out.append(ev)
+    return out
 
 
 class FeedbackIntake:
@@ -80,8 +104,9 @@ class FeedbackIntake:
             discard_producer(self._producer)
             self._producer = None
 
-    async def submit(self, events: list[Event]) -> None:
-        deadline = time.monotonic() + self.settings.feedback_timeout_s
+    async def submit(self, events: list[Event]) -> list[Event]:
+        """Produce ``events`` (texts masked); returns them as produced. Raises Unavailable, RateLimited."""
+        started = time.monotonic()
         try:  # Redis I/O stays off the event loop, and within the call's deadline
             await asyncio.wait_for(
                 asyncio.to_thread(self._check_rate, events), timeout=self.settings.feedback_timeout_s
@@ -90,6 +115,11 @@ class FeedbackIntake:
             self._limiter_down()
         if not self.broker_health.allow():
             raise BrokerUnavailable("the broker is unreachable", self.broker_health.retry_after_s())
+        # masking is CPU work (off the event loop), paid only for calls within their rate and a reachable
+        # broker; it does not eat into the broker's budget
+        mask_started = time.monotonic()
+        events = await asyncio.to_thread(masked, events)
+        deadline = started + (time.monotonic() - mask_started) + self.settings.feedback_timeout_s
         budget = max(deadline - time.monotonic(), 0.05)
         try:
             await asyncio.wait_for(asyncio.to_thread(self._produce, events, budget), timeout=budget)
@@ -101,6 +131,7 @@ class FeedbackIntake:
         task = asyncio.create_task(asyncio.to_thread(self._count, len(events)))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return events
 
     def _check_rate(self, events: list[Event]) -> None:
         """A fixed one-second window per source, shared by every replica through Redis."""

@@ -29,12 +29,15 @@ def test_the_log_is_idempotent_masks_pii_and_forgets_on_purpose(log):
     now = __import__("time").time()
     ev = Incoming("e1", "call me on 415 555 0132 about my card", "card_declined", "agent", now)
     assert log.add([ev]) == 1 and log.add([ev]) == 1  # redelivery rewrites the same entry
+    assert [c.entry is not None for c in changes(log)] == [True]  # ...and its add replaces the older one
     _, entries = log.snapshot()
     assert len(entries) == 1 and "<PHONE>" in entries[0].text and "0132" not in entries[0].text
     sid = entries[0].sid
     assert log.forget([sid], "thumbs down") == 1
     assert log.add([ev]) == 0 and log.size() == 0  # a forgotten correction is not brought back by redelivery
-    assert [(c.entry is not None, c.reason) for c in changes(log)] == [(True, ""), (True, ""), (False, "thumbs down")]
+    # the stream keeps the forgetting, not the text: the entry's add left it
+    assert [(c.entry is not None, c.reason) for c in changes(log)] == [(False, "thumbs down")]
+    assert "call me" not in str(log.r.xrange(log.stream))
 
 
 def test_the_log_keeps_the_newest_within_capacity_and_age(log):
@@ -111,3 +114,36 @@ def test_a_correction_must_be_nearer_than_known_data_of_another_label():
     near_correction, near_known_a = _unit([1, 0.35, 0]), _unit([1, 0.05, 0])
     assert memory.lookup(["x"], near_correction)[0].label == "c"
     assert memory.lookup(["y"], near_known_a) == [None]  # cosine 0.97 to the correction, but a's example is nearer
+
+
+def test_lookups_mask_only_when_an_entry_holds_a_placeholder():
+    """Masking is once per batch, and only when it can matter: a query matches an entry only through
+    its placeholders (``<email>``...), so a memory without any never masks on the forward thread."""
+    memory = CorrectionMemory(LABELS, 0.9, RULES, None, None)
+    memory.learn([_entry(1, "b", text="where is my parcel")], _probs(LABELS, "a")[None], _unit([1, 0, 0]))
+    memory.refresh()
+    calls: list[int] = []
+
+    def masked(texts):
+        calls.append(len(texts))
+        return [t.replace("jane@example.com", "<EMAIL>") for t in texts]
+
+    texts = ["Where is my parcel", "mail jane@example.com about my parcel"]
+    assert memory.lookup(texts, _unit([0, 1, 0], [0, 0, 1]), masked=lambda: masked(texts))[0].exact
+    assert calls == []  # nothing to match through a placeholder: nothing masked
+    memory.learn([_entry(2, "c", text="mail <EMAIL> about my parcel")], _probs(LABELS, "a")[None], _unit([0, 1, 1]))
+    memory.refresh()
+    hits = memory.lookup(texts, _unit([0, 1, 0], [0, 0, 1]), masked=lambda: masked(texts))
+    assert calls == [2] and hits[1] is not None and hits[1].exact and hits[1].label == "c"
+
+
+def test_learning_does_not_mask_the_logs_texts_again(monkeypatch):
+    """The log's texts are masked when stored: building a memory (on the forward thread) masks nothing."""
+    import online.memory.index as index
+
+    monkeypatch.setattr(index, "mask_pii", lambda text: (_ for _ in ()).throw(AssertionError("masked again")))
+    memory = CorrectionMemory(LABELS, 0.9, RULES, None, None)
+    entries = [_entry(i, "b", text=f"call <PHONE> about order {i}") for i in range(1, 65)]
+    memory.learn(entries, np.stack([_probs(LABELS, "a")] * 64), np.eye(64, 3, dtype=np.float32) + 0.01)
+    memory.refresh()
+    assert set(memory.states().values()) == {ACTIVE}

@@ -56,14 +56,20 @@ def test_predict_one_and_many(client, settings, registry):
     assert len({p["prediction_id"] for p in many["predictions"]}) == 3
 
 
-def test_predictions_are_logged_for_feedback(client, settings):
+def test_predictions_are_logged_for_feedback(client, settings, monkeypatch):
+    from online.feedback import pii
+
+    log = Stores.from_settings(settings).predictions  # (configures the process's masker: before counting it)
+    masked: list[str] = []
+    masker = pii._masker
+    monkeypatch.setattr(pii, "_masker", lambda text: masked.append(text) or masker(text))
     text = "mail me at jane@example.com about my balance"
     pred = client.post("/v1/predict", json={"text": text}).json()["predictions"][0]
-    log = Stores.from_settings(settings).predictions
     # written by the replica's side-effect thread just after the answer: moments later, not before it
     record = wait_for(lambda: log.get(pred["prediction_id"]), timeout=10, what="the prediction logged")
     assert record.label == pred["label"] and record.version == pred["model_version"]
     assert "jane@example.com" not in record.text and "<EMAIL>" in record.text
+    assert masked.count(text) == 1  # once for the log and the review queue (it was up to three times)
 
 
 def test_the_answer_bytes_are_the_documented_response_model():

@@ -160,3 +160,37 @@ def test_a_label_correcting_a_memory_answer_replaces_it(stack):
     wait_for(lambda: Stores.from_settings(settings).corrections.size() == 1, what="the old entry forgotten")
     # the new label "c" is pending under the label rules (1 of 3 examples): the model answers meanwhile
     wait_for(lambda: ask(client, TAUGHT)["source"] == "model", what="the corrected memory answer gone")
+
+
+def test_a_replica_serves_before_its_memory_is_built_and_the_memory_follows(kafka_settings):
+    """A full memory must not keep a replica from serving: past ``memory_prepare_timeout_s`` (0 here)
+    the version serves at once, the memory is built in the background and answers once built."""
+    import time
+
+    from online.feedback.buffer import Incoming
+
+    settings = kafka_settings.model_copy(update={"memory_similarity": 0.98, "memory_prepare_timeout_s": 0.0})
+    registry = Stores.from_settings(settings).registry
+    torch.manual_seed(0)
+    registry.promote(registry.publish(TextClassifier.from_base(settings.base_model, ["a", "b"]), parent=None).version)
+    log = Stores.from_settings(settings).corrections
+    filler = [Incoming(f"f{i}", f"note {i} " + "many long words " * 100, "b", "agent", time.time()) for i in range(300)]
+    log.add(filler)
+    with served_app(settings) as client:  # ready: it did not wait for 300 long entries to be embedded
+        right = other(ask(client, TAUGHT)["label"])
+        log.add([Incoming("t1", TAUGHT, right, "agent", time.time())])
+        answer = wait_for(lambda: (p := ask(client, TAUGHT))["source"] == "memory" and p, timeout=60, what="memory")
+        assert answer["label"] == right
+
+
+def test_memory_builds_in_slices_bounded_by_texts_and_characters():
+    """A build embeds on the forward thread in slices: 64 texts at most, and a slice of long texts is a
+    short one (a request waits at most one short forward)."""
+    from online.memory.log import Correction
+    from online.serving.memory_follower import CHUNK, CHUNK_CHARS, _chunks
+
+    short = [Correction(f"s{i}", f"e{i}", "short text", "a", "x", 0.0) for i in range(200)]
+    long = [Correction(f"l{i}", f"f{i}", "y" * 10_000, "a", "x", 0.0) for i in range(64)]
+    assert [len(c) for c in _chunks(short)] == [CHUNK, CHUNK, CHUNK, 200 - 3 * CHUNK]
+    slices = _chunks(long)
+    assert sum(map(len, slices)) == 64 and all(sum(len(e.text) for e in c) <= CHUNK_CHARS for c in slices)
