@@ -57,7 +57,7 @@ class Call:
     started: float
     seconds: float
     status: int  # 0: no answer
-    event_ids: list[str] = field(default_factory=list)
+    event_ids: list[tuple[str, str]] = field(default_factory=list)  # (source, event_id)
 
 
 class HonestLoad:
@@ -120,7 +120,7 @@ class HonestLoad:
                 status = client.post("/v1/feedback", json={"events": [event]}).status_code
             except httpx.HTTPError:
                 status = 0
-            self.feedback.append(Call(t0, time.perf_counter() - t0, status, [eid]))
+            self.feedback.append(Call(t0, time.perf_counter() - t0, status, [("honest", eid)]))
 
         self._paced(self.feedback_rps, one)
 
@@ -400,7 +400,7 @@ def _safely(fn: Callable[[Context], str], ctx: Context) -> str:
         return f"attack raised {type(exc).__name__}: {exc}"[:300]
 
 
-def _drain(stores: Stores, accepted: list[str], timeout_s: float) -> set[str]:
+def _drain(stores: Stores, accepted: list[tuple[str, str]], timeout_s: float) -> set[tuple[str, str]]:
     deadline, stored = time.monotonic() + timeout_s, set()
     while time.monotonic() < deadline:
         try:
@@ -413,7 +413,7 @@ def _drain(stores: Stores, accepted: list[str], timeout_s: float) -> set[str]:
     return stored
 
 
-def _report(console: Console, honest: HonestLoad, rows: list[dict], stored: set[str], settings: Settings) -> list[dict]:
+def _report(console: Console, honest: HonestLoad, rows: list[dict], stored: set[tuple[str, str]], settings: Settings) -> list[dict]:
     table = Table(
         title="online bench abuse: each attack under steady honest traffic, beside the same window without it"
     )
