@@ -272,6 +272,31 @@ def feedback_body_model(settings: Settings) -> type:
 class FeedbackAccepted(BaseModel):
     accepted: int
     event_ids: list[str] = Field(description="Stored by the broker; the consumer deduplicates by these.")
+    status_url: str = Field(description="Where the (first) event's fate is told: GET it.")
+    status_urls: list[str] = Field(description="Each event's status URL, in order.")
+
+
+FeedbackState = Literal["accepted", "stored", "recorded", "memory", "held", "trained", "dead_lettered", "unknown"]
+
+
+class FeedbackStatus(BaseModel):
+    """What became of one feedback event (``GET /v1/feedback/{event_id}``)."""
+
+    event_id: str
+    state: FeedbackState = Field(
+        description="accepted (in the broker, not consumed yet), stored (waiting for a round), recorded (a "
+        "judgement only), memory (answered by the correction memory now), held (with reason and release), "
+        "trained (in version), dead_lettered (with reason), unknown (not consumed yet, or expired)."
+    )
+    detail: str
+    label: str | None = None
+    sid: str | None = Field(None, description="The buffer sample its text and label became.")
+    trusted: bool = Field(False, description="Sent with the admin token or a trusted feedback key.")
+    reason: str | None = Field(None, description="Why it is held or dead-lettered.")
+    release: str | None = Field(None, description="What would release it (held only).")
+    memory: str | None = Field(None, description="Its state in this replica's correction memory, if any.")
+    version: int | None = Field(None, description="The version a round trained it into.")
+    round_status: str | None = Field(None, description="What became of that version: promoted, rejected, ...")
 
 
 class HeldOut(BaseModel):

@@ -97,6 +97,14 @@ class Settings(BaseSettings):
         description="Redis AOF fsync. everysec: a machine crash may lose the last second of stored feedback; "
         "always: nothing whose offset the consumer committed (embedded Redis: appendfsync always; external: WAITAOF, Redis >= 7.2).",
     )
+    redis_maxmemory: str = Field(
+        "2gb",
+        description="Memory budget of the embedded Redis (`online up`); a Redis you run gets yours (see docs/configuration.md).",
+    )
+    redis_maxmemory_policy: str = Field(
+        "volatile-ttl",
+        description="What the embedded Redis evicts at its budget: volatile-ttl evicts only keys with a TTL (predictions, statuses, dedup marks), soonest to expire first, never the buffer, registry or memory.",
+    )
     key_prefix: str = Field("online", description="Prefix of every Redis key, so stacks can share a server.")
     serving_redis_timeout_s: float = Field(
         0.5, gt=0, description="API replicas: Redis connect timeout (reads: 4x); serving never waits longer on Redis."
@@ -184,6 +192,25 @@ class Settings(BaseSettings):
     feedback_api_keys: dict[str, SecretStr] | None = Field(
         None, description='JSON {"source": "key"}: feedback then needs X-API-Key, and a key sends as its source only.'
     )
+    feedback_trusted_keys: list[str] = Field(
+        default_factory=list,
+        description="JSON list of sources whose feedback key is trusted (e.g. support agents): their feedback skips the poisoning screen, is served by the correction memory at once and may create labels (so does feedback sent with the admin token). An operator's release of a source adds its key.",
+    )
+    feedback_signing_key: SecretStr | None = Field(
+        None,
+        description="Secret the API signs each feedback record's credential with (HMAC), so no other Kafka producer can claim one; unset: a random secret kept in Redis.",
+    )
+    feedback_status_ttl_s: int = Field(
+        3 * 24 * 3600, ge=60, description="How long GET /v1/feedback/{event_id} can tell an event's fate."
+    )
+    predict_rate_limit: float = Field(
+        200.0,
+        ge=0,
+        description="/v1/predict calls per second per client address on one replica (429 with Retry-After above; bursts of twice as many); 0: off.",
+    )
+    predict_queue_max: int = Field(
+        1024, ge=1, description="Requests waiting for the forward thread; beyond it /v1/predict answers 503 with Retry-After."
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 above).")
     cors_origins: list[str] = Field(default_factory=list, description="JSON list of allowed origins; empty: CORS off.")
 
@@ -238,6 +265,12 @@ class Settings(BaseSettings):
     )
     quarantine_near_duplicate: float = Field(
         0.9, gt=0, le=1, description="Cosine at which another source's fresh example can contradict a new label."
+    )
+    quarantine_max_held: int = Field(
+        20_000, ge=100, description="Most samples the quarantine holds (the oldest leave for good past it)."
+    )
+    quarantine_held_max_age_s: float = Field(
+        30 * 24 * 3600, gt=0, description="Held samples nobody released within this long leave for good."
     )
     quarantine_correction_min: int = Field(
         5, ge=2, description="Examples of one source moving texts from one label to another: a correction, not poison."
@@ -310,6 +343,11 @@ class Settings(BaseSettings):
     auto_rollback_min_samples: int = Field(50, ge=1, description="Judged predictions needed on each version.")
     auto_rollback_alpha: float = Field(0.01, gt=0, lt=1, description="One-sided two-proportion test level.")
     auto_rollback_min_drop: float = Field(0.05, ge=0, description="Smallest accuracy drop worth a rollback.")
+    verdict_min_sources: int = Field(
+        3,
+        ge=1,
+        description="Distinct sources (feedback keys, or client addresses without keys) whose judgements auto-rollback and the shadow verdict need on each version before they act.",
+    )
     auto_rollback_window_s: float = Field(24 * 3600, gt=0, description="How long after promotion it may fire.")
 
     def to_env(self) -> dict[str, str]:

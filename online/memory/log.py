@@ -99,6 +99,8 @@ class Correction:
     label: str
     source: str
     at: float
+    origin: str = ""  # what independence counts (``online.credentials``); "" : the source name
+    trusted: str = ""  # "admin"/"key": sent with the admin token or a trusted key: served unscreened
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -106,7 +108,8 @@ class Correction:
     @classmethod
     def from_json(cls, raw: str | bytes) -> "Correction":
         fields = json.loads(raw)
-        return cls(**{name: fields[name] for name in cls.__dataclass_fields__})  # newer writers may add fields
+        # newer writers may add fields; older entries lack the later ones
+        return cls(**{name: fields[name] for name in cls.__dataclass_fields__ if name in fields})
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,10 @@ def parse_change(stream_id: str, fields: dict[str, str]) -> Change:
 def correction(item: Incoming) -> Correction:
     """A labelled example as the log keeps it: PII-masked, under the buffer's sample id."""
     text = mask_pii(item.text)
-    return Correction(sample_id(text, item.label), item.event_id, text, item.label, item.source, item.at)
+    return Correction(
+        sample_id(text, item.label), item.event_id, text, item.label, item.source, item.at,
+        item.origin or item.source, item.trusted,
+    )  # fmt: skip
 
 
 class CorrectionLog:

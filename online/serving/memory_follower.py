@@ -8,7 +8,7 @@ version's memory, so the swap changes weights and memory together (the swap wait
 fails to build never stops a swap (the version serves without one, logged, and it is built again after).
 
 Every ``model_poll_s`` (and at once when the quarantine removes something) it re-reads the quarantined
-and trusted sources, the approved labels and the samples the buffer's quarantine holds: the policy each
+sources, the approved labels and the samples the buffer's quarantine holds: the policy each
 memory's states depend on. Every touch of a memory (faiss included) runs on the forward thread.
 """
 
@@ -228,7 +228,6 @@ class MemoryFollower:
         def read() -> Policy:
             return Policy(
                 frozenset(self.stores.sources.quarantined()),
-                frozenset(self.stores.sources.trusted()),
                 frozenset(self.stores.labels.approved()),
                 frozenset(self.stores.buffer.held_ids()),
             )

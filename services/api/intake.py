@@ -18,6 +18,7 @@ from kafka.errors import KafkaError
 
 from online.bus import discard_producer, ensure_topics, make_producer
 from online.connections import NotConfigured
+from online.credentials import Credential, Signer, signing_secret
 from online.events import LabelEvent, ThumbsEvent, encode_event
 from online.serving.breaker import Breaker
 from online.wiring.stores import Stores
@@ -60,6 +61,8 @@ class FeedbackIntake:
         self.r = stores.redis
         self.keys = stores.keys
         self.volume = stores.volume
+        self.status = stores.status
+        self._signer: Signer | None = None
         self.redis_health = redis_health
         self.broker_health = broker_health
         self._producer = None
@@ -80,7 +83,9 @@ class FeedbackIntake:
             discard_producer(self._producer)
             self._producer = None
 
-    async def submit(self, events: list[Event]) -> None:
+    async def submit(self, events: list[Event], credential: Credential | None = None) -> None:
+        """Rate-limit, then produce ``events`` with the ``credential`` the call came with, signed."""
+        credential = credential or Credential()
         deadline = time.monotonic() + self.settings.feedback_timeout_s
         try:  # Redis I/O stays off the event loop, and within the call's deadline
             await asyncio.wait_for(
@@ -92,13 +97,13 @@ class FeedbackIntake:
             raise BrokerUnavailable("the broker is unreachable", self.broker_health.retry_after_s())
         budget = max(deadline - time.monotonic(), 0.05)
         try:
-            await asyncio.wait_for(asyncio.to_thread(self._produce, events, budget), timeout=budget)
+            await asyncio.wait_for(asyncio.to_thread(self._produce, events, budget, credential), timeout=budget)
         except TimeoutError as exc:
             self.broker_health.failed("no acknowledgement within the feedback timeout")
             reason = f"the broker did not acknowledge within {self.settings.feedback_timeout_s} s"
             raise BrokerUnavailable(reason, self.broker_health.retry_after_s()) from exc
         # the volume count is best-effort: off the answer's path
-        task = asyncio.create_task(asyncio.to_thread(self._count, len(events)))
+        task = asyncio.create_task(asyncio.to_thread(self._count, [e.event_id for e in events]))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -130,7 +135,22 @@ class FeedbackIntake:
         if self.settings.feedback_rate_limit_fail == "closed":
             raise LimiterUnavailable("the rate limiter's Redis is unreachable", self.redis_health.retry_after_s())
 
-    def _produce(self, events: list[Event], budget: float) -> None:
+    def _sign(self) -> Signer | None:
+        """The stack's signer (its secret from the settings or Redis), or None while Redis is unreachable."""
+        if self._signer is None:
+            key = self.settings.feedback_signing_key
+            try:
+                secret = signing_secret(key.get_secret_value() if key else None, self.r, self.keys.signing_secret)
+            except redis.RedisError as exc:
+                self.redis_health.failed(exc)
+                return None
+            self._signer = Signer(secret)
+        return self._signer
+
+    def _produce(self, events: list[Event], budget: float, credential: Credential) -> None:
+        signer = self._sign()
+        if signer is None and credential.level:  # trusted feedback must not go out as anonymous
+            raise Unavailable("cannot sign the credential now (Redis unreachable)", self.redis_health.retry_after_s())
         if not self._lock.acquire(timeout=budget):
             raise BrokerUnavailable("the broker is busy acknowledging earlier calls")
         try:
@@ -139,9 +159,13 @@ class FeedbackIntake:
                 timeout_ms = int(self.settings.feedback_timeout_s * 1000)
                 self._producer = make_producer(self.settings, request_timeout_ms=timeout_ms, max_block_ms=timeout_ms)
             producer = self._producer
-            futures = [
-                producer.send(self.settings.feedback_topic, encode_event(ev), key=ev.event_id.encode()) for ev in events
-            ]
+            futures = []
+            for ev in events:
+                value = encode_event(ev)
+                headers = signer.headers(credential, value) if signer else None
+                futures.append(
+                    producer.send(self.settings.feedback_topic, value, key=ev.event_id.encode(), headers=headers)
+                )
             producer.flush(timeout=budget)
             for f in futures:
                 f.get(timeout=0.1)
@@ -154,12 +178,14 @@ class FeedbackIntake:
             self._lock.release()
         self.broker_health.succeeded()
 
-    def _count(self, n: int) -> None:
-        """Feedback volume for the dashboard: best-effort, a missed count never costs an accepted event."""
+    def _count(self, event_ids: list[str]) -> None:
+        """Feedback volume for the dashboard and each event's "accepted" status: best-effort, a missed
+        write never costs an accepted event."""
         if not self.redis_health.allow():
             return
         try:
-            self.volume.add(n)
+            self.volume.add(len(event_ids))
+            self.status.accepted(event_ids)
         except redis.RedisError as exc:
             self.redis_health.failed(exc)
         else:
