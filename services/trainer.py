@@ -236,6 +236,7 @@ class Scheduler:
         if now >= self._tidy_due:
             self._tidy_due = now + 600
             self.stores.sources.tidy()
+            self.buffer.tidy_labels()
 
     def _judge_shadow(self) -> None:
         outcome = promotion.settle_shadow(self.registry, self.stores.shadow, self.s)

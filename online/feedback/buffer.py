@@ -63,6 +63,7 @@ local function unhold(p, sid, mark)
   if mark == '1' then redis.call('HSET', sk, 'released', 1) end  -- an operator's word: not screened again
   redis.call('ZADD', p .. ':l:' .. label, seq, sid)
   redis.call('ZADD', p .. ':log', seq, sid)
+  redis.call('SADD', p .. ':labels', label)
 end
 """
 
@@ -432,9 +433,42 @@ class ReplayBuffer:
         values = self.r.hmget(f"{self.p}:s:{sid}", fields)
         return {f: v for f, v in zip(fields, values) if v is not None}
 
+    def _count_held_again(self) -> None:
+        """Held samples from before the counters existed: counted once, by re-holding them in place."""
+        held = self.held()
+        with self.r.pipeline(transaction=True) as pipe:
+            for h in held:
+                pipe.zrem(f"{self.p}:q", h.sid)
+            pipe.execute()
+        # moved back to the log for a moment, then quarantined again with their reasons (counted)
+        with self.r.pipeline(transaction=True) as pipe:
+            for h in held:
+                pipe.zadd(f"{self.p}:log", {h.sid: 0})
+            pipe.execute()
+        self.quarantine([(h.sid, h.reason) for h in held])
+
+    def tidy_labels(self) -> int:
+        """Labels with no stored sample any more leave the label set, with their counts."""
+        labels = sorted(self.labels())
+        with self.r.pipeline(transaction=False) as pipe:
+            for label in labels:
+                pipe.zcard(f"{self.p}:l:{label}")
+            sizes = pipe.execute()
+        empty = [lab for lab, n in zip(labels, sizes) if not n]
+        if not empty:
+            return 0
+        with self.r.pipeline(transaction=False) as pipe:
+            for label in empty:
+                pipe.srem(f"{self.p}:labels", label)
+                pipe.delete(f"{self.p}:stats:{label}")
+            pipe.execute()
+        return len(empty)
+
     def held_counts(self) -> tuple[dict[str, int], dict[str, dict[str, int]], list[tuple[str, int, list[str], str]]]:
         """What the quarantine holds, from its counters (never its texts): per kind of reason, per source
         and kind, and per pending label (label, examples, sources, first reason)."""
+        if not self.r.exists(f"{self.p}:qn") and self.held_count():
+            self._count_held_again()
         with self.r.pipeline(transaction=False) as pipe:
             pipe.hgetall(f"{self.p}:qn")
             pipe.hgetall(f"{self.p}:qsrc")
