@@ -359,14 +359,6 @@ class ReplayBuffer:
     def new_count(self) -> int:
         return int(self.r.zcount(f"{self.p}:log", f"({self.cursor()}", "+inf"))
 
-    def new_counts(self, labels: list[str]) -> list[int]:
-        """Untrained samples of each label."""
-        cursor = self.cursor()
-        with self.r.pipeline(transaction=False) as pipe:
-            for label in labels:
-                pipe.zcount(f"{self.p}:l:{label}", f"({cursor}", "+inf")
-            return [int(n) for n in pipe.execute()]
-
     def new_samples(self, limit: int | None = None) -> tuple[list[Sample], int]:
         """Samples stored after the cursor (oldest first) and the sequence to advance the cursor to."""
         cursor = self.cursor()

@@ -96,14 +96,6 @@ def _trusted(s: Sample, quarantined: set[str]) -> bool:
     return s.trusted == "admin" or (s.trusted == "key" and s.source not in quarantined)
 
 
-def _labels_with_news(buffer: ReplayBuffer, labels: set[str], live: set[str], approved: set[str]) -> set[str]:
-    """Of the pending labels, those whose situation changed: live or approved now, or with new
-    (untrained) examples in the buffer that the round will count with the held ones."""
-    moved = {lab for lab in labels if lab in live or lab in approved}
-    rest = sorted(labels - moved)
-    if rest:
-        moved |= {lab for lab, n in zip(rest, buffer.new_counts(rest)) if n}
-    return moved
 
 
 def _unfenced() -> None:
@@ -171,26 +163,33 @@ class RoundRunner:
         self.screen_cfg = ScreenConfig.from_settings(self.s)
         self.label_rules = LabelRules.from_settings(self.s)
         self.seed_examples = seed_pool(self.s) if seed_examples is None else seed_examples
+        self._pending_count: Counter[str] = Counter()  # pending labels' held examples, per label...
+        self._pending_teachers: dict[str, set[str]] = {}  # ...and the origins that taught them
 
     def _requeue_held(self, fence: Fence, live_labels: set[str]) -> int:
         """Held samples that may be trained now go back to the buffer as new (screened again): those
-        enough distinct trusted origins sent, and those held only while their new label was pending when
-        something about that label changed (it is live or approved now, new examples of it wait in the
-        buffer, or an hour passed for the per-source budget). A pending label with nothing new stays
-        held without being screened again: more pending examples than a round takes never keep the
-        trainer busy. One read of the held set."""
+        enough distinct trusted origins sent, and those held only while their new label was pending once
+        the label is live or approved (or an hour passed, for the per-source budget). Other pending ones
+        stay held and are *counted* by the round's label rules (examples, teachers) instead of screened
+        again: more pending examples than a round takes never keep the trainer busy. One read of the
+        held set."""
         need = self.screen_cfg.release_sources
         bad = _bad_origins(self.stores.sources.quarantined())
         waiting = self.buffer.held()
-        agreed = [
-            h.sid for h, srcs in zip(waiting, self.buffer.sources([h.sid for h in waiting])) if len(srcs - bad) >= need
-        ]
-        pending = [h for h in waiting if is_pending(h.reason)]
-        moved = _labels_with_news(self.buffer, {h.label for h in pending}, live_labels, self.stores.labels.approved())
+        origins = self.buffer.sources([h.sid for h in waiting])
+        agreed = {h.sid for h, srcs in zip(waiting, origins) if len(srcs - bad) >= need}
+        approved = self.stores.labels.approved()
         now = time.time()
-        chosen = set(agreed) | {
-            h.sid for h in pending if h.label in moved or ("this hour" in h.reason and now - h.at >= HOUR_S)
-        }
+        chosen = set(agreed)
+        self._pending_count, self._pending_teachers = Counter(), {}
+        for h, srcs in zip(waiting, origins):
+            if not is_pending(h.reason) or h.sid in agreed:
+                continue
+            if h.label in live_labels or h.label in approved or ("this hour" in h.reason and now - h.at >= HOUR_S):
+                chosen.add(h.sid)
+            else:
+                self._pending_count[h.label] += 1
+                self._pending_teachers.setdefault(h.label, set()).update(srcs - bad)
         if not chosen:
             return 0
         if agreed:
@@ -238,11 +237,13 @@ class RoundRunner:
         teachers: dict[str, set[str]] = {}
         for s in samples:
             teachers.setdefault(s.label, set()).update(srcs[s.sid] - bad_origins)
+        examples = Counter(s.label for s in samples) + self._pending_count  # held while pending: they count
+        for label, origins in self._pending_teachers.items():
+            teachers.setdefault(label, set()).update(origins)
         governed_reasons, created = govern(
             [s.label for s in governed], [s.source for s in governed], [takeover.get(s.sid) for s in governed],
             [screened.get(s.sid) for s in governed], set(live.labels), self.stores.labels.approved(),
-            self.stores.labels.created_recently, self.label_rules,
-            Counter(s.label for s in samples), teachers,
+            self.stores.labels.created_recently, self.label_rules, examples, teachers,
         )  # fmt: skip
         verdict = dict(zip((s.sid for s in governed), governed_reasons))
         fence()

@@ -44,13 +44,16 @@ def read_jsonl(path: Path, default_source: str) -> tuple[list[Event], list[str]]
 SETTLED = ("held", "memory", "trained", "dead_lettered", "recorded")
 
 
-def print_fate(api: Client, event_id: str, wait: float) -> None:
-    """Poll the event's status until it settles (held, answered by memory, ...) or ``wait`` runs out."""
+def print_fate(api: Client, event_id: str, wait: float, grace: float = 2.0) -> None:
+    """Poll the event's status until it settles (held, answered by memory, ...) or ``wait`` runs out; a
+    plain "stored" gets ``grace`` seconds more for the correction memory's verdict."""
     import time
 
     deadline = time.monotonic() + wait
     status = api.feedback_status(event_id)
     while status.state not in SETTLED and time.monotonic() < deadline:
+        if status.state == "stored":
+            deadline = min(deadline, time.monotonic() + grace)
         time.sleep(0.25)
         status = api.feedback_status(event_id)
     console.print(f"event {event_id}: [bold]{status.state}[/] ({status.detail})")
