@@ -88,6 +88,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest /v1/feedback waits on the broker's ack before a 503 (the answer comes within 1 s).",
     )
+    feedback_max_backlog: int = Field(
+        200_000,
+        ge=1,
+        description="Untrained samples in the buffer past which /v1/feedback answers 503 with Retry-After (training paused or behind: the buffer never evicts untrained samples, so this bounds its memory).",
+    )
     feedback_rate_limit_fail: Literal["open", "closed"] = Field(
         "open", description="Redis down: the feedback rate limit lets events through (open) or answers 503 (closed)."
     )

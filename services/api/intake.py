@@ -62,6 +62,8 @@ class FeedbackIntake:
         self.keys = stores.keys
         self.volume = stores.volume
         self.status = stores.status
+        self.buffer = stores.buffer
+        self._backlog = (0, 0.0)  # (untrained samples, when read): read at most once a second
         self._signer: Signer | None = None
         self.redis_health = redis_health
         self.broker_health = broker_health
@@ -129,6 +131,25 @@ class FeedbackIntake:
         for (source, _), count in zip(per_source.items(), counts):
             if count > self.settings.feedback_rate_limit:
                 raise RateLimited(source, 1)
+        self._check_backlog()
+
+    def _check_backlog(self) -> None:
+        """Admission: the buffer keeps every untrained sample, so past ``feedback_max_backlog`` of them
+        (training paused or far behind) feedback waits (503) instead of growing Redis without bound."""
+        backlog, at = self._backlog
+        now = time.monotonic()
+        if now - at >= 1.0:
+            try:
+                backlog = self.buffer.new_count()
+            except redis.RedisError:
+                return  # the rate limiter's outage handling applies
+            self._backlog = (backlog, now)
+        if backlog >= self.settings.feedback_max_backlog:
+            raise Unavailable(
+                f"{backlog} feedback samples wait for training (limit {self.settings.feedback_max_backlog}); "
+                "training is paused or behind",
+                30,
+            )
 
     def _limiter_down(self) -> None:
         """Open by default: accepting feedback matters more than limiting it for the outage."""

@@ -101,3 +101,19 @@ def test_the_fate_of_each_event_is_told(kafka_settings):
         keys = Stores.from_settings(settings).keys
         ttl = Stores.from_settings(settings).redis.ttl(f"{keys.feedback_status}:e:{correction}")
         assert 0 < ttl <= settings.feedback_status_ttl_s  # every status record expires
+
+
+def test_feedback_waits_when_the_untrained_backlog_is_full(settings):
+    """The buffer never evicts untrained samples: past ``feedback_max_backlog`` (training paused or
+    behind) feedback is refused with 503 and Retry-After rather than growing Redis without bound."""
+    from fastapi.testclient import TestClient
+
+    from online.feedback.buffer import Incoming
+    from services.api.app import create_app
+
+    s = settings.model_copy(update={"feedback_max_backlog": 3})
+    Stores.from_settings(s).buffer.add([Incoming(f"e{i}", f"text {i}", "a", "x", 0.0) for i in range(3)])
+    with TestClient(create_app(s)) as client:
+        resp = client.post("/v1/feedback", json={"kind": "label", "text": "one more", "label": "a", "source": "x"})
+        assert resp.status_code == 503 and resp.headers["retry-after"] == "30"
+        assert "wait for training" in resp.json()["detail"]
