@@ -182,6 +182,10 @@ class Settings(BaseSettings):
     # --- serving -----------------------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="API bind address.")
     api_port: int = Field(8000, ge=0, le=65535, description="API port.")
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description='Proxies whose X-Forwarded-For names the client (comma-separated, or "*" when only a proxy can reach the API): the client address rate limits and anonymous feedback\'s independence count.',
+    )
     max_batch_size: int = Field(32, ge=1, description="Dynamic micro-batching: most texts per forward.")
     max_wait_ms: float = Field(2.0, ge=0, description="Dynamic micro-batching: longest wait to fill a batch.")
     max_text_chars: int = Field(1000, ge=1, description="Longest text /v1/predict accepts.")
