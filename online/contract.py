@@ -330,7 +330,7 @@ class QuarantineAction(BaseModel):
         default_factory=list, max_length=1000
     )
     source: str | None = Field(
-        None, max_length=128, description="Release: trust this source again (and its held samples)."
+        None, max_length=128, description="Release: its held samples, and trust its feedback key from now on."
     )
 
 
@@ -357,7 +357,7 @@ class ScreeningSummary(BaseModel):
     held: HeldCounts
     pending_labels: list[PendingLabel]
     quarantined_sources: list[str]
-    trusted_sources: list[str]
+    trusted_sources: list[str] = Field(description="Sources whose feedback key an operator released (trusted).")
     approved_labels: list[str]
 
 
