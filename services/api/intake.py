@@ -91,7 +91,7 @@ class FeedbackIntake:
         deadline = time.monotonic() + self.settings.feedback_timeout_s
         try:  # Redis I/O stays off the event loop, and within the call's deadline
             await asyncio.wait_for(
-                asyncio.to_thread(self._check_rate, events), timeout=self.settings.feedback_timeout_s
+                asyncio.to_thread(self._check_rate, events, credential), timeout=self.settings.feedback_timeout_s
             )
         except TimeoutError:  # a hanging Redis: its breaker learns it when the call fails in its thread
             self._limiter_down()
@@ -109,14 +109,18 @@ class FeedbackIntake:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _check_rate(self, events: list[Event]) -> None:
-        """A fixed one-second window per source, shared by every replica through Redis."""
+    def _check_rate(self, events: list[Event], credential: Credential | None = None) -> None:
+        """A fixed one-second window per source, shared by every replica through Redis; anonymous
+        feedback also per client address (names cost nothing: a new name per event would dodge a
+        per-source limit)."""
         if not self.redis_health.allow():
             return self._limiter_down()
         now = int(time.time())
         per_source: dict[str, int] = {}
         for ev in events:
             per_source[ev.source] = per_source.get(ev.source, 0) + 1
+        if credential is not None and not credential.level and credential.address:
+            per_source[f"addr:{credential.address}"] = len(events)
         try:
             with self.r.pipeline(transaction=False) as pipe:
                 for source, n in per_source.items():

@@ -155,3 +155,23 @@ def test_keys_a_trusted_key_is_served_at_once_and_three_keys_are_three_sources(s
     stores.control.resume()
     trained = settled(client, untrusted, ("trained",), headers=ADMIN, timeout=120)
     assert trained["version"] == 2 and stores.buffer.held() == []
+
+
+def test_a_trusted_sender_may_create_a_label(stack):
+    """One example of a new label with the admin token is served at once and trained by the next round;
+    the same from an anonymous sender waits for the label rules (1 of 3 examples)."""
+    s, stores, client = stack
+    anonymous = send(client, "grill the salmon with lemon", "cooking", source="someone")
+    waiting = settled(client, anonymous, ("held",))
+    assert waiting["reason"].startswith("pending label") and "online labels approve cooking" in waiting["release"]
+
+    admin = send(client, "bake a sourdough loaf tonight", "cooking", source="operator", headers=ADMIN)
+    served = wait_for(
+        lambda: (p := ask(client, "bake a sourdough loaf tonight"))["source"] == "memory" and p, timeout=10
+    )
+    assert served["label"] == "cooking" and status(client, admin)["state"] == "memory"
+
+    stores.control.resume()
+    trained = settled(client, admin, ("trained", "held"), timeout=120)
+    assert trained["state"] == "trained", trained
+    assert settled(client, anonymous, ("held",))["reason"].startswith("pending label")  # still 1 anonymous example

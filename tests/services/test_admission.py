@@ -117,3 +117,22 @@ def test_feedback_waits_when_the_untrained_backlog_is_full(settings):
         resp = client.post("/v1/feedback", json={"kind": "label", "text": "one more", "label": "a", "source": "x"})
         assert resp.status_code == 503 and resp.headers["retry-after"] == "30"
         assert "wait for training" in resp.json()["detail"]
+
+
+def test_anonymous_feedback_is_rate_limited_per_client_not_per_invented_name(kafka_settings):
+    from fastapi.testclient import TestClient
+
+    from services.api.app import create_app
+
+    s = kafka_settings.model_copy(update={"feedback_rate_limit": 5})
+    with TestClient(create_app(s)) as client:
+
+        def call(names: list[str]):
+            events = [{"kind": "label", "text": f"text {n}", "label": "a", "source": n} for n in names]
+            return client.post("/v1/feedback", json={"events": events})
+
+        assert call(["n1", "n2", "n3"]).status_code == 202
+        refused = call(["n4", "n5", "n6"])  # six events this second from one client, under six names
+        if refused.status_code == 202:  # the second ticked over between the calls: once more
+            refused = call([f"m{i}" for i in range(6)])
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
