@@ -144,6 +144,7 @@ class FeedbackConsumer:
         if self.settings.memory:
             self.corrections.add(out.corrections)
         self.corrections.forget(out.forget, "thumbs down")
+        self.corrections.forget(out.forget_untrusted, "thumbs down", keep_trusted=True)
         self.buffer.mark_seen(out.seen_only)
         judged = self.accuracy.record(out.judgements)
         self.review.answered(out.answered)

@@ -60,7 +60,8 @@ class Outcome:
     shadow: list[Judgement] = field(default_factory=list)  # a shadow candidate judged on a shadowed request
     shadow_live: list[Judgement] = field(default_factory=list)  # live judged on the same request
     corrections: list[Incoming] = field(default_factory=list)  # taught labels: to the correction memory
-    forget: list[str] = field(default_factory=list)  # memory entries whose answer got a thumbs-down
+    forget: list[str] = field(default_factory=list)  # memory entries whose answer got a thumbs-down (trusted)
+    forget_untrusted: list[str] = field(default_factory=list)  # ...from an untrusted sender: not trusted entries
     stored_ids: list[str] = field(default_factory=list)  # event id of each sample, in order (its status)
     dead_ids: list[tuple[str, str]] = field(default_factory=list)  # (event id, reason) of dead letters
 
@@ -122,8 +123,8 @@ class FeedbackProcessor:
             out.stored_ids.append(ev.event_id)
             if pred is None or pred.label != ev.label:
                 out.corrections.append(sample)
-                if pred is not None and pred.memory_sid:
-                    out.forget.append(pred.memory_sid)  # the memory's answer was corrected: it leaves
+                if pred is not None and pred.memory_sid:  # the memory's answer was corrected: it leaves
+                    (out.forget if trusted else out.forget_untrusted).append(pred.memory_sid)
             if ev.prediction_id:
                 out.answered.append(ev.prediction_id)
             if pred:
@@ -139,8 +140,8 @@ class FeedbackProcessor:
         out.judgements.append(Judgement(ev.event_id, pred.version, correct, ev.timestamp, pred.prediction_id, origin))
         label = pred.label if correct else ev.label
         _judge_shadow(out, ev, pred, label, origin)
-        if not correct and pred.memory_sid:
-            out.forget.append(pred.memory_sid)  # the memory's answer was wrong: it leaves the memory
+        if not correct and pred.memory_sid:  # the memory's answer was wrong: it leaves the memory
+            (out.forget if trusted else out.forget_untrusted).append(pred.memory_sid)
         if label is None:
             out.seen_only.append(ev.event_id)  # thumbs down without the right label: a judgement only
         else:

@@ -72,12 +72,17 @@ return gone
 
 _FORGET = """
 local p, ttl, smax, reason, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
+local keep_trusted = ARGV[6] == '1'
 local gone = 0
 for i = 0, n - 1 do
-  local sid = ARGV[6 + i]
+  local sid = ARGV[7 + i]
   local entry = redis.call('HGET', p .. ':e', sid)
-  if entry then
-    local eid = cjson.decode(entry)['event_id']
+  local fields = entry and cjson.decode(entry)
+  if fields and keep_trusted and fields['trusted'] and fields['trusted'] ~= '' then
+    fields = nil  -- an untrusted vote does not undo a trusted correction
+  end
+  if fields then
+    local eid = fields['event_id']
     redis.call('SET', p .. ':gone:' .. eid, '1', 'EX', ttl)  -- that event, redelivered, stays forgotten
     redis.call('HDEL', p .. ':e', sid)
     redis.call('ZREM', p .. ':z', sid)
@@ -167,12 +172,14 @@ class CorrectionLog:
         run by the trainer's housekeeping, so entries age out when no new correction arrives)."""
         return int(self._trim(args=[self.p, time.time(), self.capacity, self.max_age_s, STREAM_MAX]))
 
-    def forget(self, sids: list[str], reason: str) -> int:
+    def forget(self, sids: list[str], reason: str, keep_trusted: bool = False) -> int:
         """Remove entries from every replica's memory (a quarantined or dropped sample, a memory answer
-        voted down or corrected). The same events redelivered do not bring them back; a new teaching does."""
+        voted down or corrected). The same events redelivered do not bring them back; a new teaching does.
+        ``keep_trusted``: the vote is untrusted, so entries a trusted credential taught stay."""
         if not sids:
             return 0
-        return int(self._forget(args=[self.p, self.gone_ttl_s, STREAM_MAX, reason, len(sids), *sids]))
+        args = [self.p, self.gone_ttl_s, STREAM_MAX, reason, len(sids), int(keep_trusted), *sids]
+        return int(self._forget(args=args))
 
     def snapshot(self) -> tuple[str, list[Correction]]:
         """The current entries and the stream position they reflect: follow the stream from there.

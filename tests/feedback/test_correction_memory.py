@@ -37,6 +37,18 @@ def test_the_log_is_idempotent_masks_pii_and_forgets_on_purpose(log):
     assert [(c.entry is not None, c.reason) for c in changes(log)] == [(True, ""), (True, ""), (False, "thumbs down")]
 
 
+def test_an_untrusted_vote_does_not_undo_a_trusted_correction(log):
+    now = __import__("time").time()
+    trusted = Incoming("t1", "my card got declined", "card_declined", "operator", now, "admin", "admin")
+    anonymous = Incoming("a1", "what is my balance", "balance", "someone", now, "addr:10.0.0.1")
+    log.add([trusted, anonymous])
+    sids = {e.event_id: e.sid for e in log.snapshot()[1]}
+    assert log.snapshot()[1][0].trusted in ("admin", "")
+    assert log.forget(list(sids.values()), "thumbs down", keep_trusted=True) == 1  # only the anonymous one
+    assert [e.event_id for e in log.snapshot()[1]] == ["t1"]
+    assert log.forget([sids["t1"]], "thumbs down") == 1  # a trusted vote does
+
+
 def test_the_log_keeps_the_newest_within_capacity_and_age(log):
     now = __import__("time").time()
     items = [Incoming(f"e{i}", f"text number {i}", "x", "agent", now + i) for i in range(1, 6)]
