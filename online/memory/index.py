@@ -175,9 +175,10 @@ class CorrectionMemory:
             for k, reason in zip(new, reasons):
                 if reason is not None:
                     k.state = PENDING
-        # The newest word on a text wins: an older entry of the same text is neither exact nor near
+        # The newest word on a text wins (a trusted word over any untrusted one, whenever it came): an older
+        # entry of the same text is neither exact nor near
         newest: dict[str, _Known] = {}
-        for k in sorted(self._known.values(), key=lambda k: k.entry.at):
+        for k in sorted(self._known.values(), key=lambda k: (bool(k.entry.trusted), k.entry.at)):
             if k.state != HELD:
                 newest[k.key] = k
         self._exact = {key: k.entry.sid for key, k in newest.items() if k.state == ACTIVE}

@@ -123,3 +123,15 @@ def test_a_correction_must_be_nearer_than_known_data_of_another_label():
     near_correction, near_known_a = _unit([1, 0.35, 0]), _unit([1, 0.05, 0])
     assert memory.lookup(["x"], near_correction)[0].label == "c"
     assert memory.lookup(["y"], near_known_a) == [None]  # cosine 0.97 to the correction, but a's example is nearer
+
+
+def test_a_trusted_word_on_a_text_outranks_a_newer_untrusted_one():
+    from dataclasses import replace
+
+    memory = CorrectionMemory(LABELS, 0.9, RULES, None, None)
+    trusted = replace(_entry(1, "b", text="my card got declined"), trusted="admin")
+    later = _entry(2, "a", text="my card got declined")  # newer, anonymous, back to the model's answer
+    memory.learn([trusted, later], np.stack([_probs(LABELS, "a")] * 2), _unit([1, 0, 0], [1, 0, 0]))
+    memory.refresh(Policy())
+    (hit,) = memory.lookup(["my card got declined"], _unit([1, 0, 0]))
+    assert hit is not None and hit.label == "b" and hit.event_id == "e1"
