@@ -119,7 +119,9 @@ class FeedbackConsumer:
         p = self.processor
         if p.signer is None:
             key = self.settings.feedback_signing_key
-            p.signer = Signer(signing_secret(key.get_secret_value() if key else None, self.redis, self.keys.signing_secret))
+            p.signer = Signer(
+                signing_secret(key.get_secret_value() if key else None, self.redis, self.keys.signing_secret)
+            )
         # whose keys are trusted now: configured, or released by an operator since
         p.trusted_keys = set(self.settings.feedback_trusted_keys) | self.sources.trusted()
         out = p.process(records)

@@ -218,7 +218,9 @@ class Settings(BaseSettings):
         description="/v1/predict calls per second per client address on one replica (429 with Retry-After above; bursts of twice as many); 0: off.",
     )
     predict_queue_max: int = Field(
-        1024, ge=1, description="Requests waiting for the forward thread; beyond it /v1/predict answers 503 with Retry-After."
+        1024,
+        ge=1,
+        description="Requests waiting for the forward thread; beyond it /v1/predict answers 503 with Retry-After.",
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 above).")
     cors_origins: list[str] = Field(default_factory=list, description="JSON list of allowed origins; empty: CORS off.")

@@ -96,8 +96,6 @@ def _trusted(s: Sample, quarantined: set[str]) -> bool:
     return s.trusted == "admin" or (s.trusted == "key" and s.source not in quarantined)
 
 
-
-
 def _unfenced() -> None:
     """No leadership to check (tests and benches that run one round in one process)."""
 

@@ -100,7 +100,9 @@ class PredictRateLimit:
             await self.app(scope, receive, send)
             return
         retry = max(1, math.ceil(wait))
-        body = json.dumps({"detail": f"over the predict rate limit ({self.rate:g}/s per client); retry in {retry} s"}).encode()
+        body = json.dumps(
+            {"detail": f"over the predict rate limit ({self.rate:g}/s per client); retry in {retry} s"}
+        ).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

@@ -35,7 +35,10 @@ def judge(live_acc: LiveAccuracy, version: int, right: int, wrong: int) -> None:
     """Feedback on ``version``'s own predictions: ``right`` thumbs up, ``wrong`` corrections."""
     tag = f"{version}-{time.monotonic_ns()}"
     live_acc.record(
-        [Judgement(f"{tag}-{i}", version, i < right, time.time(), f"p{tag}-{i}", f"user{i % 5}") for i in range(right + wrong)]
+        [
+            Judgement(f"{tag}-{i}", version, i < right, time.time(), f"p{tag}-{i}", f"user{i % 5}")
+            for i in range(right + wrong)
+        ]
     )
 
 
