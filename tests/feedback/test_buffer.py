@@ -117,3 +117,15 @@ def test_a_trusted_event_vouches_for_a_held_sample_and_held_ones_are_capped(buff
     assert buffer.trim_held(max_held=3, max_age_s=3600) == 2 and buffer.held_count() == 3
     assert buffer.trim_held(max_held=100, max_age_s=0.0, now=10**12) == 3 and buffer.held_count() == 0
     assert buffer.held_counts()[0] == {}
+
+
+def test_samples_held_before_the_counters_existed_are_counted_once(buffer):
+    buffer.add([ev(1, "old held text", "x"), ev(2, "another old one", "x")])
+    sids = [s.sid for s in buffer.samples()]
+    for sid in sids:  # held the way an older version held them: no counters
+        buffer.r.zrem(f"{buffer.p}:log", sid)
+        buffer.r.zrem(f"{buffer.p}:l:x", sid)
+        buffer.r.hset(f"{buffer.p}:s:{sid}", mapping={"quarantined": "contradicted", "quarantined_at": 1.0})
+        buffer.r.zadd(f"{buffer.p}:q", {sid: 1.0})
+    assert buffer.held_counts()[0] == {"contradicted": 2}
+    assert buffer.held_counts()[0] == {"contradicted": 2} and buffer.size() == 0 and buffer.held_count() == 2
