@@ -139,8 +139,11 @@ class FeedbackConsumer:
                 )
         added = self.buffer.add(out.samples)
         self.status.processed(
-            stored=[(eid, sid, it.label, it.trusted) for eid, sid, it in zip(out.stored_ids, added.sids, out.samples)],
-            recorded=out.seen_only,
+            stored=[
+                (eid, it.source, sid, it.label, it.trusted)
+                for eid, sid, it in zip(out.stored_ids, added.sids, out.samples)
+            ],
+            recorded=out.seen_only_sources,
             dead=out.dead_ids,
         )
         if self.settings.memory:

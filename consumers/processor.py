@@ -55,6 +55,7 @@ class Outcome:
     samples: list[Incoming] = field(default_factory=list)
     judgements: list[Judgement] = field(default_factory=list)
     seen_only: list[str] = field(default_factory=list)  # valid events that add no sample
+    seen_only_sources: list[tuple[str, str]] = field(default_factory=list)  # (event id, source) of those
     dead: list[DeadLetter] = field(default_factory=list)
     answered: list[str] = field(default_factory=list)  # prediction ids labelled: off the review queue
     shadow: list[Judgement] = field(default_factory=list)  # a shadow candidate judged on a shadowed request
@@ -144,6 +145,7 @@ class FeedbackProcessor:
             (out.forget if trusted else out.forget_untrusted).append(pred.memory_sid)
         if label is None:
             out.seen_only.append(ev.event_id)  # thumbs down without the right label: a judgement only
+            out.seen_only_sources.append((ev.event_id, ev.source))
         else:
             sample = Incoming(ev.event_id, pred.text, label, ev.source, ev.timestamp, origin, trusted)
             out.samples.append(sample)

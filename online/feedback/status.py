@@ -47,32 +47,39 @@ class EventStatusLog:
     def _key(self, event_id: str) -> str:
         return f"{self.p}:e:{event_id}"
 
-    def accepted(self, event_ids: list[str], at: float | None = None) -> None:
+    def accepted(self, events: list[tuple[str, str]], at: float | None = None) -> None:
+        """(event id, source) the broker acknowledged."""
         at = time.time() if at is None else at
         with self.r.pipeline(transaction=False) as pipe:
-            for eid in event_ids:
+            for eid, source in events:
                 pipe.hsetnx(self._key(eid), "accepted_at", at)
+                pipe.hsetnx(self._key(eid), "source", source)
                 pipe.expire(self._key(eid), self.ttl_s)
             pipe.execute()
 
     def processed(
         self,
-        stored: list[tuple[str, str, str, str]] = (),  # type: ignore[assignment]
-        recorded: list[str] = (),  # type: ignore[assignment]
+        stored: list[tuple[str, str, str, str, str]] = (),  # type: ignore[assignment]
+        recorded: list[tuple[str, str]] = (),  # type: ignore[assignment]
         dead: list[tuple[str, str]] = (),  # type: ignore[assignment]
     ) -> None:
-        """The consumer's word on a batch: (event id, sid, label, trusted) stored, judgements recorded,
-        (event id, reason) dead-lettered."""
+        """The consumer's word on a batch: (event id, source, sid, label, trusted) stored, (event id,
+        source) judgements recorded, (event id, reason) dead-lettered."""
         now = time.time()
         with self.r.pipeline(transaction=False) as pipe:
-            for eid, sid, label, trusted in stored:
-                pipe.hset(
-                    self._key(eid),
-                    mapping={"state": "stored", "sid": sid, "label": label, "trusted": trusted, "at": now},
-                )
+            for eid, source, sid, label, trusted in stored:
+                fields = {
+                    "state": "stored",
+                    "source": source,
+                    "sid": sid,
+                    "label": label,
+                    "trusted": trusted,
+                    "at": now,
+                }
+                pipe.hset(self._key(eid), mapping=fields)
                 pipe.expire(self._key(eid), self.ttl_s)
-            for eid in recorded:
-                pipe.hset(self._key(eid), mapping={"state": "recorded", "at": now})
+            for eid, source in recorded:
+                pipe.hset(self._key(eid), mapping={"state": "recorded", "source": source, "at": now})
                 pipe.expire(self._key(eid), self.ttl_s)
             for eid, reason in dead:
                 pipe.hset(self._key(eid), mapping={"state": "dead", "reason": reason[:500], "at": now})

@@ -105,7 +105,7 @@ class FeedbackIntake:
             reason = f"the broker did not acknowledge within {self.settings.feedback_timeout_s} s"
             raise BrokerUnavailable(reason, self.broker_health.retry_after_s()) from exc
         # the volume count is best-effort: off the answer's path
-        task = asyncio.create_task(asyncio.to_thread(self._count, [e.event_id for e in events]))
+        task = asyncio.create_task(asyncio.to_thread(self._count, [(e.event_id, e.source) for e in events]))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -203,14 +203,14 @@ class FeedbackIntake:
             self._lock.release()
         self.broker_health.succeeded()
 
-    def _count(self, event_ids: list[str]) -> None:
+    def _count(self, events: list[tuple[str, str]]) -> None:
         """Feedback volume for the dashboard and each event's "accepted" status: best-effort, a missed
         write never costs an accepted event."""
         if not self.redis_health.allow():
             return
         try:
-            self.volume.add(len(event_ids))
-            self.status.accepted(event_ids)
+            self.volume.add(len(events))
+            self.status.accepted(events)
         except redis.RedisError as exc:
             self.redis_health.failed(exc)
         else:

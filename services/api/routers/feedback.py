@@ -80,7 +80,7 @@ def status_router() -> APIRouter:
             return record, sample, stores.buffer.cursor(), stores.status.round_of(seq) if seq else None
 
         record, sample, cursor, trained = await asyncio.to_thread(read)
-        if source is not None and record and sample.get("source") not in (None, source):
+        if source is not None and record.get("source") not in (None, source):
             raise HTTPException(403, "this event is another source's")
         memory = await service.memory_state(record.get("sid", "")) if record.get("sid") else None
         return compose(event_id, record, sample, cursor, trained, memory, settings)
