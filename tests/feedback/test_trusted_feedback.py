@@ -93,7 +93,7 @@ def test_an_admin_correction_is_served_at_once_where_an_anonymous_one_is_held(st
     near = wait_for(lambda: (p := ask(client, PARAPHRASE))["source"] == "memory" and p, timeout=10, what="paraphrase")
     elapsed = time.monotonic() - started
     assert elapsed < 10
-    print(f"admin correction served for the text and a paraphrase {elapsed:.2f} s after the 202")
+    print(f"admin correction served for the text and a paraphrase {elapsed:.2f} s after it was sent")
     assert exact["label"] == "bank" and near["label"] == "bank"
     assert exact["model_version"] == before["model_version"]  # training is paused: the weights did not change
     answered = status(client, admin)
