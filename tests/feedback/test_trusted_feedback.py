@@ -132,7 +132,7 @@ def test_releasing_a_source_trusts_its_key_not_its_name(stack):
 
 @pytest.mark.parametrize(
     "stack",
-    [{"feedback_api_keys": {"support": "k-support", "ann": "k-ann", "ben": "k-ben", "cat": "k-cat"},
+    [{"feedback_api_keys": {n: SecretStr(f"k-{n}") for n in ("support", "ann", "ben", "cat")},
       "feedback_trusted_keys": ["support"]}],
     indirect=True,
 )  # fmt: skip
