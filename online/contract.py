@@ -272,8 +272,8 @@ def feedback_body_model(settings: Settings) -> type:
 class FeedbackAccepted(BaseModel):
     accepted: int
     event_ids: list[str] = Field(description="Stored by the broker; the consumer deduplicates by these.")
-    status_url: str = Field(description="Where the (first) event's fate is told: GET it.")
-    status_urls: list[str] = Field(description="Each event's status URL, in order.")
+    status_url: str | None = Field(None, description="Where the (first) event's fate is told: GET it.")
+    status_urls: list[str] = Field(default_factory=list, description="Each event's status URL, in order.")
 
 
 FeedbackState = Literal["accepted", "stored", "recorded", "memory", "held", "trained", "dead_lettered", "unknown"]

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest /v1/feedback waits on the broker's ack before a 503 (the answer comes within 1 s).",
     )
+    feedback_client_rate_limit: int = Field(
+        2000,
+        ge=1,
+        description="Anonymous feedback events per second per client address, whatever source names it uses (without keys a name costs nothing).",
+    )
     feedback_max_backlog: int = Field(
         200_000,
         ge=1,

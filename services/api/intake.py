@@ -133,7 +133,12 @@ class FeedbackIntake:
             return self._limiter_down()
         self.redis_health.succeeded()
         for (source, _), count in zip(per_source.items(), counts):
-            if count > self.settings.feedback_rate_limit:
+            limit = (
+                self.settings.feedback_client_rate_limit
+                if source.startswith("addr:")
+                else self.settings.feedback_rate_limit
+            )
+            if count > limit:
                 raise RateLimited(source, 1)
         self._check_backlog()
 

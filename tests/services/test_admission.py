@@ -124,7 +124,7 @@ def test_anonymous_feedback_is_rate_limited_per_client_not_per_invented_name(kaf
 
     from services.api.app import create_app
 
-    s = kafka_settings.model_copy(update={"feedback_rate_limit": 5})
+    s = kafka_settings.model_copy(update={"feedback_client_rate_limit": 5})
     with TestClient(create_app(s)) as client:
 
         def call(names: list[str]):
