@@ -413,7 +413,9 @@ def _drain(stores: Stores, accepted: list[tuple[str, str]], timeout_s: float) ->
     return stored
 
 
-def _report(console: Console, honest: HonestLoad, rows: list[dict], stored: set[tuple[str, str]], settings: Settings) -> list[dict]:
+def _report(
+    console: Console, honest: HonestLoad, rows: list[dict], stored: set[tuple[str, str]], settings: Settings
+) -> list[dict]:
     table = Table(
         title="online bench abuse: each attack under steady honest traffic, beside the same window without it"
     )

@@ -78,6 +78,10 @@ def bench_environment(settings: Settings) -> Iterator[Settings]:
                     "redis_url": f"redis://127.0.0.1:{rds.port}/0",
                     "model_store": Path(tmp) / "models",
                     "state_dir": Path(tmp) / "state",
+                    # the load generator is one client measuring capacity, not an abuser: no per-client
+                    # rate limit, and a queue as deep as the load it offers
+                    "predict_rate_limit": 0.0,
+                    "predict_queue_max": 100_000,
                 }
             )
         finally:

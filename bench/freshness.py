@@ -49,6 +49,7 @@ def run_bench_freshness(
                 "kafka_bootstrap": None,
                 "redis_url": None,
                 "api_port": free_port(),
+                "predict_rate_limit": 0.0,  # one load generator, not an abuser
             }
         )
         stack = EmbeddedStack.start(base)

@@ -29,9 +29,12 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from consumers.processor import DeadLetter, FeedbackProcessor, Outcome
 from online.bus import discard_producer, ensure_topics, make_consumer, make_producer
 from online.connections import FsyncMode, fsync_barrier, fsync_mode, replication_barrier
+from online.credentials import Signer, signing_secret
 from online.feedback.buffer import ReplayBuffer
 from online.feedback.prediction_log import PredictionLog
+from online.feedback.quarantine import SourceLedger
 from online.feedback.review_queue import ReviewQueue
+from online.feedback.status import EventStatusLog
 from online.keys import Keys
 from online.lifecycle.shadow import ShadowLedger
 from online.memory.log import CorrectionLog
@@ -103,6 +106,12 @@ class ConsumerStores(Protocol):
     @property
     def predictions(self) -> PredictionLog: ...
 
+    @property
+    def sources(self) -> SourceLedger: ...
+
+    @property
+    def status(self) -> EventStatusLog: ...
+
 
 class FeedbackConsumer:
     """The Kafka loop around :class:`FeedbackProcessor`."""
@@ -121,6 +130,8 @@ class FeedbackConsumer:
         self.shadow = stores.shadow
         self.review = stores.review
         self.processor = FeedbackProcessor(settings, stores.predictions)
+        self.sources = stores.sources
+        self.status = stores.status
         self._dlq_producer = None
         self.batches = 0
 
@@ -158,7 +169,15 @@ class FeedbackConsumer:
     def _handle(self, records: list[ConsumerRecord]) -> Outcome:
         if self.fsync is None:
             self._check_fsync()
-        out = self.processor.process(records)
+        p = self.processor
+        if p.signer is None:
+            key = self.settings.feedback_signing_key
+            p.signer = Signer(
+                signing_secret(key.get_secret_value() if key else None, self.redis, self.keys.signing_secret)
+            )
+        # whose keys are trusted now: configured, or released by an operator since
+        p.trusted_keys = set(self.settings.feedback_trusted_keys) | self.sources.trusted()
+        out = p.process(records)
         if out.dead:
             producer = self._dlq()
             futures = [producer.send(self.settings.dlq_topic, d.encode(), key=d.key) for d in out.dead]
@@ -172,9 +191,18 @@ class FeedbackConsumer:
                     "dead-lettered %s[%d]@%d: %s", d.record.topic, d.record.partition, d.record.offset, d.reason[:500]
                 )
         added = self.buffer.add(out.samples)
+        self.status.processed(
+            stored=[
+                (eid, it.source, sid, it.label, it.trusted)
+                for eid, sid, it in zip(out.stored_ids, added.sids, out.samples)
+            ],
+            recorded=out.seen_only_sources,
+            dead=out.dead_ids,
+        )
         if self.settings.memory:
             self.corrections.add(out.corrections)
         self.corrections.forget(out.forget, "thumbs down")
+        self.corrections.forget(out.forget_untrusted, "thumbs down", keep_trusted=True)
         self.buffer.mark_seen(out.seen_only)
         judged = self.accuracy.record(out.judgements)
         self.review.answered(out.answered)

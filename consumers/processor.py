@@ -22,6 +22,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from pydantic import ValidationError
 
 from online import generation_samples as gen
+from online.credentials import Credential, Signer
 from online.events import MAX_EVENT_BYTES, AnyEvent, CorrectionEvent, LabelEvent, ThumbsEvent, parse_event
 from online.feedback.buffer import Incoming, normalise
 from online.feedback.pii import mask_pii
@@ -81,12 +82,16 @@ class Outcome:
     samples: list[Incoming] = field(default_factory=list)
     judgements: list[Judgement] = field(default_factory=list)
     seen_only: list[tuple[str, str]] = field(default_factory=list)  # (source, event_id): no sample
+    seen_only_sources: list[tuple[str, str]] = field(default_factory=list)  # (event id, source) of those
     dead: list[DeadLetter] = field(default_factory=list)
     answered: list[str] = field(default_factory=list)  # prediction ids labelled: off the review queue
     shadow: list[Judgement] = field(default_factory=list)  # a shadow candidate judged on a shadowed request
     shadow_live: list[Judgement] = field(default_factory=list)  # live judged on the same request
     corrections: list[Incoming] = field(default_factory=list)  # taught labels: to the correction memory
-    forget: list[str] = field(default_factory=list)  # memory entries whose answer got a thumbs-down
+    forget: list[str] = field(default_factory=list)  # memory entries whose answer got a thumbs-down (trusted)
+    forget_untrusted: list[str] = field(default_factory=list)  # ...from an untrusted sender: not trusted entries
+    stored_ids: list[str] = field(default_factory=list)  # event id of each sample, in order (its status)
+    dead_ids: list[tuple[str, str]] = field(default_factory=list)  # (event id, reason) of dead letters
 
     def merge(self, other: "Outcome") -> None:
         for name in self.__dataclass_fields__:
@@ -99,6 +104,12 @@ class FeedbackProcessor:
     def __init__(self, settings: Settings, predictions: PredictionLog) -> None:
         self.allow = set(settings.label_allowlist) if settings.label_allowlist else None
         self.predictions = predictions
+        self.signer: Signer | None = None  # set by the consumer once it has the stack's secret
+        self.trusted_keys: set[str] = set(settings.feedback_trusted_keys)  # refreshed per batch by the consumer
+
+    def credential(self, rec: ConsumerRecord) -> Credential:
+        """What the API vouched for on this record (unsigned if nothing, or not the API's signature)."""
+        return self.signer.verify(rec.headers, rec.value or b"") if self.signer else Credential()
 
     def process(self, records: list[ConsumerRecord]) -> Outcome:
         """Decide every record; raises only ``redis.RedisError`` (the loop retries the batch)."""
@@ -116,17 +127,27 @@ class FeedbackProcessor:
             except Exception as exc:  # JSON the parser refuses, or anything else it raises
                 out.dead.append(DeadLetter(f"malformed record: {exc}", rec))
         resolved, unreadable = self._resolve([ev.prediction_id for _, ev in parsed if ev.prediction_id])
+        for d in out.dead:  # the API keys each record by its event id: say what became of it
+            key = d.record.key.decode("utf-8", "replace") if d.record.key else ""
+            if key and len(key) <= 128:
+                out.dead_ids.append((key, d.reason))
         for rec, ev in parsed:
+            label = getattr(ev, "label", None)
             if ev.prediction_id in unreadable:
                 reason = f"prediction {ev.prediction_id!r} unreadable: {unreadable[ev.prediction_id]}"
-                out.dead.append(DeadLetter(reason, rec, getattr(ev, "label", None)))
+                out.dead.append(DeadLetter(reason, rec, label))
+                out.dead_ids.append((ev.event_id, reason))
                 continue
             part = Outcome()
             try:
-                self._decide(part, rec, ev, resolved)
+                cred = self.credential(rec)
+                origin = cred.origin(ev.source)
+                trusted = cred.level if cred.trusted(ev.source, self.trusted_keys) else ""
+                self._decide(part, rec, ev, resolved, origin, trusted)
             except Exception as exc:  # a record nothing above foresaw: its dead letter, the batch goes on
-                out.dead.append(DeadLetter(f"not processed: {exc!r}", rec, getattr(ev, "label", None)))
-                continue
+                part = Outcome(dead=[DeadLetter(f"not processed: {exc!r}", rec, label)])
+            if part.dead:
+                out.dead_ids.append((ev.event_id, part.dead[-1].reason))
             out.merge(part)
         return out
 
@@ -156,8 +177,11 @@ class FeedbackProcessor:
         rec: ConsumerRecord,
         ev: AnyEvent,
         resolved: dict[str, PredictionRecord | None],
+        origin: str,
+        trusted: str,
     ) -> None:
-        """One valid event into ``out`` (a dead letter, or samples, judgements and the rest)."""
+        """One valid event into ``out`` (a dead letter, or samples, judgements and the rest); ``origin``
+        is what independence rules count, ``trusted`` the credential's level ("" when untrusted)."""
         label = getattr(ev, "label", None)
         if label is not None and self.allow is not None and label not in self.allow:
             out.dead.append(DeadLetter(f"label {label!r} is not in the allow-list", rec, label))
@@ -169,40 +193,50 @@ class FeedbackProcessor:
             )
             return
         if isinstance(ev, CorrectionEvent) or (pred is not None and pred.is_generation):
-            if reason := _generation_feedback(out, ev, pred):
+            if reason := _generation_feedback(out, ev, pred, origin, trusted):
                 out.dead.append(DeadLetter(reason, rec, label))
             return
         if isinstance(ev, LabelEvent):
             # masked once, here, whoever produced it (the API already did: masking is idempotent)
-            sample = Incoming(ev.event_id, mask_pii(ev.text), ev.label, ev.source, ev.timestamp, masked=True)
+            text = mask_pii(ev.text)
+            sample = Incoming(ev.event_id, text, ev.label, ev.source, ev.timestamp, origin, trusted, masked=True)
             out.samples.append(sample)
+            out.stored_ids.append(ev.event_id)
             if pred is None or pred.label != ev.label:
                 out.corrections.append(sample)
-                if pred is not None and pred.memory_sid:
-                    out.forget.append(pred.memory_sid)  # the memory's answer was corrected: it leaves
+                if pred is not None and pred.memory_sid:  # the memory's answer was corrected: it leaves
+                    (out.forget if trusted else out.forget_untrusted).append(pred.memory_sid)
             if ev.prediction_id:
                 out.answered.append(ev.prediction_id)
             if pred:
-                out.judgements.append(Judgement(ev.event_id, pred.version, pred.label == ev.label, ev.timestamp))
-                _judge_shadow(out, ev, pred, ev.label)
+                out.judgements.append(
+                    Judgement(
+                        ev.event_id, pred.version, pred.label == ev.label, ev.timestamp, pred.prediction_id, origin
+                    )
+                )
+                _judge_shadow(out, ev, pred, ev.label, origin)
             return
-        assert pred is not None
+        assert isinstance(ev, ThumbsEvent) and pred is not None
         correct = ev.vote == "up"
-        out.judgements.append(Judgement(ev.event_id, pred.version, correct, ev.timestamp))
+        out.judgements.append(Judgement(ev.event_id, pred.version, correct, ev.timestamp, pred.prediction_id, origin))
         label = pred.label if correct else ev.label
-        _judge_shadow(out, ev, pred, label)
-        if not correct and pred.memory_sid:
-            out.forget.append(pred.memory_sid)  # the memory's answer was wrong: it leaves the memory
+        _judge_shadow(out, ev, pred, label, origin)
+        if not correct and pred.memory_sid:  # the memory's answer was wrong: it leaves the memory
+            (out.forget if trusted else out.forget_untrusted).append(pred.memory_sid)
         if label is None:
             out.seen_only.append((ev.source, ev.event_id))  # thumbs down without the right label: a judgement only
-        else:
-            sample = Incoming(ev.event_id, pred.text, label, ev.source, ev.timestamp, masked=True)  # logged masked
+            out.seen_only_sources.append((ev.event_id, ev.source))
+        else:  # the prediction log's text, masked when it was logged
+            sample = Incoming(ev.event_id, pred.text, label, ev.source, ev.timestamp, origin, trusted, masked=True)
             out.samples.append(sample)
+            out.stored_ids.append(ev.event_id)
             if not correct:
                 out.corrections.append(sample)
 
 
-def _generation_feedback(out: Outcome, ev: AnyEvent, pred: PredictionRecord | None) -> str | None:
+def _generation_feedback(
+    out: Outcome, ev: AnyEvent, pred: PredictionRecord | None, origin: str, trusted: str
+) -> str | None:
     """Feedback on a generation (or a correction of a prompt) as a generative sample
     (``online.generation_samples``) and, on a served generation, a judgement of its version. Returns why
     the event cannot be used (it is then dead-lettered), or None."""
@@ -212,6 +246,7 @@ def _generation_feedback(out: Outcome, ev: AnyEvent, pred: PredictionRecord | No
         return "a thumbs on a generation takes no label: send a correction with the answer instead"
     if pred is not None and not pred.is_generation:
         return f"prediction_id {ev.prediction_id!r} is a classification: send a label, not a correction"
+    pid = pred.prediction_id if pred is not None else None
     if isinstance(ev, CorrectionEvent):
         answer = mask_pii(ev.answer)
         if pred is None:
@@ -219,24 +254,32 @@ def _generation_feedback(out: Outcome, ev: AnyEvent, pred: PredictionRecord | No
         else:
             text = gen.encode(gen.decode_chat(pred.text), answer, rejected=pred.answer)
             right = normalise(ev.answer) == normalise(pred.answer or "")
-            out.judgements.append(Judgement(ev.event_id, pred.version, right, ev.timestamp))
-        out.samples.append(Incoming(ev.event_id, text, gen.CORRECTION, ev.source, ev.timestamp, masked=True))
+            out.judgements.append(Judgement(ev.event_id, pred.version, right, ev.timestamp, pid, origin))
+        out.samples.append(
+            Incoming(ev.event_id, text, gen.CORRECTION, ev.source, ev.timestamp, origin, trusted, masked=True)
+        )
+        out.stored_ids.append(ev.event_id)
         return None
     assert isinstance(ev, ThumbsEvent) and pred is not None
     up = ev.vote == "up"
-    out.judgements.append(Judgement(ev.event_id, pred.version, up, ev.timestamp))
+    out.judgements.append(Judgement(ev.event_id, pred.version, up, ev.timestamp, pid, origin))
     text = gen.encode(gen.decode_chat(pred.text), pred.answer or "")
-    out.samples.append(Incoming(ev.event_id, text, gen.UP if up else gen.DOWN, ev.source, ev.timestamp, masked=True))
+    label = gen.UP if up else gen.DOWN
+    out.samples.append(Incoming(ev.event_id, text, label, ev.source, ev.timestamp, origin, trusted, masked=True))
+    out.stored_ids.append(ev.event_id)
     return None
 
 
-def _judge_shadow(out: Outcome, ev: LabelEvent | ThumbsEvent, pred: PredictionRecord, truth: str | None) -> None:
-    """Feedback on a shadowed request judges the shadow candidate and live on the same request."""
+def _judge_shadow(
+    out: Outcome, ev: LabelEvent | ThumbsEvent, pred: PredictionRecord, truth: str | None, origin: str
+) -> None:
+    """Feedback on a shadowed request judges the shadow candidate and live on the same request (once per
+    request, like live accuracy)."""
     if pred.shadow_version is None or truth is None:
         return
-    v = pred.shadow_version
-    out.shadow.append(Judgement(ev.event_id, v, pred.shadow_label == truth, ev.timestamp))
-    out.shadow_live.append(Judgement(ev.event_id, v, pred.label == truth, ev.timestamp))
+    v, pid = pred.shadow_version, pred.prediction_id
+    out.shadow.append(Judgement(ev.event_id, v, pred.shadow_label == truth, ev.timestamp, pid, origin))
+    out.shadow_live.append(Judgement(ev.event_id, v, pred.label == truth, ev.timestamp, pid, origin))
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -28,6 +28,7 @@ from online.contract import (
     DriftReport,
     FeedbackAccepted,
     FeedbackStats,
+    FeedbackStatus,
     ForgetResult,
     LabelApproved,
     LiveChangeOut,
@@ -69,6 +70,7 @@ class _Call(Generic[T]):
     params: dict[str, Any] = field(default_factory=dict)
     admin: bool = False
     reviewer: bool = False  # the admin token or the reviewer token
+    as_admin: bool = False  # feedback sent with the admin token: trusted (the screen does not hold it)
 
 
 def _events(events: Iterable[Event | dict]) -> list[Event]:
@@ -102,29 +104,36 @@ class _Calls:
             body["top_k"] = top_k
         return self._run(_Call("POST", "/v1/predict", TypeAdapter(PredictResponse), json=body))
 
-    def feedback(self, events: Iterable[Event | dict]) -> list[FeedbackAccepted]:
-        """Send events in batches of ``batch_size``; every event id is fixed before the first attempt."""
+    def feedback(self, events: Iterable[Event | dict], as_admin: bool = False) -> list[FeedbackAccepted]:
+        """Send events in batches of ``batch_size``; every event id is fixed before the first attempt.
+        ``as_admin``: with the admin token, so they are trusted (served by the correction memory at once,
+        trained by the next round, never held by the screen)."""
         calls = [
             _Call(
                 "POST",
                 "/v1/feedback",
                 TypeAdapter(FeedbackAccepted),
                 json={"events": [e.model_dump(mode="json", exclude_none=True) for e in batch]},
+                as_admin=as_admin,
             )
             for batch in _batches(_events(events), self.batch_size)
         ]
         return self._run_all(calls)
 
-    def label(self, text: str, label: str, source: str, prediction_id: str | None = None) -> list[FeedbackAccepted]:
+    def label(
+        self, text: str, label: str, source: str, prediction_id: str | None = None, as_admin: bool = False
+    ) -> list[FeedbackAccepted]:
         """The correct label of a text (naming the prediction it corrects, when there is one)."""
         return self.feedback(
-            [LabelEvent(kind="label", text=text, label=label, source=source, prediction_id=prediction_id)]
+            [LabelEvent(kind="label", text=text, label=label, source=source, prediction_id=prediction_id)], as_admin
         )
 
-    def thumbs(self, prediction_id: str, vote: str, source: str, label: str | None = None) -> list[FeedbackAccepted]:
+    def thumbs(
+        self, prediction_id: str, vote: str, source: str, label: str | None = None, as_admin: bool = False
+    ) -> list[FeedbackAccepted]:
         """Up or down on a served prediction (down may name the correct label)."""
         return self.feedback(
-            [ThumbsEvent(kind="thumbs", prediction_id=prediction_id, vote=vote, source=source, label=label)]
+            [ThumbsEvent(kind="thumbs", prediction_id=prediction_id, vote=vote, source=source, label=label)], as_admin
         )
 
     def generate(
@@ -142,13 +151,24 @@ class _Calls:
         return self._run(_Call("POST", "/v1/generate", TypeAdapter(GenerateResponse), json=body))
 
     def correct(
-        self, answer: str, source: str, prediction_id: str | None = None, prompt: str | None = None
+        self,
+        answer: str,
+        source: str,
+        prediction_id: str | None = None,
+        prompt: str | None = None,
+        as_admin: bool = False,
     ) -> list[FeedbackAccepted]:
         """What a generation (its ``generation_id`` as ``prediction_id``) or a prompt should be answered."""
         event = CorrectionEvent(
             kind="correction", answer=answer, source=source, prediction_id=prediction_id, prompt=prompt
         )
-        return self.feedback([event])
+        return self.feedback([event], as_admin)
+
+    def feedback_status(self, event_id: str) -> FeedbackStatus:
+        """What became of a feedback event: accepted, stored, held (why, and what would release it),
+        dead-lettered (why), answered by the correction memory, trained in version N. With feedback keys,
+        this client's key (or the admin token) is needed."""
+        return self._run(_Call("GET", f"/v1/feedback/{event_id}", TypeAdapter(FeedbackStatus), as_admin=True))
 
     def models(self) -> ModelsResponse:
         return self._run(_Call("GET", "/v1/models", TypeAdapter(ModelsResponse)))
@@ -250,6 +270,10 @@ class _Base(_Calls):
 
     def _request_kwargs(self, call: _Call) -> dict[str, Any]:
         headers = dict(self._headers)
+        if call.as_admin and call.method == "POST" and not self.admin_token:
+            raise ApiError(401, "feedback as admin needs the admin token: Client(..., admin_token=...)")
+        if call.as_admin and self.admin_token and not (call.method == "GET" and "X-API-Key" in headers):
+            headers["Authorization"] = f"Bearer {self.admin_token}"
         if call.admin:
             if not self.admin_token:
                 raise ApiError(401, "this call needs the admin token: Client(..., admin_token=...)")

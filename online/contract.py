@@ -272,6 +272,31 @@ def feedback_body_model(settings: Settings) -> type:
 class FeedbackAccepted(BaseModel):
     accepted: int
     event_ids: list[str] = Field(description="Stored by the broker; the consumer deduplicates by these.")
+    status_url: str | None = Field(None, description="Where the (first) event's fate is told: GET it.")
+    status_urls: list[str] = Field(default_factory=list, description="Each event's status URL, in order.")
+
+
+FeedbackState = Literal["accepted", "stored", "recorded", "memory", "held", "trained", "dead_lettered", "unknown"]
+
+
+class FeedbackStatus(BaseModel):
+    """What became of one feedback event (``GET /v1/feedback/{event_id}``)."""
+
+    event_id: str
+    state: FeedbackState = Field(
+        description="accepted (in the broker, not consumed yet), stored (waiting for a round), recorded (a "
+        "judgement only), memory (answered by the correction memory now), held (with reason and release), "
+        "trained (in version), dead_lettered (with reason), unknown (not consumed yet, or expired)."
+    )
+    detail: str
+    label: str | None = None
+    sid: str | None = Field(None, description="The buffer sample its text and label became.")
+    trusted: bool = Field(False, description="Sent with the admin token or a trusted feedback key.")
+    reason: str | None = Field(None, description="Why it is held or dead-lettered.")
+    release: str | None = Field(None, description="What would release it (held only).")
+    memory: str | None = Field(None, description="Its state in this replica's correction memory, if any.")
+    version: int | None = Field(None, description="The version a round trained it into.")
+    round_status: str | None = Field(None, description="What became of that version: promoted, rejected, ...")
 
 
 class HeldOut(BaseModel):
@@ -305,7 +330,7 @@ class QuarantineAction(BaseModel):
         default_factory=list, max_length=1000
     )
     source: str | None = Field(
-        None, max_length=128, description="Release: trust this source again (and its held samples)."
+        None, max_length=128, description="Release: its held samples, and trust its feedback key from now on."
     )
 
 
@@ -370,7 +395,7 @@ class ScreeningSummary(BaseModel):
     held: HeldCounts
     pending_labels: list[PendingLabel]
     quarantined_sources: list[str]
-    trusted_sources: list[str]
+    trusted_sources: list[str] = Field(description="Sources whose feedback key an operator released (trusted).")
     approved_labels: list[str]
 
 

@@ -23,6 +23,8 @@ class Sample:
     seq: int
     source: str
     released: bool = False  # an operator released it from quarantine: the screen leaves it alone
+    trusted: str = ""  # "admin"/"key": sent with the admin token or a trusted feedback key (``online.credentials``)
+    origin: str = ""  # what independence rules count for its first sender (a key, a client address)
 
 
 def class_quotas(counts: dict[str, int], k: int) -> dict[str, int]:

@@ -38,6 +38,18 @@ class Keys:
         return self._k("rate", source, second)
 
     @property
+    def signing_secret(self) -> str:
+        """The stack's random secret that signs the API's credential on each feedback record
+        (``online.credentials``) when ``ONLINE_FEEDBACK_SIGNING_KEY`` is unset."""
+        return self._k("trust", "secret")
+
+    @property
+    def feedback_status(self) -> str:
+        """Namespace of each event's fate (``online.feedback.status``): ``e:<event_id>`` hashes (TTL
+        ``feedback_status_ttl_s``) and ``rounds``, the sequence ranges rounds trained (capped)."""
+        return self._k("fbstatus")
+
+    @property
     def fsync_probe(self) -> str:
         """A counter the consumer bumps right before WAITAOF (``online.connections.fsync_barrier``)."""
         return self._k("consumer", "fsync")

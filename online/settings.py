@@ -93,6 +93,16 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest /v1/feedback waits on the broker's ack before a 503 (the answer comes within 1 s).",
     )
+    feedback_client_rate_limit: int = Field(
+        2000,
+        ge=1,
+        description="Anonymous feedback events per second per client address, whatever source names it uses (without keys a name costs nothing).",
+    )
+    feedback_max_backlog: int = Field(
+        200_000,
+        ge=1,
+        description="Untrained samples in the buffer past which /v1/feedback answers 503 with Retry-After (training paused or behind: the buffer never evicts untrained samples, so this bounds its memory).",
+    )
     feedback_rate_limit_fail: Literal["open", "closed"] = Field(
         "open", description="Redis down: the feedback rate limit lets events through (open) or answers 503 (closed)."
     )
@@ -101,6 +111,14 @@ class Settings(BaseSettings):
         "everysec",
         description="Redis AOF fsync. everysec: a machine crash may lose the last second of stored feedback; "
         "always: nothing whose offset the consumer committed (embedded Redis: appendfsync always; external: WAITAOF, Redis >= 7.2).",
+    )
+    redis_maxmemory: str = Field(
+        "2gb",
+        description="Memory budget of the embedded Redis (`online up`); a Redis you run gets yours (see docs/configuration.md).",
+    )
+    redis_maxmemory_policy: str = Field(
+        "volatile-ttl",
+        description="What the embedded Redis evicts at its budget: volatile-ttl evicts only keys with a TTL (predictions, statuses, dedup marks), soonest to expire first, never the buffer, registry or memory.",
     )
     key_prefix: str = Field("online", description="Prefix of every Redis key, so stacks can share a server.")
     serving_redis_timeout_s: float = Field(
@@ -180,6 +198,10 @@ class Settings(BaseSettings):
     # --- serving -----------------------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="API bind address.")
     api_port: int = Field(8000, ge=0, le=65535, description="API port.")
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description='Proxies whose X-Forwarded-For names the client (comma-separated, or "*" when only a proxy can reach the API): the client address rate limits and anonymous feedback\'s independence count.',
+    )
     max_batch_size: int = Field(32, ge=1, description="Dynamic micro-batching: most texts per forward.")
     max_wait_ms: float = Field(2.0, ge=0, description="Dynamic micro-batching: longest wait to fill a batch.")
     max_text_chars: int = Field(1000, ge=1, description="Longest text /v1/predict accepts.")
@@ -194,6 +216,27 @@ class Settings(BaseSettings):
     )
     feedback_api_keys: dict[str, SecretStr] | None = Field(
         None, description='JSON {"source": "key"}: feedback then needs X-API-Key, and a key sends as its source only.'
+    )
+    feedback_trusted_keys: list[str] = Field(
+        default_factory=list,
+        description="JSON list of sources whose feedback key is trusted (e.g. support agents): their feedback skips the poisoning screen, is served by the correction memory at once and may create labels (so does feedback sent with the admin token). An operator's release of a source adds its key.",
+    )
+    feedback_signing_key: SecretStr | None = Field(
+        None,
+        description="Secret the API signs each feedback record's credential with (HMAC), so no other Kafka producer can claim one; unset: a random secret kept in Redis.",
+    )
+    feedback_status_ttl_s: int = Field(
+        3 * 24 * 3600, ge=60, description="How long GET /v1/feedback/{event_id} can tell an event's fate."
+    )
+    predict_rate_limit: float = Field(
+        200.0,
+        ge=0,
+        description="/v1/predict calls per second per client address on one replica (429 with Retry-After above; bursts of twice as many); 0: off.",
+    )
+    predict_queue_max: int = Field(
+        1024,
+        ge=1,
+        description="Requests waiting for the forward thread; beyond it /v1/predict answers 503 with Retry-After.",
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 above).")
     cors_origins: list[str] = Field(default_factory=list, description="JSON list of allowed origins; empty: CORS off.")
@@ -265,6 +308,12 @@ class Settings(BaseSettings):
     )
     quarantine_near_duplicate: float = Field(
         0.9, gt=0, le=1, description="Cosine at which another source's fresh example can contradict a new label."
+    )
+    quarantine_max_held: int = Field(
+        20_000, ge=100, description="Most samples the quarantine holds (the oldest leave for good past it)."
+    )
+    quarantine_held_max_age_s: float = Field(
+        30 * 24 * 3600, gt=0, description="Held samples nobody released within this long leave for good."
     )
     quarantine_correction_min: int = Field(
         5, ge=2, description="Examples of one source moving texts from one label to another: a correction, not poison."
@@ -342,6 +391,11 @@ class Settings(BaseSettings):
     auto_rollback_min_samples: int = Field(50, ge=1, description="Judged predictions needed on each version.")
     auto_rollback_alpha: float = Field(0.01, gt=0, lt=1, description="One-sided two-proportion test level.")
     auto_rollback_min_drop: float = Field(0.05, ge=0, description="Smallest accuracy drop worth a rollback.")
+    verdict_min_sources: int = Field(
+        3,
+        ge=1,
+        description="Distinct sources (feedback keys, or client addresses without keys) whose judgements auto-rollback and the shadow verdict need on each version before they act.",
+    )
     auto_rollback_window_s: float = Field(24 * 3600, gt=0, description="How long after promotion it may fire.")
 
     def to_env(self) -> dict[str, str]:

@@ -118,8 +118,17 @@ def _with_retries(start, attempts: int = 5) -> Server:
     raise ServerError(f"could not start after {attempts} ports: {last}")
 
 
-def start_redis(data_dir: Path, port: int | None = None, timeout: float = 15.0, fsync: str = "everysec") -> Server:
-    """Redis with AOF persistence in ``data_dir``: fsync every second, or before every reply (``always``)."""
+def start_redis(
+    data_dir: Path,
+    port: int | None = None,
+    timeout: float = 15.0,
+    fsync: str = "everysec",
+    maxmemory: str = "0",
+    maxmemory_policy: str = "noeviction",
+) -> Server:
+    """Redis with AOF persistence in ``data_dir``: fsync every second, or before every reply (``always``).
+    ``maxmemory``: its memory budget (``online up`` passes ``ONLINE_REDIS_MAXMEMORY``, evicting by
+    ``ONLINE_REDIS_MAXMEMORY_POLICY``: by default only keys with a TTL, never the buffer); "0": none."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -134,6 +143,8 @@ def start_redis(data_dir: Path, port: int | None = None, timeout: float = 15.0, 
             "--save", "",
             "--daemonize", "no",
             "--protected-mode", "yes",
+            "--maxmemory", maxmemory,
+            "--maxmemory-policy", maxmemory_policy,
         ]  # fmt: skip
         return _start("redis", argv, p, data_dir / "redis.log", timeout)
 

@@ -65,7 +65,10 @@ class EmbeddedStack:
                 servers.append(tansu)
                 updates["kafka_bootstrap"] = f"127.0.0.1:{tansu.port}"
             if not settings.redis_url and not settings.redis_sentinels:
-                rds = start_redis(state / "redis", fsync=settings.redis_fsync)
+                rds = start_redis(
+                    state / "redis", fsync=settings.redis_fsync, maxmemory=settings.redis_maxmemory,
+                    maxmemory_policy=settings.redis_maxmemory_policy,
+                )  # fmt: skip
                 servers.append(rds)
                 updates["redis_url"] = f"redis://127.0.0.1:{rds.port}/0"
             settings = settings.model_copy(update=updates)
@@ -87,7 +90,10 @@ class EmbeddedStack:
             old = self.servers[i]
             state = self.settings.state_dir.resolve()
             if name == "redis":
-                new = start_redis(state / "redis", port=old.port, fsync=self.settings.redis_fsync)
+                new = start_redis(
+                    state / "redis", port=old.port, fsync=self.settings.redis_fsync,
+                    maxmemory=self.settings.redis_maxmemory, maxmemory_policy=self.settings.redis_maxmemory_policy,
+                )  # fmt: skip
                 self.servers[i] = new
             else:
                 new = start_tansu(state / "tansu", port=old.port)

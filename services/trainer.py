@@ -157,6 +157,7 @@ class Scheduler:
         self.metrics = metrics or TrainerMetrics()
         self._runner: RoundRunner | None = None
         self._waiting_since: float | None = None
+        self._tidy_due = 0.0
 
     def runner(self) -> RoundRunner:
         if self._runner is None:  # built lazily: the golden set exists only once version 1 does
@@ -222,12 +223,26 @@ class Scheduler:
                 log.warning("automatic rollback: live v%s -> v%s (%s)", change.previous, change.version, change.reason)
             self._judge_shadow()
             self.stores.corrections.trim()  # corrections age out even when none arrive
+            self._tidy()
             collected = self.registry.collect(self.s.keep_versions)
             if collected:
                 self.metrics.collected.inc(len(collected))
                 log.info("collected versions %s (keeping the last %d)", collected, self.s.keep_versions)
         finally:
             self.leader.release()
+
+    def _tidy(self) -> None:
+        """Bounded key families: held samples past their age or cap leave, and (every 10 minutes) sources
+        whose counts expired leave the source set."""
+        gone = self.buffer.trim_held(self.s.quarantine_max_held, self.s.quarantine_held_max_age_s)
+        if gone:
+            log.info("%d held samples left the quarantine for good (older than %.0f s, or past %d held)",
+                     gone, self.s.quarantine_held_max_age_s, self.s.quarantine_max_held)  # fmt: skip
+        now = time.monotonic()
+        if now >= self._tidy_due:
+            self._tidy_due = now + 600
+            self.stores.sources.tidy()
+            self.buffer.tidy_labels()
 
     def _judge_shadow(self) -> None:
         outcome = promotion.settle_shadow(self.registry, self.stores.shadow, self.s)

@@ -127,6 +127,8 @@ def test_redis_has_a_replica_and_three_sentinels_the_app_connects_through(config
     replica = services["redis-replica"]["command"]
     assert replica[replica.index("--replicaof") + 1 : replica.index("--replicaof") + 3] == ["redis", "6379"]
     assert "--appendonly" in replica
+    for command in (services["redis"]["command"], replica):  # a memory budget that never evicts the buffer
+        assert command[command.index("--maxmemory-policy") + 1] == "volatile-ttl" and "--maxmemory" in command
     sentinels = sorted(name for name in services if name.startswith("sentinel-"))
     assert len(sentinels) == 3
     for name in ONLINE_SERVICES:

@@ -31,34 +31,89 @@ from online.examples import Sample
 from online.feedback.pii import mask_pii
 from online.keys import Keys
 
-_ADD = """
+# Counts of what the quarantine holds, kept as samples enter and leave it, so the summary reads
+# counters, not every held text: ``qn`` (kind -> n), ``qsrc`` (source|kind -> n), ``qpend`` (pending
+# label -> n), ``qpend:<label>`` (source -> n), ``qpendr`` (label -> the first reason).
+_HELD_COUNTS = """
+local function kind_of(reason)
+  if string.sub(reason, 1, 13) == 'pending label' then return 'pending label' end
+  if reason == 'source quarantined' then return 'source quarantined' end
+  return 'contradicted'
+end
+local function bump(key, field, by)
+  if redis.call('HINCRBY', key, field, by) <= 0 then redis.call('HDEL', key, field) end
+end
+local function count_held(p, sk, by)
+  local f = redis.call('HMGET', sk, 'label', 'source', 'quarantined')
+  local label, source, reason = f[1] or '', f[2] or '', f[3] or ''
+  local kind = kind_of(reason)
+  bump(p .. ':qn', kind, by)
+  bump(p .. ':qsrc', source .. '|' .. kind, by)
+  if kind == 'pending label' then
+    bump(p .. ':qpend', label, by)
+    bump(p .. ':qpend:' .. label, source, by)
+    if by > 0 then redis.call('HSETNX', p .. ':qpendr', label, reason)
+    elseif redis.call('HEXISTS', p .. ':qpend', label) == 0 then redis.call('HDEL', p .. ':qpendr', label) end
+  end
+end
+local function unhold(p, sid, mark)
+  local sk = p .. ':s:' .. sid
+  count_held(p, sk, -1)
+  local seq = redis.call('INCR', p .. ':seq')  -- a new sequence number: the next round trains on it
+  local label = redis.call('HGET', sk, 'label')
+  redis.call('HDEL', sk, 'quarantined', 'quarantined_at')
+  redis.call('HSET', sk, 'seq', seq)
+  if mark == '1' then redis.call('HSET', sk, 'released', 1) end  -- an operator's word: not screened again
+  redis.call('ZADD', p .. ':l:' .. label, seq, sid)
+  redis.call('ZADD', p .. ':log', seq, sid)
+  redis.call('SADD', p .. ':labels', label)
+end
+"""
+
+
+def _held_counts(script: str) -> str:
+    return _HELD_COUNTS + script
+
+
+_ADD = _held_counts("""
 local p = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 local erased = ARGV[4]
 local added, dups, replayed, gone = 0, 0, 0, 0
 for i = 0, n - 1 do
-  local b = 5 + i * 7
+  local b = 5 + i * 9
   local eid, sid, text, label, source, at = ARGV[b], ARGV[b+1], ARGV[b+2], ARGV[b+3], ARGV[b+4], ARGV[b+5]
-  local th = ARGV[b+6]
+  local th, origin, trusted = ARGV[b+6], ARGV[b+7], ARGV[b+8]
   local until_at = redis.call('HGET', erased .. ':sources', source)
   if (until_at and tonumber(at) <= tonumber(until_at)) or redis.call('SISMEMBER', erased .. ':texts', th) == 1 then
     redis.call('SET', p .. ':seen:' .. eid, '1', 'NX', 'EX', ttl)  -- erased (`online forget`): seen, not stored
     gone = gone + 1
   elseif redis.call('SET', p .. ':seen:' .. eid, '1', 'NX', 'EX', ttl) then
     local sk = p .. ':s:' .. sid
-    redis.call('SADD', p .. ':srcs:' .. sid, source)
+    redis.call('SADD', p .. ':srcs:' .. sid, origin)
     redis.call('HINCRBY', p .. ':source:' .. source, 'events', 1)
+    redis.call('EXPIRE', p .. ':source:' .. source, ttl)  -- a source silent for the dedup TTL is forgotten
     redis.call('SADD', p .. ':sources', source)
     redis.call('HINCRBY', p .. ':stats:' .. label, 'total', 1)
     redis.call('SADD', p .. ':labels', label)
+    if trusted ~= '' and redis.call('EXISTS', sk) == 0 then
+      redis.call('SREM', p .. ':dropped', sid)  -- a trusted sender's word brings a dropped example back
+    end
     if redis.call('EXISTS', sk) == 1 or redis.call('SISMEMBER', p .. ':dropped', sid) == 1 then
-      if redis.call('EXISTS', sk) == 1 then redis.call('HINCRBY', sk, 'count', 1) end  -- a dropped one stays gone
+      if redis.call('EXISTS', sk) == 1 then
+        redis.call('HINCRBY', sk, 'count', 1)
+        if trusted ~= '' then
+          if trusted == 'admin' or redis.call('HGET', sk, 'trusted') ~= 'admin' then redis.call('HSET', sk, 'trusted', trusted) end
+          if redis.call('ZREM', p .. ':q', sid) == 1 then unhold(p, sid, '0') end  -- vouched for: trained next
+        end
+      end  -- a dropped one stays gone
       redis.call('HINCRBY', p .. ':stats:' .. label, 'duplicates', 1)
       dups = dups + 1
     else
       local seq = redis.call('INCR', p .. ':seq')
-      redis.call('HSET', sk, 'text', text, 'label', label, 'count', 1, 'seq', seq, 'source', source, 'at', at)
+      redis.call('HSET', sk, 'text', text, 'label', label, 'count', 1, 'seq', seq, 'source', source, 'at', at, 'origin', origin)
+      if trusted ~= '' then redis.call('HSET', sk, 'trusted', trusted) end
       redis.call('ZADD', p .. ':l:' .. label, seq, sid)
       redis.call('ZADD', p .. ':log', seq, sid)
       added = added + 1
@@ -68,9 +123,9 @@ for i = 0, n - 1 do
   end
 end
 return {added, dups, replayed, gone}
-"""
+""")
 
-_QUARANTINE = """
+_QUARANTINE = _held_counts("""
 local p, at, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local moved = 0
 for i = 0, n - 1 do
@@ -81,47 +136,42 @@ for i = 0, n - 1 do
     redis.call('ZREM', p .. ':l:' .. label, sid)
     redis.call('HSET', sk, 'quarantined', reason, 'quarantined_at', at)
     redis.call('ZADD', p .. ':q', at, sid)
+    count_held(p, sk, 1)
     moved = moved + 1
   end
 end
 return moved
-"""
+""")
 
-_RELEASE = """
+_RELEASE = _held_counts("""
 local p, mark, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local released = 0
 for i = 0, n - 1 do
   local sid = ARGV[4 + i]
-  local sk = p .. ':s:' .. sid
   if redis.call('ZREM', p .. ':q', sid) == 1 then
-    local seq = redis.call('INCR', p .. ':seq')  -- a new sequence number: the next round trains on it
-    local label = redis.call('HGET', sk, 'label')
-    redis.call('HDEL', sk, 'quarantined', 'quarantined_at')
-    redis.call('HSET', sk, 'seq', seq)
-    if mark == '1' then redis.call('HSET', sk, 'released', 1) end  -- an operator's word: not screened again
-    redis.call('ZADD', p .. ':l:' .. label, seq, sid)
-    redis.call('ZADD', p .. ':log', seq, sid)
+    unhold(p, sid, mark)
     released = released + 1
   end
 end
 return released
-"""
+""")
 
-_DROP = """
-local p, n = ARGV[1], tonumber(ARGV[2])
+_DROP = _held_counts("""
+local p, n, remember = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local dropped = 0
 for i = 0, n - 1 do
-  local sid = ARGV[3 + i]
+  local sid = ARGV[4 + i]
   if redis.call('ZREM', p .. ':q', sid) == 1 then
+    count_held(p, p .. ':s:' .. sid, -1)
     local label = redis.call('HGET', p .. ':s:' .. sid, 'label')
     if label then redis.call('HINCRBY', p .. ':stats:' .. label, 'dropped', 1) end
     redis.call('DEL', p .. ':s:' .. sid, p .. ':srcs:' .. sid)
-    redis.call('SADD', p .. ':dropped', sid)  -- the same (text, label) sent again is not stored again
+    if remember == '1' then redis.call('SADD', p .. ':dropped', sid) end  -- the same (text, label) sent again is not stored again
     dropped = dropped + 1
   end
 end
 return dropped
-"""
+""")
 
 _EVICT = """
 local p, label, cursor, r = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -177,6 +227,8 @@ class Incoming:
     label: str
     source: str
     at: float
+    origin: str = ""  # what independence rules count (``online.credentials``); "" : the source name
+    trusted: str = ""  # "admin" or "key": sent with the admin token or a trusted feedback key
     masked: bool = False  # the text is PII-masked already (the consumer masks each text once)
 
     @property
@@ -203,6 +255,7 @@ class AddResult:
     duplicates: int
     replayed: int  # event ids already seen: redelivery
     erased: int = 0  # of an erased source or text (`online forget`): not stored
+    sids: tuple[str, ...] = ()  # each item's sample id, in order
 
 
 @dataclass(frozen=True)
@@ -244,13 +297,16 @@ class ReplayBuffer:
         if not items:
             return AddResult(0, 0, 0)
         args: list[str | int | float] = [self.p, self.dedup_ttl_s, len(items), self.erased]
+        sids = []
         for it in items:
             text = it.text if it.masked else mask_pii(it.text)
-            args += [it.dedup, sample_id(text, it.label), text, it.label, it.source, it.at, text_hash(text)]
+            sids.append(sample_id(text, it.label))
+            args += [it.dedup, sids[-1], text, it.label, it.source, it.at, text_hash(text), it.origin or it.source,
+                     it.trusted]  # fmt: skip
         added, dups, replayed, gone = self._add(args=args)
         if added:
             self.evict_over_capacity()
-        return AddResult(int(added), int(dups), int(replayed), int(gone))
+        return AddResult(int(added), int(dups), int(replayed), int(gone), tuple(sids))
 
     def mark_seen(self, events: list[tuple[str, str]]) -> list[bool]:
         """Record events (source, event_id) that produce no sample (e.g. a bare thumbs down); True where
@@ -347,10 +403,13 @@ class ReplayBuffer:
                 pipe.hgetall(f"{self.p}:s:{sid}")
             rows = pipe.execute()
         return [
-            Sample(sid, h["text"], h["label"], int(h["count"]), int(h["seq"]), h.get("source", ""), "released" in h)
+            Sample(
+                sid, h["text"], h["label"], int(h["count"]), int(h["seq"]), h.get("source", ""), "released" in h,
+                h.get("trusted", ""), h.get("origin", "") or h.get("source", ""),
+            )
             for sid, h in zip(sids, rows)
             if h
-        ]
+        ]  # fmt: skip
 
     # --- quarantine (poisoning defence) -------------------------------------------------------
     def quarantine(self, held: list[tuple[str, str]]) -> int:
@@ -368,8 +427,79 @@ class ReplayBuffer:
         their label was pending (``by_operator=False``) leaves them to the screen."""
         return int(self._release(args=[self.p, int(by_operator), len(sids), *sids])) if sids else 0
 
-    def drop(self, sids: list[str]) -> int:
-        return int(self._drop(args=[self.p, len(sids), *sids])) if sids else 0
+    def drop(self, sids: list[str], remember: bool = True) -> int:
+        """Delete held samples; ``remember``: the same (text, label) sent again is not stored again."""
+        return int(self._drop(args=[self.p, len(sids), int(remember), *sids])) if sids else 0
+
+    def trim_held(self, max_held: int, max_age_s: float, now: float | None = None) -> int:
+        """Held samples older than ``max_age_s``, then the oldest past ``max_held``, leave for good (not
+        remembered as dropped: sent again, they are screened again). Bounded work per call."""
+        now = time.time() if now is None else now
+        old = self.r.zrangebyscore(f"{self.p}:q", "-inf", now - max_age_s, start=0, num=1000)
+        over = self.held_count() - len(old) - max_held
+        if over > 0:
+            old += self.r.zrange(f"{self.p}:q", len(old), len(old) + min(over, 1000) - 1)
+        return self.drop(old, remember=False)
+
+    def sample(self, sid: str) -> dict[str, str]:
+        """One sample's fields (no text), for an event's status: label, seq, quarantined, trusted..."""
+        fields = ["label", "seq", "source", "quarantined", "quarantined_at", "released", "trusted", "count"]
+        values = self.r.hmget(f"{self.p}:s:{sid}", fields)
+        return {f: v for f, v in zip(fields, values) if v is not None}
+
+    def _count_held_again(self) -> None:
+        """Held samples from before the counters existed: counted once, by re-holding them in place."""
+        held = self.held()
+        with self.r.pipeline(transaction=True) as pipe:
+            for h in held:
+                pipe.zrem(f"{self.p}:q", h.sid)
+            pipe.execute()
+        # moved back to the log for a moment, then quarantined again with their reasons (counted)
+        with self.r.pipeline(transaction=True) as pipe:
+            for h in held:
+                pipe.zadd(f"{self.p}:log", {h.sid: 0})
+            pipe.execute()
+        self.quarantine([(h.sid, h.reason) for h in held])
+
+    def tidy_labels(self) -> int:
+        """Labels with no stored sample any more leave the label set, with their counts."""
+        labels = sorted(self.labels())
+        with self.r.pipeline(transaction=False) as pipe:
+            for label in labels:
+                pipe.zcard(f"{self.p}:l:{label}")
+            sizes = pipe.execute()
+        empty = [lab for lab, n in zip(labels, sizes) if not n]
+        if not empty:
+            return 0
+        with self.r.pipeline(transaction=False) as pipe:
+            for label in empty:
+                pipe.srem(f"{self.p}:labels", label)
+                pipe.delete(f"{self.p}:stats:{label}")
+            pipe.execute()
+        return len(empty)
+
+    def held_counts(self) -> tuple[dict[str, int], dict[str, dict[str, int]], list[tuple[str, int, list[str], str]]]:
+        """What the quarantine holds, from its counters (never its texts): per kind of reason, per source
+        and kind, and per pending label (label, examples, sources, first reason)."""
+        if not self.r.exists(f"{self.p}:qn") and self.held_count():
+            self._count_held_again()
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(f"{self.p}:qn")
+            pipe.hgetall(f"{self.p}:qsrc")
+            pipe.hgetall(f"{self.p}:qpend")
+            pipe.hgetall(f"{self.p}:qpendr")
+            kinds, per_source, pend, reasons = pipe.execute()
+        by_source: dict[str, dict[str, int]] = {}
+        for key, n in per_source.items():
+            source, _, kind = key.rpartition("|")
+            by_source.setdefault(source, {})[kind] = int(n)
+        labels = sorted(pend)
+        with self.r.pipeline(transaction=False) as pipe:
+            for label in labels:
+                pipe.hkeys(f"{self.p}:qpend:{label}")
+            teachers = pipe.execute()
+        pending = [(lab, int(pend[lab]), sorted(t), reasons.get(lab, "")) for lab, t in zip(labels, teachers)]
+        return {k: int(v) for k, v in kinds.items()}, by_source, pending
 
     def held(self, limit: int | None = None) -> list[Held]:
         sids = self.r.zrange(f"{self.p}:q", 0, -1 if limit is None else limit - 1)

@@ -63,6 +63,11 @@ class Candidate:
     text: str
     label: str
     source: str
+    origin: str = ""  # what independence counts (a feedback key, a client address; ``online.credentials``)
+
+    @property
+    def who(self) -> str:
+        return self.origin or self.source
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ def screen(
     n = len(items)
     pool_vectors = [x]
     pool_labels = [it.label for it in items]
-    pool_sources = [it.source for it in items]
+    pool_sources = [it.who for it in items]  # "other sources" means other origins: names cost nothing
     known_counts: Counter[str] = Counter()
     if reference is not None and reference.train_labels:
         pool_vectors.append(np.ascontiguousarray(reference.train, dtype=np.float32))
@@ -135,7 +140,7 @@ def screen(
     live = set(live_labels)
     used_by: dict[str, set[str]] = {}
     for it in items:
-        used_by.setdefault(it.label, set()).add(it.source)
+        used_by.setdefault(it.label, set()).add(it.who)
     k = cfg.neighbours
     out: list[Judged] = []
     for i, it in enumerate(items):
@@ -147,7 +152,7 @@ def screen(
             corroborated = len(used_by[it.label]) >= cfg.release_sources
             fresh = [
                 (j, sim) for j, sim in zip(nn[i], sims[i])
-                if 0 <= j < n and j != i and pool_sources[j] != it.source and (corroborated or sim >= cfg.near_duplicate)
+                if 0 <= j < n and j != i and pool_sources[j] != it.who and (corroborated or sim >= cfg.near_duplicate)
             ][:k]  # fmt: skip
             takeover = None
             # a label not live yet, on a text as close to known training data as the live version's own
@@ -169,7 +174,7 @@ def screen(
             reason = f"new label; {count}/{len(fresh)} other sources' fresh examples say {top}" if contradicted else ""
             out.append(Judged(contradicted, contradicted, reason, takeover))
             continue
-        others = [j for j in nn[i] if j >= 0 and j != i and pool_sources[j] != it.source][:k]
+        others = [j for j in nn[i] if j >= 0 and j != i and pool_sources[j] != it.who][:k]
         if not others:
             out.append(Judged(None, False, ""))
             continue
@@ -238,15 +243,33 @@ class SourceLedger:
             for s, h in zip(sources, rows)
         }
 
+    def tidy(self, batch: int = 1000) -> int:
+        """Forget sources whose counts expired (silent for the dedup TTL): the source set stays bounded
+        by the sources seen lately. Returns how many left."""
+        gone, cursor = 0, 0
+        while True:
+            cursor, members = self.r.sscan(f"{self.p}:sources", cursor, count=batch)
+            if members:
+                with self.r.pipeline(transaction=False) as pipe:
+                    for s in members:
+                        pipe.exists(f"{self.p}:source:{s}")
+                    alive = pipe.execute()
+                dead = [s for s, ok in zip(members, alive) if not ok]
+                if dead:
+                    gone += self.r.srem(f"{self.p}:sources", *dead)
+            if cursor == 0:
+                return gone
+
     def quarantined(self) -> set[str]:
         return set(self.r.smembers(f"{self.p}:sources:quarantined"))
 
     def trusted(self) -> set[str]:
-        """Sources an operator released: their examples are not screened any more."""
+        """Sources an operator released: their *feedback keys* are trusted from then on (an event sent
+        with that key skips the screen; the name alone, without the key, earns nothing)."""
         return set(self.r.smembers(f"{self.p}:sources:trusted"))
 
     def release(self, source: str) -> bool:
-        """Trust a source from now on (an operator's word outranks the screen; its counts start afresh)."""
+        """Trust a source's key from now on (an operator's word outranks the screen; its counts start afresh)."""
         with self.r.pipeline(transaction=False) as pipe:
             pipe.srem(f"{self.p}:sources:quarantined", source)
             pipe.sadd(f"{self.p}:sources:trusted", source)
@@ -335,27 +358,15 @@ def drop(buffer: ReplayBuffer, corrections: Forgets, sids: Sequence[str] = (), s
 def screening_summary(buffer: ReplayBuffer, ledger: SourceLedger, approved: set[str]) -> ScreeningSummary:
     """What the screen holds, in counts only (no texts): per kind of reason, per source, the new labels
     waiting to go live, and the sources quarantined or trusted. Read by ``GET /v1/feedback/stats``,
-    `online status` and the dashboard."""
-    held = buffer.held()
-    by_reason: Counter[str] = Counter()
-    by_source: dict[str, Counter[str]] = {}
-    pending: dict[str, PendingLabel] = {}
-    for h in held:
-        kind = reason_kind(h.reason)
-        by_reason[kind] += 1
-        by_source.setdefault(h.source, Counter())[kind] += 1
-        if kind == PENDING:
-            entry = pending.setdefault(h.label, PendingLabel(label=h.label, examples=0, sources=[], reason=h.reason))
-            entry.examples += 1
-            if h.source not in entry.sources:
-                entry.sources.append(h.source)
+    `online status` and the dashboard; from counters the buffer keeps, so its cost does not grow with
+    the held texts."""
+    kinds, by_source, pending = buffer.held_counts()
     return ScreeningSummary(
-        held=HeldCounts(
-            total=len(held),
-            by_reason=dict(by_reason),
-            by_source={s: dict(c) for s, c in sorted(by_source.items())},
-        ),
-        pending_labels=[p.model_copy(update={"sources": sorted(p.sources)}) for _, p in sorted(pending.items())],
+        held=HeldCounts(total=sum(kinds.values()), by_reason=kinds, by_source=dict(sorted(by_source.items()))),
+        pending_labels=[
+            PendingLabel(label=label, examples=n, sources=sources, reason=reason)
+            for label, n, sources, reason in pending
+        ],
         quarantined_sources=sorted(ledger.quarantined()),
         trusted_sources=sorted(ledger.trusted()),
         approved_labels=sorted(approved),

@@ -82,6 +82,17 @@ class ReviewItem:
         return {k: v for k, v in self.__dict__.items() if k != "embedding"}
 
 
+# Items past the capacity leave the queue *and* their stored texts (not left to their TTL).
+_TRIM = """
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
+if over <= 0 then return 0 end
+local gone = redis.call('ZRANGE', KEYS[1], 0, over - 1)
+for _, pid in ipairs(gone) do redis.call('DEL', ARGV[2] .. pid) end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
+return over
+"""
+
+
 class ReviewQueue:
     """The queue in Redis, shared by every replica; bounded to the ``capacity`` most uncertain items."""
 
@@ -90,6 +101,7 @@ class ReviewQueue:
         self.p = keys.review
         self.capacity = capacity
         self.ttl_s = ttl_s
+        self._trim = client.register_script(_TRIM)
 
     def add(self, items: list[ReviewItem]) -> None:
         if not items:
@@ -102,8 +114,8 @@ class ReviewQueue:
                 }
                 pipe.set(f"{self.p}:item:{it.prediction_id}", json.dumps(payload), ex=self.ttl_s)
                 pipe.zadd(f"{self.p}:q", {it.prediction_id: it.uncertainty})
-            pipe.zremrangebyrank(f"{self.p}:q", 0, -(self.capacity + 1))  # keep the most uncertain
             pipe.execute()
+        self._trim(keys=[f"{self.p}:q"], args=[self.capacity, f"{self.p}:item:"])  # keep the most uncertain
 
     def answered(self, prediction_ids: list[str]) -> int:
         if not prediction_ids:

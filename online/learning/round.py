@@ -26,6 +26,7 @@ from online.examples import Example, Sample
 from online.feedback.buffer import ReplayBuffer
 from online.feedback.labels import LabelBook, LabelRules, govern, is_pending
 from online.feedback.quarantine import Candidate, ScreenConfig, SourceLedger, batch_counts, decide, reason_kind, screen
+from online.feedback.status import EventStatusLog
 from online.learning.fit import Progress
 from online.learning.step import LearnConfig, learn, new_repeats, select_rehearsal, split_holdout
 from online.learning.version_one import seed_data
@@ -82,6 +83,17 @@ class RoundReport(RoundStats):
 
 
 Fence = Callable[[], None]
+HOUR_S = 3600.0
+
+
+def _bad_origins(quarantined: set[str]) -> set[str]:
+    """The origins of quarantined sources: their names (samples stored without an origin) and keys."""
+    return quarantined | {f"key:{s}" for s in quarantined}
+
+
+def _trusted(s: Sample, quarantined: set[str]) -> bool:
+    """Sent with the admin token, or with the trusted key of a source not quarantined since."""
+    return s.trusted == "admin" or (s.trusted == "key" and s.source not in quarantined)
 
 
 def _unfenced() -> None:
@@ -132,6 +144,9 @@ class RoundStores(Protocol):
     @property
     def corrections(self) -> CorrectionLog: ...
 
+    @property
+    def status(self) -> EventStatusLog: ...
+
 
 class RoundRunner:
     """Runs rounds; the caller holds the trainer's leader lock."""
@@ -146,18 +161,33 @@ class RoundRunner:
         self.screen_cfg = ScreenConfig.from_settings(self.s)
         self.label_rules = LabelRules.from_settings(self.s)
         self.seed_examples = seed_pool(self.s) if seed_examples is None else seed_examples
+        self._pending_count: Counter[str] = Counter()  # pending labels' held examples, per label...
+        self._pending_teachers: dict[str, set[str]] = {}  # ...and the origins that taught them
 
-    def _requeue_held(self, fence: Fence) -> int:
+    def _requeue_held(self, fence: Fence, live_labels: set[str]) -> int:
         """Held samples that may be trained now go back to the buffer as new (screened again): those
-        enough distinct trusted sources sent, and those held only while their new label was pending (it
-        may be allowed now: approved, corroborated, enough examples, or live). One read of the held set."""
+        enough distinct trusted origins sent, and those held only while their new label was pending once
+        the label is live or approved (or an hour passed, for the per-source budget). Other pending ones
+        stay held and are *counted* by the round's label rules (examples, teachers) instead of screened
+        again: more pending examples than a round takes never keep the trainer busy. One read of the
+        held set."""
         need = self.screen_cfg.release_sources
-        bad = self.stores.sources.quarantined()
+        bad = _bad_origins(self.stores.sources.quarantined())
         waiting = self.buffer.held()
-        agreed = [
-            h.sid for h, srcs in zip(waiting, self.buffer.sources([h.sid for h in waiting])) if len(srcs - bad) >= need
-        ]
-        chosen = set(agreed) | {h.sid for h in waiting if is_pending(h.reason)}
+        origins = self.buffer.sources([h.sid for h in waiting])
+        agreed = {h.sid for h, srcs in zip(waiting, origins) if len(srcs - bad) >= need}
+        approved = self.stores.labels.approved()
+        now = time.time()
+        chosen = set(agreed)
+        self._pending_count, self._pending_teachers = Counter(), {}
+        for h, srcs in zip(waiting, origins):
+            if not is_pending(h.reason) or h.sid in agreed:
+                continue
+            if h.label in live_labels or h.label in approved or ("this hour" in h.reason and now - h.at >= HOUR_S):
+                chosen.add(h.sid)
+            else:
+                self._pending_count[h.label] += 1
+                self._pending_teachers.setdefault(h.label, set()).update(srcs - bad)
         if not chosen:
             return 0
         if agreed:
@@ -174,14 +204,16 @@ class RoundRunner:
         Returns the trainable samples and the held counts by kind."""
         cfg = self.screen_cfg
         ledger = self.stores.sources
-        bad, trusted = ledger.quarantined(), ledger.trusted()
+        bad = ledger.quarantined()
+        bad_origins = _bad_origins(bad)
+        # what independence counts: origins (feedback keys, client addresses), not names
         srcs = dict(zip((s.sid for s in samples), self.buffer.sources([s.sid for s in samples])))
         exempt = {
             s.sid for s in samples
-            if s.released or (s.source in trusted and s.source not in bad) or len(srcs[s.sid] - bad) >= cfg.release_sources
+            if s.released or _trusted(s, bad) or len(srcs[s.sid] - bad_origins) >= cfg.release_sources
         }  # fmt: skip
         todo = [s for s in samples if s.sid not in exempt]
-        items = [Candidate(s.text, s.label, s.source) for s in todo]
+        items = [Candidate(s.text, s.label, s.source, s.origin) for s in todo]
         judged = []
         if todo:
             predictor = torch_predictor(live, 0, self.s)
@@ -190,19 +222,26 @@ class RoundRunner:
             reference = Reference.load(ref_path) if ref_path else None
             judged = screen(items, probs.numpy(), emb.numpy(), live.labels, reference, cfg)
         reasons, newly = decide(items, judged, ledger.counts(), bad, cfg)
-        # Label governance covers every sample but the operator's releases (trusted and agreed ones too:
-        # under the approval policy a new label waits for an operator whoever teaches it)
-        governed = [s for s in samples if not s.released]
+        # Label governance covers every sample but the operator's releases and what a trusted credential
+        # sent (a trusted source may create a label; under the approval policy only the admin token
+        # does); agreed ones are governed too
+        approval = self.label_rules.policy == "approval"
+        governed = [
+            s for s in samples
+            if not s.released and not (_trusted(s, bad) and (s.trusted == "admin" or not approval))
+        ]  # fmt: skip
         takeover = {s.sid: j.takeover for s, j in zip(todo, judged)}
         screened = dict(zip((s.sid for s in todo), reasons))
         teachers: dict[str, set[str]] = {}
         for s in samples:
-            teachers.setdefault(s.label, set()).update(srcs[s.sid] - bad)
+            teachers.setdefault(s.label, set()).update(srcs[s.sid] - bad_origins)
+        examples = Counter(s.label for s in samples) + self._pending_count  # held while pending: they count
+        for label, origins in self._pending_teachers.items():
+            teachers.setdefault(label, set()).update(origins)
         governed_reasons, created = govern(
             [s.label for s in governed], [s.source for s in governed], [takeover.get(s.sid) for s in governed],
             [screened.get(s.sid) for s in governed], set(live.labels), self.stores.labels.approved(),
-            self.stores.labels.created_recently, self.label_rules,
-            Counter(s.label for s in samples), teachers,
+            self.stores.labels.created_recently, self.label_rules, examples, teachers,
         )  # fmt: skip
         verdict = dict(zip((s.sid for s in governed), governed_reasons))
         fence()
@@ -244,8 +283,9 @@ class RoundRunner:
         if parent is None:
             raise RuntimeError("nothing is live: version 1 comes first")
         if self.s.quarantine:
-            self._requeue_held(fence)
+            self._requeue_held(fence, set(self.registry.get(parent).labels))
         samples, upto = self.buffer.new_samples(limit=self.s.round_max_new)
+        after = self.buffer.cursor()
         if not samples:
             return RoundReport(status="idle", parent=parent)
         live, manifest = self.registry.load(parent)
@@ -256,6 +296,7 @@ class RoundRunner:
         if not samples:  # everything held: nothing to learn, so no version either
             fence()
             self.buffer.advance_cursor(upto)
+            self.stores.status.round_done(after, upto, None, "idle")
             log.info("round: all %d new samples held (%s); nothing trained, nothing published", held, held_by)
             return RoundReport(
                 status="idle", parent=parent, quarantined=held, held_by_reason=held_by, cursor=upto,
@@ -329,7 +370,9 @@ class RoundRunner:
             # A superseded round is retried from the new live version: the cursor stays.
             fence()
             self.buffer.advance_cursor(upto)
+            self.stores.status.round_done(after, upto, report.version, report.status)
         if report.status == "promoted" and result.added_labels and self.s.quarantine:
-            self._requeue_held(fence)  # examples held while their label was pending: it is live now
+            # examples held while their label was pending: it is live now
+            self._requeue_held(fence, set(result.model.labels))
         report.duration_s = time.perf_counter() - started
         return report

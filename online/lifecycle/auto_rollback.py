@@ -2,8 +2,10 @@
 
 Live accuracy per version comes from feedback on each version's own predictions (``LiveAccuracy``). A
 version promoted by a round (not one made live by a rollback) within the last ``window`` is compared
-with its parent by a one-sided two-proportion z-test; with at least ``min_samples`` judgements on each,
-a p-value under ``alpha`` and a drop of at least ``min_drop``, live goes back to the parent.
+with its parent by a one-sided two-proportion z-test; with at least ``min_samples`` judgements on each
+(a judgement counts once per prediction), from at least ``verdict_min_sources`` distinct origins on each
+(so one client, however many predictions it votes on, cannot decide), a p-value under ``alpha`` and a
+drop of at least ``min_drop``, live goes back to the parent.
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ def judge(parent: VersionAccuracy, child: VersionAccuracy, settings: Settings) -
     if parent.n < need or child.n < need:
         return Verdict(
             False, f"waiting for {need} judgements each (v{parent.version}: {parent.n}, v{child.version}: {child.n})"
+        )
+    sources = settings.verdict_min_sources
+    if parent.sources < sources or child.sources < sources:
+        return Verdict(
+            False,
+            f"waiting for judgements from {sources} independent sources each "
+            f"(v{parent.version}: {parent.sources}, v{child.version}: {child.sources})",
         )
     p_value = two_proportion_p_value(parent, child)
     drop = parent.correct / parent.n - child.correct / child.n

@@ -20,6 +20,7 @@ class ShadowStats:
     judged: int
     shadow_correct: int
     live_correct: int
+    sources: int = 0  # distinct origins that judged shadowed requests (approximate)
 
     @property
     def agreement(self) -> float | None:
@@ -58,7 +59,9 @@ class ShadowLedger:
     def stats(self, version: int) -> ShadowStats:
         h = self.r.hgetall(f"{self.p}:{version}")
         s, lv = self.shadow_acc.get(version), self.live_acc.get(version)
-        return ShadowStats(version, int(h.get("requests", 0)), int(h.get("agreed", 0)), s.n, s.correct, lv.correct)
+        return ShadowStats(
+            version, int(h.get("requests", 0)), int(h.get("agreed", 0)), s.n, s.correct, lv.correct, s.sources
+        )
 
 
 def verdict(stats: ShadowStats, settings) -> tuple[bool | None, str]:
@@ -68,7 +71,10 @@ def verdict(stats: ShadowStats, settings) -> tuple[bool | None, str]:
     why = f"agreement {stats.agreement:.3f} on {stats.requests} requests"
     if stats.agreement < settings.shadow_min_agreement:
         return False, why + f" < {settings.shadow_min_agreement}"
-    if stats.judged >= settings.shadow_min_judged:
+    if stats.judged >= settings.shadow_min_judged and stats.sources < settings.verdict_min_sources:
+        # judged enough, but by too few independent sources: one client's votes are not evidence
+        why += f"; accuracy not counted: {stats.judged} judged by {stats.sources} of {settings.verdict_min_sources} sources"
+    elif stats.judged >= settings.shadow_min_judged:
         why += (
             f"; accuracy on {stats.judged} judged: shadow {stats.shadow_accuracy:.3f}, live {stats.live_accuracy:.3f}"
         )

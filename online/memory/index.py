@@ -5,7 +5,8 @@ correction log (``online.memory.log``), embedded with that version's own encoder
 four states, decided here and nowhere else:
 
 - ``held``: the screen that guards training (``online.feedback.quarantine.screen``) would hold it, or
-  its source is quarantined: the memory never serves what the quarantine holds;
+  its source is quarantined: the memory never serves what the quarantine holds. An entry sent with the
+  admin token or a trusted feedback key (``Correction.trusted``) is not screened: served at once;
 - ``pending``: its label is new and the label rules (``online.feedback.labels.govern``) do not let it
   go live yet, the same rules a round obeys;
 - ``absorbed``: this version's weights already answer its text with its label (the round that trained
@@ -69,7 +70,6 @@ class Policy:
     """What a replica reads from Redis now and then: whom and which new labels it may serve."""
 
     quarantined_sources: frozenset[str] = frozenset()
-    trusted_sources: frozenset[str] = frozenset()
     approved_labels: frozenset[str] = frozenset()
     held_samples: frozenset[str] = frozenset()  # sids in the buffer's quarantine (any reason, pending too)
 
@@ -136,10 +136,10 @@ class CorrectionMemory:
             return
         x = unit_rows(embeddings)
         judged: dict[int, tuple[str, str | None]] = {}
-        todo = [i for i, e in enumerate(entries) if e.source not in self.policy.trusted_sources]
+        todo = [i for i, e in enumerate(entries) if not e.trusted]  # a trusted credential outranks the screen
         if self.screen_cfg is not None and todo:
             found = screen(
-                [Candidate(entries[i].text, entries[i].label, entries[i].source) for i in todo],
+                [Candidate(entries[i].text, entries[i].label, entries[i].source, entries[i].origin) for i in todo],
                 probs[todo], embeddings[todo], self.labels, self.reference, self.screen_cfg,
             )  # fmt: skip
             judged = {i: (j.reason if j.hold else "", j.takeover) for i, j in zip(todo, found)}
@@ -166,7 +166,7 @@ class CorrectionMemory:
         candidates: list[_Known] = []
         p = self.policy
         for k in self._known.values():
-            screened = bool(k.hold) and k.entry.source not in p.trusted_sources  # an operator's trust outranks it
+            screened = bool(k.hold) and not k.entry.trusted  # a trusted credential outranks the screen
             if screened or k.entry.source in p.quarantined_sources or k.entry.sid in p.held_samples:
                 k.state = HELD
             elif k.answer == k.entry.label:
@@ -174,11 +174,17 @@ class CorrectionMemory:
             else:
                 k.state = ACTIVE
                 candidates.append(k)
-        new = [k for k in candidates if k.entry.label not in live]
+        # a new label waits for the label rules, unless a trusted credential taught it (under the approval
+        # policy, only the admin token)
+        approval = self.rules.policy == "approval"
+        new = [
+            k for k in candidates
+            if k.entry.label not in live and not (k.entry.trusted == "admin" or (k.entry.trusted and not approval))
+        ]  # fmt: skip
         if new:
             teachers: dict[str, set[str]] = {}
             for k in new:
-                teachers.setdefault(k.entry.label, set()).add(k.entry.source)
+                teachers.setdefault(k.entry.label, set()).add(k.entry.origin or k.entry.source)
             reasons, _ = govern(
                 [k.entry.label for k in new], [k.entry.source for k in new], [k.takeover for k in new],
                 [None] * len(new), live, set(self.policy.approved_labels), lambda source: set(), self.rules,
@@ -187,9 +193,10 @@ class CorrectionMemory:
             for k, reason in zip(new, reasons):
                 if reason is not None:
                     k.state = PENDING
-        # The newest word on a text wins: an older entry of the same text is neither exact nor near
+        # The newest word on a text wins (a trusted word over any untrusted one, whenever it came): an older
+        # entry of the same text is neither exact nor near
         newest: dict[str, _Known] = {}
-        for k in sorted(self._known.values(), key=lambda k: k.entry.at):
+        for k in sorted(self._known.values(), key=lambda k: (bool(k.entry.trusted), k.entry.at)):
             if k.state != HELD:
                 newest[k.key] = k
         active = {key: k for key, k in newest.items() if k.state == ACTIVE}
@@ -246,6 +253,19 @@ class CorrectionMemory:
     def counts(self) -> dict[str, int]:
         """Entries per state at the last refresh (safe to read from any thread)."""
         return self._counts
+
+    def explain(self, sid: str) -> tuple[str, str] | None:
+        """(state, the screen's reason to hold it) of one entry, or None if this memory lacks it."""
+        k = self._known.get(sid)
+        if k is None:
+            return None
+        reason = k.hold
+        if k.state == HELD and not reason:
+            if k.entry.source in self.policy.quarantined_sources:
+                reason = f"source {k.entry.source!r} is quarantined"
+            elif sid in self.policy.held_samples:
+                reason = "the replay buffer's quarantine holds it"
+        return k.state, reason
 
     def states(self) -> dict[str, str]:
         """Each entry's state by sid (tests, `online status`)."""

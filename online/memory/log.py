@@ -85,13 +85,17 @@ return gone
 
 _FORGET = """
 local p, ttl, smax, reason, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
+local keep_trusted = ARGV[6] == '1'
 local gone = 0
 for i = 0, n - 1 do
-  local sid = ARGV[6 + i]
+  local sid = ARGV[7 + i]
   local entry = redis.call('HGET', p .. ':e', sid)
-  if entry then
-    local e = cjson.decode(entry)
-    local key = redis.sha1hex(tostring(e['source']) .. '\\31' .. tostring(e['event_id']))  -- online.events.dedup_id
+  local fields = entry and cjson.decode(entry)
+  if fields and keep_trusted and fields['trusted'] and fields['trusted'] ~= '' then
+    fields = nil  -- an untrusted vote does not undo a trusted correction
+  end
+  if fields then
+    local key = redis.sha1hex(tostring(fields['source']) .. '\\31' .. tostring(fields['event_id']))  -- online.events.dedup_id
     redis.call('SET', p .. ':gone:' .. key, '1', 'EX', ttl)  -- that event, redelivered, stays forgotten
     redis.call('HDEL', p .. ':e', sid)
     redis.call('ZREM', p .. ':z', sid)
@@ -115,6 +119,8 @@ class Correction:
     label: str
     source: str
     at: float
+    origin: str = ""  # what independence counts (``online.credentials``); "" : the source name
+    trusted: str = ""  # "admin"/"key": sent with the admin token or a trusted key: served unscreened
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -122,7 +128,8 @@ class Correction:
     @classmethod
     def from_json(cls, raw: str | bytes) -> "Correction":
         fields = json.loads(raw)
-        return cls(**{name: fields[name] for name in cls.__dataclass_fields__})  # newer writers may add fields
+        # newer writers may add fields; older entries lack the later ones
+        return cls(**{name: fields[name] for name in cls.__dataclass_fields__ if name in fields})
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,10 @@ def correction(item: Incoming) -> Correction:
     """A labelled example as the log keeps it: PII-masked (once: the consumer's are already), under the
     buffer's sample id."""
     text = item.text if item.masked else mask_pii(item.text)
-    return Correction(sample_id(text, item.label), item.event_id, text, item.label, item.source, item.at)
+    return Correction(
+        sample_id(text, item.label), item.event_id, text, item.label, item.source, item.at,
+        item.origin or item.source, item.trusted,
+    )  # fmt: skip
 
 
 class CorrectionLog:
@@ -179,12 +189,14 @@ class CorrectionLog:
         run by the trainer's housekeeping, so entries age out when no new correction arrives)."""
         return int(self._trim(args=[self.p, time.time(), self.capacity, self.max_age_s, STREAM_MAX]))
 
-    def forget(self, sids: list[str], reason: str) -> int:
+    def forget(self, sids: list[str], reason: str, keep_trusted: bool = False) -> int:
         """Remove entries from every replica's memory (a quarantined or dropped sample, a memory answer
-        voted down or corrected). The same events redelivered do not bring them back; a new teaching does."""
+        voted down or corrected). The same events redelivered do not bring them back; a new teaching does.
+        ``keep_trusted``: the vote is untrusted, so entries a trusted credential taught stay."""
         if not sids:
             return 0
-        return int(self._forget(args=[self.p, self.gone_ttl_s, STREAM_MAX, reason, len(sids), *sids]))
+        args = [self.p, self.gone_ttl_s, STREAM_MAX, reason, len(sids), int(keep_trusted), *sids]
+        return int(self._forget(args=args))
 
     def snapshot(self) -> tuple[str, list[Correction]]:
         """The current entries and the stream position they reflect: follow the stream from there.

@@ -1,8 +1,18 @@
 """Live accuracy per model version, from feedback on that version's own predictions.
 
 A thumbs up, a thumbs down, or a label event that names the prediction it corrects is a judgement of
-the version that served the prediction. Counts are kept per version and per minute (for plots), and
-each event is counted once however often Kafka redelivers it.
+the version that served the prediction. Counts are kept per version and per minute (for plots).
+
+Volume cannot buy a verdict: a judgement counts once per *prediction* (the first feedback on it; the
+same prediction voted again, under fresh event ids or other source names, counts nothing), and once per
+event however often Kafka redelivers it. Each version also counts the distinct *origins* that judged it
+(a HyperLogLog: bounded, ~1% error): an origin is what one client cannot fake as easily as a name (its
+feedback key, or the address the API saw; ``consumers.processor``). Auto-rollback and the shadow verdict
+need judgements from ``verdict_min_sources`` origins before they act.
+
+Keys (namespace ``Keys.live_accuracy``; shadow evaluation keeps two more): ``judged:p:<prediction>`` and
+``judged:<event>`` (dedup, ``dedup_ttl_s``), ``v:<version>`` (n, correct), ``m:<version>`` (per minute),
+``o:<version>`` (HyperLogLog of origins), ``versions``.
 """
 
 from __future__ import annotations
@@ -15,14 +25,18 @@ _RECORD = """
 local p, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local counted = 0
 for i = 0, n - 1 do
-  local b = 4 + i * 4
+  local b = 4 + i * 6
   local eid, version, correct, minute = ARGV[b], ARGV[b+1], tonumber(ARGV[b+2]), ARGV[b+3]
-  if redis.call('SET', p .. ':judged:' .. eid, '1', 'NX', 'EX', ttl) then
+  local pid, origin = ARGV[b+4], ARGV[b+5]
+  local key = p .. ':judged:' .. eid
+  if pid ~= '' then key = p .. ':judged:p:' .. pid end  -- once per prediction, whoever votes how often
+  if redis.call('SET', key, '1', 'NX', 'EX', ttl) then
     redis.call('HINCRBY', p .. ':v:' .. version, 'n', 1)
     redis.call('HINCRBY', p .. ':v:' .. version, 'correct', correct)
     redis.call('HINCRBY', p .. ':m:' .. version, minute .. ':n', 1)
     redis.call('HINCRBY', p .. ':m:' .. version, minute .. ':correct', correct)
     redis.call('SADD', p .. ':versions', version)
+    if origin ~= '' then redis.call('PFADD', p .. ':o:' .. version, origin) end
     counted = counted + 1
   end
 end
@@ -36,6 +50,8 @@ class Judgement:
     version: int
     correct: bool
     at: float
+    prediction_id: str = ""  # the prediction judged: it counts once ("" : once per event)
+    origin: str = ""  # who judged, as far as it can be told (feedback key, client address)
 
 
 @dataclass(frozen=True)
@@ -43,6 +59,7 @@ class VersionAccuracy:
     version: int
     n: int
     correct: int
+    sources: int = 0  # distinct origins that judged it (approximate)
 
     @property
     def accuracy(self) -> float | None:
@@ -62,12 +79,15 @@ class LiveAccuracy:
             return 0
         args: list[str | int] = [self.p, self.ttl, len(judgements)]
         for j in judgements:
-            args += [j.event_id, j.version, int(j.correct), int(j.at // 60)]
+            args += [j.event_id, j.version, int(j.correct), int(j.at // 60), j.prediction_id, j.origin]
         return int(self._record(args=args))
 
     def get(self, version: int) -> VersionAccuracy:
-        h = self.r.hgetall(f"{self.p}:v:{version}")
-        return VersionAccuracy(version, int(h.get("n", 0)), int(h.get("correct", 0)))
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(f"{self.p}:v:{version}")
+            pipe.pfcount(f"{self.p}:o:{version}")
+            h, sources = pipe.execute()
+        return VersionAccuracy(version, int(h.get("n", 0)), int(h.get("correct", 0)), int(sources))
 
     def all(self) -> list[VersionAccuracy]:
         return [self.get(int(v)) for v in sorted(self.r.smembers(f"{self.p}:versions"), key=int)]

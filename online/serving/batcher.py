@@ -5,6 +5,10 @@ waiting (up to ``max_batch`` texts). A batch that is not full waits at most ``ma
 but only while traffic is concurrent (the last batch held more than one request): a lone client, who
 could never be joined, is served at once instead of paying the wait on every call. Requests that
 started on different model versions are never mixed in one forward.
+
+The queue is bounded (``max_queue`` requests): past it a request is refused at once with
+:class:`Overloaded` (the API answers 503 with Retry-After) instead of waiting behind work it cannot
+catch up with, so a flood costs the flooder, not the memory of the replica or every caller's latency.
 """
 
 from __future__ import annotations
@@ -18,6 +22,14 @@ from typing import Generic, TypeVar
 
 M = TypeVar("M")  # the model a request is bound to (a Predictor)
 R = TypeVar("R")  # one result per text
+
+
+class Overloaded(RuntimeError):
+    """The forward queue is full: try again shortly (``retry_after_s``)."""
+
+    def __init__(self, waiting: int, retry_after_s: int = 1) -> None:
+        super().__init__(f"{waiting} requests are waiting for the model; try again shortly")
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -35,7 +47,9 @@ class MicroBatcher(Generic[M, R]):
         max_batch: int = 32,
         max_wait_ms: float = 2.0,
         on_batch: Callable[[int, float], None] | None = None,
+        max_queue: int = 1024,
     ) -> None:
+        self.max_queue = max_queue
         self._run = run
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
@@ -58,8 +72,10 @@ class MicroBatcher(Generic[M, R]):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     async def submit(self, model: M, texts: list[str]) -> list[R]:
+        if self._queue.qsize() >= self.max_queue:
+            raise Overloaded(self._queue.qsize())
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Item(model, texts, future))
+        self._queue.put_nowait(_Item(model, texts, future))
         return await future
 
     async def _next_batch(self) -> list[_Item[M]]:

@@ -260,7 +260,6 @@ class MemoryFollower:
         def read() -> Policy:
             return Policy(
                 frozenset(self.stores.sources.quarantined()),
-                frozenset(self.stores.sources.trusted()),
                 frozenset(self.stores.labels.approved()),
                 frozenset(self.stores.buffer.held_ids()),
             )

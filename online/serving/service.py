@@ -103,8 +103,9 @@ class ModelService:
         self.writer = SideEffectWriter(hooks, self.redis_health, metrics)
         self.forward = forward = ForwardPass(hooks, metrics, s.max_top_k, self.redis_health, self.writer)
         self.batcher: MicroBatcher[Predictor, ServedPrediction] = MicroBatcher(
-            forward, max_batch=s.max_batch_size, max_wait_ms=s.max_wait_ms, on_batch=self._observe_batch
-        )
+            forward, max_batch=s.max_batch_size, max_wait_ms=s.max_wait_ms, on_batch=self._observe_batch,
+            max_queue=s.predict_queue_max,
+        )  # fmt: skip
         if s.memory:
             self.memory = MemoryFollower(
                 stores, self.batcher, async_redis, self.redis_health, metrics, lambda: self.follower.current
@@ -145,6 +146,12 @@ class ModelService:
         with self.metrics.request_latency.time():
             served = await self.batcher.submit(predictor, texts)
         return [replace(p, top_k=p.top_k[:top_k]) for p in served]
+
+    async def memory_state(self, sid: str) -> tuple[str, str] | None:
+        """(state, the screen's reason) of one correction in the served version's memory, if it has it."""
+        version = self.version
+        memory = self._memory_for(version) if version is not None else None
+        return memory.explain(sid) if memory is not None else None
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)

@@ -19,6 +19,7 @@ from online.feedback.labels import LabelBook
 from online.feedback.prediction_log import PredictionLog
 from online.feedback.quarantine import SourceLedger
 from online.feedback.review_queue import ReviewQueue
+from online.feedback.status import EventStatusLog
 from online.keys import Keys
 from online.lifecycle.control import TrainingControl
 from online.lifecycle.registry import ModelRegistry
@@ -52,6 +53,7 @@ class Stores:
     control: TrainingControl
     replicas: Replicas
     drift: DriftLog
+    status: EventStatusLog
 
     @classmethod
     def from_settings(cls, settings: Settings, role: Role = "worker", client: redis.Redis | None = None) -> "Stores":
@@ -79,6 +81,7 @@ class Stores:
             control=TrainingControl(r, keys),
             replicas=Replicas(r, keys),
             drift=DriftLog(r, keys, s.drift_history),
+            status=EventStatusLog(r, keys, s.feedback_status_ttl_s),
         )
 
     def close(self) -> None:

@@ -1,5 +1,9 @@
 """Who may do what: admin calls need the bearer token ``ONLINE_ADMIN_TOKEN`` (with none set they are
-refused, never open); feedback may need a per-source API key (``ONLINE_FEEDBACK_API_KEYS``)."""
+refused, never open); feedback may need a per-source API key (``ONLINE_FEEDBACK_API_KEYS``).
+
+Feedback carries the credential it came with (``online.credentials``): the admin token (trusted, may
+send as any source), a feedback key (trusted when the operator trusts that key), or none (anonymous:
+only its client address tells it apart)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import secrets
 from fastapi import HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
+
+from online.credentials import Credential
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -34,15 +40,32 @@ async def require_reviewer(request: Request) -> None:
     await _require_one_of(request, [s.admin_token, s.reviewer_token], "reviewer")
 
 
-async def feedback_source(request: Request) -> str | None:
-    """The source an ``X-API-Key`` belongs to, when keys are configured (None: feedback is open)."""
-    keys = request.app.state.settings.feedback_api_keys
+def client_address(request: Request) -> str:
+    """The address the request came from (behind a proxy: what uvicorn's proxy headers settle on)."""
+    return request.client.host if request.client else ""
+
+
+async def feedback_credential(request: Request) -> tuple[str | None, Credential]:
+    """(the source a feedback key sends as, or None: any) and the credential the call came with: the
+    admin token (``Authorization: Bearer``), a feedback key (``X-API-Key``, required when keys are
+    configured unless the admin token is given), or none."""
+    settings = request.app.state.settings
+    address = client_address(request)
+    credentials: HTTPAuthorizationCredentials | None = await _bearer(request)
+    if credentials is not None:
+        token = settings.admin_token
+        if token is None or not secrets.compare_digest(
+            credentials.credentials.encode(), token.get_secret_value().encode()
+        ):
+            raise HTTPException(403, "wrong admin token")
+        return None, Credential("admin", address)
+    keys = settings.feedback_api_keys
     if not keys:
-        return None
+        return None, Credential("", address)
     given = request.headers.get("x-api-key")
     if not given:
         raise HTTPException(401, "feedback needs an API key (X-API-Key header)")
     for source, key in keys.items():
         if secrets.compare_digest(given.encode(), key.get_secret_value().encode()):
-            return source
+            return source, Credential("key", address)
     raise HTTPException(401, "unknown API key")

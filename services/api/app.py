@@ -16,6 +16,7 @@ from online.connections import async_redis_client
 from online.contract import ValidationErrorOut, ValidationIssue, feedback_body_model, predict_request_model
 from online.generate_contract import chat_request_model, generate_request_model
 from online.lifecycle.store import StoreUnavailable
+from online.serving.batcher import Overloaded
 from online.serving.generation import GenerationService
 from online.serving.metrics import ApiMetrics
 from online.serving.service import ModelService, NotReady
@@ -25,7 +26,7 @@ from services.admin.local import LocalAdmin
 from services.api import tracing
 from services.api.access import AccessLog
 from services.api.intake import FeedbackIntake, RateLimited, Unavailable
-from services.api.limits import BodySizeLimit
+from services.api.limits import BodySizeLimit, PredictRateLimit
 from services.api.routers import (
     dashboard,
     drift,
@@ -80,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     request_model = predict_request_model(settings)
     if not generating:
         app.add_middleware(predict.PredictFastPath, request_model=request_model)  # innermost: after the checks
+    app.add_middleware(PredictRateLimit, per_s=settings.predict_rate_limit)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     tag = tracing.tag_request if settings.otel_traces else None
     app.add_middleware(  # outermost of ours: sees every answer
@@ -99,6 +101,10 @@ def create_app(settings: Settings) -> FastAPI:
     async def _not_ready(_: Request, exc: NotReady) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after_s)})
+
     @app.exception_handler(Unavailable)
     async def _unavailable(_: Request, exc: Unavailable) -> JSONResponse:
         return JSONResponse(
@@ -110,7 +116,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(StoreUnavailable)
     async def _store(_: Request, exc: StoreUnavailable) -> JSONResponse:
         # e.g. a promotion to a version this replica has not cached while the object store is down
-        return JSONResponse({"detail": f"model store unavailable: {exc}"}, status_code=503, headers={"Retry-After": "10"})
+        return JSONResponse(
+            {"detail": f"model store unavailable: {exc}"}, status_code=503, headers={"Retry-After": "10"}
+        )
 
     @app.exception_handler(RateLimited)
     async def _rate(_: Request, exc: RateLimited) -> JSONResponse:
@@ -151,6 +159,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(quarantine.api)
     app.include_router(forget.api)
     app.include_router(labels.api)
+    app.include_router(feedback.status_router())  # after /v1/feedback/stats, which its path would match
     app.include_router(review.api)
     app.include_router(shadow.api)
     app.include_router(dashboard.api)

@@ -22,6 +22,7 @@ from kafka.errors import KafkaError
 
 from online.bus import discard_producer, ensure_topics, make_producer
 from online.connections import NotConfigured
+from online.credentials import Credential, Signer, signing_secret
 from online.events import MAX_TEXT_CHARS, AnyEvent, CorrectionEvent, LabelEvent, encode_event
 from online.feedback.pii import mask_pii
 from online.serving.breaker import Breaker
@@ -84,6 +85,10 @@ class FeedbackIntake:
         self.r = stores.redis
         self.keys = stores.keys
         self.volume = stores.volume
+        self.status = stores.status
+        self.buffer = stores.buffer
+        self._backlog = (0, 0.0)  # (untrained samples, when read): read at most once a second
+        self._signer: Signer | None = None
         self.redis_health = redis_health
         self.broker_health = broker_health
         self._producer = None
@@ -104,12 +109,14 @@ class FeedbackIntake:
             discard_producer(self._producer)
             self._producer = None
 
-    async def submit(self, events: list[Event]) -> list[Event]:
-        """Produce ``events`` (texts masked); returns them as produced. Raises Unavailable, RateLimited."""
+    async def submit(self, events: list[Event], credential: Credential | None = None) -> list[Event]:
+        """Rate-limit, mask, then produce ``events`` with the ``credential`` the call came with, signed;
+        returns them as produced. Raises Unavailable, RateLimited."""
+        credential = credential or Credential()
         started = time.monotonic()
         try:  # Redis I/O stays off the event loop, and within the call's deadline
             await asyncio.wait_for(
-                asyncio.to_thread(self._check_rate, events), timeout=self.settings.feedback_timeout_s
+                asyncio.to_thread(self._check_rate, events, credential), timeout=self.settings.feedback_timeout_s
             )
         except TimeoutError:  # a hanging Redis: its breaker learns it when the call fails in its thread
             self._limiter_down()
@@ -122,25 +129,29 @@ class FeedbackIntake:
         deadline = started + (time.monotonic() - mask_started) + self.settings.feedback_timeout_s
         budget = max(deadline - time.monotonic(), 0.05)
         try:
-            await asyncio.wait_for(asyncio.to_thread(self._produce, events, budget), timeout=budget)
+            await asyncio.wait_for(asyncio.to_thread(self._produce, events, budget, credential), timeout=budget)
         except TimeoutError as exc:
             self.broker_health.failed("no acknowledgement within the feedback timeout")
             reason = f"the broker did not acknowledge within {self.settings.feedback_timeout_s} s"
             raise BrokerUnavailable(reason, self.broker_health.retry_after_s()) from exc
         # the volume count is best-effort: off the answer's path
-        task = asyncio.create_task(asyncio.to_thread(self._count, len(events)))
+        task = asyncio.create_task(asyncio.to_thread(self._count, [(e.event_id, e.source) for e in events]))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return events
 
-    def _check_rate(self, events: list[Event]) -> None:
-        """A fixed one-second window per source, shared by every replica through Redis."""
+    def _check_rate(self, events: list[Event], credential: Credential | None = None) -> None:
+        """A fixed one-second window per source, shared by every replica through Redis; anonymous
+        feedback also per client address (names cost nothing: a new name per event would dodge a
+        per-source limit)."""
         if not self.redis_health.allow():
             return self._limiter_down()
         now = int(time.time())
         per_source: dict[str, int] = {}
         for ev in events:
             per_source[ev.source] = per_source.get(ev.source, 0) + 1
+        if credential is not None and not credential.level and credential.address:
+            per_source[f"addr:{credential.address}"] = len(events)
         try:
             with self.r.pipeline(transaction=False) as pipe:
                 for source, n in per_source.items():
@@ -153,15 +164,54 @@ class FeedbackIntake:
             return self._limiter_down()
         self.redis_health.succeeded()
         for (source, _), count in zip(per_source.items(), counts):
-            if count > self.settings.feedback_rate_limit:
+            limit = (
+                self.settings.feedback_client_rate_limit
+                if source.startswith("addr:")
+                else self.settings.feedback_rate_limit
+            )
+            if count > limit:
                 raise RateLimited(source, 1)
+        self._check_backlog()
+
+    def _check_backlog(self) -> None:
+        """Admission: the buffer keeps every untrained sample, so past ``feedback_max_backlog`` of them
+        (training paused or far behind) feedback waits (503) instead of growing Redis without bound."""
+        backlog, at = self._backlog
+        now = time.monotonic()
+        if now - at >= 1.0:
+            try:
+                backlog = self.buffer.new_count()
+            except redis.RedisError:
+                return  # the rate limiter's outage handling applies
+            self._backlog = (backlog, now)
+        if backlog >= self.settings.feedback_max_backlog:
+            raise Unavailable(
+                f"{backlog} feedback samples wait for training (limit {self.settings.feedback_max_backlog}); "
+                "training is paused or behind",
+                30,
+            )
 
     def _limiter_down(self) -> None:
         """Open by default: accepting feedback matters more than limiting it for the outage."""
         if self.settings.feedback_rate_limit_fail == "closed":
             raise LimiterUnavailable("the rate limiter's Redis is unreachable", self.redis_health.retry_after_s())
 
-    def _produce(self, events: list[Event], budget: float) -> None:
+    def _sign(self) -> Signer | None:
+        """The stack's signer (its secret from the settings or Redis), or None while Redis is unreachable."""
+        if self._signer is None:
+            key = self.settings.feedback_signing_key
+            try:
+                secret = signing_secret(key.get_secret_value() if key else None, self.r, self.keys.signing_secret)
+            except redis.RedisError as exc:
+                self.redis_health.failed(exc)
+                return None
+            self._signer = Signer(secret)
+        return self._signer
+
+    def _produce(self, events: list[Event], budget: float, credential: Credential) -> None:
+        signer = self._sign()
+        if signer is None and credential.level:  # trusted feedback must not go out as anonymous
+            raise Unavailable("cannot sign the credential now (Redis unreachable)", self.redis_health.retry_after_s())
         if not self._lock.acquire(timeout=budget):
             raise BrokerUnavailable("the broker is busy acknowledging earlier calls")
         try:
@@ -170,9 +220,13 @@ class FeedbackIntake:
                 timeout_ms = int(self.settings.feedback_timeout_s * 1000)
                 self._producer = make_producer(self.settings, request_timeout_ms=timeout_ms, max_block_ms=timeout_ms)
             producer = self._producer
-            futures = [
-                producer.send(self.settings.feedback_topic, encode_event(ev), key=ev.event_id.encode()) for ev in events
-            ]
+            futures = []
+            for ev in events:
+                value = encode_event(ev)
+                headers = signer.headers(credential, value) if signer else None
+                futures.append(
+                    producer.send(self.settings.feedback_topic, value, key=ev.event_id.encode(), headers=headers)
+                )
             producer.flush(timeout=budget)
             for f in futures:
                 f.get(timeout=0.1)
@@ -185,12 +239,14 @@ class FeedbackIntake:
             self._lock.release()
         self.broker_health.succeeded()
 
-    def _count(self, n: int) -> None:
-        """Feedback volume for the dashboard: best-effort, a missed count never costs an accepted event."""
+    def _count(self, events: list[tuple[str, str]]) -> None:
+        """Feedback volume for the dashboard and each event's "accepted" status: best-effort, a missed
+        write never costs an accepted event."""
         if not self.redis_health.allow():
             return
         try:
-            self.volume.add(n)
+            self.volume.add(len(events))
+            self.status.accepted(events)
         except redis.RedisError as exc:
             self.redis_health.failed(exc)
         else:

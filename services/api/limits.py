@@ -1,12 +1,21 @@
-"""Request body size limit, enforced before the application sees a body (413 with a reason).
+"""Limits enforced before the application sees a request: body size (413) and the predict rate (429).
 
-A pure ASGI middleware: a declared ``Content-Length`` over the limit is refused at once; otherwise the
-body is read here, counting as it streams (so a chunked body cannot slip past), and handed on intact.
-Bodies are small by design (the default limit is 1 MB), so reading them first costs nothing."""
+:class:`BodySizeLimit`: a pure ASGI middleware: a declared ``Content-Length`` over the limit is refused at
+once; otherwise the body is read here, counting as it streams (so a chunked body cannot slip past), and
+handed on intact. Bodies are small by design (the default limit is 1 MB), so reading them first costs
+nothing.
+
+:class:`PredictRateLimit`: a token bucket per client address for ``POST /v1/predict`` on this replica
+(``predict_rate_limit`` a second, bursts of twice that), in process: no Redis round trip on the hot path.
+With N replicas behind a balancer a client may get up to N times the rate; the compose layout's nginx
+limits per client in front of them all.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -49,4 +58,55 @@ class BodySizeLimit:
         body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class PredictRateLimit:
+    MAX_CLIENTS = 10_000  # tracked addresses; past it, idle buckets (full again) are forgotten
+
+    def __init__(self, app: ASGIApp, per_s: float, path: str = "/v1/predict") -> None:
+        self.app = app
+        self.rate = per_s
+        self.burst = max(2.0 * per_s, 1.0)
+        self.path = path
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
+
+    def _take(self, address: str, now: float) -> float:
+        """0 if the call may go ahead, else the seconds until it could."""
+        tokens, at = self._buckets.get(address, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[address] = (tokens - 1.0, now)
+            if len(self._buckets) > self.MAX_CLIENTS:
+                self._prune(now)
+            return 0.0
+        self._buckets[address] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        full = [a for a, (t, at) in self._buckets.items() if t + (now - at) * self.rate >= self.burst]
+        for a in full:
+            del self._buckets[a]
+        while len(self._buckets) > self.MAX_CLIENTS:  # all busy: the oldest go
+            del self._buckets[next(iter(self._buckets))]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.rate <= 0 or scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        wait = self._take(client[0] if client else "", time.monotonic())
+        if wait <= 0:
+            await self.app(scope, receive, send)
+            return
+        retry = max(1, math.ceil(wait))
+        body = json.dumps(
+            {"detail": f"over the predict rate limit ({self.rate:g}/s per client); retry in {retry} s"}
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(retry).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
         await send({"type": "http.response.body", "body": body})

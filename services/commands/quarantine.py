@@ -25,7 +25,9 @@ def quarantine_list(
 @app.command("release")
 def quarantine_release(
     sids: list[str] = typer.Argument(None, help="Held sample ids (from `online quarantine list`)."),
-    source: str | None = typer.Option(None, help="Trust this source again and release all it sent."),
+    source: str | None = typer.Option(
+        None, help="Release all this source sent, and trust its feedback key from now on."
+    ),
     api: str | None = ApiUrl,
 ) -> None:
     """Release held samples: the next round trains on them."""

@@ -123,8 +123,9 @@ def serve(
     configure_threads(settings.num_threads)
     # access_log=False: uvicorn's own line per request stays off (services.api.access writes one, with the id)
     uvicorn.run(
-        create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning", access_log=False
-    )
+        create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning", access_log=False,
+        proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
+    )  # fmt: skip
 
 
 def consume() -> None:

@@ -80,3 +80,52 @@ def test_dead_letters_are_counted_once_per_record(buffer):
     buffer.record_dead_letters(letters)  # a redelivered batch
     stats = {s.label: s.dead_lettered for s in buffer.stats()}
     assert stats == {"weather": 1, "(none)": 1}
+
+
+def test_held_counts_follow_samples_in_and_out_without_reading_texts(buffer):
+    buffer.add([ev(i, f"text {i}", "x" if i < 3 else "newlab") for i in range(5)])
+    sids = [s.sid for s in buffer.samples()]
+    by_text = {s.text: s.sid for s in buffer.samples()}
+    buffer.quarantine([(by_text["text 0"], "live says y (0.90); 9/10 neighbours say y"),
+                       (by_text["text 1"], "source quarantined"),
+                       (by_text["text 3"], "pending label: new label 'newlab' has 2 of 3 examples"),
+                       (by_text["text 4"], "pending label: new label 'newlab' has 2 of 3 examples")])  # fmt: skip
+    kinds, by_source, pending = buffer.held_counts()
+    assert kinds == {"contradicted": 1, "source quarantined": 1, "pending label": 2}
+    assert by_source == {"test": kinds}
+    assert pending == [("newlab", 2, ["test"], "pending label: new label 'newlab' has 2 of 3 examples")]
+    assert buffer.release([by_text["text 3"]]) == 1 and buffer.drop([by_text["text 0"]]) == 1
+    kinds, _, pending = buffer.held_counts()
+    assert kinds == {"source quarantined": 1, "pending label": 1} and pending[0][1] == 1
+    assert len(sids) == 5
+
+
+def test_a_trusted_event_vouches_for_a_held_sample_and_held_ones_are_capped(buffer):
+    buffer.add([ev(1, "a poisoned looking text", "x")])
+    (sample,) = buffer.samples()
+    buffer.quarantine([(sample.sid, "live says y (0.90); 9/10 neighbours say y")])
+    assert buffer.new_samples()[0] == []
+    added = buffer.add([Incoming("e2", "a poisoned looking text", "x", "operator", 0.0, "admin", "admin")])
+    assert added.sids == (sample.sid,) and buffer.held() == []
+    (back,) = buffer.new_samples()[0]
+    assert back.trusted == "admin" and back.origin == "test"  # the first sender's origin
+    assert buffer.sources([sample.sid]) == [{"test", "admin"}]
+
+    buffer.add([ev(10 + i, f"held text {i}", "x") for i in range(5)])
+    held = [s.sid for s in buffer.samples() if s.text.startswith("held")]
+    buffer.quarantine([(sid, "contradicted") for sid in held])
+    assert buffer.trim_held(max_held=3, max_age_s=3600) == 2 and buffer.held_count() == 3
+    assert buffer.trim_held(max_held=100, max_age_s=0.0, now=10**12) == 3 and buffer.held_count() == 0
+    assert buffer.held_counts()[0] == {}
+
+
+def test_samples_held_before_the_counters_existed_are_counted_once(buffer):
+    buffer.add([ev(1, "old held text", "x"), ev(2, "another old one", "x")])
+    sids = [s.sid for s in buffer.samples()]
+    for sid in sids:  # held the way an older version held them: no counters
+        buffer.r.zrem(f"{buffer.p}:log", sid)
+        buffer.r.zrem(f"{buffer.p}:l:x", sid)
+        buffer.r.hset(f"{buffer.p}:s:{sid}", mapping={"quarantined": "contradicted", "quarantined_at": 1.0})
+        buffer.r.zadd(f"{buffer.p}:q", {sid: 1.0})
+    assert buffer.held_counts()[0] == {"contradicted": 2}
+    assert buffer.held_counts()[0] == {"contradicted": 2} and buffer.size() == 0 and buffer.held_count() == 2

@@ -40,6 +40,18 @@ def test_the_log_is_idempotent_masks_pii_and_forgets_on_purpose(log):
     assert "call me" not in str(log.r.xrange(log.stream))
 
 
+def test_an_untrusted_vote_does_not_undo_a_trusted_correction(log):
+    now = __import__("time").time()
+    trusted = Incoming("t1", "my card got declined", "card_declined", "operator", now, "admin", "admin")
+    anonymous = Incoming("a1", "what is my balance", "balance", "someone", now, "addr:10.0.0.1")
+    log.add([trusted, anonymous])
+    sids = {e.event_id: e.sid for e in log.snapshot()[1]}
+    assert log.snapshot()[1][0].trusted in ("admin", "")
+    assert log.forget(list(sids.values()), "thumbs down", keep_trusted=True) == 1  # only the anonymous one
+    assert [e.event_id for e in log.snapshot()[1]] == ["t1"]
+    assert log.forget([sids["t1"]], "thumbs down") == 1  # a trusted vote does
+
+
 def test_the_log_keeps_the_newest_within_capacity_and_age(log):
     now = __import__("time").time()
     items = [Incoming(f"e{i}", f"text number {i}", "x", "agent", now + i) for i in range(1, 6)]
@@ -147,3 +159,15 @@ def test_learning_does_not_mask_the_logs_texts_again(monkeypatch):
     memory.learn(entries, np.stack([_probs(LABELS, "a")] * 64), np.eye(64, 3, dtype=np.float32) + 0.01)
     memory.refresh()
     assert set(memory.states().values()) == {ACTIVE}
+
+
+def test_a_trusted_word_on_a_text_outranks_a_newer_untrusted_one():
+    from dataclasses import replace
+
+    memory = CorrectionMemory(LABELS, 0.9, RULES, None, None)
+    trusted = replace(_entry(1, "b", text="my card got declined"), trusted="admin")
+    later = _entry(2, "a", text="my card got declined")  # newer, anonymous, back to the model's answer
+    memory.learn([trusted, later], np.stack([_probs(LABELS, "a")] * 2), _unit([1, 0, 0], [1, 0, 0]))
+    memory.refresh(Policy())
+    (hit,) = memory.lookup(["my card got declined"], _unit([1, 0, 0]))
+    assert hit is not None and hit.label == "b" and hit.event_id == "e1"

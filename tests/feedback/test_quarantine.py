@@ -195,3 +195,33 @@ def quarantine_summary(buffer, ledger):
     from online.feedback.quarantine import screening_summary
 
     return screening_summary(buffer, ledger, set())
+
+
+def test_more_pending_examples_than_a_round_takes_do_not_keep_the_trainer_screening(qsettings):
+    """Examples of a label awaiting an operator are held once and counted, not screened again each round:
+    with more of them than a round takes, the trainer still goes idle; the approval releases them all."""
+    s = qsettings.model_copy(update={"label_policy": "approval", "round_max_new": 5})
+    stores = Stores.from_settings(s)
+    helpers.train_v1(s, stores.registry)
+    runner = RoundRunner(stores, Gate(s, GoldenSet.for_settings(s)), seed_examples=helpers.examples(helpers.OLD, 40, 1))
+    send(stores.buffer, [(f"how do i bake bread number {i}", "cooking", "alice") for i in range(12)])
+    reports = [runner.run() for _ in range(4)]
+    assert [r.quarantined for r in reports] == [5, 5, 2, 0]
+    assert reports[-1].status == "idle" and stores.buffer.new_count() == 0 and stores.buffer.held_count() == 12
+    assert runner.run().quarantined == 0  # and stays idle
+
+    from online.feedback.quarantine import approve_label
+
+    assert approve_label(stores.labels, stores.buffer, "cooking") == (True, 12)
+    assert stores.buffer.new_count() == 12
+
+
+def test_held_pending_examples_count_toward_a_new_labels_minimum(parts):
+    """Two held examples of a new label and one new one make the three the label rules ask for."""
+    registry, buffer, runner, ledger = parts
+    send(buffer, [("how do i bake bread", "cooking", "alice"), ("preheat the oven please", "cooking", "alice")])
+    first = runner.run()
+    assert first.quarantined == 2 and first.held_by_reason == {"pending label": 2}
+    send(buffer, [("grill the fish tonight", "cooking", "alice")])
+    second = runner.run()
+    assert second.quarantined == 0 and second.new == 1  # allowed: 1 new + 2 held = 3 examples

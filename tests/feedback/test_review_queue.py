@@ -91,3 +91,18 @@ def test_diverse_pick_spreads_over_clusters():
     picked = diverse_pick(x, scores, 3)
     assert sorted(i // 20 for i in picked) == [0, 1, 2]  # one per cluster, not three from the most uncertain
     assert picked[0] < 20  # the most uncertain cluster first
+
+
+def test_items_past_the_capacity_leave_with_their_texts(settings):
+    """Review items do not outlive their queue: trimmed ones are deleted, not left to their TTL."""
+    from online.feedback.review_queue import ReviewItem
+
+    stores = Stores.from_settings(settings.model_copy(update={"review_capacity": 10}))
+    items = [
+        ReviewItem(f"p{i}", f"text {i}", "a", 0.5, 0.1, None, False, float(i), 1, 0.0, np.zeros(4, np.float32))
+        for i in range(25)
+    ]
+    stores.review.add(items)
+    assert stores.review.size() == 10
+    stored = stores.redis.keys(f"{stores.keys.review}:item:*")
+    assert sorted(stored) == sorted(f"{stores.keys.review}:item:p{i}" for i in range(15, 25))  # the most uncertain

@@ -34,7 +34,12 @@ def model(settings) -> TextClassifier:
 def judge(live_acc: LiveAccuracy, version: int, right: int, wrong: int) -> None:
     """Feedback on ``version``'s own predictions: ``right`` thumbs up, ``wrong`` corrections."""
     tag = f"{version}-{time.monotonic_ns()}"
-    live_acc.record([Judgement(f"{tag}-{i}", version, i < right, time.time()) for i in range(right + wrong)])
+    live_acc.record(
+        [
+            Judgement(f"{tag}-{i}", version, i < right, time.time(), f"p{tag}-{i}", f"user{i % 5}")
+            for i in range(right + wrong)
+        ]
+    )
 
 
 def chain(registry: ModelRegistry, model: TextClassifier, n: int) -> list[int]:

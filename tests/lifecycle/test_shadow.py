@@ -19,7 +19,13 @@ from tests.helpers import ConsumerThread, wait_for
 def test_a_shadow_candidates_answers_never_reach_a_client(kafka_settings, tmp_path):
     golden = helpers.write_golden(tmp_path / "golden.jsonl", helpers.examples(helpers.OLD, 15, seed=7))
     s = kafka_settings.model_copy(
-        update={"golden_path": golden, "shadow_min_requests": 20, "shadow_min_agreement": 0.0, "shadow_min_judged": 5}
+        update={
+            "golden_path": golden,
+            "shadow_min_requests": 20,
+            "shadow_min_agreement": 0.0,
+            "shadow_min_judged": 5,
+            "verdict_min_sources": 1,  # one test client judges; tests/lifecycle/test_verdict_floods.py covers more
+        }  # fmt: skip
     )
     registry = Stores.from_settings(s).registry
     model, v1 = helpers.train_v1(s, registry)

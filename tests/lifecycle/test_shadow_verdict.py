@@ -19,8 +19,10 @@ def s() -> Settings:
     )
 
 
-def stats(requests: int, agreed: int, judged: int = 0, shadow_correct: int = 0, live_correct: int = 0) -> ShadowStats:
-    return ShadowStats(7, requests, agreed, judged, shadow_correct, live_correct)
+def stats(
+    requests: int, agreed: int, judged: int = 0, shadow_correct: int = 0, live_correct: int = 0, sources: int = 9
+) -> ShadowStats:
+    return ShadowStats(7, requests, agreed, judged, shadow_correct, live_correct, sources)
 
 
 def test_stats_properties():
@@ -111,3 +113,11 @@ def test_zero_allowed_drop_rejects_any_loss():
     )
     assert verdict(stats(100, 90, judged=100, shadow_correct=89, live_correct=90), strict)[0] is False
     assert verdict(stats(100, 90, judged=100, shadow_correct=90, live_correct=90), strict)[0] is True
+
+
+def test_judgements_of_too_few_sources_do_not_count(s):
+    """One client voting on many shadowed requests cannot end a shadow: its accuracy is not counted."""
+    ok, why = verdict(stats(500, 450, judged=100, shadow_correct=0, live_correct=100, sources=1), s)
+    assert ok is True and "1 of 3 sources" in why
+    ok, _ = verdict(stats(500, 450, judged=100, shadow_correct=0, live_correct=100, sources=3), s)
+    assert ok is False

@@ -78,8 +78,10 @@ def test_a_bad_version_shows_lower_live_accuracy_than_its_parent(dsettings, live
     registry.promote(v2)
     live_acc = Stores.from_settings(dsettings).live_accuracy
     now = time.time()
-    live_acc.record([Judgement(f"a{i}", v1.version, i % 10 != 0, now) for i in range(100)])  # 90%
-    live_acc.record([Judgement(f"b{i}", v2, i % 2 == 0, now) for i in range(100)])  # 50%
+    live_acc.record(
+        [Judgement(f"a{i}", v1.version, i % 10 != 0, now, f"pa{i}", f"u{i % 5}") for i in range(100)]
+    )  # 90%
+    live_acc.record([Judgement(f"b{i}", v2, i % 2 == 0, now, f"pb{i}", f"u{i % 5}") for i in range(100)])  # 50%
     with TestClient(create_app(dsettings)) as client:
         report = client.get("/v1/drift").json()
         accs = {e["version"]: e for e in report["live_accuracy"]}

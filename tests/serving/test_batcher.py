@@ -84,3 +84,36 @@ def test_a_lone_client_never_waits_for_company_and_concurrent_traffic_does():
         await batcher.stop()
 
     asyncio.run(main())
+
+
+def test_a_full_queue_refuses_at_once_instead_of_growing():
+    """Bounded admission: with the forward thread busy and ``max_queue`` requests waiting, the next one is
+    refused (the API answers 503 with Retry-After) and the waiting ones are still answered."""
+    from online.serving.batcher import Overloaded
+
+    gate = threading.Event()
+
+    def run(model: str, texts: list[str]) -> list[str]:
+        gate.wait(5)
+        return texts
+
+    async def main() -> tuple[list, BaseException | None]:
+        batcher: MicroBatcher[str, str] = MicroBatcher(run, max_batch=1, max_wait_ms=0, max_queue=2)
+        batcher.start()
+        busy = asyncio.create_task(batcher.submit("v1", ["t0"]))  # taken by the forward thread
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.create_task(batcher.submit("v1", [f"t{i}"])) for i in (1, 2)]
+        await asyncio.sleep(0.05)
+        refused = None
+        try:
+            await batcher.submit("v1", ["t3"])
+        except Overloaded as exc:
+            refused = exc
+        gate.set()
+        results = await asyncio.gather(busy, *waiting)
+        await batcher.stop()
+        return results, refused
+
+    results, refused = asyncio.run(main())
+    assert results == [["t0"], ["t1"], ["t2"]]
+    assert isinstance(refused, Overloaded) and refused.retry_after_s >= 1

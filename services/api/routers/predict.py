@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from online.contract import PredictRequestBase, PredictResponse
+from online.serving.batcher import Overloaded
 from online.serving.forward import ServedPrediction
 from online.serving.service import NotReady
 from services.api.deps import ServiceDep
@@ -56,7 +57,10 @@ def router(request_model: type[PredictRequestBase]) -> APIRouter:
     @api.post(
         "/v1/predict",
         response_model=PredictResponse,  # the documented answer; the bytes are built by predict_body
-        responses={503: {"description": "No model loaded yet"}},
+        responses={
+            429: {"description": "This client is over its rate limit (Retry-After)"},
+            503: {"description": "No model loaded yet, or too many requests waiting (Retry-After)"},
+        },
     )
     async def predict(body: request_model, service: ServiceDep) -> Response:  # type: ignore[valid-type]
         served = await service.predict(body.all_texts(), body.top_k)
@@ -94,7 +98,7 @@ class PredictFastPath:
         try:
             request = self.request_model.model_validate_json(body)
             served = await scope["app"].state.service.predict(request.all_texts(), request.top_k)
-        except (ValidationError, NotReady):  # the route answers these, as documented
+        except (ValidationError, NotReady, Overloaded):  # the route answers these, as documented
             replay: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
             await self.app(scope, _replay(replay, receive), send)
             return

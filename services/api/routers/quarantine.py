@@ -21,8 +21,8 @@ async def held(admin: AdminDep, limit: int = Query(200, ge=1, le=5000)) -> Quara
 
 @api.post("/v1/quarantine/release", response_model=QuarantineResult)
 async def release(body: QuarantineAction, admin: AdminDep) -> QuarantineResult:
-    """Release held samples (the next round trains on them); with ``source``, trust it again and
-    release everything it sent that is held."""
+    """Release held samples (the next round trains on them); with ``source``, release everything it
+    sent that is held and trust its feedback key from now on (its name alone earns nothing)."""
     return await asyncio.to_thread(admin.release, body.sids, body.source)
 
 

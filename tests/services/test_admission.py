@@ -1,0 +1,138 @@
+"""Admission and the fate of feedback, on a real stack (Tansu, Redis, the consumer, the API).
+
+- ``/v1/predict`` is rate limited per client (429 with Retry-After) and its queue is bounded (503 with
+  Retry-After), so one flooding client neither grows a replica's memory nor stalls everyone;
+- ``GET /v1/feedback/{event_id}`` tells what became of an event: accepted, answered by the correction
+  memory, held (why, and what would release it), recorded, dead-lettered (why), unknown.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+from online.wiring.stores import Stores
+from tests.helpers import ConsumerThread, live_untrained, served_app, wait_for
+
+
+def test_predict_answers_429_past_a_clients_rate(settings):
+    live_untrained(settings)
+    with served_app(settings.model_copy(update={"predict_rate_limit": 2.0})) as client:
+        answers = [client.post("/v1/predict", json={"text": "hello there"}) for _ in range(8)]
+        codes = [a.status_code for a in answers]
+        assert codes[:4] == [200] * 4 and 429 in codes  # a burst of twice the rate, then refused
+        refused = answers[codes.index(429)]
+        assert int(refused.headers["retry-after"]) >= 1 and "rate limit" in refused.json()["detail"]
+        assert client.get("/healthz").status_code == 200  # other routes are not limited
+
+
+def test_predict_answers_503_when_its_queue_is_full(settings):
+    live_untrained(settings)
+    with served_app(settings.model_copy(update={"predict_queue_max": 1, "predict_rate_limit": 0})) as client:
+        batcher = client.app.state.service.batcher
+        gate = threading.Event()
+        batcher._pool.submit(gate.wait, 30)  # the forward thread is busy
+        results: list[int] = []
+
+        def call() -> None:
+            results.append(client.post("/v1/predict", json={"text": "hello"}).status_code)
+
+        first = threading.Thread(target=call)
+        first.start()  # taken off the queue, waiting for the forward thread
+        wait_for(lambda: batcher._last_requests == 1 and batcher._queue.qsize() == 0, what="the first one taken")
+        second = threading.Thread(target=call)
+        second.start()
+        wait_for(lambda: batcher._queue.qsize() == 1, what="the second waiting in the queue")
+        refused = client.post("/v1/predict", json={"text": "hello"})
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        gate.set()
+        first.join(30)
+        second.join(30)
+        assert sorted(results) == [200, 200]  # what was admitted is answered
+
+
+def feedback(client, event: dict) -> str:
+    event = {"event_id": uuid.uuid4().hex, "source": "someone"} | event
+    resp = client.post("/v1/feedback", json=event)
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["status_url"] == f"/v1/feedback/{event['event_id']}"
+    return event["event_id"]
+
+
+def state(client, event_id: str) -> dict:
+    resp = client.get(f"/v1/feedback/{event_id}")
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def reaches(client, event_id: str, wanted: str) -> dict:
+    return wait_for(lambda: (st := state(client, event_id))["state"] == wanted and st, what=wanted)
+
+
+def test_the_fate_of_each_event_is_told(kafka_settings):
+    settings = kafka_settings
+    live_untrained(settings)
+    with served_app(settings) as client:
+        pred = client.post("/v1/predict", json={"text": "my card got declined"}).json()["predictions"][0]
+        other = "b" if pred["label"] == "a" else "a"
+        correction = feedback(client, {"kind": "label", "text": "my card got declined", "label": other})
+        assert reaches(client, correction, "accepted")["detail"].startswith("accepted by the broker")
+        assert state(client, "never-sent")["state"] == "unknown"
+
+        with ConsumerThread(settings):
+            answered = reaches(client, correction, "memory")
+            assert answered["label"] == other and answered["sid"] and answered["trusted"] is False
+
+            new_label = feedback(client, {"kind": "label", "text": "payment bounced", "label": "card_declined"})
+            pending = reaches(client, new_label, "held")
+            assert (
+                pending["reason"].startswith("pending label")
+                and "online labels approve card_declined" in pending["release"]
+            )
+
+            down = feedback(client, {"kind": "thumbs", "prediction_id": pred["prediction_id"], "vote": "down"})
+            assert reaches(client, down, "recorded")["detail"].startswith("counted as a judgement")
+
+            dead = feedback(client, {"kind": "thumbs", "prediction_id": "no-such-prediction", "vote": "up"})
+            assert "unknown prediction_id" in reaches(client, dead, "dead_lettered")["reason"]
+
+        stats = client.get("/v1/feedback/stats").json()  # not swallowed by /v1/feedback/{event_id}
+        assert stats["held"]["total"] == 0 and "review_queued" in stats
+        keys = Stores.from_settings(settings).keys
+        ttl = Stores.from_settings(settings).redis.ttl(f"{keys.feedback_status}:e:{correction}")
+        assert 0 < ttl <= settings.feedback_status_ttl_s  # every status record expires
+
+
+def test_feedback_waits_when_the_untrained_backlog_is_full(settings):
+    """The buffer never evicts untrained samples: past ``feedback_max_backlog`` (training paused or
+    behind) feedback is refused with 503 and Retry-After rather than growing Redis without bound."""
+    from fastapi.testclient import TestClient
+
+    from online.feedback.buffer import Incoming
+    from services.api.app import create_app
+
+    s = settings.model_copy(update={"feedback_max_backlog": 3})
+    Stores.from_settings(s).buffer.add([Incoming(f"e{i}", f"text {i}", "a", "x", 0.0) for i in range(3)])
+    with TestClient(create_app(s)) as client:
+        resp = client.post("/v1/feedback", json={"kind": "label", "text": "one more", "label": "a", "source": "x"})
+        assert resp.status_code == 503 and resp.headers["retry-after"] == "30"
+        assert "wait for training" in resp.json()["detail"]
+
+
+def test_anonymous_feedback_is_rate_limited_per_client_not_per_invented_name(kafka_settings):
+    from fastapi.testclient import TestClient
+
+    from services.api.app import create_app
+
+    s = kafka_settings.model_copy(update={"feedback_client_rate_limit": 5})
+    with TestClient(create_app(s)) as client:
+
+        def call(names: list[str]):
+            events = [{"kind": "label", "text": f"text {n}", "label": "a", "source": n} for n in names]
+            return client.post("/v1/feedback", json={"events": events})
+
+        assert call(["n1", "n2", "n3"]).status_code == 202
+        refused = call(["n4", "n5", "n6"])  # six events this second from one client, under six names
+        if refused.status_code == 202:  # the second ticked over between the calls: once more
+            refused = call([f"m{i}" for i in range(6)])
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
