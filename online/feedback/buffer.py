@@ -91,7 +91,8 @@ for i = 0, n - 1 do
     gone = gone + 1
   elseif redis.call('SET', p .. ':seen:' .. eid, '1', 'NX', 'EX', ttl) then
     local sk = p .. ':s:' .. sid
-    redis.call('SADD', p .. ':srcs:' .. sid, origin)
+    redis.call('SADD', p .. ':srcs:' .. sid, origin)  -- independent senders: who vouches for it
+    redis.call('SADD', p .. ':names:' .. sid, source)  -- the sources it came from: what `online forget` finds
     redis.call('HINCRBY', p .. ':source:' .. source, 'events', 1)
     redis.call('EXPIRE', p .. ':source:' .. source, ttl)  -- a source silent for the dedup TTL is forgotten
     redis.call('SADD', p .. ':sources', source)
@@ -165,7 +166,7 @@ for i = 0, n - 1 do
     count_held(p, p .. ':s:' .. sid, -1)
     local label = redis.call('HGET', p .. ':s:' .. sid, 'label')
     if label then redis.call('HINCRBY', p .. ':stats:' .. label, 'dropped', 1) end
-    redis.call('DEL', p .. ':s:' .. sid, p .. ':srcs:' .. sid)
+    redis.call('DEL', p .. ':s:' .. sid, p .. ':srcs:' .. sid, p .. ':names:' .. sid)
     if remember == '1' then redis.call('SADD', p .. ':dropped', sid) end  -- the same (text, label) sent again is not stored again
     dropped = dropped + 1
   end
@@ -177,7 +178,7 @@ _EVICT = """
 local p, label, cursor, r = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local sids = redis.call('ZRANGEBYSCORE', p .. ':l:' .. label, '-inf', cursor, 'LIMIT', r, 1)
 if #sids == 0 then return 0 end
-redis.call('DEL', p .. ':s:' .. sids[1], p .. ':srcs:' .. sids[1])
+redis.call('DEL', p .. ':s:' .. sids[1], p .. ':srcs:' .. sids[1], p .. ':names:' .. sids[1])
 redis.call('ZREM', p .. ':l:' .. label, sids[1])
 redis.call('ZREM', p .. ':log', sids[1])
 redis.call('HINCRBY', p .. ':stats:' .. label, 'evicted', 1)

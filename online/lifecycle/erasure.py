@@ -55,7 +55,7 @@ for i = 0, n - 1 do
     redis.call('ZREM', p .. ':l:' .. label, sid)
     redis.call('ZREM', p .. ':log', sid)
     redis.call('ZREM', p .. ':q', sid)
-    redis.call('DEL', sk, p .. ':srcs:' .. sid)
+    redis.call('DEL', sk, p .. ':srcs:' .. sid, p .. ':names:' .. sid)
     redis.call('HINCRBY', p .. ':stats:' .. label, 'erased', 1)
     erased = erased + 1
   end
@@ -157,7 +157,7 @@ def _erase_buffer(buffer: ReplayBuffer, r: redis.Redis, source: str | None, matc
             for sid in page:
                 pipe.hmget(f"{p}:s:{sid}", "text", "source", "at")
                 if source is not None:
-                    pipe.sismember(f"{p}:srcs:{sid}", source)
+                    pipe.sismember(f"{p}:names:{sid}", source)
             rows = pipe.execute()
         step = 2 if source is not None else 1
         for i, sid in enumerate(page):

@@ -19,9 +19,11 @@ from tests.helpers import ConsumerThread, live_untrained, served_app, settings_e
 ADMIN = {"Authorization": "Bearer s3cret"}
 
 
-def send(client, source: str, text: str, label: str = "b") -> None:
+def send(client, source: str, text: str, label: str = "b") -> tuple[str, str]:
+    """Sends one label event; returns its (source, event_id), the key the buffer dedups by."""
     resp = client.post("/v1/feedback", json={"kind": "label", "text": text, "label": label, "source": source})
     assert resp.status_code == 202, resp.text
+    return source, resp.json()["event_ids"][0]
 
 
 def stored_texts(stores) -> set[str]:
@@ -50,15 +52,18 @@ def test_forget_a_source_then_a_text_everywhere_and_for_good(kafka_settings, mon
     live_untrained(settings)
     stores = Stores.from_settings(settings)
     with ConsumerThread(settings), served_app(settings) as client:
-        send(client, "alice", "alice wants her refund, mail alice@example.com")
-        send(client, "alice", "shared words about the weather", "a")
-        send(client, "bob", "shared words about the weather", "a")  # the same sample as alice's
-        send(client, "bob", "bob asks where his parcel is")
-        send(client, "bob", "forget me please", "a")
+        sent = [
+            send(client, "alice", "alice wants her refund, mail alice@example.com"),
+            send(client, "alice", "shared words about the weather", "a"),
+            send(client, "bob", "shared words about the weather", "a"),  # the same sample as alice's
+            send(client, "bob", "bob asks where his parcel is"),
+            send(client, "bob", "forget me please", "a"),
+        ]
         pred = client.post("/v1/predict", json={"text": "Forget me   please"}).json()["predictions"][0]
         stores.review.add([ReviewItem(pred["prediction_id"], "forget me please", "a", 0.5, 0.0, None, False, 1.0, 1,
                                       time.time(), np.zeros(4, np.float32))])  # fmt: skip
-        wait_for(lambda: len(stored_texts(stores)) == 4, timeout=60, what="the feedback stored")
+        wait_for(lambda: all(stores.buffer.seen(sent)), timeout=60, what="every event consumed")  # in any order
+        assert len(stored_texts(stores)) == 4
         wait_for(lambda: stores.predictions.get(pred["prediction_id"]) is not None, what="the prediction logged")
         assert any("alice" in t for t in memory_texts(stores))  # corrections of an untrained model's answers
 

@@ -104,4 +104,4 @@ def test_corrections_and_thumbs_on_generations_reach_the_buffer(gen_kafka_settin
     assert bob.prompt == "Who runs support?" and bob.answer == "Pipkin: <EMAIL>" and bob.rejected is None
     assert sum(st.dead_lettered for st in buffer.stats()) == 3
     judged = stores.live_accuracy.get(g["model_version"])
-    assert (judged.n, judged.correct) == (2, 0), "the correction and the thumbs down judge version 1"
+    assert (judged.n, judged.correct) == (1, 0), "the correction and the thumbs down judge the one generation once"

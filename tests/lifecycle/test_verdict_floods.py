@@ -33,14 +33,15 @@ def predict(client, n: int = 1) -> list[tuple[str, int]]:
     return [(p["prediction_id"], p["model_version"]) for p in body["predictions"]]
 
 
-def vote(client, prediction_ids: list[str], vote: str) -> list[str]:
+def vote(client, prediction_ids: list[str], vote: str) -> list[tuple[str, str]]:
+    """Votes under fresh names; returns (source, event_id) of each, the key the buffer dedups by."""
     events = [
         {"kind": "thumbs", "prediction_id": pid, "vote": vote, "source": f"name-{uuid.uuid4().hex[:6]}"}
         for pid in prediction_ids
     ]
     resp = client.post("/v1/feedback", json={"events": events})
     assert resp.status_code == 202, resp.text
-    return resp.json()["event_ids"]
+    return [(e["source"], eid) for e, eid in zip(events, resp.json()["event_ids"], strict=True)]
 
 
 def promote_child(stores, client, v1: int, model) -> int:
@@ -50,7 +51,7 @@ def promote_child(stores, client, v1: int, model) -> int:
     return v2
 
 
-def consumed(stores, event_ids: list[str]) -> None:
+def consumed(stores, event_ids: list[tuple[str, str]]) -> None:
     wait_for(lambda: all(stores.buffer.seen(event_ids)), timeout=60, what="every vote consumed")
 
 

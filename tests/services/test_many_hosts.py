@@ -247,7 +247,7 @@ def _scenario(net: Network, tiny_base: str, tmp_path: Path, monkeypatch, mark) -
     mark("api-1 killed; api-2 answered 50 of 50")
 
     # -- the Redis master crashes under load: failover, no prediction error, no accepted event lost ---------------
-    accepted: list[str] = []
+    accepted: list[tuple[str, str]] = []  # (source, event_id): the buffer's dedup key
     retried = 0
 
     def send_feedback(i: int) -> None:
@@ -263,7 +263,7 @@ def _scenario(net: Network, tiny_base: str, tmp_path: Path, monkeypatch, mark) -
             try:
                 resp = post(f"{urls['api-2']}/v1/feedback", {"events": events})
                 if resp.status_code == 202:
-                    accepted.extend(e["event_id"] for e in events)
+                    accepted.extend((e["source"], e["event_id"]) for e in events)
                     return
                 assert resp.status_code == 503, resp.text
                 pause = min(float(resp.headers.get("Retry-After", "1")), 1.0)
@@ -303,7 +303,7 @@ def _scenario(net: Network, tiny_base: str, tmp_path: Path, monkeypatch, mark) -
         timeout=30, interval=0.2, what="all three sentinels naming the new master",
     )  # fmt: skip
 
-    def missing() -> list[str]:
+    def missing() -> list[tuple[str, str]]:
         return [e for e, seen in zip(accepted, net.call(stores.buffer.seen, accepted)) if not seen]
 
     wait_for(lambda: not missing(), timeout=90, interval=0.5, what="every accepted event in the buffer",
