@@ -42,14 +42,14 @@ import torch
 
 from online.examples import Example
 from online.learning.fit import Progress, embeddings
-from online.model import LiftedHead, TextClassifier, resolve_device
+from online.model import LiftedHead, TextClassifier, encoder_fingerprint, resolve_device
 from online.reports import HeadInfo
 
 log = logging.getLogger("online.learning.closed_form")
 
 HEAD_ROUND = "closed-form"  # a round's mode (manifest) when it solved the head on the live encoder
 FOLDS = 5  # one stored text in FOLDS is held out to choose the regulariser and the temperature
-RIDGE_GRID = tuple(float(10**k) for k in np.arange(-1.0, 4.01, 0.5))
+RIDGE_GRID = tuple(float(10**k) for k in np.arange(-1.0, 5.01, 0.5))  # G's diagonal grows as n / 2
 TEMPERATURE_GRID = tuple(float(t) for t in np.geomspace(1.0, 200.0, 41))
 CHUNK = 2048  # rows lifted at a time while statistics are built (a 2048 x width float64 block)
 
@@ -57,16 +57,6 @@ CHUNK = 2048  # rows lifted at a time while statistics are built (a 2048 x width
 def held_out(text: str) -> bool:
     """Whether a text is in the held-out fold: stable across processes, rounds and Python versions."""
     return int(hashlib.sha1(f"fold:{text}".encode()).hexdigest()[:8], 16) % FOLDS == 0
-
-
-def encoder_fingerprint(model: TextClassifier) -> str:
-    """A digest of the encoder's weights (and its pooling): the statistics hold for this encoder only."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{model.base_model}|{model.pooling}".encode())
-    for name, tensor in model.encoder.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def lift_fingerprint(head: LiftedHead) -> str:

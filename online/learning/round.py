@@ -16,9 +16,11 @@ import logging
 import os
 import random
 import socket
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal, Protocol
 
 from online.data import DataNotFound
@@ -33,17 +35,17 @@ from online.learning.closed_form import (
     encoder_due,
     head_info,
     uncovered,
-    with_lifted_head,
 )
 from online.learning.fit import Progress
 from online.learning.step import LearnConfig, learn, new_repeats, select_rehearsal, split_holdout
 from online.learning.version_one import seed_data
+from online.lifecycle.artifact import build_int8
 from online.lifecycle.gate import Gate
 from online.lifecycle.registry import Manifest, ModelRegistry
 from online.lifecycle.release import JudgedVersion, release
 from online.memory.log import CorrectionLog
-from online.model import TextClassifier, resolve_device
-from online.predictor import torch_predictor
+from online.model import TextClassifier
+from online.predictor import serving_predictor, torch_predictor
 from online.reference import REFERENCE_FILE, Reference
 from online.reports import GateReport, RoundStats
 from online.settings import Settings
@@ -183,19 +185,24 @@ class RoundRunner:
         return [(s.text, s.label) for s in remembered] + self._seed_for(live)
 
     def warm(self) -> int:
-        """Closed-form mode: build the statistics of the live version's encoder from the stored examples
-        now (a trainer's first round otherwise pays for it: embedding every stored text once). Returns
-        the number of examples they cover (0 when there is nothing to do)."""
+        """Closed-form mode: what a trainer's first head round would otherwise pay for, done now: the
+        statistics of the live encoder over every stored example, its quantised int8 encoder, and the
+        embeddings a head round's checks reuse (the golden set under the gate's and the int8 check's
+        engines, every stored text under the serving engine: the drift reference samples them). Returns
+        the number of examples the statistics cover (0 when there is nothing to do)."""
         parent = self.registry.live()
         if not self.cfg.closed_form or parent is None:
             return 0
         live, _ = self.registry.load(parent)
         if uncovered(live, stored := self._stored(live)):
             return 0
-        model = with_lifted_head(live, self.cfg.head_width, self.cfg.seed)
-        model.grow(sorted({lab for _, lab in stored}))
-        stats, _ = self.head_stats.sync(model, stored, self.cfg.max_seq_len, resolve_device(self.cfg.device))
-        return stats.n
+        model = closed_form_round(live, [], stored, [], self.cfg, self.head_stats, tune_encoder=False).model
+        golden = [t for t, _ in self.gate.golden.examples]
+        torch_predictor(model, 0, self.s, reuse=True).probabilities(golden)
+        with tempfile.TemporaryDirectory(prefix="online-warm-") as tmp:
+            path, _ = build_int8(model, self.gate.golden.examples, self.s, Path(tmp))
+            serving_predictor(model, 0, self.s, path, reuse=True).probabilities([t for t, _ in stored] + golden)
+        return self.head_stats.stats.n if self.head_stats.stats else 0
 
     def _requeue_held(self, fence: Fence) -> int:
         """Held samples that may be trained now go back to the buffer as new (screened again): those

@@ -392,3 +392,53 @@ def test_a_round_is_due_once_feedback_stops_arriving(settings):
     assert not scheduler.due()
     now[0] = 3.6
     assert scheduler.due()  # 2.1 s without new feedback
+
+
+def test_a_head_round_reuses_the_encoder_for_its_artifact_and_its_checks(live, cfg, settings, tmp_path, monkeypatch):
+    """A head round keeps the encoder: its int8 artifact is the cached quantised encoder plus the new head
+    in fp32 (no second export), and the judges reuse the encoder's embeddings of texts they saw (no
+    second forward) with the same probabilities as a forward."""
+    from online import predictor as predictors
+    from online.lifecycle import artifact
+
+    stored = helpers.examples(helpers.OLD, 40, seed=1)
+    cache = StatisticsCache()
+    first = closed_form_round(
+        live, helpers.examples(["travel"], 20, seed=5), stored, [], cfg, cache, tune_encoder=False
+    ).model
+    second = closed_form_round(
+        first, helpers.examples(["travel"], 10, seed=6), stored + helpers.examples(["travel"], 20, seed=5), [], cfg,
+        cache, tune_encoder=False,
+    ).model  # fmt: skip
+    exports = []
+    real_export = artifact._export_quantized
+    monkeypatch.setattr(artifact, "_export_quantized", lambda *a: exports.append(a[1]) or real_export(*a))
+    monkeypatch.setattr(artifact, "_ENCODERS", artifact.OrderedDict())
+    golden = helpers.examples([*helpers.OLD, "travel"], 15, seed=7)
+    s = settings.model_copy(update={"engine": "auto"})
+    (tmp_path / "a").mkdir()
+    _, check1 = artifact.build_int8(first, golden, s, tmp_path / "a")
+    assert exports == [["embeddings"]] and check1.passed  # the encoder alone was exported and quantised
+    (tmp_path / "b").mkdir()
+    path, check2 = artifact.build_int8(second, golden, s, tmp_path / "b")
+    assert exports == [["embeddings"]] and check2.passed and check2.agreement >= 0.97  # no second export
+
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    weights = {i.name: i for i in graph.initializer}
+    assert weights["lifted_head/weight_t"].data_type == onnx.TensorProto.FLOAT  # the head is not quantised
+    texts = [t for t, _ in golden]
+    forward = predictors.int8_predictor(path, 0, second.labels, second.base_model, s).probabilities(texts)
+    reused = predictors.int8_predictor(path, 0, second.labels, second.base_model, s, reuse=second)
+    calls = []
+    real_forward = reused._forward
+    monkeypatch.setattr(reused, "_forward", lambda t: calls.append(len(t)) or real_forward(t))
+    probs = reused.probabilities(texts)  # every golden text was embedded by the check already
+    assert calls == [] and torch.allclose(probs, forward, atol=1e-4)
+
+    torch_fresh = predictors.Predictor(second, 0, precision="fp32").probabilities(texts)
+    torch_reused = predictors.Predictor(second, 0, precision="fp32", reuse=True).probabilities(texts)
+    assert torch.allclose(torch_fresh, torch_reused, atol=1e-6)
+    linear = predictors.Predictor(live, 0, precision="fp32", reuse=True)
+    assert linear._reuse is None  # a linear head is judged by the engine's forward, as before
