@@ -42,6 +42,7 @@ from online.predictor import torch_predictor
 from online.settings import Settings
 
 FULL_MEMORY = "distill, whole buffer"  # rehearsing from everything seen, as the Redis buffer does
+BASE_ENCODER = "closed-form-base-encoder"  # the closed-form head on the pretrained encoder as it ships
 
 
 def methods(base: LearnConfig) -> dict[str, LearnConfig]:
@@ -58,6 +59,9 @@ def methods(base: LearnConfig) -> dict[str, LearnConfig]:
         "sgd": sgd,  # the SGD round whatever ONLINE_HEAD says
         "closed-form": closed,  # ONLINE_ENCODER_EVERY as configured
         "closed-form-frozen": closed.but(encoder_every=0),
+        "closed-form-logit-adjust": closed.but(head_balance="logit-adjust"),  # a rare label helped by the bias only
+        "closed-form-frozen-w2048": closed.but(encoder_every=0, head_width=2048),
+        BASE_ENCODER: closed.but(encoder_every=0),  # the head on the base encoder, never fine-tuned
         **{f"closed-form-k{k}": closed.but(encoder_every=k) for k in (1, 2, 3, 4, 5)},
         "closed-form-k4-sgd-probe": closed.but(encoder_every=4, exact_probe=False),
         "naive": plain.but(rehearsal_ratio=0.0),
@@ -258,6 +262,8 @@ def run_bench_learn(
                 continue
             cfg = all_methods[name].but(seed=seed)
             model = start_model
+            if name == BASE_ENCODER:  # the start model's labels on the untouched pretrained encoder
+                model = TextClassifier.from_base(base_model, start_model.labels, pooling=start_model.pooling)
             keep = 10**9 if name == FULL_MEMORY else memory_per_intent
             memory = _subsample(start_train, keep, random.Random(seed))
             stored = list(start_train)  # closed-form: every example seen (the buffer and the seed data)

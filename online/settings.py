@@ -226,6 +226,10 @@ class Settings(BaseSettings):
         ge=0,
         description="closed-form: every this many rounds the encoder is fine-tuned first (TRAIN_MODE's recipe), then the statistics are rebuilt under it; 0 (or TRAIN_MODE=head): never.",
     )
+    head_balance: Literal["reweight", "logit-adjust"] = Field(
+        "reweight",
+        description="closed-form: how a label with few examples (a new intent) is kept from being out-voted. reweight: its examples weigh up to the median label's count in the solve; logit-adjust: only the bias (-log of its share) helps it. Logit adjustment (BIAS_CORRECTION) applies on top of either.",
+    )
     train_debounce_s: float = Field(
         2.0,
         ge=0,

@@ -241,6 +241,36 @@ def uncovered(model: TextClassifier, examples: Sequence[Example]) -> list[str]:
     return [lab for lab in model.labels if lab not in have]
 
 
+RARE = 0.5  # a label with fewer stored examples than this share of the median label's is weighted up
+
+
+def rare_labels_weighted(
+    stats: Statistics, cache: StatisticsCache, model: TextClassifier, max_seq_len: int, device
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(G, Q, counts) of a weighted ridge in which each example of a rare label (fewer than :data:`RARE`
+    of the median label's count) weighs ``median / count``: the label then pulls on the solve as a
+    typical one does, so 20 examples of a new intent beside 100 of each old one win their own texts.
+    Exact, from the statistics plus the rare labels' own rows (a few dozen: their embeddings are cached),
+    and still a function of the stored multiset only (order invariant)."""
+    gram, cross, counts = stats.total(model.labels)
+    present = counts[counts > 0]
+    target = float(np.median(present)) if len(present) else 0.0
+    rare = [i for i, c in enumerate(counts) if 0 < c < RARE * target]
+    if not rare:
+        return gram, cross, counts
+    gram, cross, counts = gram.copy(), cross.copy(), counts.copy()
+    lift = model.head.lift.detach().cpu().double().numpy()
+    for i in rare:
+        label = model.labels[i]
+        texts = [t for (t, lab), k in stats.examples.items() if lab == label for _ in range(k)]
+        h = lifted(cache.features.get(model, stats.key[0], texts, max_seq_len, device), lift)
+        extra = target / counts[i] - 1.0
+        gram += extra * (h.T @ h)
+        cross[:, i] += extra * h.sum(0)
+        counts[i] = target
+    return gram, cross, counts
+
+
 def log_prior_bias(counts: np.ndarray) -> np.ndarray:
     """``-log`` of each label's share (a label without examples counts as the rarest present one)."""
     counts = np.asarray(counts, dtype=np.float64).copy()
@@ -341,6 +371,7 @@ def solve_head(
     device,
     carry: LiftedHead | None = None,
     probe: Sequence[Example] = (),
+    reweight: bool = False,
 ) -> HeadSolve:
     """Solve ``model``'s head in place on the statistics of ``examples``: a lifted head, every label of
     the examples in it. ``carry``: the live head whose ridge and temperature are kept (``None``: choose
@@ -361,6 +392,8 @@ def solve_head(
     missing = [lab for lab, c in zip(model.labels, counts) if c <= 0]
     if missing:
         raise UncoveredLabels(missing)
+    if reweight:
+        gram, cross, counts = rare_labels_weighted(stats, cache, model, max_seq_len, device)
     w = ridge_solve(gram, cross, choice.ridge)
     bias = log_prior_bias(counts) if adjust else np.zeros(len(model.labels))
     with torch.no_grad():
@@ -409,7 +442,7 @@ def closed_form_round(
             solve_head(
                 start, examples, cache, width=cfg.head_width, seed=cfg.seed,
                 adjust=cfg.bias_correction == "logit-adjust", max_seq_len=cfg.max_seq_len, device=device,
-                carry=live.head if isinstance(live.head, LiftedHead) else None,
+                carry=live.head if isinstance(live.head, LiftedHead) else None, reweight=cfg.head_balance == "reweight",
             )  # fmt: skip
         tuned = learn(start, new, rehearsal, cfg.but(probe_first=cfg.probe_first and not cfg.exact_probe), progress)
         model, encoder_s = tuned.model, tuned.duration_s
@@ -420,7 +453,7 @@ def closed_form_round(
     added = [lab for lab in dict.fromkeys(lab for _, lab in examples) if lab not in live.labels]
     solved = solve_head(
         model, examples, cache, width=cfg.head_width, seed=cfg.seed, adjust=cfg.bias_correction == "logit-adjust",
-        max_seq_len=cfg.max_seq_len, device=device, carry=carry, probe=new,
+        max_seq_len=cfg.max_seq_len, device=device, carry=carry, probe=new, reweight=cfg.head_balance == "reweight",
     )  # fmt: skip
     if progress and not tune_encoder:
         progress(len(new))

@@ -69,6 +69,7 @@ class LearnConfig:
     head_width: int = 4096  # closed-form: width of the random ReLU lift
     encoder_every: int = 4  # closed-form: every this many rounds the encoder is fine-tuned first (0: never)
     exact_probe: bool = True  # closed-form encoder rounds: start from the head solved on the live encoder
+    head_balance: Literal["reweight", "logit-adjust"] = "reweight"  # closed-form: how a rare label is helped
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LearnConfig:
@@ -91,6 +92,7 @@ class LearnConfig:
             head=settings.head,
             head_width=settings.head_width,
             encoder_every=settings.encoder_every if settings.train_mode != "head" else 0,
+            head_balance=settings.head_balance,
         )
 
     @property

@@ -139,12 +139,36 @@ def test_logit_adjustment_lets_a_rare_label_win_its_own_texts(live, cfg):
     hits = {}
     for correction in ("off", "logit-adjust"):
         model = closed_form_round(
-            live, new, stored, [], cfg.but(bias_correction=correction), StatisticsCache(), tune_encoder=False
-        ).model
+            live, new, stored, [], cfg.but(bias_correction=correction, head_balance="logit-adjust"), StatisticsCache(),
+            tune_encoder=False,
+        ).model  # fmt: skip
         hits[correction] = _predicted(model, tests).count("travel")
     bias = model.head.bias.detach()
     assert bias[model.labels.index("travel")] > bias[model.labels.index("music")]
     assert hits["logit-adjust"] >= hits["off"]
+
+
+def test_a_rare_label_is_weighted_as_if_it_had_the_median_count(live, cfg):
+    """head_balance=reweight: 4 examples of a new label beside 40 of each old one weigh 10 each in the
+    solve, exactly the statistics of the 4 repeated 10 times, and win their label's texts at least as
+    often as logit adjustment alone does."""
+    stored = helpers.examples(helpers.OLD, 40, seed=1)
+    new = helpers.examples(["travel"], 4, seed=5)
+    # the regulariser and the temperature chosen once, then carried by both rounds: only the weights differ
+    start = closed_form_round(live, [], stored, [], cfg, StatisticsCache(), tune_encoder=False).model
+    weighted = closed_form_round(start, new, stored, [], cfg, StatisticsCache(), tune_encoder=False)
+    repeated = closed_form_round(
+        start, new * 10, stored, [], cfg.but(head_balance="logit-adjust"), StatisticsCache(), tune_encoder=False
+    )
+    assert torch.allclose(weighted.model.head.weight, repeated.model.head.weight, atol=1e-5)
+    assert torch.allclose(weighted.model.head.bias, repeated.model.head.bias, atol=1e-6)
+
+    tests = [t for t, _ in helpers.examples(["travel"], 40, seed=12)]
+    adjusted = closed_form_round(
+        start, new, stored, [], cfg.but(head_balance="logit-adjust"), StatisticsCache(), tune_encoder=False
+    ).model
+    assert _predicted(weighted.model, tests).count("travel") >= _predicted(adjusted, tests).count("travel")
+    assert helpers.accuracy(weighted.model, helpers.examples(helpers.OLD, 20, seed=11)) >= 0.9
 
 
 def test_an_encoder_round_tunes_the_encoder_then_rebuilds_the_statistics(live, cfg):
