@@ -231,7 +231,7 @@ class Settings(BaseSettings):
         description="closed-form: how a label with few examples (a new intent) is kept from being out-voted. reweight: its examples weigh up to the median label's count in the solve; logit-adjust: only the bias (-log of its share) helps it. Logit adjustment (BIAS_CORRECTION) applies on top of either.",
     )
     train_debounce_s: float = Field(
-        2.0,
+        1.0,
         ge=0,
         description="closed-form: a round starts this long after the last new sample arrived (or at TRAIN_MIN_NEW / TRAIN_MAX_WAIT_S, whichever is first): a taught intent reaches the weights in seconds.",
     )
