@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from online.engines import torch_thread_count
 from online.examples import Example
 from online.learning.fit import Progress, embeddings
 from online.model import LiftedHead, TextClassifier, encoder_fingerprint, resolve_device
@@ -285,11 +286,21 @@ def ridge_solve(gram: np.ndarray, cross: np.ndarray, ridge: float) -> np.ndarray
     made it fail."""
     a = torch.from_numpy(gram) + ridge * torch.eye(len(gram), dtype=torch.float64)
     q = torch.from_numpy(np.ascontiguousarray(cross))
-    factor, info = torch.linalg.cholesky_ex(a)
-    if int(info) == 0:
-        return torch.cholesky_solve(q, factor).numpy()
-    s, v = torch.linalg.eigh(torch.from_numpy(gram))
-    return (v @ ((v.T @ q) / torch.clamp(s + ridge, min=ridge)[:, None])).numpy()
+    with torch_thread_count(1):  # see _eigh
+        factor, info = torch.linalg.cholesky_ex(a)
+        if int(info) == 0:
+            return torch.cholesky_solve(q, factor).numpy()
+    s, v = _eigh(gram)
+    return v @ ((v.T @ cross) / np.maximum(s + ridge, ridge)[:, None])
+
+
+def _eigh(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues and eigenvectors of ``G`` on one thread: the tridiagonal reduction is thousands of
+    small parallel steps, each a barrier, and with more threads than free cores (a trainer beside an API
+    on 2 cores) one 4096-wide decomposition took over 10 minutes instead of ~15 s (measured)."""
+    with torch_thread_count(1):
+        s, v = torch.linalg.eigh(torch.from_numpy(gram))
+    return s.numpy(), v.numpy()
 
 
 def _nll(scores: np.ndarray, y: np.ndarray) -> float:
@@ -322,7 +333,7 @@ def choose(stats: Statistics, labels: Sequence[str], h_out: np.ndarray, y_out: S
     cross = cross - _sum_by_column(h_out, y_all, len(labels))
     h_out, y = h_out[keep], y_all[keep]
     bias = log_prior_bias(fit_counts) if adjust else np.zeros(len(labels))
-    s, v = (t.numpy() for t in torch.linalg.eigh(torch.from_numpy(gram)))
+    s, v = _eigh(gram)
     s = np.maximum(s, 0.0)
     z, p = v.T @ cross, h_out @ v
     best: tuple[float, float, np.ndarray] | None = None
