@@ -65,6 +65,11 @@ class TrainerMetrics:
             "online_feedback_held", "New samples held by the screen, by kind of reason", ["reason"], registry=r
         )
         self.pending = Gauge("online_trainer_new_samples", "New buffer samples waiting for a round", registry=r)
+        self.ready = Gauge(
+            "online_trainer_ready",
+            "1 once version 1 exists and the start-up work (closed-form: warm) is done",
+            registry=r,
+        )
 
     def observe(self, report: RoundReport | None, status: str) -> None:
         self.rounds.labels(status).inc()
@@ -298,6 +303,7 @@ def run_trainer(settings: Settings, stop: threading.Event) -> None:
         start_http_server(settings.trainer_metrics_port, addr="0.0.0.0", registry=scheduler.metrics.registry)
     ensure_version_one(settings, scheduler.registry, scheduler.leader, stop)
     scheduler.warm()
+    scheduler.metrics.ready.set(1)
     scheduler.loop()
 
 
