@@ -229,7 +229,9 @@ def bench_review(
 
 @app.command("learn")
 def bench_learn(
-    methods: str = typer.Option("", help="Comma-separated methods, or all (default: replay-balanced, default, joint)."),
+    methods: str = typer.Option(
+        "", help="Comma-separated methods, or all (default: replay-balanced, sgd, closed-form, joint)."
+    ),
     start: str = typer.Option("first", help="first: version 1 knows domain 1; seed: version 1's seed domains."),
     per_intent: int = typer.Option(100, help="Train examples per intent arriving as feedback (CLINC150 has 100)."),
     memory_per_intent: int = typer.Option(20, help="Remembered examples per intent that rehearsal picks from."),
@@ -237,6 +239,9 @@ def bench_learn(
     joint: str = typer.Option("final", help="Joint upper bound: after every round (every), the last (final), off."),
     rounds: int = typer.Option(0, help="Stop after this many rounds (0: the whole stream)."),
     seeds: int = typer.Option(3, min=1, help="Runs of every method, one per seed: mean and spread."),
+    seeds_of: str = typer.Option(
+        "", help="Fewer seeds for some methods, e.g. joint=1 (an expensive bound beside a 3-seed comparison)."
+    ),
     out: Path | None = typer.Option(
         Path(".online/bench/learn.json"), "--json", "--out", help="Write the results as JSON here."
     ),
@@ -256,6 +261,10 @@ def bench_learn(
     wiring.logging("WARNING")
     if start not in ("seed", "first") or joint not in ("every", "final", "off"):
         raise typer.BadParameter("--start is seed or first; --joint is every, final or off")
+    try:
+        fewer = {k.strip(): int(v) for k, v in (pair.split("=") for pair in seeds_of.split(",") if pair.strip())}
+    except ValueError:
+        raise typer.BadParameter("--seeds-of is method=N[,method=N...]") from None
     wide = Console(width=max(Console().width, 160))  # wide tables stay readable in a file or a pipe
     run_bench_learn(
         data_options(wiring.settings, text_column=text_column, label_column=label_column),
@@ -272,6 +281,34 @@ def bench_learn(
         rounds=rounds or None,
         out=out,
         seeds=seeds,
+        seeds_of=fewer,
+    )
+
+
+@app.command("small-rounds")
+def bench_small_rounds(
+    methods: str = typer.Option("sgd,closed-form", help="Comma-separated methods of `bench learn`."),
+    intents: str = typer.Option(
+        "plug_type,alarm,insurance_change,do_you_have_pets", help="New intents, one small round each."
+    ),
+    seeds: int = typer.Option(2, min=1, help="Rounds per intent (the seed picks its examples)."),
+    per_intent: int = typer.Option(20, help="Examples of the new intent in a round."),
+    out: Path | None = typer.Option(None, "--json", "--out", help="Write the results as JSON here."),
+) -> None:
+    """Small rounds from version 1 (the seed domains): 20 examples of one new intent, in process; the
+    golden accuracy change and the new intent's recall on its test texts, method by method."""
+    from bench.learn import run_small_rounds
+
+    wiring = current()
+    wiring.logging("WARNING")
+    run_small_rounds(
+        wiring.settings,
+        Console(width=max(Console().width, 160)),
+        names=[m for m in methods.split(",") if m],
+        intents=[i for i in intents.split(",") if i],
+        seeds=seeds,
+        per_intent=per_intent,
+        out=out,
     )
 
 

@@ -8,13 +8,18 @@ far. Bounds: joint training on everything seen (upper) and naive sequential fine
 
 Memory is bounded as in the reference figures: ``memory_per_intent`` remembered examples per intent
 (a random subset, what a class-balanced reservoir holds); rehearsal strategies select from it.
-Every method runs :func:`online.learning.step.learn`, the code the trainer runs in production.
+Every method runs :func:`online.learning.step.learn`, the code the trainer runs in production; the
+closed-form methods run :func:`online.learning.closed_form.closed_form_round`, the trainer's round of
+``ONLINE_HEAD=closed-form``: its head is solved on the statistics of every example seen (the Redis
+buffer, 50,000 samples by default, holds all of this stream), and the rounds that tune the encoder
+rehearse from the same bounded memory as the other methods.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import statistics
 import time
@@ -28,6 +33,7 @@ from rich.table import Table
 from online.data import Clinc150
 from online.examples import Example
 from online.labelled_file import Columns, train_and_test
+from online.learning.closed_form import StatisticsCache, closed_form_round, encoder_due
 from online.learning.fit import configure_threads, fit
 from online.learning.step import LearnConfig, learn, select_rehearsal
 from online.learning.version_one import seed_epochs
@@ -36,6 +42,7 @@ from online.predictor import torch_predictor
 from online.settings import Settings
 
 FULL_MEMORY = "distill, whole buffer"  # rehearsing from everything seen, as the Redis buffer does
+BASE_ENCODER = "closed-form-base-encoder"  # the closed-form head on the pretrained encoder as it ships
 
 
 def methods(base: LearnConfig) -> dict[str, LearnConfig]:
@@ -45,8 +52,18 @@ def methods(base: LearnConfig) -> dict[str, LearnConfig]:
     plain = base.but(distill_weight=0.0, rehearsal_min=0, bias_correction="off", probe_first=False)
     replay = plain.but(strategy="balanced")
     distill = replay.but(distill_weight=1.0)
+    sgd = base.but(rehearsal_min=0, head="sgd")
+    closed = base.but(rehearsal_min=0, head="closed-form")
     return {
         "default": base.but(rehearsal_min=0),
+        "sgd": sgd,  # the SGD round whatever ONLINE_HEAD says
+        "closed-form": closed,  # ONLINE_ENCODER_EVERY as configured
+        "closed-form-frozen": closed.but(encoder_every=0),
+        "closed-form-logit-adjust": closed.but(head_balance="logit-adjust"),  # a rare label helped by the bias only
+        "closed-form-frozen-w2048": closed.but(encoder_every=0, head_width=2048),
+        BASE_ENCODER: closed.but(encoder_every=0),  # the head on the base encoder, never fine-tuned
+        **{f"closed-form-k{k}": closed.but(encoder_every=k) for k in (1, 2, 3, 4, 5)},
+        "closed-form-k4-sgd-probe": closed.but(encoder_every=4, exact_probe=False),
         "naive": plain.but(rehearsal_ratio=0.0),
         "replay-reservoir": replay.but(strategy="reservoir"),
         "replay-balanced": replay,
@@ -68,7 +85,7 @@ def methods(base: LearnConfig) -> dict[str, LearnConfig]:
     }
 
 
-DEFAULT_METHODS = ["replay-balanced", "default", "joint"]
+DEFAULT_METHODS = ["replay-balanced", "sgd", "closed-form", "joint"]
 
 
 @dataclass
@@ -80,6 +97,9 @@ class Run:
     round_s: list[float] = field(default_factory=list)
     round_cpu_s: list[float] = field(default_factory=list)  # process CPU time: the cost, even on a busy machine
     samples: list[int] = field(default_factory=list)
+    encoder_round: list[bool] = field(default_factory=list)  # closed-form: the rounds that tuned the encoder
+    stats_mb: float = 0.0  # closed-form: the statistics (G, Q, counts) at the end, MiB
+    features_mb: float = 0.0  # closed-form: the cached embeddings of the stored examples, MiB
 
     @property
     def forgetting(self) -> float:
@@ -155,6 +175,7 @@ def run_bench_learn(
     test: Path | None = None,
     groups: int = 5,
     seeds: int = 3,
+    seeds_of: dict[str, int] | None = None,
 ) -> dict:
     """Every chosen method over ``seeds`` seeds (the seed orders training batches, dropout, the memory
     and rehearsal picks, and the starting model), seeds outermost so that a slow spell of the machine
@@ -231,6 +252,8 @@ def run_bench_learn(
         )
         start_acc.append(_weighted(_evaluate(start_model, {d: tests[d] for d in domains[:n_start]}, settings), tests))
         for name in chosen:
+            if s >= (seeds_of or {}).get(name, seeds):
+                continue
             run = Run(name, seed=seed)
             runs[name].append(run)
             if name == "joint":
@@ -239,15 +262,30 @@ def run_bench_learn(
                 continue
             cfg = all_methods[name].but(seed=seed)
             model = start_model
+            if name == BASE_ENCODER:  # the start model's labels on the untouched pretrained encoder
+                model = TextClassifier.from_base(base_model, start_model.labels, pooling=start_model.pooling)
             keep = 10**9 if name == FULL_MEMORY else memory_per_intent
             memory = _subsample(start_train, keep, random.Random(seed))
+            stored = list(start_train)  # closed-form: every example seen (the buffer and the seed data)
+            cache = StatisticsCache()
+            head_rounds = 0  # closed-form: rounds since the encoder last changed (the start model's)
             for i, domain in enumerate(stream):
                 new = train[domain]
                 t0, c0 = time.perf_counter(), time.process_time()
-                rehearsal = select_rehearsal(model, memory, len(new), cfg, random.Random(seed * 1000 + i), new)
-                result = learn(model, new, rehearsal, cfg)
+                tune = not cfg.closed_form or encoder_due(head_rounds, cfg.encoder_every)
+                rng = random.Random(seed * 1000 + i)
+                rehearsal = select_rehearsal(model, memory, len(new), cfg, rng, new) if tune else []
+                if cfg.closed_form:
+                    result = closed_form_round(model, new, stored, rehearsal, cfg, cache, tune_encoder=tune)
+                    head_rounds = 0 if tune else head_rounds + 1
+                    stored += new
+                    run.stats_mb = result.head.stats_bytes / 2**20
+                    run.features_mb = result.head.features_bytes / 2**20
+                else:
+                    result = learn(model, new, rehearsal, cfg)
                 run.round_s.append(time.perf_counter() - t0)
                 run.round_cpu_s.append(time.process_time() - c0)
+                run.encoder_round.append(tune)
                 run.samples.append(result.examples)
                 model = result.model
                 memory += _subsample(new, keep, random.Random(seed * 1000 + 100 + i))
@@ -257,13 +295,14 @@ def run_bench_learn(
                 run.acc.append(_weighted(scores, tests))
                 console.print(
                     f"  seed {seed} {name:<24} round {i + 1}/{len(stream)} ({domain}): acc on seen "
-                    f"{run.acc[-1]:.4f}, {result.examples} samples, {run.round_s[-1]:.1f} s"
+                    f"{run.acc[-1]:.4f}, {result.examples} samples, {run.round_s[-1]:.1f} s "
+                    f"({run.round_cpu_s[-1]:.1f} CPU s{', encoder tuned' if cfg.closed_form and tune else ''})"
                 )
             save()
 
     _print_summary(console, runs, joint, start_label, statistics.mean(start_acc), title, len(stream))
-    matrix_of = "default" if "default" in runs else next((n for n in runs if n != "joint"), None)
-    if matrix_of:
+    shown = [n for n in ("default", "sgd", "closed-form") if n in runs] or [n for n in runs if n != "joint"][:1]
+    for matrix_of in shown:
         _print_matrix(console, matrix_of, runs[matrix_of], domains[: n_start + len(stream)])
     save()
     if out:
@@ -272,7 +311,7 @@ def run_bench_learn(
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v == v]
+    values = [v for v in values if not math.isnan(v)]
     if not values:
         return float("nan"), float("nan")
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
@@ -290,11 +329,18 @@ def _summary(rs: list[Run], joint: str) -> dict[str, float]:
     out["round_cpu_s_mean"], out["round_cpu_s_sd"] = _mean_sd(
         [statistics.mean(r.round_cpu_s) for r in rs if r.round_cpu_s]
     )
+    # closed-form: a head round's cost and an encoder round's cost apart (CPU seconds, mean over rounds)
+    for key, tuned in (("head_cpu_s", False), ("encoder_cpu_s", True)):
+        per_run = [[c for c, e in zip(r.round_cpu_s, r.encoder_round) if e == tuned] for r in rs if r.encoder_round]
+        out[f"{key}_mean"], out[f"{key}_sd"] = _mean_sd([statistics.mean(c) for c in per_run if c])
+    out["encoder_rounds"] = statistics.mean([sum(r.encoder_round) for r in rs]) if rs else float("nan")
+    out["stats_mb"] = max((r.stats_mb for r in rs), default=0.0)
+    out["features_mb"] = max((r.features_mb for r in rs), default=0.0)
     return out
 
 
 def _pm(mean: float, sd: float, digits: int = 2) -> str:
-    return "-" if mean != mean else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+    return "-" if math.isnan(mean) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
 def _print_summary(
@@ -322,6 +368,9 @@ def _print_summary(
         "s/round",
         "CPU s/round",
         "cost vs replay",
+        "head round CPU s",
+        "encoder round CPU s",
+        "statistics MiB",
     ):
         table.add_column(col, justify="left" if col == "method" else "right")
     for name, sm in summary.items():
@@ -331,15 +380,18 @@ def _print_summary(
             _pm(sm["final_mean"], sm["final_sd"]),
             _pm(sm["avg_mean"], sm["avg_sd"]),
             _pm(sm["forgetting_mean"], sm["forgetting_sd"]),
-            "-" if is_joint or joint_final != joint_final else f"{sm['final_mean'] - joint_final:+.2f}",
+            "-" if is_joint or math.isnan(joint_final) else f"{sm['final_mean'] - joint_final:+.2f}",
             _pm(sm["round_s_mean"], sm["round_s_sd"], 1),
             "-" if is_joint else _pm(sm["round_cpu_s_mean"], sm["round_cpu_s_sd"], 1),
-            "-" if is_joint or replay_cpu != replay_cpu else f"{sm['round_cpu_s_mean'] / replay_cpu:.2f}x",
+            "-" if is_joint or math.isnan(replay_cpu) else f"{sm['round_cpu_s_mean'] / replay_cpu:.2f}x",
+            "-" if is_joint else _pm(sm["head_cpu_s_mean"], sm["head_cpu_s_sd"], 1),
+            "-" if is_joint else _pm(sm["encoder_cpu_s_mean"], sm["encoder_cpu_s_sd"], 1),
+            f"{sm['stats_mb']:.0f} (+{sm['features_mb']:.0f})" if sm["stats_mb"] else "-",
         )
     console.print(table)
     seeds = Table(title="per seed: final accuracy % / forgetting (points)")
     seeds.add_column("method")
-    for r in next(iter(runs.values())):
+    for r in max(runs.values(), key=len):  # a method may run fewer seeds (--seeds-of)
         seeds.add_column(f"seed {r.seed}", justify="right")
     for name, rs in runs.items():
         seeds.add_row(name, *(f"{100 * r.acc[-1]:.2f} / {100 * r.forgetting:.2f}" if r.acc else "-" for r in rs))
@@ -347,7 +399,10 @@ def _print_summary(
     console.print(
         f"start model on its {start_label}: {100 * start_acc:.2f}%. forgetting = mean over earlier domains of "
         "(best - final) accuracy, points. cost vs replay: CPU seconds a round (this process's, so other load on "
-        "the machine barely moves it) against replay-balanced's, measured in this run."
+        "the machine barely moves it) against replay-balanced's, measured in this run. head / encoder round: "
+        "the CPU seconds of rounds that solved the head on the live encoder / that fine-tuned the encoder first "
+        "(an SGD round always does); statistics: the closed-form head's G, Q and counts (+ the cached embeddings "
+        "of the stored examples), MiB."
     )
 
 
@@ -403,3 +458,108 @@ def _file_stream(
 def _weighted(scores: dict[str, float], tests: dict[str, list[Example]]) -> float:
     n = sum(len(tests[d]) for d in scores)
     return sum(scores[d] * len(tests[d]) for d in scores) / n
+
+
+SMALL_ROUND_INTENTS = ["plug_type", "alarm", "insurance_change", "do_you_have_pets"]
+
+
+def run_small_rounds(
+    settings: Settings,
+    console: Console,
+    *,
+    names: list[str] | None = None,
+    intents: list[str] | None = None,
+    seeds: int = 2,
+    per_intent: int = 20,
+    out: Path | None = None,
+) -> dict:
+    """Small rounds from version 1 (the seed domains, trained as `online up` trains it): ``per_intent``
+    examples of one new intent, for each intent and seed (the seed picks the examples and seeds the
+    round), in process, each method from its own version 1 (the closed-form methods' has its head solved
+    on the seed data, as ``ONLINE_HEAD=closed-form`` makes it). Golden: the test texts of version 1's
+    labels. Reports the golden accuracy change and the new intent's recall on its test texts."""
+    configure_threads(settings.num_threads)
+    clinc = Clinc150.open(settings.data_dir)
+    seed_train = clinc.seed(settings.seed_domains, "train")
+    golden = clinc.seed(settings.seed_domains, "test")
+    train, test = clinc.split("train"), clinc.split("test")
+    intents = intents or SMALL_ROUND_INTENTS
+    base_model = settings.base_model or default_base_model()
+    base = LearnConfig.from_settings(settings)
+    chosen = names or ["sgd", "closed-form"]
+    configs = {"sgd": base.but(head="sgd"), "closed-form": base.but(head="closed-form"), **methods(base)}
+    v1 = _start_model(
+        seed_train, base.but(epochs=seed_epochs(settings, len(seed_train))), base_model, settings.state_dir / "bench",
+        console,
+    )  # fmt: skip
+    rows: dict[str, list[dict]] = {}
+    for name in chosen:
+        cfg = configs[name].but(rehearsal_min=base.rehearsal_min)
+        start, cache = v1, StatisticsCache()
+        t0 = time.process_time()
+        if cfg.closed_form:  # version 1 as the closed-form mode publishes it
+            start = closed_form_round(v1, [], seed_train, [], cfg, cache, tune_encoder=False).model
+        start_cpu = time.process_time() - t0
+        before = _accuracy(start, golden, settings)
+        rows[name] = []
+        for intent in intents:
+            for s in range(seeds):
+                rng = random.Random(settings.seed + 100 * s)
+                new = rng.sample([ex for ex in train if ex[1] == intent], per_intent)
+                c0 = time.process_time()
+                if cfg.closed_form:
+                    result = closed_form_round(start, new, seed_train, [], cfg.but(seed=s), cache, tune_encoder=False)
+                else:
+                    rehearsal = select_rehearsal(start, seed_train, len(new), cfg, rng, new)
+                    result = learn(start, new, rehearsal, cfg.but(seed=s))
+                cpu = time.process_time() - c0
+                row = {
+                    "intent": intent,
+                    "seed": s,
+                    "golden_before": before,
+                    "golden_after": _accuracy(result.model, golden, settings),
+                    "recall": _accuracy(result.model, [ex for ex in test if ex[1] == intent], settings),
+                    "cpu_s": cpu,
+                }
+                rows[name].append(row)
+                console.print(
+                    f"  {name:<14} {intent:<18} seed {s}: golden {100 * row['golden_after']:.2f} "
+                    f"({100 * (row['golden_after'] - before):+.2f}), recall {row['recall']:.2f}, {cpu:.1f} CPU s"
+                )
+        console.print(f"  {name}: version 1 golden {100 * before:.2f}% (made in {start_cpu:.1f} CPU s)")
+    table = Table(title=f"small rounds: {per_intent} examples of one new intent, from version 1, {seeds} seed(s) each")
+    for col in ("method", "golden before", "golden change, mean", "worst", "recall, mean (min)", "CPU s/round"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    summary = {}
+    for name, rs in rows.items():
+        change = [100 * (r["golden_after"] - r["golden_before"]) for r in rs]
+        recall = [r["recall"] for r in rs]
+        summary[name] = {
+            "golden_before": rs[0]["golden_before"],
+            "golden_change_mean": statistics.mean(change),
+            "golden_change_worst": min(change),
+            "recall_mean": statistics.mean(recall),
+            "recall_min": min(recall),
+            "cpu_s_mean": statistics.mean(r["cpu_s"] for r in rs),
+        }
+        sm = summary[name]
+        table.add_row(
+            name,
+            f"{100 * sm['golden_before']:.2f}",
+            f"{sm['golden_change_mean']:+.2f}",
+            f"{sm['golden_change_worst']:+.2f}",
+            f"{sm['recall_mean']:.2f} ({sm['recall_min']:.2f})",
+            f"{sm['cpu_s_mean']:.1f}",
+        )
+    console.print(table)
+    result = {"intents": intents, "seeds": seeds, "per_intent": per_intent, "summary": summary, "rows": rows}
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _accuracy(model: TextClassifier, examples: list[Example], settings: Settings) -> float:
+    predictor = torch_predictor(model, 0, settings)
+    preds = predictor.predict([t for t, _ in examples], 1)
+    return sum(p.label == lab for p, (_, lab) in zip(preds, examples)) / len(examples)

@@ -23,7 +23,7 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-from online.model import TextClassifier, resolve_device
+from online.model import LiftedHead, TextClassifier, resolve_device
 
 log = logging.getLogger("online.serving.engines")
 
@@ -83,6 +83,8 @@ class TorchEngine:
         self._autocast = self.device.type == "cuda" and self.precision != "fp32"
         if not self._autocast:
             served = served.to(_DTYPES[self.precision])
+            if isinstance(served.head, LiftedHead):
+                served.head.float()  # the closed-form head is served in fp32 (LiftedHead.forward says why)
         for p in served.parameters():
             p.requires_grad_(False)
         self.model = served

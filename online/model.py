@@ -6,7 +6,7 @@ sentence-transformers config when it has one (mean otherwise). An imported fine-
 its own pooling (``pooler``: the first token through its dense + tanh layer) and its classifier rows.
 
 Kept deliberately small (River's lesson: a tiny learn/predict surface). Training lives in
-``online.learning.fit``, the serving path in ``online.serving.predictor``, versions in ``online.lifecycle.registry``.
+``online.learning.fit``, the serving path in ``online.predictor``, versions in ``online.lifecycle.registry``.
 """
 
 from __future__ import annotations
@@ -79,6 +79,83 @@ def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
     return cache[base_model]
 
 
+class LiftedHead(nn.Module):
+    """A linear head on a fixed random ReLU lift of the L2-normalised sentence embedding:
+    ``logits = weight @ relu(lift @ x / |x|) + bias``.
+
+    The closed-form head (``online.learning.closed_form``, after RanPAC: McDonnell et al. 2023) solves
+    ``weight`` exactly from accumulated statistics; the lift (``width`` x ``in_features``, drawn once
+    from a seed) turns a linear solve on a 384-d embedding into one on a few thousand non-linear
+    features. It is an ordinary module of two matrix products: it saves, loads, exports to ONNX and
+    serves like the plain linear head. ``ridge`` and ``temperature`` record how ``weight`` was solved
+    (the regulariser chosen on held-out data, the scale of the logits), so the next round carries them.
+    """
+
+    def __init__(self, in_features: int, width: int, out_features: int, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("lift", torch.randn(width, in_features, generator=gen))
+        self.weight = nn.Parameter(torch.zeros(out_features, width))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.register_buffer("ridge", torch.zeros(1))
+        self.register_buffer("temperature", torch.ones(1))
+
+    @property
+    def in_features(self) -> int:
+        return self.lift.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.lift.shape[0]
+
+    def lifted(self, x: torch.Tensor) -> torch.Tensor:
+        """The features the weights act on: ``relu(lift @ x / |x|)``."""
+        return torch.relu(nn.functional.normalize(x, dim=-1) @ self.lift.t())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In the head's own precision, never autocast's: a ridge solution's weights cancel one another,
+        # and in bf16 they moved served probabilities by up to 0.7 (tests/learning/test_closed_form.py).
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self.forward(x)
+        x = x.to(self.weight.dtype)
+        return nn.functional.linear(self.lifted(x), self.weight, self.bias)
+
+    def with_rows(self, out_features: int) -> LiftedHead:
+        """A copy with ``out_features`` rows: the old rows, then new ones at the old rows' mean."""
+        head = LiftedHead.__new__(LiftedHead)
+        nn.Module.__init__(head)
+        head.register_buffer("lift", self.lift.detach().clone())
+        head.register_buffer("ridge", self.ridge.detach().clone())
+        head.register_buffer("temperature", self.temperature.detach().clone())
+        old = self.out_features
+        weight = self.weight.detach().new_zeros(out_features, self.width)
+        bias = self.bias.detach().new_zeros(out_features)
+        weight[:old], bias[:old] = self.weight.detach(), self.bias.detach()
+        if old and out_features > old:
+            weight[old:], bias[old:] = self.weight.detach().mean(0), self.bias.detach().mean()
+        head.weight, head.bias = nn.Parameter(weight), nn.Parameter(bias)
+        return head
+
+
+Head = nn.Linear | LiftedHead
+
+
+def encoder_fingerprint(model: TextClassifier) -> str:
+    """A digest of the encoder's weights and pooling (~0.1 s for MiniLM): what the closed-form head's
+    statistics and the embeddings reused across a head round's checks are valid for."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{model.base_model}|{model.pooling}".encode())
+    for name, tensor in model.encoder.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class TextClassifier(nn.Module):
     """Encoder + pooling + linear head. ``labels[i]`` is the name of output row ``i``."""
 
@@ -101,7 +178,7 @@ class TextClassifier(nn.Module):
         random_init: bool = False,
         pooling: str = "auto",
         seed: int | None = None,
-    ) -> "TextClassifier":
+    ) -> TextClassifier:
         """A new classifier on a pretrained encoder (``random_init``: same shape, random weights);
         ``pooling`` auto: what the encoder's sentence-transformers config says, else mean. ``seed``
         draws the new head (and a random encoder) from its own generator: the same inputs give the same
@@ -116,7 +193,7 @@ class TextClassifier(nn.Module):
             return cls(encoder, labels, base_model, detect_pooling(base_model) if pooling == "auto" else pooling)
 
     @classmethod
-    def load(cls, weights: Path, labels: list[str], base_model: str, pooling: Pooling = "mean") -> "TextClassifier":
+    def load(cls, weights: Path, labels: list[str], base_model: str, pooling: Pooling = "mean") -> TextClassifier:
         """Rebuild a saved version: architecture from ``base_model``'s config, every weight from the file.
 
         The skeleton is built on the meta device and the file's tensors are assigned to it: no random
@@ -126,6 +203,9 @@ class TextClassifier(nn.Module):
         with torch.device("meta"):
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(base_model))
             model = cls(encoder, labels, base_model, pooling)
+            if "head.lift" in state:  # a closed-form head: its shape is in the file
+                width, hidden = state["head.lift"].shape
+                model.head = LiftedHead(hidden, width, len(labels))
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         # Non-persistent buffers (position_ids, token_type_ids) are not in the file: rebuild them.
         missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
@@ -140,7 +220,7 @@ class TextClassifier(nn.Module):
         return ModelSpec(family=self.family, labels=self.labels, base_model=self.base_model, pooling=self.pooling)
 
     @classmethod
-    def from_spec(cls, weights: Path, spec: ModelSpec) -> "TextClassifier":
+    def from_spec(cls, weights: Path, spec: ModelSpec) -> TextClassifier:
         """The registry's loader of classifier versions (``online.versioned``)."""
         return cls.load(weights, spec.labels, spec.base_model, spec.pooling)  # type: ignore[arg-type]
 
@@ -157,6 +237,10 @@ class TextClassifier(nn.Module):
         if not added:
             return []
         old = self.head
+        if isinstance(old, LiftedHead):
+            self.head = old.with_rows(old.out_features + len(added))
+            self.labels.extend(added)
+            return added
         head = nn.Linear(old.in_features, old.out_features + len(added)).to(old.weight.device, old.weight.dtype)
         with torch.no_grad():
             head.weight[: old.out_features] = old.weight

@@ -5,17 +5,25 @@ so a request that started on it finishes on it. Speed on CPU comes from measured
 by the caller), less padding (texts sorted by token length and padded per bucket) and the engine
 (``online.engines``: int8 weights under ONNX Runtime by default on CPU, torch in bf16 where the
 CPU has native bf16, autocast to bf16 or fp16 on CUDA).
+
+A closed-form head round changes the head and keeps the encoder, so the judges of a candidate (the gate,
+the int8 check, the drift reference) may reuse the sentence embeddings the live encoder already gave for
+the same texts (``reuse=True``; :class:`EmbeddingStore`): only the head runs again, in fp32 as the
+engines run a lifted head. Serving predictors never reuse (a replica's traffic is not worth keeping).
 """
 
 from __future__ import annotations
 
+import copy
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from online.engines import Engine, OnnxEngine, TorchEngine, resolve_engine, torch_thread_count
-from online.model import TextClassifier, load_tokenizer, token_limit
+from online.model import LiftedHead, TextClassifier, encoder_fingerprint, load_tokenizer, token_limit
 from online.settings import Settings
 
 
@@ -24,6 +32,37 @@ class Prediction:
     label: str
     score: float
     top_k: list[tuple[str, float]]
+
+
+class EmbeddingStore:
+    """Sentence embeddings by text, per (encoder fingerprint, engine, sequence length): the latest
+    ``keys`` of them (a trainer's live encoder under the gate's, the int8 check's and the reference's
+    engines), so a closed-form head round runs its checks with the encoder's forward done once."""
+
+    def __init__(self, keys: int = 6) -> None:
+        self.keys = keys
+        self._maps: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def table(self, key: tuple) -> dict[str, torch.Tensor]:
+        with self._lock:
+            table = self._maps.pop(key, None)
+            self._maps[key] = table if table is not None else {}
+            while len(self._maps) > self.keys:
+                self._maps.popitem(last=False)
+            return self._maps[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._maps.clear()
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(t.numel() * t.element_size() for m in self._maps.values() for t in m.values())
+
+
+EMBEDDINGS = EmbeddingStore()
 
 
 class Predictor:
@@ -47,9 +86,12 @@ class Predictor:
         max_seq_len: int = 64,
         bucket_size: int = 16,
         copy_model: bool = True,
+        reuse: bool = False,
     ) -> None:
         engine = TorchEngine(model, device=device, precision=precision, copy_model=copy_model)
         self._setup(engine, version, model.labels, model.base_model, max_seq_len, bucket_size)
+        if reuse:
+            self.reuse_embeddings(model)
 
     @classmethod
     def on_engine(
@@ -76,6 +118,17 @@ class Predictor:
         self.max_seq_len = max_seq_len
         self.bucket_size = bucket_size
         self.tokenizer = load_tokenizer(base_model)
+        self._reuse: tuple[dict[str, torch.Tensor], torch.nn.Module] | None = None
+
+    def reuse_embeddings(self, model: TextClassifier) -> None:
+        """Reuse the embeddings :data:`EMBEDDINGS` holds for ``model``'s encoder under this engine, the
+        probabilities computed by an fp32 copy of ``model``'s head: only for a lifted head (a linear one
+        is left to the engine, unchanged). The engine must run ``model``'s encoder and serve its head in
+        fp32 (the torch engine does for a lifted head, and so does its int8 artifact)."""
+        if not isinstance(model.head, LiftedHead):
+            return
+        key = (encoder_fingerprint(model), self.engine.name, self.max_seq_len)
+        self._reuse = (EMBEDDINGS.table(key), copy.deepcopy(model.head).float().cpu().eval())
 
     @property
     def engine_name(self) -> str:
@@ -91,16 +144,28 @@ class Predictor:
         for batch in self.warmup_batches():
             self.probabilities(batch)
 
-    def probabilities(self, texts: list[str]) -> torch.Tensor:
+    def probabilities(self, texts: list[str], reuse: bool = True) -> torch.Tensor:
         """Softmax over the head for each text, in input order, as float32 on the CPU."""
-        return self.probabilities_and_embeddings(texts)[0]
+        return self.probabilities_and_embeddings(texts, reuse)[0]
 
     @torch.inference_mode()
-    def probabilities_and_embeddings(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def probabilities_and_embeddings(self, texts: list[str], reuse: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Softmax over the head and the sentence embedding (the head's input) of each text, in input
-        order, float32 on the CPU. The embedding comes free with the forward: drift monitoring uses it."""
+        order, float32 on the CPU. The embedding comes free with the forward: drift monitoring uses it.
+        ``reuse=False``: the engine's forward even where embeddings are reused (the gate's latency)."""
         with torch_thread_count(self.engine.torch_threads):
-            return self._forward(texts)
+            if self._reuse is None or not reuse:
+                return self._forward(texts)
+            return self._reused(texts)
+
+    def _reused(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        table, head = self._reuse  # type: ignore[misc]
+        missing = [t for t in dict.fromkeys(texts) if t not in table]
+        if missing:
+            _, emb = self._forward(missing)
+            table.update(zip(missing, emb))
+        emb = torch.stack([table[t] for t in texts]) if texts else torch.empty(0, self.engine.hidden_size)
+        return torch.softmax(head(emb).float(), dim=-1), emb
 
     def _forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.engine.hidden_size
@@ -155,6 +220,7 @@ def torch_predictor(
     *,
     precision: str | None = None,
     copy_model: bool = True,
+    reuse: bool = False,
 ) -> Predictor:
     """``model`` on torch with the configured device, precision (unless given) and sequence length."""
     return Predictor(
@@ -164,18 +230,32 @@ def torch_predictor(
         precision=precision or settings.precision,
         max_seq_len=settings.max_seq_len,
         copy_model=copy_model,
+        reuse=reuse,
     )
 
 
-def int8_predictor(path: Path, version: int, labels: list[str], base_model: str, settings: Settings) -> Predictor:
-    """A version's int8 artifact on ONNX Runtime (the CPU engine), tokenised like its torch model."""
+def int8_predictor(
+    path: Path,
+    version: int,
+    labels: list[str],
+    base_model: str,
+    settings: Settings,
+    reuse: TextClassifier | None = None,
+) -> Predictor:
+    """A version's int8 artifact on ONNX Runtime (the CPU engine), tokenised like its torch model.
+    ``reuse``: the torch model the artifact was built from, whose encoder's embeddings may be reused."""
     engine = OnnxEngine(path, threads=settings.num_threads)
-    return Predictor.on_engine(engine, version, labels, base_model, max_seq_len=settings.max_seq_len)
+    predictor = Predictor.on_engine(engine, version, labels, base_model, max_seq_len=settings.max_seq_len)
+    if reuse is not None:
+        predictor.reuse_embeddings(reuse)
+    return predictor
 
 
-def serving_predictor(model: TextClassifier, version: int, settings: Settings, int8: Path | None) -> Predictor:
+def serving_predictor(
+    model: TextClassifier, version: int, settings: Settings, int8: Path | None, reuse: bool = False
+) -> Predictor:
     """What a replica would serve ``model`` with: its int8 artifact when it has one and the engine
     setting says so, else torch (the drift reference is built with this, so it matches live traffic)."""
     if int8 is not None and serves_int8(settings):
-        return int8_predictor(int8, version, model.labels, model.base_model, settings)
-    return torch_predictor(model, version, settings)
+        return int8_predictor(int8, version, model.labels, model.base_model, settings, model if reuse else None)
+    return torch_predictor(model, version, settings, reuse=reuse)

@@ -56,6 +56,30 @@ class GateReport(BaseModel):
         return [c.name for c in self.checks if not c.passed]
 
 
+class HeadInfo(BaseModel):
+    """Which head a version has and which encoder it sits on (`online models show`)."""
+
+    mode: Literal["sgd", "closed-form"]  # sgd: a linear head trained with the encoder; closed-form: a ridge solve
+    width: int | None = None  # closed-form: the random ReLU lift's width
+    ridge: float | None = None  # closed-form: the regulariser (chosen on held-out data, then carried)
+    temperature: float | None = None  # closed-form: the logits' scale (held-out log loss)
+    ridge_chosen: bool | None = None  # closed-form: chosen in this round (True) or carried from the parent
+    examples: int | None = None  # closed-form: the stored examples its statistics cover
+    encoder_tuned: bool = True  # whether this round changed the encoder
+    encoder_of: int | None = None  # the version whose round last changed the encoder; None: this one's own
+    encoder_sha: str | None = None  # closed-form: digest of the encoder's weights (the statistics' key)
+
+    def describe(self) -> str:
+        head = "linear, trained by SGD" if self.mode == "sgd" else (
+            f"closed-form: lift {self.width}, ridge {self.ridge:g} ({'chosen on held-out data' if self.ridge_chosen else 'carried'}), "
+            f"temperature {self.temperature:.3g}, statistics of {self.examples} examples"
+        )  # fmt: skip
+        encoder = (
+            "tuned in this version's round" if self.encoder_of is None else f"version {self.encoder_of}'s, unchanged"
+        )
+        return f"head {head}; encoder {encoder}" + (f" (sha {self.encoder_sha[:12]})" if self.encoder_sha else "")
+
+
 class RoundStats(BaseModel):
     """A continual round: what it trained on and with which recipe."""
 
@@ -78,6 +102,7 @@ class RoundStats(BaseModel):
     cursor: int | None = None
     started_at: float | None = None
     trained_by: str | None = None
+    head: HeadInfo | None = None
 
 
 class SeedStats(BaseModel):
@@ -88,6 +113,7 @@ class SeedStats(BaseModel):
     epochs: int
     mean_loss: float | None = None
     duration_s: float = 0.0
+    head: HeadInfo | None = None
 
 
 class ImportStats(BaseModel):

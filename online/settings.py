@@ -288,6 +288,29 @@ class Settings(BaseSettings):
     round_max_new: int = Field(5000, ge=1, description="Most new samples one round takes (the rest wait).")
     holdout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of a round's new samples kept for the gate.")
     holdout_min_new: int = Field(50, ge=1, description="Rounds with fewer new samples hold none out.")
+    head: Literal["sgd", "closed-form"] = Field(
+        "sgd",
+        description="How a round fits the head. sgd: trained with the encoder (TRAIN_MODE). closed-form: solved exactly (ridge) on statistics of every stored example, through a fixed random ReLU lift; a round is seconds and the head forgets nothing a joint fit keeps; the encoder is fine-tuned only every ENCODER_EVERY rounds.",
+    )
+    head_width: int = Field(
+        4096,
+        ge=64,
+        description="closed-form: width of the random ReLU lift (the statistics take width^2 float64: 128 MiB at 4096).",
+    )
+    encoder_every: int = Field(
+        4,
+        ge=0,
+        description="closed-form: every this many rounds the encoder is fine-tuned first (TRAIN_MODE's recipe), then the statistics are rebuilt under it; 0 (or TRAIN_MODE=head): never.",
+    )
+    head_balance: Literal["reweight", "logit-adjust"] = Field(
+        "reweight",
+        description="closed-form: how a label with few examples (a new intent) is kept from being out-voted. reweight: its examples weigh up to the median label's count in the solve; logit-adjust: only the bias (-log of its share) helps it. Logit adjustment (BIAS_CORRECTION) applies on top of either.",
+    )
+    train_debounce_s: float = Field(
+        1.0,
+        ge=0,
+        description="closed-form: a round starts this long after the last new sample arrived (or at TRAIN_MIN_NEW / TRAIN_MAX_WAIT_S, whichever is first): a taught intent reaches the weights in seconds.",
+    )
 
     # --- poisoning quarantine -----------------------------------------------------------------
     quarantine: bool = Field(True, description="Screen label feedback before it is trained on.")

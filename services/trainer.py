@@ -2,7 +2,8 @@
 
 On an empty registry it trains version 1 from the seed data. Then it watches the replay buffer: a round
 starts when ``train_min_new`` new samples wait, or ``train_max_wait_s`` after the first one arrived, or
-at once with `online train --now`. Only the holder of the leader lock (Redis, with expiry) trains, so
+at once with `online train --now`; with the closed-form head (a round of seconds) also ``train_debounce_s``
+after the last one arrived, so a taught intent is in the weights within seconds. Only the holder of the leader lock (Redis, with expiry) trains, so
 any number of trainer processes can run and a dead one's lock lapses. Between rounds the leader also
 runs the automatic-rollback check and collects old versions.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -63,6 +65,11 @@ class TrainerMetrics:
             "online_feedback_held", "New samples held by the screen, by kind of reason", ["reason"], registry=r
         )
         self.pending = Gauge("online_trainer_new_samples", "New buffer samples waiting for a round", registry=r)
+        self.ready = Gauge(
+            "online_trainer_ready",
+            "1 once version 1 exists and the start-up work (closed-form: warm) is done",
+            registry=r,
+        )
 
     def observe(self, report: RoundReport | None, status: str) -> None:
         self.rounds.labels(status).inc()
@@ -144,10 +151,27 @@ def ensure_version_one(settings: Settings, registry: ModelRegistry, leader: Lead
             leader.release()
 
 
+def round_due(pending: int, waited_s: float, quiet_s: float, settings: Settings) -> bool:
+    """Whether a round starts now: ``pending`` new samples, the first of them ``waited_s`` ago, the last
+    ``quiet_s`` ago. A closed-form round costs seconds, so it also starts once new feedback has stopped
+    arriving for ``train_debounce_s`` (a burst of 20 label events is one round, not 20)."""
+    if pending == 0:
+        return False
+    if pending >= settings.train_min_new or waited_s >= settings.train_max_wait_s:
+        return True
+    return settings.head == "closed-form" and settings.train_debounce_s > 0 and quiet_s >= settings.train_debounce_s
+
+
 class Scheduler:
     """Decides when a round is due and runs it under the leader lock."""
 
-    def __init__(self, stores: Stores, stop: threading.Event, metrics: TrainerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        stores: Stores,
+        stop: threading.Event,
+        metrics: TrainerMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.s = stores.settings
         self.stores = stores
         self.stop = stop
@@ -158,6 +182,8 @@ class Scheduler:
         self._runner: RoundRunner | None = None
         self._waiting_since: float | None = None
         self._tidy_due = 0.0
+        self._last_pending, self._last_arrival = 0, 0.0  # the debounce: when the pending count last grew
+        self.clock = clock
 
     def runner(self) -> RoundRunner:
         if self._runner is None:  # built lazily: the golden set exists only once version 1 does
@@ -168,13 +194,16 @@ class Scheduler:
     def due(self) -> bool:
         pending = self.buffer.new_count()
         self.metrics.pending.set(pending)
+        now = self.clock()
         if pending == 0:
-            self._waiting_since = None
+            self._waiting_since, self._last_pending = None, 0
             return False
-        now = time.monotonic()
         if self._waiting_since is None:
             self._waiting_since = now
-        return pending >= self.s.train_min_new or now - self._waiting_since >= self.s.train_max_wait_s
+        if pending > self._last_pending:
+            self._last_arrival = now
+        self._last_pending = pending
+        return round_due(pending, now - self._waiting_since, now - self._last_arrival, self.s)
 
     def run_round(self, wait_s: float | None = 0) -> RoundReport | None:
         """One round under the leader lock; None if another trainer holds it (and ``wait_s`` ran out)."""
@@ -206,11 +235,27 @@ class Scheduler:
             raise
         finally:
             self.leader.release()
-        self._waiting_since = None
+        self._waiting_since, self._last_pending = None, 0
         self.metrics.observe(report if report.status != "idle" or report.quarantined else None, report.status)
         if report.status != "idle" or report.quarantined:
             log.info("%s", report.summary(), extra={"round": report.log_record()})  # the record: JSON logs
         return report
+
+    def warm(self) -> None:
+        """Closed-form head: build the live encoder's statistics from the stored examples now, not in the
+        first round (which would pay for embedding every stored text once)."""
+        if self.s.head != "closed-form":
+            return
+        started = time.perf_counter()
+        try:
+            covered = self.runner().warm()
+        except redis.RedisError as exc:  # the loop reports the outage; the first round builds them instead
+            log.warning("closed-form statistics not built ahead (%s): the first round builds them", exc)
+            return
+        if covered:
+            log.info(
+                "closed-form statistics of %d stored examples built in %.1f s", covered, time.perf_counter() - started
+            )
 
     def housekeeping(self) -> None:
         """Automatic rollback, version collection and correction-log trimming, by whoever holds the lock."""
@@ -282,8 +327,11 @@ def run_trainer(settings: Settings, stop: threading.Event) -> None:
         # Rounds that train LoRA adapters from corrections and thumbs come next (docs/generate.md); until
         # then the trainer keeps version 1 published and the buffer collects the feedback they will use.
         log.info("task generate: feedback is collected in the replay buffer; no rounds yet")
+        scheduler.metrics.ready.set(1)
         stop.wait()
         return
+    scheduler.warm()
+    scheduler.metrics.ready.set(1)
     scheduler.loop()
 
 

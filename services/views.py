@@ -111,11 +111,17 @@ def model(console: Console, m: ModelDetail) -> None:
     if m.round:
         stats = m.round
         added = stats.added_labels if isinstance(stats, RoundStats) else []
-        fields = stats.model_dump(exclude={"added_labels"})
+        fields = stats.model_dump(exclude={"added_labels", "head"})
         console.print(
             "round: "
             + ", ".join(f"{k}={v}" for k, v in fields.items())
             + (f", added labels={len(added)}" if added else "")
+        )
+        head = getattr(stats, "head", None)
+        base = m.base_model.rstrip("/").rsplit("/", 1)[-1]
+        console.print(
+            (head.describe() if head else "head linear (recorded before head modes were, or imported)")
+            + f"; base encoder {base}"
         )
     if m.gate:
         console.print(gate_table(m.gate))

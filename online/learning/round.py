@@ -16,9 +16,11 @@ import logging
 import os
 import random
 import socket
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal, Protocol
 
 from online.data import DataNotFound
@@ -27,15 +29,24 @@ from online.feedback.buffer import ReplayBuffer
 from online.feedback.labels import LabelBook, LabelRules, govern, is_pending
 from online.feedback.quarantine import Candidate, ScreenConfig, SourceLedger, batch_counts, decide, reason_kind, screen
 from online.feedback.status import EventStatusLog
+from online.learning.closed_form import (
+    HEAD_ROUND,
+    StatisticsCache,
+    closed_form_round,
+    encoder_due,
+    head_info,
+    uncovered,
+)
 from online.learning.fit import Progress
 from online.learning.step import LearnConfig, learn, new_repeats, select_rehearsal, split_holdout
 from online.learning.version_one import seed_data
+from online.lifecycle.artifact import build_int8
 from online.lifecycle.gate import Gate
-from online.lifecycle.registry import ModelRegistry
+from online.lifecycle.registry import Manifest, ModelRegistry
 from online.lifecycle.release import JudgedVersion, release
 from online.memory.log import CorrectionLog
 from online.model import TextClassifier
-from online.predictor import torch_predictor
+from online.predictor import serving_predictor, torch_predictor
 from online.reference import REFERENCE_FILE, Reference
 from online.reports import GateReport, RoundStats
 from online.settings import Settings
@@ -94,6 +105,12 @@ def _bad_origins(quarantined: set[str]) -> set[str]:
 def _trusted(s: Sample, quarantined: set[str]) -> bool:
     """Sent with the admin token, or with the trusted key of a source not quarantined since."""
     return s.trusted == "admin" or (s.trusted == "key" and s.source not in quarantined)
+
+
+def _encoder_of(parent: int, manifest: Manifest) -> int:
+    """The version whose round last changed the encoder ``parent`` (with ``manifest``) serves."""
+    info = getattr(manifest.round, "head", None)
+    return info.encoder_of if info is not None and info.encoder_of is not None else parent
 
 
 def _unfenced() -> None:
@@ -163,6 +180,46 @@ class RoundRunner:
         self.seed_examples = seed_pool(self.s) if seed_examples is None else seed_examples
         self._pending_count: Counter[str] = Counter()  # pending labels' held examples, per label...
         self._pending_teachers: dict[str, set[str]] = {}  # ...and the origins that taught them
+        # closed-form rounds: the statistics and embeddings of the stored examples, kept between rounds
+        self.head_stats = StatisticsCache()
+
+    def _head_rounds_since_encoder(self, version: int | None) -> int:
+        """Closed-form head rounds in a row that made ``version`` from its ancestors (the encoder unchanged
+        since the version before them), counted up to ``encoder_every``."""
+        n = 0
+        while version is not None and n < self.cfg.encoder_every:
+            manifest = self.registry.get(version)
+            stats = manifest.round
+            if stats is None or getattr(stats, "kind", None) != "continual" or stats.mode != HEAD_ROUND:
+                break
+            n += 1
+            version = manifest.parent
+        return n
+
+    def _stored(self, live: TextClassifier, exclude: set[str] = frozenset()) -> list[Example]:
+        """Every stored example a closed-form head is solved on: the buffer's, then the seed data's."""
+        remembered = sorted((s for s in self.buffer.samples() if s.sid not in exclude), key=lambda s: s.sid)
+        return [(s.text, s.label) for s in remembered] + self._seed_for(live)
+
+    def warm(self) -> int:
+        """Closed-form mode: what a trainer's first head round would otherwise pay for, done now: the
+        statistics of the live encoder over every stored example, its quantised int8 encoder, and the
+        embeddings a head round's checks reuse (the golden set under the gate's and the int8 check's
+        engines, every stored text under the serving engine: the drift reference samples them). Returns
+        the number of examples the statistics cover (0 when there is nothing to do)."""
+        parent = self.registry.live()
+        if not self.cfg.closed_form or parent is None:
+            return 0
+        live, _ = self.registry.load(parent)
+        if uncovered(live, stored := self._stored(live)):
+            return 0
+        model = closed_form_round(live, [], stored, [], self.cfg, self.head_stats, tune_encoder=False).model
+        golden = [t for t, _ in self.gate.golden.examples]
+        torch_predictor(model, 0, self.s, reuse=True).probabilities(golden)
+        with tempfile.TemporaryDirectory(prefix="online-warm-") as tmp:
+            path, _ = build_int8(model, self.gate.golden.examples, self.s, Path(tmp))
+            serving_predictor(model, 0, self.s, path, reuse=True).probabilities([t for t, _ in stored] + golden)
+        return self.head_stats.stats.n if self.head_stats.stats else 0
 
     def _requeue_held(self, fence: Fence, live_labels: set[str]) -> int:
         """Held samples that may be trained now go back to the buffer as new (screened again): those
@@ -308,13 +365,27 @@ class RoundRunner:
         new_ids = {s.sid for s in samples}
         new = [(s.text, s.label) for s in samples]
         train_new, holdout = split_holdout(new, self.s.holdout_fraction, self.s.holdout_min_new)
-        remembered = sorted((s for s in self.buffer.samples() if s.sid not in new_ids), key=lambda s: s.sid)
-        pool = [(s.text, s.label) for s in remembered] + self._seed_for(live)
+        pool = self._stored(live, exclude=new_ids)
         rng = random.Random(self.s.seed + upto)
-        rehearsal = select_rehearsal(live, pool, len(train_new), self.cfg, rng, train_new)
+        closed_form = self.cfg.closed_form
+        if closed_form and (missing := uncovered(live, pool + train_new)):
+            log.warning(
+                "closed-form head: %d live labels have no stored example (e.g. %s): this round trains by SGD",
+                len(missing), ", ".join(missing[:3]),
+            )  # fmt: skip
+            closed_form = False
+        tune_encoder = not closed_form or encoder_due(self._head_rounds_since_encoder(parent), self.cfg.encoder_every)
+        rehearsal = select_rehearsal(live, pool, len(train_new), self.cfg, rng, train_new) if tune_encoder else []
         n_train = len(train_new) * new_repeats(len(train_new), len(rehearsal), self.cfg) + len(rehearsal)
-        progress = on_start(work_units(n_train, self.cfg)) if on_start else None
-        result = learn(live, train_new, rehearsal, self.cfg, progress)
+        units = work_units(n_train, self.cfg) if tune_encoder else len(train_new)
+        progress = on_start(units) if on_start else None
+        if closed_form:
+            result = closed_form_round(
+                live, train_new, pool, rehearsal, self.cfg, self.head_stats, tune_encoder=tune_encoder,
+                progress=progress,
+            )  # fmt: skip
+        else:
+            result = learn(live, train_new, rehearsal, self.cfg, progress)
 
         live_report = manifest.gate
         gate = self.gate.evaluate(result.model, live, live_report, holdout)
@@ -327,18 +398,24 @@ class RoundRunner:
             quarantined=held,
             held_by_reason=held_by,
             added_labels=result.added_labels,
-            rehearsal_strategy=self.cfg.strategy,
-            mode=self.cfg.mode,
-            epochs=self.cfg.epochs,
-            distill_weight=self.cfg.distill_weight if self.cfg.distills else 0.0,
+            rehearsal_strategy=self.cfg.strategy if tune_encoder else None,
+            mode=(f"closed-form+{self.cfg.mode}" if tune_encoder else HEAD_ROUND) if closed_form else self.cfg.mode,
+            epochs=self.cfg.epochs if tune_encoder else None,
+            distill_weight=(self.cfg.distill_weight if self.cfg.distills else 0.0) if tune_encoder else None,
             bias_correction=self.cfg.bias_correction,
-            probe_first=self.cfg.probes,
+            probe_first=self.cfg.probes if tune_encoder else None,
             mean_loss=result.mean_loss,
             train_s=result.duration_s,
             cursor=upto,
             started_at=started_at,
             trained_by=f"{socket.gethostname()}:{os.getpid()}",
             gate=gate,
+            head=head_info(
+                result.model,
+                result.head,
+                encoder_tuned=result.encoder_tuned,
+                encoder_of=None if result.encoder_tuned else _encoder_of(parent, manifest),
+            ),
         )
         metrics = {"golden_accuracy": gate.golden_accuracy}
         if gate.holdout_accuracy is not None:

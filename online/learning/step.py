@@ -35,6 +35,7 @@ from online.settings import Settings
 
 Mode = Literal["head", "full", "lora"]
 BiasCorrection = Literal["off", "logit-adjust", "head-finetune"]
+HeadKind = Literal["sgd", "closed-form"]
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,14 @@ class LearnConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_lr: float = 5e-4
+    head: HeadKind = "sgd"  # closed-form: the head solved exactly on accumulated statistics (closed_form.py)
+    head_width: int = 4096  # closed-form: width of the random ReLU lift
+    encoder_every: int = 4  # closed-form: every this many rounds the encoder is fine-tuned first (0: never)
+    exact_probe: bool = True  # closed-form encoder rounds: start from the head solved on the live encoder
+    head_balance: Literal["reweight", "logit-adjust"] = "reweight"  # closed-form: how a rare label is helped
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "LearnConfig":
+    def from_settings(cls, settings: Settings) -> LearnConfig:
         return cls(
             mode=settings.train_mode,
             strategy=settings.rehearsal_strategy,
@@ -83,7 +89,16 @@ class LearnConfig:
             max_seq_len=settings.max_seq_len,
             device=settings.device,
             seed=settings.seed,
+            head=settings.head,
+            head_width=settings.head_width,
+            encoder_every=settings.encoder_every if settings.train_mode != "head" else 0,
+            head_balance=settings.head_balance,
         )
+
+    @property
+    def closed_form(self) -> bool:
+        """Whether a round solves its head in closed form (``online.learning.closed_form``)."""
+        return self.head == "closed-form"
 
     @property
     def distills(self) -> bool:
@@ -95,7 +110,7 @@ class LearnConfig:
         """Whether a round fits its head on frozen features first (``head`` mode is nothing else)."""
         return self.probe_first and self.mode != "head"
 
-    def but(self, **changes: object) -> "LearnConfig":
+    def but(self, **changes: object) -> LearnConfig:
         return replace(self, **changes)
 
 
@@ -106,10 +121,13 @@ class LearnResult:
     examples: int
     mean_loss: float
     duration_s: float
+    encoder_tuned: bool = True  # False: a closed-form head round, the live encoder kept as it is
+    encoder_s: float = 0.0  # of duration_s, the encoder's fine-tuning (closed-form rounds that tune it)
+    head: object | None = None  # closed-form rounds: the solve (online.learning.closed_form.HeadSolve)
 
 
 def rehearsal_size(n_new: int, cfg: LearnConfig) -> int:
-    return max(int(round(n_new * cfg.rehearsal_ratio)), cfg.rehearsal_min) if cfg.rehearsal_ratio > 0 else 0
+    return max(round(n_new * cfg.rehearsal_ratio), cfg.rehearsal_min) if cfg.rehearsal_ratio > 0 else 0
 
 
 def new_repeats(n_new: int, n_rehearsal: int, cfg: LearnConfig) -> int:
@@ -262,6 +280,7 @@ def learn(
         examples=len(examples),
         mean_loss=result.mean_loss,
         duration_s=time.perf_counter() - started,
+        encoder_tuned=cfg.mode != "head",
     )
 
 

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from online.data import Clinc150
 from online.examples import Example
 from online.labelled_file import Columns, read_labelled, train_and_test
+from online.learning.closed_form import StatisticsCache, closed_form_round, head_info
 from online.learning.fit import Progress, accuracy, fit
+from online.learning.step import LearnConfig
 from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.importer import import_classifier
 from online.lifecycle.registry import Manifest, ModelRegistry
@@ -119,6 +121,12 @@ def train_version_one(
         progress=progress,
     )
     model.cpu()
+    solved = None
+    if settings.head == "closed-form":
+        # the head every later round solves: exact, on the seed data's statistics under this encoder
+        cfg = LearnConfig.from_settings(settings)
+        cf = closed_form_round(model, [], train, [], cfg, StatisticsCache(), tune_encoder=False)
+        model, solved = cf.model, cf.head
     predictor = torch_predictor(model, 0, settings, precision="fp32")
     acc = accuracy(lambda texts: [p.label for p in predictor.predict(texts, 1)], test)
     # The golden set is frozen now, from the seed test data, and never changes afterwards (unless a
@@ -140,7 +148,11 @@ def train_version_one(
             metrics={"seed_test_accuracy": acc, "golden_accuracy": report.golden_accuracy},
         ),
         lambda: SeedStats(
-            examples=len(train), epochs=epochs, mean_loss=result.mean_loss, duration_s=time.perf_counter() - started
+            examples=len(train),
+            epochs=epochs,
+            mean_loss=result.mean_loss,
+            duration_s=time.perf_counter() - started,
+            head=head_info(model, solved, encoder_tuned=True, encoder_of=None),
         ),
         reason="version 1 trained on the seed data",
         fence=fence,

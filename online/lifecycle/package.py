@@ -38,7 +38,7 @@ def build_reference(
     ``artifacts``: the version's serving artifacts, whose int8 engine replicas serve where it has one."""
     rng = random.Random(settings.seed)
     sample = class_balanced(trained_on, settings.drift_reference_size, rng)
-    predictor = serving_predictor(model, 0, settings, (artifacts or {}).get(INT8_FILE))
+    predictor = serving_predictor(model, 0, settings, (artifacts or {}).get(INT8_FILE), reuse=True)
     _, train_emb = predictor.probabilities_and_embeddings([t for t, _ in sample])
     probs, calib_emb = predictor.probabilities_and_embeddings([t for t, _ in calibration])
     return Reference.build(
