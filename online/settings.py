@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     buffer_capacity: int = Field(50_000, ge=100, description="Replay buffer size (class-balanced eviction).")
     dedup_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="How long event ids are remembered.")
     feedback_rate_limit: int = Field(1000, ge=1, description="Feedback events per second per source.")
+    feedback_chars_rate_limit: int = Field(
+        100_000,
+        ge=1,
+        description="Characters of feedback text per second per source (and per client address for anonymous feedback): a long text costs the whole path by its length (masking, Kafka, the consumer, every replica's correction memory), so volume is budgeted in characters as well as in events.",
+    )
     feedback_timeout_s: float = Field(
         0.8,
         gt=0,

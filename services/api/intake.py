@@ -50,9 +50,17 @@ class LimiterUnavailable(Unavailable):
 
 
 class RateLimited(RuntimeError):
-    def __init__(self, source: str, retry_after: int) -> None:
-        super().__init__(f"source {source!r} is over its feedback rate limit")
+    def __init__(self, source: str, retry_after: int, what: str = "events") -> None:
+        super().__init__(f"source {source!r} is over its feedback rate limit ({what} per second)")
         self.retry_after = retry_after
+
+
+_TEXT_FIELDS: dict[type, tuple[str, ...]] = {LabelEvent: ("text",), CorrectionEvent: ("prompt", "answer")}
+
+
+def _chars(event: Event) -> int:
+    """What an event costs the pipeline by its length: the characters of its texts."""
+    return sum(len(getattr(event, name) or "") for name in _TEXT_FIELDS.get(type(event), ()))
 
 
 def masked(events: list[Event]) -> list[Event]:
@@ -60,11 +68,10 @@ def masked(events: list[Event]) -> list[Event]:
     event carries none), validated again: a placeholder may be longer than what it replaces (``a@b.io`` ->
     ``<EMAIL>``), and a text masked past the contract's length is cut to it, so what is produced always
     validates."""
-    fields = {LabelEvent: ("text",), CorrectionEvent: ("prompt", "answer")}
     out: list[Event] = []
     for ev in events:
         update = {}
-        for name in fields.get(type(ev), ()):
+        for name in _TEXT_FIELDS.get(type(ev), ()):
             value = getattr(ev, name)
             if value is not None and (text := mask_pii(value)) != value:
                 update[name] = text[:MAX_TEXT_CHARS]
@@ -147,30 +154,35 @@ class FeedbackIntake:
         if not self.redis_health.allow():
             return self._limiter_down()
         now = int(time.time())
-        per_source: dict[str, int] = {}
+        per_source: dict[str, list[int]] = {}  # source -> [events, characters]
         for ev in events:
-            per_source[ev.source] = per_source.get(ev.source, 0) + 1
+            used = per_source.setdefault(ev.source, [0, 0])
+            used[0] += 1
+            used[1] += _chars(ev)
         if credential is not None and not credential.level and credential.address:
-            per_source[f"addr:{credential.address}"] = len(events)
+            per_source[f"addr:{credential.address}"] = [len(events), sum(_chars(ev) for ev in events)]
         try:
             with self.r.pipeline(transaction=False) as pipe:
-                for source, n in per_source.items():
-                    key = self.keys.rate(source, now)
-                    pipe.incrby(key, n)
-                    pipe.expire(key, 2)
+                for source, (n, chars) in per_source.items():
+                    for key, amount in ((self.keys.rate(source, now), n), (self.keys.rate(f"{source}:chars", now), chars)):
+                        pipe.incrby(key, amount)
+                        pipe.expire(key, 2)
                 counts = pipe.execute()[::2]
         except redis.RedisError as exc:
             self.redis_health.failed(exc)  # logged once per outage there
             return self._limiter_down()
         self.redis_health.succeeded()
-        for (source, _), count in zip(per_source.items(), counts):
+        chars_limit = self.settings.feedback_chars_rate_limit
+        for i, source in enumerate(per_source):
             limit = (
                 self.settings.feedback_client_rate_limit
                 if source.startswith("addr:")
                 else self.settings.feedback_rate_limit
             )
-            if count > limit:
-                raise RateLimited(source, 1)
+            if counts[2 * i] > limit:
+                raise RateLimited(source, 1, f"{limit} events")
+            if counts[2 * i + 1] > chars_limit:
+                raise RateLimited(source, 1, f"{chars_limit:,} characters of text")
         self._check_backlog()
 
     def _check_backlog(self) -> None:

@@ -136,3 +136,25 @@ def test_anonymous_feedback_is_rate_limited_per_client_not_per_invented_name(kaf
         if refused.status_code == 202:  # the second ticked over between the calls: once more
             refused = call([f"m{i}" for i in range(6)])
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+
+
+def test_feedback_is_budgeted_in_characters_as_well_as_events(kafka_settings):
+    """Long texts cost every stage by their length: a source within its event rate but over its
+    characters per second is refused with a 429 that says which budget it crossed."""
+    from fastapi.testclient import TestClient
+
+    from services.api.app import create_app
+
+    s = kafka_settings.model_copy(update={"feedback_chars_rate_limit": 5_000})
+    with TestClient(create_app(s)) as client:
+
+        def call(n: int, chars: int):
+            events = [{"kind": "label", "text": "x" * chars, "label": "a", "source": "long"} for _ in range(n)]
+            return client.post("/v1/feedback", json={"events": events})
+
+        assert call(3, 1_000).status_code == 202  # 3,000 characters: within the budget
+        refused = call(3, 1_000)  # 6,000 in this second
+        if refused.status_code == 202:  # the second ticked over between the calls: once more
+            refused = call(6, 1_000)
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert "characters" in refused.json()["detail"]
