@@ -64,7 +64,9 @@ def test_statistics_accumulated_over_rounds_equal_one_fit_on_everything(live, cf
     assert cache.stats.examples == once.stats.examples
     labels = model.labels
     for a, b in zip(cache.stats.total(labels), once.stats.total(labels)):
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-7)
+        # float32 features: a text's embedding moves in its last bits with its batch's padding, so the
+        # float64 sums agree to ~1e-6 relative (CI saw 5e-7); one example more or less moves them by ~1e-1
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     assert torch.allclose(model.head.weight, fresh.head.weight, atol=1e-5)
     assert torch.allclose(model.head.bias, fresh.head.bias, atol=1e-6)
 
