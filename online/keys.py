@@ -37,6 +37,11 @@ class Keys:
         """Feedback events of one source in one second (the API's rate limiter)."""
         return self._k("rate", source, second)
 
+    def rate_chars(self, source: str, second: int) -> str:
+        """Characters of feedback text of one source in one second (its own family: no source name can
+        reach another source's counter)."""
+        return self._k("rate_chars", source, second)
+
     @property
     def signing_secret(self) -> str:
         """The stack's random secret that signs the API's credential on each feedback record

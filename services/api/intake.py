@@ -154,35 +154,34 @@ class FeedbackIntake:
         if not self.redis_health.allow():
             return self._limiter_down()
         now = int(time.time())
-        per_source: dict[str, list[int]] = {}  # source -> [events, characters]
+        per_source: dict[str, tuple[int, int]] = {}  # source -> (events, characters)
         for ev in events:
-            used = per_source.setdefault(ev.source, [0, 0])
-            used[0] += 1
-            used[1] += _chars(ev)
+            n, chars = per_source.get(ev.source, (0, 0))
+            per_source[ev.source] = (n + 1, chars + _chars(ev))
         if credential is not None and not credential.level and credential.address:
-            per_source[f"addr:{credential.address}"] = [len(events), sum(_chars(ev) for ev in events)]
+            per_source[f"addr:{credential.address}"] = (len(events), sum(c for _, c in per_source.values()))
+        s = self.settings
+        checks = []  # (key, amount, limit, what): one event counter and one character counter per source
+        for source, (n, chars) in per_source.items():
+            limit = s.feedback_client_rate_limit if source.startswith("addr:") else s.feedback_rate_limit
+            checks.append((source, self.keys.rate(source, now), n, limit, f"{limit} events"))
+            checks.append(
+                (source, self.keys.rate_chars(source, now), chars, s.feedback_chars_rate_limit,
+                 f"{s.feedback_chars_rate_limit:,} characters of text")
+            )  # fmt: skip
         try:
             with self.r.pipeline(transaction=False) as pipe:
-                for source, (n, chars) in per_source.items():
-                    for key, amount in ((self.keys.rate(source, now), n), (self.keys.rate(f"{source}:chars", now), chars)):
-                        pipe.incrby(key, amount)
-                        pipe.expire(key, 2)
+                for _, key, amount, _, _ in checks:
+                    pipe.incrby(key, amount)
+                    pipe.expire(key, 2)
                 counts = pipe.execute()[::2]
         except redis.RedisError as exc:
             self.redis_health.failed(exc)  # logged once per outage there
             return self._limiter_down()
         self.redis_health.succeeded()
-        chars_limit = self.settings.feedback_chars_rate_limit
-        for i, source in enumerate(per_source):
-            limit = (
-                self.settings.feedback_client_rate_limit
-                if source.startswith("addr:")
-                else self.settings.feedback_rate_limit
-            )
-            if counts[2 * i] > limit:
-                raise RateLimited(source, 1, f"{limit} events")
-            if counts[2 * i + 1] > chars_limit:
-                raise RateLimited(source, 1, f"{chars_limit:,} characters of text")
+        for (source, _, _, limit, what), count in zip(checks, counts):
+            if count > limit:
+                raise RateLimited(source, 1, what)
         self._check_backlog()
 
     def _check_backlog(self) -> None:
