@@ -40,6 +40,8 @@ from online.contract import (
     ReviewResponse,
     RoundsResponse,
     ShadowResponse,
+    CanaryRequest,
+    CanaryResponse,
     TrainingState,
 )
 from online.events import EVENT_ADAPTER, CorrectionEvent, LabelEvent, ThumbsEvent
@@ -97,11 +99,14 @@ class _Calls:
     def _run_all(self, calls: list[_Call]) -> Any:  # pragma: no cover
         raise NotImplementedError
 
-    def predict(self, text: str | Sequence[str], top_k: int | None = None) -> PredictResponse:
-        """One text (``str``) or several (a list); the response has one prediction per text."""
+    def predict(self, text: str | Sequence[str], top_k: int | None = None, user: str | None = None) -> PredictResponse:
+        """One text (``str``) or several (a list); the response has one prediction per text. ``user``: a
+        stable id of who asks, so a canary serves them one version throughout."""
         body: dict[str, Any] = {"text": text} if isinstance(text, str) else {"texts": list(text)}
         if top_k is not None:
             body["top_k"] = top_k
+        if user is not None:
+            body["user"] = user
         return self._run(_Call("POST", "/v1/predict", TypeAdapter(PredictResponse), json=body))
 
     def feedback(self, events: Iterable[Event | dict], as_admin: bool = False) -> list[FeedbackAccepted]:
@@ -193,6 +198,17 @@ class _Calls:
     def shadow(self) -> ShadowResponse:
         """The candidate running in shadow (if any), with its agreement and accuracy next to live's."""
         return self._run(_Call("GET", "/v1/shadow", TypeAdapter(ShadowResponse)))
+
+    def canary(self) -> CanaryResponse:
+        """The canary in progress (if any): its share, its evidence against live, the decision due now."""
+        return self._run(_Call("GET", "/v1/canary", TypeAdapter(CanaryResponse)))
+
+    def canary_action(
+        self, action: str, version: int | None = None, share: float | None = None, reason: str = ""
+    ) -> LiveChangeOut:
+        """start (``version``, ``share``), pause, resume, promote or abort the canary. Needs the admin token."""
+        body = CanaryRequest(action=action, version=version, share=share, reason=reason).model_dump()  # type: ignore[arg-type]
+        return self._run(_Call("POST", "/v1/canary", TypeAdapter(LiveChangeOut), json=body, admin=True))
 
     def drift(self, history: int = 0) -> DriftReport:
         return self._run(_Call("GET", "/v1/drift", TypeAdapter(DriftReport), params={"history": history}))

@@ -38,6 +38,16 @@ def predict_request_model(settings: Settings) -> type[PredictRequestBase]:
             Field(None, min_length=1, max_length=settings.max_texts_per_request, description="Several texts."),
         ),
         top_k=(int, Field(settings.top_k, ge=1, le=settings.max_top_k, description="Alternatives per text.")),
+        user=(
+            str | None,
+            Field(
+                None,
+                min_length=1,
+                max_length=200,
+                description="Who asks (any stable id): during a canary the same user always sees the same version. "
+                "Without it the routing is per text, so a retried text gets the same answer.",
+            ),
+        ),
     )
 
 
@@ -171,6 +181,58 @@ class ShadowSlot(BaseModel):
     since: float
 
 
+class CanarySlot(BaseModel):
+    """A candidate answering a share of live traffic (sticky per user, else per text), stepped up on
+    live evidence (``online.lifecycle.canary``)."""
+
+    version: int
+    parent: int = Field(description="The live version it is compared with (and rolled back to).")
+    share: float = Field(description="Share of live traffic it answers now.")
+    steps: list[float] = Field(default_factory=list, description="Shares still to come; past the last: promoted.")
+    since: float
+    step_since: float = Field(description="When the current share began.")
+    paused: bool = Field(False, description="An operator paused it: the share holds, nothing is decided.")
+    judged_at_step: int = Field(0, description="Canary judgements counted when the current share began.")
+
+
+class ArmEvidence(BaseModel):
+    """One side of a canary comparison over the canary's window."""
+
+    version: int
+    judged: int = 0
+    correct: int = 0
+    accuracy: float | None = None
+    sources: int = 0
+    requests: int = 0
+    errors: int = 0
+    p95_ms: float | None = None
+
+
+class CanaryResponse(BaseModel):
+    """The canary in progress (``canary`` null when none runs), its evidence against live over the same
+    window, the decision the analysis would take now and why, and per-minute accuracy of both."""
+
+    canary: CanarySlot | None = None
+    loaded_by_this_replica: bool = False
+    live: ArmEvidence | None = None
+    candidate: ArmEvidence | None = None
+    decision: str | None = Field(None, description="hold, step, promote or rollback.")
+    reason: str = ""
+    curve: list[tuple[int, float | None, float | None]] = Field(
+        default_factory=list, description="(epoch minute, live accuracy, canary accuracy) since the canary began."
+    )
+
+
+class CanaryRequest(BaseModel):
+    """An operator's move on the canary: start one, pause or resume it, promote it now, or abort it."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["start", "pause", "resume", "promote", "abort"]
+    version: int | None = Field(None, ge=1, description="With start: the published version to canary.")
+    share: float | None = Field(None, gt=0, lt=1, description="With start: its first share (default ONLINE_CANARY_SHARE).")
+    reason: str = Field("", max_length=500)
+
+
 class ShadowResponse(BaseModel):
     """The candidate running in shadow, with its agreement and accuracy next to live's on the same
     requests; ``shadow`` is null when none runs (the other fields then stay empty)."""
@@ -249,6 +311,7 @@ class PauseRequest(BaseModel):
 
 class ModelsResponse(BaseModel):
     live: int | None
+    canary: CanarySlot | None = None
     served_by_this_replica: int | None
     versions: list[ModelOut]
     history: list[LiveChangeOut]
@@ -498,6 +561,7 @@ class StatusReport(BaseModel):
     """Everything `online status` shows, as one document (a monitoring script's input)."""
 
     live_version: int | None
+    canary: CanaryResponse | None = Field(None, description="The canary in progress, when one runs.")
     training: TrainingState
     replicas: list[ReplicaOut]
     correction_log: int = Field(description="Corrections taught through feedback, in the correction log.")

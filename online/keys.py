@@ -97,6 +97,12 @@ class Keys:
         return self._k("shadow")
 
     @property
+    def canary(self) -> str:
+        """Namespace of canary serving counts: ``<canary version>:<role>`` hashes of requests, errors
+        and latency buckets, written by every replica (``online.lifecycle.canary``)."""
+        return self._k("canary")
+
+    @property
     def trainer_leader(self) -> str:
         return self._k("trainer", "leader")
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -383,6 +383,31 @@ class Settings(BaseSettings):
     shadow_min_judged: int = Field(30, ge=1, description="Judged shadowed requests before accuracy counts.")
     shadow_max_accuracy_drop: float = Field(0.02, ge=0, description="Most accuracy the shadow may lose vs live.")
 
+    # --- canary (progressive delivery, online.lifecycle.canary) -------------------------------
+    canary_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="0: no canary; >0: a candidate that passed the gate first answers this share of live traffic (sticky per user or text), stepped up on live evidence and promoted, or rolled back.",
+    )
+    canary_steps: list[float] = Field(
+        [0.05, 0.25, 0.5],
+        description="Shares a canary steps through after its first (JSON list, each in (0, 1)); past the last it is promoted to 100%.",
+    )
+    canary_min_judged: int = Field(
+        50, ge=1, description="Judged canary predictions needed at each share before it may step up (and in all before any verdict)."
+    )
+    canary_min_step_s: float = Field(60.0, ge=0, description="Least time a canary stays at each share.")
+    canary_alpha: float = Field(
+        0.05, gt=0, lt=1, description="Level of the canary's sequential test (mSPRT: valid however often it is checked)."
+    )
+    canary_margin: float = Field(
+        0.02, ge=0, lt=1, description="Accuracy a canary may lose against live and still step up (non-inferiority margin)."
+    )
+    canary_min_requests: int = Field(200, ge=1, description="Requests a canary needs before its error rate and latency count.")
+    canary_max_error_rate: float = Field(0.01, ge=0, le=1, description="Most error rate a canary may add to live's.")
+    canary_max_latency_ratio: float = Field(2.0, gt=1, description="Most p95 latency of canary / live over the same window.")
+
     # --- gate ---------------------------------------------------------------------------------
     golden_path: Path | None = Field(None, description="Golden set JSONL (text, label); unset: frozen at v1.")
     golden_per_label: int = Field(30, ge=1, description="Golden examples per label when frozen at version 1.")
@@ -425,6 +450,14 @@ class Settings(BaseSettings):
         description="Distinct sources (feedback keys, or client addresses without keys) whose judgements auto-rollback and the shadow verdict need on each version before they act.",
     )
     auto_rollback_window_s: float = Field(24 * 3600, gt=0, description="How long after promotion it may fire.")
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _canary_steps(cls, steps: list[float]) -> list[float]:
+        """Shares in (0, 1), rising: a step never takes users back out of the canary."""
+        if any(not 0 < x < 1 for x in steps) or steps != sorted(set(steps)):
+            raise ValueError(f"canary steps must rise strictly within (0, 1), e.g. [0.05, 0.25, 0.5]; got {steps}")
+        return steps
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``ONLINE_*`` variables, for a child process (unset fields left out)."""

@@ -23,7 +23,7 @@ from online.learning.fit import Progress as ProgressFn
 from online.learning.fit import configure_threads
 from online.learning.round import RoundReport, RoundRunner
 from online.learning.version_one import VersionOneRefused, make_version_one, seed_data, seed_epochs
-from online.lifecycle import auto_rollback, promotion
+from online.lifecycle import auto_rollback, canary, promotion
 from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.leader import Leadership, LeadershipLost
 from online.lifecycle.registry import ModelRegistry
@@ -33,7 +33,7 @@ from online.wiring.stores import Stores
 
 log = logging.getLogger("online.trainer")
 
-_STATUS_CODES = {"idle": 0, "promoted": 1, "rejected": 2, "superseded": 3, "failed": 4, "shadow": 5}
+_STATUS_CODES = {"idle": 0, "promoted": 1, "rejected": 2, "superseded": 3, "failed": 4, "shadow": 5, "canary": 6}
 
 
 class Stopped(Exception):
@@ -53,7 +53,7 @@ class TrainerMetrics:
         self.samples = Counter("online_trainer_samples", "Samples trained on, by kind", ["kind"], registry=r)
         self.last_status = Gauge(
             "online_trainer_last_round_status",
-            "Last round: 0 idle, 1 promoted, 2 rejected, 3 superseded, 4 failed, 5 shadow",
+            "Last round: 0 idle, 1 promoted, 2 rejected, 3 superseded, 4 failed, 5 shadow, 6 canary",
             registry=r,
         )
         self.last_round_at = Gauge(
@@ -192,8 +192,12 @@ class Scheduler:
         return self._runner
 
     def due(self) -> bool:
+        """A round is due (enough new feedback, or waited long enough), and no canary is running: a
+        candidate trained meanwhile would be compared with a live that may be about to change."""
         pending = self.buffer.new_count()
         self.metrics.pending.set(pending)
+        if self.registry.canary() is not None:
+            return False
         now = self.clock()
         if pending == 0:
             self._waiting_since, self._last_pending = None, 0
@@ -267,6 +271,7 @@ class Scheduler:
                 self.metrics.auto_rollbacks.inc()
                 log.warning("automatic rollback: live v%s -> v%s (%s)", change.previous, change.version, change.reason)
             self._judge_shadow()
+            self._judge_canary()
             self.stores.corrections.trim()  # corrections age out even when none arrive
             self._tidy()
             collected = self.registry.collect(self.s.keep_versions)
@@ -288,6 +293,13 @@ class Scheduler:
             self._tidy_due = now + 600
             self.stores.sources.tidy()
             self.buffer.tidy_labels()
+
+    def _judge_canary(self) -> None:
+        change = canary.settle(self.registry, self.stores.live_accuracy, self.stores.canary, self.s)
+        if change is None:
+            return
+        level = logging.WARNING if change.action in ("canary_rollback", "canary_abort") else logging.INFO
+        log.log(level, "canary v%s: %s (%s)", change.version, change.action.removeprefix("canary_"), change.reason)
 
     def _judge_shadow(self) -> None:
         outcome = promotion.settle_shadow(self.registry, self.stores.shadow, self.s)

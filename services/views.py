@@ -13,6 +13,7 @@ from rich.table import Table
 
 from online.contract import (
     BufferResponse,
+    CanaryResponse,
     ForgetResult,
     LabelApproved,
     LiveChangeOut,
@@ -77,6 +78,9 @@ def gate_table(gate: GateReport) -> Table:
 
 def models(console: Console, out: ModelsResponse) -> None:
     """Every version (the live one marked), then the history of the live alias."""
+    if out.canary is not None:
+        c = out.canary
+        console.print(f"canary: version {c.version} on {c.share:.0%} of traffic beside live {c.parent}")
     table = Table("version", "live", "parent", "status", "created", "labels", "gate", "golden", "live acc (n)")
     for m in out.versions:
         table.add_row(
@@ -93,7 +97,7 @@ def models(console: Console, out: ModelsResponse) -> None:
     console.print(table)
     history = Table("when", "action", "version", "previous", "reason", title="live alias history")
     for ch in out.history[-15:]:
-        style = {"auto_rollback": "bold red", "rollback": "yellow"}.get(ch.action, "")
+        style = {"auto_rollback": "bold red", "rollback": "yellow", "canary_rollback": "red"}.get(ch.action, "")
         action = f"[{style}]{ch.action}[/]" if style else ch.action
         history.add_row(when(ch.at), action, str(ch.version), str(ch.previous or ""), ch.reason)
     console.print(history)
@@ -128,7 +132,35 @@ def model(console: Console, m: ModelDetail) -> None:
 
 
 def live_change(console: Console, change: LiveChangeOut) -> None:
+    if change.action.startswith("canary_"):
+        what = change.action.removeprefix("canary_")
+        console.print(f"canary: version {change.version} (live {change.previous}) {what}: {change.reason}")
+        return
     console.print(f"live: version {change.version} (was {change.previous})")
+
+
+def canary(console: Console, out: CanaryResponse) -> None:
+    """The canary in progress: share and steps, each arm's evidence, the decision due and why."""
+    slot = out.canary
+    if slot is None:
+        console.print("no canary is running")
+        return
+    steps = " -> ".join(f"{x:.0%}" for x in [slot.share, *slot.steps]) + " -> promoted"
+    paused = " [yellow](paused)[/]" if slot.paused else ""
+    console.print(
+        f"[bold]canary:[/] version {slot.version} on {slot.share:.0%} of traffic beside live {slot.parent}{paused}, "
+        f"since {when(slot.since)}; steps {steps}"
+    )
+    table = Table("", "version", "judged", "accuracy", "sources", "requests", "errors", "p95 ms")
+    for name, arm in (("live", out.live), ("canary", out.candidate)):
+        if arm is None:
+            continue
+        acc = "" if arm.accuracy is None else f"{arm.accuracy:.3f}"
+        p95 = "" if arm.p95_ms is None else f"{arm.p95_ms:.0f}"
+        table.add_row(name, str(arm.version), str(arm.judged), acc, str(arm.sources), str(arm.requests), str(arm.errors), p95)
+    console.print(table)
+    style = {"rollback": "red", "step": "green", "promote": "green"}.get(out.decision or "", "yellow")
+    console.print(f"decision now: [{style}]{out.decision}[/]: {out.reason}")
 
 
 def training(console: Console, state: TrainingState) -> None:
@@ -239,6 +271,8 @@ def status(console: Console, st: StatusReport) -> None:
     """Everything at a glance: live version, replicas, buffer, last rounds, drift signals and alerts."""
     training_cell = "running" if not st.training.paused else f"[yellow]paused[/] ({st.training.reason})"
     console.print(f"[bold]live version:[/] {st.live_version}   training: {training_cell}")
+    if st.canary is not None:
+        canary(console, st.canary)
 
     replicas = Table(
         "replica", "serves", "engine", "last seen", "memory", "from memory", "load error", title="API replicas"

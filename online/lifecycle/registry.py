@@ -24,7 +24,7 @@ import redis
 from pydantic import BaseModel, Field, field_validator
 
 import online.generative  # noqa: F401  (registers the generative family's loader, as online.model does the classifier's)
-from online.contract import ShadowSlot
+from online.contract import CanarySlot, ShadowSlot
 from online.keys import Keys
 from online.lifecycle.store import GOLDEN_FILE, MANIFEST_FILE, FolderStore, ModelStore, StoreUnavailable
 from online.model import WEIGHTS_FILE, sha256_file
@@ -59,11 +59,15 @@ class Manifest(ModelSpec):
         return None if value == {} else value
 
 
+CanaryAction = Literal["canary_start", "canary_step", "canary_pause", "canary_resume", "canary_abort", "canary_rollback"]
+
+
 class LiveChange(BaseModel):
-    """One move of the live alias: a promotion or a rollback (manual or automatic)."""
+    """One entry of the alias history: a move of the live alias (a promotion or a rollback, manual or
+    automatic), or a step of a canary (``canary_*``: ``version`` is the canary, ``previous`` live)."""
 
     at: float = Field(default_factory=time.time)
-    action: Literal["promote", "rollback", "auto_rollback"]
+    action: Literal["promote", "rollback", "auto_rollback"] | CanaryAction
     version: int
     previous: int | None
     reason: str = ""
@@ -112,6 +116,7 @@ class ModelRegistry:
         self._seq = f"{ns}:seq"
         self._history = f"{ns}:history"
         self._shadow = f"{ns}:shadow"
+        self._canary = f"{ns}:canary"
         self.channel = keys.registry_channel
         self._verified = _Verified()
         self._golden_shared = False
@@ -287,15 +292,20 @@ class ModelRegistry:
         shadow = self.shadow()
         if shadow and shadow.version == version:
             self.clear_shadow()  # it is live now
+        self.r.delete(self._canary)  # a canary compares with the live it started from: over either way
         self.r.publish(self.channel, json.dumps({"live": version}))
         return change
 
     def last_change(self) -> LiveChange | None:
-        raw = self.r.lindex(self._history, -1)
-        return LiveChange.model_validate_json(raw) if raw else None
+        """The last move of the live alias (canary steps between are skipped)."""
+        for raw in reversed(self.r.lrange(self._history, -200, -1)):
+            change = LiveChange.model_validate_json(raw)
+            if not change.action.startswith("canary_"):
+                return change
+        return None
 
     def protected(self) -> set[int]:
-        """Versions never collected: live, its parent (the default rollback target), the previous live."""
+        """Versions never collected: live, its parent (the default rollback target), the previous live, a canary."""
         keep: set[int] = set()
         live = self.live()
         if live is not None:
@@ -306,6 +316,9 @@ class ModelRegistry:
         last = self.last_change()
         if last and last.previous is not None:
             keep.add(last.previous)
+        canary = self.canary()
+        if canary is not None:
+            keep.add(canary.version)
         return keep
 
     def collect(self, keep: int) -> list[int]:
@@ -342,3 +355,40 @@ class ModelRegistry:
     def clear_shadow(self) -> None:
         if self.r.delete(self._shadow):
             self.r.publish(self.channel, json.dumps({"shadow": None}))
+
+    # --- canary -------------------------------------------------------------------------------
+    def canary(self) -> CanarySlot | None:
+        """The version answering a share of live traffic (``online.lifecycle.canary``)."""
+        raw = self.r.get(self._canary)
+        return CanarySlot.model_validate_json(raw) if raw else None
+
+    def set_canary(self, slot: CanarySlot | None, action: CanaryAction, reason: str) -> LiveChange:
+        """Start, step, pause or end (``slot`` None) the canary, with its history entry, in one
+        MULTI/EXEC that holds only while live is still the canary's parent; every replica is told."""
+        current = slot or self.canary()
+        if current is None:
+            raise ValueError("no canary is running")
+        if slot is not None:
+            manifest = self.get(slot.version)
+            if manifest.status != "published":
+                raise ValueError(f"version {slot.version} is {manifest.status}: it cannot serve a canary")
+        change = LiveChange(action=action, version=current.version, previous=current.parent, reason=reason)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self._live)
+                    live = pipe.get(self._live)
+                    if slot is not None and (int(live) if live else None) != slot.parent:
+                        raise LiveMoved(f"live is {live}, not {slot.parent}: version {slot.version} is no canary of it")
+                    pipe.multi()
+                    if slot is None:
+                        pipe.delete(self._canary)
+                    else:
+                        pipe.set(self._canary, slot.model_dump_json())
+                    pipe.rpush(self._history, change.model_dump_json())
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        self.r.publish(self.channel, json.dumps({"canary": slot.version if slot else None}))
+        return change

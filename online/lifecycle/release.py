@@ -3,7 +3,7 @@ goes through :func:`release`, so every version is judged, packaged, published an
 
 judge (the caller: ``Gate.evaluate`` or ``Gate.baseline``, a pure function of the candidate) ->
 package (``online.lifecycle.package``: int8 artifact, drift reference) -> publish (the registry, files
-then index, checksummed) -> place (a :data:`Placement` policy: live at once, or in shadow first).
+then index, checksummed) -> place (a :data:`Placement` policy: live at once, on a canary share, or in shadow first).
 
 It is the one caller of ``ModelRegistry.publish`` outside tests (``tests/test_architecture.py`` keeps it
 so), which is what makes "a version that serves has its reference and its checked artifact" true.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from online.examples import Example
-from online.lifecycle import promotion
+from online.lifecycle import canary, promotion
 from online.lifecycle.package import Package, package
 from online.lifecycle.registry import LiveMoved, Manifest, ModelRegistry
 from online.reports import GateReport, VersionStats
@@ -27,8 +27,8 @@ from online.versioned import VersionModel
 
 log = logging.getLogger("online.lifecycle.release")
 
-Placement = Literal["auto", "promote", "shadow", "none"]
-Outcome = Literal["promoted", "shadow", "superseded", "rejected", "published"]
+Placement = Literal["auto", "promote", "canary", "shadow", "none"]
+Outcome = Literal["promoted", "canary", "shadow", "superseded", "rejected", "published"]
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,13 @@ def register_packager(family: str, packager: Packager) -> None:
 
 
 def placement_for(settings: Settings, parent: int | None) -> Placement:
-    """The default policy: the first version goes live; a candidate goes to shadow first when
-    ``ONLINE_SHADOW_SHARE`` > 0, else live at once (the same for a round and an import)."""
+    """The default policy: the first version goes live; a candidate goes on a share of live traffic
+    first when ``ONLINE_CANARY_SHARE`` > 0 (a canary), else to shadow when ``ONLINE_SHADOW_SHARE`` > 0,
+    else live at once (the same for a round and an import)."""
     if parent is None:
         return "promote"
+    if settings.canary_share > 0:
+        return "canary"
     return "shadow" if settings.shadow_share > 0 else "promote"
 
 
@@ -116,6 +119,13 @@ def release(
 
 
 def _place(registry: ModelRegistry, manifest: Manifest, placement: Placement, settings: Settings, reason: str) -> Outcome:
+    if placement == "canary":
+        try:
+            canary.start(registry, manifest.version, settings, reason, expect_live=manifest.parent)
+        except LiveMoved as exc:  # judged against a version no longer live: not comparable
+            log.warning("version %d not put on a canary: %s", manifest.version, exc)
+            return "superseded"
+        return "canary"
     if placement == "shadow":
         if registry.live() != manifest.parent:  # judged against a version no longer live: not comparable
             log.warning("version %d not put in shadow: live is no longer its parent %s", manifest.version, manifest.parent)

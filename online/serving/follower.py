@@ -1,4 +1,5 @@
-"""An API replica follows the registry: the live version it serves and the shadow it evaluates.
+"""An API replica follows the registry: the live version it serves, the shadow it evaluates and the
+canary it serves to a share of users.
 
 Pub/sub on the registry's channel wakes the follower at once; the same loop's timeout makes it a
 polling fallback, so a replica that missed a message (or lost Redis for a while) still converges. A new
@@ -27,7 +28,7 @@ import redis
 import redis.asyncio as aredis
 import torch
 
-from online.contract import ShadowSlot
+from online.contract import CanarySlot, ShadowSlot
 from online.engines import INT8_FILE
 from online.lifecycle.registry import IntegrityError, Manifest, ModelRegistry
 from online.lifecycle.store import StoreUnavailable
@@ -80,7 +81,9 @@ class VersionFollower:
         self.current: Predictor | None = None
         self.shadow: Predictor | None = None  # a candidate answering a share of traffic, never returned
         self.shadow_share = 0.0
-        self.failures: dict[str, LoadFailure] = {}  # by slot: "live", "shadow"
+        self.canary: Predictor | None = None  # a candidate answering (and returned to) a share of users
+        self.canary_slot: CanarySlot | None = None  # set only while its predictor is loaded
+        self.failures: dict[str, LoadFailure] = {}  # by slot: "live", "shadow", "canary"
         self._swap_lock = asyncio.Lock()
         self._process_threads = torch.get_num_threads()  # as configured at start, restored for torch engines
         self._task: asyncio.Task | None = None
@@ -96,6 +99,13 @@ class VersionFollower:
 
     def shadow_state(self) -> tuple[Predictor | None, float]:
         return self.shadow, self.shadow_share
+
+    def canary_state(self) -> tuple[Predictor, CanarySlot] | None:
+        """The canary's predictor and slot, when one runs and this replica has it loaded."""
+        predictor, slot = self.canary, self.canary_slot
+        if predictor is None or slot is None or predictor.version != slot.version:
+            return None
+        return predictor, slot
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -130,7 +140,9 @@ class VersionFollower:
     async def sync(self) -> None:
         """Swap to the registry's live version if it differs from what is served; follow the shadow slot."""
         try:
-            live, slot = await asyncio.to_thread(lambda: (self.registry.live(), self.registry.shadow()))
+            live, slot, canary = await asyncio.to_thread(
+                lambda: (self.registry.live(), self.registry.shadow(), self.registry.canary())
+            )
         except redis.RedisError as exc:
             self.redis_health.failed(exc)  # logged once per outage there
             return
@@ -140,29 +152,43 @@ class VersionFollower:
         elif live is not None and self._may_try("live", live):
             await self.swap_to(live)
         await self._sync_shadow(slot)
+        await self._sync_canary(canary)
 
     async def _sync_shadow(self, slot: ShadowSlot | None) -> None:
-        wanted = slot.version if slot else None
         self.shadow_share = slot.share if slot else 0.0
-        current = self.shadow.version if self.shadow else None
-        if wanted == current:
-            return
+        self.shadow = await self._follow_slot("shadow", self.shadow, slot.version if slot else None)
+
+    async def _sync_canary(self, slot: CanarySlot | None) -> None:
+        """The canary's predictor follows its slot; its share and steps are read from the slot at every
+        request (:meth:`canary_state`), so a step takes effect at the next sync without a reload."""
+        self.canary = await self._follow_slot("canary", self.canary, slot.version if slot else None)
+        self.canary_slot = slot if self.canary is not None else None
+
+    async def _follow_slot(self, name: str, current: Predictor | None, wanted: int | None) -> Predictor | None:
+        """The predictor a side slot (shadow, canary) should hold: ``current`` when it is the wanted
+        version, a fresh build when it is not, None when the slot is empty or its version cannot load
+        (retried with backoff; a broken candidate never touches live serving)."""
+        have = current.version if current else None
+        if wanted == have:
+            return current
         if wanted is None:
-            self.shadow = None
-            self.failures.pop("shadow", None)
-            log.info("shadow evaluation of version %s ended", current)
-            return
-        if not self._may_try("shadow", wanted):
-            return
-        if self.failures.get("shadow") and self.failures["shadow"].version == wanted:
-            self.metrics.load_retries.labels("shadow").inc()
+            self.failures.pop(name, None)
+            log.info("%s of version %s ended", name, have)
+            return None
+        if wanted == self.version and self.current is not None:
+            return self.current  # the live version itself (a slot about to be cleared): nothing to build
+        if not self._may_try(name, wanted):
+            return None
+        if self.failures.get(name) and self.failures[name].version == wanted:
+            self.metrics.load_retries.labels(name).inc()
         try:
-            self.shadow = await self._build(wanted)
-        except Exception as exc:  # a broken shadow never touches serving
-            self._failed("shadow", wanted, exc)
-            return
-        self.failures.pop("shadow", None)
-        log.info("version %s now runs in shadow on %.0f%% of traffic", wanted, 100 * self.shadow_share)
+            predictor = await self._build(wanted)
+        except Exception as exc:  # a broken candidate never touches serving
+            self._failed(name, wanted, exc)
+            return None
+        self.failures.pop(name, None)
+        log.info("version %s now runs as the %s", wanted, name)
+        return predictor
 
     async def swap_to(self, version: int) -> bool:
         async with self._swap_lock:
@@ -170,8 +196,9 @@ class VersionFollower:
                 return True
             if self.failures.get("live") and self.failures["live"].version == version:
                 self.metrics.load_retries.labels("live").inc()
-            try:
-                predictor = await self._build(version)
+            try:  # a canary promoted to live is served by the predictor it already runs on
+                reuse = self.canary if self.canary is not None and self.canary.version == version else None
+                predictor = reuse or await self._build(version)
             except Exception as exc:  # keep serving the old version; retried with backoff
                 self._failed("live", version, exc)
                 return False

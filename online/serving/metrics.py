@@ -65,6 +65,9 @@ class ApiMetrics:
             "online_drift_alert", "1 while a drift signal is past its threshold", ["signal"], registry=r
         )
         self.drift_alerts = Counter("online_drift_alerts", "Drift alerts raised", ["signal"], registry=r)
+        self.canary_share = Gauge(
+            "online_canary_share", "Share of live traffic the canary version answers on this replica", ["version"], registry=r
+        )
         self.live_accuracy = Gauge(
             "online_live_accuracy", "Accuracy from feedback on each version's own predictions", ["version"], registry=r
         )

@@ -16,6 +16,8 @@ import redis.asyncio as aredis
 
 from online.feedback.prediction_log import PredictionLog
 from online.feedback.review_queue import ReviewQueue
+from online.contract import CanarySlot
+from online.lifecycle.canary import ArmCounts, CanaryLedger, Role, routed_to_canary
 from online.lifecycle.registry import IntegrityError
 from online.lifecycle.shadow import ShadowLedger
 from online.monitoring.drift_log import DriftLog
@@ -23,7 +25,7 @@ from online.monitoring.live_accuracy import LiveAccuracy
 from online.monitoring.replicas import Heartbeat, Replicas
 from online.predictor import Predictor
 from online.reference import REFERENCE_FILE
-from online.serving.batcher import MicroBatcher
+from online.serving.batcher import MicroBatcher, Overloaded
 from online.serving.breaker import Breaker
 from online.serving.drift_window import DriftWindow
 from online.serving.follower import VersionFollower
@@ -64,6 +66,9 @@ class ServingStores(MemoryStores, Protocol):
     @property
     def shadow(self) -> ShadowLedger: ...
 
+    @property
+    def canary(self) -> CanaryLedger: ...
+
 
 class NotReady(RuntimeError):
     """No model version is loaded yet."""
@@ -91,6 +96,7 @@ class ModelService:
         )
         self.window = DriftWindow(s, stores.drift, metrics, self.redis_health)
         self.follower: VersionFollower
+        self._arms: dict[int, dict[Role, ArmCounts]] = {}  # per canary version, flushed at each heartbeat
         self.memory: MemoryFollower | None = None
         hooks = [
             ShadowHook(lambda: self.follower.shadow_state(), stores.shadow),  # first: compares weights
@@ -139,13 +145,56 @@ class ModelService:
     def version(self) -> int | None:
         return self.follower.version
 
-    async def predict(self, texts: list[str], top_k: int) -> list[ServedPrediction]:
+    async def predict(self, texts: list[str], top_k: int, user: str | None = None) -> list[ServedPrediction]:
+        """Each text's answer from live, or from the canary for the users (or, without a user, the
+        texts) its share routes there; every answer names its version."""
         predictor = self.follower.current
         if predictor is None:
             raise NotReady("no model version is loaded yet")
+        canary = self.follower.canary_state()
         with self.metrics.request_latency.time():
-            served = await self.batcher.submit(predictor, texts)
+            if canary is None:
+                served = await self.batcher.submit(predictor, texts)
+            else:
+                served = await self._split(predictor, *canary, texts, user)
         return [replace(p, top_k=p.top_k[:top_k]) for p in served]
+
+    async def _split(
+        self, live: Predictor, candidate: Predictor, slot: CanarySlot, texts: list[str], user: str | None
+    ) -> list[ServedPrediction]:
+        """Live's and the canary's texts as two batcher calls at once, answers back in the texts' order.
+        A canary that fails answers nothing: its texts are answered by live (and the error counted
+        against it), so a broken canary costs no request."""
+        keys = [user] * len(texts) if user is not None else texts
+        to_canary = [routed_to_canary(k, slot.version, slot.share) for k in keys]
+        arms = self._arms.setdefault(slot.version, {"live": ArmCounts(), "canary": ArmCounts()})
+
+        async def run(role: Role, idx: list[int]) -> list[ServedPrediction]:
+            part = [texts[i] for i in idx]
+            started = time.perf_counter()
+            try:
+                out = await self.batcher.submit(candidate if role == "canary" else live, part)
+            except Overloaded:
+                raise
+            except Exception as exc:
+                arms[role].observe(time.perf_counter() - started, error=True)
+                if role == "live":
+                    raise
+                log.warning("canary version %s failed a request (%r): answered by live", slot.version, exc)
+                return await self.batcher.submit(live, part)
+            arms[role].observe(time.perf_counter() - started)
+            return out
+
+        groups: dict[Role, list[int]] = {"live": [], "canary": []}
+        for i, c in enumerate(to_canary):
+            groups["canary" if c else "live"].append(i)
+        parts = [(role, idx) for role, idx in groups.items() if idx]
+        answers = await asyncio.gather(*(run(role, idx) for role, idx in parts))
+        served: list[ServedPrediction | None] = [None] * len(texts)
+        for (_, idx), out in zip(parts, answers):
+            for i, p in zip(idx, out):
+                served[i] = p
+        return served  # type: ignore[return-value]
 
     async def memory_state(self, sid: str) -> tuple[str, str] | None:
         """(state, the screen's reason) of one correction in the served version's memory, if it has it."""
@@ -177,14 +226,22 @@ class ModelService:
             engine=self.follower.current.engine_name if self.follower.current else None,
         )  # fmt: skip
 
+        canary = self.follower.canary_state()
+        self.metrics.canary_share.clear()
+        if canary is not None:
+            self.metrics.canary_share.labels(str(canary[1].version)).set(canary[1].share)
+
         def write() -> None:
             self.stores.replicas.beat(beat)
+            for version, counts in arms.items():
+                self.stores.canary.add(version, counts)
             for acc in self.stores.live_accuracy.all():
                 if acc.accuracy is not None:
                     self.metrics.live_accuracy.labels(str(acc.version)).set(acc.accuracy)
 
         if not self.redis_health.allow():
             return
+        arms, self._arms = self._arms, {}  # counted on this loop; written by the thread below
         try:
             await asyncio.to_thread(write)
         except redis.RedisError as exc:

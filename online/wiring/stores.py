@@ -21,6 +21,7 @@ from online.feedback.quarantine import SourceLedger
 from online.feedback.review_queue import ReviewQueue
 from online.feedback.status import EventStatusLog
 from online.keys import Keys
+from online.lifecycle.canary import CanaryLedger
 from online.lifecycle.control import TrainingControl
 from online.lifecycle.registry import ModelRegistry
 from online.lifecycle.shadow import ShadowLedger
@@ -49,6 +50,7 @@ class Stores:
     review: ReviewQueue
     live_accuracy: LiveAccuracy
     shadow: ShadowLedger
+    canary: CanaryLedger
     volume: FeedbackVolume
     control: TrainingControl
     replicas: Replicas
@@ -77,6 +79,7 @@ class Stores:
             review=ReviewQueue(r, keys, s.review_capacity, s.prediction_ttl_s),
             live_accuracy=LiveAccuracy(r, keys.live_accuracy, s.dedup_ttl_s),
             shadow=ShadowLedger(r, keys, s.dedup_ttl_s),
+            canary=CanaryLedger(r, keys),
             volume=FeedbackVolume(r, keys),
             control=TrainingControl(r, keys),
             replicas=Replicas(r, keys),

@@ -23,6 +23,8 @@ from online.contract import (
     QuarantineResult,
     RoundsResponse,
     ShadowResponse,
+    CanaryRequest,
+    CanaryResponse,
     TrainingState,
 )
 
@@ -90,3 +92,9 @@ class AdminBackend(Protocol):
     def drift(self, history: int = 0) -> DriftReport: ...
 
     def shadow(self) -> ShadowResponse: ...
+
+    def canary(self) -> CanaryResponse: ...
+
+    def canary_action(self, request: CanaryRequest) -> LiveChangeOut:
+        """Start, pause, resume, promote or abort the canary. Raises :class:`NotFound`, :class:`Refused`."""
+        ...

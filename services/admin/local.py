@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from online.contract import (
+    CanaryRequest,
+    CanaryResponse,
     BufferLabelOut,
     BufferResponse,
     BufferSummary,
@@ -33,7 +35,7 @@ from online.contract import (
     TrainingState,
 )
 from online.feedback import quarantine
-from online.lifecycle import erasure, promotion
+from online.lifecycle import canary, erasure, promotion
 from online.lifecycle.registry import IntegrityError, LiveMoved, Manifest
 from online.monitoring.live_accuracy import VersionAccuracy
 from online.reports import RoundStats
@@ -106,6 +108,7 @@ class LocalAdmin:
         accs = {a.version: a for a in self.stores.live_accuracy.all()}
         return ModelsResponse(
             live=live,
+            canary=registry.canary(),
             served_by_this_replica=served,
             versions=[model_out(m, live, accs.get(m.version)) for m in versions],
             history=[LiveChangeOut(**h.model_dump()) for h in history],
@@ -249,6 +252,36 @@ class LocalAdmin:
             live_accuracy_same_requests=st.live_accuracy,
         )
 
+    def canary(self, loaded: int | None = None) -> CanaryResponse:
+        """``loaded``: the canary version the asking replica has loaded."""
+        slot = self.stores.registry.canary()
+        if slot is None:
+            return CanaryResponse()
+        a = canary.analyse(slot, self.stores.live_accuracy, self.stores.canary, self.stores.settings)
+        return CanaryResponse(
+            canary=slot, loaded_by_this_replica=loaded == slot.version, live=a.live, candidate=a.candidate,
+            decision=a.decision.action, reason=a.decision.reason, curve=a.curve,
+        )  # fmt: skip
+
+    def canary_action(self, request: CanaryRequest) -> LiveChangeOut:
+        registry, reason = self.stores.registry, request.reason
+        try:
+            if request.action == "start":
+                if request.version is None:
+                    raise ValueError("start needs the version to canary")
+                change = canary.start(registry, request.version, self.stores.settings, reason, request.share)
+            elif request.action in ("pause", "resume"):
+                change = canary.pause(registry, request.action == "pause", reason)
+            elif request.action == "promote":
+                change = canary.promote_now(registry, reason or "canary promoted by an operator")
+            else:
+                change = canary.abort(registry, reason or "canary aborted by an operator")
+        except KeyError as exc:
+            raise NotFound(_message(exc)) from None
+        except _REFUSED as exc:
+            raise Refused(_message(exc)) from None
+        return LiveChangeOut(**change.model_dump())
+
     def status(self) -> StatusReport:
         """Everything at a glance (`online status`): read from Redis, so a local backend only."""
         s = self.stores
@@ -261,6 +294,7 @@ class LocalAdmin:
             replicas.append(ReplicaOut(**asdict(beat), age_s=age, stale=age > stale_after))
         return StatusReport(
             live_version=s.registry.live(),
+            canary=self.canary() if s.registry.canary() else None,
             training=self.training(),
             replicas=replicas,
             correction_log=s.corrections.size(),

@@ -25,6 +25,8 @@ from online.contract import (
     QuarantineResult,
     RoundsResponse,
     ShadowResponse,
+    CanaryRequest,
+    CanaryResponse,
     TrainingState,
 )
 from services.admin.backend import NotFound, Refused, Unreachable
@@ -100,3 +102,9 @@ class RemoteAdmin:
 
     def shadow(self) -> ShadowResponse:
         return self._call(self.client.shadow)
+
+    def canary(self) -> CanaryResponse:
+        return self._call(self.client.canary)
+
+    def canary_action(self, request: CanaryRequest) -> LiveChangeOut:
+        return self._call(self.client.canary_action, request.action, request.version, request.share, request.reason)

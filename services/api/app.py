@@ -28,6 +28,7 @@ from services.api.access import AccessLog
 from services.api.intake import FeedbackIntake, RateLimited, Unavailable
 from services.api.limits import BodySizeLimit, PredictRateLimit
 from services.api.routers import (
+    canary,
     dashboard,
     drift,
     feedback,
@@ -162,6 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(feedback.status_router())  # after /v1/feedback/stats, which its path would match
     app.include_router(review.api)
     app.include_router(shadow.api)
+    app.include_router(canary.api)
     app.include_router(dashboard.api)
     app.include_router(health.api)
     return app

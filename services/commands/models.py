@@ -1,4 +1,4 @@
-"""`online models ...` (list, show, promote, rollback, import) and `online eval`."""
+"""`online models ...` (list, show, promote, canary, rollback, import) and `online eval`."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from pathlib import Path
 
 import typer
 
+from online.contract import CanaryRequest
 from services import views
 from services.commands.common import ApiUrl, JsonFlag, LabelColumn, TextColumn, admin, console, data_options
 from services.wiring import current
 
-app = typer.Typer(help="Model versions: list, show, promote, rollback, import.", invoke_without_command=True)
+app = typer.Typer(help="Model versions: list, show, promote (or canary), rollback, import.", invoke_without_command=True)
 
 
 @app.callback()
@@ -42,15 +43,56 @@ def models_show(
     views.model(console, out)
 
 
+def _share(value: str) -> float:
+    """``10%`` or ``0.1``."""
+    try:
+        share = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: a share such as 10% or 0.1") from None
+    if not 0 < share < 1:
+        raise typer.BadParameter(f"{value!r}: a share between 0% and 100% (exclusive)")
+    return share
+
+
 @app.command("promote")
 def models_promote(
     version: int = typer.Argument(..., help="A published version."),
+    canary_share: str | None = typer.Option(
+        None, "--canary", help="Not at once: first on this share of traffic (e.g. 10%), stepped up on live evidence."
+    ),
     reason: str = typer.Option("", help="Why, for the history."),
     api: str | None = ApiUrl,
 ) -> None:
-    """Make a published version live (its weights are checked first); every API replica swaps to it."""
+    """Make a published version live (its weights are checked first); every API replica swaps to it.
+    With --canary, it answers that share of users first and the trainer steps it up (or rolls it back)
+    on their feedback: `online models canary` follows it."""
+    share = _share(canary_share) if canary_share is not None else None
     with admin(api) as backend:
-        views.live_change(console, backend.promote(version, reason or "manual promotion (CLI)"))
+        if share is None:
+            views.live_change(console, backend.promote(version, reason or "manual promotion (CLI)"))
+            return
+        request = CanaryRequest(action="start", version=version, share=share, reason=reason or "canary (CLI)")
+        views.live_change(console, backend.canary_action(request))
+
+
+@app.command("canary")
+def models_canary(
+    action: str | None = typer.Argument(
+        None, help="pause, resume, promote (to 100% now) or abort; none: show the canary in progress."
+    ),
+    reason: str = typer.Option("", help="Why, for the history."),
+    as_json: bool = JsonFlag,
+    api: str | None = ApiUrl,
+) -> None:
+    """The canary in progress: its share, its evidence against live, the decision due now; or an
+    operator's move on it."""
+    with admin(api) as backend:
+        if action is None:
+            out = backend.canary()
+            return views.print_json(out) if as_json else views.canary(console, out)
+        if action not in ("pause", "resume", "promote", "abort"):
+            raise typer.BadParameter(f"{action!r}: one of pause, resume, promote, abort")
+        views.live_change(console, backend.canary_action(CanaryRequest(action=action, reason=reason)))  # type: ignore[arg-type]
 
 
 @app.command("rollback")

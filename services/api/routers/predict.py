@@ -63,7 +63,7 @@ def router(request_model: type[PredictRequestBase]) -> APIRouter:
         },
     )
     async def predict(body: request_model, service: ServiceDep) -> Response:  # type: ignore[valid-type]
-        served = await service.predict(body.all_texts(), body.top_k)
+        served = await service.predict(body.all_texts(), body.top_k, body.user)
         return Response(predict_body(served), media_type="application/json")
 
     return api
@@ -97,7 +97,7 @@ class PredictFastPath:
         body = b"".join(chunks)
         try:
             request = self.request_model.model_validate_json(body)
-            served = await scope["app"].state.service.predict(request.all_texts(), request.top_k)
+            served = await scope["app"].state.service.predict(request.all_texts(), request.top_k, request.user)  # type: ignore[attr-defined]
         except (ValidationError, NotReady, Overloaded):  # the route answers these, as documented
             replay: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
             await self.app(scope, _replay(replay, receive), send)
