@@ -75,6 +75,27 @@ def bench_serve(
     _save(console, json_out)
 
 
+@app.command("canary")
+def bench_canary(
+    users: int = typer.Option(400, help="Simulated users (8 groups, one client address each)."),
+    rate: float = typer.Option(40.0, help="Predict requests per second, all users together."),
+    feedback: float = typer.Option(0.5, help="Share of answers a user judges (thumbs up or down)."),
+    steady: float = typer.Option(30.0, help="Seconds of steady traffic before the first canary."),
+    step_s: float = typer.Option(30.0, help="ONLINE_CANARY_MIN_STEP_S for the run: least seconds at each share."),
+    max_phase: float = typer.Option(600.0, help="Seconds a canary may run undecided before the run moves on."),
+    json_out: Path | None = JsonOut,
+) -> None:
+    """A worse and a better candidate on a canary under simulated users' traffic and feedback: time and
+    judgements to each decision, users who saw the worse one, p99 per share against steady."""
+    from bench.canary import run_bench_canary
+
+    settings, console = _start("canary")
+    run_bench_canary(
+        settings, console, users=users, rate=rate, feedback=feedback, steady_s=steady, step_s=step_s, max_phase_s=max_phase
+    )
+    _save(console, json_out)
+
+
 @app.command("swap")
 def bench_swap(
     versions: int = typer.Option(5, help="Versions promoted one after another (then one rollback)."),

@@ -193,6 +193,7 @@ class CanarySlot(BaseModel):
     step_since: float = Field(description="When the current share began.")
     paused: bool = Field(False, description="An operator paused it: the share holds, nothing is decided.")
     judged_at_step: int = Field(0, description="Canary judgements counted when the current share began.")
+    shares: list[tuple[float, float]] = Field(default_factory=list, description="(when, share) of each step so far.")
 
 
 class ArmEvidence(BaseModel):

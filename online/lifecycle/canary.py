@@ -245,7 +245,7 @@ def start(
     now = time.time()
     slot = CanarySlot(
         version=version, parent=live, share=first, steps=schedule(first, settings.canary_steps),
-        since=now, step_since=now,
+        since=now, step_since=now, shares=[(now, first)],
     )  # fmt: skip
     return registry.set_canary(slot, "canary_start", f"{first:.0%} of traffic: {reason}" if reason else f"{first:.0%} of traffic")
 
@@ -294,7 +294,8 @@ def settle(
     if decision.action == "step":
         judged = accuracy.get(slot.version).n
         nxt = slot.model_copy(
-            update={"share": slot.steps[0], "steps": slot.steps[1:], "step_since": now, "judged_at_step": judged}
+            update={"share": slot.steps[0], "steps": slot.steps[1:], "step_since": now, "judged_at_step": judged,
+                    "shares": [*slot.shares, (now, slot.steps[0])]}  # fmt: skip
         )
         return registry.set_canary(nxt, "canary_step", f"{slot.share:.0%} -> {nxt.share:.0%}: {decision.reason}")
     return None

@@ -15,7 +15,7 @@ import pytest
 
 from online.feedback.buffer import Incoming
 from online.feedback.review_queue import ReviewItem
-from online.lifecycle import promotion
+from online.lifecycle import canary, promotion
 from online.monitoring.live_accuracy import Judgement
 from online.reports import RoundStats
 from online.wiring.stores import Stores
@@ -24,7 +24,7 @@ from tests import helpers
 from tests.helpers import wait_for
 
 ARTIFACTS = Path(os.environ.get("ONLINE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
-PLOTS = ["accuracy", "timeline", "rates", "pvalues", "labels", "volume", "held", "rounds", "queues", "buffer"]
+PLOTS = ["accuracy", "timeline", "rates", "pvalues", "labels", "volume", "held", "rounds", "queues", "buffer", "canary"]
 
 
 def _chromium() -> tuple[str, str]:
@@ -56,10 +56,12 @@ def test_dashboard_renders_every_plot_with_data(kafka_settings, tmp_path):
     rejected = v1.gate.model_copy(update={"passed": False})
     registry.publish(model, parent=v2, round_stats=round_stats.model_copy(update={"new": 8}), gate=rejected, status="rejected")
     promotion.rollback(registry, reason="operator")
+    v3 = registry.publish(model, parent=v1.version).version  # a candidate (not a round) for the canary
     live_acc = stores.live_accuracy
     now = time.time()
     live_acc.record([Judgement(f"a{i}", v1.version, i % 10 != 0, now - 60 * (i % 3)) for i in range(60)])
     live_acc.record([Judgement(f"b{i}", v2, i % 2 == 0, now) for i in range(40)])
+    live_acc.record([Judgement(f"c{i}", v3, i % 4 != 0, now) for i in range(12)])  # the canary's own
     stores.buffer.add([Incoming("m1", "a rain forecast", "music", "mallory", now)])  # held by the screen
     stores.review.add(
         [ReviewItem("p1", "is it going to pour", "weather", 0.4, 0.05, None, False, 0.95, 1, now, np.ones(4))]
@@ -84,13 +86,14 @@ def test_dashboard_renders_every_plot_with_data(kafka_settings, tmp_path):
                 what="three drift windows",
             )
 
+        canary.start(registry, v3, s, "a canary in progress", share=0.2)  # on 20% of traffic beside live v1
         options = webdriver.ChromeOptions()
         options.binary_location = browser
-        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1700"):
+        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2100"):
             options.add_argument(arg)
         driver = webdriver.Chrome(service=Service(driver_path), options=options)
         try:
-            driver.get(f"{url}/dashboard")
+            driver.get(f"{url}/dashboard")  # a canary in progress on it
             wait_for(
                 lambda: driver.execute_script("return Number(document.body.dataset.rendered || 0)") >= 1,
                 timeout=60,
@@ -109,7 +112,11 @@ def test_dashboard_renders_every_plot_with_data(kafka_settings, tmp_path):
                     )
                     > 0
                 ), f"plot {plot} not drawn"
-            assert "live version 1" in driver.find_element("id", "status").text
+            status = driver.find_element("id", "status").text
+            assert "live version 1" in status and f"canary v{v3} on 20%" in status, status
+            canary_plot = driver.execute_script("return document.getElementById('canary').layout.title.text")
+            assert canary_plot.startswith(f"canary v{v3} vs live v1: 20% → 25% → 50% → promoted"), canary_plot
+            assert "too little evidence" in canary_plot, canary_plot
             titles = driver.execute_script(
                 "return ['rounds', 'queues', 'buffer'].map((id) => document.getElementById(id).layout.title.text)"
             )
