@@ -275,15 +275,25 @@ class ModelRegistry:
         with self.r.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(self._live)
+                    pipe.watch(self._live, self._canary)
                     previous = pipe.get(self._live)
                     if expect_live is not None and (int(previous) if previous else None) != expect_live:
                         raise LiveMoved(f"live is {previous}, not {expect_live}: version {version} not promoted")
                     change = LiveChange(
                         action=action, version=version, previous=int(previous) if previous else None, reason=reason
                     )
+                    raw_canary = pipe.get(self._canary)
                     pipe.multi()
                     pipe.set(self._live, version)
+                    if raw_canary:  # a canary compares with the live it started from: it ends with it
+                        running = CanarySlot.model_validate_json(raw_canary)
+                        pipe.delete(self._canary)
+                        if running.version != version:
+                            ended = LiveChange(
+                                action="canary_abort", version=running.version, previous=running.parent,
+                                reason=f"live moved to version {version} ({action})",
+                            )  # fmt: skip
+                            pipe.rpush(self._history, ended.model_dump_json())
                     pipe.rpush(self._history, change.model_dump_json())
                     pipe.execute()
                     break
@@ -292,7 +302,6 @@ class ModelRegistry:
         shadow = self.shadow()
         if shadow and shadow.version == version:
             self.clear_shadow()  # it is live now
-        self.r.delete(self._canary)  # a canary compares with the live it started from: over either way
         self.r.publish(self.channel, json.dumps({"live": version}))
         return change
 

@@ -272,3 +272,23 @@ def test_a_user_sees_one_version_on_every_replica_and_operators_steer_the_canary
         assert r.status_code == 200 and r.json()["action"] == "promote"
         assert registry.live() == v2 and registry.canary() is None
         assert a.post("/v1/canary", json={"action": "abort"}, headers=admin).status_code == 409  # none runs
+
+
+def test_a_canary_ends_with_an_entry_when_live_moves_under_it(settings):
+    from online.lifecycle import canary, promotion
+    from online.model import TextClassifier
+
+    registry = Stores.from_settings(settings).registry
+    model = TextClassifier.from_base(settings.base_model, ["a", "b"])
+    v1 = registry.publish(model, parent=None).version
+    registry.promote(v1)
+    v2, v3 = (registry.publish(model, parent=v1).version for _ in range(2))
+    canary.start(registry, v2, settings, "test", share=0.05)
+    assert registry.protected() >= {v1, v2}  # a canary's files are never collected
+    promotion.promote(registry, v3, "an operator's promotion")
+    assert registry.canary() is None
+    aborted, promoted = registry.history()[-2:]
+    assert (aborted.action, aborted.version, promoted.action) == ("canary_abort", v2, "promote")
+    assert registry.last_change().version == v3  # canary entries never count as moves of live
+    with pytest.raises(ValueError, match="no canary"):
+        canary.pause(registry, True, "")
