@@ -218,7 +218,9 @@ class FeedbackProcessor:
             return
         assert isinstance(ev, ThumbsEvent) and pred is not None
         correct = ev.vote == "up"
-        out.judgements.append(Judgement(ev.event_id, pred.version, correct, ev.timestamp, pred.prediction_id, origin))
+        out.judgements.append(
+            Judgement(ev.event_id, pred.version, correct, ev.timestamp, pred.prediction_id, origin, thumbs=True)
+        )
         label = pred.label if correct else ev.label
         _judge_shadow(out, ev, pred, label, origin)
         if not correct and pred.memory_sid:  # the memory's answer was wrong: it leaves the memory

@@ -204,6 +204,8 @@ class ArmEvidence(BaseModel):
     correct: int = 0
     accuracy: float | None = None
     sources: int = 0
+    thumbs: int = 0
+    thumbs_down_rate: float | None = Field(None, description="Share of its thumbs votes that were down.")
     requests: int = 0
     errors: int = 0
     p95_ms: float | None = None

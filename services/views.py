@@ -151,13 +151,16 @@ def canary(console: Console, out: CanaryResponse) -> None:
         f"[bold]canary:[/] version {slot.version} on {slot.share:.0%} of traffic beside live {slot.parent}{paused}, "
         f"since {when(slot.since)}; steps {steps}"
     )
-    table = Table("", "version", "judged", "accuracy", "sources", "requests", "errors", "p95 ms")
+    table = Table("", "version", "judged", "accuracy", "thumbs down", "sources", "requests", "errors", "p95 ms")
     for name, arm in (("live", out.live), ("canary", out.candidate)):
         if arm is None:
             continue
         acc = "" if arm.accuracy is None else f"{arm.accuracy:.3f}"
+        down = "" if arm.thumbs_down_rate is None else f"{arm.thumbs_down_rate:.1%} of {arm.thumbs}"
         p95 = "" if arm.p95_ms is None else f"{arm.p95_ms:.0f}"
-        table.add_row(name, str(arm.version), str(arm.judged), acc, str(arm.sources), str(arm.requests), str(arm.errors), p95)
+        table.add_row(
+            name, str(arm.version), str(arm.judged), acc, down, str(arm.sources), str(arm.requests), str(arm.errors), p95
+        )
     console.print(table)
     style = {"rollback": "red", "step": "green", "promote": "green"}.get(out.decision or "", "yellow")
     console.print(f"decision now: [{style}]{out.decision}[/]: {out.reason}")

@@ -10,8 +10,8 @@ one version while the share holds, and a step up only adds users (whoever was in
 Evidence, all over the canary's own window:
 
 - judged accuracy from feedback on each version's own predictions (``LiveAccuracy``: thumbs and
-  corrections, once per prediction, with the distinct sources that judged); live's over the same
-  minutes as the canary's;
+  corrections, once per prediction, with the distinct sources that judged), and the thumbs-down rate
+  of its thumbs votes; live's over the same minutes as the canary's;
 - requests, forward errors and latency of each arm, counted by every replica (:class:`CanaryLedger`).
 
 The verdict is sequential: a mixture SPRT on the difference of the two accuracies (Johari et al.,
@@ -143,10 +143,13 @@ class Analysis:
     curve: list[tuple[int, float | None, float | None]]
 
 
-def _arm(version: int, judged: int, correct: int, sources: int, counts: ArmCounts) -> ArmEvidence:
+def _arm(version: int, minutes: list[tuple[int, int, int, int, int]], sources: int, counts: ArmCounts) -> ArmEvidence:
+    judged, correct = sum(m[1] for m in minutes), sum(m[2] for m in minutes)
+    thumbs, down = sum(m[3] for m in minutes), sum(m[4] for m in minutes)
     return ArmEvidence(
         version=version, judged=judged, correct=correct, accuracy=correct / judged if judged else None,
-        sources=sources, requests=counts.requests, errors=counts.errors, p95_ms=quantile_ms(counts.buckets, 0.95),
+        sources=sources, thumbs=thumbs, thumbs_down_rate=down / thumbs if thumbs else None,
+        requests=counts.requests, errors=counts.errors, p95_ms=quantile_ms(counts.buckets, 0.95),
     )  # fmt: skip
 
 
@@ -155,25 +158,22 @@ def analyse(
 ) -> Analysis:
     """The canary's evidence against live over its window, and what it calls for now."""
     now = time.time() if now is None else now
-    first = int(slot.since // 60)
-    live_minutes = {m: (n, c) for m, n, c in accuracy.per_minute(slot.parent) if m >= first}
-    cand_minutes = {m: (n, c) for m, n, c in accuracy.per_minute(slot.version)}
-    cand_total = accuracy.get(slot.version)
-    live_all = accuracy.get(slot.parent)
-    live = _arm(
-        slot.parent, sum(n for n, _ in live_minutes.values()), sum(c for _, c in live_minutes.values()),
-        live_all.sources, ledger.get(slot.version, "live"),
-    )  # fmt: skip
-    cand = _arm(slot.version, cand_total.n, cand_total.correct, cand_total.sources, ledger.get(slot.version, "canary"))
+    first = int(slot.since // 60)  # live's judgements from the canary's first minute on
+    live_minutes = [m for m in accuracy.per_minute_thumbs(slot.parent) if m[0] >= first]
+    cand_minutes = accuracy.per_minute_thumbs(slot.version)
+    live = _arm(slot.parent, live_minutes, accuracy.get(slot.parent).sources, ledger.get(slot.version, "live"))
+    cand = _arm(slot.version, cand_minutes, accuracy.get(slot.version).sources, ledger.get(slot.version, "canary"))
+    by_minute_live = {m[0]: m for m in live_minutes}
+    by_minute_cand = {m[0]: m for m in cand_minutes}
     curve = [
-        (m, _ratio(live_minutes.get(m)), _ratio(cand_minutes.get(m)))
-        for m in sorted(set(live_minutes) | set(cand_minutes))
+        (minute, _ratio(by_minute_live.get(minute)), _ratio(by_minute_cand.get(minute)))
+        for minute in sorted(set(by_minute_live) | set(by_minute_cand))
     ]
     return Analysis(live, cand, decide(slot, live, cand, settings, now), curve)
 
 
-def _ratio(nc: tuple[int, int] | None) -> float | None:
-    return nc[1] / nc[0] if nc and nc[0] else None
+def _ratio(minute: tuple[int, int, int, int, int] | None) -> float | None:
+    return minute[2] / minute[1] if minute and minute[1] else None
 
 
 def decide(slot: CanarySlot, live: ArmEvidence, cand: ArmEvidence, s: Settings, now: float) -> Decision:
@@ -204,6 +204,8 @@ def decide(slot: CanarySlot, live: ArmEvidence, cand: ArmEvidence, s: Settings, 
         f"accuracy {cand.accuracy:.3f} ({cand.correct}/{cand.judged}) vs live {live.accuracy:.3f} "
         f"({live.correct}/{live.judged}), log-mSPRT {stat:.1f} of {bound:.1f}"
     )
+    if cand.thumbs_down_rate is not None and live.thumbs_down_rate is not None:
+        evidence += f"; thumbs down {cand.thumbs_down_rate:.1%} vs {live.thumbs_down_rate:.1%}"
     if diff < 0 and stat >= bound:
         return Decision("rollback", f"worse: {evidence}")
     at_step, elapsed = cand.judged - slot.judged_at_step, now - slot.step_since

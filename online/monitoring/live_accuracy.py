@@ -25,9 +25,9 @@ _RECORD = """
 local p, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local counted = 0
 for i = 0, n - 1 do
-  local b = 4 + i * 6
+  local b = 4 + i * 7
   local eid, version, correct, minute = ARGV[b], ARGV[b+1], tonumber(ARGV[b+2]), ARGV[b+3]
-  local pid, origin = ARGV[b+4], ARGV[b+5]
+  local pid, origin, thumbs = ARGV[b+4], ARGV[b+5], ARGV[b+6]
   local key = p .. ':judged:' .. eid
   if pid ~= '' then key = p .. ':judged:p:' .. pid end  -- once per prediction, whoever votes how often
   if redis.call('SET', key, '1', 'NX', 'EX', ttl) then
@@ -37,6 +37,12 @@ for i = 0, n - 1 do
     redis.call('HINCRBY', p .. ':m:' .. version, minute .. ':correct', correct)
     redis.call('SADD', p .. ':versions', version)
     if origin ~= '' then redis.call('PFADD', p .. ':o:' .. version, origin) end
+    if thumbs == '1' then  -- a thumbs vote: its down rate is reported on its own
+      redis.call('HINCRBY', p .. ':v:' .. version, 'thumbs', 1)
+      redis.call('HINCRBY', p .. ':v:' .. version, 'down', 1 - correct)
+      redis.call('HINCRBY', p .. ':m:' .. version, minute .. ':thumbs', 1)
+      redis.call('HINCRBY', p .. ':m:' .. version, minute .. ':down', 1 - correct)
+    end
     counted = counted + 1
   end
 end
@@ -52,6 +58,7 @@ class Judgement:
     at: float
     prediction_id: str = ""  # the prediction judged: it counts once ("" : once per event)
     origin: str = ""  # who judged, as far as it can be told (feedback key, client address)
+    thumbs: bool = False  # a thumbs vote (else a label naming the prediction)
 
 
 @dataclass(frozen=True)
@@ -60,10 +67,16 @@ class VersionAccuracy:
     n: int
     correct: int
     sources: int = 0  # distinct origins that judged it (approximate)
+    thumbs: int = 0  # judgements that were thumbs votes...
+    thumbs_down: int = 0  # ...and those that were down
 
     @property
     def accuracy(self) -> float | None:
         return self.correct / self.n if self.n else None
+
+    @property
+    def thumbs_down_rate(self) -> float | None:
+        return self.thumbs_down / self.thumbs if self.thumbs else None
 
 
 class LiveAccuracy:
@@ -79,7 +92,7 @@ class LiveAccuracy:
             return 0
         args: list[str | int] = [self.p, self.ttl, len(judgements)]
         for j in judgements:
-            args += [j.event_id, j.version, int(j.correct), int(j.at // 60), j.prediction_id, j.origin]
+            args += [j.event_id, j.version, int(j.correct), int(j.at // 60), j.prediction_id, j.origin, int(j.thumbs)]
         return int(self._record(args=args))
 
     def get(self, version: int) -> VersionAccuracy:
@@ -87,13 +100,22 @@ class LiveAccuracy:
             pipe.hgetall(f"{self.p}:v:{version}")
             pipe.pfcount(f"{self.p}:o:{version}")
             h, sources = pipe.execute()
-        return VersionAccuracy(version, int(h.get("n", 0)), int(h.get("correct", 0)), int(sources))
+        return VersionAccuracy(
+            version, int(h.get("n", 0)), int(h.get("correct", 0)), int(sources), int(h.get("thumbs", 0)), int(h.get("down", 0))
+        )
 
     def all(self) -> list[VersionAccuracy]:
         return [self.get(int(v)) for v in sorted(self.r.smembers(f"{self.p}:versions"), key=int)]
 
     def per_minute(self, version: int) -> list[tuple[int, int, int]]:
         """(epoch minute, judged, correct), oldest first."""
+        return [(m, n, c) for m, n, c, _, _ in self.per_minute_thumbs(version)]
+
+    def per_minute_thumbs(self, version: int) -> list[tuple[int, int, int, int, int]]:
+        """(epoch minute, judged, correct, thumbs votes, thumbs down), oldest first."""
         h = self.r.hgetall(f"{self.p}:m:{version}")
         minutes = sorted({int(k.split(":")[0]) for k in h})
-        return [(m, int(h.get(f"{m}:n", 0)), int(h.get(f"{m}:correct", 0))) for m in minutes]
+        return [
+            (m, int(h.get(f"{m}:n", 0)), int(h.get(f"{m}:correct", 0)), int(h.get(f"{m}:thumbs", 0)), int(h.get(f"{m}:down", 0)))
+            for m in minutes
+        ]

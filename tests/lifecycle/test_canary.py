@@ -201,6 +201,8 @@ def test_a_worse_canary_is_rolled_back_before_its_next_step(kafka_settings, tmp_
         for c in (a, b):
             wait_for(lambda c=c: c.get("/v1/canary").json()["loaded_by_this_replica"], what="canary loaded")
         shares, versions, statuses = _drive(s, registry, [a, b], truth_from=v1)
+        arms = Stores.from_settings(s).live_accuracy
+        assert arms.get(v2).thumbs_down_rate == 1.0 and arms.get(v1).thumbs_down_rate == 0.0  # every vote a thumb
         assert registry.live() == v1 and registry.canary() is None
         assert set(shares) == {0.1}  # never stepped up
         assert set(statuses) == {200}
