@@ -221,6 +221,7 @@ class CanaryResponse(BaseModel):
     candidate: ArmEvidence | None = None
     decision: str | None = Field(None, description="hold, step, promote or rollback.")
     reason: str = ""
+    decided_by: str = Field("", description="Whose decision: the trainer's last (its settings decide), or this process's.")
     curve: list[tuple[int, float | None, float | None]] = Field(
         default_factory=list, description="(epoch minute, live accuracy, canary accuracy) since the canary began."
     )

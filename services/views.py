@@ -163,7 +163,7 @@ def canary(console: Console, out: CanaryResponse) -> None:
         )
     console.print(table)
     style = {"rollback": "red", "step": "green", "promote": "green"}.get(out.decision or "", "yellow")
-    console.print(f"decision now: [{style}]{out.decision}[/]: {out.reason}")
+    console.print(f"decision now ({out.decided_by}): [{style}]{out.decision}[/]: {out.reason}")
 
 
 def training(console: Console, state: TrainingState) -> None:

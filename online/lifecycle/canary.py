@@ -25,6 +25,7 @@ It decides nothing on too few judgements, or on judgements from too few independ
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -110,6 +111,18 @@ class CanaryLedger:
                         pipe.hincrby(key, f"b{i}", n)
                 pipe.expire(key, self.ttl)
             pipe.execute()
+
+    def note(self, version: int, decision: Decision) -> None:
+        """The trainer's last decision on a canary, for every reader (they may run other settings)."""
+        body = json.dumps({"at": time.time(), "action": decision.action, "reason": decision.reason})
+        self.r.set(f"{self.p}:{version}:decision", body, ex=self.ttl)
+
+    def noted(self, version: int) -> tuple[float, Decision] | None:
+        raw = self.r.get(f"{self.p}:{version}:decision")
+        if raw is None:
+            return None
+        d = json.loads(raw)
+        return d["at"], Decision(d["action"], d["reason"])
 
     def get(self, version: int, role: Role) -> ArmCounts:
         h = self.r.hgetall(f"{self.p}:{version}:{role}")
@@ -287,6 +300,7 @@ def settle(
         return registry.set_canary(None, "canary_abort", f"live is no longer version {slot.parent}")
     now = time.time() if now is None else now
     decision = analyse(slot, accuracy, ledger, settings, now).decision
+    ledger.note(slot.version, decision)
     if decision.action == "rollback":
         return registry.set_canary(None, "canary_rollback", decision.reason)
     if decision.action == "promote":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -258,9 +259,13 @@ class LocalAdmin:
         if slot is None:
             return CanaryResponse()
         a = canary.analyse(slot, self.stores.live_accuracy, self.stores.canary, self.stores.settings)
+        decision, by = a.decision, "this process (no trainer has judged it yet)"
+        noted = self.stores.canary.noted(slot.version)
+        if noted is not None and time.time() - noted[0] < 120:  # the trainer decides, with its settings
+            decision, by = noted[1], f"the trainer, {time.time() - noted[0]:.0f} s ago"
         return CanaryResponse(
             canary=slot, loaded_by_this_replica=loaded == slot.version, live=a.live, candidate=a.candidate,
-            decision=a.decision.action, reason=a.decision.reason, curve=a.curve,
+            decision=decision.action, reason=decision.reason, decided_by=by, curve=a.curve,
         )  # fmt: skip
 
     def canary_action(self, request: CanaryRequest) -> LiveChangeOut:
