@@ -112,3 +112,21 @@ def test_an_imported_classifier_is_served_by_a_host_that_did_not_import_it(s3, s
     registry = Stores.from_settings(api).registry
     model, served = registry.load(manifest.version)
     assert served.base_model.startswith(str(api.models_dir)) and model.labels == manifest.labels
+
+
+def test_a_canary_published_on_one_host_is_served_from_the_bucket_by_another(s3, settings, tmp_path):
+    from online.lifecycle import canary
+    from tests.helpers import served_app, wait_for
+
+    trainer, registry = _trainer(settings, tmp_path)
+    model, v1 = train_v1(trainer, registry)
+    v2 = registry.publish(model, parent=v1.version).version
+    canary.start(registry, v2, trainer, "canary from the bucket", share=0.5)
+    api = _host(settings, tmp_path, "api")  # an empty state directory: both versions come from the bucket
+    with served_app(api) as client:
+        wait_for(lambda: client.get("/v1/canary").json()["loaded_by_this_replica"], what="canary fetched and loaded")
+        users = [f"user-{i}" for i in range(20)]
+        served = {u: client.post("/v1/predict", json={"text": "rain today", "user": u}).json()["model_version"] for u in users}
+        assert {u for u, v in served.items() if v == v2} == {u for u in users if canary.routed_to_canary(u, v2, 0.5)}
+        assert set(served.values()) == {v1.version, v2}
+        assert (api.models_dir / f"v{v2}").is_dir()
