@@ -261,6 +261,22 @@ class Settings(BaseSettings):
     )
     generate_max_prompt_chars: int = Field(16_000, ge=1, description="Longest prompt or message a request may send.")
     generate_max_messages: int = Field(100, ge=1, description="Most chat messages in one request.")
+    generate_lora_r: int = Field(16, ge=1, description="Rank of a generative round's LoRA adapter (all linear layers; alpha 2r).")
+    generate_learning_rate: float = Field(5e-4, gt=0, description="A generative round's AdamW learning rate.")
+    generate_train_epochs: int = Field(5, ge=1, description="Passes of a generative round over its corrections and rehearsal.")
+    generate_train_batch: int = Field(8, ge=1, description="Chats per step of a generative round.")
+    generate_rehearsal: int = Field(
+        24, ge=0, description="General prompts whose parent answers a generative round rehearses (at most the built-in 24)."
+    )
+    generate_golden_path: Path | None = Field(
+        None, description="JSONL of prompt/reference pairs: the generative gate's golden set; unset: built-in prompts with the base's answers."
+    )
+    generate_gate_max_golden_nll_rise: float = Field(
+        0.02, ge=0, description="Most relative rise of the golden set's NLL a generative candidate may cause."
+    )
+    generate_gate_max_kl: float = Field(
+        0.5, ge=0, description="Most mean per-token KL(parent || candidate) on the golden set."
+    )
 
     # --- trainer: scheduling ----------------------------------------------------------------
     train_min_new: int = Field(100, ge=1, description="A round starts at this many new samples...")

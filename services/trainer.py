@@ -187,6 +187,11 @@ class Scheduler:
 
     def runner(self) -> RoundRunner:
         if self._runner is None:  # built lazily: the golden set exists only once version 1 does
+            if self.s.task == "generate":  # LoRA rounds on corrections (online.learning.generative_round)
+                from online.learning.generative_round import GenerativeRoundRunner
+
+                self._runner = GenerativeRoundRunner(self.stores)  # type: ignore[assignment]
+                return self._runner
             self.registry.fetch_golden()  # frozen by whichever trainer made version 1, maybe on another host
             self._runner = RoundRunner(self.stores, Gate(self.s, GoldenSet.for_settings(self.s)))
         return self._runner
@@ -335,13 +340,6 @@ def run_trainer(settings: Settings, stop: threading.Event) -> None:
     if settings.trainer_metrics_port is not None:
         start_http_server(settings.trainer_metrics_port, addr="0.0.0.0", registry=scheduler.metrics.registry)
     ensure_version_one(settings, scheduler.registry, scheduler.leader, stop)
-    if settings.task == "generate":
-        # Rounds that train LoRA adapters from corrections and thumbs come next (docs/generate.md); until
-        # then the trainer keeps version 1 published and the buffer collects the feedback they will use.
-        log.info("task generate: feedback is collected in the replay buffer; no rounds yet")
-        scheduler.metrics.ready.set(1)
-        stop.wait()
-        return
     scheduler.warm()
     scheduler.metrics.ready.set(1)
     scheduler.loop()
