@@ -75,6 +75,17 @@ def bench_serve(
     _save(console, json_out)
 
 
+@app.command("teach-generate")
+def bench_teach_generate(json_out: Path | None = JsonOut) -> None:
+    """Five facts taught by corrections in one generative round on the real SmolLM2: held-out phrasings
+    answered with them, leaks into unrelated answers, golden NLL before and after, the round's time."""
+    from bench.teach_generate import run_bench_teach_generate
+
+    settings, console = _start("teach-generate")
+    run_bench_teach_generate(settings, console)
+    _save(console, json_out)
+
+
 @app.command("canary")
 def bench_canary(
     users: int = typer.Option(400, help="Simulated users (8 groups, one client address each)."),

@@ -264,7 +264,7 @@ def _generation_feedback(
         return None
     assert isinstance(ev, ThumbsEvent) and pred is not None
     up = ev.vote == "up"
-    out.judgements.append(Judgement(ev.event_id, pred.version, up, ev.timestamp, pid, origin))
+    out.judgements.append(Judgement(ev.event_id, pred.version, up, ev.timestamp, pid, origin, thumbs=True))
     text = gen.encode(gen.decode_chat(pred.text), pred.answer or "")
     label = gen.UP if up else gen.DOWN
     out.samples.append(Incoming(ev.event_id, text, label, ev.source, ev.timestamp, origin, trusted, masked=True))

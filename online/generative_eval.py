@@ -113,5 +113,15 @@ def answers(host: AdapterHost, version: GenerativeLM, chats: Sequence[Chat], max
     return out
 
 
+def complete_answers(host: AdapterHost, version: GenerativeLM, chats: Sequence[Chat], max_new_tokens: int = 96) -> list[str | None]:
+    """Greedy answers that ended by themselves (None where ``max_new_tokens`` cut one off: a reference
+    that ends mid-sentence would teach, or score, an end of turn where the model never puts one)."""
+    out: list[str | None] = []
+    for start in range(0, len(chats), 8):
+        batch = [Generation(list(chat), max_new_tokens) for chat in chats[start : start + 8]]
+        out += [g.text if g.finish_reason == "stop" and g.text.strip() else None for g in generate(host, version, batch)]
+    return out
+
+
 def user(prompt: str) -> Chat:
     return [{"role": "user", "content": prompt}]

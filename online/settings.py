@@ -265,6 +265,9 @@ class Settings(BaseSettings):
     generate_learning_rate: float = Field(5e-4, gt=0, description="A generative round's AdamW learning rate.")
     generate_train_epochs: int = Field(5, ge=1, description="Passes of a generative round over its corrections and rehearsal.")
     generate_train_batch: int = Field(8, ge=1, description="Chats per step of a generative round.")
+    generate_distill_weight: float = Field(
+        1.0, ge=0, description="Weight of the KL to the parent on rehearsed general prompts in a generative round (0: their answers as plain targets)."
+    )
     generate_rehearsal: int = Field(
         24, ge=0, description="General prompts whose parent answers a generative round rehearses (at most the built-in 24)."
     )
@@ -414,11 +417,14 @@ class Settings(BaseSettings):
         50, ge=1, description="Judged canary predictions needed at each share before it may step up (and in all before any verdict)."
     )
     canary_min_step_s: float = Field(60.0, ge=0, description="Least time a canary stays at each share.")
+    canary_max_s: float = Field(
+        6 * 3600, gt=0, description="A canary still undecided after this long is aborted (no round runs while one does)."
+    )
     canary_alpha: float = Field(
         0.05, gt=0, lt=1, description="Level of the canary's sequential test (mSPRT: valid however often it is checked)."
     )
     canary_margin: float = Field(
-        0.02, ge=0, lt=1, description="Accuracy a canary may lose against live and still step up (non-inferiority margin)."
+        0.02, ge=0, lt=1, description="Non-inferiority margin: a canary steps up once the sequential test shows it loses less than this accuracy against live."
     )
     canary_min_requests: int = Field(200, ge=1, description="Requests a canary needs before its error rate and latency count.")
     canary_max_error_rate: float = Field(0.01, ge=0, le=1, description="Most error rate a canary may add to live's.")

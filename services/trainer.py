@@ -33,7 +33,7 @@ from online.wiring.stores import Stores
 
 log = logging.getLogger("online.trainer")
 
-_STATUS_CODES = {"idle": 0, "promoted": 1, "rejected": 2, "superseded": 3, "failed": 4, "shadow": 5, "canary": 6}
+_STATUS_CODES = {"idle": 0, "promoted": 1, "rejected": 2, "superseded": 3, "failed": 4, "shadow": 5, "canary": 6, "published": 7}
 
 
 class Stopped(Exception):
@@ -53,7 +53,7 @@ class TrainerMetrics:
         self.samples = Counter("online_trainer_samples", "Samples trained on, by kind", ["kind"], registry=r)
         self.last_status = Gauge(
             "online_trainer_last_round_status",
-            "Last round: 0 idle, 1 promoted, 2 rejected, 3 superseded, 4 failed, 5 shadow, 6 canary",
+            "Last round: 0 idle, 1 promoted, 2 rejected, 3 superseded, 4 failed, 5 shadow, 6 canary, 7 published (not placed: a canary ran)",
             registry=r,
         )
         self.last_round_at = Gauge(

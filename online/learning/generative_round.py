@@ -27,7 +27,7 @@ import torch
 from online import generation_samples as gen
 from online.examples import Sample
 from online.generative import AdapterHost, GenerativeLM, load_base, serving_dtype
-from online.generative_eval import Chat, answer_nll, answers, kl_to, mean_nll, user
+from online.generative_eval import Chat, answer_nll, answers, complete_answers, kl_to, mean_nll, user
 from online.generative_prompts import REHEARSAL
 from online.learning.generative_teach import teach
 from online.learning.round import RoundReport
@@ -57,7 +57,7 @@ class GenerativeRoundRunner:
         self.device = resolve_device(self.s.device)
         self._host: AdapterHost | None = None  # the base with parent and candidate adapters: evaluation
         self._train_base = None  # a second copy of the base that adapters are trained on
-        self._parent_answers: dict[int, list[str]] = {}  # parent version -> its answers to REHEARSAL
+        self._parent_answers: dict[int, list[str | None]] = {}  # parent version -> its answers to REHEARSAL
 
     def host(self, base_model: str) -> AdapterHost:
         if self._host is None or self._host.base_model != base_model:
@@ -95,17 +95,29 @@ class GenerativeRoundRunner:
         ]
         host = self.host(parent.base_model)
         golden = frozen_golden(
-            self.registry.store, self.s, lambda prompts: answers(host, GenerativeLM(parent.base_model), [user(p) for p in prompts])
-        )
+            self.registry.store, self.s,
+            lambda prompts: complete_answers(host, GenerativeLM(parent.base_model), [user(p) for p in prompts]),
+        )  # fmt: skip
         prompts = REHEARSAL[: self.s.generate_rehearsal]
         if live not in self._parent_answers:
-            self._parent_answers = {live: answers(host, parent, [user(p) for p in prompts])}
-        rehearsal = [(user(p), a) for p, a in zip(prompts, self._parent_answers[live]) if a.strip()]
-        pairs = [_pair(s) for s in new + earlier] + rehearsal
+            self._parent_answers = {live: complete_answers(host, parent, [user(p) for p in prompts])}
+        rehearsal = [(user(p), a) for p, a in zip(prompts, self._parent_answers[live]) if a is not None]
+        pairs = [_pair(s) for s in new + earlier]
+        distill = self.s.generate_distill_weight > 0
+        if not distill:
+            pairs += rehearsal  # the parent's answers as plain targets
         if on_start is not None:
             on_start(len(pairs) * self.s.generate_train_epochs)
         fence()
-        taught = teach(parent.base_model, pairs, self.s, device=self.device, base=self.train_base(parent.base_model))
+
+        def teacher(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            host.activate(parent)
+            return host.network(input_ids=input_ids, attention_mask=mask).logits
+
+        taught = teach(
+            parent.base_model, pairs, self.s, keep=rehearsal if distill else (), teacher=teacher if distill else None,
+            device=self.device, base=self.train_base(parent.base_model),
+        )  # fmt: skip
         candidate = taught.model
         evidence = self._evidence(host, parent, candidate, golden, [_pair(s) for s in heldout], heldout)
         report = judge(evidence, self.s)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,16 +39,25 @@ def lora_config(settings: Settings) -> dict:
     }
 
 
+Teacher = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, mask) -> the parent's logits
+
+
 def teach(
     base_model: str,
     pairs: Sequence[tuple[Chat, str]],
     settings: Settings,
     *,
+    keep: Sequence[tuple[Chat, str]] = (),
+    teacher: Teacher | None = None,
     device: torch.device | str = "cpu",
     base=None,
 ) -> Taught:
-    """Train an adapter on ``pairs`` for ``generate_train_epochs`` passes in shuffled batches.
-    ``base``: an already loaded (model, tokenizer) to wrap (it is unwrapped again afterwards)."""
+    """Train an adapter on ``pairs`` (cross-entropy on their answers) for ``generate_train_epochs`` passes
+    in shuffled batches. With ``keep`` and ``teacher``, each step also takes a batch of ``keep`` chats and
+    pulls the adapter's next-token distributions along their answers to the teacher's (KL, weight
+    ``generate_distill_weight``): the parent's behaviour on general prompts is rehearsed as whole
+    distributions, not only as its greedy words. ``base``: an already loaded (model, tokenizer) to wrap
+    (it is unwrapped again afterwards)."""
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
     started = time.perf_counter()
@@ -63,17 +72,27 @@ def teach(
     rng = random.Random(settings.seed)
     losses: list[float] = []
     steps = 0
+    kept = list(batches(tokenizer, list(keep), device, size=settings.generate_train_batch)) if teacher else []
     try:
         for _ in range(settings.generate_train_epochs):
             order = list(pairs)
             rng.shuffle(order)
             for input_ids, mask, labels in batches(tokenizer, order, device, size=settings.generate_train_batch):
                 out = peft(input_ids=input_ids, attention_mask=mask, labels=labels)
+                loss = out.loss
+                if kept:
+                    k_ids, k_mask, k_labels = kept[steps % len(kept)]
+                    with torch.no_grad():
+                        target = torch.log_softmax(teacher(k_ids, k_mask)[:, :-1].float(), -1)
+                    student = torch.log_softmax(peft(input_ids=k_ids, attention_mask=k_mask).logits[:, :-1].float(), -1)
+                    where = k_labels[:, 1:] != -100
+                    kl = (target.exp() * (target - student)).sum(-1)[where].mean()
+                    loss = loss + settings.generate_distill_weight * kl
                 optimizer.zero_grad()
-                out.loss.backward()
+                loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
-                losses.append(float(out.loss.detach()))
+                losses.append(float(loss.detach()))
                 steps += 1
         state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft).items()}
     finally:

@@ -53,7 +53,7 @@ from online.settings import Settings
 
 log = logging.getLogger("online.learning.round")
 
-RoundStatus = Literal["promoted", "canary", "shadow", "rejected", "superseded", "idle"]
+RoundStatus = Literal["promoted", "canary", "shadow", "published", "rejected", "superseded", "idle"]
 
 
 class RoundReport(RoundStats):

@@ -36,12 +36,14 @@ import redis
 from online.contract import ArmEvidence, CanarySlot
 from online.keys import Keys
 from online.lifecycle import promotion
-from online.lifecycle.registry import LiveChange, LiveMoved, ModelRegistry
+from online.lifecycle.registry import CanaryMoved, IntegrityError, LiveChange, LiveMoved, ModelRegistry
+from online.lifecycle.store import StoreUnavailable
 from online.monitoring.live_accuracy import LiveAccuracy
 from online.settings import Settings
 
 Role = Literal["live", "canary"]
-Action = Literal["hold", "step", "promote", "rollback"]
+Action = Literal["hold", "step", "promote", "rollback", "abort"]
+Run = tuple[int, int]  # (canary version, its start second): what serving counts are kept by
 
 # Latency histogram bounds (ms), geometric from 1 ms to ~33 s: every replica counts into the same buckets,
 # so their sums give a fleet-wide quantile.
@@ -57,6 +59,10 @@ def routed_to_canary(key: str, version: int, share: float) -> bool:
     return int.from_bytes(digest, "big") < share * 2**64
 
 
+def run_of(slot: CanarySlot) -> Run:
+    return slot.version, int(slot.since)
+
+
 def schedule(first: float, steps: list[float]) -> list[float]:
     """The shares after ``first``: the configured steps above it."""
     return [s for s in steps if s > first]
@@ -70,6 +76,11 @@ class ArmCounts:
     requests: int = 0
     errors: int = 0
     buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS_MS) + 1))
+
+    def merge(self, other: "ArmCounts") -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets)]
 
     def observe(self, seconds: float, error: bool = False) -> None:
         self.requests += 1
@@ -100,10 +111,11 @@ class CanaryLedger:
         self.p = keys.canary
         self.ttl = ttl_s
 
-    def add(self, version: int, counts: dict[Role, ArmCounts]) -> None:
+    def add(self, run: Run, counts: dict[Role, ArmCounts]) -> None:
+        """``run``: (version, start second) of one canary: a version canaried again starts from zero."""
         with self.r.pipeline(transaction=False) as pipe:
             for role, c in counts.items():
-                key = f"{self.p}:{version}:{role}"
+                key = f"{self.p}:{run[0]}:{run[1]}:{role}"
                 pipe.hincrby(key, "requests", c.requests)
                 pipe.hincrby(key, "errors", c.errors)
                 for i, n in enumerate(c.buckets):
@@ -124,8 +136,8 @@ class CanaryLedger:
         d = json.loads(raw)
         return d["at"], Decision(d["action"], d["reason"])
 
-    def get(self, version: int, role: Role) -> ArmCounts:
-        h = self.r.hgetall(f"{self.p}:{version}:{role}")
+    def get(self, run: Run, role: Role) -> ArmCounts:
+        h = self.r.hgetall(f"{self.p}:{run[0]}:{run[1]}:{role}")
         buckets = [int(h.get(f"b{i}", 0)) for i in range(len(BUCKETS_MS) + 1)]
         return ArmCounts(int(h.get("requests", 0)), int(h.get("errors", 0)), buckets)
 
@@ -171,11 +183,12 @@ def analyse(
 ) -> Analysis:
     """The canary's evidence against live over its window, and what it calls for now."""
     now = time.time() if now is None else now
-    first = int(slot.since // 60)  # live's judgements from the canary's first minute on
+    first = int(slot.since // 60)  # both arms' judgements from the canary's first minute on
     live_minutes = [m for m in accuracy.per_minute_thumbs(slot.parent) if m[0] >= first]
-    cand_minutes = accuracy.per_minute_thumbs(slot.version)
-    live = _arm(slot.parent, live_minutes, accuracy.get(slot.parent).sources, ledger.get(slot.version, "live"))
-    cand = _arm(slot.version, cand_minutes, accuracy.get(slot.version).sources, ledger.get(slot.version, "canary"))
+    cand_minutes = [m for m in accuracy.per_minute_thumbs(slot.version) if m[0] >= first]
+    run = run_of(slot)
+    live = _arm(slot.parent, live_minutes, accuracy.get(slot.parent).sources, ledger.get(run, "live"))
+    cand = _arm(slot.version, cand_minutes, accuracy.get(slot.version).sources, ledger.get(run, "canary"))
     by_minute_live = {m[0]: m for m in live_minutes}
     by_minute_cand = {m[0]: m for m in cand_minutes}
     curve = [
@@ -190,9 +203,10 @@ def _ratio(minute: tuple[int, int, int, int, int] | None) -> float | None:
 
 
 def decide(slot: CanarySlot, live: ArmEvidence, cand: ArmEvidence, s: Settings, now: float) -> Decision:
-    """hold, step (or promote, past the last step) or rollback, and why (the reason goes to the history)."""
-    if slot.paused:
-        return Decision("hold", "paused by an operator")
+    """hold, step (or promote, past the last step), rollback or abort, and why (the reason goes to the
+    history). Errors and latency are checked even while an operator holds the canary (pause stops the
+    steps, not the safety); a step needs the non-inferiority test, not a point estimate, so re-checking
+    on every tick cannot walk a worse canary up."""
     if cand.requests >= s.canary_min_requests and live.requests >= s.canary_min_requests:
         err_c, err_l = cand.errors / cand.requests, live.errors / live.requests
         if err_c > err_l + s.canary_max_error_rate:
@@ -201,6 +215,10 @@ def decide(slot: CanarySlot, live: ArmEvidence, cand: ArmEvidence, s: Settings, 
             return Decision(
                 "rollback", f"p95 latency {cand.p95_ms:.0f} ms vs live {live.p95_ms:.0f} ms (> {s.canary_max_latency_ratio}x)"
             )
+    if slot.paused:
+        return Decision("hold", "paused by an operator")
+    if now - slot.since > s.canary_max_s:
+        return Decision("abort", f"undecided after {s.canary_max_s / 3600:.1f} h (it holds rounds back): promote it by hand if wanted")
     need = s.canary_min_judged
     if cand.judged < need or live.judged < need:
         return Decision("hold", f"too little evidence: {cand.judged} canary and {live.judged} live judgements of {need} each")
@@ -212,24 +230,25 @@ def decide(slot: CanarySlot, live: ArmEvidence, cand: ArmEvidence, s: Settings, 
     assert cand.accuracy is not None and live.accuracy is not None
     diff = cand.accuracy - live.accuracy
     bound = math.log(1 / s.canary_alpha)
-    stat = log_msprt(cand.correct, cand.judged, live.correct, live.judged)
+    worse = log_msprt(cand.correct, cand.judged, live.correct, live.judged)  # H0: no difference
+    not_worse = log_msprt(cand.correct, cand.judged, live.correct, live.judged, -s.canary_margin)  # H0: margin worse
     evidence = (
         f"accuracy {cand.accuracy:.3f} ({cand.correct}/{cand.judged}) vs live {live.accuracy:.3f} "
-        f"({live.correct}/{live.judged}), log-mSPRT {stat:.1f} of {bound:.1f}"
+        f"({live.correct}/{live.judged}), log-mSPRT {worse:.1f} (difference) and {not_worse:.1f} "
+        f"(non-inferiority at {s.canary_margin:.0%}) of {bound:.1f}"
     )
     if cand.thumbs_down_rate is not None and live.thumbs_down_rate is not None:
         evidence += f"; thumbs down {cand.thumbs_down_rate:.1%} vs {live.thumbs_down_rate:.1%}"
-    if diff < 0 and stat >= bound:
+    if diff < 0 and worse >= bound:
         return Decision("rollback", f"worse: {evidence}")
     at_step, elapsed = cand.judged - slot.judged_at_step, now - slot.step_since
-    clearly_better = diff > 0 and stat >= bound
     nxt = "promote" if not slot.steps else "step"
     if at_step < need:
         return Decision("hold", f"{at_step} of {need} judgements at {slot.share:.0%}; {evidence}")
-    if clearly_better:
-        return Decision(nxt, f"better: {evidence}")
-    if diff < -s.canary_margin:
-        return Decision("hold", f"not within {s.canary_margin:.0%} of live yet: {evidence}")
+    if diff > 0 and worse >= bound:
+        return Decision(nxt, f"better: {evidence}")  # early: no need to wait out the step's time
+    if not (diff > -s.canary_margin and not_worse >= bound):
+        return Decision("hold", f"not shown within {s.canary_margin:.0%} of live yet: {evidence}")
     if elapsed < s.canary_min_step_s:
         return Decision("hold", f"{elapsed:.0f} of {s.canary_min_step_s:.0f} s at {slot.share:.0%}; {evidence}")
     return Decision(nxt, f"within {s.canary_margin:.0%} of live: {evidence}")
@@ -244,8 +263,9 @@ def start(
     share: float | None = None,
     expect_live: int | None = None,
 ) -> LiveChange:
-    """Put a published version on a share of live traffic (raises ValueError, KeyError, ``LiveMoved``);
-    ``expect_live``: only while live is that version (a round's candidate is compared with its parent)."""
+    """Put a published version on a share of live traffic (raises ValueError, KeyError, ``LiveMoved``,
+    ``CanaryMoved`` when a canary already runs); ``expect_live``: only while live is that version (a
+    round's candidate is compared with its parent)."""
     live = registry.live()
     if live is None:
         raise ValueError("nothing is live: a canary needs a live version to compare with")
@@ -253,6 +273,11 @@ def start(
         raise LiveMoved(f"live is {live}, not {expect_live}: version {version} is no canary of it")
     if version == live:
         raise ValueError(f"version {version} is live already")
+    if registry.get(version).family != "classifier":
+        raise ValueError(f"version {version} is a {registry.get(version).family} model: canaries route classifications only")
+    running = registry.canary()
+    if running is not None:
+        raise CanaryMoved(f"version {running.version} is on a canary already: abort or promote it first")
     registry.verify(version)  # a canary serves real users: its weights are checked as a promotion's are
     first = share if share is not None else (settings.canary_share or (settings.canary_steps or [0.05])[0])
     if not 0 < first < 1:
@@ -262,18 +287,20 @@ def start(
         version=version, parent=live, share=first, steps=schedule(first, settings.canary_steps),
         since=now, step_since=now, shares=[(now, first)],
     )  # fmt: skip
-    return registry.set_canary(slot, "canary_start", f"{first:.0%} of traffic: {reason}" if reason else f"{first:.0%} of traffic")
+    why = f"{first:.0%} of traffic: {reason}" if reason else f"{first:.0%} of traffic"
+    return registry.set_canary(slot, "canary_start", why, current=None)
 
 
 def pause(registry: ModelRegistry, paused: bool, reason: str) -> LiveChange:
     slot = _running(registry)
     action = "canary_pause" if paused else "canary_resume"
-    return registry.set_canary(slot.model_copy(update={"paused": paused}), action, reason or action.split("_")[1] + "d")
+    update = slot.model_copy(update={"paused": paused})
+    return registry.set_canary(update, action, reason or action.split("_")[1] + "d", current=slot)
 
 
 def abort(registry: ModelRegistry, reason: str, action: Literal["canary_abort", "canary_rollback"] = "canary_abort") -> LiveChange:
-    _running(registry)
-    return registry.set_canary(None, action, reason)
+    slot = _running(registry)
+    return registry.set_canary(None, action, reason, current=slot)
 
 
 def promote_now(registry: ModelRegistry, reason: str) -> LiveChange:
@@ -292,26 +319,37 @@ def _running(registry: ModelRegistry) -> CanarySlot:
 def settle(
     registry: ModelRegistry, accuracy: LiveAccuracy, ledger: CanaryLedger, settings: Settings, now: float | None = None
 ) -> LiveChange | None:
-    """The trainer's tick: take the step the analysis calls for, if any; returns the change made."""
+    """The trainer's tick: take the step the analysis calls for, if any; returns the change made. A move
+    that fails (the version's files gone, weights that fail their check) ends the canary with the reason,
+    so a broken canary never holds the trainer's housekeeping or its rounds."""
     slot = registry.canary()
     if slot is None:
         return None
-    if registry.live() != slot.parent:  # live moved under it (a rollback, a manual promotion)
-        return registry.set_canary(None, "canary_abort", f"live is no longer version {slot.parent}")
     now = time.time() if now is None else now
-    decision = analyse(slot, accuracy, ledger, settings, now).decision
-    ledger.note(slot.version, decision)
-    if decision.action == "rollback":
-        return registry.set_canary(None, "canary_rollback", decision.reason)
-    if decision.action == "promote":
-        return promotion.promote(
-            registry, slot.version, f"canary passed at {slot.share:.0%}: {decision.reason}", expect_live=slot.parent
-        )
-    if decision.action == "step":
-        judged = accuracy.get(slot.version).n
-        nxt = slot.model_copy(
-            update={"share": slot.steps[0], "steps": slot.steps[1:], "step_since": now, "judged_at_step": judged,
-                    "shares": [*slot.shares, (now, slot.steps[0])]}  # fmt: skip
-        )
-        return registry.set_canary(nxt, "canary_step", f"{slot.share:.0%} -> {nxt.share:.0%}: {decision.reason}")
+    try:
+        if registry.live() != slot.parent:  # live moved under it (a rollback, a manual promotion)
+            return registry.set_canary(None, "canary_abort", f"live is no longer version {slot.parent}", current=slot)
+        analysis = analyse(slot, accuracy, ledger, settings, now)
+        decision = analysis.decision
+        ledger.note(slot.version, decision)
+        if decision.action in ("rollback", "abort"):
+            action = "canary_rollback" if decision.action == "rollback" else "canary_abort"
+            return registry.set_canary(None, action, decision.reason, current=slot)
+        if decision.action == "promote":
+            return promotion.promote(
+                registry, slot.version, f"canary passed at {slot.share:.0%}: {decision.reason}", expect_live=slot.parent
+            )
+        if decision.action == "step":
+            nxt = slot.model_copy(
+                update={"share": slot.steps[0], "steps": slot.steps[1:], "step_since": now,
+                        "judged_at_step": analysis.candidate.judged, "shares": [*slot.shares, (now, slot.steps[0])]}
+            )  # fmt: skip
+            return registry.set_canary(nxt, "canary_step", f"{slot.share:.0%} -> {nxt.share:.0%}: {decision.reason}", current=slot)
+    except CanaryMoved:
+        return None  # an operator (or another trainer) moved it first: the next tick reads the new state
+    except (LiveMoved, ValueError, KeyError, IntegrityError, StoreUnavailable) as exc:
+        try:
+            return registry.set_canary(None, "canary_abort", f"cannot go on: {exc}", current=slot)
+        except (CanaryMoved, LiveMoved, ValueError):
+            return None
     return None

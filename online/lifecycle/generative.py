@@ -43,17 +43,20 @@ def base_report(base_model: str) -> GateReport:
 GENERATE_GOLDEN_FILE = "generate-golden.jsonl"  # frozen prompt/reference pairs, shared through the store
 
 
-def frozen_golden(store: ModelStore, settings: Settings, reference_answers: Callable[[list[str]], list[str]]) -> list[tuple[str, str]]:
+def frozen_golden(
+    store: ModelStore, settings: Settings, reference_answers: Callable[[list[str]], list[str | None]]
+) -> list[tuple[str, str]]:
     """The deployment's golden (prompt, reference) pairs: the file every trainer shares through the
     store, else ``ONLINE_GENERATE_GOLDEN_PATH`` (JSONL ``prompt``/``reference``), else the built-in general
-    prompts with ``reference_answers`` (the base model's own), frozen now and shared."""
+    prompts with ``reference_answers`` (the base model's own; a prompt it answers with None, an answer cut
+    off, is left out), frozen now and shared."""
     path = store.fetch_file(GENERATE_GOLDEN_FILE)
     if path is None:
         if settings.generate_golden_path:
             rows = [json.loads(line) for line in Path(settings.generate_golden_path).read_text().splitlines() if line.strip()]
             pairs = [(r["prompt"], r["reference"]) for r in rows]
         else:
-            pairs = list(zip(GOLDEN, reference_answers(GOLDEN)))
+            pairs = [(p, r) for p, r in zip(GOLDEN, reference_answers(GOLDEN)) if r is not None]
         path = store.local / GENERATE_GOLDEN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps({"prompt": p, "reference": r}, ensure_ascii=False) + "\n" for p, r in pairs))

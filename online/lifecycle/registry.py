@@ -77,6 +77,10 @@ class LiveMoved(RuntimeError):
     """The live alias is no longer the version a promotion was based on (e.g. a rollback happened)."""
 
 
+class CanaryMoved(ValueError):
+    """The canary is no longer the one a move was decided on (aborted, stepped or replaced meanwhile)."""
+
+
 class IntegrityError(RuntimeError):
     """A version's weight file (or a serving artifact) is missing or does not match its manifest's sha256."""
 
@@ -366,27 +370,50 @@ class ModelRegistry:
             self.r.publish(self.channel, json.dumps({"shadow": None}))
 
     # --- canary -------------------------------------------------------------------------------
+    def slots(self) -> tuple[int | None, ShadowSlot | None, CanarySlot | None]:
+        """Live, shadow and canary read together (one MULTI): a replica never sees a promotion's live
+        beside the canary it replaced."""
+        with self.r.pipeline() as pipe:
+            pipe.get(self._live)
+            pipe.get(self._shadow)
+            pipe.get(self._canary)
+            live, shadow, canary = pipe.execute()
+        return (
+            int(live) if live is not None else None,
+            ShadowSlot.model_validate_json(shadow) if shadow else None,
+            CanarySlot.model_validate_json(canary) if canary else None,
+        )
+
     def canary(self) -> CanarySlot | None:
         """The version answering a share of live traffic (``online.lifecycle.canary``)."""
         raw = self.r.get(self._canary)
         return CanarySlot.model_validate_json(raw) if raw else None
 
-    def set_canary(self, slot: CanarySlot | None, action: CanaryAction, reason: str) -> LiveChange:
+    def set_canary(
+        self, slot: CanarySlot | None, action: CanaryAction, reason: str, *, current: CanarySlot | None
+    ) -> LiveChange:
         """Start, step, pause or end (``slot`` None) the canary, with its history entry, in one
-        MULTI/EXEC that holds only while live is still the canary's parent; every replica is told."""
-        current = slot or self.canary()
-        if current is None:
+        MULTI/EXEC that holds only while the running canary is still ``current`` (the one the caller
+        read and decided on; None: none may run) and live is still its parent; every replica is told.
+        Raises :class:`CanaryMoved` when another move came first (an operator's abort, a step)."""
+        subject = slot or current
+        if subject is None:
             raise ValueError("no canary is running")
         if slot is not None:
             manifest = self.get(slot.version)
             if manifest.status != "published":
                 raise ValueError(f"version {slot.version} is {manifest.status}: it cannot serve a canary")
-        change = LiveChange(action=action, version=current.version, previous=current.parent, reason=reason)
+        change = LiveChange(action=action, version=subject.version, previous=subject.parent, reason=reason)
         with self.r.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(self._live)
-                    live = pipe.get(self._live)
+                    pipe.watch(self._live, self._canary)
+                    live, raw = pipe.get(self._live), pipe.get(self._canary)
+                    running = CanarySlot.model_validate_json(raw) if raw else None
+                    if running != current:
+                        raise CanaryMoved(
+                            f"the canary changed meanwhile ({'none runs' if running is None else f'version {running.version} at {running.share:.0%}'})"
+                        )
                     if slot is not None and (int(live) if live else None) != slot.parent:
                         raise LiveMoved(f"live is {live}, not {slot.parent}: version {slot.version} is no canary of it")
                     pipe.multi()

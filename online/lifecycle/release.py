@@ -20,7 +20,7 @@ from typing import Literal
 from online.examples import Example
 from online.lifecycle import canary, promotion
 from online.lifecycle.package import Package, package
-from online.lifecycle.registry import LiveMoved, Manifest, ModelRegistry
+from online.lifecycle.registry import CanaryMoved, LiveMoved, Manifest, ModelRegistry
 from online.reports import GateReport, VersionStats
 from online.settings import Settings
 from online.versioned import VersionModel
@@ -73,7 +73,7 @@ def placement_for(settings: Settings, parent: int | None) -> Placement:
     else live at once (the same for a round and an import)."""
     if parent is None:
         return "promote"
-    if settings.canary_share > 0:
+    if settings.canary_share > 0 and settings.task == "classify":  # generations are not routed by share yet
         return "canary"
     return "shadow" if settings.shadow_share > 0 else "promote"
 
@@ -125,6 +125,9 @@ def _place(registry: ModelRegistry, manifest: Manifest, placement: Placement, se
         except LiveMoved as exc:  # judged against a version no longer live: not comparable
             log.warning("version %d not put on a canary: %s", manifest.version, exc)
             return "superseded"
+        except CanaryMoved as exc:  # another canary runs (an operator's): this one waits as published
+            log.warning("version %d published, not put on a canary: %s", manifest.version, exc)
+            return "published"
         return "canary"
     if placement == "shadow":
         if registry.live() != manifest.parent:  # judged against a version no longer live: not comparable

@@ -4,7 +4,8 @@ Requests queue up while a forward runs on a single worker thread; the next batch
 waiting (up to ``max_batch`` texts). A batch that is not full waits at most ``max_wait_ms`` for company,
 but only while traffic is concurrent (the last batch held more than one request): a lone client, who
 could never be joined, is served at once instead of paying the wait on every call. Requests that
-started on different model versions are never mixed in one forward.
+started on different model versions are never mixed in one forward; a request of another version waits
+for the next batch without ending this one (a canary's requests interleave with live's).
 
 The queue is bounded (``max_queue`` requests): past it a request is refused at once with
 :class:`Overloaded` (the API answers 503 with Retry-After) instead of waiting behind work it cannot
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,7 +59,7 @@ class MicroBatcher(Generic[M, R]):
         self._queue: asyncio.Queue[_Item[M]] = asyncio.Queue()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self._task: asyncio.Task | None = None
-        self._carry: _Item[M] | None = None
+        self._carry: deque[_Item[M]] = deque()  # taken from the queue, waiting for a batch of their model
         self._last_requests = 0  # requests in the last batch: was anyone else around?
 
     def start(self) -> None:
@@ -72,18 +74,31 @@ class MicroBatcher(Generic[M, R]):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     async def submit(self, model: M, texts: list[str]) -> list[R]:
-        if self._queue.qsize() >= self.max_queue:
-            raise Overloaded(self._queue.qsize())
+        waiting = self._queue.qsize() + len(self._carry)
+        if waiting >= self.max_queue:
+            raise Overloaded(waiting)
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(model, texts, future))
         return await future
 
     async def _next_batch(self) -> list[_Item[M]]:
-        first = self._carry or await self._queue.get()
-        self._carry = None
+        """The oldest waiting request and every waiting one bound to the same model that fits; requests
+        of another model (a canary's beside live's) wait, in order, for the next batch, so two models
+        interleaved in the queue still get full batches each."""
+        first = self._carry.popleft() if self._carry else await self._queue.get()
         batch, size = [first], len(first.texts)
+        deferred: deque[_Item[M]] = deque()
+        full = False
+        while self._carry:  # deferred earlier: the same model's join this batch, in their order
+            item = self._carry.popleft()
+            if item.model is first.model and not full and size + len(item.texts) <= self.max_batch:
+                batch.append(item)
+                size += len(item.texts)
+            else:
+                full = full or item.model is first.model
+                deferred.append(item)
         deadline = time.monotonic() + (self.max_wait if self._last_requests > 1 else 0.0)
-        while size < self.max_batch:
+        while size < self.max_batch and not full:
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -94,11 +109,17 @@ class MicroBatcher(Generic[M, R]):
                     item = await asyncio.wait_for(self._queue.get(), remaining)
                 except asyncio.TimeoutError:
                     break
-            if item.model is not first.model or size + len(item.texts) > self.max_batch:
-                self._carry = item  # starts the next batch
+            if item.model is not first.model:
+                deferred.append(item)  # another model's: first in line for a later batch
+                if len(deferred) >= self.max_batch:
+                    break  # enough for a full batch of its own: do not keep it waiting longer
+                continue
+            if size + len(item.texts) > self.max_batch:
+                deferred.append(item)
                 break
             batch.append(item)
             size += len(item.texts)
+        self._carry = deferred
         self._last_requests = len(batch)
         return batch
 

@@ -140,9 +140,7 @@ class VersionFollower:
     async def sync(self) -> None:
         """Swap to the registry's live version if it differs from what is served; follow the shadow slot."""
         try:
-            live, slot, canary = await asyncio.to_thread(
-                lambda: (self.registry.live(), self.registry.shadow(), self.registry.canary())
-            )
+            live, slot, canary = await asyncio.to_thread(self.registry.slots)
         except redis.RedisError as exc:
             self.redis_health.failed(exc)  # logged once per outage there
             return
@@ -161,6 +159,8 @@ class VersionFollower:
     async def _sync_canary(self, slot: CanarySlot | None) -> None:
         """The canary's predictor follows its slot; its share and steps are read from the slot at every
         request (:meth:`canary_state`), so a step takes effect at the next sync without a reload."""
+        if slot is None or self.canary is None or slot.version != self.canary.version:
+            self.canary_slot = None  # no routing to a canary that ended or is being replaced, even while one builds
         self.canary = await self._follow_slot("canary", self.canary, slot.version if slot else None)
         self.canary_slot = slot if self.canary is not None else None
 

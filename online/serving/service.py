@@ -17,7 +17,7 @@ import redis.asyncio as aredis
 from online.feedback.prediction_log import PredictionLog
 from online.feedback.review_queue import ReviewQueue
 from online.contract import CanarySlot
-from online.lifecycle.canary import ArmCounts, CanaryLedger, Role, routed_to_canary
+from online.lifecycle.canary import ArmCounts, CanaryLedger, Role, Run, routed_to_canary, run_of
 from online.lifecycle.registry import IntegrityError
 from online.lifecycle.shadow import ShadowLedger
 from online.monitoring.drift_log import DriftLog
@@ -96,7 +96,7 @@ class ModelService:
         )
         self.window = DriftWindow(s, stores.drift, metrics, self.redis_health)
         self.follower: VersionFollower
-        self._arms: dict[int, dict[Role, ArmCounts]] = {}  # per canary version, flushed at each heartbeat
+        self._arms: dict[Run, dict[Role, ArmCounts]] = {}  # per canary run, flushed at each heartbeat
         self.memory: MemoryFollower | None = None
         hooks = [
             ShadowHook(lambda: self.follower.shadow_state(), stores.shadow),  # first: compares weights
@@ -167,7 +167,7 @@ class ModelService:
         against it), so a broken canary costs no request."""
         keys = [user] * len(texts) if user is not None else texts
         to_canary = [routed_to_canary(k, slot.version, slot.share) for k in keys]
-        arms = self._arms.setdefault(slot.version, {"live": ArmCounts(), "canary": ArmCounts()})
+        arms = self._arms.setdefault(run_of(slot), {"live": ArmCounts(), "canary": ArmCounts()})
 
         async def run(role: Role, idx: list[int]) -> list[ServedPrediction]:
             part = [texts[i] for i in idx]
@@ -233,8 +233,8 @@ class ModelService:
 
         def write() -> None:
             self.stores.replicas.beat(beat)
-            for version, counts in arms.items():
-                self.stores.canary.add(version, counts)
+            for run, counts in arms.items():
+                self.stores.canary.add(run, counts)
             for acc in self.stores.live_accuracy.all():
                 if acc.accuracy is not None:
                     self.metrics.live_accuracy.labels(str(acc.version)).set(acc.accuracy)
@@ -246,6 +246,10 @@ class ModelService:
             await asyncio.to_thread(write)
         except redis.RedisError as exc:
             self.redis_health.failed(exc)  # logged once per outage there
+            for run, counts in arms.items():  # kept for the next heartbeat (a partial write may count twice)
+                mine = self._arms.setdefault(run, {"live": ArmCounts(), "canary": ArmCounts()})
+                for role, c in counts.items():
+                    mine[role].merge(c)
         else:
             self.redis_health.succeeded()
 

@@ -68,12 +68,28 @@ def test_a_clearly_worse_canary_is_rolled_back_and_a_clearly_better_one_steps_up
     assert last.action == "promote"
 
 
-def test_an_even_canary_steps_up_only_after_its_time_and_judgements_at_the_share(rules):
+def test_an_even_canary_steps_up_once_shown_not_worse_and_after_its_time_and_judgements_at_the_share(rules):
     now = time.time()
-    even_live, even_canary = _arm(1, 400, 360), _arm(2, 120, 108)
+    even_live, even_canary = _arm(1, 8000, 7200), _arm(2, 6000, 5400)  # what showing "not 2% worse" takes
     assert decide(_slot(step_since=now - 10), even_live, even_canary, rules, now).action == "hold"
-    assert decide(_slot(judged_at_step=100), even_live, even_canary, rules, now).action == "hold"  # 20 at this share
+    assert decide(_slot(judged_at_step=5960), even_live, even_canary, rules, now).action == "hold"  # 40 at this share
     assert decide(_slot(), even_live, even_canary, rules, now).action == "step"
+    few = decide(_slot(), _arm(1, 400, 360), _arm(2, 120, 108), rules, now)  # even, but too few to show it
+    assert few.action == "hold" and "not shown within 2%" in few.reason
+
+
+def test_a_somewhat_worse_canary_is_never_walked_up_by_rechecking(rules):
+    """5 points worse but not yet significantly: at every tick as judgements arrive, it holds (a point
+    estimate within the margin by chance must not step it up)."""
+    now, rng = time.time(), __import__("random").Random(0)
+    live_c = cand_c = 0
+    for n in range(1, 401):
+        live_c += rng.random() < 0.85
+        cand_c += rng.random() < 0.80
+        out = decide(_slot(), _arm(1, 4 * n, 4 * live_c), _arm(2, n, cand_c), rules, now)
+        assert out.action in ("hold", "rollback"), (n, out)
+        if out.action == "rollback":
+            break
 
 
 def test_too_little_evidence_or_too_few_sources_decide_nothing(rules):
@@ -84,6 +100,8 @@ def test_too_little_evidence_or_too_few_sources_decide_nothing(rules):
     assert one_voice.action == "hold" and "sources" in one_voice.reason
     paused = decide(_slot(paused=True), _arm(1, 200, 190), _arm(2, 200, 0), rules, now)
     assert paused.action == "hold" and "paused" in paused.reason
+    stale = decide(_slot(since=now - 7 * 3600), _arm(1, 10, 9), _arm(2, 10, 9), rules, now)
+    assert stale.action == "abort" and "undecided" in stale.reason  # it would hold rounds back forever
 
 
 def test_a_canary_that_errors_is_rolled_back_whatever_its_accuracy(rules):
@@ -91,6 +109,8 @@ def test_a_canary_that_errors_is_rolled_back_whatever_its_accuracy(rules):
     s = rules.model_copy(update={"canary_min_requests": 100})
     out = decide(_slot(), _arm(1, 10, 10, requests=1000, errors=0), _arm(2, 10, 10, requests=200, errors=20), s, now)
     assert out.action == "rollback" and "error rate" in out.reason
+    paused = decide(_slot(paused=True), _arm(1, 10, 10, requests=1000), _arm(2, 10, 10, requests=200, errors=20), s, now)
+    assert paused.action == "rollback"  # a pause holds the steps, not the safety
 
 
 # --- on real Redis and Kafka, two replicas ------------------------------------------------------
@@ -294,3 +314,24 @@ def test_a_canary_ends_with_an_entry_when_live_moves_under_it(settings):
     assert registry.last_change().version == v3  # canary entries never count as moves of live
     with pytest.raises(ValueError, match="no canary"):
         canary.pause(registry, True, "")
+
+
+def test_moves_decided_on_a_canary_that_changed_meanwhile_are_refused(settings):
+    from online.lifecycle import canary
+    from online.lifecycle.registry import CanaryMoved
+    from online.model import TextClassifier
+
+    registry = Stores.from_settings(settings).registry
+    model = TextClassifier.from_base(settings.base_model, ["a", "b"])
+    v1 = registry.publish(model, parent=None).version
+    registry.promote(v1)
+    v2, v3 = (registry.publish(model, parent=v1).version for _ in range(2))
+    canary.start(registry, v2, settings, "test", share=0.05)
+    with pytest.raises(CanaryMoved, match="already"):
+        canary.start(registry, v3, settings, "a second one", share=0.05)  # one at a time
+    read = registry.canary()
+    canary.abort(registry, "an operator's abort")  # lands between the trainer's read and its step
+    step = read.model_copy(update={"share": 0.25, "steps": [0.5]})
+    with pytest.raises(CanaryMoved):
+        registry.set_canary(step, "canary_step", "stale", current=read)
+    assert registry.canary() is None  # the aborted canary did not come back

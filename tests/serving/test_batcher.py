@@ -117,3 +117,37 @@ def test_a_full_queue_refuses_at_once_instead_of_growing():
     results, refused = asyncio.run(main())
     assert results == [["t0"], ["t1"], ["t2"]]
     assert isinstance(refused, Overloaded) and refused.retry_after_s >= 1
+
+
+def test_two_models_interleaved_in_the_queue_still_get_full_batches_in_order():
+    """A canary's requests among live's: each model's waiting requests go together, none overtakes another
+    of its model, and the other model's wait only for the next batch."""
+    calls: list[tuple[str, list[str]]] = []
+    gate = threading.Event()
+
+    def run(model: str, texts: list[str]) -> list[str]:
+        gate.wait(5)
+        calls.append((model, texts))
+        return [f"{model}:{t}" for t in texts]
+
+    async def main() -> list[list[str]]:
+        batcher: MicroBatcher[str, str] = MicroBatcher(run, max_batch=8, max_wait_ms=1)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit("live", ["w"]))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.create_task(batcher.submit("live" if i % 4 else "canary", [f"t{i}"])) for i in range(32)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(main())
+    assert results[1:] == [[f"{'live' if i % 4 else 'canary'}:t{i}"] for i in range(32)]
+    sizes = [(m, len(t)) for m, t in calls[1:]]
+    # the oldest first (canary t0 with the canary's waiting then), live's in full batches: 5 forwards,
+    # where closing a batch at each change of model would take 16
+    assert sizes == [("canary", 3), ("live", 8), ("live", 8), ("canary", 5), ("live", 8)], sizes
+    for model, texts in calls[1:]:
+        numbers = [int(t[1:]) for t in texts]
+        assert numbers == sorted(numbers)  # in arrival order within a model
