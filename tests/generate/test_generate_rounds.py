@@ -96,3 +96,23 @@ def test_a_round_that_moves_the_model_too_far_is_rejected_and_nothing_moves(gen_
         assert report.status == "rejected" and "kl_to_parent" in report.gate.failed()
         assert stores.registry.live() == 1 and stores.registry.get(report.version).status == "rejected"
         assert client.get("/readyz").json()["model_version"] == 1
+
+
+def test_distilling_the_parent_on_rehearsed_prompts_keeps_the_model_closer_to_it_there(gen_settings, tiny_lm):
+    from online.generative import AdapterHost, GenerativeLM
+    from online.generative_eval import kl_to, user
+    from online.generative_prompts import REHEARSAL
+    from online.learning.generative_teach import teach
+
+    s = gen_settings.model_copy(update={"generate_learning_rate": 1e-2, "generate_train_epochs": 10})
+    taught = [(user(p), ANSWER) for p in PHRASINGS]
+    keep = [(user(p), "The answer is a short sentence.") for p in REHEARSAL[:8]]
+    host, base = AdapterHost(tiny_lm), GenerativeLM(tiny_lm)
+
+    def teacher(input_ids, mask):
+        host.activate(base)
+        return host.network(input_ids=input_ids, attention_mask=mask).logits
+
+    plain = teach(tiny_lm, taught, s).model
+    distilled = teach(tiny_lm, taught, s, keep=keep, teacher=teacher).model
+    assert kl_to(host, base, distilled, keep) < 0.5 * kl_to(host, base, plain, keep)
