@@ -70,8 +70,9 @@ def test_corrections_become_a_gated_adapter_that_hot_swaps_with_no_failed_reques
             wait_for(lambda: any(v == v2 for _, v in results[-3:]), what="the adapter serving under load")
             after = client.post("/v1/generate", json={"prompt": TAUGHT, "max_new_tokens": 8}).json()
             assert after["model_version"] == v2 and after["text"] == ANSWER, after
+            since = len(results)  # answers from before the rollback say nothing about after it
             promotion.rollback(registry, reason="test: back to the base")
-            wait_for(lambda: any(v == 1 for _, v in results[-3:]), what="the base serving again")
+            wait_for(lambda: any(v == 1 for _, v in results[since:]), what="the base serving again")
         finally:
             stop.set()
             load.join(30)
