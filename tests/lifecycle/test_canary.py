@@ -296,8 +296,9 @@ def test_a_user_sees_one_version_on_every_replica_and_operators_steer_the_canary
         assert a.post("/v1/canary", json={"action": "abort"}, headers=admin).status_code == 409  # none runs
 
 
-def test_a_canary_ends_with_an_entry_when_live_moves_under_it(settings):
-    from online.lifecycle import canary, promotion
+def _canary_of_two_candidates(settings):
+    """Live v1 (untrained, in the registry only) and two published candidates, the first on a 5% canary."""
+    from online.lifecycle import canary
     from online.model import TextClassifier
 
     registry = Stores.from_settings(settings).registry
@@ -306,6 +307,13 @@ def test_a_canary_ends_with_an_entry_when_live_moves_under_it(settings):
     registry.promote(v1)
     v2, v3 = (registry.publish(model, parent=v1).version for _ in range(2))
     canary.start(registry, v2, settings, "test", share=0.05)
+    return registry, (v1, v2, v3)
+
+
+def test_a_canary_ends_with_an_entry_when_live_moves_under_it(settings):
+    from online.lifecycle import canary, promotion
+
+    registry, (v1, v2, v3) = _canary_of_two_candidates(settings)
     assert registry.protected() >= {v1, v2}  # a canary's files are never collected
     promotion.promote(registry, v3, "an operator's promotion")
     assert registry.canary() is None
@@ -319,14 +327,8 @@ def test_a_canary_ends_with_an_entry_when_live_moves_under_it(settings):
 def test_moves_decided_on_a_canary_that_changed_meanwhile_are_refused(settings):
     from online.lifecycle import canary
     from online.lifecycle.registry import CanaryMoved
-    from online.model import TextClassifier
 
-    registry = Stores.from_settings(settings).registry
-    model = TextClassifier.from_base(settings.base_model, ["a", "b"])
-    v1 = registry.publish(model, parent=None).version
-    registry.promote(v1)
-    v2, v3 = (registry.publish(model, parent=v1).version for _ in range(2))
-    canary.start(registry, v2, settings, "test", share=0.05)
+    registry, (v1, v2, v3) = _canary_of_two_candidates(settings)
     with pytest.raises(CanaryMoved, match="already"):
         canary.start(registry, v3, settings, "a second one", share=0.05)  # one at a time
     read = registry.canary()
