@@ -55,23 +55,36 @@ def bench_ingest(
 
 @app.command("serve")
 def bench_serve(
-    requests: int = typer.Option(600, help="Requests per cell: the raw ones, and the HTTP ones of the Python client."),
-    concurrency: str = typer.Option("1,8,32", help="Comma-separated concurrency levels."),
+    task: str = typer.Option("classify", help="classify (the text classifier) or generate (the generative model)."),
+    requests: int | None = typer.Option(
+        None, help="Requests per cell: the raw ones, and the HTTP ones of the Python client (600; generate: 16)."
+    ),
+    concurrency: str | None = typer.Option(None, help="Comma-separated concurrency levels (1,8,32; generate: 1,8)."),
     eval_limit: int = typer.Option(0, help="CLINC150 test texts for the accuracy check (0: all 4500)."),
     client: str = typer.Option(
         "auto", help="HTTP load generator: wrk (native), python (asyncio, in this process), auto (wrk if installed)."
     ),
     seconds: float = typer.Option(10.0, help="With wrk: seconds per HTTP cell (after 1 s of warm-up)."),
+    max_new_tokens: int = typer.Option(32, help="--task generate: tokens each answer may have at most."),
     json_out: Path | None = JsonOut,
 ) -> None:
-    """HTTP API vs a naive server vs the raw in-process batched forward, side by side."""
-    from bench.serve import run_bench_serve
-
+    """HTTP API vs a naive server vs the raw in-process batched forward, side by side (``--task generate``:
+    the generation API, streamed, against the raw in-process ``generate``)."""
+    if task not in ("classify", "generate"):
+        raise typer.BadParameter("--task is classify or generate")
     if client not in ("auto", "wrk", "python"):
         raise typer.BadParameter("--client is auto, wrk or python")
     settings, console = _start("serve")
-    levels = [int(c) for c in concurrency.split(",")]
-    run_bench_serve(settings, requests, levels, eval_limit, console, client=client, seconds=seconds)
+    if task == "generate":
+        from bench.serve_generate import run_bench_serve_generate
+
+        levels = [int(c) for c in (concurrency or "1,8").split(",")]
+        run_bench_serve_generate(settings, requests or 16, levels, max_new_tokens, console)
+    else:
+        from bench.serve import run_bench_serve
+
+        levels = [int(c) for c in (concurrency or "1,8,32").split(",")]
+        run_bench_serve(settings, requests or 600, levels, eval_limit, console, client=client, seconds=seconds)
     _save(console, json_out)
 
 

@@ -7,14 +7,21 @@ token, its own ``max_new_tokens``, its client gone) leaves the batch at once, ca
 the others decode at the width that is left, and its answer is handed back at once (``on_done``), not
 when the longest row of its batch ends. Streaming clients get each text delta as it is decoded
 (``on_delta``); a delta never ends inside a multi-byte character.
+
+Continuous batching: requests that arrive while a decode runs join it between two steps (a
+:class:`JoinQueue`), their prompts prefilled on their own and their KV cache stacked beside the running
+rows', instead of waiting for the longest row of the batch to end. Under a closed loop of clients a
+static batch fragments (the first clients answered come back before the last) and leaves the forward
+thread decoding few rows; joining keeps it full.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 
@@ -33,6 +40,7 @@ class Generation:
     top_p: float = 1.0
     on_delta: Callable[[str], None] | None = None  # streaming: each new piece of text, on the forward thread
     on_done: Callable[["Generated"], None] | None = None  # the answer as soon as its row ends
+    on_failed: Callable[[BaseException], None] | None = None  # the decode it joined failed (serving side)
     cancelled: Callable[[], bool] = lambda: False  # the client went away: the row leaves the batch
 
 
@@ -60,6 +68,68 @@ def prompt_ids(tokenizer, messages: list[dict[str, str]], max_tokens: int) -> li
     return ids[-max_tokens:]
 
 
+class Joiner(Protocol):
+    """Where requests that arrive during a decode wait to join it (continuous batching): the serving side
+    accepts them while the decode is open, the decode takes them between two steps."""
+
+    def take(self, room: int) -> list[Generation]:
+        """Requests waiting to join, at most ``room``; called on the forward thread between steps."""
+        ...
+
+    def close(self) -> list[Generation]:
+        """Accept no more; every request still waiting (the decode serves them before it returns)."""
+        ...
+
+
+class JoinQueue:
+    """The serving side's :class:`Joiner`: thread-safe, open for one version's decode at a time.
+
+    The event loop offers each new request (:meth:`offer`); it is accepted while a decode of the same
+    version runs and fewer than ``capacity`` wait, else it goes the usual way (the micro-batcher's queue,
+    which the decode's close makes certain is served next). The forward thread opens the queue before a
+    decode, takes from it between steps and closes it before returning, so no accepted request is left
+    behind.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._open_for: object | None = None
+        self._waiting: list[Generation] = []
+        self.taken: list[Generation] = []  # what the current decode took (what fails with it)
+
+    def open(self, version: object) -> None:
+        with self._lock:
+            self._open_for = version
+            self.taken = []
+
+    @property
+    def is_open(self) -> bool:
+        """A decode runs and takes in newcomers."""
+        with self._lock:
+            return self._open_for is not None
+
+    def offer(self, version: object, request: Generation) -> bool:
+        with self._lock:
+            if self._open_for is None or self._open_for is not version or len(self._waiting) >= self.capacity:
+                return False
+            self._waiting.append(request)
+            return True
+
+    def take(self, room: int) -> list[Generation]:
+        with self._lock:
+            taken, self._waiting = self._waiting[: max(room, 0)], self._waiting[max(room, 0) :]
+            self.taken += taken
+            return taken
+
+    def close(self) -> list[Generation]:
+        with self._lock:
+            self._open_for = None
+            taken, self._waiting = self._waiting, []
+            self.taken += taken
+            return taken
+
+
 class _Row:
     def __init__(self, request: Generation, ids: list[int], max_new: int) -> None:
         self.request = request
@@ -67,24 +137,95 @@ class _Row:
         self.max_new = max_new
         self.tokens: list[int] = []
         self.sent = ""  # text already streamed
+        self.started = time.perf_counter()
         self.first_token_s: float | None = None
+
+
+@dataclass
+class _Batch:
+    """The rows decoding together: their KV cache and per-row state, row ``r`` of each tensor being
+    ``live[r]``. Prompts are left-padded, so every row's next token lands in the same cache column."""
+
+    live: list[int]
+    cache: object
+    mask: torch.Tensor
+    positions: torch.Tensor  # each row's last position, [rows, 1]
+    temps: torch.Tensor
+    top_ps: torch.Tensor
+    logits: torch.Tensor  # each row's next-token logits
+
+    def select(self, keep: list[int]) -> None:
+        index = torch.tensor(keep, device=self.mask.device)
+        self.cache.batch_select_indices(index)  # type: ignore[attr-defined]
+        self.mask, self.positions = self.mask[index], self.positions[index]
+        self.temps, self.top_ps = self.temps[index], self.top_ps[index]
+        self.live = [self.live[r] for r in keep]
+
+    def merge(self, other: "_Batch") -> None:
+        """Append ``other``'s rows (a prefill of newly joined prompts): both caches left-padded with
+        masked columns to the longer one, then stacked."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):  # type: ignore[attr-defined]
+            mine.keys = torch.cat([_left_pad(mine.keys, width, -2), _left_pad(theirs.keys, width, -2)])
+            mine.values = torch.cat([_left_pad(mine.values, width, -2), _left_pad(theirs.values, width, -2)])
+        self.mask = torch.cat([_left_pad(self.mask, width, -1), _left_pad(other.mask, width, -1)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.temps, self.top_ps = torch.cat([self.temps, other.temps]), torch.cat([self.top_ps, other.top_ps])
+        self.logits = torch.cat([self.logits, other.logits])
+        self.live = self.live + other.live
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _joinable(cache) -> bool:
+    """Rows can join only a cache of plain growing layers (not a sliding window or a static cache)."""
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
 
 
 @torch.inference_mode()
 def generate(
-    host: AdapterHost, version: GenerativeLM, requests: list[Generation], max_prompt_tokens: int = 1024
+    host: AdapterHost,
+    version: GenerativeLM,
+    requests: list[Generation],
+    max_prompt_tokens: int = 1024,
+    joiner: Joiner | None = None,
+    max_batch: int = 8,
+    join_window_s: float = 5.0,
 ) -> list[Generated]:
-    """Answer every request of the batch with ``version``; results in request order."""
+    """Answer every request of the batch with ``version``; results in request order.
+
+    With a ``joiner``, requests that arrive meanwhile join the decode between two steps, while fewer than
+    ``max_batch`` rows decode, for ``join_window_s`` from its start (so that a version swap, a canary's
+    batch or a load on the forward thread waits a bounded time under steady traffic); their answers
+    reach them through ``on_done`` only.
+    """
     started = time.perf_counter()
     host.activate(version)
-    tok, net = host.tokenizer, host.network
+    tok = host.tokenizer
     limit = getattr(host.model.config, "max_position_embeddings", None) or 1 << 30
-    rows = []
-    for req in requests:
-        ids = prompt_ids(tok, req.messages, min(max_prompt_tokens, max(limit - 1, 1)))
-        rows.append(_Row(req, ids, max(0, min(req.max_new_tokens, limit - len(ids)))))
-    results: list[Generated | None] = [None] * len(rows)
-    live = list(range(len(rows)))  # row indices still decoding, in batch order
+    rows: list[_Row] = []
+    results: list[Generated | None] = []
+
+    def add(new: list[Generation]) -> list[int]:
+        """New rows; those with nothing to decode are answered at once; the indices of the others."""
+        first = len(rows)
+        for req in new:
+            ids = prompt_ids(tok, req.messages, min(max_prompt_tokens, max(limit - 1, 1)))
+            rows.append(_Row(req, ids, max(0, min(req.max_new_tokens, limit - len(ids)))))
+            results.append(None)
+        for i in range(first, len(rows)):
+            if rows[i].max_new == 0 or rows[i].request.cancelled():
+                finish(i, "cancelled" if rows[i].request.cancelled() else "length")
+        return [i for i in range(first, len(rows)) if results[i] is None]
 
     def finish(i: int, reason: FinishReason) -> None:
         row = rows[i]
@@ -95,41 +236,47 @@ def generate(
         if row.request.on_done:
             row.request.on_done(results[i])
 
-    for i in [i for i in live if rows[i].max_new == 0 or rows[i].request.cancelled()]:
-        finish(i, "cancelled" if rows[i].request.cancelled() else "length")
-    live = [i for i in live if results[i] is None]
-    if not live:
-        return results  # type: ignore[return-value]
+    live = add(requests)
+    closed = joiner is None
+    waiting: list[Generation] = []  # accepted before the joiner closed, not yet admitted
 
-    device = host.device
-    width = max(len(rows[i].prompt) for i in live)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    input_ids = torch.full((len(live), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(live), width), dtype=torch.long)
-    for r, i in enumerate(live):
-        ids = rows[i].prompt
-        input_ids[r, width - len(ids) :] = torch.tensor(ids)
-        mask[r, width - len(ids) :] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    from transformers import DynamicCache
+    def joining(room: int) -> list[Generation]:
+        nonlocal closed, waiting
+        if not closed and time.perf_counter() - started > join_window_s:
+            closed = True
+            waiting += joiner.close()  # type: ignore[union-attr]
+        if not closed:
+            waiting += joiner.take(room - len(waiting))  # type: ignore[union-attr]
+        taken, waiting = waiting[:room], waiting[room:]
+        return taken
 
-    cache = DynamicCache(config=host.model.config)
-    out = net(
-        input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **{host.cache_arg: cache}
-    )
-    logits = out.logits[:, -1, :].float()
-    positions = positions[:, -1:]
-    temps = torch.tensor([rows[i].request.temperature for i in live], device=device)
-    top_ps = torch.tensor([rows[i].request.top_p for i in live], device=device)
+    batch = _prefill(host, rows, live) if live else None
+    can_join = batch is not None and _joinable(batch.cache)
     while True:
-        chosen = _sample(logits, temps, top_ps).tolist()
-        now = time.perf_counter() - started
+        if batch is None or not batch.live:  # the decode ended: serve who is still waiting, then return
+            if not closed:
+                closed = True
+                waiting += joiner.close()  # type: ignore[union-attr]
+            new = add(waiting[:max_batch])
+            waiting = waiting[max_batch:]
+            if new:
+                batch = _prefill(host, rows, new)
+                can_join = _joinable(batch.cache)
+                continue
+            if waiting:
+                continue  # all of them already answered (nothing to decode): the next ones
+            break
+        if joiner is not None and can_join and len(batch.live) < max_batch:
+            new = add(joining(max_batch - len(batch.live)))
+            if new:
+                batch.merge(_prefill(host, rows, new))
+        chosen = _sample(batch.logits, batch.temps, batch.top_ps).tolist()
+        now = time.perf_counter()
         keep: list[int] = []
-        for r, i in enumerate(live):
+        for r, i in enumerate(batch.live):
             row, token = rows[i], chosen[r]
             if row.first_token_s is None:
-                row.first_token_s = now
+                row.first_token_s = now - row.started
             if token in host.eos_ids:
                 finish(i, "stop")
                 continue
@@ -146,20 +293,49 @@ def generate(
             else:
                 keep.append(r)
         if not keep:
-            break
-        step = torch.tensor([[chosen[r]] for r in keep], device=device)
-        if len(keep) < len(live):  # finished rows leave the batch, their cache rows too
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            mask, positions, temps, top_ps = mask[index], positions[index], temps[index], top_ps[index]
-            live = [live[r] for r in keep]
-        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=-1)
-        positions = positions + 1
-        out = net(
-            input_ids=step, attention_mask=mask, position_ids=positions, use_cache=True, **{host.cache_arg: cache}
-        )
-        logits = out.logits[:, -1, :].float()
-    return results  # type: ignore[return-value]
+            batch.live = []
+            continue
+        step = torch.tensor([[chosen[r]] for r in keep], device=host.device)
+        if len(keep) < len(batch.live):  # finished rows leave the batch, their cache rows too
+            batch.select(keep)
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.live), 1))], dim=-1)
+        batch.positions = batch.positions + 1
+        out = host.network(
+            input_ids=step, attention_mask=batch.mask, position_ids=batch.positions, use_cache=True,
+            **{host.cache_arg: batch.cache},
+        )  # fmt: skip
+        batch.logits = out.logits[:, -1, :].float()
+    return results[: len(requests)]  # type: ignore[return-value]
+
+
+def _prefill(host: AdapterHost, rows: list[_Row], live: list[int]) -> _Batch:
+    """One forward over the rows' left-padded prompts: their cache and first next-token logits."""
+    from transformers import DynamicCache
+
+    device, tok = host.device, host.tokenizer
+    width = max(len(rows[i].prompt) for i in live)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    input_ids = torch.full((len(live), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(live), width), dtype=torch.long)
+    for r, i in enumerate(live):
+        ids = rows[i].prompt
+        input_ids[r, width - len(ids) :] = torch.tensor(ids)
+        mask[r, width - len(ids) :] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=host.model.config)
+    out = host.network(
+        input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **{host.cache_arg: cache}
+    )
+    return _Batch(
+        live=list(live),
+        cache=cache,
+        mask=mask,
+        positions=positions[:, -1:],
+        temps=torch.tensor([rows[i].request.temperature for i in live], device=device),
+        top_ps=torch.tensor([rows[i].request.top_p for i in live], device=device),
+        logits=out.logits[:, -1, :].float(),
+    )
 
 
 def _sample(logits: torch.Tensor, temps: torch.Tensor, top_ps: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from online import generation_samples
 from online.feedback.pii import mask_pii
 from online.feedback.prediction_log import PredictionLog, PredictionRecord
 from online.generative import AdapterHost, GenerativeLM
-from online.generator import Generated, Generation, generate
+from online.generator import Generated, Generation, JoinQueue, generate
 from online.lifecycle.registry import ModelRegistry
 from online.model import resolve_device
 from online.monitoring.replicas import Heartbeat, Replicas
@@ -133,6 +133,9 @@ class GenerationMetrics:
         r = metrics.registry
         self.requests = Counter("online_generations", "Generations answered", ["version"], registry=r)
         self.tokens = Counter("online_generated_tokens", "Tokens generated", ["version"], registry=r)
+        self.joined = Counter(
+            "online_generate_joined", "Generations that joined a running decode (continuous batching)", registry=r
+        )
         self.first_token = Histogram(
             "online_generate_first_token_seconds",
             "From a generation's arrival to its first token",
@@ -169,6 +172,7 @@ class GenerationService:
         self.window = None  # no drift window for generations yet
         self.memory = None
         self.writer = SideEffectWriter([], self.redis_health, metrics)
+        self.joining = JoinQueue(s.generate_max_batch)  # continuous batching: arrivals join a running decode
         self.batcher: MicroBatcher[ServedVersion, Generated] = MicroBatcher(
             self._run, max_batch=s.generate_max_batch, max_wait_ms=s.max_wait_ms, on_batch=self._observe_batch
         )
@@ -227,7 +231,21 @@ class GenerationService:
 
     # --- generating ---------------------------------------------------------------------------
     def _run(self, served: ServedVersion, requests: list[Generation]) -> list[Generated]:
-        return generate(served.host, served.model, requests, self.settings.generate_max_prompt_tokens)
+        """A micro-batch decoded on the forward thread; requests of the same version that arrive meanwhile
+        join it. If the decode fails, every request that joined it (or waits to) fails with it."""
+        s = self.settings
+        self.joining.open(served)
+        try:
+            return generate(
+                served.host, served.model, requests, s.generate_max_prompt_tokens, joiner=self.joining,
+                max_batch=s.generate_max_batch, join_window_s=s.generate_join_window_s,
+            )  # fmt: skip
+        except BaseException as exc:
+            self.joining.close()  # what still waited joins ``taken``
+            for request in self.joining.taken:
+                if request.on_failed:
+                    request.on_failed(exc)
+            raise
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -293,11 +311,15 @@ class GenerationService:
             top_p,
             on_delta=(lambda d: put(d)) if deltas else None,
             on_done=lambda g: put(g),
+            on_failed=lambda exc: put(exc),
             cancelled=gone.is_set,
         )
-        batch = asyncio.ensure_future(self.batcher.submit(served, [request]))
-        batch.add_done_callback(_retrieved)  # a client gone before its batch failed leaves nothing unread
-        batch.add_done_callback(lambda f: put(f))  # a failed batch (its exception) ends the wait too
+        if self.joining.offer(served, request):
+            self.gen_metrics.joined.inc()
+        else:  # no decode of this version runs, or it is full: a batch of its own
+            batch = asyncio.ensure_future(self.batcher.submit(served, [request]))
+            batch.add_done_callback(_retrieved)  # a client gone before its batch failed leaves nothing unread
+            batch.add_done_callback(lambda f: put(f))  # a failed batch (its exception) ends the wait too
         try:
             while True:
                 item = await queue.get()
@@ -307,6 +329,8 @@ class GenerationService:
                         self.gen_metrics.first_token.observe(time.perf_counter() - arrived)
                     yield item
                     continue
+                if isinstance(item, BaseException):
+                    raise item  # the decode it joined failed
                 generated = item.result()[0] if isinstance(item, asyncio.Future) else item
                 break
         finally:

@@ -146,6 +146,47 @@ def test_concurrent_requests_share_batches_and_each_gets_its_own_answer(client):
     assert "online_generated_tokens_total" in batches
 
 
+def test_requests_arriving_during_a_long_generation_join_it(gen_settings, tmp_path):
+    """Continuous batching through the API: short requests sent while a long generation decodes join
+    its decode (the joined counter), are answered exactly as alone, and before the long one ends."""
+    from tests.generate.tiny import build_tiny_causal_lm
+
+    budget = 3000  # a few seconds of decoding on a tiny model with room for that many positions
+    long_lm = build_tiny_causal_lm(tmp_path / "long", max_positions=8192)
+    update = {"generate_max_new_tokens": budget, "generate_base_model": long_lm, "generate_join_window_s": 60.0}
+    with generating_app(gen_settings.model_copy(update=update)) as client:
+        _joins_a_running_decode(client, budget)
+
+
+def _joins_a_running_decode(client, budget: int) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    long = {"prompt": "Tell me a long story", "max_new_tokens": budget}
+    alone_long = client.post("/v1/generate", json=long).json()
+    assert alone_long["completion_tokens"] == budget, "the long prompt decodes its whole budget"
+    short = ["What is the capital of France?", "weather?", "Tell me about refunds and orders, please"]
+    alone = [client.post("/v1/generate", json={"prompt": p, "max_new_tokens": 6}).json()["text"] for p in short]
+    service = client.app.state.service
+
+    def joined() -> float:
+        line = next(x for x in client.get("/metrics").text.splitlines() if x.startswith("online_generate_joined_total"))
+        return float(line.split()[-1])
+
+    before = joined()
+    finished = threading.Event()
+    with ThreadPoolExecutor(4) as pool:
+        running = pool.submit(lambda: (client.post("/v1/generate", json=long).json(), finished.set())[0])
+        wait_for(lambda: service.joining.is_open or running.done(), timeout=30, what="the long decode running")
+        answers = list(
+            pool.map(lambda p: client.post("/v1/generate", json={"prompt": p, "max_new_tokens": 6}).json(), short)
+        )
+        ended_first = finished.is_set()
+        assert running.result()["text"] == alone_long["text"], "rows joining change nothing for the running one"
+    assert [a["text"] for a in answers] == alone and not ended_first
+    assert joined() - before == len(short)
+
+
 def test_not_ready_before_a_version_is_loaded(gen_settings):
     from fastapi.testclient import TestClient
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from online.generative import AdapterHost, GenerativeLM
-from online.generator import Generation, generate
+from online.generator import Generated, Generation, JoinQueue, generate
 from online.versioned import load_model
 from tests.generate.helpers import random_adapter
 
@@ -59,6 +59,55 @@ def test_rows_end_on_their_own_and_are_handed_back_at_once(host, tiny_lm):
     assert out[1].finish_reason == "cancelled" and 1 <= out[1].completion_tokens <= 3
     assert done[:2] == ["a", "b"], "the short rows were answered before the long one ended"
     assert "".join(streamed) == out[1].text
+
+
+def test_requests_arriving_mid_decode_join_it_and_answer_what_they_answer_alone(host, tiny_lm):
+    """Continuous batching: two requests offered while a long row decodes (one a step in, one later, a
+    different prompt length each) join between steps, are answered before the long row ends, and decode
+    exactly what they decode alone; a request of another version is refused by the queue."""
+    base, other = GenerativeLM(tiny_lm), random_adapter(tiny_lm, seed=11)
+    prompts = ["hi", "Tell me about refunds and orders in detail please", "What is the capital of France?"]
+    alone = [generate(host, base, [Generation(chat(p), n)])[0] for p, n in zip(prompts, (40, 6, 9))]
+    queue = JoinQueue(capacity=4)
+    order: list[str] = []
+    late: dict[str, Generated] = {}
+    tokens = {"n": 0}
+
+    def arrivals(_delta: str) -> None:  # the long row's stream: new clients arrive as it decodes
+        tokens["n"] += 1
+        for at, name, prompt, n in ((1, "b", prompts[1], 6), (4, "c", prompts[2], 9)):
+            if tokens["n"] == at:
+                done = lambda g, name=name: (order.append(name), late.__setitem__(name, g))  # noqa: E731
+                assert queue.offer(base, Generation(chat(prompt), n, on_done=done))
+        assert not queue.offer(other, Generation(chat("x"), 2)), "another version waits for a batch of its own"
+
+    queue.open(base)
+    long = Generation(chat(prompts[0]), 40, on_delta=arrivals, on_done=lambda g: order.append("a"))
+    out = generate(host, base, [long], joiner=queue, max_batch=4, join_window_s=60)
+    assert out[0].token_ids == alone[0].token_ids, "rows joining change nothing for the running one"
+    assert late["b"].token_ids == alone[1].token_ids and late["c"].token_ids == alone[2].token_ids
+    assert order[-1] == "a" and set(order[:2]) == {"b", "c"}, "the joiners were answered while it decoded"
+    assert len(queue.taken) == 2 and not queue.offer(base, Generation(chat("y"), 2)), "closed when it returned"
+
+
+def test_past_the_join_window_arrivals_wait_and_are_still_answered(host, tiny_lm):
+    base = GenerativeLM(tiny_lm)
+    queue = JoinQueue(capacity=4)
+    answered: list[Generated] = []
+    offered = {"n": 0}
+
+    def arrive(_delta: str) -> None:
+        if offered["n"] < 2 and queue.offer(base, Generation(chat("hello there"), 5, on_done=answered.append)):
+            offered["n"] += 1
+
+    queue.open(base)
+    out = generate(host, base, [Generation(chat("hi"), 12, on_delta=arrive)], joiner=queue, join_window_s=0)
+    assert out[0].completion_tokens > 0 and offered["n"] == 0, "a window of 0 closes the queue at once"
+    queue.open(base)
+    waited: list[Generated] = []
+    assert queue.offer(base, Generation(chat("hello there"), 5, on_done=waited.append))
+    out = generate(host, base, [], joiner=queue, join_window_s=0)
+    assert out == [] and len(waited) == 1 and waited[0].completion_tokens > 0, "accepted means answered"
 
 
 def test_sampling_follows_temperature_per_row(host, tiny_lm):

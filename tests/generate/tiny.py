@@ -19,7 +19,7 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_causal_lm(path: Path, seed: int = 0, hidden_size: int = 32) -> str:
+def build_tiny_causal_lm(path: Path, seed: int = 0, hidden_size: int = 32, max_positions: int = 512) -> str:
     """Write a 2-layer, ``hidden_size``-wide random Llama and a byte-level BPE tokenizer with a ChatML template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -38,7 +38,7 @@ def build_tiny_causal_lm(path: Path, seed: int = 0, hidden_size: int = 32) -> st
     tokenizer.chat_template = CHATML
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True, initializer_range=0.3,
     )  # fmt: skip
