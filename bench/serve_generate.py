@@ -185,44 +185,35 @@ def run_bench_serve_generate(
             for c in levels:
                 half = max(c, (requests // 2) // c * c)
                 raw = raw_cell(host, model, texts, half, c, max_new, max_prompt)
-                batches0 = _batch_counts(url)
+                joined = _joined(url)
                 api = api_cell(url, texts, requests, c, max_new)
-                batches1 = _batch_counts(url)
+                joined = _joined(url) - joined
                 raw = raw.add(raw_cell(host, model, texts, half, c, max_new, max_prompt, offset=half))
-                mean_batch = _mean_between(batches0, batches1)
-                for server, cell, eng, batch in (("api", api, engine, mean_batch), ("raw", raw, engine, float(c))):
+                for server, cell, eng, join in (("api", api, engine, joined), ("raw", raw, engine, None)):
                     console.row(
                         table="load", server=server, engine=eng, concurrency=c, requests=cell.requests,
                         tokens=cell.tokens, tokens_per_s=cell.tokens_per_s,
                         ttft_p50_ms=1e3 * _pct(cell.first_token, 0.5), ttft_p99_ms=1e3 * _pct(cell.first_token, 0.99),
-                        latency_p50_ms=1e3 * _pct(cell.latencies, 0.5), errors=cell.errors, mean_batch=batch,
+                        latency_p50_ms=1e3 * _pct(cell.latencies, 0.5), errors=cell.errors, joined=join,
                         client_cpu=None if cell.client_cpu is None else cell.client_cpu / (cell.seconds * (os.cpu_count() or 1)),
                         server_cpu=None if cell.server_cpu is None else cell.server_cpu / (cell.seconds * (os.cpu_count() or 1)),
                     )  # fmt: skip
     _report(console, max_new)
 
 
-def _batch_counts(url: str) -> tuple[float, float]:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    total = count = 0.0
-    for line in text.splitlines():
-        if line.startswith("online_batch_size_sum "):
-            total = float(line.split()[-1])
-        elif line.startswith("online_batch_size_count "):
-            count = float(line.split()[-1])
-    return total, count
-
-
-def _mean_between(before: tuple[float, float], after: tuple[float, float]) -> float | None:
-    count = after[1] - before[1]
-    return (after[0] - before[0]) / count if count else None
+def _joined(url: str) -> int:
+    """Generations that joined a running decode so far (the API's metric)."""
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("online_generate_joined_total "):
+            return int(float(line.split()[-1]))
+    return 0
 
 
 def _report(console: BenchConsole, max_new: int) -> None:
     rows = [r for r in console.rows if r["table"] == "load"]
     table = Table(title=f"online bench serve --task generate: greedy, {max_new} new tokens at most")
     for col in ("server", "engine", "conc.", "requests", "tokens/s", "TTFT p50 ms", "TTFT p99 ms", "request p50 ms",
-                "errors", "mean batch", "client CPU", "server CPU"):  # fmt: skip
+                "errors", "joined", "client CPU", "server CPU"):  # fmt: skip
         table.add_column(col, justify="left" if col in ("server", "engine") else "right")
 
     def share(x: float | None) -> str:
@@ -232,7 +223,7 @@ def _report(console: BenchConsole, max_new: int) -> None:
         table.add_row(
             r["server"], r["engine"], str(r["concurrency"]), str(r["requests"]), f"{r['tokens_per_s']:.1f}",
             f"{r['ttft_p50_ms']:.0f}", f"{r['ttft_p99_ms']:.0f}", f"{r['latency_p50_ms']:.0f}", str(r["errors"]),
-            "" if r["mean_batch"] is None else f"{r['mean_batch']:.1f}", share(r["client_cpu"]), share(r["server_cpu"]),
+            "" if r["joined"] is None else str(r["joined"]), share(r["client_cpu"]), share(r["server_cpu"]),
         )  # fmt: skip
     console.print(table)
     for c in sorted({r["concurrency"] for r in rows}):
@@ -243,4 +234,7 @@ def _report(console: BenchConsole, max_new: int) -> None:
             f" raw {raw['tokens_per_s']:.1f} (goal >= 0.9x); TTFT p50 API {api['ttft_p50_ms']:.0f} ms vs raw"
             f" {raw['ttft_p50_ms']:.0f} ms; {api['errors']} errors"
         )
-    console.print("TTFT: raw from its batch's start; API from sending the request to the first chunk with text")
+    console.print(
+        "TTFT: raw from its batch's start; API from sending the request to the first chunk with text. joined: API"
+        " requests that joined a running decode (continuous batching); raw decodes static batches of c prompts"
+    )

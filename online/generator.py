@@ -200,13 +200,17 @@ def generate(
     joiner: Joiner | None = None,
     max_batch: int = 8,
     join_window_s: float = 5.0,
+    after_step: Callable[[], None] | None = None,
+    others_waiting: Callable[[], bool] = lambda: True,
 ) -> list[Generated]:
     """Answer every request of the batch with ``version``; results in request order.
 
     With a ``joiner``, requests that arrive meanwhile join the decode between two steps, while fewer than
-    ``max_batch`` rows decode, for ``join_window_s`` from its start (so that a version swap, a canary's
-    batch or a load on the forward thread waits a bounded time under steady traffic); their answers
-    reach them through ``on_done`` only.
+    ``max_batch`` rows decode; once ``join_window_s`` has passed, it stops taking them as soon as
+    ``others_waiting()`` says other work waits for the forward thread (a version swap, a canary's batch),
+    which so waits a bounded time under steady traffic. Joined requests' answers reach them through
+    ``on_done`` only. ``after_step`` runs once after each step's callbacks (the
+    serving side hands that step's text to its event loop there, once, instead of once per row).
     """
     started = time.perf_counter()
     host.activate(version)
@@ -242,7 +246,7 @@ def generate(
 
     def joining(room: int) -> list[Generation]:
         nonlocal closed, waiting
-        if not closed and time.perf_counter() - started > join_window_s:
+        if not closed and time.perf_counter() - started > join_window_s and others_waiting():
             closed = True
             waiting += joiner.close()  # type: ignore[union-attr]
         if not closed:
@@ -292,6 +296,8 @@ def generate(
                 finish(i, "cancelled")
             else:
                 keep.append(r)
+        if after_step is not None:
+            after_step()
         if not keep:
             batch.live = []
             continue

@@ -258,7 +258,8 @@ class Settings(BaseSettings):
     generate_max_batch: int = Field(8, ge=1, description="Most prompts decoded together in one micro-batch.")
     generate_join_window_s: float = Field(
         5.0, ge=0, description="For how long a running decode takes in newly arrived requests between its steps "
-        "(continuous batching; 0: never). Bounds how long a version swap or another version's batch waits under steady traffic."
+        "(continuous batching), after which it stops as soon as other work waits for the forward thread: bounds how long a "
+        "version swap or another version's batch waits under steady traffic."
     )
     generate_max_prompt_tokens: int = Field(
         1024, ge=16, description="Prompt tokens kept (the oldest are dropped beyond), never past the model's limit."

@@ -61,6 +61,12 @@ class MicroBatcher(Generic[M, R]):
         self._task: asyncio.Task | None = None
         self._carry: deque[_Item[M]] = deque()  # taken from the queue, waiting for a batch of their model
         self._last_requests = 0  # requests in the last batch: was anyone else around?
+        self._calls = 0  # calls waiting for (or on) the forward thread
+
+    def waiting(self) -> int:
+        """Requests and calls waiting for the forward thread (read from any thread: a hint, not a count
+        to rely on)."""
+        return self._queue.qsize() + len(self._carry) + self._calls
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -71,7 +77,11 @@ class MicroBatcher(Generic[M, R]):
 
     async def call(self, fn: Callable[[], R]) -> R:
         """Run ``fn`` on the forward thread, between batches: the one thread that runs torch here."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+        self._calls += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+        finally:
+            self._calls -= 1
 
     async def submit(self, model: M, texts: list[str]) -> list[R]:
         waiting = self._queue.qsize() + len(self._carry)

@@ -90,7 +90,7 @@ def test_requests_arriving_mid_decode_join_it_and_answer_what_they_answer_alone(
     assert len(queue.taken) == 2 and not queue.offer(base, Generation(chat("y"), 2)), "closed when it returned"
 
 
-def test_past_the_join_window_arrivals_wait_and_are_still_answered(host, tiny_lm):
+def test_past_the_join_window_arrivals_wait_for_others_and_are_still_answered(host, tiny_lm):
     base = GenerativeLM(tiny_lm)
     queue = JoinQueue(capacity=4)
     answered: list[Generated] = []
@@ -102,7 +102,11 @@ def test_past_the_join_window_arrivals_wait_and_are_still_answered(host, tiny_lm
 
     queue.open(base)
     out = generate(host, base, [Generation(chat("hi"), 12, on_delta=arrive)], joiner=queue, join_window_s=0)
-    assert out[0].completion_tokens > 0 and offered["n"] == 0, "a window of 0 closes the queue at once"
+    assert out[0].completion_tokens > 0 and offered["n"] == 0, "past the window, others waiting: closed at once"
+    queue.open(base)
+    generate(host, base, [Generation(chat("hi"), 12, on_delta=arrive)], joiner=queue, join_window_s=0,
+             others_waiting=lambda: False)  # fmt: skip
+    assert offered["n"] == 2 and len(answered) == 2, "nobody else waits for the forward thread: joins go on"
     queue.open(base)
     waited: list[Generated] = []
     assert queue.offer(base, Generation(chat("hello there"), 5, on_done=waited.append))
