@@ -250,6 +250,10 @@ class GenerationService:
     def memory_stats(self) -> None:
         return None
 
+    async def memory_state(self, sid: str) -> tuple[str, str] | None:
+        """No correction memory for generations yet: a correction waits for a round."""
+        return None
+
     # --- versions -----------------------------------------------------------------------------
     async def _build(self, version: int) -> ServedVersion:
         """Load the version's adapter beside the live one on the forward thread (the base model only

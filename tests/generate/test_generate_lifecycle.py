@@ -91,6 +91,11 @@ def test_corrections_and_thumbs_on_generations_reach_the_buffer(gen_kafka_settin
         wait_for(
             lambda: consumer.consumer.metrics.records._value.get() >= len(events) + 1, what="every record consumed"
         )
+        status = client.get("/v1/feedback/c1")
+        assert status.status_code == 200, status.text
+        assert status.json()["state"] == "stored" and "round" in status.json()["detail"], status.json()
+        dead = client.get("/v1/feedback/d2").json()
+        assert dead["state"] == "dead_lettered" and "correction" in dead["detail"], dead
 
     buffer = buffer_of(s)
     samples = {smp.source: smp for smp in buffer.samples()}
