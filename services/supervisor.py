@@ -53,12 +53,14 @@ class EmbeddedStack:
 
     settings: Settings
     servers: list[Server]
+    lock: object | None = None  # the state dir's lock file, held open (and locked) while the stack runs
 
     @classmethod
     def start(cls, settings: Settings) -> "EmbeddedStack":
         servers: list[Server] = []
         updates: dict[str, str] = {}
         state = settings.state_dir.resolve()
+        lock = _lock_state_dir(state)
         try:
             if not settings.kafka_bootstrap:
                 tansu = start_tansu(state / "tansu")
@@ -76,8 +78,9 @@ class EmbeddedStack:
         except BaseException:
             for s in reversed(servers):
                 s.stop()
+            lock.close()
             raise
-        stack = cls(settings, servers)
+        stack = cls(settings, servers, lock)
         stack.write_stack_file()
         return stack
 
@@ -111,6 +114,7 @@ class EmbeddedStack:
             "pid": os.getpid(),
             "kafka_bootstrap": self.settings.kafka_bootstrap,
             "redis_url": self.settings.redis_url,
+            "task": self.settings.task,
             "servers": {s.name: s.pid for s in self.servers},
             "processes": {u.name: {"pid": u.proc.pid, "restarts": u.restarts} for u in units or [] if u.proc},
         }
@@ -123,24 +127,53 @@ class EmbeddedStack:
         for server in reversed(self.servers):
             server.stop()
         (self.settings.state_dir / STACK_FILE).unlink(missing_ok=True)
+        if self.lock is not None:
+            self.lock.close()  # type: ignore[attr-defined]  # the lock goes with the file
+
+
+LOCK_FILE = "stack.lock"
+
+
+def _lock_state_dir(state: Path):
+    """Hold the state dir for this stack: two stacks on one dir would run two Redis servers on one AOF
+    (and each would delete the other's stack file). The lock dies with the process, however it ends."""
+    import fcntl
+
+    state.mkdir(parents=True, exist_ok=True)
+    handle = open(state / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise SystemExit(
+            f"another `online up` or `online stack` (pid {holder}) runs on {state}: stop it first (it may still "
+            "be stopping), or set ONLINE_STATE_DIR to another folder"
+        ) from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def running_stack(settings: Settings) -> Settings:
-    """Fill unset server addresses from a running `online up`/`online stack` in the same state dir."""
-    if settings.kafka_bootstrap and (settings.redis_url or settings.redis_sentinels):
-        return settings
+    """Fill unset server addresses, and the task unless ``ONLINE_TASK`` says it, from a running
+    `online up`/`online stack` in the same state dir (so `online train --now` next to `online up --task
+    generate` runs a generative round)."""
     path = settings.state_dir / STACK_FILE
     try:
         info = json.loads(path.read_text())
         os.kill(int(info["pid"]), 0)
     except (OSError, ValueError, KeyError):
         return settings
-    return settings.model_copy(
-        update={
-            "kafka_bootstrap": settings.kafka_bootstrap or info.get("kafka_bootstrap"),
-            "redis_url": settings.redis_url or info.get("redis_url"),
-        }
-    )
+    update = {
+        "kafka_bootstrap": settings.kafka_bootstrap or info.get("kafka_bootstrap"),
+        "redis_url": settings.redis_url or (None if settings.redis_sentinels else info.get("redis_url")),
+    }
+    if "task" not in settings.model_fields_set and info.get("task"):
+        update["task"] = info["task"]
+    return settings.model_copy(update=update)
 
 
 class _Stop(Exception):

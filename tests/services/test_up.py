@@ -123,3 +123,45 @@ def test_supervisor_restarts_with_backoff_then_gives_up_on_a_part_that_keeps_dyi
         assert steady.restarts == 0 and steady.proc.poll() is None  # the healthy part was left alone
     finally:
         sup.stop_processes(supervisor.processes())
+
+
+def test_commands_next_to_online_up_take_its_servers_and_task(tmp_path, monkeypatch):
+    """`online train --now` beside `online up --task generate` runs a generative round: the stack file
+    gives the task unless ONLINE_TASK says otherwise, and the servers unless they are configured."""
+    from online.settings import Settings
+    from services.supervisor import STACK_FILE, running_stack
+
+    state = tmp_path / "state"
+    state.mkdir()
+    info = {"pid": os.getpid(), "kafka_bootstrap": "127.0.0.1:9", "redis_url": "redis://127.0.0.1:7/0", "task": "generate"}
+    (state / STACK_FILE).write_text(json.dumps(info))
+    for name in ("ONLINE_TASK", "ONLINE_KAFKA_BOOTSTRAP", "ONLINE_REDIS_URL", "ONLINE_REDIS_SENTINELS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ONLINE_STATE_DIR", str(state))
+    found = running_stack(Settings())
+    assert (found.task, found.kafka_bootstrap, found.redis_url) == ("generate", "127.0.0.1:9", "redis://127.0.0.1:7/0")
+    monkeypatch.setenv("ONLINE_TASK", "classify")
+    monkeypatch.setenv("ONLINE_REDIS_URL", "redis://10.0.0.1:6379/0")
+    mine = running_stack(Settings())
+    assert (mine.task, mine.redis_url) == ("classify", "redis://10.0.0.1:6379/0"), "what the user set wins"
+    (state / STACK_FILE).write_text(json.dumps({**info, "pid": 2**22 + 7}))  # its `online up` is gone
+    assert running_stack(Settings()).kafka_bootstrap is None
+
+
+def test_a_second_stack_on_the_same_state_dir_is_refused(tmp_path):
+    """Two stacks on one state dir would run two Redis servers on one AOF: the second `online up`
+    exits at once, naming the first; once the first is gone the dir is free again."""
+    from services.supervisor import _lock_state_dir
+
+    state = tmp_path / "state"
+    held = _lock_state_dir(state)
+    env = {**os.environ, "ONLINE_STATE_DIR": str(state), "ONLINE_API_PORT": str(free_port())}
+    for name in ("ONLINE_KAFKA_BOOTSTRAP", "ONLINE_REDIS_URL", "ONLINE_REDIS_SENTINELS"):
+        env.pop(name, None)
+    second = subprocess.run(
+        [sys.executable, "-m", "services", "up"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert second.returncode != 0 and f"(pid {os.getpid()})" in second.stderr, second.stderr[-2000:]
+    assert not (state / "redis").exists() and not (state / "stack.json").exists(), "nothing of it started"
+    held.close()
+    _lock_state_dir(state).close()
