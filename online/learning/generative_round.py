@@ -80,18 +80,19 @@ class GenerativeRoundRunner:
             raise RuntimeError("nothing is live: a round needs a parent")
         parent, manifest = self.registry.load(live)
         assert isinstance(parent, GenerativeLM)
+        after = self.buffer.cursor()
         samples, upto = self.buffer.new_samples(limit=self.s.round_max_new)
         learnable = [s for s in samples if s.label in (gen.CORRECTION, gen.UP)]
         if not learnable:
             if samples:
                 fence()
                 self.buffer.advance_cursor(upto)  # thumbs down only: judgements, nothing to learn from
+                self.stores.status.round_done(after, upto, None, "idle")
             return RoundReport(status="idle", parent=live, started_at=wall)
         heldout = [s for s in learnable if s.label == gen.CORRECTION and len(learnable) >= 5 and _held_out(s)]
         new = [s for s in learnable if s not in heldout]
-        cursor = self.buffer.cursor()
         earlier = [
-            s for label in (gen.CORRECTION, gen.UP) for s in self.buffer.samples(label) if s.seq <= cursor and not _held_out(s)
+            s for label in (gen.CORRECTION, gen.UP) for s in self.buffer.samples(label) if s.seq <= after and not _held_out(s)
         ]
         host = self.host(parent.base_model)
         golden = frozen_golden(
@@ -131,11 +132,13 @@ class GenerativeRoundRunner:
             metrics={"golden_nll": evidence.golden_nll[1], "kl_to_parent": evidence.kl},
         )  # fmt: skip
         released = release(self.registry, self.s, judged, stats, reason=f"generative round on {len(new)} new samples", fence=fence)
+        status = released.outcome if released.outcome != "published" else "rejected"
         if released.outcome != "superseded":
             fence()
             self.buffer.advance_cursor(upto)
+            self.stores.status.round_done(after, upto, released.manifest.version, status)  # what feedback status reads
         return RoundReport(
-            **stats.model_dump(), status=released.outcome if released.outcome != "published" else "rejected",
+            **stats.model_dump(), status=status,
             parent=live, version=released.manifest.version, gate=report,
         )  # fmt: skip
 

@@ -31,14 +31,16 @@ def _teachable(s):
     )  # fmt: skip
 
 
-def _send_corrections(client) -> None:
+def _send_corrections(client) -> list[str]:
     first = client.post("/v1/generate", json={"prompt": TAUGHT, "max_new_tokens": 8}).json()
     events = [{"kind": "correction", "prediction_id": first["generation_id"], "answer": ANSWER, "source": "alice"}]
     events += [
         {"kind": "correction", "prompt": p, "answer": ANSWER, "source": "alice" if i % 2 else "bob"}
         for i, p in enumerate(PHRASINGS[1:])
     ]
-    assert client.post("/v1/feedback", json={"events": events}).status_code == 202
+    accepted = client.post("/v1/feedback", json={"events": events})
+    assert accepted.status_code == 202
+    return accepted.json()["event_ids"]
 
 
 def test_corrections_become_a_gated_adapter_that_hot_swaps_with_no_failed_request_and_rolls_back(gen_kafka_settings):
@@ -48,7 +50,7 @@ def test_corrections_become_a_gated_adapter_that_hot_swaps_with_no_failed_reques
     with generating_app(s) as client, ConsumerThread(s):
         before = client.post("/v1/generate", json={"prompt": TAUGHT, "max_new_tokens": 8}).json()["text"]
         assert ANSWER not in before
-        _send_corrections(client)
+        event_ids = _send_corrections(client)
         wait_for(lambda: len(buffer_of(s).samples(gen.CORRECTION)) == len(PHRASINGS), what="corrections stored")
 
         results: list[tuple[int, int | None]] = []
@@ -67,6 +69,8 @@ def test_corrections_become_a_gated_adapter_that_hot_swaps_with_no_failed_reques
             # (the random model never ends an answer on its own: no general answer is complete enough to rehearse)
             assert report.new + report.holdout == len(PHRASINGS)
             v2 = report.version
+            statuses = [client.get(f"/v1/feedback/{e}").json() for e in event_ids]
+            assert {(st["state"], st["version"]) for st in statuses} == {("trained", v2)}, statuses
             wait_for(lambda: any(v == v2 for _, v in results[-3:]), what="the adapter serving under load")
             after = client.post("/v1/generate", json={"prompt": TAUGHT, "max_new_tokens": 8}).json()
             assert after["model_version"] == v2 and after["text"] == ANSWER, after
