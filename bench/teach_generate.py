@@ -1,8 +1,8 @@
 """`online bench teach-generate`: five facts the base model does not know, taught by corrections in one
 generative round, on the real SmolLM2-135M-Instruct (or ``ONLINE_GENERATE_BASE_MODEL``).
 
-Each fact comes with 5 training phrasings (corrections from two sources, by prompt) and 3 held-out
-phrasings the round never sees. The corrections go straight into the replay buffer (this bench measures
+Each fact comes with 5 training phrasings (corrections from two sources, each of the base's answer to
+that phrasing: a preference pair as well) and 3 held-out phrasings the round never sees. The corrections go straight into the replay buffer (this bench measures
 learning; ingest through Kafka has its own bench and the end-to-end test), then the product's own round
 runs once (``GenerativeRoundRunner``: rehearsal, a LoRA adapter from the base, the generative gate, the
 release pipeline). Reported, before and after: share of held-out phrasings answered with the taught fact,
@@ -69,7 +69,10 @@ def run_bench_teach_generate(settings: Settings, console: BenchConsole) -> None:
         v1 = release_base(env, stores.registry)
         runner = GenerativeRoundRunner(stores)
         base = GenerativeLM(v1.base_model)
-        console.print(f"base {v1.base_model} on {runner.device}; teaching {len(FACTS)} facts, 5 phrasings each")
+        console.print(
+            f"base {v1.base_model} on {runner.device}; teaching {len(FACTS)} facts, 5 phrasings each; preference"
+            f" weight {env.generate_preference_weight} (ONLINE_GENERATE_PREFERENCE_WEIGHT)"
+        )
         host = runner.host(base.base_model)
         held_chats = [user(q) for _, _, _, held in FACTS for q in held]
         held_keys = [key for key, _, _, held in FACTS for _ in held]
@@ -83,10 +86,12 @@ def run_bench_teach_generate(settings: Settings, console: BenchConsole) -> None:
         console.print(f"before: measured in {time.perf_counter() - t0:.0f} s")
 
         now = time.time()
+        # each correction corrects what the base answered to its phrasing: a preference pair (DPO) too
+        asked = [(answer, q) for _, answer, train, _ in FACTS for q in train]
+        served = answers(host, base, [user(q) for _, q in asked], 40)
         items = [
-            Incoming(uuid.uuid4().hex, gen.encode(user(q), answer), gen.CORRECTION, ("alice", "bob")[i % 2], now)
-            for _, answer, train, _ in FACTS
-            for i, q in enumerate(train)
+            Incoming(uuid.uuid4().hex, gen.encode(user(q), answer, rejected=was), gen.CORRECTION, ("alice", "bob")[i % 2], now)
+            for i, ((answer, q), was) in enumerate(zip(asked, served))
         ]
         stores.buffer.add(items)
         report = runner.run()

@@ -251,20 +251,26 @@ def _generation_feedback(
     pid = pred.prediction_id if pred is not None else None
     if isinstance(ev, CorrectionEvent):
         answer = mask_pii(ev.answer)
+        right = False
         if pred is None:
             text = gen.encode([{"role": "user", "content": mask_pii(ev.prompt or "")}], answer)
         else:
             text = gen.encode(gen.decode_chat(pred.text), answer, rejected=pred.answer)
             right = normalise(ev.answer) == normalise(pred.answer or "")
             out.judgements.append(Judgement(ev.event_id, pred.version, right, ev.timestamp, pid, origin))
-        out.samples.append(
-            Incoming(ev.event_id, text, gen.CORRECTION, ev.source, ev.timestamp, origin, trusted, masked=True)
-        )
+        sample = Incoming(ev.event_id, text, gen.CORRECTION, ev.source, ev.timestamp, origin, trusted, masked=True)
+        out.samples.append(sample)
         out.stored_ids.append(ev.event_id)
+        if not right:
+            out.corrections.append(sample)  # to every generating replica's memory (online.memory.generative)
+            if pred is not None and pred.memory_sid:  # the memory's answer was corrected: it leaves
+                (out.forget if trusted else out.forget_untrusted).append(pred.memory_sid)
         return None
     assert isinstance(ev, ThumbsEvent) and pred is not None
     up = ev.vote == "up"
     out.judgements.append(Judgement(ev.event_id, pred.version, up, ev.timestamp, pid, origin, thumbs=True))
+    if not up and pred.memory_sid:  # the memory's answer was voted down: it leaves the memory
+        (out.forget if trusted else out.forget_untrusted).append(pred.memory_sid)
     text = gen.encode(gen.decode_chat(pred.text), pred.answer or "")
     label = gen.UP if up else gen.DOWN
     out.samples.append(Incoming(ev.event_id, text, label, ev.source, ev.timestamp, origin, trusted, masked=True))

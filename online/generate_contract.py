@@ -79,6 +79,10 @@ class GenerateResponse(BaseModel):
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    source: Literal["model", "memory"] = Field(
+        "model", description="memory: a correction taught through feedback answered it, before any round trained on it."
+    )
+    memory_event_id: str | None = Field(None, description="With source memory: the feedback event that taught it.")
 
 
 # --- OpenAI-compatible chat completions ----------------------------------------------------------------
@@ -167,3 +171,4 @@ class ChatCompletion(BaseModel):
     usage: Usage
     model_version: int = Field(description="The version that generated it.")
     generation_id: str = Field(description="Quote it in feedback as `prediction_id`.")
+    source: Literal["model", "memory"] = Field("model", description="memory: answered by a taught correction.")

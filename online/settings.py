@@ -273,6 +273,11 @@ class Settings(BaseSettings):
     generate_distill_weight: float = Field(
         1.0, ge=0, description="Weight of the KL to the parent on rehearsed general prompts in a generative round (0: their answers as plain targets)."
     )
+    generate_preference_weight: float = Field(
+        1.0, ge=0, description="Weight of a generative round's preference losses: DPO on corrections of served "
+        "answers (the correction preferred), KTO on answers voted down; 0: supervised only."
+    )
+    generate_dpo_beta: float = Field(0.1, gt=0, description="DPO/KTO temperature: how far from the parent a preference may pull.")
     generate_rehearsal: int = Field(
         24, ge=0, description="General prompts whose parent answers a generative round rehearses (at most the built-in 24)."
     )

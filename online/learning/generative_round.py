@@ -2,8 +2,9 @@
 adapter, judged by the generative gate and released like any version.
 
 1. New samples past the buffer's cursor: corrections (``gen:correction``: the answer it should have
-   given) and thumbs-up generations (``gen:up``: an answer confirmed good) are what it learns; a thumbs
-   down without a correction is a judgement only (live accuracy counts it; there is nothing to imitate).
+   given) and thumbs-up generations (``gen:up``: an answer confirmed good) are what it imitates; a
+   correction of a served generation is also a preference pair (DPO), and an answer voted down without a
+   correction an undesirable one (KTO): neither alone starts a round (live accuracy counts them).
    One new correction in five (when there are five or more) is held out for the gate.
 2. Rehearsal, so a taught fact does not leak into unrelated answers: every earlier accepted correction
    and confirmed answer still in the buffer, and the parent's own greedy answers to general prompts
@@ -26,6 +27,7 @@ import torch
 
 from online import generation_samples as gen
 from online.examples import Sample
+from online.feedback.buffer import normalise
 from online.generative import AdapterHost, GenerativeLM, load_base, serving_dtype
 from online.generative_eval import Chat, answer_nll, answers, complete_answers, kl_to, mean_nll, user
 from online.generative_prompts import REHEARSAL
@@ -104,6 +106,8 @@ class GenerativeRoundRunner:
             self._parent_answers = {live: complete_answers(host, parent, [user(p) for p in prompts])}
         rehearsal = [(user(p), a) for p, a in zip(prompts, self._parent_answers[live]) if a is not None]
         pairs = [_pair(s) for s in new + earlier]
+        preferences = [p for p in (_preference(s) for s in new + earlier) if p is not None]
+        undesirable = [_pair(s) for s in self.buffer.samples(gen.DOWN) if s.seq <= upto]
         distill = self.s.generate_distill_weight > 0
         if not distill:
             pairs += rehearsal  # the parent's answers as plain targets
@@ -115,9 +119,10 @@ class GenerativeRoundRunner:
             host.activate(parent)
             return host.network(input_ids=input_ids, attention_mask=mask).logits
 
+        referenced = distill or ((preferences or undesirable) and self.s.generate_preference_weight > 0)
         taught = teach(
-            parent.base_model, pairs, self.s, keep=rehearsal if distill else (), teacher=teacher if distill else None,
-            device=self.device, base=self.train_base(parent.base_model),
+            parent.base_model, pairs, self.s, keep=rehearsal if distill else (), teacher=teacher if referenced else None,
+            preferences=preferences, undesirable=undesirable, device=self.device, base=self.train_base(parent.base_model),
         )  # fmt: skip
         candidate = taught.model
         evidence = self._evidence(host, parent, candidate, golden, [_pair(s) for s in heldout], heldout)
@@ -179,3 +184,13 @@ class GenerativeRoundRunner:
 def _pair(sample: Sample) -> Pair:
     decoded = gen.decode(sample.text)
     return decoded.messages, decoded.answer
+
+
+def _preference(sample: Sample) -> tuple[Chat, str, str] | None:
+    """A correction of a served generation: the correction preferred to what was served (DPO)."""
+    if sample.label != gen.CORRECTION:
+        return None
+    decoded = gen.decode(sample.text)
+    if decoded.rejected is None or normalise(decoded.rejected) == normalise(decoded.answer):
+        return None
+    return decoded.messages, decoded.answer, decoded.rejected

@@ -2,7 +2,15 @@
 
 Supervised fine-tuning written against peft (a loop of ~30 lines; TRL's ``SFTTrainer`` would add a
 ``Trainer``, datasets and accelerate around the same loss for no gain at this size): the loss is the
-answer tokens' cross-entropy, the chat being context only. Every round trains a fresh adapter from the
+answer tokens' cross-entropy, the chat being context only. Beside it, with a reference (the parent):
+
+- DPO on preference pairs (a correction of a served generation: the correction preferred to what was
+  served): ``-log sigmoid(beta * ((log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))))``, the
+  loss of TRL's ``DPOTrainer`` (sigmoid), written here in ~10 lines for the same reason as above;
+- KTO's undesirable term on answers voted down without a correction (no pair to compare with):
+  ``1 - sigmoid(beta * (z0 - (log pi(y) - log ref(y))))`` with the reference point ``z0`` taken as 0
+  (KTO estimates it from mismatched pairs in the batch; at a few dozen samples a round that estimate is
+  noise), so a voted-down answer becomes less likely than the parent made it, with a bounded push. Every round trains a fresh adapter from the
 base on everything it should answer (the new corrections, earlier accepted ones, the parent's own answers
 to general prompts), so versions never stack adapters and a rollback is exact.
 """
@@ -40,6 +48,19 @@ def lora_config(settings: Settings) -> dict:
 
 
 Teacher = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, mask) -> the parent's logits
+Preference = tuple[Chat, str, str]  # (chat, the answer preferred, the answer it replaces)
+
+
+def sequence_logp(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each row's log-probability of its answer tokens (labels -100 elsewhere)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    target = labels[:, 1:]
+    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * (target != -100)).sum(-1)
+
+
+def _cycled(items: list, step: int):
+    return items[step % len(items)] if items else None
 
 
 def teach(
@@ -49,6 +70,8 @@ def teach(
     *,
     keep: Sequence[tuple[Chat, str]] = (),
     teacher: Teacher | None = None,
+    preferences: Sequence[Preference] = (),
+    undesirable: Sequence[tuple[Chat, str]] = (),
     device: torch.device | str = "cpu",
     base=None,
 ) -> Taught:
@@ -56,8 +79,10 @@ def teach(
     in shuffled batches. With ``keep`` and ``teacher``, each step also takes a batch of ``keep`` chats and
     pulls the adapter's next-token distributions along their answers to the teacher's (KL, weight
     ``generate_distill_weight``): the parent's behaviour on general prompts is rehearsed as whole
-    distributions, not only as its greedy words. ``base``: an already loaded (model, tokenizer) to wrap
-    (it is unwrapped again afterwards)."""
+    distributions, not only as its greedy words. With ``teacher`` as the reference, each step also takes a
+    batch of ``preferences`` (DPO) and of ``undesirable`` answers (KTO), weight
+    ``generate_preference_weight``, temperature ``generate_dpo_beta``. ``base``: an already loaded (model,
+    tokenizer) to wrap (it is unwrapped again afterwards)."""
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
     started = time.perf_counter()
@@ -72,7 +97,19 @@ def teach(
     rng = random.Random(settings.seed)
     losses: list[float] = []
     steps = 0
-    kept = list(batches(tokenizer, list(keep), device, size=settings.generate_train_batch)) if teacher else []
+    size = settings.generate_train_batch
+    kept = list(batches(tokenizer, list(keep), device, size=size)) if teacher else []
+    prefer = settings.generate_preference_weight if teacher else 0.0
+    chosen = list(batches(tokenizer, [(c, w) for c, w, _ in preferences], device, size=size)) if prefer else []
+    rejected = list(batches(tokenizer, [(c, lose) for c, _, lose in preferences], device, size=size)) if prefer else []
+    bad = list(batches(tokenizer, list(undesirable), device, size=size)) if prefer else []
+    beta = settings.generate_dpo_beta
+
+    def margin(ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """log pi(y) - log ref(y) per row: how much likelier the adapter makes the answer than the parent."""
+        with torch.no_grad():
+            ref = sequence_logp(teacher(ids, mask), labels)  # type: ignore[misc]
+        return sequence_logp(peft(input_ids=ids, attention_mask=mask).logits, labels) - ref
     try:
         for _ in range(settings.generate_train_epochs):
             order = list(pairs)
@@ -88,6 +125,13 @@ def teach(
                     where = k_labels[:, 1:] != -100
                     kl = (target.exp() * (target - student)).sum(-1)[where].mean()
                     loss = loss + settings.generate_distill_weight * kl
+                if chosen:
+                    win, lose = _cycled(chosen, steps), _cycled(rejected, steps)
+                    dpo = -torch.nn.functional.logsigmoid(beta * (margin(*win) - margin(*lose))).mean()
+                    loss = loss + prefer * dpo
+                if bad:
+                    kto = (1 - torch.sigmoid(-beta * margin(*_cycled(bad, steps)))).mean()
+                    loss = loss + prefer * kto
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

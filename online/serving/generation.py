@@ -32,8 +32,10 @@ from online import generation_samples
 from online.feedback.pii import mask_pii
 from online.feedback.prediction_log import PredictionLog, PredictionRecord
 from online.generative import AdapterHost, GenerativeLM
-from online.generator import Generated, Generation, JoinQueue, generate
+from online.generator import Generated, Generation, JoinQueue, generate, prompt_ids
 from online.lifecycle.registry import ModelRegistry
+from online.memory.generative import GenerativeHit, GenerativeMemory
+from online.memory.log import CorrectionLog
 from online.model import resolve_device
 from online.monitoring.replicas import Heartbeat, Replicas
 from online.serving.batcher import MicroBatcher
@@ -62,6 +64,9 @@ class GenerationStores(Protocol):
 
     @property
     def replicas(self) -> Replicas: ...
+
+    @property
+    def corrections(self) -> CorrectionLog: ...
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,9 @@ class ServedGeneration:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    source: str = "model"  # or "memory": a taught correction answered it
+    memory_event_id: str | None = None
+    memory_sid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -213,8 +221,11 @@ class GenerationService:
             on_change=lambda up: metrics.dependency_up.labels("broker").set(int(up)),
         )
         self.window = None  # no drift window for generations yet
-        self.memory = None
+        self.memory = GenerativeMemory(s.verdict_min_sources)
+        self._async_redis = async_redis
+        self._memory_task: asyncio.Task | None = None
         self.writer = SideEffectWriter([], self.redis_health, metrics)
+        self._answered = {"model": 0, "memory": 0}
         self.joining = JoinQueue(s.generate_max_batch)  # continuous batching: arrivals join a running decode
         self.outbox = _Outbox()
         self.batcher: MicroBatcher[ServedVersion, Generated] = MicroBatcher(
@@ -231,8 +242,16 @@ class GenerationService:
         self.outbox.loop = asyncio.get_running_loop()
         self.batcher.start()
         self.follower.start()
+        if self.settings.memory:
+            self._memory_task = asyncio.get_running_loop().create_task(self._follow_memory())
 
     async def stop(self) -> None:
+        if self._memory_task is not None:
+            self._memory_task.cancel()
+            try:
+                await self._memory_task
+            except asyncio.CancelledError:
+                pass
         await self.follower.stop()
         await self.batcher.stop()
         await asyncio.to_thread(self.writer.stop)
@@ -247,12 +266,36 @@ class GenerationService:
     def dependencies(self) -> dict[str, dict]:
         return {"redis": self.redis_health.state(), "broker": self.broker_health.state()}
 
-    def memory_stats(self) -> None:
-        return None
+    def memory_stats(self) -> dict[str, int]:
+        return {**self.memory.stats(), **{f"answers_{k}": v for k, v in self._answered.items()}}
 
     async def memory_state(self, sid: str) -> tuple[str, str] | None:
-        """No correction memory for generations yet: a correction waits for a round."""
-        return None
+        """(state, reason) of one correction in this replica's generative memory, if it has it."""
+        return self.memory.explain(sid)
+
+    async def _follow_memory(self) -> None:
+        """Keep the memory equal to the correction log's generative entries: the log's snapshot at start
+        and again after any change (the entries are few and the rebuild is a dict; the stream only says
+        when). A Redis outage keeps the last memory and retries."""
+        log_ = self.stores.corrections
+        position: str | None = None
+        while True:
+            try:
+                if position is None:
+                    position, entries = await asyncio.to_thread(log_.snapshot)
+                    self.memory.load(entries)
+                    continue
+                if await self._async_redis.xread({log_.stream: position}, count=1000, block=1000):
+                    position = None  # changed: read the current entries again
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away, an unreadable entry: never stop following
+                if isinstance(exc, redis.RedisError):
+                    self.redis_health.failed(exc)
+                else:
+                    log.warning("generative memory not updated: %r", exc)
+                position = None
+                await asyncio.sleep(1.0)
 
     # --- versions -----------------------------------------------------------------------------
     async def _build(self, version: int) -> ServedVersion:
@@ -345,6 +388,15 @@ class GenerationService:
         deltas: bool,
     ) -> AsyncIterator[str | ServedGeneration]:
         queue: asyncio.Queue = asyncio.Queue()
+        hit = self.memory.lookup(messages) if self.settings.memory else None
+        if hit is not None:
+            result = self._from_memory(served, generation_id, messages, max_new_tokens, hit)
+            if deltas and result.text:
+                yield result.text
+            self._answered["memory"] += 1
+            self._log(result, messages)
+            yield result
+            return
         gone = threading.Event()
         arrived = time.perf_counter()
         first_token = False
@@ -396,8 +448,23 @@ class GenerationService:
         )
         self.gen_metrics.requests.labels(str(served.version)).inc()
         self.gen_metrics.tokens.labels(str(served.version)).inc(generated.completion_tokens)
+        self._answered["model"] += 1
         self._log(result, messages)
         yield result
+
+    def _from_memory(
+        self, served: ServedVersion, generation_id: str, messages: list[dict[str, str]], max_new_tokens: int,
+        hit: GenerativeHit,
+    ) -> ServedGeneration:  # fmt: skip
+        """The taught answer, cut to ``max_new_tokens`` like a generation (the tokenizer only: no torch)."""
+        tok = served.host.tokenizer
+        ids = tok(hit.answer, add_special_tokens=False)["input_ids"]
+        text, reason = (hit.answer, "stop") if len(ids) <= max_new_tokens else (tok.decode(ids[:max_new_tokens]), "length")
+        prompt = prompt_ids(tok, messages, self.settings.generate_max_prompt_tokens)
+        return ServedGeneration(
+            generation_id, text, served.version, reason, len(prompt), min(len(ids), max_new_tokens),
+            source="memory", memory_event_id=hit.event_id, memory_sid=hit.sid,
+        )  # fmt: skip
 
     def _log(self, result: ServedGeneration, messages: list[dict[str, str]]) -> None:
         """The generation in the prediction log (what feedback on it resolves), on the side-effect thread."""
@@ -409,6 +476,7 @@ class GenerationService:
             score=0.0,
             version=result.model_version,
             answer=result.text,
+            memory_sid=result.memory_sid,  # a thumbs down or a correction on it makes the memory forget it
         )
 
         def write() -> None:
@@ -429,6 +497,7 @@ class GenerationService:
         current = self.follower.current
         beat = Heartbeat(
             self.replica, self.version, time.time(), self.follower.last_load_error,
+            memory=self.memory_stats() if self.settings.memory else None,
             engine=current.engine_name if current else None,
         )  # fmt: skip
         if not self.redis_health.allow():

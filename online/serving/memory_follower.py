@@ -29,6 +29,7 @@ from typing import Protocol
 import redis
 import redis.asyncio as aredis
 
+from online import generation_samples as gen
 from online.feedback.buffer import ReplayBuffer
 from online.feedback.labels import LabelBook, LabelRules
 from online.feedback.quarantine import ScreenConfig, SourceLedger
@@ -233,7 +234,7 @@ class MemoryFollower:
         """One step of following; True when the entries changed."""
         if self._position is None:
             position, entries = await asyncio.to_thread(self.log.snapshot)
-            self.entries = {e.sid: e for e in entries}
+            self.entries = {e.sid: e for e in entries if e.label not in gen.LABELS}  # generative: its own memory
             self._position = position
             log.info("correction memory: %d entries loaded", len(entries))
             return True
@@ -248,7 +249,8 @@ class MemoryFollower:
                 return False
         for change in changes:
             if change.entry is not None:
-                self.entries[change.entry.sid] = change.entry
+                if change.entry.label not in gen.LABELS:
+                    self.entries[change.entry.sid] = change.entry
             elif change.sid is not None:
                 self.entries.pop(change.sid, None)
                 if change.reason.startswith("quarantine"):

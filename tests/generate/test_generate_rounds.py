@@ -121,3 +121,41 @@ def test_distilling_the_parent_on_rehearsed_prompts_keeps_the_model_closer_to_it
     plain = teach(tiny_lm, taught, s).model
     distilled = teach(tiny_lm, taught, s, keep=keep, teacher=teacher).model
     assert kl_to(host, base, distilled, keep) < 0.5 * kl_to(host, base, plain, keep)
+
+
+def test_preference_losses_push_the_served_answer_below_the_correction_and_voted_down_ones_down(gen_settings, tiny_lm):
+    """DPO on (correction, what was served) widens the margin between them beyond what imitating the
+    correction does; KTO's undesirable term makes an answer voted down less likely than the parent made it."""
+    import torch
+
+    from online.generative import AdapterHost, GenerativeLM
+    from online.generative_eval import batches, user
+    from online.learning.generative_teach import sequence_logp, teach
+
+    s = gen_settings.model_copy(update={"generate_learning_rate": 1e-2, "generate_train_epochs": 8})
+    served = "Our support team is called Bramble."
+    taught = [(user(p), ANSWER) for p in PHRASINGS]
+    pairs = [(user(p), ANSWER, served) for p in PHRASINGS]
+    voted_down = [(user("Who answers the phone?"), "Nobody answers the phone, ever.")]
+    host, base = AdapterHost(tiny_lm), GenerativeLM(tiny_lm)
+
+    def teacher(input_ids, mask):
+        host.activate(base)
+        return host.network(input_ids=input_ids, attention_mask=mask).logits
+
+    @torch.no_grad()
+    def logp(version, items) -> float:
+        host.activate(version)
+        return sum(float(sequence_logp(host.network(input_ids=i, attention_mask=m).logits, lab).sum())
+                   for i, m, lab in batches(host.tokenizer, items, host.device))  # fmt: skip
+
+    def margin(version) -> float:
+        return logp(version, [(c, w) for c, w, _ in pairs]) - logp(version, [(c, lo) for c, _, lo in pairs])
+
+    off = s.model_copy(update={"generate_preference_weight": 0.0})
+    imitated = teach(tiny_lm, taught, off, teacher=teacher, preferences=pairs, undesirable=voted_down).model
+    preferred = teach(tiny_lm, taught, s, teacher=teacher, preferences=pairs, undesirable=voted_down).model
+    for version in (imitated, preferred):
+        host.load(version)
+    assert margin(preferred) > margin(imitated) > margin(base)
+    assert logp(preferred, voted_down) < logp(base, voted_down) and logp(preferred, voted_down) < logp(imitated, voted_down)

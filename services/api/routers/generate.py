@@ -54,6 +54,8 @@ def router(
             finish_reason=g.finish_reason,  # type: ignore[arg-type]
             prompt_tokens=g.prompt_tokens,
             completion_tokens=g.completion_tokens,
+            source=g.source,  # type: ignore[arg-type]
+            memory_event_id=g.memory_event_id,
         )
 
     @api.post(
@@ -95,6 +97,7 @@ def _completion(g: ServedGeneration, model: str) -> ChatCompletion:
         ),
         model_version=g.model_version,
         generation_id=g.generation_id,
+        source=g.source,  # type: ignore[arg-type]
     )
 
 
