@@ -181,6 +181,14 @@ def compose(
         return FeedbackStatus(
             **base, state="memory", detail="answered by the correction memory now; the next round trains it"
         )
+    if memory_state == "held" and memory is not None and (base["label"] or "").startswith("gen:"):
+        why = memory[1] or "the screen holds it"  # a generative correction: its memory's own screen
+        return FeedbackStatus(
+            **base, state="held", reason=why,
+            detail=f"not answered from memory: {why}; the next round trains it",
+            release="send it again with the admin token or a trusted feedback key (X-API-Key), or have "
+            f"{settings.verdict_min_sources} independent sources send the same answer to the same prompt",
+        )  # fmt: skip
     if memory_state == "held" and memory is not None:
         why = memory[1] or "the screen holds it"
         return FeedbackStatus(

@@ -155,8 +155,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(feedback.router(feedback_body_model(settings)))
     app.include_router(models.api)
     app.include_router(training.api)
-    if not generating:  # drift windows are the classifier's (prompt drift for generations: later)
-        app.include_router(drift.api)
+    # for generations: live accuracy per version (the share judged good), feedback signals and volume;
+    # the input-drift window is the classifier's (prompt drift for generations: later)
+    app.include_router(drift.api)
     app.include_router(quarantine.api)
     app.include_router(forget.api)
     app.include_router(labels.api)

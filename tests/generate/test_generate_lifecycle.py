@@ -95,6 +95,7 @@ def test_corrections_and_thumbs_on_generations_reach_the_buffer(gen_kafka_settin
         assert status.status_code == 200, status.text
         held = status.json()  # untrusted, one source: the memory does not serve it; a round may train it
         assert held["state"] == "held" and "1 of 3 independent sources" in held["detail"], held
+        assert "trusted feedback key" in held["release"] and "quarantine" not in held["release"], held
         dead = client.get("/v1/feedback/d2").json()
         assert dead["state"] == "dead_lettered" and "correction" in dead["detail"], dead
 
@@ -140,6 +141,9 @@ def test_a_live_rise_of_thumbs_down_rolls_a_generative_version_back(gen_kafka_se
         vote(client, second[:2], "up")
         vote(client, second[2:], "down")
         wait_for(lambda: stores.live_accuracy.get(v2).n == 12 and stores.live_accuracy.get(1).n == 12, what="judged")
+        drift = client.get("/v1/drift").json()  # what the dashboard and `online status` show
+        per_version = {v["version"]: v for v in drift["live_accuracy"]}
+        assert (per_version[v2]["correct"], per_version[1]["correct"]) == (2, 12) and per_version[v2]["vs_parent"]["worse"]
         change = auto_rollback.check(registry, stores.live_accuracy, s)
         assert change is not None and change.action == "auto_rollback" and registry.live() == 1, change
         assert "2/12" in change.reason and "12/12" in change.reason
