@@ -139,3 +139,8 @@ class Keys:
     @property
     def drift_replicas(self) -> str:
         return self._k("drift", "replicas")
+
+    @property
+    def drift_generate_baseline(self) -> str:
+        """A generative deployment's first prompts (embeddings) and mean answer length: its drift baseline."""
+        return self._k("drift", "generate-baseline")

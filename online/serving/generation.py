@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 import threading
 import time
 import uuid
@@ -35,7 +36,9 @@ from online.generative import AdapterHost, GenerativeLM
 from online.generator import Generated, Generation, JoinQueue, generate, prompt_ids
 from online.lifecycle.registry import ModelRegistry
 from online.memory.generative import GenerativeHit, GenerativeMemory
+from online.keys import Keys
 from online.memory.log import CorrectionLog
+from online.monitoring.drift_log import DriftLog
 from online.model import resolve_device
 from online.monitoring.replicas import Heartbeat, Replicas
 from online.serving.batcher import MicroBatcher
@@ -44,6 +47,7 @@ from online.serving.drift_window import replica_name
 from online.serving.follower import VersionFollower, _at_low_priority
 from online.serving.forward import SideEffectWriter
 from online.serving.metrics import ApiMetrics
+from online.serving.prompt_drift import PromptDrift, PromptEncoder
 from online.serving.service import NotReady
 from online.settings import Settings
 
@@ -67,6 +71,15 @@ class GenerationStores(Protocol):
 
     @property
     def corrections(self) -> CorrectionLog: ...
+
+    @property
+    def drift(self) -> DriftLog: ...
+
+    @property
+    def redis(self) -> redis.Redis: ...
+
+    @property
+    def keys(self) -> Keys: ...
 
 
 @dataclass(frozen=True)
@@ -220,7 +233,12 @@ class GenerationService:
             "generations go on; /v1/feedback answers 503 with Retry-After",
             on_change=lambda up: metrics.dependency_up.labels("broker").set(int(up)),
         )
-        self.window = None  # no drift window for generations yet
+        self.window = None  # the classifier's drift window; generations have their own:
+        self.drift = PromptDrift(
+            s, stores.drift, stores.redis, stores.keys, metrics, self.redis_health, self.replica
+        )  # prompt and answer drift against the deployment's first prompts
+        self.encoder = PromptEncoder(s.base_model, s.max_seq_len, self.device)
+        self._drift_pending: deque[tuple[int, str, int, bool]] = deque()  # (version, prompt, tokens, cut)
         self.memory = GenerativeMemory(s.verdict_min_sources)
         self._async_redis = async_redis
         self._memory_task: asyncio.Task | None = None
@@ -325,14 +343,9 @@ class GenerationService:
     def _run(self, served: ServedVersion, requests: list[Generation]) -> list[Generated]:
         """A micro-batch decoded on the forward thread; requests of the same version that arrive meanwhile
         join it. If the decode fails, every request that joined it (or waits to) fails with it."""
-        s = self.settings
         self.joining.open(served)
         try:
-            return generate(
-                served.host, served.model, requests, s.generate_max_prompt_tokens, joiner=self.joining,
-                max_batch=s.generate_max_batch, join_window_s=s.generate_join_window_s, after_step=self.outbox.flush,
-                others_waiting=lambda: self.batcher.waiting() > 0,
-            )  # fmt: skip
+            return self._generate(served, requests)
         except BaseException as exc:
             self.joining.close()  # what still waited joins ``taken``
             for request in self.joining.taken:
@@ -341,6 +354,33 @@ class GenerationService:
             raise
         finally:
             self.outbox.flush(wait=False)  # answers given outside a step (nothing to decode, a failure)
+            self._observe_drift()
+
+    def _generate(self, served: ServedVersion, requests: list[Generation]) -> list[Generated]:
+        s = self.settings
+        return generate(
+            served.host, served.model, requests, s.generate_max_prompt_tokens, joiner=self.joining,
+            max_batch=s.generate_max_batch, join_window_s=s.generate_join_window_s, after_step=self.outbox.flush,
+            others_waiting=lambda: self.batcher.waiting() > 0,
+        )  # fmt: skip
+
+    def _observe_drift(self) -> None:
+        """On the forward thread, after a decode: embed the prompts answered since the last one (one
+        encoder forward), then hand the window arithmetic to the side-effect thread."""
+        taken = [self._drift_pending.popleft() for _ in range(len(self._drift_pending))]
+        if not taken:
+            return
+        try:
+            emb = self.encoder.embed([prompt for _, prompt, _, _ in taken])
+        except Exception as exc:  # monitoring never stops serving
+            log.warning("prompt drift: embedding failed (%r); this window's prompts are skipped", exc)
+            return
+        for version in {v for v, *_ in taken}:
+            rows = [i for i, (v, *_) in enumerate(taken) if v == version]
+            tokens = [taken[i][2] for i in rows]
+            cut = [taken[i][3] for i in rows]
+            part = emb[rows]
+            self.writer.call(lambda v=version, e=part, t=tokens, c=cut: self.drift.observe(v, e, t, c))
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -450,6 +490,8 @@ class GenerationService:
         self.gen_metrics.tokens.labels(str(served.version)).inc(generated.completion_tokens)
         self._answered["model"] += 1
         self._log(result, messages)
+        prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        self._drift_pending.append((served.version, prompt, result.completion_tokens, result.finish_reason == "length"))
         yield result
 
     def _from_memory(
