@@ -160,6 +160,19 @@ class _Batch:
         self.mask, self.positions = self.mask[index], self.positions[index]
         self.temps, self.top_ps = self.temps[index], self.top_ps[index]
         self.live = [self.live[r] for r in keep]
+        self.trim()
+
+    def trim(self) -> None:
+        """Drop the leading cache columns no live row attends to (padding of rows that left): with rows
+        joining and leaving, a decode that never ends would otherwise widen its cache a column a step.
+        Positions are explicit per row, so dropping columns changes no row's attention."""
+        used = self.mask.any(0).nonzero()
+        lead = int(used[0]) if len(used) else self.mask.shape[1]
+        if lead == 0 or not _joinable(self.cache):
+            return
+        for layer in self.cache.layers:  # type: ignore[attr-defined]
+            layer.keys, layer.values = layer.keys[..., lead:, :], layer.values[..., lead:, :]
+        self.mask = self.mask[:, lead:]
 
     def merge(self, other: "_Batch") -> None:
         """Append ``other``'s rows (a prefill of newly joined prompts): both caches left-padded with
@@ -173,6 +186,7 @@ class _Batch:
         self.temps, self.top_ps = torch.cat([self.temps, other.temps]), torch.cat([self.top_ps, other.top_ps])
         self.logits = torch.cat([self.logits, other.logits])
         self.live = self.live + other.live
+        self.trim()
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -73,7 +73,11 @@ class Reference:
         window: int,
         seed: int = 0,
         train_labels: list[str] | None = None,
+        bootstrap: bool = False,
     ) -> "Reference":
+        """``bootstrap``: draw the null windows from the calibration sample with replacement even when it
+        has a window's worth (a calibration sample of about one window would otherwise give the same
+        window, one null value, every draw)."""
         rng = np.random.default_rng(seed)
         train = unit_rows(train_emb)
         calib = unit_rows(calib_emb)
@@ -84,7 +88,7 @@ class Reference:
         sq = np.maximum(2 - 2 * sample @ sample.T, 0)[np.triu_indices(len(sample), 1)]
         gamma = 1.0 / (2 * max(float(np.median(sq)), 1e-6))
         kyy = float(np.exp(-gamma * np.maximum(2 - 2 * mmd_ref @ mmd_ref.T, 0)).mean())
-        replace = len(calib) < window
+        replace = bootstrap or len(calib) < window
         mmd_null = np.array(
             [
                 mmd2(calib[rng.choice(len(calib), window, replace=replace)], mmd_ref, kyy, gamma)

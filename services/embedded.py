@@ -88,11 +88,13 @@ class Server:
             self.proc.wait(10)
 
 
-def _start(name: str, argv: list[str], port: int, log_path: Path, timeout: float) -> Server:
+def _start(name: str, argv: list[str], port: int, log_path: Path, timeout: float, pass_fds: tuple[int, ...] = ()) -> Server:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     logf = open(log_path, "ab")
     env = {k: v for k, v in os.environ.items() if k not in ("LISTENER_URL", "ADVERTISED_LISTENER_URL")}
-    proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, pass_fds=pass_fds
+    )
     logf.close()
     server = Server(name, port, proc, log_path)
     deadline = time.monotonic() + timeout
@@ -125,10 +127,13 @@ def start_redis(
     fsync: str = "everysec",
     maxmemory: str = "0",
     maxmemory_policy: str = "noeviction",
+    hold_fd: int | None = None,
 ) -> Server:
     """Redis with AOF persistence in ``data_dir``: fsync every second, or before every reply (``always``).
     ``maxmemory``: its memory budget (``online up`` passes ``ONLINE_REDIS_MAXMEMORY``, evicting by
-    ``ONLINE_REDIS_MAXMEMORY_POLICY``: by default only keys with a TTL, never the buffer); "0": none."""
+    ``ONLINE_REDIS_MAXMEMORY_POLICY``: by default only keys with a TTL, never the buffer); "0": none.
+    ``hold_fd``: a locked file the server inherits, so the lock on its data dir lasts as long as it runs
+    (``online up`` killed with SIGKILL leaves its Redis running, still holding the dir)."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -146,7 +151,8 @@ def start_redis(
             "--maxmemory", maxmemory,
             "--maxmemory-policy", maxmemory_policy,
         ]  # fmt: skip
-        return _start("redis", argv, p, data_dir / "redis.log", timeout)
+        fds = (hold_fd,) if hold_fd is not None else ()
+        return _start("redis", argv, p, data_dir / "redis.log", timeout, pass_fds=fds)
 
     return start(port) if port else _with_retries(start)
 

@@ -69,7 +69,7 @@ class EmbeddedStack:
             if not settings.redis_url and not settings.redis_sentinels:
                 rds = start_redis(
                     state / "redis", fsync=settings.redis_fsync, maxmemory=settings.redis_maxmemory,
-                    maxmemory_policy=settings.redis_maxmemory_policy,
+                    maxmemory_policy=settings.redis_maxmemory_policy, hold_fd=lock.fileno(),
                 )  # fmt: skip
                 servers.append(rds)
                 updates["redis_url"] = f"redis://127.0.0.1:{rds.port}/0"
@@ -96,6 +96,7 @@ class EmbeddedStack:
                 new = start_redis(
                     state / "redis", port=old.port, fsync=self.settings.redis_fsync,
                     maxmemory=self.settings.redis_maxmemory, maxmemory_policy=self.settings.redis_maxmemory_policy,
+                    hold_fd=self.lock.fileno() if self.lock is not None else None,  # type: ignore[attr-defined]
                 )  # fmt: skip
                 self.servers[i] = new
             else:

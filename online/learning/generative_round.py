@@ -105,9 +105,12 @@ class GenerativeRoundRunner:
         if live not in self._parent_answers:
             self._parent_answers = {live: complete_answers(host, parent, [user(p) for p in prompts])}
         rehearsal = [(user(p), a) for p, a in zip(prompts, self._parent_answers[live]) if a is not None]
+        downs = [s for s in self.buffer.samples(gen.DOWN) if s.seq <= upto]
+        disowned = _voted_down_later(downs)
+        new, earlier = [s for s in new if not disowned(s)], [s for s in earlier if not disowned(s)]
         pairs = [_pair(s) for s in new + earlier]
         preferences = [p for p in (_preference(s) for s in new + earlier) if p is not None]
-        undesirable = [_pair(s) for s in self.buffer.samples(gen.DOWN) if s.seq <= upto]
+        undesirable = [_pair(s) for s in downs]
         distill = self.s.generate_distill_weight > 0
         if not distill:
             pairs += rehearsal  # the parent's answers as plain targets
@@ -184,6 +187,22 @@ class GenerativeRoundRunner:
 def _pair(sample: Sample) -> Pair:
     decoded = gen.decode(sample.text)
     return decoded.messages, decoded.answer
+
+
+def _voted_down_later(downs: list[Sample]) -> Callable[[Sample], bool]:
+    """Whether a correction's answer to its prompt was voted down after it was taught (served from the
+    correction memory, then a thumbs down): it is no longer imitated, and its answer is undesirable."""
+    latest: dict[tuple[str, str], int] = {}
+    for d in downs:
+        decoded = gen.decode(d.text)
+        key = (normalise(decoded.prompt), normalise(decoded.answer))
+        latest[key] = max(latest.get(key, 0), d.seq)
+
+    def disowned(sample: Sample) -> bool:
+        decoded = gen.decode(sample.text)
+        return latest.get((normalise(decoded.prompt), normalise(decoded.answer)), -1) > sample.seq
+
+    return disowned
 
 
 def _preference(sample: Sample) -> tuple[Chat, str, str] | None:

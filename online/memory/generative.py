@@ -15,7 +15,8 @@ phrasings in one round: ``online bench teach-generate``).
 The screen: one client must not be able to make a replica tell every user what it wrote. An entry sent
 with the admin token or a trusted feedback key is served at once. An untrusted one is served only once
 ``min_sources`` independent origins (``online.credentials``: keys, or client addresses without keys)
-taught the same answer to the same prompt; until then it is ``held``, with the reason. Several answers to
+taught the same answer to the same prompt (the log merges the origins of one text taught again, and an
+untrusted resend never takes a trusted teaching's trust away); until then it is ``held``, with the reason. Several answers to
 one prompt: the one with the most independent origins among the servable ones, the newest on a tie
 (a trusted correction outranks untrusted ones). ``absorbed`` (the version already answers it) is not
 decided here: generating to check would cost a decode per correction; the round's own answer replaces
@@ -78,35 +79,36 @@ class GenerativeMemory:
         self._decide()
 
     def _decide(self) -> None:
-        by_answer: dict[tuple[str, str], list[_Entry]] = defaultdict(list)
+        by_key: dict[str, dict[str, list[_Entry]]] = defaultdict(lambda: defaultdict(list))
         for e in self._entries.values():
-            by_answer[(e.key, normalise(e.answer))].append(e)
-        best: dict[str, tuple[tuple[int, int, float], _Entry]] = {}
+            by_key[e.key][normalise(e.answer)].append(e)
+        answers: dict[str, GenerativeHit] = {}
         states: dict[str, tuple[str, str]] = {}
-        for (key, _), group in by_answer.items():
-            trusted = any(e.correction.trusted for e in group)
-            origins = {e.correction.origin or e.correction.source for e in group}
-            servable = trusted or len(origins) >= self.min_sources
-            reason = "" if servable else (
-                f"untrusted: {len(origins)} of {self.min_sources} independent sources taught this answer to this "
-                "prompt (feedback with the admin token or a trusted key is served at once)"
-            )  # fmt: skip
-            for e in group:
-                states[e.correction.sid] = (ACTIVE, "") if servable else (HELD, reason)
-            if servable:
+        for key, groups in by_key.items():
+            best: tuple[tuple[int, int, float], list[_Entry], _Entry] | None = None
+            for group in groups.values():
+                trusted = any(e.correction.trusted for e in group)
+                origins = {o for e in group for o in (*e.correction.origins, e.correction.origin or e.correction.source)}
+                if not (trusted or len(origins) >= self.min_sources):
+                    why = (
+                        f"untrusted: {len(origins)} of {self.min_sources} independent sources taught this answer "
+                        "to this prompt (feedback with the admin token or a trusted key is served at once)"
+                    )
+                    states.update({e.correction.sid: (HELD, why) for e in group})
+                    continue
                 newest = max(group, key=lambda e: e.correction.at)
                 rank = (int(trusted), len(origins), newest.correction.at)
-                if key not in best or rank > best[key][0]:
-                    best[key] = (rank, newest)
-        self._answers = {
-            key: GenerativeHit(e.answer, e.correction.sid, e.correction.event_id) for key, (_, e) in best.items()
-        }
-        for key, (_, chosen) in best.items():  # another servable answer to the same prompt: outranked
-            for e in self._entries.values():
-                if e.key == key and states[e.correction.sid][0] == ACTIVE and e is not chosen:
-                    if normalise(e.answer) != normalise(chosen.answer):
-                        states[e.correction.sid] = (HELD, "another answer to the same prompt is served")
-        self._states = states
+                if best is not None:  # two servable answers to one prompt: the outranked one is held
+                    loser = group if rank < best[0] else best[1]
+                    states.update({e.correction.sid: (HELD, "another answer to the same prompt is served") for e in loser})
+                    if rank < best[0]:
+                        continue
+                best = (rank, group, newest)
+                states.update({e.correction.sid: (ACTIVE, "") for e in group})
+            if best is not None:
+                chosen = best[2]
+                answers[key] = GenerativeHit(chosen.answer, chosen.correction.sid, chosen.correction.event_id)
+        self._answers, self._states = answers, states
 
     def lookup(self, messages: list[dict[str, str]]) -> GenerativeHit | None:
         key = prompt_key(messages)

@@ -49,6 +49,22 @@ for i = 0, n - 1 do
   local forgotten = (until_at and tonumber(e['at']) <= tonumber(until_at))
     or redis.call('SISMEMBER', erased .. ':texts', th) == 1  -- erased (`online forget`)
   if not forgotten and redis.call('EXISTS', p .. ':gone:' .. eid) == 0 then
+    local prior = redis.call('HGET', p .. ':e', sid)
+    if prior then  -- the same text and label taught again: one entry, every origin that taught it, trust kept
+      local o = cjson.decode(prior)
+      local seen, origins = {}, {}
+      local function keep(x)
+        if x and x ~= '' and not seen[x] and #origins < 32 then seen[x] = true table.insert(origins, x) end
+      end
+      if type(o['origins']) == 'table' then for _, x in ipairs(o['origins']) do keep(x) end end
+      keep((o['origin'] ~= nil and o['origin'] ~= '') and o['origin'] or o['source'])
+      keep((e['origin'] ~= nil and e['origin'] ~= '') and e['origin'] or e['source'])
+      e['origins'] = origins
+      if (e['trusted'] == nil or e['trusted'] == '') and o['trusted'] and o['trusted'] ~= '' then
+        e['trusted'] = o['trusted']  -- an untrusted resend does not take a trusted teaching's trust away
+      end
+      entry = cjson.encode(e)
+    end
     redis.call('HSET', p .. ':e', sid, entry)
     redis.call('ZADD', p .. ':z', now, sid)
     local old = redis.call('HGET', p .. ':x', sid)
@@ -121,6 +137,7 @@ class Correction:
     at: float
     origin: str = ""  # what independence counts (``online.credentials``); "" : the source name
     trusted: str = ""  # "admin"/"key": sent with the admin token or a trusted key: served unscreened
+    origins: tuple[str, ...] = ()  # every origin that taught this same text and label (the log merges them)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -129,7 +146,10 @@ class Correction:
     def from_json(cls, raw: str | bytes) -> "Correction":
         fields = json.loads(raw)
         # newer writers may add fields; older entries lack the later ones
-        return cls(**{name: fields[name] for name in cls.__dataclass_fields__ if name in fields})
+        found = {name: fields[name] for name in cls.__dataclass_fields__ if name in fields}
+        if "origins" in found:  # Lua's cjson writes an empty list as {}
+            found["origins"] = tuple(found["origins"]) if isinstance(found["origins"], list) else ()
+        return cls(**found)
 
 
 @dataclass(frozen=True)

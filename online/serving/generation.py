@@ -237,7 +237,7 @@ class GenerationService:
         self.drift = PromptDrift(
             s, stores.drift, stores.redis, stores.keys, metrics, self.redis_health, self.replica
         )  # prompt and answer drift against the deployment's first prompts
-        self.encoder = PromptEncoder(s.base_model, s.max_seq_len, self.device)
+        self.encoder: PromptEncoder | None = PromptEncoder(s.base_model, s.max_seq_len, self.device)
         self._drift_pending: deque[tuple[int, str, int, bool]] = deque()  # (version, prompt, tokens, cut)
         self.memory = GenerativeMemory(s.verdict_min_sources)
         self._async_redis = async_redis
@@ -245,7 +245,8 @@ class GenerationService:
         self.writer = SideEffectWriter([], self.redis_health, metrics)
         self._answered = {"model": 0, "memory": 0}
         self.joining = JoinQueue(s.generate_max_batch)  # continuous batching: arrivals join a running decode
-        self.outbox = _Outbox()
+        # the wait keeps the event loop off the CPU while torch's threads compute; on a GPU nothing to guard
+        self.outbox = _Outbox(wait_s=0.02 if self.device.type == "cpu" else 0.0)
         self.batcher: MicroBatcher[ServedVersion, Generated] = MicroBatcher(
             self._run, max_batch=s.generate_max_batch, max_wait_ms=s.max_wait_ms, on_batch=self._observe_batch
         )
@@ -327,6 +328,12 @@ class GenerationService:
         await self.batcher.call(lambda: host.load(model))
         engine = _Engine(f"torch-{str(host.model.dtype).removeprefix('torch.')}-{host.device.type}")
         served = ServedVersion(version, model, host, engine)
+        if self.encoder is not None and not self.encoder.loaded:
+            try:
+                await self.batcher.call(self.encoder.load)
+            except Exception as exc:  # monitoring never stops serving
+                log.warning("prompt drift off: its encoder %s did not load (%r)", self.settings.base_model, exc)
+                self.encoder = None
         warm = Generation([{"role": "user", "content": "Hello"}], max_new_tokens=2)
         await self.batcher.call(lambda: generate(host, model, [warm], self.settings.generate_max_prompt_tokens))
         return served
@@ -360,27 +367,33 @@ class GenerationService:
         s = self.settings
         return generate(
             served.host, served.model, requests, s.generate_max_prompt_tokens, joiner=self.joining,
-            max_batch=s.generate_max_batch, join_window_s=s.generate_join_window_s, after_step=self.outbox.flush,
+            max_batch=s.generate_max_batch, join_window_s=s.generate_join_window_s, after_step=self._after_step,
             others_waiting=lambda: self.batcher.waiting() > 0,
         )  # fmt: skip
+
+    def _after_step(self) -> None:
+        """After each step of a decode: its text to the event loop; the prompts answered meanwhile to the
+        drift windows once a batch's worth waits (a decode that keeps taking newcomers may not end)."""
+        self.outbox.flush()
+        if len(self._drift_pending) >= self.settings.generate_max_batch:
+            self._observe_drift()
 
     def _observe_drift(self) -> None:
         """On the forward thread, after a decode: embed the prompts answered since the last one (one
         encoder forward), then hand the window arithmetic to the side-effect thread."""
+        current = self.version  # answers of a version no longer served (a swap's last ones) are not windowed
         taken = [self._drift_pending.popleft() for _ in range(len(self._drift_pending))]
-        if not taken:
+        taken = [t for t in taken if t[0] == current]
+        if not taken or self.encoder is None or current is None:
             return
         try:
             emb = self.encoder.embed([prompt for _, prompt, _, _ in taken])
         except Exception as exc:  # monitoring never stops serving
-            log.warning("prompt drift: embedding failed (%r); this window's prompts are skipped", exc)
+            log.warning("prompt drift off: the prompt encoder failed (%r)", exc)
+            self.encoder = None
             return
-        for version in {v for v, *_ in taken}:
-            rows = [i for i, (v, *_) in enumerate(taken) if v == version]
-            tokens = [taken[i][2] for i in rows]
-            cut = [taken[i][3] for i in rows]
-            part = emb[rows]
-            self.writer.call(lambda v=version, e=part, t=tokens, c=cut: self.drift.observe(v, e, t, c))
+        tokens, cut = [t[2] for t in taken], [t[3] for t in taken]
+        self.writer.call(lambda: self.drift.observe(current, emb, tokens, cut))
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)

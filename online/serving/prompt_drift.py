@@ -40,8 +40,8 @@ ANSWER_LENGTH_MAX_RATIO = 1.5  # mean answer length this many times the baseline
 
 
 class PromptEncoder:
-    """Sentence embeddings of prompts with the deployment's encoder; loaded on first use, on the forward
-    thread."""
+    """Sentence embeddings of prompts with the deployment's encoder, on the forward thread (loaded with the
+    replica's first version, off the request path)."""
 
     def __init__(self, base_model: str, max_seq_len: int, device: torch.device) -> None:
         self.base_model = base_model
@@ -50,15 +50,22 @@ class PromptEncoder:
         self._model = None
         self._tokenizer = None
 
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self) -> None:
+        from transformers import AutoTokenizer
+
+        from online.model import TextClassifier
+
+        self._model = TextClassifier.from_base(self.base_model, ["prompt"]).to(self.device).eval()
+        self._tokenizer = AutoTokenizer.from_pretrained(self.base_model)
+
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> np.ndarray:
         if self._model is None:
-            from transformers import AutoTokenizer
-
-            from online.model import TextClassifier
-
-            self._model = TextClassifier.from_base(self.base_model, ["prompt"]).to(self.device).eval()
-            self._tokenizer = AutoTokenizer.from_pretrained(self.base_model)
+            self.load()
         batch = self._tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_seq_len, return_tensors="pt"
         ).to(self.device)
@@ -147,7 +154,8 @@ class PromptDrift:
     def _use(self, base: np.ndarray, mean_tokens: float) -> None:
         half = len(base) // 2
         self.reference = Reference.build(
-            base[:half], base[half:], np.zeros(len(base) - half, dtype=np.int64), 1, self.window, seed=self.s.seed
+            base[:half], base[half:], np.zeros(len(base) - half, dtype=np.int64), 1, self.window, seed=self.s.seed,
+            bootstrap=True,
         )
         self.baseline_tokens = max(mean_tokens, 1e-6)
 

@@ -80,3 +80,25 @@ def test_untrusted_corrections_need_independent_sources():
     assert memory.lookup([{"role": "user", "content": PROMPT}]).answer == "Pipkin, since 2024.", "trusted outranks"
     assert memory.explain("a") == ("held", "another answer to the same prompt is served")
     assert memory.stats() == {"active": 1, "held": 3}
+
+
+def test_the_log_merges_who_taught_one_correction_and_never_takes_trust_away(gen_settings):
+    """Real Redis: the same correction from three client addresses is one entry with three origins, and
+    is served; an untrusted resend of a trusted correction leaves it trusted (and served)."""
+    from online.feedback.buffer import Incoming
+    from online.wiring.stores import Stores
+
+    log = Stores.from_settings(gen_settings).corrections
+    text = gen.encode([{"role": "user", "content": PROMPT}], ANSWER)
+    log.add([Incoming(f"e{i}", text, gen.CORRECTION, "web", i, origin=f"10.0.0.{i}") for i in range(3)])
+    _, entries = log.snapshot()
+    assert len(entries) == 1 and set(entries[0].origins) == {"10.0.0.0", "10.0.0.1", "10.0.0.2"}
+    memory = GenerativeMemory(min_sources=3)
+    memory.load(entries)
+    assert memory.lookup([{"role": "user", "content": PROMPT}]).answer == ANSWER
+
+    other = gen.encode([{"role": "user", "content": "Who founded us?"}], "Marta did.")
+    log.add([Incoming("t1", other, gen.CORRECTION, "ops", 10, origin="key:ops", trusted="admin")])
+    log.add([Incoming("u1", other, gen.CORRECTION, "web", 11, origin="10.0.0.9")])
+    memory.load(log.snapshot()[1])
+    assert memory.lookup([{"role": "user", "content": "Who founded us?"}]).answer == "Marta did."

@@ -159,3 +159,16 @@ def test_preference_losses_push_the_served_answer_below_the_correction_and_voted
         host.load(version)
     assert margin(preferred) > margin(imitated) > margin(base)
     assert logp(preferred, voted_down) < logp(base, voted_down) and logp(preferred, voted_down) < logp(imitated, voted_down)
+
+
+def test_a_correction_voted_down_after_it_was_taught_is_no_longer_imitated():
+    from online.examples import Sample
+    from online.learning.generative_round import _voted_down_later
+
+    def sample(seq: int, label: str, answer: str, prompt: str = TAUGHT) -> Sample:
+        return Sample(f"s{seq}", gen.encode([{"role": "user", "content": prompt}], answer), label, 1, seq, "u")
+
+    taught, other = sample(1, gen.CORRECTION, ANSWER), sample(2, gen.CORRECTION, "Something else.")
+    retaught = sample(9, gen.CORRECTION, ANSWER)
+    disowned = _voted_down_later([sample(5, gen.DOWN, "  " + ANSWER.upper()), sample(6, gen.DOWN, ANSWER, "hi")])
+    assert disowned(taught) and not disowned(other) and not disowned(retaught), "taught again after the vote: kept"

@@ -90,6 +90,37 @@ def test_requests_arriving_mid_decode_join_it_and_answer_what_they_answer_alone(
     assert len(queue.taken) == 2 and not queue.offer(base, Generation(chat("y"), 2)), "closed when it returned"
 
 
+def test_a_row_that_outlives_the_ones_it_joined_decodes_what_it_decodes_alone(host, tiny_lm):
+    """The first row (a long prompt) ends early; the row that joined it goes on alone, its cache cut to
+    the columns it attends to: the answer is the same as alone, and so is a third joining after that."""
+    base = GenerativeLM(tiny_lm)
+    long_prompt = "Tell me about refunds and orders in detail please, and about the weather in Lisbon"
+    alone = {p: generate(host, base, [Generation(chat(p), 30)])[0].token_ids for p in ("hello", "a")}
+    queue, got = JoinQueue(capacity=4), {}
+    steps = {"n": 0}
+
+    def arrivals(_delta: str) -> None:
+        steps["n"] += 1
+        if steps["n"] == 1:
+            assert queue.offer(base, Generation(chat("hello"), 30, on_done=lambda g: got.__setitem__("hello", g)))
+
+    def later(_delta: str) -> None:
+        steps["n"] += 1
+        if steps["n"] == 12:
+            assert queue.offer(base, Generation(chat("a"), 30, on_done=lambda g: got.__setitem__("a", g)))
+
+    queue.open(base)
+    first = Generation(chat(long_prompt), 3, on_delta=arrivals)
+    generate(host, base, [first], joiner=queue, max_batch=4, join_window_s=60)
+    assert got["hello"].token_ids == alone["hello"]
+    got.clear()
+    steps["n"] = 0
+    queue.open(base)
+    generate(host, base, [Generation(chat(long_prompt), 3, on_delta=arrivals), Generation(chat("b"), 30, on_delta=later)],
+             joiner=queue, max_batch=4, join_window_s=60)  # fmt: skip
+    assert got["hello"].token_ids == alone["hello"] and got["a"].token_ids == alone["a"]
+
+
 def test_past_the_join_window_arrivals_wait_for_others_and_are_still_answered(host, tiny_lm):
     base = GenerativeLM(tiny_lm)
     queue = JoinQueue(capacity=4)

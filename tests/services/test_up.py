@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from services.embedded import free_port, port_open
 from tests.helpers import DATA_DIR, wait_for
@@ -164,4 +165,22 @@ def test_a_second_stack_on_the_same_state_dir_is_refused(tmp_path):
     assert second.returncode != 0 and f"(pid {os.getpid()})" in second.stderr, second.stderr[-2000:]
     assert not (state / "redis").exists() and not (state / "stack.json").exists(), "nothing of it started"
     held.close()
+    _lock_state_dir(state).close()
+
+
+def test_a_stack_killed_outright_keeps_its_dir_locked_while_its_redis_runs(tmp_path):
+    """SIGKILL of the stack's process leaves its Redis running on the dir's AOF: the lock goes on with it,
+    so no second stack starts a second Redis there; once that Redis is gone, the dir is free."""
+    from services.embedded import start_redis
+    from services.supervisor import _lock_state_dir
+
+    state = tmp_path / "state"
+    lock = _lock_state_dir(state)
+    rds = start_redis(state / "redis", hold_fd=lock.fileno())
+    try:
+        lock.close()  # what the kernel does to a killed stack's files
+        with pytest.raises(SystemExit, match="another `online up`"):
+            _lock_state_dir(state)
+    finally:
+        rds.stop()
     _lock_state_dir(state).close()
