@@ -8,8 +8,8 @@ batch (what ``c`` clients waiting on each other would make at best);
 own: from sending the request to the first chunk with text.
 
 The same prompts (the golden and rehearsal prompts of ``online.generative_prompts``), greedy, the same
-``max_new_tokens``. For each concurrency the raw cell is measured in two halves, one before and one after
-the API's cell, so machine noise hits both alike. Reported: tokens/s (completion tokens over wall time),
+``max_new_tokens``. For each concurrency both cells are measured in two halves, interleaved (raw, API,
+raw, API), so machine noise hits both alike. Reported: tokens/s (completion tokens over wall time),
 time to first token p50/p99, whole-request p50, and the ratio API/raw (goal: >= 0.9x tokens/s).
 """
 
@@ -184,11 +184,13 @@ def run_bench_serve_generate(
             engine = httpx.get(f"{url}/readyz", timeout=10).json().get("engine") or "?"
             for c in levels:
                 half = max(c, (requests // 2) // c * c)
-                raw = raw_cell(host, model, texts, half, c, max_new, max_prompt)
-                joined = _joined(url)
-                api = api_cell(url, texts, requests, c, max_new)
-                joined = _joined(url) - joined
-                raw = raw.add(raw_cell(host, model, texts, half, c, max_new, max_prompt, offset=half))
+                raw, api, joined = GenCell(), GenCell(), 0
+                for part in range(2):  # raw, API, raw, API: machine noise hits both alike
+                    raw = raw.add(raw_cell(host, model, texts, half, c, max_new, max_prompt, offset=part * half))
+                    before = _joined(url)
+                    piece = api_cell(url, texts, half, c, max_new, offset=part * half)
+                    joined += _joined(url) - before
+                    api = _merge_api(api, piece)
                 for server, cell, eng, join in (("api", api, engine, joined), ("raw", raw, engine, None)):
                     console.row(
                         table="load", server=server, engine=eng, concurrency=c, requests=cell.requests,
@@ -199,6 +201,15 @@ def run_bench_serve_generate(
                         server_cpu=None if cell.server_cpu is None else cell.server_cpu / (cell.seconds * (os.cpu_count() or 1)),
                     )  # fmt: skip
     _report(console, max_new)
+
+
+def _merge_api(a: GenCell, b: GenCell) -> GenCell:
+    merged = a.add(b)
+    cpu = [x for x in (a.client_cpu, b.client_cpu) if x is not None]
+    merged.client_cpu = sum(cpu) if cpu else None
+    server = [x for x in (a.server_cpu, b.server_cpu) if x is not None]
+    merged.server_cpu = sum(server) if server else None
+    return merged
 
 
 def _joined(url: str) -> int:
