@@ -257,7 +257,8 @@ def _generation_feedback(
         else:
             text = gen.encode(gen.decode_chat(pred.text), answer, rejected=pred.answer)
             right = normalise(ev.answer) == normalise(pred.answer or "")
-            out.judgements.append(Judgement(ev.event_id, pred.version, right, ev.timestamp, pid, origin))
+            if not pred.memory_sid:  # a memory answer was written by a user, not by the version: not its judgement
+                out.judgements.append(Judgement(ev.event_id, pred.version, right, ev.timestamp, pid, origin))
         sample = Incoming(ev.event_id, text, gen.CORRECTION, ev.source, ev.timestamp, origin, trusted, masked=True)
         out.samples.append(sample)
         out.stored_ids.append(ev.event_id)
@@ -268,7 +269,8 @@ def _generation_feedback(
         return None
     assert isinstance(ev, ThumbsEvent) and pred is not None
     up = ev.vote == "up"
-    out.judgements.append(Judgement(ev.event_id, pred.version, up, ev.timestamp, pid, origin, thumbs=True))
+    if not pred.memory_sid:  # as above: the memory's answer is judged by forgetting it, not the version
+        out.judgements.append(Judgement(ev.event_id, pred.version, up, ev.timestamp, pid, origin, thumbs=True))
     if not up and pred.memory_sid:  # the memory's answer was voted down: it leaves the memory
         (out.forget if trusted else out.forget_untrusted).append(pred.memory_sid)
     text = gen.encode(gen.decode_chat(pred.text), pred.answer or "")

@@ -9,6 +9,7 @@ from pydantic import SecretStr
 from online import generation_samples as gen
 from online.memory.generative import GenerativeMemory
 from online.memory.log import Correction
+from online.wiring.stores import Stores
 from tests.generate.helpers import generating_app
 from tests.helpers import ConsumerThread, wait_for
 
@@ -55,9 +56,11 @@ def test_a_trusted_correction_answers_its_prompt_at_once_until_voted_down(gen_ka
         status = client.get(f"/v1/feedback/{event_id}", headers=ADMIN).json()
         assert status["state"] == "memory" and status["memory"] == "active", status
 
+        judged = Stores.from_settings(s).live_accuracy.get(1).n  # the correction of a model answer: 1
         down = {"kind": "thumbs", "prediction_id": answer["generation_id"], "vote": "down", "source": "ops"}
         assert client.post("/v1/feedback", json=down, headers=ADMIN).status_code == 202
         wait_for(lambda: _ask(client)["source"] == "model", what="the memory answer forgotten")
+        assert Stores.from_settings(s).live_accuracy.get(1).n == judged == 1, "a user wrote it, not version 1"
 
 
 def test_untrusted_corrections_need_independent_sources():
