@@ -53,8 +53,7 @@ class LoadResult:
     def pct(self, q: float) -> float:
         if not self.latencies:
             return self.percentiles.get(q, float("nan"))
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return percentile(self.latencies, q)
 
     @property
     def p50(self) -> float:
@@ -65,6 +64,14 @@ class LoadResult:
     def cpu_share(self, seconds: float | None) -> float | None:
         """CPU seconds as a share of the whole machine (every core) over the run."""
         return None if seconds is None else seconds / (self.seconds * (os.cpu_count() or 1))
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (the nearest rank; NaN for none)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 @contextmanager

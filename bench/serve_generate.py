@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import httpx
 from rich.table import Table
 
-from bench.common import bench_environment, cpu_seconds, listening_pid
+from bench.common import bench_environment, cpu_seconds, listening_pid, percentile
 from bench.report import BenchConsole
 from online.generative import AdapterHost, GenerativeLM
 from online.generative_eval import user
@@ -58,20 +58,18 @@ class GenCell:
         return self.tokens / self.seconds if self.seconds else 0.0
 
     def add(self, other: "GenCell") -> "GenCell":
+        def both(a: float | None, b: float | None) -> float | None:
+            return None if a is None and b is None else (a or 0.0) + (b or 0.0)
+
         return GenCell(
             self.seconds + other.seconds,
             self.tokens + other.tokens,
             self.first_token + other.first_token,
             self.latencies + other.latencies,
             self.errors + other.errors,
+            both(self.client_cpu, other.client_cpu),
+            both(self.server_cpu, other.server_cpu),
         )
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def prompts() -> list[str]:
@@ -103,7 +101,9 @@ def raw_cell(
     return cell
 
 
-async def _api_cell_async(url: str, texts: list[str], requests: int, concurrency: int, max_new: int, offset: int) -> GenCell:
+async def _api_cell_async(
+    url: str, texts: list[str], requests: int, concurrency: int, max_new: int, offset: int, pid: int | None
+) -> GenCell:
     cell = GenCell()
     issued = 0
 
@@ -146,20 +146,18 @@ async def _api_cell_async(url: str, texts: list[str], requests: int, concurrency
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         await one(client, texts[0])  # warm: the first request of a connection pool
         cell.tokens, cell.latencies, cell.first_token = 0, [], []
+        server0, client0 = cpu_seconds(pid), time.process_time()  # CPU over the measured part only
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         cell.seconds = time.perf_counter() - started
+        server1 = cpu_seconds(pid)
+        cell.client_cpu = time.process_time() - client0
+        cell.server_cpu = None if server0 is None or server1 is None else server1 - server0
     return cell
 
 
 def api_cell(url: str, texts: list[str], requests: int, concurrency: int, max_new: int, offset: int = 0) -> GenCell:
-    pid = listening_pid(url)
-    server0, client0 = cpu_seconds(pid), time.process_time()
-    cell = asyncio.run(_api_cell_async(url, texts, requests, concurrency, max_new, offset))
-    server1 = cpu_seconds(pid)
-    cell.client_cpu = time.process_time() - client0
-    cell.server_cpu = None if server0 is None or server1 is None else server1 - server0
-    return cell
+    return asyncio.run(_api_cell_async(url, texts, requests, concurrency, max_new, offset, listening_pid(url)))
 
 
 def run_bench_serve_generate(
@@ -190,26 +188,17 @@ def run_bench_serve_generate(
                     before = _joined(url)
                     piece = api_cell(url, texts, half, c, max_new, offset=part * half)
                     joined += _joined(url) - before
-                    api = _merge_api(api, piece)
+                    api = api.add(piece)
                 for server, cell, eng, join in (("api", api, engine, joined), ("raw", raw, engine, None)):
                     console.row(
                         table="load", server=server, engine=eng, concurrency=c, requests=cell.requests,
                         tokens=cell.tokens, tokens_per_s=cell.tokens_per_s,
-                        ttft_p50_ms=1e3 * _pct(cell.first_token, 0.5), ttft_p99_ms=1e3 * _pct(cell.first_token, 0.99),
-                        latency_p50_ms=1e3 * _pct(cell.latencies, 0.5), errors=cell.errors, joined=join,
+                        ttft_p50_ms=1e3 * percentile(cell.first_token, 0.5), ttft_p99_ms=1e3 * percentile(cell.first_token, 0.99),
+                        latency_p50_ms=1e3 * percentile(cell.latencies, 0.5), errors=cell.errors, joined=join,
                         client_cpu=None if cell.client_cpu is None else cell.client_cpu / (cell.seconds * (os.cpu_count() or 1)),
                         server_cpu=None if cell.server_cpu is None else cell.server_cpu / (cell.seconds * (os.cpu_count() or 1)),
                     )  # fmt: skip
     _report(console, max_new)
-
-
-def _merge_api(a: GenCell, b: GenCell) -> GenCell:
-    merged = a.add(b)
-    cpu = [x for x in (a.client_cpu, b.client_cpu) if x is not None]
-    merged.client_cpu = sum(cpu) if cpu else None
-    server = [x for x in (a.server_cpu, b.server_cpu) if x is not None]
-    merged.server_cpu = sum(server) if server else None
-    return merged
 
 
 def _joined(url: str) -> int:

@@ -25,8 +25,12 @@ class GenerationSample:
 
     @property
     def prompt(self) -> str:
-        """The last user turn: what the question was."""
-        return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
+        return last_user_turn(self.messages)
+
+
+def last_user_turn(messages: list[dict[str, str]]) -> str:
+    """The last user turn of a chat: what the question was."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 
 def encode(messages: list[dict[str, str]], answer: str, rejected: str | None = None) -> str:

@@ -153,6 +153,7 @@ class _Batch:
     temps: torch.Tensor
     top_ps: torch.Tensor
     logits: torch.Tensor  # each row's next-token logits
+    joinable: bool  # a cache of plain growing layers: rows can join it, dead columns can be cut
 
     def select(self, keep: list[int]) -> None:
         index = torch.tensor(keep, device=self.mask.device)
@@ -168,7 +169,7 @@ class _Batch:
         Positions are explicit per row, so dropping columns changes no row's attention."""
         used = self.mask.any(0).nonzero()
         lead = int(used[0]) if len(used) else self.mask.shape[1]
-        if lead == 0 or not _joinable(self.cache):
+        if lead == 0 or not self.joinable:
             return
         for layer in self.cache.layers:  # type: ignore[attr-defined]
             layer.keys, layer.values = layer.keys[..., lead:, :], layer.values[..., lead:, :]
@@ -269,7 +270,6 @@ def generate(
         return taken
 
     batch = _prefill(host, rows, live) if live else None
-    can_join = batch is not None and _joinable(batch.cache)
     while True:
         if batch is None or not batch.live:  # the decode ended: serve who is still waiting, then return
             if not closed:
@@ -279,12 +279,11 @@ def generate(
             waiting = waiting[max_batch:]
             if new:
                 batch = _prefill(host, rows, new)
-                can_join = _joinable(batch.cache)
                 continue
             if waiting:
                 continue  # all of them already answered (nothing to decode): the next ones
             break
-        if joiner is not None and can_join and len(batch.live) < max_batch:
+        if joiner is not None and batch.joinable and len(batch.live) < max_batch:
             new = add(joining(max_batch - len(batch.live)))
             if new:
                 batch.merge(_prefill(host, rows, new))
@@ -355,6 +354,7 @@ def _prefill(host: AdapterHost, rows: list[_Row], live: list[int]) -> _Batch:
         temps=torch.tensor([rows[i].request.temperature for i in live], device=device),
         top_ps=torch.tensor([rows[i].request.top_p for i in live], device=device),
         logits=out.logits[:, -1, :].float(),
+        joinable=_joinable(cache),
     )
 
 

@@ -33,6 +33,38 @@ def replica_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def publish_window(
+    snapshot: dict, alert_since: dict[str, float], metrics: ApiMetrics, drift_log: DriftLog, breaker: Breaker
+) -> None:
+    """A closed window out of the replica: its signals as gauges, each alert's rise and fall logged once
+    (``alert_since``: the replica's alerts up now, by signal), the snapshot to Redis behind the breaker."""
+    now = snapshot["at"]
+    for name, sig in snapshot["signals"].items():
+        metrics.drift_signal.labels(name).set(sig["value"])
+        metrics.drift_alert.labels(name).set(int(sig["alert"]))
+        if sig["alert"] and name not in alert_since:
+            alert_since[name] = now
+            metrics.drift_alerts.labels(name).inc()
+            log.warning(
+                "drift alert raised: %s = %.4g (threshold %.4g), version %s",
+                name,
+                sig["value"],
+                sig["threshold"],
+                snapshot["version"],
+            )
+        elif not sig["alert"] and name in alert_since:
+            del alert_since[name]
+            log.info("drift alert cleared: %s = %.4g", name, sig["value"])
+    if not breaker.allow():
+        metrics.side_effects_dropped.labels("drift").inc(snapshot["size"])
+        return
+    try:
+        drift_log.write(snapshot["replica"], snapshot)
+        breaker.succeeded()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        breaker.failed(exc)  # the breaker logs the outage once
+
+
 class DriftWindow:
     def __init__(self, settings: Settings, log_: DriftLog, metrics: ApiMetrics, breaker: Breaker) -> None:
         self.s = settings
@@ -136,30 +168,7 @@ class DriftWindow:
             "signals": signals,
             "label_counts": {self.labels[i]: int(c) for i, c in enumerate(counts) if c},
         }
-        for name, sig in signals.items():
-            self.metrics.drift_signal.labels(name).set(sig["value"])
-            self.metrics.drift_alert.labels(name).set(int(sig["alert"]))
-            if sig["alert"] and name not in self.alert_since:
-                self.alert_since[name] = now
-                self.metrics.drift_alerts.labels(name).inc()
-                log.warning(
-                    "drift alert raised: %s = %.4g (threshold %.4g), version %s",
-                    name,
-                    sig["value"],
-                    sig["threshold"],
-                    self.version,
-                )
-            elif not sig["alert"] and name in self.alert_since:
-                del self.alert_since[name]
-                log.info("drift alert cleared: %s = %.4g", name, sig["value"])
-        if not self.breaker.allow():
-            self.metrics.side_effects_dropped.labels("drift").inc(len(conf))
-            return
-        try:
-            self.drift_log.write(self.replica, self.latest)
-            self.breaker.succeeded()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self.breaker.failed(exc)  # the breaker logs the outage once
+        publish_window(self.latest, self.alert_since, self.metrics, self.drift_log, self.breaker)
 
     def label_distribution(self) -> dict:
         if self.latest is None:

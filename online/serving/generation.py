@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -34,12 +34,12 @@ from online.feedback.pii import mask_pii
 from online.feedback.prediction_log import PredictionLog, PredictionRecord
 from online.generative import AdapterHost, GenerativeLM
 from online.generator import Generated, Generation, JoinQueue, generate, prompt_ids
+from online.keys import Keys
 from online.lifecycle.registry import ModelRegistry
 from online.memory.generative import GenerativeHit, GenerativeMemory
-from online.keys import Keys
 from online.memory.log import CorrectionLog
-from online.monitoring.drift_log import DriftLog
 from online.model import resolve_device
+from online.monitoring.drift_log import DriftLog
 from online.monitoring.replicas import Heartbeat, Replicas
 from online.serving.batcher import MicroBatcher
 from online.serving.breaker import Breaker
@@ -300,9 +300,9 @@ class GenerationService:
         position: str | None = None
         while True:
             try:
-                if position is None:
+                if position is None:  # the snapshot and the rebuild off the event loop (lookups go on meanwhile)
                     position, entries = await asyncio.to_thread(log_.snapshot)
-                    self.memory.load(entries)
+                    await asyncio.to_thread(self.memory.load, entries)
                     continue
                 if await self._async_redis.xread({log_.stream: position}, count=1000, block=1000):
                     position = None  # changed: read the current entries again
@@ -503,7 +503,7 @@ class GenerationService:
         self.gen_metrics.tokens.labels(str(served.version)).inc(generated.completion_tokens)
         self._answered["model"] += 1
         self._log(result, messages)
-        prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        prompt = generation_samples.last_user_turn(messages)
         self._drift_pending.append((served.version, prompt, result.completion_tokens, result.finish_reason == "length"))
         yield result
 

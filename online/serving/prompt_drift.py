@@ -31,11 +31,13 @@ from online.monitoring.drift import Thresholds, window_signals
 from online.monitoring.drift_log import DriftLog
 from online.reference import Reference, unit_rows
 from online.serving.breaker import Breaker
+from online.serving.drift_window import publish_window
 from online.serving.metrics import ApiMetrics
 from online.settings import Settings
 
 log = logging.getLogger("online.serving.prompt_drift")
 
+SHARED_BASELINE_POLL_S = 5.0  # while collecting its own baseline, a replica looks for a shared one this often
 ANSWER_LENGTH_MAX_RATIO = 1.5  # mean answer length this many times the baseline's (or 1/that): alert
 
 
@@ -90,6 +92,7 @@ class PromptDrift:
         self.window = settings.drift_window
         self.reference: Reference | None = None
         self.baseline_tokens: float | None = None
+        self._shared_due = 0.0  # when to look for a baseline another replica set
         self._base_emb: list[np.ndarray] = []
         self._base_tokens: list[int] = []
         self._emb: list[np.ndarray] = []
@@ -115,10 +118,12 @@ class PromptDrift:
             self._close()
 
     def _collect(self, emb: np.ndarray, tokens: list[int]) -> None:
-        shared = self._read_shared()
-        if shared is not None:
-            self._use(*shared)
-            return
+        if time.monotonic() >= self._shared_due:  # another replica's baseline: looked for now and then
+            self._shared_due = time.monotonic() + SHARED_BASELINE_POLL_S
+            shared = self._read_shared()
+            if shared is not None:
+                self._use(*shared)
+                return
         self._base_emb.append(emb)
         self._base_tokens += tokens
         if len(self._base_tokens) < 2 * self.window:
@@ -183,21 +188,4 @@ class PromptDrift:
             "at": now, "replica": self.replica, "version": self.version, "size": len(tokens), "signals": signals,
             "label_counts": {},
         }  # fmt: skip
-        for name, sig in signals.items():
-            self.metrics.drift_signal.labels(name).set(sig["value"])
-            self.metrics.drift_alert.labels(name).set(int(sig["alert"]))
-            if sig["alert"] and name not in self.alert_since:
-                self.alert_since[name] = now
-                self.metrics.drift_alerts.labels(name).inc()
-                log.warning("drift alert raised: %s = %.4g, version %s", name, sig["value"], self.version)
-            elif not sig["alert"] and name in self.alert_since:
-                del self.alert_since[name]
-                log.info("drift alert cleared: %s = %.4g", name, sig["value"])
-        if not self.breaker.allow():
-            self.metrics.side_effects_dropped.labels("drift").inc(len(tokens))
-            return
-        try:
-            self.drift_log.write(self.replica, self.latest)
-            self.breaker.succeeded()
-        except redis.RedisError as exc:
-            self.breaker.failed(exc)
+        publish_window(self.latest, self.alert_since, self.metrics, self.drift_log, self.breaker)
