@@ -338,6 +338,8 @@ def run_up(settings: Settings, parts: tuple[str, ...] = ("serve", "consume", "tr
     try:
         stack = EmbeddedStack.start(settings)
         log.info("kafka %s, redis %s", stack.settings.kafka_bootstrap, stack.settings.redis_url)
+        if conflict := _task_conflict(stack.settings):
+            raise SystemExit(conflict)  # before any part starts: nothing would serve
         supervisor = Supervisor(stack, supervised_units(stack, parts, replicas))
         supervisor.start_all()
         why = supervisor.watch(threading.Event())  # until a signal raises _Stop, or it gives up
@@ -354,6 +356,16 @@ def run_up(settings: Settings, parts: tuple[str, ...] = ("serve", "consume", "tr
         elif stack:
             stack.stop()
         log.info("stopped")
+
+
+def _task_conflict(settings: Settings) -> str | None:
+    from online.wiring.stores import Stores
+
+    stores = Stores.from_settings(settings)
+    try:
+        return stores.registry.task_conflict(settings.task)
+    finally:
+        stores.close()
 
 
 def stop_processes(procs: list[subprocess.Popen], timeout: float = 20.0) -> None:

@@ -337,6 +337,8 @@ class Scheduler:
 def run_trainer(settings: Settings, stop: threading.Event) -> None:
     configure_threads(settings.num_threads)
     scheduler = Scheduler(Stores.from_settings(settings), stop)
+    if conflict := scheduler.registry.task_conflict(settings.task):
+        raise SystemExit(conflict)  # a round would train the wrong kind of model on the live one
     if settings.trainer_metrics_port is not None:
         start_http_server(settings.trainer_metrics_port, addr="0.0.0.0", registry=scheduler.metrics.registry)
     ensure_version_one(settings, scheduler.registry, scheduler.leader, stop)

@@ -150,6 +150,22 @@ class ModelRegistry:
         value = self.r.get(self._live)
         return int(value) if value is not None else None
 
+    def task_conflict(self, task: str) -> str | None:
+        """Why a deployment of ``task`` cannot run on this registry (its live version is of the other
+        kind: a generative model where a classifier is served, or the reverse), or None."""
+        live = self.live()
+        if live is None:
+            return None
+        family = self.get(live).family
+        generative = family == "generative"
+        if generative == (task == "generate"):
+            return None
+        return (
+            f"the registry's live version {live} is a {family} model, but the task is {task!r}: use another "
+            f"ONLINE_STATE_DIR (or model store and Redis) for this task, or run it as "
+            f"{'--task generate' if generative else '--task classify'}"
+        )
+
     def get(self, version: int) -> Manifest:
         raw = self.r.hget(self._index, str(version))
         if raw is None:

@@ -148,3 +148,23 @@ def test_a_live_rise_of_thumbs_down_rolls_a_generative_version_back(gen_kafka_se
         assert change is not None and change.action == "auto_rollback" and registry.live() == 1, change
         assert "2/12" in change.reason and "12/12" in change.reason
         wait_for(lambda: client.get("/readyz").json()["model_version"] == 1, what="the parent served again")
+
+
+def test_a_deployment_of_the_other_task_on_the_same_registry_is_refused_at_start(gen_settings):
+    """`online up --task generate` on a classifier's state (or the reverse) would serve nothing and train
+    the wrong kind of model: the trainer (and `online up`, before any part starts) refuse, saying why."""
+    import threading
+
+    import pytest
+
+    from services.trainer import run_trainer
+    from tests.generate.helpers import release_base
+
+    registry = Stores.from_settings(gen_settings).registry
+    assert registry.task_conflict("classify") is None, "an empty registry takes either"
+    release_base(gen_settings, registry)
+    assert registry.task_conflict("generate") is None
+    why = registry.task_conflict("classify")
+    assert why is not None and "live version 1 is a generative model" in why and "--task generate" in why
+    with pytest.raises(SystemExit, match="generative model"):
+        run_trainer(gen_settings.model_copy(update={"task": "classify"}), threading.Event())
