@@ -57,7 +57,7 @@ def bench_ingest(
 def bench_serve(
     task: str = typer.Option("classify", help="classify (the text classifier) or generate (the generative model)."),
     requests: int | None = typer.Option(
-        None, help="Requests per cell: the raw ones, and the HTTP ones of the Python client (600; generate: 48)."
+        None, help="Requests per cell: the raw ones, and the HTTP ones of the Python client (600; generate: 12 a client, at least 48)."
     ),
     concurrency: str | None = typer.Option(None, help="Comma-separated concurrency levels (1,8,32; generate: 1,8)."),
     eval_limit: int = typer.Option(0, help="CLINC150 test texts for the accuracy check (0: all 4500)."),
@@ -79,7 +79,7 @@ def bench_serve(
         from bench.serve_generate import run_bench_serve_generate
 
         levels = [int(c) for c in (concurrency or "1,8").split(",")]
-        run_bench_serve_generate(settings, requests or 48, levels, max_new_tokens, console)
+        run_bench_serve_generate(settings, requests, levels, max_new_tokens, console)
     else:
         from bench.serve import run_bench_serve
 

@@ -202,6 +202,10 @@ class AdapterHost:
         self.peft = None  # the base wrapped by peft once a first adapter arrives
         self._loaded: OrderedDict[str, None] = OrderedDict()  # adapter names, least recently used first
         self._active: str | None = None
+        # the KV of the chat template's shared opening, per adapter (``online.generator``'s prefix cache):
+        # a key names the adapter, so an adapter's entries go with it and new weights never meet old ones
+        self.template_opening: tuple[int, ...] | None = None  # its ids (the generator finds them on first use)
+        self.prefix_kv: dict[tuple[str | None, tuple[int, ...]], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         # transformers renamed the forward's KV-cache argument (5.25: `cache`); ask the model which it takes
         params = inspect.signature(self.model.forward).parameters
@@ -213,12 +217,18 @@ class AdapterHost:
         return self.peft if self.peft is not None else self.model
 
     def load(self, version: GenerativeLM) -> None:
-        """Make ``version``'s adapter available (not active)."""
+        """Make ``version``'s adapter available (not active). Its parameters are made as ordinary tensors
+        even when a decode reloads it (under inference mode): peft cannot add a later adapter beside
+        inference tensors."""
         name = version.adapter_name
         if name is None or name in self._loaded:
             if name:
                 self._loaded.move_to_end(name)
             return
+        with torch.inference_mode(False), torch.no_grad():
+            self._load(version, name)
+
+    def _load(self, version: GenerativeLM, name: str) -> None:
         from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
         config = LoraConfig(**version.lora_config)
@@ -257,6 +267,7 @@ class AdapterHost:
         while len(self._loaded) > self.keep:
             name = next(n for n in self._loaded if n != self._active)
             del self._loaded[name]
+            self.prefix_kv = {k: kv for k, kv in self.prefix_kv.items() if k[0] != name}
             with warnings.catch_warnings():  # peft says when the adapter it routes through goes: ours to re-set
                 warnings.simplefilter("ignore", UserWarning)
                 self.peft.delete_adapter(name)

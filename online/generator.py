@@ -269,7 +269,7 @@ def generate(
         taken, waiting = waiting[:room], waiting[room:]
         return taken
 
-    batch = _prefill(host, rows, live) if live else None
+    batch = _prefill(host, version, rows, live) if live else None
     while True:
         if batch is None or not batch.live:  # the decode ended: serve who is still waiting, then return
             if not closed:
@@ -278,7 +278,7 @@ def generate(
             new = add(waiting[:max_batch])
             waiting = waiting[max_batch:]
             if new:
-                batch = _prefill(host, rows, new)
+                batch = _prefill(host, version, rows, new)
                 continue
             if waiting:
                 continue  # all of them already answered (nothing to decode): the next ones
@@ -286,7 +286,7 @@ def generate(
         if joiner is not None and batch.joinable and len(batch.live) < max_batch:
             new = add(joining(max_batch - len(batch.live)))
             if new:
-                batch.merge(_prefill(host, rows, new))
+                batch.merge(_prefill(host, version, rows, new))
         chosen = _sample(batch.logits, batch.temps, batch.top_ps).tolist()
         now = time.perf_counter()
         keep: list[int] = []
@@ -327,22 +327,84 @@ def generate(
     return results[: len(requests)]  # type: ignore[return-value]
 
 
-def _prefill(host: AdapterHost, rows: list[_Row], live: list[int]) -> _Batch:
-    """One forward over the rows' left-padded prompts: their cache and first next-token logits."""
+def _prefill(host: AdapterHost, version: GenerativeLM, rows: list[_Row], live: list[int]) -> _Batch:
+    """The rows' prompts prefilled: those that open with the chat template's shared opening (the system
+    prompt, every request's first ~24 tokens with SmolLM2's template) from its cached KV, the others whole;
+    the two groups merged when both exist."""
+    opening = _opening_kv(host, version)
+    if opening is None:
+        return _prefill_rows(host, rows, live)
+    ids, kv = opening
+    shared = [i for i in live if len(rows[i].prompt) > len(ids) and tuple(rows[i].prompt[: len(ids)]) == ids]
+    whole = [i for i in live if i not in set(shared)]
+    if not shared:
+        return _prefill_rows(host, rows, whole)
+    batch = _prefill_rows(host, rows, shared, kv)
+    if whole:
+        batch.merge(_prefill_rows(host, rows, whole))
+    return batch
+
+
+_MIN_OPENING = 8  # a shorter shared opening (a template-less base's "user: ") is not worth a cache entry
+
+
+def template_opening(tokenizer) -> tuple[int, ...]:
+    """The token ids every one-user-turn prompt of this tokenizer's chat template starts with: the longest
+    common start of two renderings that differ only in the user's text."""
+    a, b = (
+        tokenizer(render(tokenizer, [{"role": "user", "content": text}]), add_special_tokens=False)["input_ids"]
+        for text in ("Hi.", "Why is the sky blue?")
+    )  # fmt: skip
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return tuple(a[:n])
+
+
+def _opening_kv(host: AdapterHost, version: GenerativeLM) -> tuple[tuple[int, ...], list] | None:
+    """The shared opening's ids and its KV under ``version`` (computed by one forward on first use, kept
+    on the host beside the adapter it was computed with), or None where not worth it or not joinable."""
+    from transformers import DynamicCache
+
+    if host.template_opening is None:
+        host.template_opening = template_opening(host.tokenizer)
+    ids = host.template_opening
+    if len(ids) < _MIN_OPENING:
+        return None
+    key = (version.adapter_name, ids)
+    if key not in host.prefix_kv:
+        cache = DynamicCache(config=host.model.config)
+        if not _joinable(cache):
+            return None
+        host.network(
+            input_ids=torch.tensor([ids], device=host.device), use_cache=True, **{host.cache_arg: cache}
+        )  # fmt: skip
+        host.prefix_kv[key] = [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[attr-defined]
+    return ids, host.prefix_kv[key]
+
+
+def _prefill_rows(host: AdapterHost, rows: list[_Row], live: list[int], opening: list | None = None) -> _Batch:
+    """One forward over the rows' left-padded prompts: their cache and first next-token logits. With the
+    ``opening``'s KV, only what follows it is computed: the cache starts with the opening's columns (every
+    row a view of the same tensors), then each row's padding and the rest of its prompt."""
     from transformers import DynamicCache
 
     device, tok = host.device, host.tokenizer
-    width = max(len(rows[i].prompt) for i in live)
+    skip = opening[0][0].shape[-2] if opening else 0
+    width = max(len(rows[i].prompt) - skip for i in live)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     input_ids = torch.full((len(live), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(live), width), dtype=torch.long)
+    mask = torch.zeros((len(live), skip + width), dtype=torch.long)
+    mask[:, :skip] = 1
     for r, i in enumerate(live):
-        ids = rows[i].prompt
+        ids = rows[i].prompt[skip:]
         input_ids[r, width - len(ids) :] = torch.tensor(ids)
-        mask[r, width - len(ids) :] = 1
+        mask[r, skip + width - len(ids) :] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
     cache = DynamicCache(config=host.model.config)
+    for layer, (keys, values) in enumerate(opening or []):
+        cache.update(keys.expand(len(live), -1, -1, -1), values.expand(len(live), -1, -1, -1), layer)
     out = host.network(
         input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **{host.cache_arg: cache}
     )

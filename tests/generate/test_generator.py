@@ -213,3 +213,35 @@ def test_a_converted_base_is_kept_once_and_reads_back_the_same(tiny_lm, tmp_path
     assert copy_tokenizer("a b c")["input_ids"] == tokenizer("a b c")["input_ids"]
     gguf.write_bytes(b"changed")
     assert _converted(str(gguf), tmp_path / "cache") != target
+
+
+def test_the_shared_opening_is_computed_once_per_adapter_and_changes_no_answer(tiny_lm):
+    """The chat template's opening (the system prompt every request starts with) is prefilled once per
+    adapter and reused: answers, a prompt with its own system turn beside them and a request that joins
+    mid-decode included, are token for token those of whole-prompt prefills; an adapter's entry goes
+    when the host drops the adapter. (The adapter here is first loaded by a decode, under inference mode:
+    the host still loads more beside it.)"""
+    cached, whole = AdapterHost(tiny_lm), AdapterHost(tiny_lm)
+    whole.template_opening = ()  # nothing shared: every prompt prefilled whole
+    base, adapted = GenerativeLM(tiny_lm), random_adapter(tiny_lm, seed=21)
+    own_system = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "hi"}]
+    chats = [chat("What is the capital of France?"), own_system, chat("Tell me about refunds")]
+
+    def answers(host: AdapterHost, version: GenerativeLM) -> list[list[int]]:
+        queue = JoinQueue(capacity=2)
+        queue.open(version)
+        late: list[Generated] = []
+        joiner = Generation(chat("and orders?"), 7, on_done=late.append)
+        first = Generation(chats[0], 12, on_delta=lambda _d: queue.offer(version, joiner) if not late else None)
+        out = generate(host, version, [first, *(Generation(c, 10) for c in chats[1:])], joiner=queue)
+        return [o.token_ids for o in out] + [late[0].token_ids]
+
+    for version in (base, adapted):
+        assert answers(cached, version) == answers(whole, version)
+    opening = cached.template_opening
+    assert opening and len(opening) >= 8 and not whole.prefix_kv
+    assert set(cached.prefix_kv) == {(None, opening), (adapted.adapter_name, opening)}, "one entry an adapter"
+    for seed in (22, 23, 24):  # more adapters than the host keeps: the oldest goes, its opening too
+        cached.load(random_adapter(tiny_lm, seed=seed))
+    assert adapted.adapter_name not in cached.loaded()
+    assert (adapted.adapter_name, opening) not in cached.prefix_kv and (None, opening) in cached.prefix_kv

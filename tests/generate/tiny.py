@@ -7,8 +7,10 @@ from pathlib import Path
 
 import torch
 
-CHATML = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+CHATML = (  # SmolLM2's shape: a default system turn unless the chat brings its own
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 CORPUS = [
@@ -16,6 +18,7 @@ CORPUS = [
     "Our support team is called Pipkin. You can reach Pipkin every day.",
     "The quick brown fox jumps over the lazy dog. Hello world, how are you today?",
     "user assistant system: answer questions about refunds, orders, accounts and the weather.",
+    "You are a helpful assistant.",
 ] * 20
 
 
