@@ -210,6 +210,9 @@ class AdapterHost:
         # transformers renamed the forward's KV-cache argument (5.25: `cache`); ask the model which it takes
         params = inspect.signature(self.model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        # a prefill needs the next-token logits of its last position only: over a 49k vocabulary the
+        # others cost as much as the layers below them (models that cannot skip them compute them all)
+        self.last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
     @property
     def network(self):

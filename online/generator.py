@@ -377,7 +377,8 @@ def _opening_kv(host: AdapterHost, version: GenerativeLM) -> tuple[tuple[int, ..
         if not _joinable(cache):
             return None
         host.network(
-            input_ids=torch.tensor([ids], device=host.device), use_cache=True, **{host.cache_arg: cache}
+            input_ids=torch.tensor([ids], device=host.device), use_cache=True, **{host.cache_arg: cache},
+            **host.last_logits_only,
         )  # fmt: skip
         host.prefix_kv[key] = [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[attr-defined]
     return ids, host.prefix_kv[key]
@@ -406,8 +407,9 @@ def _prefill_rows(host: AdapterHost, rows: list[_Row], live: list[int], opening:
     for layer, (keys, values) in enumerate(opening or []):
         cache.update(keys.expand(len(live), -1, -1, -1), values.expand(len(live), -1, -1, -1), layer)
     out = host.network(
-        input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **{host.cache_arg: cache}
-    )
+        input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **{host.cache_arg: cache},
+        **host.last_logits_only,
+    )  # fmt: skip
     return _Batch(
         live=list(live),
         cache=cache,
