@@ -139,71 +139,76 @@ class _Row:
         self.sent = ""  # text already streamed
         self.started = time.perf_counter()
         self.first_token_s: float | None = None
+        self.length = 0  # positions in the cache so far (the shared opening's included)
+        self.shared = False  # attends to the shared opening's columns instead of its own copy
 
 
-@dataclass
-class _Batch:
-    """The rows decoding together: their KV cache and per-row state, row ``r`` of each tensor being
-    ``live[r]``. Prompts are left-padded, so every row's next token lands in the same cache column."""
-
-    live: list[int]
-    cache: object
-    mask: torch.Tensor
-    positions: torch.Tensor  # each row's last position, [rows, 1]
-    temps: torch.Tensor
-    top_ps: torch.Tensor
-    logits: torch.Tensor  # each row's next-token logits
-    joinable: bool  # a cache of plain growing layers: rows can join it, dead columns can be cut
-
-    def select(self, keep: list[int]) -> None:
-        index = torch.tensor(keep, device=self.mask.device)
-        self.cache.batch_select_indices(index)  # type: ignore[attr-defined]
-        self.mask, self.positions = self.mask[index], self.positions[index]
-        self.temps, self.top_ps = self.temps[index], self.top_ps[index]
-        self.live = [self.live[r] for r in keep]
-        self.trim()
-
-    def trim(self) -> None:
-        """Drop the leading cache columns no live row attends to (padding of rows that left): with rows
-        joining and leaving, a decode that never ends would otherwise widen its cache a column a step.
-        Positions are explicit per row, so dropping columns changes no row's attention."""
-        used = self.mask.any(0).nonzero()
-        lead = int(used[0]) if len(used) else self.mask.shape[1]
-        if lead == 0 or not self.joinable:
-            return
-        for layer in self.cache.layers:  # type: ignore[attr-defined]
-            layer.keys, layer.values = layer.keys[..., lead:, :], layer.values[..., lead:, :]
-        self.mask = self.mask[:, lead:]
-
-    def merge(self, other: "_Batch") -> None:
-        """Append ``other``'s rows (a prefill of newly joined prompts): both caches left-padded with
-        masked columns to the longer one, then stacked."""
-        width = max(self.mask.shape[1], other.mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):  # type: ignore[attr-defined]
-            mine.keys = torch.cat([_left_pad(mine.keys, width, -2), _left_pad(theirs.keys, width, -2)])
-            mine.values = torch.cat([_left_pad(mine.values, width, -2), _left_pad(theirs.values, width, -2)])
-        self.mask = torch.cat([_left_pad(self.mask, width, -1), _left_pad(other.mask, width, -1)])
-        self.positions = torch.cat([self.positions, other.positions])
-        self.temps, self.top_ps = torch.cat([self.temps, other.temps]), torch.cat([self.top_ps, other.top_ps])
-        self.logits = torch.cat([self.logits, other.logits])
-        self.live = self.live + other.live
-        self.trim()
+_SHARED, _DEAD = -1, -2  # owners of cache columns that are no row's own: the shared opening, a row gone
 
 
-def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    missing = width - t.shape[dim]
-    if missing == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
+class _Packed:
+    """Every live row of a decode in one sequence: one cache of batch size 1 whose columns belong to rows
+    (``owner``) at positions (``pos``), and a mask that lets each token see its own row's earlier columns
+    (and the chat template's shared opening, kept once at the start). Why not a padded batch: a request
+    that joins a running decode then costs no forward of its own; its prompt's tokens ride in the next
+    decode step beside the running rows' one token each, so the weights are read once a step (the cost of
+    a forward on a CPU or a small GPU batch), and no row is padded to another's length."""
 
+    def __init__(self, host: AdapterHost, opening: tuple[tuple[int, ...], list] | None) -> None:
+        from transformers import DynamicCache
 
-def _joinable(cache) -> bool:
-    """Rows can join only a cache of plain growing layers (not a sliding window or a static cache)."""
-    from transformers.cache_utils import DynamicLayer
+        self.host = host
+        self.cache = DynamicCache()  # plain growing layers: rows' columns are indexed, never windowed
+        self.opening = opening[0] if opening else ()
+        width = len(self.opening)
+        for layer, (keys, values) in enumerate(opening[1] if opening else []):
+            self.cache.update(keys, values, layer)
+        device = host.device
+        self.owner = torch.full((width,), _SHARED, dtype=torch.long, device=device)
+        self.pos = torch.arange(width, device=device)
+        self.live: list[int] = []  # rows with next-token logits, in the order of ``logits``' rows
+        self.logits: torch.Tensor | None = None
+        self.dtype = next(host.model.parameters()).dtype
 
-    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+    def step(self, rows: list[_Row], feed: list[tuple[int, list[int]]]) -> None:
+        """One forward: each ``(row, tokens)`` of ``feed`` appended to the sequence (a running row's last
+        token, a new row's prompt); afterwards ``live``/``logits`` are those rows' next-token logits."""
+        host, device = self.host, self.host.device
+        ids, q_owner, q_pos, last = [], [], [], []
+        for i, tokens in feed:
+            row = rows[i]
+            ids += tokens
+            q_owner += [i] * len(tokens)
+            q_pos += range(row.length, row.length + len(tokens))
+            row.length += len(tokens)
+            last.append(len(ids) - 1)
+        q_owner_t = torch.tensor(q_owner, device=device)
+        q_pos_t = torch.tensor(q_pos, device=device)
+        shared = torch.tensor([rows[i].shared for i in q_owner], device=device)
+        owner, pos = torch.cat([self.owner, q_owner_t]), torch.cat([self.pos, q_pos_t])
+        seen = (owner[None, :] == q_owner_t[:, None]) | ((owner[None, :] == _SHARED) & shared[:, None])
+        seen &= pos[None, :] <= q_pos_t[:, None]
+        mask = torch.zeros(seen.shape, dtype=self.dtype, device=device)
+        mask.masked_fill_(~seen, torch.finfo(self.dtype).min)
+        keep = torch.tensor(last, device=device)
+        kwargs = {"logits_to_keep": keep} if host.last_logits_only else {}
+        out = host.network(
+            input_ids=torch.tensor([ids], device=device), attention_mask=mask[None, None],
+            position_ids=q_pos_t[None], use_cache=True, **{host.cache_arg: self.cache}, **kwargs,
+        )  # fmt: skip
+        logits = out.logits[0] if kwargs else out.logits[0, keep]
+        self.owner, self.pos = owner, pos
+        self.live, self.logits = [i for i, _ in feed], logits.float()
+
+    def leave(self, i: int) -> None:
+        """Row ``i`` ended: its columns are dead, and cut once they are most of the sequence."""
+        self.owner = torch.where(self.owner == i, _DEAD, self.owner)
+        dead = int((self.owner == _DEAD).sum())
+        if dead > 64 and 2 * dead > len(self.owner):
+            kept = (self.owner != _DEAD).nonzero().squeeze(-1)
+            for layer in self.cache.layers:  # type: ignore[attr-defined]
+                layer.keys, layer.values = layer.keys.index_select(-2, kept), layer.values.index_select(-2, kept)
+            self.owner, self.pos = self.owner[kept], self.pos[kept]
 
 
 @torch.inference_mode()
@@ -230,21 +235,28 @@ def generate(
     started = time.perf_counter()
     host.activate(version)
     tok = host.tokenizer
-    limit = getattr(host.model.config, "max_position_embeddings", None) or 1 << 30
+    limit = _context_limit(host.model.config)
     rows: list[_Row] = []
     results: list[Generated | None] = []
+    packed = _Packed(host, _opening_kv(host, version))
 
-    def add(new: list[Generation]) -> list[int]:
-        """New rows; those with nothing to decode are answered at once; the indices of the others."""
-        first = len(rows)
+    def add(new: list[Generation]) -> list[tuple[int, list[int]]]:
+        """New rows; those with nothing to decode are answered at once; the others' prompts to feed."""
+        first, fed = len(rows), []
         for req in new:
             ids = prompt_ids(tok, req.messages, min(max_prompt_tokens, max(limit - 1, 1)))
             rows.append(_Row(req, ids, max(0, min(req.max_new_tokens, limit - len(ids)))))
             results.append(None)
         for i in range(first, len(rows)):
-            if rows[i].max_new == 0 or rows[i].request.cancelled():
-                finish(i, "cancelled" if rows[i].request.cancelled() else "length")
-        return [i for i in range(first, len(rows)) if results[i] is None]
+            row = rows[i]
+            if row.max_new == 0 or row.request.cancelled():
+                finish(i, "cancelled" if row.request.cancelled() else "length")
+                continue
+            opening = packed.opening
+            row.shared = bool(opening) and len(row.prompt) > len(opening) and tuple(row.prompt[: len(opening)]) == opening
+            row.length = len(opening) if row.shared else 0
+            fed.append((i, row.prompt[row.length :]))
+        return fed
 
     def finish(i: int, reason: FinishReason) -> None:
         row = rows[i]
@@ -255,7 +267,6 @@ def generate(
         if row.request.on_done:
             row.request.on_done(results[i])
 
-    live = add(requests)
     closed = joiner is None
     waiting: list[Generation] = []  # accepted before the joiner closed, not yet admitted
 
@@ -269,33 +280,34 @@ def generate(
         taken, waiting = waiting[:room], waiting[room:]
         return taken
 
-    batch = _prefill(host, version, rows, live) if live else None
+    feed = add(requests[:max_batch])
+    waiting += requests[max_batch:]
     while True:
-        if batch is None or not batch.live:  # the decode ended: serve who is still waiting, then return
+        if feed:
+            packed.step(rows, feed)
+            feed = []
+        else:
+            packed.live = []
+        if not packed.live:  # the decode ended: serve who is still waiting, then return
             if not closed:
                 closed = True
                 waiting += joiner.close()  # type: ignore[union-attr]
-            new = add(waiting[:max_batch])
-            waiting = waiting[max_batch:]
-            if new:
-                batch = _prefill(host, version, rows, new)
-                continue
-            if waiting:
-                continue  # all of them already answered (nothing to decode): the next ones
-            break
-        if joiner is not None and batch.joinable and len(batch.live) < max_batch:
-            new = add(joining(max_batch - len(batch.live)))
-            if new:
-                batch.merge(_prefill(host, version, rows, new))
-        chosen = _sample(batch.logits, batch.temps, batch.top_ps).tolist()
+            if not waiting:
+                break
+            feed, waiting = add(waiting[:max_batch]), waiting[max_batch:]
+            continue
+        assert packed.logits is not None
+        temps = torch.tensor([rows[i].request.temperature for i in packed.live], device=host.device)
+        top_ps = torch.tensor([rows[i].request.top_p for i in packed.live], device=host.device)
+        chosen = _sample(packed.logits, temps, top_ps).tolist()
         now = time.perf_counter()
-        keep: list[int] = []
-        for r, i in enumerate(batch.live):
-            row, token = rows[i], chosen[r]
+        for i, token in zip(packed.live, chosen):
+            row = rows[i]
             if row.first_token_s is None:
                 row.first_token_s = now - row.started
             if token in host.eos_ids:
                 finish(i, "stop")
+                packed.leave(i)
                 continue
             row.tokens.append(token)
             if row.request.on_delta:
@@ -308,41 +320,29 @@ def generate(
             elif row.request.cancelled():
                 finish(i, "cancelled")
             else:
-                keep.append(r)
+                feed.append((i, [token]))
+                continue
+            packed.leave(i)
         if after_step is not None:
             after_step()
-        if not keep:
-            batch.live = []
-            continue
-        step = torch.tensor([[chosen[r]] for r in keep], device=host.device)
-        if len(keep) < len(batch.live):  # finished rows leave the batch, their cache rows too
-            batch.select(keep)
-        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.live), 1))], dim=-1)
-        batch.positions = batch.positions + 1
-        out = host.network(
-            input_ids=step, attention_mask=batch.mask, position_ids=batch.positions, use_cache=True,
-            **{host.cache_arg: batch.cache},
-        )  # fmt: skip
-        batch.logits = out.logits[:, -1, :].float()
+        room = max_batch - len(feed)
+        if room > 0 and (joiner is not None or waiting):
+            feed += add(joining(room) if joiner is not None else _take(waiting, room))
     return results[: len(requests)]  # type: ignore[return-value]
 
 
-def _prefill(host: AdapterHost, version: GenerativeLM, rows: list[_Row], live: list[int]) -> _Batch:
-    """The rows' prompts prefilled: those that open with the chat template's shared opening (the system
-    prompt, every request's first ~24 tokens with SmolLM2's template) from its cached KV, the others whole;
-    the two groups merged when both exist."""
-    opening = _opening_kv(host, version)
-    if opening is None:
-        return _prefill_rows(host, rows, live)
-    ids, kv = opening
-    shared = [i for i in live if len(rows[i].prompt) > len(ids) and tuple(rows[i].prompt[: len(ids)]) == ids]
-    whole = [i for i in live if i not in set(shared)]
-    if not shared:
-        return _prefill_rows(host, rows, whole)
-    batch = _prefill_rows(host, rows, shared, kv)
-    if whole:
-        batch.merge(_prefill_rows(host, rows, whole))
-    return batch
+def _take(waiting: list[Generation], room: int) -> list[Generation]:
+    taken = waiting[:room]
+    del waiting[:room]
+    return taken
+
+
+def _context_limit(config) -> int:
+    """The longest sequence a row may reach: the model's positions, and a sliding window's width (the
+    packed sequence's mask is the whole causal one, so a row stays within the window it was trained on)."""
+    limit = getattr(config, "max_position_embeddings", None) or 1 << 30
+    window = getattr(config, "sliding_window", None)
+    return min(limit, window) if isinstance(window, int) and window > 0 else limit
 
 
 _MIN_OPENING = 8  # a shorter shared opening (a template-less base's "user: ") is not worth a cache entry
@@ -363,7 +363,7 @@ def template_opening(tokenizer) -> tuple[int, ...]:
 
 def _opening_kv(host: AdapterHost, version: GenerativeLM) -> tuple[tuple[int, ...], list] | None:
     """The shared opening's ids and its KV under ``version`` (computed by one forward on first use, kept
-    on the host beside the adapter it was computed with), or None where not worth it or not joinable."""
+    on the host beside the adapter it was computed with), or None where not worth it."""
     from transformers import DynamicCache
 
     if host.template_opening is None:
@@ -373,53 +373,13 @@ def _opening_kv(host: AdapterHost, version: GenerativeLM) -> tuple[tuple[int, ..
         return None
     key = (version.adapter_name, ids)
     if key not in host.prefix_kv:
-        cache = DynamicCache(config=host.model.config)
-        if not _joinable(cache):
-            return None
+        cache = DynamicCache()
         host.network(
             input_ids=torch.tensor([ids], device=host.device), use_cache=True, **{host.cache_arg: cache},
             **host.last_logits_only,
         )  # fmt: skip
         host.prefix_kv[key] = [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[attr-defined]
     return ids, host.prefix_kv[key]
-
-
-def _prefill_rows(host: AdapterHost, rows: list[_Row], live: list[int], opening: list | None = None) -> _Batch:
-    """One forward over the rows' left-padded prompts: their cache and first next-token logits. With the
-    ``opening``'s KV, only what follows it is computed: the cache starts with the opening's columns (every
-    row a view of the same tensors), then each row's padding and the rest of its prompt."""
-    from transformers import DynamicCache
-
-    device, tok = host.device, host.tokenizer
-    skip = opening[0][0].shape[-2] if opening else 0
-    width = max(len(rows[i].prompt) - skip for i in live)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    input_ids = torch.full((len(live), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(live), skip + width), dtype=torch.long)
-    mask[:, :skip] = 1
-    for r, i in enumerate(live):
-        ids = rows[i].prompt[skip:]
-        input_ids[r, width - len(ids) :] = torch.tensor(ids)
-        mask[r, skip + width - len(ids) :] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
-    cache = DynamicCache(config=host.model.config)
-    for layer, (keys, values) in enumerate(opening or []):
-        cache.update(keys.expand(len(live), -1, -1, -1), values.expand(len(live), -1, -1, -1), layer)
-    out = host.network(
-        input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **{host.cache_arg: cache},
-        **host.last_logits_only,
-    )  # fmt: skip
-    return _Batch(
-        live=list(live),
-        cache=cache,
-        mask=mask,
-        positions=positions[:, -1:],
-        temps=torch.tensor([rows[i].request.temperature for i in live], device=device),
-        top_ps=torch.tensor([rows[i].request.top_p for i in live], device=device),
-        logits=out.logits[:, -1, :].float(),
-        joinable=_joinable(cache),
-    )
 
 
 def _sample(logits: torch.Tensor, temps: torch.Tensor, top_ps: torch.Tensor) -> torch.Tensor:
