@@ -104,18 +104,26 @@ class PromptDrift:
 
     # --- on the side-effect thread ------------------------------------------------------------
     def observe(self, version: int, emb: np.ndarray, tokens: list[int], cut: list[bool]) -> None:
-        """One decode's prompts (embeddings) and answers (their lengths, whether ``max_new_tokens`` cut them)."""
+        """One decode's prompts (embeddings) and answers (their lengths, whether ``max_new_tokens`` cut them).
+        A decode's prompts are split where the baseline or a window fills, so each holds exactly its size
+        (a decode that others joined answers several at once)."""
         if version != self.version:
             self.version = version  # a new window for a new version (the baseline is the deployment's)
             self._emb, self._tokens, self._cut = [], [], []
         if self.reference is None:
-            self._collect(emb, tokens)
-            return
-        self._emb.append(emb)
-        self._tokens += tokens
-        self._cut += cut
-        if len(self._tokens) >= self.window:
-            self._close()
+            need = 2 * self.window - len(self._base_tokens)
+            self._collect(emb[:need], tokens[:need])
+            if self.reference is None:
+                return
+            emb, tokens, cut = emb[need:], tokens[need:], cut[need:]
+        while tokens:
+            room = self.window - len(self._tokens)
+            self._emb.append(emb[:room])
+            self._tokens += tokens[:room]
+            self._cut += cut[:room]
+            emb, tokens, cut = emb[room:], tokens[room:], cut[room:]
+            if len(self._tokens) >= self.window:
+                self._close()
 
     def _collect(self, emb: np.ndarray, tokens: list[int]) -> None:
         if time.monotonic() >= self._shared_due:  # another replica's baseline: looked for now and then

@@ -22,11 +22,11 @@ def _latest(client) -> dict | None:
 
 def test_prompts_unlike_the_first_ones_raise_drift_alerts(gen_settings):
     s = gen_settings.model_copy(update={"drift_window": WINDOW})
-    like = [f"What is the weather like in city number {i} today?" for i in range(3 * WINDOW + 1)]
-    unlike = [f"zq {i} ## 0x{i:04x} ;; select * from t{i} where k = {i * 7} -- !!" for i in range(WINDOW + 1)]
+    like = [f"What is the weather like in city number {i} today?" for i in range(3 * WINDOW)]
+    unlike = [f"zq {i} ## 0x{i:04x} ;; select * from t{i} where k = {i * 7} -- !!" for i in range(WINDOW)]
     with generating_app(s) as client:
         _ask(client, like[: 2 * WINDOW])  # the baseline
-        _ask(client, like[2 * WINDOW :])  # a window like it (the last prompt closes it: embedding lags a decode)
+        _ask(client, like[2 * WINDOW :])  # a window like it (each prompt windowed after its own decode)
         first = wait_for(lambda: _latest(client), what="a first window compared with the baseline")
         signals = first["signals"]
         assert {"knn_rate", "mmd_p", "oos_rate", "answer_length_ratio", "cut_rate"} <= set(signals)
