@@ -1,18 +1,18 @@
 """The generative forward path: a batch of prompts decoded together, token by token, on one thread.
 
-:func:`generate` runs on a replica's forward thread (the only thread that runs torch there): the prompts
-of a micro-batch are left-padded into one prefill, then each step samples one token per row (greedy at
-temperature 0, else temperature and top-p, per row) with the KV cache. A row that ends (an end-of-turn
-token, its own ``max_new_tokens``, its client gone) leaves the batch at once, cache rows included, so
-the others decode at the width that is left, and its answer is handed back at once (``on_done``), not
-when the longest row of its batch ends. Streaming clients get each text delta as it is decoded
-(``on_delta``); a delta never ends inside a multi-byte character.
+:func:`generate` runs on a replica's forward thread (the only thread that runs torch there). Every live
+row of a decode is kept in one packed sequence (:class:`_Packed`): the first forward carries the prompts,
+then each step samples one token per row (greedy at temperature 0, else temperature and top-p, per row)
+and feeds it back. A row that ends (an end-of-turn token, its own ``max_new_tokens``, its client gone)
+leaves at once and its answer is handed back then (``on_done``), not when the longest row ends.
+Streaming clients get each text delta as it is decoded (``on_delta``); a delta never ends inside a
+multi-byte character.
 
 Continuous batching: requests that arrive while a decode runs join it between two steps (a
-:class:`JoinQueue`), their prompts prefilled on their own and their KV cache stacked beside the running
-rows', instead of waiting for the longest row of the batch to end. Under a closed loop of clients a
-static batch fragments (the first clients answered come back before the last) and leaves the forward
-thread decoding few rows; joining keeps it full.
+:class:`JoinQueue`), their prompts fed in the next step's forward beside the running rows' tokens,
+instead of waiting for the longest row of the batch to end. Under a closed loop of clients a static
+batch fragments (the first clients answered come back before the last) and leaves the forward thread
+decoding few rows; joining keeps it full.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Generated:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
-    first_token_s: float | None = None  # from the batch's start
+    first_token_s: float | None = None  # from the row's admission to the decode
     token_ids: list[int] = field(default_factory=list, repr=False)
 
 
@@ -80,6 +80,10 @@ class Joiner(Protocol):
         """Accept no more; every request still waiting (the decode serves them before it returns)."""
         ...
 
+    def answered(self, request: Generation) -> None:
+        """``request`` has its answer: nothing of it need be kept for the rest of the decode."""
+        ...
+
 
 class JoinQueue:
     """The serving side's :class:`Joiner`: thread-safe, open for one version's decode at a time.
@@ -96,12 +100,12 @@ class JoinQueue:
         self._lock = threading.Lock()
         self._open_for: object | None = None
         self._waiting: list[Generation] = []
-        self.taken: list[Generation] = []  # what the current decode took (what fails with it)
+        self._taken: dict[int, Generation] = {}  # taken by the current decode, not yet answered
 
     def open(self, version: object) -> None:
         with self._lock:
             self._open_for = version
-            self.taken = []
+            self._taken = {}
 
     @property
     def is_open(self) -> bool:
@@ -119,15 +123,25 @@ class JoinQueue:
     def take(self, room: int) -> list[Generation]:
         with self._lock:
             taken, self._waiting = self._waiting[: max(room, 0)], self._waiting[max(room, 0) :]
-            self.taken += taken
+            self._taken.update((id(r), r) for r in taken)
             return taken
 
     def close(self) -> list[Generation]:
         with self._lock:
             self._open_for = None
             taken, self._waiting = self._waiting, []
-            self.taken += taken
+            self._taken.update((id(r), r) for r in taken)
             return taken
+
+    def answered(self, request: Generation) -> None:
+        with self._lock:
+            self._taken.pop(id(request), None)
+
+    @property
+    def taken(self) -> list[Generation]:
+        """What the current decode took and has not answered yet (what fails with it)."""
+        with self._lock:
+            return list(self._taken.values())
 
 
 class _Row:
@@ -144,6 +158,7 @@ class _Row:
 
 
 _SHARED, _DEAD = -1, -2  # owners of cache columns that are no row's own: the shared opening, a row gone
+_CUT_DEAD = 64  # dead columns are cut (a copy of the whole cache) once more than this and most of it
 
 
 class _Packed:
@@ -157,6 +172,9 @@ class _Packed:
     def __init__(self, host: AdapterHost, opening: tuple[tuple[int, ...], list] | None) -> None:
         from transformers import DynamicCache
 
+        kinds = set(getattr(host.model.config, "layer_types", None) or ["full_attention"])
+        if not kinds <= {"full_attention", "sliding_attention"}:  # a recurrent state would mix rows
+            raise ValueError(f"{host.base_model}: layers {sorted(kinds)} cannot be decoded packed (attention only)")
         self.host = host
         self.cache = DynamicCache()  # plain growing layers: rows' columns are indexed, never windowed
         self.opening = opening[0] if opening else ()
@@ -168,9 +186,9 @@ class _Packed:
         self.pos = torch.arange(width, device=device)
         self.live: list[int] = []  # rows with next-token logits, in the order of ``logits``' rows
         self.logits: torch.Tensor | None = None
-        self.dtype = next(host.model.parameters()).dtype
+        self.dtype = host.model.dtype  # the mask's: attention kernels want the queries' own
 
-    def step(self, rows: list[_Row], feed: list[tuple[int, list[int]]]) -> None:
+    def step(self, rows: dict[int, _Row], feed: list[tuple[int, list[int]]]) -> None:
         """One forward: each ``(row, tokens)`` of ``feed`` appended to the sequence (a running row's last
         token, a new row's prompt); afterwards ``live``/``logits`` are those rows' next-token logits."""
         host, device = self.host, self.host.device
@@ -204,7 +222,7 @@ class _Packed:
         """Row ``i`` ended: its columns are dead, and cut once they are most of the sequence."""
         self.owner = torch.where(self.owner == i, _DEAD, self.owner)
         dead = int((self.owner == _DEAD).sum())
-        if dead > 64 and 2 * dead > len(self.owner):
+        if dead > _CUT_DEAD and 2 * dead > len(self.owner):
             kept = (self.owner != _DEAD).nonzero().squeeze(-1)
             for layer in self.cache.layers:  # type: ignore[attr-defined]
                 layer.keys, layer.values = layer.keys.index_select(-2, kept), layer.values.index_select(-2, kept)
@@ -236,19 +254,19 @@ def generate(
     host.activate(version)
     tok = host.tokenizer
     limit = _context_limit(host.model.config)
-    rows: list[_Row] = []
-    results: list[Generated | None] = []
+    rows: dict[int, _Row] = {}  # the rows not yet answered, by admission number
+    results: list[Generated | None] = [None] * len(requests)  # the batch's own answers (joiners get on_done)
+    admitted = 0
     packed = _Packed(host, _opening_kv(host, version))
 
     def add(new: list[Generation]) -> list[tuple[int, list[int]]]:
         """New rows; those with nothing to decode are answered at once; the others' prompts to feed."""
-        first, fed = len(rows), []
+        nonlocal admitted
+        fed = []
         for req in new:
+            i, admitted = admitted, admitted + 1
             ids = prompt_ids(tok, req.messages, min(max_prompt_tokens, max(limit - 1, 1)))
-            rows.append(_Row(req, ids, max(0, min(req.max_new_tokens, limit - len(ids)))))
-            results.append(None)
-        for i in range(first, len(rows)):
-            row = rows[i]
+            row = rows[i] = _Row(req, ids, max(0, min(req.max_new_tokens, limit - len(ids))))
             if row.max_new == 0 or row.request.cancelled():
                 finish(i, "cancelled" if row.request.cancelled() else "length")
                 continue
@@ -259,13 +277,19 @@ def generate(
         return fed
 
     def finish(i: int, reason: FinishReason) -> None:
-        row = rows[i]
+        """Row ``i``'s answer to its request; nothing of the row is kept after (a decode that keeps taking
+        newcomers may run for hours)."""
+        row = rows.pop(i)
         text = tok.decode(row.tokens, skip_special_tokens=True)
         if row.request.on_delta and text.startswith(row.sent) and len(text) > len(row.sent):
             row.request.on_delta(text[len(row.sent) :])  # what a partial character held back
-        results[i] = Generated(text, len(row.prompt), len(row.tokens), reason, row.first_token_s, row.tokens)
+        result = Generated(text, len(row.prompt), len(row.tokens), reason, row.first_token_s, row.tokens)
+        if i < len(results):
+            results[i] = result
         if row.request.on_done:
-            row.request.on_done(results[i])
+            row.request.on_done(result)
+        if joiner is not None:
+            joiner.answered(row.request)
 
     closed = joiner is None
     waiting: list[Generation] = []  # accepted before the joiner closed, not yet admitted
@@ -328,7 +352,7 @@ def generate(
         room = max_batch - len(feed)
         if room > 0 and (joiner is not None or waiting):
             feed += add(joining(room) if joiner is not None else _take(waiting, room))
-    return results[: len(requests)]  # type: ignore[return-value]
+    return results  # type: ignore[return-value]
 
 
 def _take(waiting: list[Generation], room: int) -> list[Generation]:

@@ -29,7 +29,7 @@ def test_a_batch_answers_what_each_prompt_answers_alone(host, tiny_lm):
     budgets = [3, 12, 7]
     together = generate(host, base, [Generation(chat(p), n) for p, n in zip(prompts, budgets)])
     for a, t, n in zip(alone, together, budgets):
-        assert t.token_ids == a.token_ids[:n], "left padding and rows leaving the batch change nothing"
+        assert t.token_ids == a.token_ids[:n], "packing rows together and rows leaving change nothing"
         assert t.completion_tokens <= n and t.prompt_tokens == a.prompt_tokens
     # the reference: transformers' own greedy decoding of the first prompt
     ids = torch.tensor([host.tokenizer(host.tokenizer.apply_chat_template(chat(prompts[1]), add_generation_prompt=True, tokenize=False))["input_ids"]])  # fmt: skip
@@ -87,12 +87,24 @@ def test_requests_arriving_mid_decode_join_it_and_answer_what_they_answer_alone(
     assert out[0].token_ids == alone[0].token_ids, "rows joining change nothing for the running one"
     assert late["b"].token_ids == alone[1].token_ids and late["c"].token_ids == alone[2].token_ids
     assert order[-1] == "a" and set(order[:2]) == {"b", "c"}, "the joiners were answered while it decoded"
-    assert len(queue.taken) == 2 and not queue.offer(base, Generation(chat("y"), 2)), "closed when it returned"
+    assert queue.taken == [] and not queue.offer(base, Generation(chat("y"), 2)), "all answered; closed when it returned"
 
 
-def test_a_row_that_outlives_the_ones_it_joined_decodes_what_it_decodes_alone(host, tiny_lm):
-    """The first row (a long prompt) ends early; the row that joined it goes on alone, its cache cut to
-    the columns it attends to: the answer is the same as alone, and so is a third joining after that."""
+def test_a_row_that_outlives_the_ones_it_joined_decodes_what_it_decodes_alone(host, tiny_lm, monkeypatch):
+    """The first row (a long prompt) ends early; the row that joined it goes on alone, the sequence cut to
+    the columns still attended to: the answer is the same as alone, and so is a third joining after that."""
+    import online.generator as generator
+
+    monkeypatch.setattr(generator, "_CUT_DEAD", 0)  # cut as soon as dead columns are most of the sequence
+    cuts: list[int] = []
+    leave = generator._Packed.leave
+
+    def spy(self, i: int) -> None:
+        before = len(self.owner)
+        leave(self, i)
+        cuts.append(before - len(self.owner))
+
+    monkeypatch.setattr(generator._Packed, "leave", spy)
     base = GenerativeLM(tiny_lm)
     long_prompt = "Tell me about refunds and orders in detail please, and about the weather in Lisbon"
     alone = {p: generate(host, base, [Generation(chat(p), 30)])[0].token_ids for p in ("hello", "a")}
@@ -119,6 +131,7 @@ def test_a_row_that_outlives_the_ones_it_joined_decodes_what_it_decodes_alone(ho
     generate(host, base, [Generation(chat(long_prompt), 3, on_delta=arrivals), Generation(chat("b"), 30, on_delta=later)],
              joiner=queue, max_batch=4, join_window_s=60)  # fmt: skip
     assert got["hello"].token_ids == alone["hello"] and got["a"].token_ids == alone["a"]
+    assert any(cuts), "dead columns were cut while others decoded on"
 
 
 def test_past_the_join_window_arrivals_wait_for_others_and_are_still_answered(host, tiny_lm):
@@ -232,8 +245,15 @@ def test_the_shared_opening_is_computed_once_per_adapter_and_changes_no_answer(t
         queue.open(version)
         late: list[Generated] = []
         joiner = Generation(chat("and orders?"), 7, on_done=late.append)
-        first = Generation(chats[0], 12, on_delta=lambda _d: queue.offer(version, joiner) if not late else None)
+        offered: list[bool] = []
+
+        def arrive(_delta: str) -> None:  # one request arrives once the first row has a token
+            if not offered:
+                offered.append(queue.offer(version, joiner))
+
+        first = Generation(chats[0], 12, on_delta=arrive)
         out = generate(host, version, [first, *(Generation(c, 10) for c in chats[1:])], joiner=queue)
+        assert offered == [True] and len(late) == 1, "it joined the running decode, once"
         return [o.token_ids for o in out] + [late[0].token_ids]
 
     for version in (base, adapted):
