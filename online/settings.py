@@ -340,6 +340,11 @@ class Settings(BaseSettings):
         "reweight",
         description="closed-form: how a label with few examples (a new intent) is kept from being out-voted. reweight: its examples weigh up to the median label's count in the solve; logit-adjust: only the bias (-log of its share) helps it. Logit adjustment (BIAS_CORRECTION) applies on top of either.",
     )
+    head_adjust_tau: float = Field(
+        1.5,
+        ge=0,
+        description="closed-form, BIAS_CORRECTION=logit-adjust: the head's bias is -tau log(label share). Above 1 because a ridge head under-scores a label with few examples beyond its prior (docs/benchmarks.md: 1.5 answered every test text of 8 small rounds, 1.0 missed 2 of 240).",
+    )
     train_debounce_s: float = Field(
         1.0,
         ge=0,

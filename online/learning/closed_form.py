@@ -19,9 +19,14 @@ matrices and one Cholesky solve.
   regulariser is chosen on it (accuracy of the head solved on the other folds, one eigendecomposition
   for the whole grid), then the temperature that scales the logits (held-out log loss). Both are stored
   in the head and carried across rounds until the encoder changes again.
-- **Class imbalance.** With ``bias_correction=logit-adjust`` the head's bias is ``-log`` of each label's
-  share of the stored examples (post-hoc logit adjustment, Menon et al. 2021): a label with 20 examples
-  beside labels with 100 is not answered less for having fewer.
+- **Class imbalance.** With ``bias_correction=logit-adjust`` the head's bias is ``-tau log`` of each
+  label's share of the stored examples (post-hoc logit adjustment, Menon et al. 2021, their generalised
+  form with ``tau``): a label with 20 examples beside labels with 100 is not answered less for having
+  fewer. ``tau`` (``ONLINE_HEAD_ADJUST_TAU``, 1.5) is above the Bayes choice of 1 because a ridge head
+  under-scores a label with few examples beyond its prior: its column of ``Q`` is small and the
+  regulariser shrinks it most (the small-round table of docs/benchmarks.md: 1.0 missed 2 of 240 texts
+  of new intents, 1.5 none). With ``head_balance=reweight`` a rare label's examples also weigh more in
+  the solve (:func:`rare_labels_weighted`); the bias still counts its examples as they are.
 - **The encoder's clock.** Every ``encoder_every``-th round (0: never) first fine-tunes the encoder with
   the usual recipe (:func:`online.learning.step.learn`: rehearsal, distillation, probe, logit adjustment),
   then rebuilds the statistics exactly under the new encoder and solves the head on them.
@@ -317,9 +322,12 @@ class Choice:
     accuracy: float  # held-out accuracy at the chosen ridge (nan without a held-out fold)
 
 
-def choose(stats: Statistics, labels: Sequence[str], h_out: np.ndarray, y_out: Sequence[str], adjust: bool) -> Choice:
+def choose(
+    stats: Statistics, labels: Sequence[str], h_out: np.ndarray, y_out: Sequence[str], adjust: float
+) -> Choice:
     """The ridge regulariser (held-out accuracy of the head solved on the other folds: the statistics
-    less the held-out rows; ties go to the stronger regulariser) and the temperature (held-out log loss)."""
+    less the held-out rows; ties go to the stronger regulariser) and the temperature (held-out log loss,
+    with the bias of logit adjustment of strength ``adjust``, 0: none)."""
     gram, cross, counts = stats.total(labels)
     index = {lab: i for i, lab in enumerate(labels)}
     y_all = np.array([index[lab] for lab in y_out], dtype=np.int64)
@@ -332,7 +340,7 @@ def choose(stats: Statistics, labels: Sequence[str], h_out: np.ndarray, y_out: S
     gram = gram - h_out.T @ h_out
     cross = cross - _sum_by_column(h_out, y_all, len(labels))
     h_out, y = h_out[keep], y_all[keep]
-    bias = log_prior_bias(fit_counts) if adjust else np.zeros(len(labels))
+    bias = adjust * log_prior_bias(fit_counts)
     s, v = _eigh(gram)
     s = np.maximum(s, 0.0)
     z, p = v.T @ cross, h_out @ v
@@ -377,7 +385,7 @@ def solve_head(
     *,
     width: int,
     seed: int,
-    adjust: bool,
+    adjust: float,
     max_seq_len: int,
     device,
     carry: LiftedHead | None = None,
@@ -386,7 +394,9 @@ def solve_head(
 ) -> HeadSolve:
     """Solve ``model``'s head in place on the statistics of ``examples``: a lifted head, every label of
     the examples in it. ``carry``: the live head whose ridge and temperature are kept (``None``: choose
-    them on the held-out fold). ``probe``: examples whose mean log loss is reported (the round's new ones)."""
+    them on the held-out fold). ``probe``: examples whose mean log loss is reported (the round's new ones).
+    ``adjust``: the strength ``tau`` of logit adjustment (0: no bias); ``reweight``: rare labels weigh
+    as the median one in the solve."""
     model.grow(sorted({lab for _, lab in examples}))
     with_lifted_head(model, width, seed)
     head: LiftedHead = model.head  # type: ignore[assignment]
@@ -404,9 +414,9 @@ def solve_head(
     if missing:
         raise UncoveredLabels(missing)
     if reweight:
-        gram, cross, counts = rare_labels_weighted(stats, cache, model, max_seq_len, device)
+        gram, cross, _ = rare_labels_weighted(stats, cache, model, max_seq_len, device)
     w = ridge_solve(gram, cross, choice.ridge)
-    bias = log_prior_bias(counts) if adjust else np.zeros(len(model.labels))
+    bias = adjust * log_prior_bias(counts)  # the shares as stored: reweighting does not hide a rare label
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(choice.temperature * w.T).to(head.weight.dtype))
         head.bias.copy_(torch.from_numpy(bias).to(head.bias.dtype))
@@ -452,7 +462,7 @@ def closed_form_round(
             start = copy.deepcopy(live).cpu()
             solve_head(
                 start, examples, cache, width=cfg.head_width, seed=cfg.seed,
-                adjust=cfg.bias_correction == "logit-adjust", max_seq_len=cfg.max_seq_len, device=device,
+                adjust=cfg.head_tau, max_seq_len=cfg.max_seq_len, device=device,
                 carry=live.head if isinstance(live.head, LiftedHead) else None, reweight=cfg.head_balance == "reweight",
             )  # fmt: skip
         tuned = learn(start, new, rehearsal, cfg.but(probe_first=cfg.probe_first and not cfg.exact_probe), progress)
@@ -463,7 +473,7 @@ def closed_form_round(
         carry = live.head if isinstance(live.head, LiftedHead) else None
     added = [lab for lab in dict.fromkeys(lab for _, lab in examples) if lab not in live.labels]
     solved = solve_head(
-        model, examples, cache, width=cfg.head_width, seed=cfg.seed, adjust=cfg.bias_correction == "logit-adjust",
+        model, examples, cache, width=cfg.head_width, seed=cfg.seed, adjust=cfg.head_tau,
         max_seq_len=cfg.max_seq_len, device=device, carry=carry, probe=new, reweight=cfg.head_balance == "reweight",
     )  # fmt: skip
     if progress and not tune_encoder:

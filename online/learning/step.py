@@ -70,6 +70,7 @@ class LearnConfig:
     encoder_every: int = 4  # closed-form: every this many rounds the encoder is fine-tuned first (0: never)
     exact_probe: bool = True  # closed-form encoder rounds: start from the head solved on the live encoder
     head_balance: Literal["reweight", "logit-adjust"] = "reweight"  # closed-form: how a rare label is helped
+    head_adjust_tau: float = 1.5  # closed-form, logit-adjust: the bias is -tau log(label share)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LearnConfig:
@@ -93,12 +94,18 @@ class LearnConfig:
             head_width=settings.head_width,
             encoder_every=settings.encoder_every if settings.train_mode != "head" else 0,
             head_balance=settings.head_balance,
+            head_adjust_tau=settings.head_adjust_tau,
         )
 
     @property
     def closed_form(self) -> bool:
         """Whether a round solves its head in closed form (``online.learning.closed_form``)."""
         return self.head == "closed-form"
+
+    @property
+    def head_tau(self) -> float:
+        """The closed-form head's logit-adjustment strength: ``head_adjust_tau``, 0 without logit adjustment."""
+        return self.head_adjust_tau if self.bias_correction == "logit-adjust" else 0.0
 
     @property
     def distills(self) -> bool:

@@ -5,6 +5,7 @@ linear one, the trainer's round runs it end to end, and the int8 artifact serves
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 
@@ -163,7 +164,13 @@ def test_a_rare_label_is_weighted_as_if_it_had_the_median_count(live, cfg):
         start, new * 10, stored, [], cfg.but(head_balance="logit-adjust"), StatisticsCache(), tune_encoder=False
     )
     assert torch.allclose(weighted.model.head.weight, repeated.model.head.weight, atol=1e-5)
-    assert torch.allclose(weighted.model.head.bias, repeated.model.head.bias, atol=1e-6)
+    # the bias counts the examples as stored: the rare label's is tau log(10) above the repeated one's
+    # (the biases are -tau log(share), so every label's moves by the same constant besides)
+    shift = (weighted.model.head.bias - repeated.model.head.bias).detach()
+    travel = weighted.model.labels.index("travel")
+    others = torch.cat([shift[:travel], shift[travel + 1 :]])
+    assert torch.allclose(others, others[0].expand_as(others), atol=1e-5)
+    assert float(shift[travel] - others[0]) == pytest.approx(cfg.head_tau * math.log(10), abs=1e-4)
 
     tests = [t for t, _ in helpers.examples(["travel"], 40, seed=12)]
     adjusted = closed_form_round(
@@ -206,7 +213,7 @@ def test_labels_without_stored_examples_are_refused(live, cfg):
             StatisticsCache(),
             width=WIDTH,
             seed=0,
-            adjust=True,
+            adjust=1.0,
             max_seq_len=32,
             device=torch.device("cpu"),
         )
