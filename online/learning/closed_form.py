@@ -252,8 +252,8 @@ RARE = 0.5  # a label with fewer stored examples than this share of the median l
 
 def rare_labels_weighted(
     stats: Statistics, cache: StatisticsCache, model: TextClassifier, max_seq_len: int, device
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(G, Q, counts) of a weighted ridge in which each example of a rare label (fewer than :data:`RARE`
+) -> tuple[np.ndarray, np.ndarray]:
+    """(G, Q) of a weighted ridge in which each example of a rare label (fewer than :data:`RARE`
     of the median label's count) weighs ``median / count``: the label then pulls on the solve as a
     typical one does, so 20 examples of a new intent beside 100 of each old one win their own texts.
     Exact, from the statistics plus the rare labels' own rows (a few dozen: their embeddings are cached),
@@ -263,8 +263,8 @@ def rare_labels_weighted(
     target = float(np.median(present)) if len(present) else 0.0
     rare = [i for i, c in enumerate(counts) if 0 < c < RARE * target]
     if not rare:
-        return gram, cross, counts
-    gram, cross, counts = gram.copy(), cross.copy(), counts.copy()
+        return gram, cross
+    gram, cross = gram.copy(), cross.copy()
     lift = model.head.lift.detach().cpu().double().numpy()
     for i in rare:
         label = model.labels[i]
@@ -273,8 +273,7 @@ def rare_labels_weighted(
         extra = target / counts[i] - 1.0
         gram += extra * (h.T @ h)
         cross[:, i] += extra * h.sum(0)
-        counts[i] = target
-    return gram, cross, counts
+    return gram, cross
 
 
 def log_prior_bias(counts: np.ndarray) -> np.ndarray:
@@ -414,7 +413,7 @@ def solve_head(
     if missing:
         raise UncoveredLabels(missing)
     if reweight:
-        gram, cross, _ = rare_labels_weighted(stats, cache, model, max_seq_len, device)
+        gram, cross = rare_labels_weighted(stats, cache, model, max_seq_len, device)
     w = ridge_solve(gram, cross, choice.ridge)
     bias = adjust * log_prior_bias(counts)  # the shares as stored: reweighting does not hide a rare label
     with torch.no_grad():
