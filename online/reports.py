@@ -65,6 +65,7 @@ class HeadInfo(BaseModel):
     temperature: float | None = None  # closed-form: the logits' scale (held-out log loss)
     ridge_chosen: bool | None = None  # closed-form: chosen in this round (True) or carried from the parent
     examples: int | None = None  # closed-form: the stored examples its statistics cover
+    new_fit: float | None = None  # closed-form: share of the round's new examples its head answers right
     encoder_tuned: bool = True  # whether this round changed the encoder
     encoder_of: int | None = None  # the version whose round last changed the encoder; None: this one's own
     encoder_sha: str | None = None  # closed-form: digest of the encoder's weights (the statistics' key)
@@ -73,6 +74,7 @@ class HeadInfo(BaseModel):
         head = "linear, trained by SGD" if self.mode == "sgd" else (
             f"closed-form: lift {self.width}, ridge {self.ridge:g} ({'chosen on held-out data' if self.ridge_chosen else 'carried'}), "
             f"temperature {self.temperature:.3g}, statistics of {self.examples} examples"
+            + (f", fits {self.new_fit:.0%} of the round's new examples" if self.new_fit is not None else "")
         )  # fmt: skip
         encoder = (
             "tuned in this version's round" if self.encoder_of is None else f"version {self.encoder_of}'s, unchanged"

@@ -323,7 +323,7 @@ class Settings(BaseSettings):
     holdout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of a round's new samples kept for the gate.")
     holdout_min_new: int = Field(50, ge=1, description="Rounds with fewer new samples hold none out.")
     head: Literal["sgd", "closed-form"] = Field(
-        "sgd",
+        "closed-form",
         description="How a round fits the head. sgd: trained with the encoder (TRAIN_MODE). closed-form: solved exactly (ridge) on statistics of every stored example, through a fixed random ReLU lift; a round is seconds and the head forgets nothing a joint fit keeps; the encoder is fine-tuned only every ENCODER_EVERY rounds.",
     )
     head_width: int = Field(
@@ -335,6 +335,12 @@ class Settings(BaseSettings):
         4,
         ge=0,
         description="closed-form: every this many rounds the encoder is fine-tuned first (TRAIN_MODE's recipe), then the statistics are rebuilt under it; 0 (or TRAIN_MODE=head): never.",
+    )
+    encoder_fit_min: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="closed-form: a head round whose solved head answers less than this share of the round's new examples with their label (the live features do not separate what users teach) tunes the encoder too, whatever ENCODER_EVERY says; 0: never.",
     )
     head_balance: Literal["reweight", "logit-adjust"] = Field(
         "reweight",

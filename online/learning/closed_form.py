@@ -375,6 +375,7 @@ class HeadSolve:
     features_bytes: int  # the cached embeddings of the stored examples
     mean_loss: float
     encoder: str = ""  # fingerprint of the encoder the statistics were built under
+    probe_fit: float = float("nan")  # share of the probe examples (a round's new ones) the head answers right
 
 
 def solve_head(
@@ -422,15 +423,17 @@ def solve_head(
         head.ridge.fill_(choice.ridge)
         head.temperature.fill_(choice.temperature)
     solve_s = time.perf_counter() - started
-    loss = float("nan")
+    loss = fit = float("nan")
     if probe:
         x = cache.features.get(model, stats.key[0], [t for t, _ in probe], max_seq_len, device)
         index = {lab: i for i, lab in enumerate(model.labels)}
         scores = choice.temperature * (lifted(x, head.lift.detach().cpu().double().numpy()) @ w) + bias
-        loss = _nll(scores, np.array([index[lab] for _, lab in probe]))
+        y = np.array([index[lab] for _, lab in probe])
+        loss, fit = _nll(scores, y), float(np.mean(scores.argmax(axis=1) == y))
     return HeadSolve(
-        choice, chosen_now, sync, solve_s, stats.n, stats.nbytes, cache.features.nbytes, loss, encoder=stats.key[0]
-    )
+        choice, chosen_now, sync, solve_s, stats.n, stats.nbytes, cache.features.nbytes, loss, encoder=stats.key[0],
+        probe_fit=fit,
+    )  # fmt: skip
 
 
 def closed_form_round(
@@ -480,11 +483,11 @@ def closed_form_round(
     model.cpu().eval()
     log.info(
         "closed-form head: %d stored examples (%s: +%d -%d, %d embedded, %.1f s), ridge %g, temperature %.3g "
-        "(%s), solve %.1f s, statistics %.0f MB%s",
+        "(%s), solve %.1f s, statistics %.0f MB, new examples fit %.2f%s",
         solved.examples, "rebuilt" if solved.sync.rebuilt else "synced", solved.sync.added, solved.sync.removed,
         solved.sync.embedded, solved.sync.seconds, solved.choice.ridge, solved.choice.temperature,
         f"chosen on {solved.choice.held_out} held out" if solved.chosen_now else "carried", solved.solve_s,
-        (solved.stats_bytes + solved.features_bytes) / 2**20, f", encoder tuned in {encoder_s:.1f} s" if tune_encoder else "",
+        (solved.stats_bytes + solved.features_bytes) / 2**20, solved.probe_fit, f", encoder tuned in {encoder_s:.1f} s" if tune_encoder else "",
     )  # fmt: skip
     return LearnResult(
         model=model,
@@ -513,6 +516,7 @@ def head_info(
         temperature=solve.choice.temperature,
         ridge_chosen=solve.chosen_now,
         examples=solve.examples,
+        new_fit=None if np.isnan(solve.probe_fit) else round(solve.probe_fit, 4),
         encoder_tuned=encoder_tuned,
         encoder_of=encoder_of,
         encoder_sha=solve.encoder or None,
@@ -522,6 +526,16 @@ def head_info(
 def encoder_due(head_rounds_since_encoder: int, encoder_every: int) -> bool:
     """Whether this round tunes the encoder: every ``encoder_every``-th round (0: never)."""
     return encoder_every > 0 and head_rounds_since_encoder + 1 >= encoder_every
+
+
+def encoder_needed(solved: HeadSolve | None, cfg) -> bool:
+    """Whether a head round's solve shows the live encoder cannot carry what this round teaches: its head
+    answers fewer than ``cfg.encoder_fit_min`` of the round's own new examples with their label (a ridge
+    head on features that separate them fits them almost all: 1.0 on CLINC150's small rounds). Only
+    where encoder rounds are allowed (``encoder_every`` > 0)."""
+    if solved is None or cfg.encoder_every <= 0 or np.isnan(solved.probe_fit):
+        return False
+    return solved.probe_fit < cfg.encoder_fit_min
 
 
 __all__ = [
@@ -535,6 +549,7 @@ __all__ = [
     "closed_form_round",
     "encoder_due",
     "encoder_fingerprint",
+    "encoder_needed",
     "head_info",
     "held_out",
     "lifted",

@@ -33,6 +33,7 @@ from online.learning.closed_form import (
     HEAD_ROUND,
     StatisticsCache,
     closed_form_round,
+    encoder_needed,
     encoder_due,
     head_info,
     uncovered,
@@ -384,6 +385,21 @@ class RoundRunner:
                 live, train_new, pool, rehearsal, self.cfg, self.head_stats, tune_encoder=tune_encoder,
                 progress=progress,
             )  # fmt: skip
+            if not tune_encoder and encoder_needed(result.head, self.cfg):
+                # the live features do not separate what users teach: the head alone cannot learn it, so
+                # this round tunes the encoder first instead of waiting for its turn
+                log.warning(
+                    "closed-form head: the solved head answers %.0f%% of this round's %d new examples with "
+                    "their label (ENCODER_FIT_MIN %.0f%%): this round tunes the encoder too",
+                    100 * result.head.probe_fit, len(train_new), 100 * self.cfg.encoder_fit_min,
+                )  # fmt: skip
+                tune_encoder = True
+                rehearsal = select_rehearsal(live, pool, len(train_new), self.cfg, rng, train_new)
+                n_train = len(train_new) * new_repeats(len(train_new), len(rehearsal), self.cfg) + len(rehearsal)
+                progress = on_start(len(train_new) + work_units(n_train, self.cfg)) if on_start else None
+                result = closed_form_round(
+                    live, train_new, pool, rehearsal, self.cfg, self.head_stats, tune_encoder=True, progress=progress
+                )  # fmt: skip
         else:
             result = learn(live, train_new, rehearsal, self.cfg, progress)
 

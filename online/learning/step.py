@@ -65,12 +65,13 @@ class LearnConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_lr: float = 5e-4
-    head: HeadKind = "sgd"  # closed-form: the head solved exactly on accumulated statistics (closed_form.py)
+    head: HeadKind = "closed-form"  # closed-form: the head solved exactly on accumulated statistics (closed_form.py)
     head_width: int = 4096  # closed-form: width of the random ReLU lift
     encoder_every: int = 4  # closed-form: every this many rounds the encoder is fine-tuned first (0: never)
     exact_probe: bool = True  # closed-form encoder rounds: start from the head solved on the live encoder
     head_balance: Literal["reweight", "logit-adjust"] = "reweight"  # closed-form: how a rare label is helped
     head_adjust_tau: float = 1.5  # closed-form, logit-adjust: the bias is -tau log(label share)
+    encoder_fit_min: float = 0.8  # closed-form: a head round fitting less of its new examples tunes the encoder
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LearnConfig:
@@ -95,6 +96,7 @@ class LearnConfig:
             encoder_every=settings.encoder_every if settings.train_mode != "head" else 0,
             head_balance=settings.head_balance,
             head_adjust_tau=settings.head_adjust_tau,
+            encoder_fit_min=settings.encoder_fit_min,
         )
 
     @property

@@ -205,6 +205,24 @@ def test_the_encoder_clock():
     assert all(encoder_due(n, 1) for n in range(3))
 
 
+def test_a_head_that_cannot_fit_what_a_round_teaches_calls_for_the_encoder(cfg):
+    """A head round whose solve answers less than ENCODER_FIT_MIN of its own new examples tunes the
+    encoder at once (the end-to-end case: tests/services/test_own_data.py); never where encoder rounds
+    are off, nor without new examples to judge by."""
+    from online.learning.closed_form import Choice, HeadSolve, SyncReport, encoder_needed
+
+    def solve(fit: float) -> HeadSolve:
+        return HeadSolve(Choice(1.0, 1.0, 0, 0.0), False, SyncReport(False, 0, 0, 0, 0.0), 0.0, 0, 0, 0, 0.0,
+                         probe_fit=fit)  # fmt: skip
+
+    assert cfg.encoder_fit_min == 0.8
+    assert encoder_needed(solve(0.05), cfg) and encoder_needed(solve(0.75), cfg)
+    assert not encoder_needed(solve(0.8), cfg) and not encoder_needed(solve(1.0), cfg)
+    assert not encoder_needed(solve(float("nan")), cfg) and not encoder_needed(None, cfg)
+    assert not encoder_needed(solve(0.05), cfg.but(encoder_every=0))
+    assert not encoder_needed(solve(0.05), cfg.but(encoder_fit_min=0.0))
+
+
 def test_labels_without_stored_examples_are_refused(live, cfg):
     with pytest.raises(UncoveredLabels) as refused:
         solve_head(

@@ -117,7 +117,11 @@ def test_own_file_serves_its_labels_learns_a_new_one_and_eval_measures_it(
 ):
     columns = {"text_column": "utterance", "label_column": "intent"} if fmt == ".csv" else {}
     data = _write(tmp_path / f"tickets{fmt}", _seed_rows(lang, 30, seed=1), *(columns.values() or ["text", "label"]))
-    s = _own_settings(kafka_settings, tmp_path, seed_data=data, **columns,
+    # English: the default closed-form head, whose round finds the tiny random encoder's features fit 5% of
+    # the new intent and tunes the encoder. Chinese: the SGD head (the closed-form solve on this 2-layer
+    # character model fits 78% of the new intent's own texts after tuning: a limit of the toy model).
+    head = {"head": "sgd"} if lang == "zh" else {}
+    s = _own_settings(kafka_settings, tmp_path, seed_data=data, **columns, **head,
                       base_model=tiny_chinese_base if lang == "zh" else tiny_base)  # fmt: skip
     stores = Stores.from_settings(s)
     v1 = make_version_one(s, stores.registry)
@@ -161,6 +165,8 @@ def test_own_file_serves_its_labels_learns_a_new_one_and_eval_measures_it(
 
     live = stores.registry.live()
     assert new_label in stores.registry.get(live).labels
+    if lang == "en":  # the head alone could not learn it on these features, so the round tuned the encoder
+        assert stores.registry.get(live).round.mode == "closed-form+full"
     test = _write(tmp_path / f"test{fmt}", [r for lab in [*labels, new_label] for r in _texts(lang, lab, 10, seed=7)],
                   *(columns.values() or ["text", "label"]))  # fmt: skip
     for key, value in settings_env(s).items():
