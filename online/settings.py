@@ -208,7 +208,11 @@ class Settings(BaseSettings):
         description='Proxies whose X-Forwarded-For names the client (comma-separated, or "*" when only a proxy can reach the API): the client address rate limits and anonymous feedback\'s independence count.',
     )
     max_batch_size: int = Field(32, ge=1, description="Dynamic micro-batching: most texts per forward.")
-    max_wait_ms: float = Field(2.0, ge=0, description="Dynamic micro-batching: longest wait to fill a batch.")
+    max_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        description="Dynamic micro-batching: longest wait to fill a batch; a batch goes sooner once as many requests as the last one held are there, and a lone client never waits.",
+    )
     max_text_chars: int = Field(1000, ge=1, description="Longest text /v1/predict accepts.")
     max_texts_per_request: int = Field(64, ge=1, description="Most texts in one /v1/predict call.")
     top_k: int = Field(3, ge=1, description="Alternatives returned per text unless the request asks.")

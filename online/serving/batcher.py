@@ -2,8 +2,12 @@
 
 Requests queue up while a forward runs on a single worker thread; the next batch takes everything
 waiting (up to ``max_batch`` texts). A batch that is not full waits at most ``max_wait_ms`` for company,
-but only while traffic is concurrent (the last batch held more than one request): a lone client, who
-could never be joined, is served at once instead of paying the wait on every call. Requests that
+but only while traffic is concurrent (the last batch held more than one request), and only until as many
+requests as the last batch held are there: a lone client, who could never be joined, is served at once
+instead of paying the wait on every call, and 8 steady clients go as soon as the 8th is back instead of
+waiting out the deadline for a 9th. Clients answered by one forward come back one by one as the event
+loop writes their answers; waiting for them all fills the next batch, which a fixed short wait did not
+(batches of 23.5 texts at 32 clients: issue 34 in docs/benchmarks.md). Requests that
 started on different model versions are never mixed in one forward; a request of another version waits
 for the next batch without ending this one (a canary's requests interleave with live's).
 
@@ -112,6 +116,8 @@ class MicroBatcher(Generic[M, R]):
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
+                if len(batch) >= self._last_requests:
+                    break  # as many as the last batch: whoever else comes is not this traffic's
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

@@ -86,6 +86,29 @@ def test_a_lone_client_never_waits_for_company_and_concurrent_traffic_does():
     asyncio.run(main())
 
 
+def test_steady_clients_go_as_soon_as_all_are_back_not_at_the_deadline():
+    """8 clients, each sending again once answered: the next batch waits for the 8th (a fixed short wait
+    ran half-empty batches at 32 clients), and goes at once when it is there, never waiting out the
+    deadline for a 9th that is not coming."""
+    calls: list[int] = []
+
+    def run(model: str, texts: list[str]) -> list[str]:
+        calls.append(len(texts))
+        return texts
+
+    async def main() -> None:
+        # A wait of 60 s: a batch held to the deadline would blow the 10 s timeouts below.
+        batcher: MicroBatcher[str, str] = MicroBatcher(run, max_batch=32, max_wait_ms=60_000)
+        batcher.start()
+        for r in range(4):
+            round_ = asyncio.gather(*(batcher.submit("m", [f"r{r}c{i}"]) for i in range(8)))
+            assert await asyncio.wait_for(round_, 10) == [[f"r{r}c{i}"] for i in range(8)]
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert calls == [8, 8, 8, 8]
+
+
 def test_a_full_queue_refuses_at_once_instead_of_growing():
     """Bounded admission: with the forward thread busy and ``max_queue`` requests waiting, the next one is
     refused (the API answers 503 with Retry-After) and the waiting ones are still answered."""
