@@ -152,25 +152,25 @@ def test_logit_adjustment_lets_a_rare_label_win_its_own_texts(live, cfg):
 
 
 def test_a_rare_label_is_weighted_as_if_it_had_the_median_count(live, cfg):
-    """head_balance=reweight: 4 examples of a new label beside 40 of each old one weigh 10 each in the
-    solve, exactly the statistics of the 4 repeated 10 times, and win their label's texts at least as
+    """head_balance=reweight: 8 examples of a new label beside 40 of each old one weigh 5 each in the
+    solve, exactly the statistics of the 8 repeated 5 times, and win their label's texts at least as
     often as logit adjustment alone does."""
     stored = helpers.examples(helpers.OLD, 40, seed=1)
-    new = helpers.examples(["travel"], 4, seed=5)
+    new = helpers.examples(["travel"], 8, seed=5)
     # the regulariser and the temperature chosen once, then carried by both rounds: only the weights differ
     start = closed_form_round(live, [], stored, [], cfg, StatisticsCache(), tune_encoder=False).model
     weighted = closed_form_round(start, new, stored, [], cfg, StatisticsCache(), tune_encoder=False)
     repeated = closed_form_round(
-        start, new * 10, stored, [], cfg.but(head_balance="logit-adjust"), StatisticsCache(), tune_encoder=False
+        start, new * 5, stored, [], cfg.but(head_balance="logit-adjust"), StatisticsCache(), tune_encoder=False
     )
     assert torch.allclose(weighted.model.head.weight, repeated.model.head.weight, atol=1e-5)
-    # the bias counts the examples as stored: the rare label's is tau log(10) above the repeated one's
+    # the bias counts the examples as stored: the rare label's is tau log(5) above the repeated one's
     # (the biases are -tau log(share), so every label's moves by the same constant besides)
     shift = (weighted.model.head.bias - repeated.model.head.bias).detach()
     travel = weighted.model.labels.index("travel")
     others = torch.cat([shift[:travel], shift[travel + 1 :]])
     assert torch.allclose(others, others[0].expand_as(others), atol=1e-5)
-    assert float(shift[travel] - others[0]) == pytest.approx(cfg.head_tau * math.log(10), abs=1e-4)
+    assert float(shift[travel] - others[0]) == pytest.approx(cfg.head_tau * math.log(5), abs=1e-4)
 
     tests = [t for t, _ in helpers.examples(["travel"], 40, seed=12)]
     adjusted = closed_form_round(
@@ -178,6 +178,17 @@ def test_a_rare_label_is_weighted_as_if_it_had_the_median_count(live, cfg):
     ).model
     assert _predicted(weighted.model, tests).count("travel") >= _predicted(adjusted, tests).count("travel")
     assert helpers.accuracy(weighted.model, helpers.examples(helpers.OLD, 20, seed=11)) >= 0.9
+
+
+def test_the_bias_counts_a_label_as_at_least_a_fifth_of_the_median():
+    """Logit adjustment's floor: a label with 3 or 20 examples beside 100 of each other gets the bias of
+    one with 20 (a fifth of the median); above the floor the bias follows the share exactly."""
+    from online.learning.closed_form import log_prior_bias
+
+    three, twenty, forty = (log_prior_bias(np.array([100.0] * 10 + [n])) for n in (3, 20, 40))
+    assert three[-1] == pytest.approx(twenty[-1]) and three[0] == pytest.approx(twenty[0])
+    assert twenty[-1] - twenty[0] == pytest.approx(math.log(5)) and forty[-1] - forty[0] == pytest.approx(math.log(2.5))
+    assert log_prior_bias(np.array([100.0, 100.0, 0.0]))[-1] == pytest.approx(log_prior_bias(np.array([100.0] * 3))[-1])
 
 
 def test_an_encoder_round_tunes_the_encoder_then_rebuilds_the_statistics(live, cfg):
