@@ -63,6 +63,13 @@ class Credential:
         return self.level == "admin" or (self.level == "key" and source in set(trusted_keys))
 
 
+def anonymous(origin: str) -> bool:
+    """Whether an origin is a client nobody vouches for: a client address (no key) or an unsigned record.
+    What such a client sends under any number of names is one sender, and it cannot move what the live
+    model confidently knows on its own say-so."""
+    return origin == UNSIGNED or origin.startswith("addr:")
+
+
 class Signer:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret

@@ -35,6 +35,7 @@ import numpy as np
 import redis
 
 from online.contract import HeldCounts, PendingLabel, ScreeningSummary
+from online.credentials import anonymous
 from online.feedback.buffer import ReplayBuffer
 from online.feedback.labels import PENDING, LabelBook, is_pending
 from online.keys import Keys
@@ -135,8 +136,10 @@ def screen(
     faiss.omp_set_num_threads(1)
     index = faiss.IndexFlatIP(pool.shape[1])
     index.add(pool)
-    # Search deeper than k: same-source neighbours are skipped.
-    sims, nn = index.search(x, min(len(pool), 4 * cfg.neighbours + 1))
+    # Search deeper than k: same-source neighbours are skipped, and one sender's own texts must not crowd
+    # out every other neighbour (183 near-duplicates from one client left 0-1 others in a search of 41)
+    own = max(Counter(pool_sources[:n]).values(), default=0)
+    sims, nn = index.search(x, min(len(pool), 4 * cfg.neighbours + 1 + own))
     live = set(live_labels)
     used_by: dict[str, set[str]] = {}
     for it in items:
@@ -189,20 +192,28 @@ def screen(
 def _coherent_corrections(
     items: Sequence[Candidate], probs: np.ndarray, live_labels: Sequence[str], judged: list[Judged], cfg: ScreenConfig
 ) -> list[Judged]:
-    """A source moving ``correction_min`` or more texts from the same live answer to the same known label
+    """A sender moving ``correction_min`` or more texts from the same live answer to the same known label
     is correcting a boundary, not poisoning: those examples are neither held nor counted against it.
     (Random flips rarely repeat one pair; a deliberate relabelling of a known intent is left to the
-    gate's per-label check.)"""
-    moves: Counter[tuple[str, str, str]] = Counter()
+    gate's per-label check.) Senders are origins, not names, and an anonymous one (a client address
+    without a key) is believed only beside ``release_sources`` distinct origins moving the same pair:
+    otherwise one keyless client relabels a learned intent wholesale (found as a user: 183 texts of a
+    taught intent moved to another label under 30 names from one address, 5 held)."""
+    moves: dict[tuple[str, str], Counter[str]] = {}
     answers = [live_labels[int(np.argmax(p))] for p in probs]
     for it, j, answer in zip(items, judged, answers):
         if j.contradicted and j.takeover is None and it.label in live_labels:
-            moves[(it.source, answer, it.label)] += 1
-    coherent = {m for m, c in moves.items() if c >= cfg.correction_min}
+            moves.setdefault((answer, it.label), Counter())[it.who] += 1
+    coherent = set()
+    for pair, senders in moves.items():
+        corroborated = len(senders) >= cfg.release_sources and sum(senders.values()) >= cfg.correction_min
+        for who, count in senders.items():
+            if corroborated or (count >= cfg.correction_min and not anonymous(who)):
+                coherent.add((who, *pair))
     if not coherent:
         return judged
     return [
-        Judged(False, False, "") if j.contradicted and (it.source, a, it.label) in coherent else j
+        Judged(False, False, "") if j.contradicted and (it.who, a, it.label) in coherent else j
         for it, j, a in zip(items, judged, answers)
     ]
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from online.learning.round import RoundRunner
 from online.lifecycle.gate import Gate, GoldenSet
@@ -23,6 +24,7 @@ from services.trainer import Scheduler
 from tests import helpers
 from tests.helpers import ConsumerThread, served_app, wait_for
 
+ADMIN_TOKEN = "journeys-admin"
 KEYWORDS_NEW = {
     "cooking": ["recipe", "oven", "bake", "grill", "saucepan"],
     "fitness": ["workout", "gym", "treadmill", "pushups", "stretching"],
@@ -42,23 +44,26 @@ class Stack:
     client: TestClient
     stores: Stores
 
-    def send(self, items: list[tuple[str, str]], source: str, event_ids: list[str] | None = None) -> None:
+    def send(
+        self, items: list[tuple[str, str]], source: str, event_ids: list[str] | None = None, admin: bool = False
+    ) -> None:
         ids = event_ids or [uuid.uuid4().hex for _ in items]
         events = [
             {"kind": "label", "text": t, "label": lab, "source": source, "event_id": eid}
             for (t, lab), eid in zip(items, ids)
         ]
-        resp = self.client.post("/v1/feedback", json={"events": events})
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if admin else {}
+        resp = self.client.post("/v1/feedback", json={"events": events}, headers=headers)
         assert resp.status_code == 202, resp.text
 
-    def teach(self, batches: list[tuple[list[tuple[str, str]], str]]) -> None:
+    def teach(self, batches: list[tuple[list[tuple[str, str]], str]], admin: bool = False) -> None:
         """Send every batch with training paused, wait until all of it is stored, then let a round run."""
         control = self.stores.control
         control.pause("a journey is sending its feedback")
         before = helpers.total_events(self.stores.buffer)
         total = before + sum(len(items) for items, _ in batches)
         for items, source in batches:
-            self.send(items, source)
+            self.send(items, source, admin=admin)
         wait_for(lambda: helpers.total_events(self.stores.buffer) >= total, timeout=60, what="feedback stored")
         control.resume()
 
@@ -84,7 +89,7 @@ class Stack:
 def stack(kafka_settings, tmp_path) -> Iterator[Stack]:
     s = helpers.keyword_round_settings(
         kafka_settings, tmp_path, train_min_new=3, train_max_wait_s=0.5, train_poll_s=0.1, holdout_min_new=1000,
-        quarantine_source_min_events=10,
+        quarantine_source_min_events=10, admin_token=SecretStr(ADMIN_TOKEN),
     )  # fmt: skip
     # the team's golden set: after the correction journey, concerts are no longer music
     helpers.write_golden(s.golden_path, [e for e in helpers.examples(helpers.OLD, 15, seed=7) if "concert" not in e[0]])
@@ -131,11 +136,13 @@ def test_three_sources_teach_the_same_new_intent(stack):
 
 def test_a_correction_moves_an_existing_labels_boundary(stack):
     """Texts about concerts were music; the team decides they are travel-adjacent 'weather' questions
-    (think: outdoor events). One source relabels them: both labels exist, the live model disagrees."""
+    (think: outdoor events). The operator relabels them (the admin token): both labels exist, the live
+    model disagrees. (Sent anonymously, one client's relabelling is held; with a feedback key it passes
+    the screen as a coherent correction: tests/feedback/test_quarantine.py.)"""
     corrected = [(t.replace(w, "concert"), "weather") for (t, _), w in
                  zip(_examples("music", 15, seed=30), ["song", "playlist", "album", "guitar"] * 4)]  # fmt: skip
     corrected = [(t, lab) for t, lab in corrected if "concert" in t]
-    stack.teach([(corrected, "ops")])
+    stack.teach([(corrected, "ops")], admin=True)
     unseen = [(f"{f} concert {g}", "weather") for f, g in zip(helpers.FILLER, reversed(helpers.FILLER))]
     stack.wait_learned(unseen)
     _nothing_held(stack)

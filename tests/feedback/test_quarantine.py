@@ -225,3 +225,35 @@ def test_held_pending_examples_count_toward_a_new_labels_minimum(parts):
     send(buffer, [("grill the fish tonight", "cooking", "alice")])
     second = runner.run()
     assert second.quarantined == 0 and second.new == 1  # allowed: 1 new + 2 held = 3 examples
+
+
+@pytest.mark.parametrize(
+    "origins, held",
+    [
+        (["addr:10.0.0.9"], True),  # one keyless client, however many names: one sender, held
+        (["key:ops"], False),  # a sender with a feedback key moving a boundary on purpose
+        (["addr:10.0.0.1", "addr:10.0.0.2", "addr:10.0.0.3"], False),  # three independent clients agree
+    ],
+)
+def test_a_coherent_correction_moves_a_boundary_only_for_an_accountable_sender(parts, origins, held):
+    """45 texts the live model answers `music`, all relabelled `weather`: a boundary moved on purpose when a
+    feedback key or enough independent senders say so. From one anonymous client address the confident
+    ones are held, as a single such correction is, and the sender's own 45 texts do not crowd every other
+    neighbour out of the screen's search (found as a user: 30 names from one address relabelled 183 texts
+    of a taught intent; 5 were held)."""
+    registry, buffer, runner, ledger = parts
+    moved = [(t, "weather") for t, _ in helpers.examples(["music"], 45, seed=60)]
+    buffer.add(
+        [
+            Incoming(f"m{i}", t, lab, f"user{i % 5}", time.time(), origin=origins[i % len(origins)])
+            for i, (t, lab) in enumerate(moved)
+        ]
+    )
+    runner.run()
+    held_texts = {h.text for h in buffer.held()}
+    distinct = {t for t, _ in moved}
+    if held:  # those the live model answers with confidence >= quarantine_confidence (0.8)
+        assert held_texts <= distinct and len(held_texts) >= 5, len(held_texts)
+    else:
+        assert not held_texts & distinct
+        assert distinct <= {s.text for s in buffer.samples() if s.label == "weather"}
