@@ -33,8 +33,8 @@ from online.learning.closed_form import (
     HEAD_ROUND,
     StatisticsCache,
     closed_form_round,
-    encoder_needed,
     encoder_due,
+    encoder_needed,
     head_info,
     uncovered,
 )
