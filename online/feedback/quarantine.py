@@ -27,7 +27,7 @@ existing label whose known examples agree.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -139,14 +139,14 @@ def screen(
     # Search deeper than k: same-source neighbours are skipped, and one sender's own texts must not crowd
     # out every other neighbour (183 near-duplicates from one client left 0-1 others in a search of 41)
     own = max(Counter(pool_sources[:n]).values(), default=0)
-    sims, nn = index.search(x, min(len(pool), 4 * cfg.neighbours + 1 + own))
+    rows = _searched(index, x, min(len(pool), 4 * cfg.neighbours + 1 + own))
     live = set(live_labels)
     used_by: dict[str, set[str]] = {}
     for it in items:
         used_by.setdefault(it.label, set()).add(it.who)
     k = cfg.neighbours
     out: list[Judged] = []
-    for i, it in enumerate(items):
+    for i, (it, (sim_row, nn_row)) in enumerate(zip(items, rows)):
         pred = int(np.argmax(probs[i]))
         answer, confidence = live_labels[pred], float(probs[i][pred])
         confident_other = confidence >= cfg.confidence and answer != it.label
@@ -154,7 +154,7 @@ def screen(
         if novel:
             corroborated = len(used_by[it.label]) >= cfg.release_sources
             fresh = [
-                (j, sim) for j, sim in zip(nn[i], sims[i])
+                (j, sim) for j, sim in zip(nn_row, sim_row)
                 if 0 <= j < n and j != i and pool_sources[j] != it.who and (corroborated or sim >= cfg.near_duplicate)
             ][:k]  # fmt: skip
             takeover = None
@@ -163,10 +163,10 @@ def screen(
             if (
                 it.label not in live
                 and reference is not None
-                and any(j >= n and 1.0 - sim <= reference.nn_q95 for j, sim in zip(nn[i], sims[i]))
+                and any(j >= n and 1.0 - sim <= reference.nn_q95 for j, sim in zip(nn_row, sim_row))
             ):
                 # the nearest few known examples: a label has only tens of points in the index
-                known = [pool_labels[j] for j in nn[i] if j >= n][: min(k, TAKEOVER_NEIGHBOURS)]
+                known = [pool_labels[j] for j in nn_row if j >= n][: min(k, TAKEOVER_NEIGHBOURS)]
                 if known and known.count(answer) / len(known) >= cfg.majority:
                     takeover = answer
             if not fresh:
@@ -177,7 +177,7 @@ def screen(
             reason = f"new label; {count}/{len(fresh)} other sources' fresh examples say {top}" if contradicted else ""
             out.append(Judged(contradicted, contradicted, reason, takeover))
             continue
-        others = [j for j in nn[i] if j >= 0 and j != i and pool_sources[j] != it.who][:k]
+        others = [j for j in nn_row if j >= 0 and j != i and pool_sources[j] != it.who][:k]
         if not others:
             out.append(Judged(None, False, ""))
             continue
@@ -187,6 +187,14 @@ def screen(
         reason = f"live says {answer} ({confidence:.2f}); {count}/{len(others)} neighbours say {top}" if hold else ""
         out.append(Judged(contradicted, hold, reason))
     return _coherent_corrections(items, probs, live_labels, out, cfg)
+
+
+def _searched(index, x: np.ndarray, depth: int, chunk: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each row's (similarities, neighbour ids), searched ``chunk`` rows at a time: a deep search of a
+    large round (one sender's 5,000 samples: 5,000 x 5,041 neighbours) would otherwise hold ~300 MB."""
+    for start in range(0, len(x), chunk):
+        sims, nn = index.search(x[start : start + chunk], depth)
+        yield from zip(sims, nn)
 
 
 def _coherent_corrections(

@@ -2,8 +2,8 @@
 
 Requests queue up while a forward runs on a single worker thread; the next batch takes everything
 waiting (up to ``max_batch`` texts). A batch that is not full waits at most ``max_wait_ms`` for company,
-but only while traffic is concurrent (the last batch held more than one request), and only until as many
-requests as the last batch held are there: a lone client, who could never be joined, is served at once
+but only while traffic is concurrent (its model's last batch held more than one request), and only until
+as many requests as that batch held are there: a lone client, who could never be joined, is served at once
 instead of paying the wait on every call, and 8 steady clients go as soon as the 8th is back instead of
 waiting out the deadline for a 9th. Clients answered by one forward come back one by one as the event
 loop writes their answers; waiting for them all fills the next batch, which a fixed short wait did not
@@ -64,7 +64,9 @@ class MicroBatcher(Generic[M, R]):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self._task: asyncio.Task | None = None
         self._carry: deque[_Item[M]] = deque()  # taken from the queue, waiting for a batch of their model
-        self._last_requests = 0  # requests in the last batch: was anyone else around?
+        # requests in each model's last batch (by id: a canary's and live's alternate): was anyone else
+        # around, and how many are likely to come back
+        self._last_requests: dict[int, int] = {}
         self._calls = 0  # calls waiting for (or on) the forward thread
 
     def waiting(self) -> int:
@@ -111,12 +113,13 @@ class MicroBatcher(Generic[M, R]):
             else:
                 full = full or item.model is first.model
                 deferred.append(item)
-        deadline = time.monotonic() + (self.max_wait if self._last_requests > 1 else 0.0)
+        last = self._last_requests.get(id(first.model), 0)
+        deadline = time.monotonic() + (self.max_wait if last > 1 else 0.0)
         while size < self.max_batch and not full:
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                if len(batch) >= self._last_requests:
+                if len(batch) >= last:
                     break  # as many as the last batch: whoever else comes is not this traffic's
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -136,7 +139,11 @@ class MicroBatcher(Generic[M, R]):
             batch.append(item)
             size += len(item.texts)
         self._carry = deferred
-        self._last_requests = len(batch)
+        key = id(first.model)
+        self._last_requests.pop(key, None)
+        self._last_requests[key] = sum(not it.future.done() for it in batch)  # who may come back
+        while len(self._last_requests) > 4:  # models swapped out long ago
+            self._last_requests.pop(next(iter(self._last_requests)))
         return batch
 
     async def _loop(self) -> None:

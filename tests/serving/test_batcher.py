@@ -109,6 +109,28 @@ def test_steady_clients_go_as_soon_as_all_are_back_not_at_the_deadline():
     assert calls == [8, 8, 8, 8]
 
 
+def test_a_canary_beside_live_waits_for_its_own_clients_not_lives():
+    """Live's 8 clients and a canary's 3 share the batcher: each model's batch goes when its own clients
+    are back (a count shared by both held the canary's batch for a live-sized crowd, to the deadline)."""
+    calls: list[tuple[str, int]] = []
+
+    def run(model: str, texts: list[str]) -> list[str]:
+        calls.append((model, len(texts)))
+        return texts
+
+    async def main() -> None:
+        batcher: MicroBatcher[str, str] = MicroBatcher(run, max_batch=32, max_wait_ms=60_000)
+        batcher.start()
+        for r in range(3):
+            live = [batcher.submit("live", [f"l{r}{i}"]) for i in range(8)]
+            canary = [batcher.submit("canary", [f"c{r}{i}"]) for i in range(3)]
+            await asyncio.wait_for(asyncio.gather(*live, *canary), 10)
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert calls == [("live", 8), ("canary", 3)] * 3
+
+
 def test_a_full_queue_refuses_at_once_instead_of_growing():
     """Bounded admission: with the forward thread busy and ``max_queue`` requests waiting, the next one is
     refused (the API answers 503 with Retry-After) and the waiting ones are still answered."""
