@@ -39,7 +39,7 @@ from online.learning.closed_form import (
     uncovered,
 )
 from online.learning.fit import Progress
-from online.learning.step import LearnConfig, learn, new_repeats, select_rehearsal, split_holdout
+from online.learning.step import LearnConfig, LearnResult, learn, new_repeats, select_rehearsal, split_holdout
 from online.learning.version_one import seed_data
 from online.lifecycle.artifact import build_int8
 from online.lifecycle.gate import Gate
@@ -169,7 +169,13 @@ class RoundStores(Protocol):
 class RoundRunner:
     """Runs rounds; the caller holds the trainer's leader lock."""
 
-    def __init__(self, stores: RoundStores, gate: Gate, seed_examples: list[Example] | None = None) -> None:
+    def __init__(
+        self,
+        stores: RoundStores,
+        gate: Gate,
+        seed_examples: list[Example] | None = None,
+        head_stats: StatisticsCache | None = None,
+    ) -> None:
         self.s = stores.settings
         self.stores = stores
         self.registry = stores.registry
@@ -182,7 +188,7 @@ class RoundRunner:
         self._pending_count: Counter[str] = Counter()  # pending labels' held examples, per label...
         self._pending_teachers: dict[str, set[str]] = {}  # ...and the origins that taught them
         # closed-form rounds: the statistics and embeddings of the stored examples, kept between rounds
-        self.head_stats = StatisticsCache()
+        self.head_stats = StatisticsCache() if head_stats is None else head_stats
 
     def _head_rounds_since_encoder(self, version: int | None) -> int:
         """Closed-form head rounds in a row that made ``version`` from its ancestors (the encoder unchanged
@@ -376,32 +382,30 @@ class RoundRunner:
             )  # fmt: skip
             closed_form = False
         tune_encoder = not closed_form or encoder_due(self._head_rounds_since_encoder(parent), self.cfg.encoder_every)
-        rehearsal = select_rehearsal(live, pool, len(train_new), self.cfg, rng, train_new) if tune_encoder else []
-        n_train = len(train_new) * new_repeats(len(train_new), len(rehearsal), self.cfg) + len(rehearsal)
-        units = work_units(n_train, self.cfg) if tune_encoder else len(train_new)
-        progress = on_start(units) if on_start else None
-        if closed_form:
-            result = closed_form_round(
-                live, train_new, pool, rehearsal, self.cfg, self.head_stats, tune_encoder=tune_encoder,
-                progress=progress,
+
+        def attempt(tune: bool, done: int = 0) -> tuple[list[Example], LearnResult]:
+            """The round's training: rehearsal picked and the encoder tuned when ``tune``, else a head solve."""
+            rehearsal = select_rehearsal(live, pool, len(train_new), self.cfg, rng, train_new) if tune else []
+            n_train = len(train_new) * new_repeats(len(train_new), len(rehearsal), self.cfg) + len(rehearsal)
+            units = work_units(n_train, self.cfg) if tune else len(train_new)
+            progress = on_start(done + units) if on_start else None
+            if not closed_form:
+                return rehearsal, learn(live, train_new, rehearsal, self.cfg, progress)
+            cf = closed_form_round(live, train_new, pool, rehearsal, self.cfg, self.head_stats, tune_encoder=tune,
+                                   progress=progress)  # fmt: skip
+            return rehearsal, cf
+
+        rehearsal, result = attempt(tune_encoder)
+        if closed_form and not tune_encoder and encoder_needed(result.head, self.cfg):
+            # the live features do not separate what users teach: the head alone cannot learn it, so this
+            # round tunes the encoder first instead of waiting for its turn
+            log.warning(
+                "closed-form head: the solved head answers %.0f%% of this round's %d new examples with their "
+                "label (ENCODER_FIT_MIN %.0f%%): this round tunes the encoder too",
+                100 * result.head.probe_fit, len(train_new), 100 * self.cfg.encoder_fit_min,
             )  # fmt: skip
-            if not tune_encoder and encoder_needed(result.head, self.cfg):
-                # the live features do not separate what users teach: the head alone cannot learn it, so
-                # this round tunes the encoder first instead of waiting for its turn
-                log.warning(
-                    "closed-form head: the solved head answers %.0f%% of this round's %d new examples with "
-                    "their label (ENCODER_FIT_MIN %.0f%%): this round tunes the encoder too",
-                    100 * result.head.probe_fit, len(train_new), 100 * self.cfg.encoder_fit_min,
-                )  # fmt: skip
-                tune_encoder = True
-                rehearsal = select_rehearsal(live, pool, len(train_new), self.cfg, rng, train_new)
-                n_train = len(train_new) * new_repeats(len(train_new), len(rehearsal), self.cfg) + len(rehearsal)
-                progress = on_start(len(train_new) + work_units(n_train, self.cfg)) if on_start else None
-                result = closed_form_round(
-                    live, train_new, pool, rehearsal, self.cfg, self.head_stats, tune_encoder=True, progress=progress
-                )  # fmt: skip
-        else:
-            result = learn(live, train_new, rehearsal, self.cfg, progress)
+            tune_encoder = True
+            rehearsal, result = attempt(True, done=len(train_new))
 
         live_report = manifest.gate
         gate = self.gate.evaluate(result.model, live, live_report, holdout)

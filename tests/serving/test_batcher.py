@@ -86,15 +86,22 @@ def test_a_lone_client_never_waits_for_company_and_concurrent_traffic_does():
     asyncio.run(main())
 
 
+def _recording(calls: list[tuple[str, int]]):
+    """A forward that answers each text with itself and records (model, batch size)."""
+
+    def run(model: str, texts: list[str]) -> list[str]:
+        calls.append((model, len(texts)))
+        return texts
+
+    return run
+
+
 def test_steady_clients_go_as_soon_as_all_are_back_not_at_the_deadline():
     """8 clients, each sending again once answered: the next batch waits for the 8th (a fixed short wait
     ran half-empty batches at 32 clients), and goes at once when it is there, never waiting out the
     deadline for a 9th that is not coming."""
-    calls: list[int] = []
-
-    def run(model: str, texts: list[str]) -> list[str]:
-        calls.append(len(texts))
-        return texts
+    calls: list[tuple[str, int]] = []
+    run = _recording(calls)
 
     async def main() -> None:
         # A wait of 60 s: a batch held to the deadline would blow the 10 s timeouts below.
@@ -106,17 +113,14 @@ def test_steady_clients_go_as_soon_as_all_are_back_not_at_the_deadline():
         await batcher.stop()
 
     asyncio.run(main())
-    assert calls == [8, 8, 8, 8]
+    assert [n for _, n in calls] == [8, 8, 8, 8]
 
 
 def test_a_canary_beside_live_waits_for_its_own_clients_not_lives():
     """Live's 8 clients and a canary's 3 share the batcher: each model's batch goes when its own clients
     are back (a count shared by both held the canary's batch for a live-sized crowd, to the deadline)."""
     calls: list[tuple[str, int]] = []
-
-    def run(model: str, texts: list[str]) -> list[str]:
-        calls.append((model, len(texts)))
-        return texts
+    run = _recording(calls)
 
     async def main() -> None:
         batcher: MicroBatcher[str, str] = MicroBatcher(run, max_batch=32, max_wait_ms=60_000)
