@@ -19,6 +19,7 @@ import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from online.learning.closed_form import StatisticsCache
 from online.learning.fit import Progress as ProgressFn
 from online.learning.fit import configure_threads
 from online.learning.round import RoundReport, RoundRunner
@@ -115,8 +116,15 @@ def _stoppable(bar: Progress, task, stop: threading.Event, leader: Leadership) -
     return advance
 
 
-def ensure_version_one(settings: Settings, registry: ModelRegistry, leader: Leadership, stop: threading.Event) -> None:
-    """Train version 1 if the registry has no live version; only the leader does it."""
+def ensure_version_one(
+    settings: Settings,
+    registry: ModelRegistry,
+    leader: Leadership,
+    stop: threading.Event,
+    head_stats: StatisticsCache | None = None,
+) -> None:
+    """Train version 1 if the registry has no live version; only the leader does it. ``head_stats``: the
+    scheduler's closed-form statistics, built once here for version 1 and its rounds alike."""
     while registry.live() is None and not stop.is_set():
         if not leader.acquire(wait_s=1.0):
             continue  # another trainer is bootstrapping; wait for its version
@@ -138,7 +146,7 @@ def ensure_version_one(settings: Settings, registry: ModelRegistry, leader: Lead
                 with progress_bar() as bar:
                     task = bar.add_task("version 1 (seed data)", total=len(train) * seed_epochs(settings, len(train)))
                     progress = _stoppable(bar, task, stop, leader)
-                    manifest = make_version_one(settings, registry, progress, fence=leader.fence)
+                    manifest = make_version_one(settings, registry, progress, fence=leader.fence, head_stats=head_stats)
             log.info("version %d live (golden accuracy %.4f)", manifest.version, manifest.metrics["golden_accuracy"])
         except Stopped:
             log.info("stopped before version 1 was published; nothing published")
@@ -180,6 +188,7 @@ class Scheduler:
         self.leader = Leadership(stores.redis, stores.keys.trainer_leader, ttl_s=self.s.trainer_lock_ttl_s)
         self.metrics = metrics or TrainerMetrics()
         self._runner: RoundRunner | None = None
+        self.head_stats = StatisticsCache()  # closed-form statistics: version 1's, then every round's
         self._waiting_since: float | None = None
         self._tidy_due = 0.0
         self._last_pending, self._last_arrival = 0, 0.0  # the debounce: when the pending count last grew
@@ -193,7 +202,7 @@ class Scheduler:
                 self._runner = GenerativeRoundRunner(self.stores)  # type: ignore[assignment]
                 return self._runner
             self.registry.fetch_golden()  # frozen by whichever trainer made version 1, maybe on another host
-            self._runner = RoundRunner(self.stores, Gate(self.s, GoldenSet.for_settings(self.s)))
+            self._runner = RoundRunner(self.stores, Gate(self.s, GoldenSet.for_settings(self.s)), head_stats=self.head_stats)
         return self._runner
 
     def due(self) -> bool:
@@ -341,7 +350,7 @@ def run_trainer(settings: Settings, stop: threading.Event) -> None:
         raise SystemExit(conflict)  # a round would train the wrong kind of model on the live one
     if settings.trainer_metrics_port is not None:
         start_http_server(settings.trainer_metrics_port, addr="0.0.0.0", registry=scheduler.metrics.registry)
-    ensure_version_one(settings, scheduler.registry, scheduler.leader, stop)
+    ensure_version_one(settings, scheduler.registry, scheduler.leader, stop, scheduler.head_stats)
     scheduler.warm()
     scheduler.metrics.ready.set(1)
     scheduler.loop()
@@ -352,5 +361,5 @@ def train_now(settings: Settings, stop: threading.Event, wait_s: float = 600) ->
     configure_threads(settings.num_threads)
     scheduler = Scheduler(Stores.from_settings(settings), stop)
     if scheduler.registry.live() is None:
-        ensure_version_one(settings, scheduler.registry, scheduler.leader, stop)
+        ensure_version_one(settings, scheduler.registry, scheduler.leader, stop, scheduler.head_stats)
     return scheduler.run_round(wait_s=wait_s)

@@ -73,6 +73,7 @@ def make_version_one(
     registry: ModelRegistry,
     progress: Progress | None = None,
     fence: Callable[[], None] | None = None,
+    head_stats: StatisticsCache | None = None,
 ) -> Manifest:
     """Version 1: the user's own classifier imported (``seed_model``), else trained on the seed data.
     Raises :class:`VersionOneRefused` when the gate refused it (nothing went live)."""
@@ -81,7 +82,7 @@ def make_version_one(
             settings, registry, settings.seed_model, seed_test_examples(settings), "version 1 imported", fence
         )
     else:
-        manifest = train_version_one(settings, registry, progress, fence)
+        manifest = train_version_one(settings, registry, progress, fence, head_stats)
         report = manifest.gate
     if registry.live() != manifest.version:
         failed = ", ".join(report.failed()) if report else "not placed"
@@ -98,9 +99,12 @@ def train_version_one(
     registry: ModelRegistry,
     progress: Progress | None = None,
     fence: Callable[[], None] | None = None,
+    head_stats: StatisticsCache | None = None,
 ) -> Manifest:
     """Train, evaluate, publish and promote version 1. Returns its manifest. ``fence()``, if given, is
-    called before the publish and the promotion and raises when this process may no longer write."""
+    called before the publish and the promotion and raises when this process may no longer write.
+    ``head_stats``: the closed-form statistics cache the caller's rounds will use (the trainer's), so
+    its first round starts from the seed data's statistics instead of embedding them again."""
     started = time.perf_counter()
     train, test = seed_data(settings)
     labels = sorted({lab for _, lab in train})
@@ -125,7 +129,8 @@ def train_version_one(
     if settings.head == "closed-form":
         # the head every later round solves: exact, on the seed data's statistics under this encoder
         cfg = LearnConfig.from_settings(settings)
-        cf = closed_form_round(model, [], train, [], cfg, StatisticsCache(), tune_encoder=False)
+        cache = StatisticsCache() if head_stats is None else head_stats
+        cf = closed_form_round(model, [], train, [], cfg, cache, tune_encoder=False)
         model, solved = cf.model, cf.head
     predictor = torch_predictor(model, 0, settings, precision="fp32")
     acc = accuracy(lambda texts: [p.label for p in predictor.predict(texts, 1)], test)
