@@ -39,7 +39,11 @@ def test_predict_answers_503_when_its_queue_is_full(settings):
 
         first = threading.Thread(target=call)
         first.start()  # taken off the queue, waiting for the forward thread
-        wait_for(lambda: batcher._last_requests == 1 and batcher._queue.qsize() == 0, what="the first one taken")
+        # one batch of one request taken (the batcher keeps each model's last batch size)
+        wait_for(
+            lambda: list(batcher._last_requests.values()) == [1] and batcher._queue.qsize() == 0,
+            what="the first one taken",
+        )
         second = threading.Thread(target=call)
         second.start()
         wait_for(lambda: batcher._queue.qsize() == 1, what="the second waiting in the queue")
