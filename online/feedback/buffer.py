@@ -85,7 +85,7 @@ for i = 0, n - 1 do
   local b = 5 + i * 9
   local eid, sid, text, label, source, at = ARGV[b], ARGV[b+1], ARGV[b+2], ARGV[b+3], ARGV[b+4], ARGV[b+5]
   local th, origin, trusted = ARGV[b+6], ARGV[b+7], ARGV[b+8]
-  local until_at = redis.call('HGET', erased .. ':sources', source)
+  local until_at = redis.call('HGET', erased .. ':sources', source) or redis.call('HGET', erased .. ':sources', origin)
   if (until_at and tonumber(at) <= tonumber(until_at)) or redis.call('SISMEMBER', erased .. ':texts', th) == 1 then
     redis.call('SET', p .. ':seen:' .. eid, '1', 'NX', 'EX', ttl)  -- erased (`online forget`): seen, not stored
     gone = gone + 1
@@ -96,6 +96,12 @@ for i = 0, n - 1 do
     redis.call('HINCRBY', p .. ':source:' .. source, 'events', 1)
     redis.call('EXPIRE', p .. ':source:' .. source, ttl)  -- a source silent for the dedup TTL is forgotten
     redis.call('SADD', p .. ':sources', source)
+    if origin == 'unsigned' or string.sub(origin, 1, 5) == 'addr:' then
+      -- an anonymous sender is one ledger entry whatever names it invents (``Candidate.ledger_key``)
+      redis.call('HINCRBY', p .. ':source:' .. origin, 'events', 1)
+      redis.call('EXPIRE', p .. ':source:' .. origin, ttl)
+      redis.call('SADD', p .. ':sources', origin)
+    end
     redis.call('HINCRBY', p .. ':stats:' .. label, 'total', 1)
     redis.call('SADD', p .. ':labels', label)
     if trusted ~= '' and redis.call('EXISTS', sk) == 0 then
@@ -248,6 +254,7 @@ class Held:
     sources: int  # distinct sources that sent this (text, label)
     reason: str
     at: float
+    origin: str = ""  # who first sent it, as independence counts it (``online.credentials``)
 
 
 @dataclass(frozen=True)
@@ -518,6 +525,7 @@ class ReplayBuffer:
                 int(n),
                 h.get("quarantined", ""),
                 float(h.get("quarantined_at", 0)),
+                h.get("origin", "") or h.get("source", ""),
             )
             for sid, h, n in zip(sids, rows[::2], rows[1::2])
             if h

@@ -70,6 +70,14 @@ class Candidate:
     def who(self) -> str:
         return self.origin or self.source
 
+    @property
+    def ledger_key(self) -> str:
+        """What the source ledger counts and quarantines: a sender nobody vouches for by its origin (the
+        names one client address invents are one sender: a flood spread over 30 names, 4-7 contradicted
+        examples each, would never reach ``source_min_events`` under any one of them), anyone else by its
+        source name (whose feedback key an operator can release)."""
+        return self.who if anonymous(self.who) else self.source
+
 
 @dataclass(frozen=True)
 class Judged:
@@ -304,11 +312,11 @@ class SourceLedger:
 
 
 def batch_counts(items: Sequence[Candidate], judged: Sequence[Judged]) -> dict[str, tuple[int, int]]:
-    """(judged, contradicted) per source in one batch: what the ledger adds."""
+    """(judged, contradicted) per ledger key (:attr:`Candidate.ledger_key`) in one batch: what the ledger adds."""
     counts: dict[str, list[int]] = {}
     for it, j in zip(items, judged):
         if j.contradicted is not None:
-            st = counts.setdefault(it.source, [0, 0])
+            st = counts.setdefault(it.ledger_key, [0, 0])
             st[0] += 1
             st[1] += int(j.contradicted)
     return {source: (n, bad) for source, (n, bad) in counts.items()}
@@ -322,7 +330,8 @@ def decide(
     cfg: ScreenConfig,
 ) -> tuple[list[str | None], set[str]]:
     """Fold this batch into the per-source ``stats`` ([judged, contradicted], updated in place) and
-    return each item's hold reason (None: train on it) and the sources newly quarantined."""
+    return each item's hold reason (None: train on it) and the sources newly quarantined (source names,
+    or the origins of anonymous senders: ``addr:<client address>``, ``unsigned``)."""
     for source, (n, bad) in batch_counts(items, judged).items():
         st = stats.setdefault(source, [0, 0])
         st[0] += n
@@ -334,18 +343,20 @@ def decide(
     }
     held_sources = quarantined | newly
     reasons = [
-        SOURCE_HELD if it.source in held_sources else (j.reason if j.hold else None) for it, j in zip(items, judged)
+        SOURCE_HELD if it.source in held_sources or it.ledger_key in held_sources else (j.reason if j.hold else None)
+        for it, j in zip(items, judged)
     ]
     return reasons, newly
 
 
 def release(buffer: ReplayBuffer, ledger: SourceLedger, sids: Sequence[str] = (), source: str | None = None) -> int:
-    """An operator releases held samples (the next round trains on them); with ``source``, trusts that
-    source again and releases everything of it that is held. Returns how many were released."""
+    """An operator releases held samples (the next round trains on them); with ``source`` (a source name,
+    or an anonymous origin such as ``addr:10.0.0.7``), trusts that source again and releases everything
+    of it that is held. Returns how many were released."""
     chosen = list(sids)
     if source:
         ledger.release(source)
-        chosen += [h.sid for h in buffer.held() if h.source == source]
+        chosen += [h.sid for h in buffer.held() if source in (h.source, h.origin)]
     return buffer.release(chosen)
 
 
@@ -368,7 +379,7 @@ def approve_label(book: LabelBook, buffer: ReplayBuffer, label: str) -> tuple[bo
 def drop(buffer: ReplayBuffer, corrections: Forgets, sids: Sequence[str] = (), source: str | None = None) -> int:
     """An operator deletes held samples for good (with ``source``: everything of it that is held); they
     leave the correction memory too."""
-    chosen = list(sids) + ([h.sid for h in buffer.held() if h.source == source] if source else [])
+    chosen = list(sids) + ([h.sid for h in buffer.held() if source in (h.source, h.origin)] if source else [])
     dropped = buffer.drop(chosen)
     corrections.forget(chosen, "quarantine: dropped")
     return dropped

@@ -1,5 +1,8 @@
 """Erasing one source's or one text's data (`online forget`, ``POST /v1/admin/forget``).
 
+A "source" is a source name or an origin (``online.credentials``): ``addr:<client address>`` erases
+everything one keyless client sent under whatever names it invented.
+
 What goes, at once:
 
 - the replay buffer: every sample the source sent (with any other source that sent the same text and
@@ -158,11 +161,16 @@ def _erase_buffer(buffer: ReplayBuffer, r: redis.Redis, source: str | None, matc
                 pipe.hmget(f"{p}:s:{sid}", "text", "source", "at")
                 if source is not None:
                     pipe.sismember(f"{p}:names:{sid}", source)
+                    pipe.sismember(f"{p}:srcs:{sid}", source)  # an origin: `forget --source addr:10.0.0.7`
             rows = pipe.execute()
-        step = 2 if source is not None else 1
+        step = 3 if source is not None else 1
         for i, sid in enumerate(page):
             stored_text, first, at = rows[i * step]
-            hit = (first == source or bool(rows[i * step + 1])) if source is not None else matches_text(stored_text)
+            hit = (
+                (first == source or bool(rows[i * step + 1]) or bool(rows[i * step + 2]))
+                if source is not None
+                else matches_text(stored_text)
+            )
             if hit:
                 doomed.append(sid)
                 if at is not None:
@@ -178,7 +186,9 @@ def _erase_buffer(buffer: ReplayBuffer, r: redis.Redis, source: str | None, matc
 
 def _erase_corrections(log: CorrectionLog, r: redis.Redis, source: str | None, matches_text) -> tuple[int, int]:
     def hit(c: Correction) -> bool:
-        return c.source == source if source is not None else matches_text(c.text)
+        if source is not None:
+            return source in (c.source, c.origin) or source in c.origins
+        return matches_text(c.text)
 
     entries = [Correction.from_json(raw) for raw in r.hvals(f"{log.p}:e")]
     gone = log.forget([c.sid for c in entries if hit(c)], "erased")

@@ -9,7 +9,7 @@ from services.commands.common import ApiUrl, JsonFlag, admin, console
 
 
 def forget(
-    source: str | None = typer.Option(None, "--source", help="Erase everything this source sent."),
+    source: str | None = typer.Option(None, "--source", help="Erase everything this source sent: a source name, or an origin such as addr:10.0.0.7 (one keyless client, whatever names it used)."),
     text: str | None = typer.Option(None, "--text", help="Erase this text (any label, any source)."),
     as_json: bool = JsonFlag,
     api: str | None = ApiUrl,

@@ -26,7 +26,9 @@ def quarantine_list(
 def quarantine_release(
     sids: list[str] = typer.Argument(None, help="Held sample ids (from `online quarantine list`)."),
     source: str | None = typer.Option(
-        None, help="Release all this source sent, and trust its feedback key from now on."
+        None,
+        help="Release all this source sent (a source name, or an origin such as addr:10.0.0.7), and trust its"
+        " feedback key from now on.",
     ),
     api: str | None = ApiUrl,
 ) -> None:

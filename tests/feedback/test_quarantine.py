@@ -257,3 +257,47 @@ def test_a_coherent_correction_moves_a_boundary_only_for_an_accountable_sender(p
     else:
         assert not held_texts & distinct
         assert distinct <= {s.text for s in buffer.samples() if s.label == "weather"}
+
+
+def test_one_keyless_address_is_quarantined_as_a_whole_whatever_names_it_uses(parts):
+    """The flood that wore the confidence rule down over rounds (found as a user): one client address
+    relabelling a learned intent under 30 names, a few examples per name. Counted per name no source
+    reached the ledger's minimum; counted per origin the address is quarantined in the first round, its
+    not-so-confident examples held with the rest, and what it sends next under a fresh name is held too.
+    An operator releases or erases it by its origin."""
+    from online.feedback.quarantine import release
+    from online.lifecycle.erasure import forget
+
+    registry, buffer, runner, ledger = parts
+    address = "addr:10.0.0.66"
+    flood = [(t, "weather") for t, _ in helpers.examples(["music"], 40, seed=61)]
+    buffer.add(
+        [Incoming(f"f{i}", t, lab, f"user{i % 30}", time.time(), origin=address) for i, (t, lab) in enumerate(flood)]
+    )
+    first = runner.run()
+    assert address in ledger.quarantined()
+    assert not any(name.startswith("user") for name in ledger.quarantined())
+    assert first.held_by_reason.get(SOURCE_HELD, 0) > 0, first
+    held = buffer.held()
+    assert {h.text for h in held} == {t for t, _ in flood}
+    assert {h.reason for h in held} >= {SOURCE_HELD} and {h.origin for h in held} == {address}
+
+    later = helpers.examples(["music"], 3, seed=62)
+    buffer.add([Incoming(f"g{i}", t, "weather", "brand-new", time.time(), origin=address) for i, (t, _) in enumerate(later)])
+    send(buffer, honest(4, seed=63))  # an honest sender beside it is trained
+    second = runner.run()
+    assert second.held_by_reason == {SOURCE_HELD: 3}
+    assert {h.text for h in buffer.held() if h.source == "brand-new"} == {t for t, _ in later}
+
+    released = release(buffer, ledger, source=address)  # the operator's word: its key/origin is trusted
+    assert released == len(flood) + 3 and buffer.held() == [] and address in ledger.trusted()
+
+    before = time.time()
+    erased = forget(Stores.from_settings(runner.s), source=address)
+    assert erased.buffer == len(flood) + 3
+    # in flight when erased, under yet another name: kept out by the tombstone of the origin
+    late = buffer.add([Incoming("h0", "play some jazz", "weather", "other-name", before, origin=address)])
+    assert late.erased == 1 and late.added == 0
+    assert not {(s.text, s.label) for s in buffer.samples()} & set(flood), [
+        (s.text, s.label, s.source, s.origin) for s in buffer.samples() if (s.text, s.label) in set(flood)
+    ]

@@ -150,6 +150,28 @@ def test_stats_updated_in_place_and_other_sources_untouched():
     assert stats == {"alice": [6, 2], "bob": [7, 0], "carol": [1, 0]}  # dave: nothing judged, no entry
 
 
+def test_an_anonymous_sender_is_one_ledger_entry_whatever_names_it_invents():
+    # the flood found as a user: one keyless address, 30 names, a few contradicted examples each. Per
+    # name none reaches min_events; per origin the address is quarantined and all of it held.
+    items = [Candidate(f"t{n}", "balance", f"user{n % 30}", "addr:10.0.0.9") for n in range(60)]
+    keyed = [Candidate(f"k{n}", "balance", f"agent{n}", f"key:agent{n}") for n in range(3)]
+    judged = [CONTRA] * 60 + [CONTRA] * 3
+    stats: dict[str, list[int]] = {}
+    reasons, newly = decide(items + keyed, judged, stats, set(), cfg(min_events=4))
+    assert newly == {"addr:10.0.0.9"}
+    assert reasons[:60] == [SOURCE_HELD] * 60
+    # a keyed source stays its own (named) entry: an operator can release its key
+    assert stats["addr:10.0.0.9"] == [60, 60] and stats["agent0"] == [1, 1]
+    assert not any(k.startswith("user") for k in stats)
+    assert reasons[60:] == [None] * 3  # 1 judged each: under min_events
+
+
+def test_a_quarantined_origin_holds_its_later_events_under_any_name():
+    items = [Candidate("a", "x", "brand-new-name", "addr:10.0.0.9"), Candidate("b", "x", "alice", "key:alice")]
+    reasons, _ = decide(items, [CLEAN, CLEAN], {}, {"addr:10.0.0.9"}, cfg(min_events=100))
+    assert reasons == [SOURCE_HELD, None]
+
+
 # --- decide: event-level holds --------------------------------------------------------------------
 
 
