@@ -310,6 +310,11 @@ class RoundRunner:
         verdict = dict(zip((s.sid for s in governed), governed_reasons))
         fence()
         ledger.record(batch_counts(items, judged))
+        if newly:  # what a newly quarantined sender taught earlier is no longer answered from memory
+            taught = self.stores.corrections.snapshot()[1]
+            self.stores.corrections.forget(
+                [c.sid for c in taught if c.trusted == "" and ({c.source, c.origin} & newly)], "quarantine: source"
+            )
         for source in sorted(newly):
             ledger.quarantine(source)
             log.warning(

@@ -274,7 +274,11 @@ def test_one_keyless_address_is_quarantined_as_a_whole_whatever_names_it_uses(pa
     buffer.add(
         [Incoming(f"f{i}", t, lab, f"user{i % 30}", time.time(), origin=address) for i, (t, lab) in enumerate(flood)]
     )
+    memory = runner.stores.corrections  # what it taught earlier the correction memory answers...
+    memory.add([Incoming("e0", "play the blues", "weather", "user0", time.time(), origin=address)])
+    assert [c.text for c in memory.snapshot()[1]] == ["play the blues"]
     first = runner.run()
+    assert memory.snapshot()[1] == []  # ...until its origin is quarantined
     assert address in ledger.quarantined()
     assert not any(name.startswith("user") for name in ledger.quarantined())
     assert first.held_by_reason.get(SOURCE_HELD, 0) > 0, first
