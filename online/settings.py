@@ -242,6 +242,12 @@ class Settings(BaseSettings):
         ge=0,
         description="/v1/predict calls per second per client address on one replica (429 with Retry-After above; bursts of twice as many); 0: off.",
     )
+    predict_refusal_delay_s: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="A call over the predict rate limit is answered 429 after this long (at most its Retry-After): a flooding client's connections wait instead of costing the replica and its cores hundreds of refusals a second; 0: at once.",
+    )
     predict_queue_max: int = Field(
         1024,
         ge=1,

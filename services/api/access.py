@@ -9,7 +9,10 @@ At high rates the line costs a fair share of a request's CPU on the event loop (
 tens of microseconds; measured ~50 us of ~170 us at 800 req/s): above ``max_per_s`` successful requests
 a second, 1 in k of them is logged, k from the previous second's rate so that about ``max_per_s`` lines
 a second are written, each with ``sample_1_in: k`` (what it stands for: counts stay reconstructible).
-Every refusal and error (status >= 400) is always logged; ``max_per_s=0`` logs every line.
+Load refusals (429 over a rate limit, 503 a full queue) are sampled the same way, on a budget of their
+own: a flooding client is refused hundreds of times a second, and a line for each would make the
+refusal cost what it refuses. Every other error (status >= 400) is always logged; ``max_per_s=0`` logs
+every line.
 """
 
 from __future__ import annotations
@@ -37,6 +40,29 @@ def incoming_id(headers: list[tuple[bytes, bytes]]) -> str:
     return given if _SANE.match(given) else uuid.uuid4().hex
 
 
+class _Sampler:
+    """1 in k of the events of a second, k from the previous second's rate, so about ``max_per_s`` a second."""
+
+    def __init__(self, max_per_s: float) -> None:
+        self.max_per_s = max_per_s
+        self._second = 0  # the current whole second (monotonic)
+        self._seen = 0  # events in it
+        self._every = 1  # keep 1 in this many (from the previous second's rate)
+
+    def take(self) -> int | None:
+        """k for an event kept to stand for k, None for one not kept."""
+        now = int(time.monotonic())
+        if now != self._second:
+            rate = self._seen if now == self._second + 1 else 0  # an idle gap: back to every line
+            self._every = max(1, math.ceil(rate / self.max_per_s))
+            self._second, self._seen = now, 0
+        self._seen += 1
+        return self._every if self._seen % self._every == 0 else None
+
+
+REFUSALS = (429, 503)  # load shedding: sampled like successes, on a budget of their own
+
+
 class AccessLog:
     def __init__(
         self,
@@ -49,21 +75,16 @@ class AccessLog:
         self.enabled = enabled  # request ids are always given; the line per request is optional
         self.tag = tag  # e.g. put the id on the request's trace span (services.api.tracing)
         self.max_per_s = max_per_s  # 0: every line
-        self._second = 0  # the current whole second (monotonic)
-        self._seen = 0  # successful requests in it
-        self._every = 1  # log 1 in this many successful requests (from the previous second's rate)
+        self._ok = _Sampler(max_per_s)
+        self._refused = _Sampler(max_per_s)
 
     def _sample(self, status: int) -> int | None:
         """1 for a line to write in full, k for one that stands for k requests, None for none."""
-        if status >= 400 or not self.max_per_s:
+        if not self.max_per_s:
             return 1
-        now = int(time.monotonic())
-        if now != self._second:
-            rate = self._seen if now == self._second + 1 else 0  # an idle gap: back to every line
-            self._every = max(1, math.ceil(rate / self.max_per_s))
-            self._second, self._seen = now, 0
-        self._seen += 1
-        return self._every if self._seen % self._every == 0 else None
+        if status in REFUSALS:
+            return self._refused.take()
+        return 1 if status >= 400 else self._ok.take()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

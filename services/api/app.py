@@ -82,7 +82,9 @@ def create_app(settings: Settings) -> FastAPI:
     request_model = predict_request_model(settings)
     if not generating:
         app.add_middleware(predict.PredictFastPath, request_model=request_model)  # innermost: after the checks
-    app.add_middleware(PredictRateLimit, per_s=settings.predict_rate_limit)
+    app.add_middleware(
+        PredictRateLimit, per_s=settings.predict_rate_limit, refusal_delay_s=settings.predict_refusal_delay_s
+    )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     tag = tracing.tag_request if settings.otel_traces else None
     app.add_middleware(  # outermost of ours: sees every answer

@@ -9,10 +9,19 @@ nothing.
 (``predict_rate_limit`` a second, bursts of twice that), in process: no Redis round trip on the hot path.
 With N replicas behind a balancer a client may get up to N times the rate; the compose layout's nginx
 limits per client in front of them all.
+
+A refusal is answered after ``refusal_delay_s`` (at most its Retry-After), not at once. A flooding client
+is usually closed-loop (N connections, each sending again as soon as it is answered): refused at once,
+it gets hundreds of refusals a second, and the parsing, the answers and its own client's work take the
+cores the honest clients' predictions need (issue 31: honest p99 13 -> 421 ms on 2 cores). Held for a
+second, each connection costs one refusal a second. At most ``MAX_DELAYED`` refusals wait at a time
+(a waiting refusal is a parked coroutine, but an open-loop flood of new connections should still meet
+a bound); past it they are answered at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -63,10 +72,13 @@ class BodySizeLimit:
 
 class PredictRateLimit:
     MAX_CLIENTS = 10_000  # tracked addresses; past it, idle buckets (full again) are forgotten
+    MAX_DELAYED = 4096  # refusals waiting out their delay at once
 
-    def __init__(self, app: ASGIApp, per_s: float, path: str = "/v1/predict") -> None:
+    def __init__(self, app: ASGIApp, per_s: float, path: str = "/v1/predict", refusal_delay_s: float = 0.0) -> None:
         self.app = app
         self.rate = per_s
+        self.refusal_delay_s = refusal_delay_s
+        self._delayed = 0
         self.burst = max(2.0 * per_s, 1.0)
         self.path = path
         self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
@@ -108,5 +120,11 @@ class PredictRateLimit:
             (b"content-length", str(len(body)).encode()),
             (b"retry-after", str(retry).encode()),
         ]
+        if self.refusal_delay_s > 0 and self._delayed < self.MAX_DELAYED:
+            self._delayed += 1
+            try:
+                await asyncio.sleep(min(self.refusal_delay_s, retry))
+            finally:
+                self._delayed -= 1
         await send({"type": "http.response.start", "status": 429, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -17,12 +17,16 @@ from tests.helpers import ConsumerThread, live_untrained, served_app, wait_for
 
 def test_predict_answers_429_past_a_clients_rate(settings):
     live_untrained(settings)
-    with served_app(settings.model_copy(update={"predict_rate_limit": 2.0})) as client:
+    update = {"predict_rate_limit": 2.0, "predict_refusal_delay_s": 0.3}
+    with served_app(settings.model_copy(update=update)) as client:
         answers = [client.post("/v1/predict", json={"text": "hello there"}) for _ in range(8)]
         codes = [a.status_code for a in answers]
         assert codes[:4] == [200] * 4 and 429 in codes  # a burst of twice the rate, then refused
         refused = answers[codes.index(429)]
         assert int(refused.headers["retry-after"]) >= 1 and "rate limit" in refused.json()["detail"]
+        # held before it is answered: a closed-loop flood gets a refusal a connection per delay, not
+        # hundreds a second (issue 31's predict flood)
+        assert refused.elapsed.total_seconds() >= 0.3
         assert client.get("/healthz").status_code == 200  # other routes are not limited
 
 

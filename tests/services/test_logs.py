@@ -69,7 +69,23 @@ def test_at_high_rates_one_successful_line_in_k_is_written_and_says_so(monkeypat
     clock[0] = 101.0  # the next second: 50/s against 10/s -> 1 in 5
     second = [log._sample(200) for _ in range(50)]
     assert second.count(5) == 10 and second.count(None) == 40
-    assert log._sample(500) == 1 and log._sample(422) == 1  # refusals and errors: always
+    assert log._sample(500) == 1 and log._sample(422) == 1  # invalid requests and errors: always
     clock[0] = 105.0  # after an idle gap: every line again
     assert [log._sample(200) for _ in range(3)] == [1, 1, 1]
     assert access.AccessLog(app=None, max_per_s=0)._sample(200) == 1  # 0: every line
+
+
+def test_a_flood_of_load_refusals_is_sampled_on_its_own_budget(monkeypatch):
+    """429s of a flooding client and 503s of a full queue are logged 1 in k as successes are (a line each
+    would cost the event loop what the refusal saves), without taking the successes' budget."""
+    from services.api import access
+
+    clock = [100.0]
+    monkeypatch.setattr(access.time, "monotonic", lambda: clock[0])
+    log = access.AccessLog(app=None, max_per_s=10)
+    assert [log._sample(429) for _ in range(100)] == [1] * 100  # no rate known yet
+    clock[0] = 101.0  # 100/s of refusals against 10/s -> 1 in 10
+    refused = [log._sample(429) for _ in range(50)] + [log._sample(503) for _ in range(50)]
+    assert refused.count(10) == 10 and refused.count(None) == 90
+    assert [log._sample(200) for _ in range(5)] == [1] * 5  # successes: their own (idle) budget
+    assert log._sample(401) == 1 and log._sample(500) == 1
