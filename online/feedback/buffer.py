@@ -71,11 +71,11 @@ end
 """
 
 
-def _held_counts(script: str) -> str:
+def with_held_counts(script: str) -> str:
     return _HELD_COUNTS + script
 
 
-_ADD = _held_counts("""
+_ADD = with_held_counts("""
 local p = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
@@ -132,7 +132,7 @@ end
 return {added, dups, replayed, gone}
 """)
 
-_QUARANTINE = _held_counts("""
+_QUARANTINE = with_held_counts("""
 local p, at, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local moved = 0
 for i = 0, n - 1 do
@@ -150,7 +150,7 @@ end
 return moved
 """)
 
-_RELEASE = _held_counts("""
+_RELEASE = with_held_counts("""
 local p, mark, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local released = 0
 for i = 0, n - 1 do
@@ -163,7 +163,7 @@ end
 return released
 """)
 
-_DROP = _held_counts("""
+_DROP = with_held_counts("""
 local p, n, remember = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local dropped = 0
 for i = 0, n - 1 do

@@ -35,7 +35,7 @@ from typing import Protocol
 
 import redis
 
-from online.feedback.buffer import ReplayBuffer, normalise, text_hash
+from online.feedback.buffer import ReplayBuffer, normalise, text_hash, with_held_counts
 from online.feedback.pii import mask_pii
 from online.feedback.prediction_log import PredictionLog
 from online.feedback.review_queue import ReviewQueue
@@ -45,7 +45,7 @@ from online.memory.log import Correction, CorrectionLog
 
 PAGE = 1000
 
-_ERASE = """
+_ERASE = with_held_counts("""
 local p, cursor, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local erased, trained = 0, 0
 for i = 0, n - 1 do
@@ -54,17 +54,21 @@ for i = 0, n - 1 do
   local label = redis.call('HGET', sk, 'label')
   if label then
     local seq = tonumber(redis.call('HGET', sk, 'seq') or '0')
-    if seq <= cursor then trained = trained + 1 end
+    if redis.call('ZSCORE', p .. ':q', sid) then
+      count_held(p, sk, -1)  -- held: never trained, and the screen's counts drop it
+      redis.call('ZREM', p .. ':q', sid)
+    elseif seq <= cursor then
+      trained = trained + 1
+    end
     redis.call('ZREM', p .. ':l:' .. label, sid)
     redis.call('ZREM', p .. ':log', sid)
-    redis.call('ZREM', p .. ':q', sid)
     redis.call('DEL', sk, p .. ':srcs:' .. sid, p .. ':names:' .. sid)
     redis.call('HINCRBY', p .. ':stats:' .. label, 'erased', 1)
     erased = erased + 1
   end
 end
 return {erased, trained}
-"""
+""")
 
 
 class ErasureStores(Protocol):

@@ -305,3 +305,22 @@ def test_one_keyless_address_is_quarantined_as_a_whole_whatever_names_it_uses(pa
     assert not {(s.text, s.label) for s in buffer.samples()} & set(flood), [
         (s.text, s.label, s.source, s.origin) for s in buffer.samples() if (s.text, s.label) in set(flood)
     ]
+
+
+def test_erasing_held_samples_says_none_was_trained_and_empties_the_held_counts(parts):
+    """Found as a user: `online forget --source addr:...` on 300 held samples printed "300 already trained
+    on" (their sequence was behind the cursor) and `online status` still showed 300 held."""
+    from online.feedback.quarantine import screening_summary
+    from online.lifecycle.erasure import forget
+
+    registry, buffer, runner, ledger = parts
+    address = "addr:10.0.0.67"
+    flood = [(t, "weather") for t, _ in helpers.examples(["music"], 30, seed=64)]
+    buffer.add([Incoming(f"q{i}", t, lab, f"u{i % 7}", time.time(), origin=address) for i, (t, lab) in enumerate(flood)])
+    runner.run()
+    held = buffer.held_count()
+    assert held == len(set(flood)) and screening_summary(buffer, ledger, set()).held.total == held
+    erased = forget(Stores.from_settings(runner.s), source=address)
+    assert (erased.buffer, erased.trained) == (held, 0)
+    summary = screening_summary(buffer, ledger, set())
+    assert summary.held.total == 0 and summary.held.by_source == {}
