@@ -114,7 +114,10 @@ def release_hint(reason: str, label: str, sid: str, settings) -> str:
     """What would release a sample held for ``reason``."""
     trusted = "or send it again with the admin token or a trusted feedback key (X-API-Key)"
     if reason == SOURCE_HELD:
-        return "an operator releases the source (`online quarantine release --source NAME`: trusts its feedback key)"
+        return (
+            "an operator releases the sender: `online quarantine release --source NAME` (trusts its feedback key), "
+            "or, for a client without a key, `--source addr:<its address>` (`online quarantine list` shows it)"
+        )
     if reason.startswith(PENDING):
         return (
             f"the label goes live: `online labels approve {label}`, {settings.label_min_examples} examples of it, "
