@@ -238,15 +238,20 @@ class Settings(BaseSettings):
         3 * 24 * 3600, ge=60, description="How long GET /v1/feedback/{event_id} can tell an event's fate."
     )
     predict_rate_limit: float = Field(
-        200.0,
+        50.0,
         ge=0,
-        description="/v1/predict calls per second per client address on one replica (429 with Retry-After above; bursts of twice as many); 0: off.",
+        description="/v1/predict calls per second per client address on one replica (429 with Retry-After above; bursts of twice as many), the compose layout's nginx budget; 0: off.",
     )
     predict_refusal_delay_s: float = Field(
         1.0,
         ge=0,
         le=10,
         description="A call over the predict rate limit is answered 429 after this long (at most its Retry-After): a flooding client's connections wait instead of costing the replica and its cores hundreds of refusals a second; 0: at once.",
+    )
+    predict_client_concurrency: int = Field(
+        8,
+        ge=0,
+        description="/v1/predict calls of one client address in a replica at a time; more wait their turn (queued, not refused), so one client's flood cannot fill every batch; 0: no bound.",
     )
     predict_queue_max: int = Field(
         1024,

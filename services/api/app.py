@@ -83,7 +83,10 @@ def create_app(settings: Settings) -> FastAPI:
     if not generating:
         app.add_middleware(predict.PredictFastPath, request_model=request_model)  # innermost: after the checks
     app.add_middleware(
-        PredictRateLimit, per_s=settings.predict_rate_limit, refusal_delay_s=settings.predict_refusal_delay_s
+        PredictRateLimit,
+        per_s=settings.predict_rate_limit,
+        refusal_delay_s=settings.predict_refusal_delay_s,
+        per_client_concurrency=settings.predict_client_concurrency,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     tag = tracing.tag_request if settings.otel_traces else None

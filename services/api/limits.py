@@ -10,7 +10,14 @@ nothing.
 With N replicas behind a balancer a client may get up to N times the rate; the compose layout's nginx
 limits per client in front of them all.
 
-A refusal is answered after ``refusal_delay_s`` (at most its Retry-After), not at once. A flooding client
+A client also has at most ``per_client_concurrency`` predictions in the replica at a time; the rest
+wait their turn in the event loop (queued, not refused). Without it, a flooding client's admitted
+calls arrive in waves (its connections come back together) and fill whole batches, so an honest
+text waits behind a forward of 64 of the flood's; with it, the flood's share of any batch is bounded
+and the batcher's other clients are served beside it. A rate-limited client's own work still flows at
+its full rate (a few in flight suffice at a batch's latency).
+
+A refusal is answered after half to all of ``refusal_delay_s`` (at most its Retry-After), not at once. A flooding client
 is usually closed-loop (N connections, each sending again as soon as it is answered): refused at once,
 it gets hundreds of refusals a second, and the parsing, the answers and its own client's work take the
 cores the honest clients' predictions need (issue 31: honest p99 13 -> 421 ms on 2 cores). Held for a
@@ -24,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -74,11 +82,20 @@ class PredictRateLimit:
     MAX_CLIENTS = 10_000  # tracked addresses; past it, idle buckets (full again) are forgotten
     MAX_DELAYED = 4096  # refusals waiting out their delay at once
 
-    def __init__(self, app: ASGIApp, per_s: float, path: str = "/v1/predict", refusal_delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        per_s: float,
+        path: str = "/v1/predict",
+        refusal_delay_s: float = 0.0,
+        per_client_concurrency: int = 0,
+    ) -> None:
         self.app = app
         self.rate = per_s
         self.refusal_delay_s = refusal_delay_s
+        self.per_client_concurrency = per_client_concurrency  # 0: no bound
         self._delayed = 0
+        self._slots: dict[str, tuple[asyncio.Semaphore, int]] = {}  # address -> (its slots, calls using them)
         self.burst = max(2.0 * per_s, 1.0)
         self.path = path
         self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
@@ -102,14 +119,33 @@ class PredictRateLimit:
         while len(self._buckets) > self.MAX_CLIENTS:  # all busy: the oldest go
             del self._buckets[next(iter(self._buckets))]
 
+    async def _served(self, address: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """The call, once one of its client's ``per_client_concurrency`` slots is free."""
+        if self.per_client_concurrency <= 0:
+            await self.app(scope, receive, send)
+            return
+        slots, users = self._slots.get(address) or (asyncio.Semaphore(self.per_client_concurrency), 0)
+        self._slots[address] = (slots, users + 1)
+        try:
+            async with slots:
+                await self.app(scope, receive, send)
+        finally:
+            slots, users = self._slots[address]
+            if users <= 1:
+                del self._slots[address]  # bounded by the clients with a call in the replica
+            else:
+                self._slots[address] = (slots, users - 1)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.rate <= 0 or scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+        limited = self.rate > 0 or self.per_client_concurrency > 0
+        if not limited or scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
-        wait = self._take(client[0] if client else "", time.monotonic())
+        address = client[0] if client else ""
+        wait = self._take(address, time.monotonic()) if self.rate > 0 else 0.0
         if wait <= 0:
-            await self.app(scope, receive, send)
+            await self._served(address, scope, receive, send)
             return
         retry = max(1, math.ceil(wait))
         body = json.dumps(
@@ -123,7 +159,8 @@ class PredictRateLimit:
         if self.refusal_delay_s > 0 and self._delayed < self.MAX_DELAYED:
             self._delayed += 1
             try:
-                await asyncio.sleep(min(self.refusal_delay_s, retry))
+                # jittered, so a flood's connections do not all come back in the same millisecond
+                await asyncio.sleep(min(self.refusal_delay_s, retry) * random.uniform(0.5, 1.0))
             finally:
                 self._delayed -= 1
         await send({"type": "http.response.start", "status": 429, "headers": headers})
