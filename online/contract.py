@@ -374,6 +374,7 @@ class HeldOut(BaseModel):
     sources: int
     reason: str
     at: float
+    origin: str = Field("", description="Who first sent it, as the screen counts senders: addr:<client> without a key.")
 
 
 class SourceOut(BaseModel):

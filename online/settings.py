@@ -251,7 +251,7 @@ class Settings(BaseSettings):
     predict_client_concurrency: int = Field(
         8,
         ge=0,
-        description="/v1/predict calls of one client address in a replica at a time; more wait their turn (queued, not refused), so one client's flood cannot fill every batch; 0: no bound.",
+        description="/v1/predict calls of one client address in a replica at a time; more wait their turn (queued, not refused), so one client's flood cannot fill every batch; 0: no bound (off with the rate limit too: ONLINE_PREDICT_RATE_LIMIT=0).",
     )
     predict_queue_max: int = Field(
         1024,

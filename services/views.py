@@ -192,7 +192,8 @@ def quarantine(console: Console, out: QuarantineResponse) -> None:
     """Held samples and per-source statistics."""
     held = Table("sid", "source", "sources", "label", "text", "reason", "since", title=f"held ({out.held_count})")
     for h in out.held:
-        held.add_row(h.sid, h.source, str(h.sources), h.label, h.text[:60], h.reason, when(h.at))
+        sender = h.source if not h.origin.startswith("addr:") else f"{h.source} ({h.origin})"
+        held.add_row(h.sid, sender, str(h.sources), h.label, h.text[:60], h.reason, when(h.at))
     console.print(held)
     sources = Table("source", "events", "judged", "contradicted", "rate", "quarantined", title="sources")
     for s in out.sources:

@@ -85,8 +85,10 @@ for i = 0, n - 1 do
   local b = 5 + i * 9
   local eid, sid, text, label, source, at = ARGV[b], ARGV[b+1], ARGV[b+2], ARGV[b+3], ARGV[b+4], ARGV[b+5]
   local th, origin, trusted = ARGV[b+6], ARGV[b+7], ARGV[b+8]
-  local until_at = redis.call('HGET', erased .. ':sources', source) or redis.call('HGET', erased .. ':sources', origin)
-  if (until_at and tonumber(at) <= tonumber(until_at)) or redis.call('SISMEMBER', erased .. ':texts', th) == 1 then
+  local anon = origin == 'unsigned' or string.sub(origin, 1, 5) == 'addr:'  -- a keyless sender: one ledger entry
+  local until_at = tonumber(redis.call('HGET', erased .. ':sources', source) or '-1')
+  if anon then until_at = math.max(until_at, tonumber(redis.call('HGET', erased .. ':sources', origin) or '-1')) end
+  if tonumber(at) <= until_at or redis.call('SISMEMBER', erased .. ':texts', th) == 1 then
     redis.call('SET', p .. ':seen:' .. eid, '1', 'NX', 'EX', ttl)  -- erased (`online forget`): seen, not stored
     gone = gone + 1
   elseif redis.call('SET', p .. ':seen:' .. eid, '1', 'NX', 'EX', ttl) then
@@ -96,7 +98,7 @@ for i = 0, n - 1 do
     redis.call('HINCRBY', p .. ':source:' .. source, 'events', 1)
     redis.call('EXPIRE', p .. ':source:' .. source, ttl)  -- a source silent for the dedup TTL is forgotten
     redis.call('SADD', p .. ':sources', source)
-    if origin == 'unsigned' or string.sub(origin, 1, 5) == 'addr:' then
+    if anon and origin ~= source then
       -- an anonymous sender is one ledger entry whatever names it invents (``Candidate.ledger_key``)
       redis.call('HINCRBY', p .. ':source:' .. origin, 'events', 1)
       redis.call('EXPIRE', p .. ':source:' .. origin, ttl)

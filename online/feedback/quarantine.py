@@ -36,7 +36,7 @@ import redis
 
 from online.contract import HeldCounts, PendingLabel, ScreeningSummary
 from online.credentials import anonymous
-from online.feedback.buffer import ReplayBuffer
+from online.feedback.buffer import Held, ReplayBuffer
 from online.feedback.labels import PENDING, LabelBook, is_pending
 from online.keys import Keys
 from online.reference import Reference, unit_rows
@@ -296,10 +296,13 @@ class SourceLedger:
         return set(self.r.smembers(f"{self.p}:sources:trusted"))
 
     def release(self, source: str) -> bool:
-        """Trust a source's key from now on (an operator's word outranks the screen; its counts start afresh)."""
+        """Trust a source's key from now on (an operator's word outranks the screen; its counts start
+        afresh). A keyless client's origin (``addr:...``) has no key to trust: it leaves quarantine and
+        its counts start afresh, and its later feedback is screened as before."""
         with self.r.pipeline(transaction=False) as pipe:
             pipe.srem(f"{self.p}:sources:quarantined", source)
-            pipe.sadd(f"{self.p}:sources:trusted", source)
+            if not anonymous(source):
+                pipe.sadd(f"{self.p}:sources:trusted", source)
             pipe.hdel(f"{self.p}:source:{source}", "judged", "contradicted")
             return bool(pipe.execute()[0])
 
@@ -356,8 +359,15 @@ def release(buffer: ReplayBuffer, ledger: SourceLedger, sids: Sequence[str] = ()
     chosen = list(sids)
     if source:
         ledger.release(source)
-        chosen += [h.sid for h in buffer.held() if source in (h.source, h.origin)]
+        chosen += [h.sid for h in buffer.held() if _sent_by(h, source)]
     return buffer.release(chosen)
+
+
+def _sent_by(h: Held, source: str) -> bool:
+    """Whether ``source`` (a source name, or a keyless client's origin) sent held sample ``h``. An origin
+    matches origins only: a name is free text, and one client naming itself ``addr:<another address>``
+    must not ride on that address's release."""
+    return h.origin == source if anonymous(source) else h.source == source
 
 
 class Forgets(Protocol):
@@ -379,7 +389,7 @@ def approve_label(book: LabelBook, buffer: ReplayBuffer, label: str) -> tuple[bo
 def drop(buffer: ReplayBuffer, corrections: Forgets, sids: Sequence[str] = (), source: str | None = None) -> int:
     """An operator deletes held samples for good (with ``source``: everything of it that is held); they
     leave the correction memory too."""
-    chosen = list(sids) + ([h.sid for h in buffer.held() if source in (h.source, h.origin)] if source else [])
+    chosen = list(sids) + ([h.sid for h in buffer.held() if _sent_by(h, source)] if source else [])
     dropped = buffer.drop(chosen)
     corrections.forget(chosen, "quarantine: dropped")
     return dropped

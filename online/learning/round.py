@@ -310,11 +310,6 @@ class RoundRunner:
         verdict = dict(zip((s.sid for s in governed), governed_reasons))
         fence()
         ledger.record(batch_counts(items, judged))
-        if newly:  # what a newly quarantined sender taught earlier is no longer answered from memory
-            taught = self.stores.corrections.snapshot()[1]
-            self.stores.corrections.forget(
-                [c.sid for c in taught if c.trusted == "" and ({c.source, c.origin} & newly)], "quarantine: source"
-            )
         for source in sorted(newly):
             ledger.quarantine(source)
             log.warning(
@@ -322,6 +317,12 @@ class RoundRunner:
                 "is held until released (`online quarantine list`, `online quarantine release --source %s`)",
                 source, source,
             )  # fmt: skip
+        if newly:  # what a newly quarantined sender taught earlier is no longer answered from memory (after
+            # the quarantine: the forget makes the replicas re-read the policy)
+            taught = self.stores.corrections.snapshot()[1]
+            self.stores.corrections.forget(
+                [c.sid for c in taught if c.trusted == "" and ({c.source, c.origin} & newly)], "quarantine: source"
+            )
         hold = [(s.sid, verdict[s.sid]) for s in governed if verdict[s.sid]]
         if hold:
             self.buffer.quarantine(hold)

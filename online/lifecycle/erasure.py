@@ -35,6 +35,7 @@ from typing import Protocol
 
 import redis
 
+from online.credentials import anonymous
 from online.feedback.buffer import ReplayBuffer, normalise, text_hash, with_held_counts
 from online.feedback.pii import mask_pii
 from online.feedback.prediction_log import PredictionLog
@@ -165,13 +166,15 @@ def _erase_buffer(buffer: ReplayBuffer, r: redis.Redis, source: str | None, matc
                 pipe.hmget(f"{p}:s:{sid}", "text", "source", "at")
                 if source is not None:
                     pipe.sismember(f"{p}:names:{sid}", source)
-                    pipe.sismember(f"{p}:srcs:{sid}", source)  # an origin: `forget --source addr:10.0.0.7`
+                    # a keyless client's origin (`forget --source addr:10.0.0.7`); names are free text, so a
+                    # name never matches an origin
+                    pipe.sismember(f"{p}:srcs:{sid}", source if anonymous(source) else "\x00")
             rows = pipe.execute()
         step = 3 if source is not None else 1
         for i, sid in enumerate(page):
             stored_text, first, at = rows[i * step]
             hit = (
-                (first == source or bool(rows[i * step + 1]) or bool(rows[i * step + 2]))
+                (bool(rows[i * step + 2]) if anonymous(source) else (first == source or bool(rows[i * step + 1])))
                 if source is not None
                 else matches_text(stored_text)
             )
@@ -191,7 +194,7 @@ def _erase_buffer(buffer: ReplayBuffer, r: redis.Redis, source: str | None, matc
 def _erase_corrections(log: CorrectionLog, r: redis.Redis, source: str | None, matches_text) -> tuple[int, int]:
     def hit(c: Correction) -> bool:
         if source is not None:
-            return source in (c.source, c.origin) or source in c.origins
+            return (c.origin == source or source in c.origins) if anonymous(source) else c.source == source
         return matches_text(c.text)
 
     entries = [Correction.from_json(raw) for raw in r.hvals(f"{log.p}:e")]

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from online.credentials import anonymous
 from online.feedback.buffer import normalise
 from online.feedback.labels import LabelRules, govern
 from online.feedback.pii import mask_pii
@@ -167,7 +168,7 @@ class CorrectionMemory:
         p = self.policy
         for k in self._known.values():
             screened = bool(k.hold) and not k.entry.trusted  # a trusted credential outranks the screen
-            if screened or k.entry.source in p.quarantined_sources or k.entry.sid in p.held_samples:
+            if screened or _quarantined(k.entry, p) or k.entry.sid in p.held_samples:
                 k.state = HELD
             elif k.answer == k.entry.label:
                 k.state = ABSORBED
@@ -261,8 +262,8 @@ class CorrectionMemory:
             return None
         reason = k.hold
         if k.state == HELD and not reason:
-            if k.entry.source in self.policy.quarantined_sources:
-                reason = f"source {k.entry.source!r} is quarantined"
+            if _quarantined(k.entry, self.policy):
+                reason = f"source {_quarantined(k.entry, self.policy)!r} is quarantined"
             elif sid in self.policy.held_samples:
                 reason = "the replay buffer's quarantine holds it"
         return k.state, reason
@@ -286,3 +287,13 @@ def blend(hit: Hit, probs: np.ndarray, labels: Sequence[str], k: int) -> tuple[l
     # ties (every other label is 0 for the exact text) keep the model's order, not the label list's
     top = sorted(scores.items(), key=lambda kv: (-kv[1], -model.get(kv[0], 0.0)))[:k]
     return [(lab, round(p, 6)) for lab, p in top], mixed
+
+
+def _quarantined(entry: Correction, policy: Policy) -> str | None:
+    """The quarantined sender an entry came from: its source name, or its origin when the sender had no
+    key (the source ledger quarantines a keyless client by its address, whatever names it uses)."""
+    if entry.source in policy.quarantined_sources:
+        return entry.source
+    if anonymous(entry.origin) and entry.origin in policy.quarantined_sources:
+        return entry.origin
+    return None

@@ -11,7 +11,9 @@ With N replicas behind a balancer a client may get up to N times the rate; the c
 limits per client in front of them all.
 
 A client also has at most ``per_client_concurrency`` predictions in the replica at a time; the rest
-wait their turn in the event loop (queued, not refused). Without it, a flooding client's admitted
+wait their turn in the event loop (queued, not refused; each waiting call took a token, so a client's
+waiting calls are bounded by its burst and rate). Both limits are per-client limits: off together
+when ``predict_rate_limit`` is 0 (one trusted load generator, or a gateway that does its own). Without it, a flooding client's admitted
 calls arrive in waves (its connections come back together) and fill whole batches, so an honest
 text waits behind a forward of 64 of the flood's; with it, the flood's share of any batch is bounded
 and the batcher's other clients are served beside it. A rate-limited client's own work still flows at
@@ -137,13 +139,12 @@ class PredictRateLimit:
                 self._slots[address] = (slots, users - 1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limited = self.rate > 0 or self.per_client_concurrency > 0
-        if not limited or scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+        if self.rate <= 0 or scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
         address = client[0] if client else ""
-        wait = self._take(address, time.monotonic()) if self.rate > 0 else 0.0
+        wait = self._take(address, time.monotonic())
         if wait <= 0:
             await self._served(address, scope, receive, send)
             return

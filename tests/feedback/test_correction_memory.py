@@ -171,3 +171,18 @@ def test_a_trusted_word_on_a_text_outranks_a_newer_untrusted_one():
     memory.refresh(Policy())
     (hit,) = memory.lookup(["my card got declined"], _unit([1, 0, 0]))
     assert hit is not None and hit.label == "b" and hit.event_id == "e1"
+
+
+def test_an_entry_of_a_quarantined_keyless_address_is_held_whatever_name_it_came_under():
+    """The source ledger quarantines a keyless client by its address; a correction it sends after that, under
+    a name never seen before, is held by every replica's memory at once (not only at the next round); another
+    address's correction under the same name is not."""
+    memory = CorrectionMemory(LABELS, 0.9, RULES, None, None)
+    entries = [
+        Correction("s1", "e1", "text 1", "b", "fresh-name", 1.0, origin="addr:10.0.0.66"),
+        Correction("s2", "e2", "text 2", "b", "fresh-name", 2.0, origin="addr:10.0.0.2"),
+    ]
+    memory.learn(entries, np.stack([_probs(LABELS, "a")] * 2), _unit([1, 0, 0], [0, 1, 0]))
+    memory.refresh(Policy(quarantined_sources=frozenset({"addr:10.0.0.66"})))
+    assert memory.states() == {"s1": HELD, "s2": ACTIVE}
+    assert memory.explain("s1") == (HELD, "source 'addr:10.0.0.66' is quarantined")

@@ -202,11 +202,16 @@ def test_one_client_has_a_bounded_number_of_predictions_in_the_replica_and_the_r
 
         flood = [asyncio.create_task(call("10.0.0.66")) for _ in range(6)]
         honest = asyncio.create_task(call("10.0.0.2"))
-        while running.get("10.0.0.2", 0) < 1:  # the honest call gets in beside the flood's two
-            await asyncio.sleep(0)
+
+        async def honest_inside() -> None:
+            while running.get("10.0.0.2", 0) < 1:  # the honest call gets in beside the flood's two
+                await asyncio.sleep(0)
+
+        await asyncio.wait_for(honest_inside(), 10)
         in_flood = running["10.0.0.66"]
         gate.set()
-        await asyncio.gather(*flood, honest)
+        await asyncio.wait_for(asyncio.gather(*flood, honest), 10)
+        assert limiter._slots == {}  # nobody left holding or waiting: the per-address table is empty
         return in_flood, peak["10.0.0.66"], statuses
 
     in_flood, peak, statuses = asyncio.run(scenario())
