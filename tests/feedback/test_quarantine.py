@@ -329,3 +329,21 @@ def test_erasing_held_samples_says_none_was_trained_and_empties_the_held_counts(
     assert (erased.buffer, erased.trained) == (held, 0)
     summary = screening_summary(buffer, ledger, set())
     assert summary.held.total == 0 and summary.held.by_source == {}
+
+
+def test_a_keyless_client_cannot_buy_label_budget_with_invented_names(parts):
+    """The hourly label-creation budget counts a keyless client by its address: five invented labels under
+    five names from one address create at most the budget's 3 (counted per name, all five went live)."""
+    registry, buffer, runner, ledger = parts
+    words = ("zebra", "quartz", "nebula", "walrus", "tundra")
+    flood = [(f"{w} {w} {w} number {k}", f"made-up-{w}", f"name-{w}") for w in words for k in range(4)]
+    buffer.add(
+        [Incoming(f"n{i}", t, lab, src, time.time(), origin="addr:10.0.0.68") for i, (t, lab, src) in enumerate(flood)]
+    )
+    runner.run()
+    live = set(registry.get(registry.live()).labels)
+    assert len({f"made-up-{w}" for w in words} & live) == 3
+    assert {h.reason for h in buffer.held()} == {
+        f"pending label: source 'addr:10.0.0.68' created 3 new labels this hour (`online labels approve {lab}`)"
+        for lab in {f"made-up-{w}" for w in words} - live
+    }
