@@ -16,7 +16,10 @@ class NotConfigured(RuntimeError):
 
 def redis_url(settings: Settings) -> str:
     if not settings.redis_url:
-        raise NotConfigured("ONLINE_REDIS_URL is not set (or run `online up`, which starts a local Redis)")
+        raise NotConfigured(
+            f"ONLINE_REDIS_URL is not set, and no `online up` runs with ONLINE_STATE_DIR={settings.state_dir} "
+            "(start one, which starts a local Redis, or set ONLINE_STATE_DIR to the one it uses)"
+        )
     return settings.redis_url
 
 
@@ -42,7 +45,10 @@ def _url_options(settings: Settings) -> dict:
 
 def kafka_bootstrap(settings: Settings) -> str:
     if not settings.kafka_bootstrap:
-        raise NotConfigured("ONLINE_KAFKA_BOOTSTRAP is not set (or run `online up`, which starts a local broker)")
+        raise NotConfigured(
+            f"ONLINE_KAFKA_BOOTSTRAP is not set, and no `online up` runs with ONLINE_STATE_DIR={settings.state_dir} "
+            "(start one, which starts a local broker, or set ONLINE_STATE_DIR to the one it uses)"
+        )
     return settings.kafka_bootstrap
 
 
