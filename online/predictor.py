@@ -63,6 +63,11 @@ class EmbeddingStore:
 
 
 EMBEDDINGS = EmbeddingStore()
+# Characters a kept token spans at most, as far as cutting a text before tokenizing is concerned: a
+# WordPiece/BPE piece is a few characters and a word past the tokenizer's word limit is one unknown
+# token, so max_seq_len tokens never reach past max_seq_len * 32 characters of ordinary text (only text
+# padded with long runs of whitespace could; its tail is then cut, as truncation would have).
+CHARS_PER_TOKEN = 32
 
 
 class Predictor:
@@ -171,6 +176,11 @@ class Predictor:
         hidden = self.engine.hidden_size
         if not texts:
             return torch.empty(0, len(self.labels)), torch.empty(0, hidden)
+        # A fast tokenizer tokenizes a whole text before it truncates: a 10,000-character correction cost
+        # ~4x the tokens it keeps, on the forward thread (issue 31's long-texts row). Cut first, far past
+        # what max_seq_len tokens can span (one token per CHARS_PER_TOKEN characters at the least).
+        cut = self.max_seq_len * CHARS_PER_TOKEN
+        texts = [t if len(t) <= cut else t[:cut] for t in texts]
         enc = self.tokenizer(texts, truncation=True, max_length=token_limit(self.tokenizer, self.max_seq_len))
         ids = enc["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))

@@ -75,3 +75,24 @@ def test_a_seeded_new_head_is_the_same_whatever_was_drawn_before(tiny_base):
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is left alone
     other = TextClassifier.from_base(tiny_base, ["a", "b", "c"], seed=8)
     assert not torch.equal(first.head.weight, other.head.weight)
+
+
+def test_a_long_text_is_cut_before_tokenizing_and_keeps_the_same_tokens(tiny_base, monkeypatch):
+    """A 10,000-character correction is cut to max_seq_len * CHARS_PER_TOKEN characters before the
+    tokenizer sees it (a fast tokenizer tokenizes all of a text, then truncates); the tokens kept, and so
+    the answer, are the same."""
+    from online import predictor as predictor_module
+
+    model = TextClassifier.from_base(tiny_base, [f"l{i}" for i in range(5)])
+    p = Predictor(model, 1, precision="fp32", bucket_size=4)
+    words = ["refund", "my", "order", "please", "card", "delivery", "was", "late"]
+    long = " ".join(words[i % len(words)] for i in range(2000))  # ~10,000 characters
+    seen: list[int] = []
+    tokenize = p.tokenizer.__class__.__call__
+    monkeypatch.setattr(
+        p.tokenizer.__class__, "__call__", lambda self, texts, **kw: seen.extend(map(len, texts)) or tokenize(self, texts, **kw)
+    )
+    cut = p.probabilities([long])
+    assert seen == [p.max_seq_len * predictor_module.CHARS_PER_TOKEN] and len(long) > seen[0]
+    monkeypatch.setattr(predictor_module, "CHARS_PER_TOKEN", 10**6)  # not cut
+    assert torch.allclose(cut, p.probabilities([long]), atol=1e-6)
