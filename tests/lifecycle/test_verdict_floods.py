@@ -51,6 +51,11 @@ def promote_child(stores, client, v1: int, model) -> int:
     return v2
 
 
+def logged(stores, prediction_ids: list[str]) -> None:
+    """The side-effect thread has written these predictions' log (what a thumbs vote resolves against)."""
+    wait_for(lambda: all(stores.predictions.get_many(prediction_ids)), timeout=30, what="predictions logged")
+
+
 def consumed(stores, event_ids: list[tuple[str, str]]) -> None:
     wait_for(lambda: all(stores.buffer.seen(event_ids)), timeout=60, what="every vote consumed")
 
@@ -62,6 +67,7 @@ def test_a_flood_of_thumbs_on_one_prediction_each_rolls_nothing_back(stack):
     ((p2, on2),) = predict(client)
     assert (on1, on2) == (v1, v2)
 
+    logged(stores, [p1, p2])
     ids = vote(client, [p1] * 50, "up") + vote(client, [p2] * 50, "down")  # fresh event ids, fresh names
     consumed(stores, ids)
 
@@ -78,6 +84,7 @@ def test_one_client_voting_on_many_predictions_is_one_source(stack):
     first = [pid for pid, _ in predict(client, 50)]
     v2 = promote_child(stores, client, v1, model)
     second = [pid for pid, _ in predict(client, 50)]
+    logged(stores, first + second)
     ids = vote(client, first, "up") + vote(client, second, "down")
     consumed(stores, ids)
 
