@@ -152,7 +152,7 @@ def run_bench_chaos(
     with tempfile.TemporaryDirectory(prefix="online-chaos-") as tmp:
         base = settings.model_copy(
             update={"state_dir": Path(tmp) / "state", "model_store": None, "kafka_bootstrap": None, "redis_url": None,
-                    "api_port": free_port(), "predict_rate_limit": 0.0, "predict_client_concurrency": 0}  # one load generator
+                    "api_port": free_port(), "predict_rate_limit": 0.0}  # one load generator, not an abuser
         )  # fmt: skip
         stack = EmbeddedStack.start(base)
         env = stack.settings

@@ -88,7 +88,6 @@ def bench_environment(settings: Settings) -> Iterator[Settings]:
                     # the load generator is one client measuring capacity, not an abuser: no per-client
                     # rate limit, and a queue as deep as the load it offers
                     "predict_rate_limit": 0.0,
-                    "predict_client_concurrency": 0,
                     "predict_queue_max": 100_000,
                 }
             )

@@ -50,7 +50,6 @@ def run_bench_freshness(
                 "redis_url": None,
                 "api_port": free_port(),
                 "predict_rate_limit": 0.0,  # one load generator, not an abuser
-                "predict_client_concurrency": 0,
                 "trainer_metrics_port": free_port(),
             }
         )

@@ -70,6 +70,13 @@ def anonymous(origin: str) -> bool:
     return origin == UNSIGNED or origin.startswith("addr:")
 
 
+def sender(source: str, origin: str) -> str:
+    """Whom the per-sender rules (the source ledger, the label rules) count for an event of ``source``
+    from ``origin``: a keyless client by its origin, since the names it invents are one sender; anyone
+    else by its source name (whose feedback key an operator can release)."""
+    return origin if anonymous(origin) else source
+
+
 class Signer:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret

@@ -176,9 +176,8 @@ class Predictor:
         hidden = self.engine.hidden_size
         if not texts:
             return torch.empty(0, len(self.labels)), torch.empty(0, hidden)
-        # A fast tokenizer tokenizes a whole text before it truncates: a 10,000-character correction cost
-        # ~4x the tokens it keeps, on the forward thread (issue 31's long-texts row). Cut first, far past
-        # what max_seq_len tokens can span (one token per CHARS_PER_TOKEN characters at the least).
+        # a fast tokenizer tokenizes all of a text before it truncates (a 10,000-character correction, on
+        # the forward thread: issue 31's long-texts row), so cut first, past what the kept tokens span
         cut = self.max_seq_len * CHARS_PER_TOKEN
         texts = [t if len(t) <= cut else t[:cut] for t in texts]
         enc = self.tokenizer(texts, truncation=True, max_length=token_limit(self.tokenizer, self.max_seq_len))

@@ -35,7 +35,7 @@ import numpy as np
 import redis
 
 from online.contract import HeldCounts, PendingLabel, ScreeningSummary
-from online.credentials import anonymous
+from online.credentials import anonymous, sender
 from online.feedback.buffer import Held, ReplayBuffer
 from online.feedback.labels import PENDING, LabelBook, is_pending
 from online.keys import Keys
@@ -72,11 +72,10 @@ class Candidate:
 
     @property
     def ledger_key(self) -> str:
-        """What the source ledger counts and quarantines: a sender nobody vouches for by its origin (the
-        names one client address invents are one sender: a flood spread over 30 names, 4-7 contradicted
-        examples each, would never reach ``source_min_events`` under any one of them), anyone else by its
-        source name (whose feedback key an operator can release)."""
-        return self.who if anonymous(self.who) else self.source
+        """What the source ledger counts and quarantines (:func:`online.credentials.sender`): a flood spread
+        over 30 invented names, 4-7 contradicted examples each, never reached ``source_min_events`` under
+        any one of them; counted by its address it does."""
+        return sender(self.source, self.who)
 
 
 @dataclass(frozen=True)

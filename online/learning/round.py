@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol
 
-from online.credentials import anonymous
+from online.credentials import sender
 from online.data import DataNotFound
 from online.examples import Example, Sample
 from online.feedback.buffer import ReplayBuffer
@@ -102,12 +102,6 @@ HOUR_S = 3600.0
 def _bad_origins(quarantined: set[str]) -> set[str]:
     """The origins of quarantined sources: their names (samples stored without an origin) and keys."""
     return quarantined | {f"key:{s}" for s in quarantined}
-
-
-def _sender(s: Sample) -> str:
-    """Who the label rules count (the hourly creation budget, takeovers, vouched sources): a keyless
-    client by its origin, so invented names buy no budget and borrow no vouched name; anyone else by name."""
-    return s.origin if anonymous(s.origin) else s.source
 
 
 def _trusted(s: Sample, quarantined: set[str]) -> bool:
@@ -309,8 +303,9 @@ class RoundRunner:
         examples = Counter(s.label for s in samples) + self._pending_count  # held while pending: they count
         for label, origins in self._pending_teachers.items():
             teachers.setdefault(label, set()).update(origins)
+        # the label rules (hourly budget, takeovers, vouched names) count a keyless client by its origin
         governed_reasons, created = govern(
-            [s.label for s in governed], [_sender(s) for s in governed], [takeover.get(s.sid) for s in governed],
+            [s.label for s in governed], [sender(s.source, s.origin) for s in governed], [takeover.get(s.sid) for s in governed],
             [screened.get(s.sid) for s in governed], set(live.labels), self.stores.labels.approved(),
             self.stores.labels.created_recently, self.label_rules, examples, teachers,
         )  # fmt: skip

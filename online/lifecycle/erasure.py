@@ -160,24 +160,21 @@ def _erase_buffer(buffer: ReplayBuffer, r: redis.Redis, source: str | None, matc
     sids = list(dict.fromkeys([*r.zrange(f"{p}:log", 0, -1), *r.zrange(f"{p}:q", 0, -1)]))
     doomed: list[str] = []
     earliest: float | None = None
+    members = "srcs" if source is not None and anonymous(source) else "names"  # `forget --source addr:...`
     for page in _pages(sids):
         with r.pipeline(transaction=False) as pipe:
             for sid in page:
                 pipe.hmget(f"{p}:s:{sid}", "text", "source", "at")
-                if source is not None:
-                    pipe.sismember(f"{p}:names:{sid}", source)
-                    # a keyless client's origin (`forget --source addr:10.0.0.7`); names are free text, so a
-                    # name never matches an origin
-                    pipe.sismember(f"{p}:srcs:{sid}", source if anonymous(source) else "\x00")
+                if source is not None:  # a name among the names, or a keyless client's origin among the
+                    pipe.sismember(f"{p}:{members}:{sid}", source)  # origins (names are free text)
             rows = pipe.execute()
-        step = 3 if source is not None else 1
+        step = 2 if source is not None else 1
         for i, sid in enumerate(page):
             stored_text, first, at = rows[i * step]
-            hit = (
-                (bool(rows[i * step + 2]) if anonymous(source) else (first == source or bool(rows[i * step + 1])))
-                if source is not None
-                else matches_text(stored_text)
-            )
+            if source is None:
+                hit = matches_text(stored_text)
+            else:
+                hit = bool(rows[i * step + 1]) or (members == "names" and first == source)
             if hit:
                 doomed.append(sid)
                 if at is not None:

@@ -262,8 +262,8 @@ class CorrectionMemory:
             return None
         reason = k.hold
         if k.state == HELD and not reason:
-            if _quarantined(k.entry, self.policy):
-                reason = f"source {_quarantined(k.entry, self.policy)!r} is quarantined"
+            if who := _quarantined(k.entry, self.policy):
+                reason = f"source {who!r} is quarantined"
             elif sid in self.policy.held_samples:
                 reason = "the replay buffer's quarantine holds it"
         return k.state, reason

@@ -12,15 +12,15 @@ limits per client in front of them all.
 
 A client also has at most ``per_client_concurrency`` predictions in the replica at a time; the rest
 wait their turn in the event loop (queued, not refused; each waiting call took a token, so a client's
-waiting calls are bounded by its burst and rate). Both limits are per-client limits: off together
-when ``predict_rate_limit`` is 0 (one trusted load generator, or a gateway that does its own). Without it, a flooding client's admitted
-calls arrive in waves (its connections come back together) and fill whole batches, so an honest
-text waits behind a forward of 64 of the flood's; with it, the flood's share of any batch is bounded
-and the batcher's other clients are served beside it. A rate-limited client's own work still flows at
-its full rate (a few in flight suffice at a batch's latency).
+waiting calls are bounded by its burst and rate). Without that bound a flooding client's admitted
+calls arrive in waves (its connections come back together) and fill whole batches, so an honest text
+waits behind a forward of 64 of the flood's; with it, the flood's share of any batch is bounded. A
+rate-limited client's own work still flows at its full rate (a few in flight suffice at a batch's
+latency). Both are per-client limits, off together when ``predict_rate_limit`` is 0 (one trusted load
+generator, or a gateway that limits clients itself).
 
-A refusal is answered after half to all of ``refusal_delay_s`` (at most its Retry-After), not at once. A flooding client
-is usually closed-loop (N connections, each sending again as soon as it is answered): refused at once,
+A refusal is answered after half to all of ``refusal_delay_s`` (at most its Retry-After), not at once.
+A flooding client is usually closed-loop (N connections, each sending again as soon as it is answered): refused at once,
 it gets hundreds of refusals a second, and the parsing, the answers and its own client's work take the
 cores the honest clients' predictions need (issue 31: honest p99 13 -> 421 ms on 2 cores). Held for a
 second, each connection costs one refusal a second. At most ``MAX_DELAYED`` refusals wait at a time
