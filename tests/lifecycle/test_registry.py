@@ -128,6 +128,8 @@ def test_training_pause_and_resume_are_admin_only(settings):
         assert client.post("/v1/training/pause", json={"reason": "incident"}, headers=auth).json()["paused"] is True
         assert client.get("/v1/training").json()["reason"] == "incident"
         assert client.post("/v1/training/resume", headers=auth).json()["paused"] is False
+        no_body = client.post("/v1/training/pause", headers=auth)  # found as a user: `curl -X POST` answered 422
+        assert no_body.status_code == 200 and no_body.json()["reason"] == "paused (API)"
 
 
 @pytest.mark.slow

@@ -20,9 +20,10 @@ async def training_state(admin: AdminDep) -> TrainingState:
 
 
 @api.post("/v1/training/pause", response_model=TrainingState, dependencies=[Depends(require_admin)], responses=_ADMIN)
-async def pause(body: PauseRequest, admin: AdminDep) -> TrainingState:
-    """No new round starts until resumed (a round already running finishes and is gated as usual)."""
-    return await asyncio.to_thread(admin.pause, body.reason or "paused (API)")
+async def pause(admin: AdminDep, body: PauseRequest | None = None) -> TrainingState:
+    """No new round starts until resumed (a round already running finishes and is gated as usual). The
+    body (a reason) is optional: `curl -X POST .../v1/training/pause` pauses."""
+    return await asyncio.to_thread(admin.pause, (body.reason if body else "") or "paused (API)")
 
 
 @api.post("/v1/training/resume", response_model=TrainingState, dependencies=[Depends(require_admin)], responses=_ADMIN)
