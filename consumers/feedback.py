@@ -203,8 +203,11 @@ class FeedbackConsumer:
             self.corrections.add(out.corrections)
         self.corrections.forget(out.forget, "thumbs down")
         self.corrections.forget(out.forget_untrusted, "thumbs down", keep_trusted=True)
-        self.buffer.mark_seen(out.seen_only)
+        # judged before marked seen: "seen" (what a client's "did my event land?" reads) then means its
+        # judgement is counted too (a test read the counts between the two and found a version's 50 votes
+        # missing); a judgement counts once per prediction, so a redelivered batch does not count it twice
         judged = self.accuracy.record(out.judgements)
+        self.buffer.mark_seen(out.seen_only)
         self.review.answered(out.answered)
         self.shadow.judge(out.shadow, out.shadow_live)
         m = self.metrics
