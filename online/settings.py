@@ -213,6 +213,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Dynamic micro-batching: longest wait to fill a batch; a batch goes sooner once as many requests as the last one held are there, and a lone client never waits.",
     )
+    side_effect_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness of a replica's side-effect thread (prediction log, drift, review queue): its writes wait for spare CPU instead of slowing the forward pass that shares the cores (0: same priority).",
+    )
     max_text_chars: int = Field(1000, ge=1, description="Longest text /v1/predict accepts.")
     max_texts_per_request: int = Field(64, ge=1, description="Most texts in one /v1/predict call.")
     top_k: int = Field(3, ge=1, description="Alternatives returned per text unless the request asks.")

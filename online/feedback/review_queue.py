@@ -82,40 +82,75 @@ class ReviewItem:
         return {k: v for k, v in self.__dict__.items() if k != "embedding"}
 
 
-# Items past the capacity leave the queue *and* their stored texts (not left to their TTL).
-_TRIM = """
-local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
-if over <= 0 then return 0 end
-local gone = redis.call('ZRANGE', KEYS[1], 0, over - 1)
-for _, pid in ipairs(gone) do redis.call('DEL', ARGV[2] .. pid) end
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
-return over
+# One call per handed-over batch: each item enters only if the queue has room or it is more uncertain
+# than the least uncertain queued one, which then leaves with its stored text (not left to its TTL).
+# Returns the queue's floor: the lowest uncertainty kept once full ('' while there is room).
+_ADD = """
+local q, cap, prefix, ttl = KEYS[1], tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local function lowest()
+  local low = redis.call('ZRANGE', q, 0, 0, 'WITHSCORES')
+  return low[2] and tonumber(low[2]) or nil
+end
+for i = 4, #ARGV, 3 do
+  local pid, u = ARGV[i], tonumber(ARGV[i + 1])
+  local keep = true
+  if redis.call('ZCARD', q) >= cap then
+    local floor = lowest()
+    if floor ~= nil and u <= floor then
+      keep = false
+    else
+      local gone = redis.call('ZPOPMIN', q)
+      if gone[1] then redis.call('DEL', prefix .. gone[1]) end
+    end
+  end
+  if keep then
+    redis.call('SET', prefix .. pid, ARGV[i + 2], 'EX', ttl)
+    redis.call('ZADD', q, u, pid)
+  end
+end
+local over = redis.call('ZCARD', q) - cap
+if over > 0 then
+  for _, pid in ipairs(redis.call('ZRANGE', q, 0, over - 1)) do redis.call('DEL', prefix .. pid) end
+  redis.call('ZREMRANGEBYRANK', q, 0, over - 1)
+end
+if redis.call('ZCARD', q) < cap then return '' end
+return tostring(lowest())
 """
 
 
 class ReviewQueue:
-    """The queue in Redis, shared by every replica; bounded to the ``capacity`` most uncertain items."""
+    """The queue in Redis, shared by every replica; bounded to the ``capacity`` most uncertain items.
 
-    def __init__(self, client: redis.Redis, keys: Keys, capacity: int, ttl_s: int) -> None:
+    A replica remembers the queue's floor from its last add and does not send candidates at or below it
+    (they would be refused): under steady unsure traffic a full queue costs no Redis work and no
+    encoding for most batches. The floor is forgotten after ``floor_ttl_s``, so a queue emptied by
+    answers or expiry takes new items again within that time."""
+
+    def __init__(
+        self, client: redis.Redis, keys: Keys, capacity: int, ttl_s: int, floor_ttl_s: float = 10.0
+    ) -> None:
         self.r = client
         self.p = keys.review
         self.capacity = capacity
         self.ttl_s = ttl_s
-        self._trim = client.register_script(_TRIM)
+        self.floor_ttl_s = floor_ttl_s
+        self._add = client.register_script(_ADD)
+        self._floor: tuple[float, float] | None = None  # (lowest kept uncertainty, monotonic time read)
 
-    def add(self, items: list[ReviewItem]) -> None:
+    def add(self, items: list[ReviewItem]) -> int:
+        """Queue what is more uncertain than the queue's floor; returns how many were sent to Redis."""
+        floor = self._floor
+        if floor is not None and time.monotonic() - floor[1] < self.floor_ttl_s:
+            items = [it for it in items if it.uncertainty > floor[0]]
         if not items:
-            return
-        with self.r.pipeline(transaction=False) as pipe:
-            for it in items:
-                payload = {
-                    **it.public(),
-                    "embedding": base64.b64encode(it.embedding.astype(np.float16).tobytes()).decode(),
-                }
-                pipe.set(f"{self.p}:item:{it.prediction_id}", json.dumps(payload), ex=self.ttl_s)
-                pipe.zadd(f"{self.p}:q", {it.prediction_id: it.uncertainty})
-            pipe.execute()
-        self._trim(keys=[f"{self.p}:q"], args=[self.capacity, f"{self.p}:item:"])  # keep the most uncertain
+            return 0
+        args: list[str | int | float] = [self.capacity, f"{self.p}:item:", self.ttl_s]
+        for it in items:
+            payload = {**it.public(), "embedding": base64.b64encode(it.embedding.astype(np.float16).tobytes()).decode()}
+            args += [it.prediction_id, repr(it.uncertainty), json.dumps(payload)]
+        low = self._add(keys=[f"{self.p}:q"], args=args)
+        self._floor = (float(low), time.monotonic()) if low else None
+        return len(items)
 
     def answered(self, prediction_ids: list[str]) -> int:
         if not prediction_ids:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import threading
 import time
@@ -113,7 +114,9 @@ class SideEffectWriter:
     slow Redis) new batches' side effects are dropped and counted rather than queued without bound.
     :meth:`call` runs a function on this thread between batches (the drift window's version change);
     :meth:`settled` waits until what was handed over before it is done (a replica's reads of its own
-    side effects: the review queue, the shadow's counts)."""
+    side effects: the review queue, the shadow's counts). The thread runs at niceness ``nice``
+    (``ONLINE_SIDE_EFFECT_NICE``): where ONNX Runtime's pool fills the cores, its writes take the CPU the
+    forward leaves between batches instead of stalling a forward (issue 34 in docs/benchmarks.md)."""
 
     def __init__(
         self,
@@ -124,8 +127,10 @@ class SideEffectWriter:
         linger_s: float = 0.02,
         gather: int = 128,
         max_pending: int = 20_000,
+        nice: int = 0,
     ) -> None:
         self.hooks = [h for h in hooks if hasattr(h, "after")]
+        self.nice = nice
         self.breaker = breaker
         self.metrics = metrics
         self.linger_s = linger_s  # at low rates, wait this long for company: one pipeline, one BLAS call
@@ -186,6 +191,11 @@ class SideEffectWriter:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        if self.nice:  # Linux: a thread's own niceness; side effects take the CPU the forward leaves
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            except (AttributeError, OSError) as exc:  # pragma: no cover - not Linux, or not allowed
+                log.info("side-effect thread keeps its priority: %r", exc)
         try:  # a faiss search here (the drift window's) must not start an OpenMP team of its own
             import faiss
 
@@ -435,7 +445,4 @@ class ReviewHook:
                 b.probs_np, b.embeddings_np, b.distances, self.window.far_threshold,
                 self.max_margin, b.predictor.version,
             )  # fmt: skip
-        if not queued:
-            return False
-        self.queue.add(queued)  # texts masked already (Batch.masked)
-        return True
+        return self.queue.add(queued) > 0  # texts masked already (Batch.masked); most refused before Redis once full

@@ -238,7 +238,7 @@ class GenerationService:
         self.memory = GenerativeMemory(s.verdict_min_sources)
         self._async_redis = async_redis
         self._memory_task: asyncio.Task | None = None
-        self.writer = SideEffectWriter([], self.redis_health, metrics)
+        self.writer = SideEffectWriter([], self.redis_health, metrics, nice=s.side_effect_nice)
         self._answered = {"model": 0, "memory": 0}
         self.joining = JoinQueue(s.generate_max_batch)  # continuous batching: arrivals join a running decode
         self.outbox = _Outbox()

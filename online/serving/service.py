@@ -106,7 +106,7 @@ class ModelService:
             ReviewHook(stores.review, self.window, s.review_max_margin),  # after drift: uses its distances
         ]
         # the hooks' after-answer work (Redis writes, drift, review) on a thread of its own
-        self.writer = SideEffectWriter(hooks, self.redis_health, metrics)
+        self.writer = SideEffectWriter(hooks, self.redis_health, metrics, nice=s.side_effect_nice)
         self.forward = forward = ForwardPass(hooks, metrics, s.max_top_k, self.redis_health, self.writer)
         self.batcher: MicroBatcher[Predictor, ServedPrediction] = MicroBatcher(
             forward, max_batch=s.max_batch_size, max_wait_ms=s.max_wait_ms, on_batch=self._observe_batch,

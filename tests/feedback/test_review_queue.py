@@ -106,3 +106,28 @@ def test_items_past_the_capacity_leave_with_their_texts(settings):
     assert stores.review.size() == 10
     stored = stores.redis.keys(f"{stores.keys.review}:item:*")
     assert sorted(stored) == sorted(f"{stores.keys.review}:item:p{i}" for i in range(15, 25))  # the most uncertain
+
+
+def test_a_full_queue_refuses_the_less_uncertain_without_asking_redis(settings):
+    """Once full, the queue keeps only what beats its floor; a replica skips the rest before Redis, and
+    forgets the floor after a while so a drained queue fills again."""
+    from online.feedback.review_queue import ReviewItem
+
+    stores = Stores.from_settings(settings.model_copy(update={"review_capacity": 10}))
+    review = stores.review
+
+    def item(pid: str, u: float) -> ReviewItem:
+        return ReviewItem(pid, f"text {pid}", "a", 0.5, 0.1, None, False, u, 1, 0.0, np.zeros(4, np.float32))
+
+    assert review.add([item(f"p{i}", 1.0 + i / 100) for i in range(10)]) == 10
+    assert review.add([item("low", 0.5), item("tie", 1.0)]) == 0  # at or below the floor (1.00): not sent
+    assert review.add([item("high", 1.5), item("low2", 0.2)]) == 1
+    queued = {i.prediction_id for i in review.pick(20)}
+    assert "high" in queued and "p0" not in queued and len(queued) == 10
+    assert not stores.redis.exists(f"{stores.keys.review}:item:p0")  # left with its text
+
+    review.answered([f"p{i}" for i in range(1, 10)] + ["high"])  # drained by answers
+    assert review.add([item("late", 0.3)]) == 0  # the remembered floor still refuses it...
+    review.floor_ttl_s = 0.0  # ...until it is forgotten
+    assert review.add([item("late", 0.3)]) == 1
+    assert "late" in {i.prediction_id for i in review.pick(20)}
