@@ -33,23 +33,35 @@ class PredictionRecord(BaseModel):
         return self.answer is not None
 
 
+# A batch's records in one command: a pipeline of one SET per record cost 3x the client CPU (redis-py
+# builds and parses a command per record: 378 against 128 us for 32 records, measured).
+_RECORD = """
+for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[1]) end
+"""
+
+
 class PredictionLog:
     def __init__(self, client: redis.Redis, keys: Keys, ttl_s: int) -> None:
         self.r = client
         self._key = keys.prediction
         self.ttl_s = ttl_s
+        self._record = client.register_script(_RECORD)
 
     def record_many(self, records: list[PredictionRecord], masked: bool = False) -> None:
         """Store a batch in one round trip (texts PII-masked here unless ``masked`` says they are)."""
-        with self.r.pipeline(transaction=False) as pipe:
-            for rec in records:
-                if not masked:
-                    update = {"text": mask_pii(rec.text)}
-                    if rec.answer is not None:
-                        update["answer"] = mask_pii(rec.answer)
-                    rec = rec.model_copy(update=update)
-                pipe.set(self._key(rec.prediction_id), rec.model_dump_json(), ex=self.ttl_s)
-            pipe.execute()
+        if not records:
+            return
+        if not masked:
+            records = [
+                rec.model_copy(
+                    update={"text": mask_pii(rec.text)} | ({} if rec.answer is None else {"answer": mask_pii(rec.answer)})
+                )
+                for rec in records
+            ]
+        self._record(
+            keys=[self._key(rec.prediction_id) for rec in records],
+            args=[self.ttl_s, *(rec.model_dump_json() for rec in records)],
+        )
 
     def get_many(self, prediction_ids: list[str]) -> list[PredictionRecord | None]:
         if not prediction_ids:
