@@ -15,6 +15,7 @@ engines run a lifted head. Serving predictors never reuse (a replica's traffic i
 from __future__ import annotations
 
 import copy
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -73,9 +74,11 @@ CHARS_PER_TOKEN = 32
 class Predictor:
     """A frozen copy of one model version, ready to serve.
 
-    Call it from one thread only, the same thread that built it: on a 2-core machine a second thread
-    running torch ops creates a second OpenMP team, libgomp then throttles its spin-waits and every
-    forward slows down about 2x for the life of the process (measured).
+    On the torch engine call it from one thread only, the same thread that built it: on a 2-core machine
+    a second thread running torch ops creates a second OpenMP team, libgomp then throttles its spin-waits
+    and every forward slows down about 2x for the life of the process (measured). An engine with
+    ``lanes`` > 1 (int8 on ONNX Runtime, torch only for one-thread bookkeeping) may be called from that
+    many threads at once.
 
     ``Predictor(model, version, ...)`` serves the model with torch; :meth:`on_engine` serves any engine
     (a version's int8 artifact) with the same tokenisation and bucketing.
@@ -123,6 +126,8 @@ class Predictor:
         self.max_seq_len = max_seq_len
         self.bucket_size = bucket_size
         self.tokenizer = load_tokenizer(base_model)
+        self.lanes = engine.lanes  # batches it may run at once
+        self._tokenizing = threading.Lock()  # a fast tokenizer is one Rust object: one caller at a time
         self._reuse: tuple[dict[str, torch.Tensor], torch.nn.Module] | None = None
 
     def reuse_embeddings(self, model: TextClassifier) -> None:
@@ -180,7 +185,8 @@ class Predictor:
         # the forward thread: issue 31's long-texts row), so cut first, past what the kept tokens span
         cut = self.max_seq_len * CHARS_PER_TOKEN
         texts = [t if len(t) <= cut else t[:cut] for t in texts]
-        enc = self.tokenizer(texts, truncation=True, max_length=token_limit(self.tokenizer, self.max_seq_len))
+        with self._tokenizing:
+            enc = self.tokenizer(texts, truncation=True, max_length=token_limit(self.tokenizer, self.max_seq_len))
         ids = enc["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         out = torch.empty(len(texts), len(self.labels))
@@ -250,14 +256,23 @@ def int8_predictor(
     base_model: str,
     settings: Settings,
     reuse: TextClassifier | None = None,
+    lanes: int = 1,
 ) -> Predictor:
     """A version's int8 artifact on ONNX Runtime (the CPU engine), tokenised like its torch model.
-    ``reuse``: the torch model the artifact was built from, whose encoder's embeddings may be reused."""
-    engine = OnnxEngine(path, threads=settings.num_threads)
+    ``reuse``: the torch model the artifact was built from, whose encoder's embeddings may be reused.
+    ``lanes``: batches it may run at once (a serving replica's, :func:`forward_lanes`)."""
+    engine = OnnxEngine(path, threads=settings.num_threads, lanes=lanes)
     predictor = Predictor.on_engine(engine, version, labels, base_model, max_seq_len=settings.max_seq_len)
     if reuse is not None:
         predictor.reuse_embeddings(reuse)
     return predictor
+
+
+def forward_lanes(settings: Settings) -> int:
+    """Batches a replica's int8 engine runs at once (``ONLINE_FORWARD_LANES``; 0: 2 on 2+ cores)."""
+    if settings.forward_lanes:
+        return settings.forward_lanes
+    return 2 if (settings.num_threads or len(os.sched_getaffinity(0))) >= 2 else 1
 
 
 def serving_predictor(

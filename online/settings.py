@@ -165,6 +165,11 @@ class Settings(BaseSettings):
     num_threads: int | None = Field(
         None, ge=1, description="CPU threads of torch and of the int8 engine's ONNX Runtime pool; unset: all cores."
     )
+    forward_lanes: int = Field(
+        0,
+        ge=0,
+        description="Batches a replica's int8 engine runs at once, each on its own thread with its share of ONLINE_NUM_THREADS (torch always runs one); 0: 2 where the replica has 2 or more cores, else 1.",
+    )
     precision: Precision = Field(
         "auto", description="Serving path: auto = bf16 where native (CPU AVX512-BF16/AMX, CUDA), else fp32."
     )

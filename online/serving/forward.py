@@ -271,6 +271,7 @@ class ForwardPass:
         self.breaker = breaker
         self.writer = writer or SideEffectWriter(self.hooks, breaker, metrics)
         self.answered = {"model": 0, "memory": 0}  # texts by answer source since start (`online status`)
+        self._counting = threading.Lock()  # lanes (online.serving.batcher) run this from two threads
 
     def __call__(self, predictor: Predictor, texts: list[str]) -> list[ServedPrediction]:
         predictions, probs, emb = predictor.predict_with_probabilities(texts, self.max_top_k)
@@ -295,7 +296,8 @@ class ForwardPass:
         self.metrics.predictions.labels(str(predictor.version)).inc(len(texts))
         from_memory = sum(p.source == "memory" for p in batch.served)
         for source, n in (("memory", from_memory), ("model", len(texts) - from_memory)):
-            self.answered[source] += n
+            with self._counting:
+                self.answered[source] += n
             self.metrics.answers.labels(source).inc(n)
         self.writer.submit(batch)
         return batch.served

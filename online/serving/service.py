@@ -23,7 +23,7 @@ from online.lifecycle.shadow import ShadowLedger
 from online.monitoring.drift_log import DriftLog
 from online.monitoring.live_accuracy import LiveAccuracy
 from online.monitoring.replicas import Heartbeat, Replicas
-from online.predictor import Predictor
+from online.predictor import Predictor, forward_lanes, serves_int8
 from online.reference import REFERENCE_FILE
 from online.serving.batcher import MicroBatcher, Overloaded
 from online.serving.breaker import Breaker
@@ -110,7 +110,8 @@ class ModelService:
         self.forward = forward = ForwardPass(hooks, metrics, s.max_top_k, self.redis_health, self.writer)
         self.batcher: MicroBatcher[Predictor, ServedPrediction] = MicroBatcher(
             forward, max_batch=s.max_batch_size, max_wait_ms=s.max_wait_ms, on_batch=self._observe_batch,
-            max_queue=s.predict_queue_max,
+            max_queue=s.predict_queue_max, lanes=forward_lanes(s) if serves_int8(s) else 1,
+            lanes_of=lambda predictor: predictor.lanes,
         )  # fmt: skip
         if s.memory:
             self.memory = MemoryFollower(

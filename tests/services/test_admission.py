@@ -50,7 +50,7 @@ def test_predict_answers_503_when_its_queue_is_full(settings):
         )
         second = threading.Thread(target=call)
         second.start()
-        wait_for(lambda: batcher._queue.qsize() == 1, what="the second waiting in the queue")
+        wait_for(lambda: batcher._queue.qsize() + len(batcher._carry) == 1, what="the second waiting in the queue")
         refused = client.post("/v1/predict", json={"text": "hello"})
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
         gate.set()

@@ -200,3 +200,80 @@ def test_two_models_interleaved_in_the_queue_still_get_full_batches_in_order():
     for model, texts in calls[1:]:
         numbers = [int(t[1:]) for t in texts]
         assert numbers == sorted(numbers)  # in arrival order within a model
+
+
+def _tracking_run(gate: threading.Event, log: list[tuple[str, str, int]], lock: threading.Lock):
+    """A forward that records its start and end, holding until ``gate`` opens; and how many overlapped."""
+    state = {"running": 0, "most": 0}
+
+    def run(model: str, texts: list[str]) -> list[str]:
+        with lock:
+            state["running"] += 1
+            state["most"] = max(state["most"], state["running"])
+            log.append(("start", model, len(texts)))
+        gate.wait(5)
+        with lock:
+            state["running"] -= 1
+            log.append(("end", model, len(texts)))
+        return texts
+
+    return run, state
+
+
+def test_lanes_split_waiting_clients_and_run_their_batches_at_once():
+    """Two lanes: 16 waiting requests become two batches of 8 that run together; a call waits for both
+    and no batch starts while it runs."""
+    gate, lock, log = threading.Event(), threading.Lock(), []
+    run, state = _tracking_run(gate, log, lock)
+
+    async def main() -> tuple[list[list[str]], list[str]]:
+        batcher: MicroBatcher[str, str] = MicroBatcher(run, max_batch=32, max_wait_ms=0, lanes=2, lanes_of=lambda m: 2)
+        batcher.start()
+        call_gate = threading.Event()
+        held = asyncio.create_task(batcher.call(lambda: call_gate.wait(5)))  # every lane: requests pile up
+        await asyncio.sleep(0.05)
+        requests = [asyncio.create_task(batcher.submit("int8", [f"t{i}"])) for i in range(16)]
+        await asyncio.sleep(0.05)
+        assert not log  # nothing ran beside the call
+        call_gate.set()
+        await held
+        for _ in range(100):  # both batches start, neither can end before the gate opens
+            if state["running"] == 2:
+                break
+            await asyncio.sleep(0.01)
+        gate.set()
+        answers = await asyncio.gather(*requests)
+        order: list[str] = []
+        gate.clear()
+        busy = [asyncio.create_task(batcher.submit("int8", [f"u{i}"])) for i in range(4)]
+        await asyncio.sleep(0.05)  # two batches running, held at the gate
+        call = asyncio.create_task(batcher.call(lambda: order.append(f"call while {state['running']} ran")))
+        await asyncio.sleep(0.05)
+        assert not order  # the call waits for the lanes
+        gate.set()
+        await asyncio.gather(call, *busy)
+        await batcher.stop()
+        return answers, order
+
+    answers, order = asyncio.run(main())
+    assert answers == [[f"t{i}"] for i in range(16)]
+    assert [n for kind, _, n in log[:2]] == [8, 8] and [k for k, _, _ in log[:2]] == ["start", "start"]
+    assert state["most"] == 2
+    assert order == ["call while 0 ran"]
+
+
+def test_a_model_without_lanes_runs_alone():
+    """A torch model (lanes_of 1) beside a two-lane batcher: its batches never overlap."""
+    gate, lock, log = threading.Event(), threading.Lock(), []
+    run, state = _tracking_run(gate, log, lock)
+    gate.set()
+
+    async def main() -> list[list[str]]:
+        batcher: MicroBatcher[str, str] = MicroBatcher(run, max_batch=4, max_wait_ms=0, lanes=2, lanes_of=lambda m: 1)
+        batcher.start()
+        answers = await asyncio.gather(*[batcher.submit("torch", [f"t{i}"]) for i in range(40)])
+        await batcher.stop()
+        return answers
+
+    assert asyncio.run(main()) == [[f"t{i}"] for i in range(40)]
+    assert state["most"] == 1

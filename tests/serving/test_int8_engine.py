@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import threading
 
 import pytest
 import torch
 
-from online.engines import INT8_FILE, OnnxEngine, resolve_engine
+from online.engines import INT8_FILE, SOLO_AFTER_S, OnnxEngine, resolve_engine
 from online.lifecycle import artifact
 from online.lifecycle.gate import Gate, GoldenSet
 from online.lifecycle.registry import IntegrityError
@@ -54,6 +55,54 @@ def test_int8_engine_matches_fp32_on_any_batch_shape(int8_settings, tmp_path):
         assert (p8 - p32).abs().max() < 0.05
         assert torch.nn.functional.cosine_similarity(e8, e32).min() > 0.98
     assert (int8.probabilities(texts).argmax(-1) == fp32.probabilities(texts).argmax(-1)).float().mean() >= 0.9
+
+
+def test_lanes_answer_alike_and_overlapping_runs_take_the_lane_session(int8_settings, tmp_path):
+    """Two lanes: answers from two threads at once equal a lone caller's; a run beside another uses the
+    one-thread lane session, and a lone run goes back to every thread only after runs stop overlapping."""
+    registry = Stores.from_settings(int8_settings).registry
+    model, _ = train_v1(int8_settings, registry)
+    path = tmp_path / INT8_FILE
+    artifact.export_int8(model, path)
+    engine = OnnxEngine(path, threads=2, lanes=2)
+    assert engine.lanes == 2 and engine.lane_session is not None
+    lanes = Predictor.on_engine(engine, 1, model.labels, model.base_model, bucket_size=4)
+    texts = [t for t, _ in examples(OLD, 12, seed=4)]
+    alone = lanes.probabilities(texts)
+    used: list[str] = []
+    for name in ("session", "lane_session"):
+        real = getattr(engine, name)
+
+        class Spy:
+            def __init__(self, real, name):
+                self.real, self.name = real, name
+
+            def run(self, *args, **kwargs):
+                used.append(self.name)
+                return self.real.run(*args, **kwargs)
+
+        setattr(engine, name, Spy(real, name))
+    results: dict[int, torch.Tensor] = {}
+    barrier = threading.Barrier(2)
+
+    def call(i: int) -> None:
+        barrier.wait()
+        for _ in range(20):
+            results[i] = lanes.probabilities(texts)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(torch.allclose(results[i], alone, atol=1e-5) for i in (0, 1))
+    assert "lane_session" in used  # overlapping runs took the lane session
+    used.clear()
+    lanes.probabilities(texts[:1])
+    assert used == ["lane_session"]  # alone, but runs overlapped a moment ago
+    engine._overlapped -= SOLO_AFTER_S + 1  # ...long ago
+    lanes.probabilities(texts[:1])
+    assert used[-1] == "session"  # a lone run on every thread
 
 
 def test_artifact_built_at_publish_checked_by_the_gate_and_served_after_a_hot_swap(int8_settings):
