@@ -261,8 +261,9 @@ class Scheduler:
 
     def warm(self) -> None:
         """Closed-form head: build the live encoder's statistics from the stored examples now, not in the
-        first round (which would pay for embedding every stored text once)."""
-        if self.s.head != "closed-form":
+        first round (which would pay for embedding every stored text once). A generative deployment has
+        no head: nothing to build (its trainer thread died here before)."""
+        if self.s.head != "closed-form" or self.s.task != "classify":
             return
         started = time.perf_counter()
         try:

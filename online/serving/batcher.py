@@ -74,7 +74,12 @@ class MicroBatcher(Generic[M, R]):
         self.max_wait = max_wait_ms / 1000.0
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Item[M]] = asyncio.Queue()
-        self._pool = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="forward")
+        # calls and a lane-less model's batches: always the same thread (a second thread running torch
+        # starts a second OpenMP team: every forward of the process ~2x slower, online.predictor)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self._lane_pool = (
+            ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="forward-lane") if self.lanes > 1 else None
+        )
         self._free = asyncio.Semaphore(self.lanes)  # a batch holds one lane; a call holds them all
         self._busy = 0  # lanes running a batch or a call
         self._exclusive = asyncio.Lock()  # one call at a time gathers the lanes (none half-gathered)
@@ -99,6 +104,8 @@ class MicroBatcher(Generic[M, R]):
         for task in list(self._running):
             await cancel(task)
         self._pool.shutdown(wait=True)
+        if self._lane_pool is not None:
+            self._lane_pool.shutdown(wait=True)
 
     async def call(self, fn: Callable[[], R]) -> R:
         """Run ``fn`` on a forward thread while no batch runs (on any lane): between batches, as the one
@@ -212,9 +219,8 @@ class MicroBatcher(Generic[M, R]):
             texts = [t for it in batch for t in it.texts]
             started = time.perf_counter()
             try:
-                results = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._run, batch[0].model, texts
-                )
+                pool = self._pool if held == self.lanes or self._lane_pool is None else self._lane_pool
+                results = await asyncio.get_running_loop().run_in_executor(pool, self._run, batch[0].model, texts)
             except Exception as exc:  # answered per request; the loop itself never dies
                 for it in batch:
                     if not it.future.done():

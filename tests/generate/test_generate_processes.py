@@ -37,14 +37,24 @@ def test_up_with_task_generate_passes_the_task_and_the_base(gen_settings, tiny_l
 def test_the_trainer_of_a_generative_deployment_publishes_the_base(gen_settings, tiny_lm, monkeypatch):
     registry = Stores.from_settings(gen_settings).registry
     stop = threading.Event()
-    trainer = threading.Thread(target=run_trainer, args=(gen_settings, stop), daemon=True)
+    failures: list[BaseException] = []
+
+    def trainer_loop() -> None:
+        try:
+            run_trainer(gen_settings, stop)
+        except BaseException as exc:  # the trainer's thread must live until it is told to stop
+            failures.append(exc)
+
+    trainer = threading.Thread(target=trainer_loop, daemon=True)
     trainer.start()
     try:
         wait_for(lambda: registry.live() == 1, what="version 1 published")
+        stop.wait(1.0)  # its warm-up and first loop turn follow the publish within milliseconds
     finally:
         stop.set()
         trainer.join(30)
     assert not trainer.is_alive()
+    assert not failures, failures  # it died after publishing: a closed-form warm-up on a generative runner
     (manifest,) = registry.list()
     assert manifest.family == "generative" and manifest.base_model == tiny_lm and manifest.round.kind == "import"
     assert manifest.gate.passed and [c.name for c in manifest.gate.checks] == ["baseline"]
