@@ -71,6 +71,11 @@ EMBEDDINGS = EmbeddingStore()
 CHARS_PER_TOKEN = 32
 
 
+# Lanes tokenise from two threads, and predictors built on one thread share a cached tokenizer (one Rust
+# object, which a change of its truncation would write to): one caller at a time, for ~0.3 ms a batch.
+_TOKENIZING = threading.Lock()
+
+
 class Predictor:
     """A frozen copy of one model version, ready to serve.
 
@@ -127,7 +132,6 @@ class Predictor:
         self.bucket_size = bucket_size
         self.tokenizer = load_tokenizer(base_model)
         self.lanes = engine.lanes  # batches it may run at once
-        self._tokenizing = threading.Lock()  # a fast tokenizer is one Rust object: one caller at a time
         self._reuse: tuple[dict[str, torch.Tensor], torch.nn.Module] | None = None
 
     def reuse_embeddings(self, model: TextClassifier) -> None:
@@ -185,7 +189,7 @@ class Predictor:
         # the forward thread: issue 31's long-texts row), so cut first, past what the kept tokens span
         cut = self.max_seq_len * CHARS_PER_TOKEN
         texts = [t if len(t) <= cut else t[:cut] for t in texts]
-        with self._tokenizing:
+        with _TOKENIZING:
             enc = self.tokenizer(texts, truncation=True, max_length=token_limit(self.tokenizer, self.max_seq_len))
         ids = enc["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))

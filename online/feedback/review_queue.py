@@ -114,7 +114,7 @@ if over > 0 then
   redis.call('ZREMRANGEBYRANK', q, 0, over - 1)
 end
 if redis.call('ZCARD', q) < cap then return '' end
-return tostring(lowest())
+return redis.call('ZRANGE', q, 0, 0, 'WITHSCORES')[2]
 """
 
 

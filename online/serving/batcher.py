@@ -65,6 +65,7 @@ class MicroBatcher(Generic[M, R]):
         max_queue: int = 1024,
         lanes: int = 1,
         lanes_of: Callable[[M], int] | None = None,
+        lane_setup: Callable[[], None] | None = None,
     ) -> None:
         self.max_queue = max_queue
         self.lanes = max(1, lanes)
@@ -78,10 +79,12 @@ class MicroBatcher(Generic[M, R]):
         # starts a second OpenMP team: every forward of the process ~2x slower, online.predictor)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self._lane_pool = (
-            ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="forward-lane") if self.lanes > 1 else None
+            ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="forward-lane", initializer=lane_setup)
+            if self.lanes > 1
+            else None
         )
         self._free = asyncio.Semaphore(self.lanes)  # a batch holds one lane; a call holds them all
-        self._busy = 0  # lanes running a batch or a call
+        self._held = 0  # lane permits taken (by batches, calls, and calls still gathering theirs)
         self._exclusive = asyncio.Lock()  # one call at a time gathers the lanes (none half-gathered)
         self._running: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
@@ -112,18 +115,40 @@ class MicroBatcher(Generic[M, R]):
         thread that runs torch here."""
         self._calls += 1
         try:
-            async with self._exclusive:
-                for _ in range(self.lanes):
-                    await self._free.acquire()
-            self._busy += self.lanes
+            await self._gather_lanes()
             try:
-                return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
-            finally:
-                self._busy -= self.lanes
-                for _ in range(self.lanes):
-                    self._free.release()
+                future = asyncio.get_running_loop().run_in_executor(self._pool, fn)
+            except BaseException:
+                self._give(self.lanes)
+                raise
+            # the lanes come back when fn is done, not when this caller stops waiting (a cancelled call's
+            # fn still runs: no batch may start beside it)
+            future.add_done_callback(lambda _: self._give(self.lanes))
+            return await asyncio.shield(future)
         finally:
             self._calls -= 1
+
+    async def _take(self) -> None:
+        await self._free.acquire()
+        self._held += 1
+
+    def _give(self, n: int) -> None:
+        self._held -= n
+        for _ in range(n):
+            self._free.release()
+
+    async def _gather_lanes(self) -> None:
+        """Every lane, one by one as they come free, one gatherer at a time (two half-gathered would wait
+        for each other); given back if cancelled meanwhile."""
+        got = 0
+        try:
+            async with self._exclusive:
+                while got < self.lanes:
+                    await self._take()
+                    got += 1
+        except BaseException:
+            self._give(got)
+            raise
 
     async def submit(self, model: M, texts: list[str]) -> list[R]:
         waiting = self._queue.qsize() + len(self._carry)
@@ -174,7 +199,7 @@ class MicroBatcher(Generic[M, R]):
                 break
             batch.append(item)
             size += len(item.texts)
-        free = min(self.lanes - self._busy, self._lanes_of(first.model))  # counting the lane it will take
+        free = min(self.lanes - self._held + 1, self._lanes_of(first.model))  # with the lane it will take
         if free > 1 and len(batch) > 1:  # a share for each free lane; the rest go next, at once
             keep = math.ceil(len(batch) / free)
             deferred.extendleft(reversed(batch[keep:]))
@@ -191,24 +216,21 @@ class MicroBatcher(Generic[M, R]):
         while True:
             if not self._carry:  # a request first (a call may take every lane meanwhile) ...
                 self._carry.append(await self._queue.get())
-            await self._free.acquire()  # ... then a free lane: what waits meanwhile joins the batch
+            await self._take()  # ... then a free lane: what waits meanwhile joins the batch
             try:
                 batch = await self._next_batch()
             except BaseException:
-                self._free.release()
+                self._give(1)
                 raise
             batch = [it for it in batch if not it.future.done()]  # clients that gave up
             if not batch:
-                self._free.release()
+                self._give(1)
                 continue
             held = 1
             if self.lanes > 1 and self._lanes_of(batch[0].model) == 1:  # runs alone (torch): every lane,
-                self._free.release()  # gathered like a call's (holding one while waiting could deadlock)
-                async with self._exclusive:
-                    for _ in range(self.lanes):
-                        await self._free.acquire()
+                self._give(1)  # gathered like a call's (holding one while waiting could deadlock)
+                await self._gather_lanes()
                 held = self.lanes
-            self._busy += held
             task = asyncio.get_running_loop().create_task(self._forward(batch, held))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -234,9 +256,7 @@ class MicroBatcher(Generic[M, R]):
                     it.future.set_result(results[offset : offset + len(it.texts)])
                 offset += len(it.texts)
         finally:
-            self._busy -= held
-            for _ in range(held):
-                self._free.release()
+            self._give(held)
 
 
 async def cancel(task: asyncio.Task | None) -> None:

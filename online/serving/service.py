@@ -13,6 +13,7 @@ from typing import Protocol
 
 import redis
 import redis.asyncio as aredis
+import torch
 
 from online.feedback.prediction_log import PredictionLog
 from online.feedback.review_queue import ReviewQueue
@@ -111,7 +112,7 @@ class ModelService:
         self.batcher: MicroBatcher[Predictor, ServedPrediction] = MicroBatcher(
             forward, max_batch=s.max_batch_size, max_wait_ms=s.max_wait_ms, on_batch=self._observe_batch,
             max_queue=s.predict_queue_max, lanes=forward_lanes(s) if serves_int8(s) else 1,
-            lanes_of=lambda predictor: predictor.lanes,
+            lanes_of=self._lanes_of, lane_setup=_one_thread_each,
         )  # fmt: skip
         if s.memory:
             self.memory = MemoryFollower(
@@ -203,6 +204,14 @@ class ModelService:
         memory = self._memory_for(version) if version is not None else None
         return memory.explain(sid) if memory is not None else None
 
+    def _lanes_of(self, predictor: Predictor) -> int:
+        """Batches ``predictor`` may run at once: its engine's lanes, but 1 while a torch shadow answers
+        beside it (its forward runs inside the live batch's: torch on one thread at a time)."""
+        shadow, share = self.follower.shadow_state()
+        if shadow is not None and share > 0 and shadow.lanes == 1:
+            return 1
+        return predictor.lanes
+
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
         self.metrics.forward_seconds.observe(seconds)
@@ -263,3 +272,13 @@ class ModelService:
     def dependencies(self) -> dict[str, dict]:
         """This replica's view of its dependencies, for ``/readyz`` (never part of readiness)."""
         return {"redis": self.redis_health.state(), "broker": self.broker_health.state()}
+
+
+def _one_thread_each() -> None:
+    """A lane thread's own OpenMP settings (they are per thread): torch's bookkeeping and faiss's searches
+    (the correction memory's lookups) on one thread, so two lanes never start OpenMP teams beside ONNX
+    Runtime's runs."""
+    import faiss
+
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)

@@ -277,3 +277,37 @@ def test_a_model_without_lanes_runs_alone():
 
     assert asyncio.run(main()) == [[f"t{i}"] for i in range(40)]
     assert state["most"] == 1
+
+
+def test_a_cancelled_call_gives_its_lanes_back_only_when_its_work_is_done():
+    """A call cancelled while waiting for lanes gives back what it had gathered; one cancelled while its
+    function runs keeps every lane until the function ends (no batch runs beside a model load)."""
+    gate, lock, log = threading.Event(), threading.Lock(), []
+    run, state = _tracking_run(gate, log, lock)
+
+    async def main() -> None:
+        batcher: MicroBatcher[str, str] = MicroBatcher(run, max_batch=8, max_wait_ms=0, lanes=2, lanes_of=lambda m: 2)
+        batcher.start()
+        busy = asyncio.create_task(batcher.submit("int8", ["a"]))  # holds one lane at the gate
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(batcher.call(lambda: None))  # gathers the free lane, waits for the other
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        gate.set()
+        assert await busy == ["a"]
+        assert await asyncio.wait_for(batcher.submit("int8", ["b"]), 5) == ["b"]  # both lanes came back
+
+        release = threading.Event()
+        loading = asyncio.create_task(batcher.call(lambda: release.wait(5)))
+        await asyncio.sleep(0.05)
+        loading.cancel()  # the caller stops waiting; the load goes on
+        await asyncio.gather(loading, return_exceptions=True)
+        queued = asyncio.create_task(batcher.submit("int8", ["c"]))
+        await asyncio.sleep(0.1)
+        assert not queued.done()  # no batch beside the load still running
+        release.set()
+        assert await asyncio.wait_for(queued, 5) == ["c"]
+        await batcher.stop()
+
+    asyncio.run(main())
