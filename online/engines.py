@@ -45,6 +45,11 @@ class Engine(Protocol):
         ...
 
 
+def cpu_threads(threads: int | None = None) -> int:
+    """``threads`` if set, else the CPUs this process may run on (its affinity, not the machine's)."""
+    return threads or len(os.sched_getaffinity(0))
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto``: bf16 where the hardware runs it natively, else fp32 (fp16 on CUDA without bf16)."""
     if precision != "auto":
@@ -140,7 +145,7 @@ class OnnxEngine:
             options.log_severity_level = 3  # errors only: its warnings are about graph rewrites, not faults
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-        threads = threads or len(os.sched_getaffinity(0))
+        threads = cpu_threads(threads)
         self.session = session(threads)
         # Several lanes (online.serving.batcher): while runs overlap, each takes a session of its share of
         # the threads, so two runs use two cores without four threads fighting over them; a run alone takes

@@ -15,7 +15,6 @@ engines run a lifted head. Serving predictors never reuse (a replica's traffic i
 from __future__ import annotations
 
 import copy
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from online.engines import Engine, OnnxEngine, TorchEngine, resolve_engine, torch_thread_count
+from online.engines import Engine, OnnxEngine, TorchEngine, cpu_threads, resolve_engine, torch_thread_count
 from online.model import LiftedHead, TextClassifier, encoder_fingerprint, load_tokenizer, token_limit
 from online.settings import Settings
 
@@ -273,10 +272,13 @@ def int8_predictor(
 
 
 def forward_lanes(settings: Settings) -> int:
-    """Batches a replica's int8 engine runs at once (``ONLINE_FORWARD_LANES``; 0: 2 on 2+ cores)."""
+    """Batches a replica runs at once (``ONLINE_FORWARD_LANES``; 0: 2 on 2+ cores): only on the int8
+    engine; torch runs one."""
+    if not serves_int8(settings):
+        return 1
     if settings.forward_lanes:
         return settings.forward_lanes
-    return 2 if (settings.num_threads or len(os.sched_getaffinity(0))) >= 2 else 1
+    return 2 if cpu_threads(settings.num_threads) >= 2 else 1
 
 
 def serving_predictor(

@@ -87,16 +87,15 @@ class ReviewItem:
 # Returns the queue's floor: the lowest uncertainty kept once full ('' while there is room).
 _ADD = """
 local q, cap, prefix, ttl = KEYS[1], tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-local function lowest()
-  local low = redis.call('ZRANGE', q, 0, 0, 'WITHSCORES')
-  return low[2] and tonumber(low[2]) or nil
+local function lowest()  -- the least uncertain kept, as Redis writes the score (nil when empty)
+  return redis.call('ZRANGE', q, 0, 0, 'WITHSCORES')[2]
 end
 for i = 4, #ARGV, 3 do
   local pid, u = ARGV[i], tonumber(ARGV[i + 1])
   local keep = true
   if redis.call('ZCARD', q) >= cap then
     local floor = lowest()
-    if floor ~= nil and u <= floor then
+    if floor ~= nil and u <= tonumber(floor) then
       keep = false
     else
       local gone = redis.call('ZPOPMIN', q)
@@ -114,7 +113,7 @@ if over > 0 then
   redis.call('ZREMRANGEBYRANK', q, 0, over - 1)
 end
 if redis.call('ZCARD', q) < cap then return '' end
-return redis.call('ZRANGE', q, 0, 0, 'WITHSCORES')[2]
+return lowest()
 """
 
 

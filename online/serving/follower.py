@@ -273,7 +273,7 @@ class VersionFollower:
             # At normal priority: the session's thread pool is created here and a thread inherits its
             # creator's nice value, so pool threads made at nice 19 would starve the forward under load.
             predictor = await asyncio.to_thread(
-                int8_predictor, path, version, manifest.labels, manifest.base_model, self.s, None, self.batcher.lanes
+                int8_predictor, path, version, manifest.labels, manifest.base_model, self.s, lanes=self.batcher.lanes
             )
             await self._warm_up(predictor)
             probs = await self.batcher.call(lambda: predictor.probabilities(["a shape check"]))

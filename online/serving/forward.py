@@ -196,12 +196,7 @@ class SideEffectWriter:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
             except (AttributeError, OSError) as exc:  # pragma: no cover - not Linux, or not allowed
                 log.info("side-effect thread keeps its priority: %r", exc)
-        try:  # a faiss search here (the drift window's) must not start an OpenMP team of its own
-            import faiss
-
-            faiss.omp_set_num_threads(1)
-        except ImportError:  # pragma: no cover - faiss is a dependency
-            pass
+        one_openmp_thread(torch_too=False)  # the drift window's faiss search starts no OpenMP team here
         while True:
             with self._wake:
                 while not self._jobs and not self._stopping:
@@ -253,6 +248,18 @@ class SideEffectWriter:
         finally:
             with self._wake:
                 self._pending -= n
+
+
+def one_openmp_thread(torch_too: bool = True) -> None:
+    """This thread's OpenMP settings (they are per thread) at one thread: a helper thread (a forward
+    lane; the side-effect thread, faiss only) then starts no OpenMP team beside ONNX Runtime's runs
+    (faiss does the drift and memory searches there, torch a lane's bookkeeping). ``torch_too=False``
+    where torch may serve on another thread: its setting also reaches process-wide pools (MKL)."""
+    import faiss
+
+    if torch_too:
+        torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
 
 
 class ForwardPass:

@@ -13,7 +13,6 @@ from typing import Protocol
 
 import redis
 import redis.asyncio as aredis
-import torch
 
 from online.feedback.prediction_log import PredictionLog
 from online.feedback.review_queue import ReviewQueue
@@ -24,7 +23,7 @@ from online.lifecycle.shadow import ShadowLedger
 from online.monitoring.drift_log import DriftLog
 from online.monitoring.live_accuracy import LiveAccuracy
 from online.monitoring.replicas import Heartbeat, Replicas
-from online.predictor import Predictor, forward_lanes, serves_int8
+from online.predictor import Predictor, forward_lanes
 from online.reference import REFERENCE_FILE
 from online.serving.batcher import MicroBatcher, Overloaded
 from online.serving.breaker import Breaker
@@ -39,6 +38,7 @@ from online.serving.forward import (
     ServedPrediction,
     ShadowHook,
     SideEffectWriter,
+    one_openmp_thread,
 )
 from online.serving.memory_follower import MemoryFollower, MemoryStores
 from online.serving.metrics import ApiMetrics
@@ -111,8 +111,8 @@ class ModelService:
         self.forward = forward = ForwardPass(hooks, metrics, s.max_top_k, self.redis_health, self.writer)
         self.batcher: MicroBatcher[Predictor, ServedPrediction] = MicroBatcher(
             forward, max_batch=s.max_batch_size, max_wait_ms=s.max_wait_ms, on_batch=self._observe_batch,
-            max_queue=s.predict_queue_max, lanes=forward_lanes(s) if serves_int8(s) else 1,
-            lanes_of=self._lanes_of, lane_setup=_one_thread_each,
+            max_queue=s.predict_queue_max, lanes=forward_lanes(s), lanes_of=self._lanes_of,
+            lane_setup=one_openmp_thread,
         )  # fmt: skip
         if s.memory:
             self.memory = MemoryFollower(
@@ -272,13 +272,3 @@ class ModelService:
     def dependencies(self) -> dict[str, dict]:
         """This replica's view of its dependencies, for ``/readyz`` (never part of readiness)."""
         return {"redis": self.redis_health.state(), "broker": self.broker_health.state()}
-
-
-def _one_thread_each() -> None:
-    """A lane thread's own OpenMP settings (they are per thread): torch's bookkeeping and faiss's searches
-    (the correction memory's lookups) on one thread, so two lanes never start OpenMP teams beside ONNX
-    Runtime's runs."""
-    import faiss
-
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
