@@ -11,9 +11,11 @@ import secrets
 
 from fastapi import HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import SecretStr
 
 from online.credentials import Credential
+from online.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -49,23 +51,32 @@ async def feedback_credential(request: Request) -> tuple[str | None, Credential]
     """(the source a feedback key sends as, or None: any) and the credential the call came with: the
     admin token (``Authorization: Bearer``), a feedback key (``X-API-Key``, required when keys are
     configured unless the admin token is given), or none."""
-    settings = request.app.state.settings
-    address = client_address(request)
-    credentials: HTTPAuthorizationCredentials | None = await _bearer(request)
-    if credentials is not None:
-        token = settings.admin_token
-        if token is None or not secrets.compare_digest(
-            credentials.credentials.encode(), token.get_secret_value().encode()
-        ):
+    return credential_of(
+        request.app.state.settings,
+        request.headers.get("authorization"),
+        request.headers.get("x-api-key"),
+        client_address(request),
+    )
+
+
+def credential_of(
+    settings: Settings, authorization: str | None, api_key: str | None, address: str
+) -> tuple[str | None, Credential]:
+    """:func:`feedback_credential` from the headers alone: also what the feedback gate in front of the
+    body parser (``services.api.limits.FeedbackGate``) asks, so both tell an anonymous call the same way.
+    Raises HTTPException (401, 403) for a wrong token or key."""
+    scheme, token = get_authorization_scheme_param(authorization)
+    if authorization and scheme.lower() == "bearer" and token:
+        admin = settings.admin_token
+        if admin is None or not secrets.compare_digest(token.encode(), admin.get_secret_value().encode()):
             raise HTTPException(403, "wrong admin token")
         return None, Credential("admin", address)
     keys = settings.feedback_api_keys
     if not keys:
         return None, Credential("", address)
-    given = request.headers.get("x-api-key")
-    if not given:
+    if not api_key:
         raise HTTPException(401, "feedback needs an API key (X-API-Key header)")
     for source, key in keys.items():
-        if secrets.compare_digest(given.encode(), key.get_secret_value().encode()):
+        if secrets.compare_digest(api_key.encode(), key.get_secret_value().encode()):
             return source, Credential("key", address)
     raise HTTPException(401, "unknown API key")

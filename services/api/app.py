@@ -25,8 +25,9 @@ from online.wiring.stores import Stores
 from services.admin.local import LocalAdmin
 from services.api import tracing
 from services.api.access import AccessLog
+from services.api.admin import client_address
 from services.api.intake import FeedbackIntake, RateLimited, Unavailable
-from services.api.limits import BodySizeLimit, PredictRateLimit
+from services.api.limits import AnonymousRefusals, BodySizeLimit, FeedbackGate, PredictRateLimit
 from services.api.routers import (
     canary,
     dashboard,
@@ -89,6 +90,8 @@ def create_app(settings: Settings) -> FastAPI:
         per_client_concurrency=settings.predict_client_concurrency,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    refusals = AnonymousRefusals()  # outside the body limit, which reads the body: the gate refuses unread
+    app.add_middleware(FeedbackGate, settings=settings, refusals=refusals)
     tag = tracing.tag_request if settings.otel_traces else None
     app.add_middleware(  # outermost of ours: sees every answer
         AccessLog, enabled=settings.access_log, tag=tag, max_per_s=settings.access_log_max_per_s
@@ -127,7 +130,9 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     @app.exception_handler(RateLimited)
-    async def _rate(_: Request, exc: RateLimited) -> JSONResponse:
+    async def _rate(request: Request, exc: RateLimited) -> JSONResponse:
+        if exc.until:  # its client address ran out of anonymous budget: the gate refuses the rest of the window
+            refusals.refuse(client_address(request), exc.until)
         return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(RequestValidationError)

@@ -50,9 +50,11 @@ class LimiterUnavailable(Unavailable):
 
 
 class RateLimited(RuntimeError):
-    def __init__(self, source: str, retry_after: int, what: str = "events") -> None:
+    def __init__(self, source: str, retry_after: int, what: str = "events", until: float = 0.0) -> None:
         super().__init__(f"source {source!r} is over its feedback rate limit ({what} per second)")
+        self.source = source
         self.retry_after = retry_after
+        self.until = until  # wall clock: the end of the window the budget ran out in
 
 
 _TEXT_FIELDS: dict[type, tuple[str, ...]] = {LabelEvent: ("text",), CorrectionEvent: ("prompt", "answer")}
@@ -158,8 +160,10 @@ class FeedbackIntake:
         for ev in events:
             n, chars = per_source.get(ev.source, (0, 0))
             per_source[ev.source] = (n + 1, chars + _chars(ev))
+        address = None
         if credential is not None and not credential.level and credential.address:
-            per_source[f"addr:{credential.address}"] = (len(events), sum(c for _, c in per_source.values()))
+            address = f"addr:{credential.address}"
+            per_source[address] = (len(events), sum(c for _, c in per_source.values()))
         s = self.settings
         checks = []  # (key, amount, limit, what): one event counter and one character counter per source
         for source, (n, chars) in per_source.items():
@@ -179,9 +183,11 @@ class FeedbackIntake:
             self.redis_health.failed(exc)  # logged once per outage there
             return self._limiter_down()
         self.redis_health.succeeded()
-        for (source, _, _, limit, what), count in zip(checks, counts):
-            if count > limit:
-                raise RateLimited(source, 1, what)
+        over = [(source, what) for (source, _, _, limit, what), count in zip(checks, counts) if count > limit]
+        if over:  # the address over its budget: its anonymous calls are refused for the rest of this window
+            address_over = any(source == address for source, _ in over)
+            source, what = over[0]
+            raise RateLimited(source, 1, what, until=now + 1 if address_over else 0.0)
         self._check_backlog()
 
     def _check_backlog(self) -> None:

@@ -26,6 +26,15 @@ cores the honest clients' predictions need (issue 31: honest p99 13 -> 421 ms on
 second, each connection costs one refusal a second. At most ``MAX_DELAYED`` refusals wait at a time
 (a waiting refusal is a parked coroutine, but an open-loop flood of new connections should still meet
 a bound); past it they are answered at once.
+
+:class:`FeedbackGate`: anonymous feedback from a client address that is over its budget for the
+current one-second window (events or characters a second per address, counted in Redis by
+``services.api.intake``) is refused here, before its body is read or parsed. Redis counts every call of
+the window, refused ones too, so the rest of that window is refused there anyway: the gate only answers
+it without the work. That work is what a burst of ~100 KB bodies costs the event loop (about 3 ms a
+call to read, parse, validate and count one: honest predictions waited behind it, issue 31's long-texts
+row at 2.01x and 2.94x). A call with the admin token or a feedback key is not anonymous (its budget is
+its source's) and goes through; the gate tells them apart as the route does (``credential_of``).
 """
 
 from __future__ import annotations
@@ -36,7 +45,11 @@ import math
 import random
 import time
 
+from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from online.settings import Settings
+from services.api.admin import credential_of
 
 
 class BodySizeLimit:
@@ -166,3 +179,86 @@ class PredictRateLimit:
                 self._delayed -= 1
         await send({"type": "http.response.start", "status": 429, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class AnonymousRefusals:
+    """Client addresses whose anonymous feedback is refused until a time (the end of the window their
+    budget ran out in). Set where the budget's refusal is answered (the app's handler for
+    ``RateLimited``), read by :class:`FeedbackGate`; in process, so per replica like the predict limit."""
+
+    MAX_ADDRESSES = 10_000
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}  # address -> wall-clock end of its refusal
+
+    def refuse(self, address: str, until: float) -> None:
+        self._until[address] = max(until, self._until.get(address, 0.0))
+        if len(self._until) > self.MAX_ADDRESSES:
+            now = time.time()
+            for a in [a for a, t in self._until.items() if t <= now]:
+                del self._until[a]
+            while len(self._until) > self.MAX_ADDRESSES:  # all current: the oldest entries go
+                del self._until[next(iter(self._until))]
+
+    def left(self, address: str, now: float) -> float:
+        """Seconds this address stays refused (0: not refused)."""
+        until = self._until.get(address)
+        if until is None:
+            return 0.0
+        if until <= now:
+            del self._until[address]
+            return 0.0
+        return until - now
+
+
+class FeedbackGate:
+    """See the module doc: ``POST /v1/feedback`` refused before its body is read while its anonymous
+    client address is over budget."""
+
+    def __init__(
+        self, app: ASGIApp, settings: Settings, refusals: AnonymousRefusals, path: str = "/v1/feedback"
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.refusals = refusals
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = client[0] if client else ""
+        left = self.refusals.left(address, time.time())
+        if left <= 0 or not self._anonymous(scope, address):
+            await self.app(scope, receive, send)
+            return
+        retry = max(1, math.ceil(left))
+        body = json.dumps(
+            {"detail": f"client address {address} is over its feedback rate limit (anonymous feedback per "
+             f"second per address); retry in {retry} s"}
+        ).encode()  # fmt: skip
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(retry).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _anonymous(self, scope: Scope, address: str) -> bool:
+        """Whether the route would take this call as anonymous (a wrong token or key: not anonymous, the
+        route refuses it with its own 401/403)."""
+        headers = dict(scope.get("headers", []))
+        authorization = headers.get(b"authorization")
+        api_key = headers.get(b"x-api-key")
+        try:
+            _, credential = credential_of(
+                self.settings,
+                authorization.decode("latin-1") if authorization is not None else None,
+                api_key.decode("latin-1") if api_key is not None else None,
+                address,
+            )
+        except HTTPException:
+            return False
+        return not credential.level

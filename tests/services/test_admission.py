@@ -217,3 +217,30 @@ def test_one_client_has_a_bounded_number_of_predictions_in_the_replica_and_the_r
     in_flood, peak, statuses = asyncio.run(scenario())
     assert in_flood == 2 and peak == 2
     assert statuses == [200] * 7  # the waiting ones were served, none refused
+
+
+def test_an_anonymous_address_over_its_budget_is_refused_before_its_body_is_parsed(kafka_settings):
+    """Once a client address is over its characters a second, the rest of that second's calls from it
+    are answered 429 without reading their bodies (not even a body that is not JSON is looked at); a
+    call with the admin token from the same address still goes through."""
+    from fastapi.testclient import TestClient
+    from pydantic import SecretStr
+
+    from services.api.app import create_app
+
+    s = kafka_settings.model_copy(update={"feedback_chars_rate_limit": 5_000, "admin_token": SecretStr("ops-token")})
+    with TestClient(create_app(s)) as client:
+        over = {"events": [{"kind": "label", "text": "x" * 3_000, "label": "a", "source": "long"} for _ in range(2)]}
+        for _ in range(3):  # a second that ticks over between two calls: once more
+            if client.post("/v1/feedback", json=over).status_code != 429:
+                continue
+            unread = client.post("/v1/feedback", content=b"{not json", headers={"content-type": "application/json"})
+            admin = client.post(
+                "/v1/feedback", content=b"{not json",
+                headers={"content-type": "application/json", "authorization": "Bearer ops-token"},
+            )  # fmt: skip
+            if unread.status_code == 429:
+                break
+        assert unread.status_code == 429 and unread.headers["retry-after"] == "1"
+        assert "client address" in unread.json()["detail"]
+        assert admin.status_code == 422  # parsed, and refused for what it is
