@@ -48,6 +48,16 @@ from services.api.routers import (
 log = logging.getLogger("online.api")
 
 
+def _issue(error: dict) -> ValidationIssue:
+    """One validation error as the 422 names it: the field's dotted path, or ``body`` for a body that is
+    not JSON at all (whose location is a character offset, not a field)."""
+    if error.get("type") == "json_invalid":
+        at = error["loc"][-1]
+        why = (error.get("ctx") or {}).get("error", "")
+        return ValidationIssue(field="body", reason=f"not valid JSON (at character {at}): {why}".rstrip(": "))
+    return ValidationIssue(field=".".join(str(p) for p in error["loc"] if p != "body") or "body", reason=error["msg"])
+
+
 def create_app(settings: Settings) -> FastAPI:
     metrics = ApiMetrics()
     generating = settings.task == "generate"  # a causal LM answering prompts, not the classifier
@@ -137,10 +147,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        issues = [
-            ValidationIssue(field=".".join(str(p) for p in e["loc"] if p != "body") or "body", reason=e["msg"])
-            for e in exc.errors()
-        ]
+        issues = [_issue(e) for e in exc.errors()]
         body = ValidationErrorOut(detail="; ".join(f"{i.field}: {i.reason}" for i in issues), errors=issues)
         return JSONResponse(body.model_dump(), status_code=422)
 

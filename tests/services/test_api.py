@@ -143,6 +143,14 @@ def test_malformed_bodies_are_4xx(client, content, headers):
     assert resp.json()["detail"]
 
 
+def test_a_body_that_is_not_json_is_named_as_such(client):
+    """Not "1: JSON decode error" (the character offset read as a field): the body, and why."""
+    resp = client.post("/v1/predict", content=b'{"text": "unterminated', headers={"content-type": "application/json"})
+    assert resp.status_code == 422
+    (issue,) = resp.json()["errors"]
+    assert issue["field"] == "body" and issue["reason"].startswith("not valid JSON (at character")
+
+
 def test_models_lists_live_version(client, registry):
     body = client.get("/v1/models").json()
     assert body["live"] == registry.live() == body["served_by_this_replica"]
