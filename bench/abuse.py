@@ -173,7 +173,7 @@ def _feedback(client: httpx.Client, events: list[dict] | bytes) -> int:
     """``events``, or a body encoded beforehand: an attack's large bodies are built in its preparation,
     before the windows, so what the honest client's latency shows is the server's work, not the
     attacker's own Python (which shares this process, and its GIL, with the honest client)."""
-    body = events if isinstance(events, bytes) else json.dumps({"events": events}).encode()
+    body = events if isinstance(events, bytes) else _bodies([events])[0]
     try:
         return client.post("/v1/feedback", content=body, headers={"Content-Type": "application/json"}).status_code
     except httpx.HTTPError:
@@ -181,7 +181,7 @@ def _feedback(client: httpx.Client, events: list[dict] | bytes) -> int:
 
 
 def _bodies(events: list[list[dict]]) -> list[bytes]:
-    return [json.dumps({"events": batch}).encode() for batch in events]
+    return [json.dumps({"events": batch}, separators=(",", ":"), ensure_ascii=False).encode() for batch in events]
 
 
 # --- the attacks: each runs inside its window and says what it achieved --------------------------------

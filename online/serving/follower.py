@@ -33,7 +33,7 @@ from online.engines import INT8_FILE
 from online.lifecycle.registry import IntegrityError, Manifest, ModelRegistry
 from online.lifecycle.store import StoreUnavailable
 from online.predictor import Predictor, int8_predictor, serves_int8, torch_predictor
-from online.serving.batcher import MicroBatcher, cancel
+from online.serving.batcher import MicroBatcher
 from online.serving.breaker import Breaker
 from online.serving.metrics import ApiMetrics
 from online.settings import Settings
@@ -41,6 +41,7 @@ from online.settings import Settings
 log = logging.getLogger("online.serving.follower")
 
 MAX_BACKOFF_S = 300.0
+STOP_GRACE_S = 2.0  # a cancelled watch's time to end, then again once its connection is closed
 LOAD_MAX_FAILURES = 5
 
 
@@ -87,6 +88,8 @@ class VersionFollower:
         self._swap_lock = asyncio.Lock()
         self._process_threads = torch.get_num_threads()  # as configured at start, restored for torch engines
         self._task: asyncio.Task | None = None
+        self._pubsub: aredis.client.PubSub | None = None  # the watch's subscription (stop closes it)
+        self._stopping = False  # a watch whose cancellation was swallowed ends at its next turn
 
     @property
     def version(self) -> int | None:
@@ -112,7 +115,29 @@ class VersionFollower:
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self) -> None:
-        await cancel(self._task)
+        """End the watch. redis-py's pubsub can swallow a cancellation that lands while it reads (the same
+        race as redis/redis-py#2028 for blocking commands) and then wait on its socket for good: seen here as
+        a replica whose shutdown hung right after its start. So a watch not ended within a moment has its
+        connection closed under it, and one that still does not end is left behind with a warning: a
+        replica's shutdown never hangs on it."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=STOP_GRACE_S)
+        if not done and self._pubsub is not None and self._pubsub.connection is not None:
+            try:
+                await self._pubsub.connection.disconnect(nowait=True)  # not aclose(): it waits on the reader's lock
+            except (redis.RedisError, OSError):
+                pass
+            done, _ = await asyncio.wait({task}, timeout=STOP_GRACE_S)
+        if not done:
+            log.warning(
+                "the registry watch did not end within %.0f s of its cancellation: left behind", 2 * STOP_GRACE_S
+            )
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("the registry watch ended with %r", task.exception())
 
     # --- following ----------------------------------------------------------------------------
     def _may_try(self, slot: str, version: int) -> bool:
@@ -246,9 +271,7 @@ class VersionFollower:
             predictor = await self._int8(version, manifest)
         if predictor is None:
             model, _ = await self.batcher.call(lambda: self.registry.load(version, verify=False))
-            predictor = await self.batcher.call(
-                lambda: torch_predictor(model, version, self.s, copy_model=False)
-            )
+            predictor = await self.batcher.call(lambda: torch_predictor(model, version, self.s, copy_model=False))
             await self._warm_up(predictor)
         return predictor
 
@@ -290,10 +313,10 @@ class VersionFollower:
     async def _watch(self) -> None:
         """Pub/sub wakes us at once; the timeout makes the same loop a polling fallback."""
         pubsub = None
-        while True:
+        while not self._stopping:
             try:
                 if pubsub is None:
-                    pubsub = self._aredis.pubsub()
+                    pubsub = self._pubsub = self._aredis.pubsub()
                     await pubsub.subscribe(self.registry.channel)
                 await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.s.model_poll_s)
             except (redis.RedisError, OSError) as exc:
@@ -304,6 +327,8 @@ class VersionFollower:
                     except (redis.RedisError, OSError):
                         pass  # the connection is gone either way
                 pubsub = None
+                if self._stopping:
+                    return
                 await asyncio.sleep(min(self.s.model_poll_s, 1.0))
             await self.sync()
             if self._on_tick:

@@ -185,9 +185,9 @@ class FeedbackIntake:
         self.redis_health.succeeded()
         over = [(source, what) for (source, _, _, limit, what), count in zip(checks, counts) if count > limit]
         if over:  # the address over its budget: its anonymous calls are refused for the rest of this window
-            address_over = any(source == address for source, _ in over)
-            source, what = over[0]
-            raise RateLimited(source, 1, what, until=now + 1 if address_over else 0.0)
+            mine = [(source, what) for source, what in over if source == address]
+            source, what = (mine or over)[0]  # the address's own budget named first: the gate repeats it
+            raise RateLimited(source, 1, what, until=now + 1 if mine else 0.0)
         self._check_backlog()
 
     def _check_backlog(self) -> None:

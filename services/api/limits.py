@@ -1,4 +1,5 @@
-"""Limits enforced before the application sees a request: body size (413) and the predict rate (429).
+"""Limits enforced before the application sees a request: body size (413), the predict rate (429), and
+the feedback gate (401/403/429 from the headers alone).
 
 :class:`BodySizeLimit`: a pure ASGI middleware: a declared ``Content-Length`` over the limit is refused at
 once; otherwise the body is read here, counting as it streams (so a chunked body cannot slip past), and
@@ -34,7 +35,10 @@ the window, refused ones too, so the rest of that window is refused there anyway
 it without the work. That work is what a burst of ~100 KB bodies costs the event loop (about 3 ms a
 call to read, parse, validate and count one: honest predictions waited behind it, issue 31's long-texts
 row at 2.01x and 2.94x). A call with the admin token or a feedback key is not anonymous (its budget is
-its source's) and goes through; the gate tells them apart as the route does (``credential_of``).
+its source's) and goes through; a wrong token or key is answered here (401/403, the route's answer)
+rather than after its body is parsed, since the route would refuse it unread anyway, and no budget counts
+such calls. The gate tells them apart as the route does (``credential_of``). Per replica: behind a
+balancer each replica parses one call of an over-budget address before it refuses the rest.
 """
 
 from __future__ import annotations
@@ -182,38 +186,43 @@ class PredictRateLimit:
 
 
 class AnonymousRefusals:
-    """Client addresses whose anonymous feedback is refused until a time (the end of the window their
-    budget ran out in). Set where the budget's refusal is answered (the app's handler for
-    ``RateLimited``), read by :class:`FeedbackGate`; in process, so per replica like the predict limit."""
+    """Client addresses whose anonymous feedback is refused until the end of the window their budget ran
+    out in. Set where the budget's refusal is answered (the app's handler for ``RateLimited``), read by
+    :class:`FeedbackGate`; in process, so per replica like the predict limit. Kept on the monotonic clock
+    (a wall-clock step must not stretch a refusal), in order of expiry, bounded."""
 
     MAX_ADDRESSES = 10_000
 
     def __init__(self) -> None:
-        self._until: dict[str, float] = {}  # address -> wall-clock end of its refusal
+        self._until: dict[str, float] = {}  # address -> monotonic end of its refusal; oldest end first
 
-    def refuse(self, address: str, until: float) -> None:
-        self._until[address] = max(until, self._until.get(address, 0.0))
-        if len(self._until) > self.MAX_ADDRESSES:
-            now = time.time()
-            for a in [a for a, t in self._until.items() if t <= now]:
-                del self._until[a]
-            while len(self._until) > self.MAX_ADDRESSES:  # all current: the oldest entries go
-                del self._until[next(iter(self._until))]
+    def refuse(self, address: str, until: float, now: float | None = None) -> None:
+        """``until``: the wall-clock end of the window (Redis's windows are wall-clock seconds)."""
+        mono = time.monotonic() if now is None else now
+        end = mono + min(max(until - time.time(), 0.0), 1.0)  # a window is one second at most
+        end = max(end, self._until.pop(address, 0.0))
+        self._until[address] = end  # re-inserted: the dict stays in order of (nearly) increasing end
+        while self._until:
+            first, first_end = next(iter(self._until.items()))
+            if first_end > mono and len(self._until) <= self.MAX_ADDRESSES:
+                break
+            del self._until[first]  # expired, or over the bound: the refusal ending soonest goes
 
-    def left(self, address: str, now: float) -> float:
+    def left(self, address: str, now: float | None = None) -> float:
         """Seconds this address stays refused (0: not refused)."""
-        until = self._until.get(address)
-        if until is None:
+        end = self._until.get(address)
+        if end is None:
             return 0.0
-        if until <= now:
+        now = time.monotonic() if now is None else now
+        if end <= now:
             del self._until[address]
             return 0.0
-        return until - now
+        return end - now
 
 
 class FeedbackGate:
-    """See the module doc: ``POST /v1/feedback`` refused before its body is read while its anonymous
-    client address is over budget."""
+    """See the module doc: ``POST /v1/feedback`` answered from its headers alone when they settle it: a
+    wrong token or key (401/403, as the route would), or an anonymous client address over budget (429)."""
 
     def __init__(
         self, app: ASGIApp, settings: Settings, refusals: AnonymousRefusals, path: str = "/v1/feedback"
@@ -229,36 +238,33 @@ class FeedbackGate:
             return
         client = scope.get("client")
         address = client[0] if client else ""
-        left = self.refusals.left(address, time.time())
-        if left <= 0 or not self._anonymous(scope, address):
+        try:
+            _, credential = credential_of(
+                self.settings, _header(scope, b"authorization"), _header(scope, b"x-api-key"), address
+            )
+        except HTTPException as exc:  # the route's own answer, without reading a body it would not use
+            await _answer(send, exc.status_code, str(exc.detail))
+            return
+        left = self.refusals.left(address) if not credential.level else 0.0
+        if left <= 0:
             await self.app(scope, receive, send)
             return
         retry = max(1, math.ceil(left))
-        body = json.dumps(
-            {"detail": f"client address {address} is over its feedback rate limit (anonymous feedback per "
-             f"second per address); retry in {retry} s"}
-        ).encode()  # fmt: skip
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(retry).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 429, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        s = self.settings
+        detail = (
+            f"client address {address} is over its anonymous feedback rate limit ({s.feedback_client_rate_limit} "
+            f"events or {s.feedback_chars_rate_limit:,} characters of text per second); retry in {retry} s"
+        )
+        await _answer(send, 429, detail, [(b"retry-after", str(retry).encode())])
 
-    def _anonymous(self, scope: Scope, address: str) -> bool:
-        """Whether the route would take this call as anonymous (a wrong token or key: not anonymous, the
-        route refuses it with its own 401/403)."""
-        headers = dict(scope.get("headers", []))
-        authorization = headers.get(b"authorization")
-        api_key = headers.get(b"x-api-key")
-        try:
-            _, credential = credential_of(
-                self.settings,
-                authorization.decode("latin-1") if authorization is not None else None,
-                api_key.decode("latin-1") if api_key is not None else None,
-                address,
-            )
-        except HTTPException:
-            return False
-        return not credential.level
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a header, as Starlette's ``request.headers.get`` (the route's view) reads it."""
+    return next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == name), None)
+
+
+async def _answer(send: Send, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 from online.wiring.stores import Stores
@@ -222,25 +223,70 @@ def test_one_client_has_a_bounded_number_of_predictions_in_the_replica_and_the_r
 def test_an_anonymous_address_over_its_budget_is_refused_before_its_body_is_parsed(kafka_settings):
     """Once a client address is over its characters a second, the rest of that second's calls from it
     are answered 429 without reading their bodies (not even a body that is not JSON is looked at); a
-    call with the admin token from the same address still goes through."""
+    call with the admin token from the same address still goes through, one with a wrong token is
+    answered 403 unread."""
     from fastapi.testclient import TestClient
     from pydantic import SecretStr
 
     from services.api.app import create_app
 
     s = kafka_settings.model_copy(update={"feedback_chars_rate_limit": 5_000, "admin_token": SecretStr("ops-token")})
+    not_json = {"content": b"{not json", "headers": {"content-type": "application/json"}}
+    unread = admin = None
     with TestClient(create_app(s)) as client:
         over = {"events": [{"kind": "label", "text": "x" * 3_000, "label": "a", "source": "long"} for _ in range(2)]}
         for _ in range(3):  # a second that ticks over between two calls: once more
             if client.post("/v1/feedback", json=over).status_code != 429:
                 continue
-            unread = client.post("/v1/feedback", content=b"{not json", headers={"content-type": "application/json"})
+            unread = client.post("/v1/feedback", **not_json)
             admin = client.post(
                 "/v1/feedback", content=b"{not json",
                 headers={"content-type": "application/json", "authorization": "Bearer ops-token"},
             )  # fmt: skip
             if unread.status_code == 429:
                 break
-        assert unread.status_code == 429 and unread.headers["retry-after"] == "1"
-        assert "client address" in unread.json()["detail"]
+        assert unread is not None and unread.status_code == 429 and unread.headers["retry-after"] == "1"
+        assert "client address" in unread.json()["detail"] and "5,000 characters" in unread.json()["detail"]
         assert admin.status_code == 422  # parsed, and refused for what it is
+        wrong = client.post("/v1/feedback", content=b"{not json",
+                            headers={"content-type": "application/json", "authorization": "Bearer guess"})  # fmt: skip
+        assert wrong.status_code == 403 and wrong.json()["detail"] == "wrong admin token"
+
+
+def test_only_an_anonymous_address_over_its_own_budget_is_gated(kafka_settings):
+    """A source name over its budget (anyone may write a name) or a keyed caller over its source's
+    budget is refused for this call only: the gate must not refuse an honest address for either."""
+    from fastapi.testclient import TestClient
+
+    from online.credentials import Credential
+    from online.events import LabelEvent
+    from services.api.app import create_app
+    from services.api.intake import RateLimited
+
+    s = kafka_settings.model_copy(update={"feedback_chars_rate_limit": 5_000})
+    with TestClient(create_app(s)) as client:
+        intake = client.app.state.intake
+
+        def until(events: list, credential: Credential) -> float | None:
+            try:
+                intake._check_rate(events, credential)
+            except RateLimited as exc:
+                return exc.until
+            return None
+
+        def named(name: str, chars: int) -> list:
+            return [LabelEvent(kind="label", text="y" * chars, label="a", source=name)]
+
+        for _ in range(3):  # all four calls within one second of the Redis window: else once more
+            started = int(time.time())
+            first = until(named("shared", 3_000), Credential("", "10.0.0.1"))
+            name_over = until(
+                named("shared", 3_000), Credential("", "10.0.0.2")
+            )  # the name's 6,000; the address's 3,000
+            keyed_over = until(named("agents", 6_000), Credential("key", "10.0.0.3"))
+            address_over = until(named("fresh", 6_000), Credential("", "10.0.0.4"))
+            if int(time.time()) == started:
+                break
+        assert first is None
+        assert name_over == 0.0 and keyed_over == 0.0
+        assert address_over and address_over > time.time() - 1
