@@ -34,7 +34,16 @@ from online.wiring.stores import Stores
 
 log = logging.getLogger("online.trainer")
 
-_STATUS_CODES = {"idle": 0, "promoted": 1, "rejected": 2, "superseded": 3, "failed": 4, "shadow": 5, "canary": 6, "published": 7}
+_STATUS_CODES = {
+    "idle": 0,
+    "promoted": 1,
+    "rejected": 2,
+    "superseded": 3,
+    "failed": 4,
+    "shadow": 5,
+    "canary": 6,
+    "published": 7,
+}
 
 
 class Stopped(Exception):
@@ -202,7 +211,9 @@ class Scheduler:
                 self._runner = GenerativeRoundRunner(self.stores)  # type: ignore[assignment]
                 return self._runner
             self.registry.fetch_golden()  # frozen by whichever trainer made version 1, maybe on another host
-            self._runner = RoundRunner(self.stores, Gate(self.s, GoldenSet.for_settings(self.s)), head_stats=self.head_stats)
+            self._runner = RoundRunner(
+                self.stores, Gate(self.s, GoldenSet.for_settings(self.s)), head_stats=self.head_stats
+            )
         return self._runner
 
     def due(self) -> bool:
@@ -266,10 +277,18 @@ class Scheduler:
         if self.s.head != "closed-form" or self.s.task != "classify":
             return
         started = time.perf_counter()
+
+        def stoppable(_: int) -> None:  # a stop ends the warm-up (a minute here) instead of a SIGKILL ending it
+            if self.stop.is_set():
+                raise Stopped()
+
         try:
-            covered = self.runner().warm()
+            covered = self.runner().warm(stoppable)
         except redis.RedisError as exc:  # the loop reports the outage; the first round builds them instead
             log.warning("closed-form statistics not built ahead (%s): the first round builds them", exc)
+            return
+        except Stopped:
+            log.info("closed-form warm-up abandoned after %.1f s (stop requested)", time.perf_counter() - started)
             return
         if covered:
             log.info(

@@ -195,8 +195,11 @@ class StatisticsCache:
         max_seq_len: int,
         device,
         fingerprint: str | None = None,
+        progress: Progress | None = None,
     ) -> tuple[Statistics, SyncReport]:
-        """The statistics of exactly ``examples`` (a multiset) under ``model``'s encoder and lift."""
+        """The statistics of exactly ``examples`` (a multiset) under ``model``'s encoder and lift.
+        ``progress`` is called (with 0: nothing trained yet) after each chunk embedded: a stop request
+        raised from it ends a build of every stored example within a chunk, not after it."""
         started = time.perf_counter()
         head = model.head
         if not isinstance(head, LiftedHead):
@@ -218,6 +221,10 @@ class StatisticsCache:
                 texts = [t for t, _ in chunk]
                 x = self.features.get(model, key[0], texts, max_seq_len, device)
                 stats.add(lifted(x, lift), [lab for _, lab in chunk], sign)
+                # what the sums hold, chunk by chunk: a sync stopped here leaves them consistent
+                stats.examples = stats.examples + Counter(chunk) if sign > 0 else stats.examples - Counter(chunk)
+                if progress:
+                    progress(0)
         stats.examples = target
         embedded = len(self.features) - before
         return stats, SyncReport(
@@ -331,9 +338,7 @@ class Choice:
     accuracy: float  # held-out accuracy at the chosen ridge (nan without a held-out fold)
 
 
-def choose(
-    stats: Statistics, labels: Sequence[str], h_out: np.ndarray, y_out: Sequence[str], adjust: float
-) -> Choice:
+def choose(stats: Statistics, labels: Sequence[str], h_out: np.ndarray, y_out: Sequence[str], adjust: float) -> Choice:
     """The ridge regulariser (held-out accuracy of the head solved on the other folds: the statistics
     less the held-out rows; ties go to the stronger regulariser) and the temperature (held-out log loss,
     with the bias of logit adjustment of strength ``adjust``, 0: none)."""
@@ -401,6 +406,7 @@ def solve_head(
     carry: LiftedHead | None = None,
     probe: Sequence[Example] = (),
     reweight: bool = False,
+    progress: Progress | None = None,
 ) -> HeadSolve:
     """Solve ``model``'s head in place on the statistics of ``examples``: a lifted head, every label of
     the examples in it. ``carry``: the live head whose ridge and temperature are kept (``None``: choose
@@ -412,7 +418,7 @@ def solve_head(
     head: LiftedHead = model.head  # type: ignore[assignment]
     if carry is not None and isinstance(carry, LiftedHead) and carry.width == head.width:
         head.lift.copy_(carry.lift)
-    stats, sync = cache.sync(model, examples, max_seq_len, device)
+    stats, sync = cache.sync(model, examples, max_seq_len, device, progress=progress)
     started = time.perf_counter()
     if carry is None or float(carry.ridge) <= 0:
         h_out, y_out = cache.held_out_features(model, list(stats.examples.elements()), max_seq_len, device)
@@ -487,6 +493,7 @@ def closed_form_round(
     solved = solve_head(
         model, examples, cache, width=cfg.head_width, seed=cfg.seed, adjust=cfg.head_tau,
         max_seq_len=cfg.max_seq_len, device=device, carry=carry, probe=new, reweight=cfg.head_balance == "reweight",
+        progress=progress,
     )  # fmt: skip
     if progress and not tune_encoder:
         progress(len(new))

@@ -296,6 +296,14 @@ def test_a_trainer_round_solves_the_head_and_records_its_mode(settings, tmp_path
         ]
     )
 
+    class StopRequested(Exception):
+        pass
+
+    def stop_now(_: int) -> None:  # the trainer's stop: raised from the first look, during the statistics
+        raise StopRequested()
+
+    with pytest.raises(StopRequested):
+        runner.warm(stop_now)  # a stop request ends the warm-up at once (it used to run its minute out)
     assert runner.warm() == 140  # the statistics of the 120 seed examples and the 20 in the buffer, built ahead
     report = runner.run()
 
