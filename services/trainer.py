@@ -372,6 +372,8 @@ def run_trainer(settings: Settings, stop: threading.Event) -> None:
         start_http_server(settings.trainer_metrics_port, addr="0.0.0.0", registry=scheduler.metrics.registry)
     ensure_version_one(settings, scheduler.registry, scheduler.leader, stop, scheduler.head_stats)
     scheduler.warm()
+    if stop.is_set():  # stopped during the warm-up: never ready
+        return
     scheduler.metrics.ready.set(1)
     scheduler.loop()
 

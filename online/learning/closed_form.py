@@ -222,10 +222,10 @@ class StatisticsCache:
                 x = self.features.get(model, key[0], texts, max_seq_len, device)
                 stats.add(lifted(x, lift), [lab for _, lab in chunk], sign)
                 # what the sums hold, chunk by chunk: a sync stopped here leaves them consistent
-                stats.examples = stats.examples + Counter(chunk) if sign > 0 else stats.examples - Counter(chunk)
+                (stats.examples.update if sign > 0 else stats.examples.subtract)(chunk)
                 if progress:
                     progress(0)
-        stats.examples = target
+        stats.examples = target  # the same multiset, without subtract's zero counts
         embedded = len(self.features) - before
         return stats, SyncReport(
             rebuilt, sum(added.values()), sum(removed.values()), embedded, time.perf_counter() - started

@@ -218,7 +218,8 @@ class RoundRunner:
         engines, every stored text under the serving engine: the drift reference samples them). Returns
         the number of examples the statistics cover (0 when there is nothing to do). ``progress`` is
         called (with 0) between its steps and chunks: a stop raised from it ends the warm-up (a minute
-        on 2 cores for CLINC150) at once, and what it built is only a cache."""
+        on 2 cores for CLINC150) within a step (the int8 export, seconds, is not split), and what it
+        built is only a cache."""
         tick = progress or (lambda _: None)
         parent = self.registry.live()
         if not self.cfg.closed_form or parent is None:

@@ -42,6 +42,7 @@ log = logging.getLogger("online.serving.follower")
 
 MAX_BACKOFF_S = 300.0
 STOP_GRACE_S = 2.0  # a cancelled watch's time to end, then again once its connection is closed
+WATCH_READ_S = 1.0  # the longest the watch reads before it looks at its stop flag again
 LOAD_MAX_FAILURES = 5
 
 
@@ -112,6 +113,7 @@ class VersionFollower:
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self) -> None:
@@ -126,16 +128,16 @@ class VersionFollower:
         self._stopping = True
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=STOP_GRACE_S)
+        waited = STOP_GRACE_S
         if not done and self._pubsub is not None and self._pubsub.connection is not None:
             try:
                 await self._pubsub.connection.disconnect(nowait=True)  # not aclose(): it waits on the reader's lock
             except (redis.RedisError, OSError):
                 pass
             done, _ = await asyncio.wait({task}, timeout=STOP_GRACE_S)
+            waited += STOP_GRACE_S
         if not done:
-            log.warning(
-                "the registry watch did not end within %.0f s of its cancellation: left behind", 2 * STOP_GRACE_S
-            )
+            log.warning("the registry watch did not end within %.0f s of its cancellation: left behind", waited)
         elif not task.cancelled() and task.exception() is not None:
             log.warning("the registry watch ended with %r", task.exception())
 
@@ -311,31 +313,53 @@ class VersionFollower:
         return predictor
 
     async def _watch(self) -> None:
-        """Pub/sub wakes us at once; the timeout makes the same loop a polling fallback."""
+        """Pub/sub wakes us at once; every ``model_poll_s`` the same loop polls anyway (the fallback when a
+        message is lost or Redis was away). A read lasts at most ``WATCH_READ_S``, and a stop is checked
+        after each: a watch whose cancellation redis-py swallowed (see :meth:`stop`) ends within a read,
+        even where redis-py reconnects a connection that stop closed under it."""
         pubsub = None
-        while not self._stopping:
-            try:
-                if pubsub is None:
-                    pubsub = self._pubsub = self._aredis.pubsub()
-                    await pubsub.subscribe(self.registry.channel)
-                await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.s.model_poll_s)
-            except (redis.RedisError, OSError) as exc:
-                self.redis_health.failed(exc)  # one line per outage, there; we poll meanwhile
-                if pubsub is not None:
-                    try:
-                        await pubsub.aclose()
-                    except (redis.RedisError, OSError):
-                        pass  # the connection is gone either way
-                pubsub = None
+        next_sync = 0.0  # the first turn syncs at once
+        try:
+            while not self._stopping:
+                woken = False
+                try:
+                    if pubsub is None:
+                        pubsub = self._pubsub = self._aredis.pubsub()
+                        await pubsub.subscribe(self.registry.channel)
+                    wait = min(max(next_sync - time.monotonic(), 0.0), WATCH_READ_S)
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+                    woken = message is not None
+                except (redis.RedisError, OSError) as exc:
+                    if self._stopping:
+                        return  # stop closed the connection: not an outage
+                    self.redis_health.failed(exc)  # one line per outage, there; we poll meanwhile
+                    await _close(pubsub)
+                    pubsub = self._pubsub = None
+                    await asyncio.sleep(min(self.s.model_poll_s, WATCH_READ_S))
+                    woken = True
                 if self._stopping:
                     return
-                await asyncio.sleep(min(self.s.model_poll_s, 1.0))
-            await self.sync()
-            if self._on_tick:
-                try:
-                    await self._on_tick()
-                except Exception as exc:  # a heartbeat never stops the replica following the registry
-                    log.warning("replica tick failed: %r", exc)
+                if not woken and time.monotonic() < next_sync:
+                    continue
+                next_sync = time.monotonic() + self.s.model_poll_s
+                await self.sync()
+                if self._on_tick:
+                    try:
+                        await self._on_tick()
+                    except Exception as exc:  # a heartbeat never stops the replica following the registry
+                        log.warning("replica tick failed: %r", exc)
+        finally:
+            await _close(pubsub)
+
+
+async def _close(pubsub) -> None:
+    """Close a pubsub whose connection may be gone already (it is, either way)."""
+    if pubsub is None:
+        return
+    try:
+        await pubsub.aclose()
+    except (redis.RedisError, OSError):
+        pass
 
 
 async def _at_low_priority(fn, *args):

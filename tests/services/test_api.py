@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from fastapi.testclient import TestClient
@@ -176,18 +177,26 @@ def test_metrics_exposed(client):
     assert "online_predictions_total" in text and "online_model_version" in text
 
 
-def test_a_replica_stopped_right_after_its_start_stops(settings):
+def test_a_replica_stopped_right_after_its_start_stops(settings, caplog):
     """redis-py's pubsub can swallow the cancellation of the registry watch when it lands in its first
     read; the watch then looped for good and the replica's shutdown hung (3 of 4 tries here, before
-    the fix). Each start-and-stop must end within seconds."""
+    the fix). Each start-and-stop must end within seconds, its watch ended, not left behind."""
     import threading
 
-    def start_and_stop() -> None:
-        with TestClient(create_app(settings)):
-            pass
+    errors: list[BaseException] = []
 
+    def start_and_stop() -> None:
+        try:
+            with TestClient(create_app(settings)):
+                pass
+        except BaseException as exc:  # re-raised below: a thread's exception would pass unseen
+            errors.append(exc)
+
+    caplog.set_level(logging.WARNING, logger="online.serving.follower")
     for _ in range(4):
         t = threading.Thread(target=start_and_stop, daemon=True)
         t.start()
         t.join(20)
         assert not t.is_alive(), "the replica's shutdown hung"
+    assert not errors, errors
+    assert not [r for r in caplog.records if "left behind" in r.getMessage()], "a registry watch was left behind"
