@@ -4,9 +4,19 @@ Limits come from Settings, so the OpenAPI schema states them."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    create_model,
+    model_validator,
+)
 
 from online.events import FeedbackEvent
 from online.reports import GateReport, VersionStats
@@ -326,14 +336,46 @@ class FeedbackBatch(BaseModel):
     events: list  # replaced with the event union and this deployment's limit in feedback_body_model
 
 
+def _body_shape(body: Any) -> str:
+    return "batch" if isinstance(body, dict) and "events" in body else "event"
+
+
 def feedback_body_model(settings: Settings) -> type:
-    """A single event or a batch, with this deployment's batch limit in the schema."""
+    """A single event or a batch, with this deployment's batch limit in the schema. The body's shape
+    (an ``events`` list or not) picks the branch before validation, so an invalid event is told
+    against the one model it was meant as: a plain union reported every field against both (a bad
+    timestamp came last of seven errors, after "FeedbackBatch.events: Field required")."""
     batch = create_model(
         "FeedbackBatch",
         __base__=FeedbackBatch,
         events=(list[FeedbackEvent], Field(min_length=1, max_length=settings.max_feedback_events)),
     )
-    return batch | FeedbackEvent  # type: ignore[return-value]
+    return Annotated[  # type: ignore[return-value]
+        Annotated[batch, Tag("batch")] | Annotated[FeedbackEvent, Tag("event")], Discriminator(_body_shape)
+    ]
+
+
+_TAG_ERRORS = ("union_tag_invalid", "union_tag_not_found")
+
+
+def feedback_field(loc: Sequence[str | int], error_type: str) -> str:
+    """The field a validation error of :func:`feedback_body_model` names, as the caller wrote it: the
+    unions' tags (the body's shape, each event's ``kind``) are steps of pydantic's location, not fields
+    (``event.label.timestamp`` is the ``timestamp``, ``batch.events.0.label.text`` is ``events.0.text``)."""
+    parts = [p for p in loc if p != "body"]
+    tagged = bool(parts) and parts[0] == "event"  # a single event: its kind's tag comes next
+    if parts and parts[0] in ("event", "batch"):
+        parts = parts[1:]
+    out: list[str] = []
+    for p in parts:
+        if tagged:
+            tagged = False
+            continue
+        out.append(str(p))
+        tagged = isinstance(p, int) and out[:1] == ["events"]  # an event of the batch: its kind's tag next
+    if tagged and error_type in _TAG_ERRORS:
+        out.append("kind")
+    return ".".join(out) or "body"
 
 
 class FeedbackAccepted(BaseModel):

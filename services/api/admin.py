@@ -73,6 +73,10 @@ def credential_of(
         return None, Credential("admin", address)
     keys = settings.feedback_api_keys
     if not keys:
+        if api_key:  # a client configured for keys, a server without: told, not silently anonymous
+            raise HTTPException(
+                401, "this server has no feedback API keys (ONLINE_FEEDBACK_API_KEYS): send without X-API-Key"
+            )
         return None, Credential("", address)
     if not api_key:
         raise HTTPException(401, "feedback needs an API key (X-API-Key header)")

@@ -152,6 +152,33 @@ def test_a_body_that_is_not_json_is_named_as_such(client):
     assert issue["field"] == "body" and issue["reason"].startswith("not valid JSON (at character")
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"kind": "label", "text": "hi", "label": "balance", "source": "s", "timestamp": 1e300 * 1e300}, "timestamp"),
+        ({"kind": "label", "text": "", "label": "balance", "source": "s"}, "text"),
+        ({"kind": "label", "text": "hi", "source": "s"}, "label"),
+        ({"kind": "nope", "source": "s"}, "kind"),
+        ({"text": "hi", "label": "balance"}, "kind"),
+        ({"events": [{"kind": "label", "text": "hi", "label": "b", "source": "s"}, {"kind": "thumbs", "vote": "up"}]},
+         "events.1.prediction_id"),
+        ({"events": [{"kind": "label", "text": "hi", "label": "b", "source": "s", "extra": 1}]}, "events.0.extra"),
+        ({"events": []}, "events"),
+        ([], "body"),
+    ],
+)  # fmt: skip
+def test_bad_feedback_names_the_field_as_it_was_written(client, body, field):
+    """An event is told against the one model its shape asks for, its field named as the caller wrote it
+    (a bad timestamp was the last of seven errors, "tagged-union[LabelEvent,...].label.timestamp", after
+    "FeedbackBatch.events: Field required" and five of "Extra inputs are not permitted")."""
+    raw = json.dumps(body).replace("Infinity", "1e400").encode()
+    resp = client.post("/v1/feedback", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 422, resp.text
+    fields = [e["field"] for e in resp.json()["errors"]]
+    assert field in fields, fields
+    assert all(not f.startswith(("FeedbackBatch", "tagged-union", "event.", "batch.")) for f in fields), fields
+
+
 def test_models_lists_live_version(client, registry):
     body = client.get("/v1/models").json()
     assert body["live"] == registry.live() == body["served_by_this_replica"]

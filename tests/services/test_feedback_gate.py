@@ -78,9 +78,10 @@ def test_credentialed_calls_pass_the_gate_and_wrong_ones_are_answered_unread():
     # duplicated headers: the first counts, as the route reads them
     two = [(b"authorization", b"Bearer ops-token"), (b"authorization", b"Bearer other")]
     assert _call(gate, "10.0.0.1", two) == ("app", None)
-    # without keys configured an X-API-Key header makes nobody less anonymous
+    # without keys configured an X-API-Key header is a client configured for another server: told so
     gate = FeedbackGate(None, SETTINGS.model_copy(update={"feedback_api_keys": {}}), refusals)
-    assert _call(gate, "10.0.0.1", [(b"x-api-key", b"anything")]) == ("gate", 429)
+    assert _call(gate, "10.0.0.1", [(b"x-api-key", b"anything")]) == ("gate", 401)
+    assert _call(gate, "10.0.0.1") == ("gate", 429)
 
 
 def test_the_refusals_stay_bounded_and_the_soonest_ending_go_first():
