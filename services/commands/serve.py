@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -121,6 +122,9 @@ def serve(
     given = {k: v for k, v in {"api_host": host, "api_port": port}.items() if v is not None}
     settings = wiring.stack.model_copy(update=given) if given else wiring.stack
     configure_threads(settings.num_threads)
+    # The event loop, the forward lanes and the side-effect thread take turns on the GIL; at Python's
+    # 5 ms a lane back from ONNX Runtime (which ran without it) waits on whoever holds it (issue 34).
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     # access_log=False: uvicorn's own line per request stays off (services.api.access writes one, with the id)
     uvicorn.run(
         create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning", access_log=False,
