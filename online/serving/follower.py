@@ -326,6 +326,7 @@ class VersionFollower:
                     if pubsub is None:
                         pubsub = self._pubsub = self._aredis.pubsub()
                         await pubsub.subscribe(self.registry.channel)
+                        next_sync = 0.0  # (re)subscribed: what was published while away is read at once
                     wait = min(max(next_sync - time.monotonic(), 0.0), WATCH_READ_S)
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
                     woken = message is not None

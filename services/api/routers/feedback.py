@@ -14,7 +14,7 @@ def router(body_model: type) -> APIRouter:
         status_code=202,
         response_model=FeedbackAccepted,
         responses={
-            401: {"description": "API key missing or unknown (when keys are configured)"},
+            401: {"description": "API key missing or unknown, or sent to a server without keys"},
             403: {"description": "An event's source is not the key's source, or a wrong admin token"},
             429: {"description": "Rate limited"},
             503: {"description": "Broker unavailable"},
@@ -52,7 +52,7 @@ def status_router() -> APIRouter:
         "/v1/feedback/{event_id}",
         response_model=FeedbackStatus,
         responses={
-            401: {"description": "API key missing or unknown (when keys are configured)"},
+            401: {"description": "API key missing or unknown, or sent to a server without keys"},
             403: {"description": "The event is another source's"},
         },
     )
