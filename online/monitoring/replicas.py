@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 import redis
 
 from online.keys import Keys
+
+FORGET_AFTER_S = 3600.0  # a replica silent this long is gone (its pod crashed or moved), not stale
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,26 @@ class Replicas:
         }
         self.r.hset(self._key, beat.replica, json.dumps(entry))
 
-    def all(self) -> list[Heartbeat]:
-        rows = sorted(self.r.hgetall(self._key).items())
-        return [Heartbeat(replica=name, **json.loads(raw)) for name, raw in rows]
+    def leave(self, replica: str) -> None:
+        """A replica that stops cleanly: gone from `online status` at once, not listed stale."""
+        self.r.hdel(self._key, replica)
+
+    def all(self, forget_after_s: float = FORGET_AFTER_S) -> list[Heartbeat]:
+        """Every replica heard from within ``forget_after_s`` (one silent for a while is listed, stale:
+        a replica that died); older ones are forgotten here, so restarts (every pod's new name) do not
+        pile up in the hash for good."""
+        beats = [Heartbeat(replica=name, **json.loads(raw)) for name, raw in sorted(self.r.hgetall(self._key).items())]
+        now = time.time()
+        gone = [b.replica for b in beats if b.age_s(now) > forget_after_s]
+        if gone:
+            self.r.hdel(self._key, *gone)
+        return [b for b in beats if b.replica not in gone]
+
+
+async def leave(replicas: Replicas, replica: str) -> None:
+    """:meth:`Replicas.leave` from a stopping replica's event loop; Redis away means the entry ages out
+    (:data:`FORGET_AFTER_S`) instead: a shutdown never waits on it."""
+    try:
+        await asyncio.to_thread(replicas.leave, replica)
+    except redis.RedisError:
+        pass

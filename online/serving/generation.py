@@ -40,7 +40,7 @@ from online.memory.generative import GenerativeHit, GenerativeMemory
 from online.memory.log import CorrectionLog
 from online.model import resolve_device
 from online.monitoring.drift_log import DriftLog
-from online.monitoring.replicas import Heartbeat, Replicas
+from online.monitoring.replicas import Heartbeat, Replicas, leave
 from online.serving.batcher import MicroBatcher
 from online.serving.breaker import Breaker
 from online.serving.drift_window import replica_name
@@ -269,6 +269,7 @@ class GenerationService:
         await self.follower.stop()
         await self.batcher.stop()
         await asyncio.to_thread(self.writer.stop)
+        await leave(self.stores.replicas, self.replica)
 
     async def settled(self) -> None:
         await self.writer.settled()

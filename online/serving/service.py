@@ -22,7 +22,7 @@ from online.lifecycle.registry import IntegrityError
 from online.lifecycle.shadow import ShadowLedger
 from online.monitoring.drift_log import DriftLog
 from online.monitoring.live_accuracy import LiveAccuracy
-from online.monitoring.replicas import Heartbeat, Replicas
+from online.monitoring.replicas import Heartbeat, Replicas, leave
 from online.predictor import Predictor, forward_lanes
 from online.reference import REFERENCE_FILE
 from online.serving.batcher import MicroBatcher, Overloaded
@@ -135,6 +135,7 @@ class ModelService:
         await self.follower.stop()
         await self.batcher.stop()
         await asyncio.to_thread(self.writer.stop)  # what the last batches handed over is written
+        await leave(self.stores.replicas, self.window.replica)
 
     async def settled(self) -> None:
         """Until this replica's side effects handed over so far are in Redis (for its own reads)."""
