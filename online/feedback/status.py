@@ -177,6 +177,8 @@ def compose(
             detail = "taken by a round that trained nothing (all its samples were held)"
         else:
             detail = f"trained in version {trained.version} ({trained.status})"
+            if memory_state == "active":  # the version serving does not hold it (a rollback, a rejected round)
+                detail += "; the version serving now does not have it: answered by the correction memory"
         return FeedbackStatus(
             **base, state="trained", version=trained.version, round_status=trained.status, detail=detail
         )

@@ -33,6 +33,9 @@ def test_each_state_and_its_precedence():
     assert "--source" in source.release
     trained = fate(cursor=9, trained=RoundRange(3, 9, 4, "promoted"), memory=("active", ""))
     assert (trained.state, trained.version, trained.round_status) == ("trained", 4, "promoted")
+    assert "answered by the correction memory" in trained.detail  # version 4 is not the one serving (rolled back)
+    absorbed = fate(cursor=9, trained=RoundRange(3, 9, 4, "promoted"), memory=("absorbed", ""))
+    assert absorbed.detail == "trained in version 4 (promoted)"
     assert fate(cursor=9, trained=RoundRange(3, 9, None, "idle")).version is None
 
 
