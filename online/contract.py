@@ -358,10 +358,12 @@ def feedback_body_model(settings: Settings) -> type:
 _TAG_ERRORS = ("union_tag_invalid", "union_tag_not_found")
 
 
-def feedback_field(loc: Sequence[str | int], error_type: str) -> str:
-    """The field a validation error of :func:`feedback_body_model` names, as the caller wrote it: the
-    unions' tags (the body's shape, each event's ``kind``) are steps of pydantic's location, not fields
-    (``event.label.timestamp`` is the ``timestamp``, ``batch.events.0.label.text`` is ``events.0.text``)."""
+def error_field(loc: Sequence[str | int], error_type: str) -> str:
+    """The field a request validation error names, as the caller wrote it: ``body`` is the whole body,
+    and the tags of :func:`feedback_body_model`'s unions (the body's shape, each event's ``kind``) are
+    steps of pydantic's location, not fields (``event.label.timestamp`` is the ``timestamp``,
+    ``batch.events.0.label.text`` is ``events.0.text``). Other bodies have no such steps: their path is
+    joined as it is."""
     parts = [p for p in loc if p != "body"]
     tagged = bool(parts) and parts[0] == "event"  # a single event: its kind's tag comes next
     if parts and parts[0] in ("event", "batch"):

@@ -16,8 +16,8 @@ from online.connections import async_redis_client
 from online.contract import (
     ValidationErrorOut,
     ValidationIssue,
+    error_field,
     feedback_body_model,
-    feedback_field,
     predict_request_model,
 )
 from online.generate_contract import chat_request_model, generate_request_model
@@ -52,19 +52,16 @@ from services.api.routers import (
 )
 
 log = logging.getLogger("online.api")
-FEEDBACK_PATH = "/v1/feedback"
 
 
-def _issue(error: dict, path: str) -> ValidationIssue:
+def _issue(error: dict) -> ValidationIssue:
     """One validation error as the 422 names it: the field's dotted path, or ``body`` for a body that is
     not JSON at all (whose location is a character offset, not a field)."""
     if error.get("type") == "json_invalid":
         at = error["loc"][-1]
         why = (error.get("ctx") or {}).get("error", "")
         return ValidationIssue(field="body", reason=f"not valid JSON (at character {at}): {why}".rstrip(": "))
-    if path == FEEDBACK_PATH:
-        return ValidationIssue(field=feedback_field(error["loc"], error.get("type", "")), reason=error["msg"])
-    return ValidationIssue(field=".".join(str(p) for p in error["loc"] if p != "body") or "body", reason=error["msg"])
+    return ValidationIssue(field=error_field(error["loc"], error.get("type", "")), reason=error["msg"])
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -155,8 +152,8 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        issues = [_issue(e, request.url.path) for e in exc.errors()]
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        issues = [_issue(e) for e in exc.errors()]
         body = ValidationErrorOut(detail="; ".join(f"{i.field}: {i.reason}" for i in issues), errors=issues)
         return JSONResponse(body.model_dump(), status_code=422)
 
