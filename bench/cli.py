@@ -66,6 +66,9 @@ def bench_serve(
     ),
     seconds: float = typer.Option(10.0, help="With wrk: seconds per HTTP cell (after 1 s of warm-up)."),
     max_new_tokens: int = typer.Option(32, help="--task generate: tokens each answer may have at most."),
+    workers: str | None = typer.Option(
+        None, help="Comma-separated API worker counts, one API row each (default: 1,2 on 2+ cores, else 1)."
+    ),
     json_out: Path | None = JsonOut,
 ) -> None:
     """HTTP API vs a naive server vs the raw in-process batched forward, side by side (``--task generate``:
@@ -81,10 +84,15 @@ def bench_serve(
         levels = [int(c) for c in (concurrency or "1,8").split(",")]
         run_bench_serve_generate(settings, requests, levels, max_new_tokens, console)
     else:
-        from bench.serve import run_bench_serve
+        from bench.serve import default_worker_counts, run_bench_serve
 
         levels = [int(c) for c in (concurrency or "1,8,32").split(",")]
-        run_bench_serve(settings, requests or 600, levels, eval_limit, console, client=client, seconds=seconds)
+        counts = [int(w) for w in workers.split(",")] if workers else default_worker_counts()
+        if not counts or min(counts) < 1:
+            raise typer.BadParameter("--workers: worker counts of 1 or more, e.g. 1,2")
+        run_bench_serve(
+            settings, requests or 600, levels, eval_limit, console, client=client, seconds=seconds, workers=counts
+        )
     _save(console, json_out)
 
 

@@ -249,14 +249,28 @@ def native_client() -> str | None:
 
 
 def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of a running process (Linux ``/proc``), None when unknown."""
+    """User + system CPU seconds of a running process and of its living children (Linux ``/proc``: an
+    `online serve --workers N` parent and its workers), None when unknown."""
     if pid is None:
         return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, CPU seconds)
+    tick = os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        stats[int(proc.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    if pid not in stats:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, total = {pid}, 0.0
+    for _ in range(3):  # the parent, its workers, what they started
+        tree |= {p for p, (parent, _) in stats.items() if parent in tree}
+    for p in tree:
+        total += stats[p][1]
+    return total
 
 
 def listening_pid(url: str) -> int | None:

@@ -16,6 +16,7 @@ client's and the server's CPU, as a share of the machine, beside its figures.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 
@@ -110,6 +111,16 @@ def _client(choice: str) -> str:
     return choice
 
 
+def default_worker_counts() -> list[int]:
+    """The API rows `bench serve` measures: one process, and one worker per core up to 2."""
+    return [1, 2] if len(os.sched_getaffinity(0)) >= 2 else [1]
+
+
+def api_server(workers: int) -> str:
+    """The ``server`` of an API row: ``api``, or ``api x2w`` for `online serve --workers 2`."""
+    return "api" if workers == 1 else f"api x{workers}w"
+
+
 def run_bench_serve(
     settings: Settings,
     requests: int,
@@ -118,6 +129,7 @@ def run_bench_serve(
     console: BenchConsole,
     client: str = "auto",
     seconds: float = 10.0,
+    workers: list[int] | None = None,
 ) -> None:
     clinc = Clinc150.open(settings.data_dir)
     found = latest_local_version(settings)
@@ -174,12 +186,14 @@ def run_bench_serve(
                 return wrk_load(url, texts, seconds, c, server_pid=pid)
             return http_load(url, texts, requests, c, server_pid=pid)
 
-        api: dict[int, LoadResult] = {}
+        api: dict[int, dict[int, LoadResult]] = {}  # workers -> concurrency -> result
         naive: dict[int, LoadResult] = {}
-        with api_process(env) as url:
-            api_engine = _engine_of(url)
-            for c in levels:
-                api[c] = measure(url, c)
+        for w in workers or [1]:
+            api[w] = {}
+            with api_process(env, ONLINE_API_WORKERS=str(w)) as url:
+                api_engine = _engine_of(url)
+                for c in levels:
+                    api[w][c] = measure(url, c)
         naive_env = {"ONLINE_MAX_BATCH_SIZE": "1", "ONLINE_MAX_WAIT_MS": "0", "ONLINE_PRECISION": "fp32"}
         with api_process(env, ONLINE_ENGINE="torch", **naive_env) as url:
             naive_engine = _engine_of(url)
@@ -194,7 +208,8 @@ def run_bench_serve(
         )  # fmt: skip
 
     for c in levels:
-        load_row("api", api_engine, c, api[c], api[c].client)
+        for w, results in api.items():
+            load_row(api_server(w), api_engine, c, results[c], results[c].client)
         load_row("naive", naive_engine, c, naive[c], naive[c].client)
         for name, r in raw[c].items():
             load_row("raw", name, c, r)
@@ -238,35 +253,38 @@ def _report(console: BenchConsole, version: int, requests: int, api_engine: str)
         return next((r for r in load if r["server"] == server and r["concurrency"] == c
                      and (engine is None or r["engine"] == engine)), None)  # fmt: skip
 
-    api_top = cell("api", None, top)
     torch_raw = [
         r for r in load if r["server"] == "raw" and r["concurrency"] == top and r["engine"].startswith("torch")
     ]
     best_torch = max(torch_raw, key=lambda r: r["req_per_s"])
-    raw_low, api_low = cell("raw", api_engine, low), cell("api", None, low)
+    raw_low = cell("raw", api_engine, low)
     served = acc.get(api_engine, acc["torch-fp32"])
-    lines = [
-        f"API at concurrency {top} on {api_engine}: {api_top['req_per_s']:.0f} req/s = "
-        f"{api_top['req_per_s'] / best_torch['req_per_s']:.2f}x raw {best_torch['engine']} "
-        f"{best_torch['req_per_s']:.0f} (goal > 1x)",
-        f"{api_engine} accuracy {100 * (served['accuracy'] - base):+.2f} points against fp32 (goal >= -0.5)",
-    ]
     engine_rows = [r for r in load if r["server"] == "raw" and r["concurrency"] == top
                    and r["engine"].split(" ")[0] == api_engine]  # fmt: skip
-    if engine_rows:
-        best = max(engine_rows, key=lambda r: r["req_per_s"])
-        each = ", ".join(
-            f"{api_top['req_per_s'] / r['req_per_s']:.2f}x raw {r['engine']} {r['req_per_s']:.0f}" for r in engine_rows
-        )
-        lines.insert(
-            1,
-            f"API at concurrency {top}: {each} req/s, the engine it serves (goal >= 0.85x the best, "
-            f"{best['engine']}; client: {api_top['client']})",
-        )
-    if raw_low and api_low:
+    lines = [f"{api_engine} accuracy {100 * (served['accuracy'] - base):+.2f} points against fp32 (goal >= -0.5)"]
+    servers = [r["server"] for r in load if r["server"].startswith("api") and r["concurrency"] == top]
+    for server in servers:  # one process, then each worker count measured
+        api_top, api_low = cell(server, None, top), cell(server, None, low)
         lines.append(
-            f"p50 at concurrency {low}: API {api_low['p50_ms']:.1f} ms = {api_low['p50_ms'] / raw_low['p50_ms']:.2f}x "
-            f"raw {api_engine} {raw_low['p50_ms']:.1f} ms (goal <= 1.5x; client: {api_low['client']})"
+            f"{server} at concurrency {top} on {api_engine}: {api_top['req_per_s']:.0f} req/s = "
+            f"{api_top['req_per_s'] / best_torch['req_per_s']:.2f}x raw {best_torch['engine']} "
+            f"{best_torch['req_per_s']:.0f} (goal > 1x)"
         )
+        if engine_rows:
+            best = max(engine_rows, key=lambda r: r["req_per_s"])
+            each = ", ".join(
+                f"{api_top['req_per_s'] / r['req_per_s']:.2f}x raw {r['engine']} {r['req_per_s']:.0f}"
+                for r in engine_rows
+            )
+            lines.append(
+                f"{server} at concurrency {top}: {each} req/s, the engine it serves (goal >= 0.85x the best, "
+                f"{best['engine']}; client: {api_top['client']})"
+            )
+        if raw_low and api_low:
+            lines.append(
+                f"{server} p50 at concurrency {low}: {api_low['p50_ms']:.1f} ms = "
+                f"{api_low['p50_ms'] / raw_low['p50_ms']:.2f}x raw {api_engine} {raw_low['p50_ms']:.1f} ms "
+                f"(goal <= 1.5x; client: {api_low['client']})"
+            )
     for line in lines:
         console.print(line)

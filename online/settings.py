@@ -208,6 +208,11 @@ class Settings(BaseSettings):
     # --- serving -----------------------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="API bind address.")
     api_port: int = Field(8000, ge=0, le=65535, description="API port.")
+    api_workers: int = Field(
+        1,
+        ge=1,
+        description="Worker processes of `online serve` on its one port, each a replica with its own event loop and forward lanes; the cores (ONLINE_NUM_THREADS, unset: all) are split between them. 2 on 2 cores served 5-15% more requests a second at 32 clients than one process with two lanes (docs/benchmarks.md).",
+    )
     forwarded_allow_ips: str = Field(
         "127.0.0.1",
         description='Proxies whose X-Forwarded-For names the client (comma-separated, or "*" when only a proxy can reach the API): the client address rate limits and anonymous feedback\'s independence count.',
@@ -503,6 +508,11 @@ class Settings(BaseSettings):
 
     # --- drift monitoring (thresholds chosen by `online bench drift`) --------------------------
     drift_window: int = Field(200, ge=20, description="Predictions per drift window.")
+    drift_max_texts_per_s: float = Field(
+        200.0,
+        ge=0,
+        description="Texts a second a replica puts through its drift window (the nearest-neighbour search against the version's training data); above it, a uniform sample of whole batches: the window's signals and the review queue's far-from-training picks come from the sample, every text is still answered and logged (at 1,000 texts/s the search of every text cost the forward lanes 12% of their throughput through the shared cache); 0: every text.",
+    )
     drift_reference_size: int = Field(2000, ge=50, description="Training embeddings in a version's faiss index.")
     drift_knn_max_rate: float = Field(0.25, gt=0, le=1, description="Alert: share of a window far from training data.")
     drift_mmd_alpha: float = Field(0.005, gt=0, lt=1, description="Alert: MMD test p-value below this.")

@@ -57,3 +57,23 @@ def test_wrk_posts_the_texts_and_reports_percentiles_errors_and_its_cpu(server):
     assert 0.2 < r.errors / r.requests < 0.5  # one body in three is refused: non-2xx counts as an error
     assert 0 < r.pct(0.5) <= r.pct(0.99) and r.p50 == r.pct(0.5)
     assert r.client_cpu is not None and r.client_cpu >= 0 and r.seconds > 0.5
+
+
+def test_a_servers_cpu_counts_its_worker_processes():
+    """`online serve --workers N`: the parent only waits; the CPU is its workers'."""
+    import subprocess
+    import sys
+    import time
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass\ntime.sleep(60)"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])"]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while (cpu_seconds(parent.pid) or 0) < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cpu_seconds(parent.pid) >= 0.5  # the parent alone used a fraction of that
+    finally:
+        parent.kill()
+        parent.wait()

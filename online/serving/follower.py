@@ -35,7 +35,7 @@ from online.lifecycle.store import StoreUnavailable
 from online.predictor import Predictor, int8_predictor, serves_int8, torch_predictor
 from online.serving.batcher import MicroBatcher
 from online.serving.breaker import Breaker
-from online.serving.metrics import ApiMetrics
+from online.serving.metrics import ApiMetrics, only
 from online.settings import Settings
 
 log = logging.getLogger("online.serving.follower")
@@ -246,8 +246,7 @@ class VersionFollower:
             gc.freeze()
             self.failures.pop("live", None)
             self.metrics.live_version.set(version)
-            self.metrics.engine.clear()
-            self.metrics.engine.labels(predictor.engine_name).set(1)
+            only(self.metrics.engine, predictor.engine_name, 1)
             self.metrics.swaps.inc()
             log.info("now serving version %s on %s (was %s)", version, predictor.engine_name, old)
             return True

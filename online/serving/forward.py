@@ -44,6 +44,7 @@ from online.feedback.review_queue import candidates as review_candidates
 from online.lifecycle.shadow import ShadowLedger
 from online.memory.index import CorrectionMemory, blend
 from online.predictor import Predictor
+from online.sampling import RateSampler
 from online.serving.breaker import Breaker
 from online.serving.drift_window import DriftWindow
 from online.serving.metrics import ApiMetrics
@@ -414,16 +415,22 @@ class PredictionLogHook:
 
 
 class DriftHook:
-    """Each batch into this replica's drift window; distances to the training data for the review hook."""
+    """Each batch into this replica's drift window; distances to the training data for the review hook
+    (a batch left out of the sample has none: its review picks are by margin alone)."""
 
     name = "drift"
     uses_redis = False  # local; the window's own Redis write at its close goes through the breaker
 
-    def __init__(self, window: DriftWindow) -> None:
+    def __init__(self, window: DriftWindow, max_texts_per_s: float = 0.0) -> None:
         self.window = window
+        # above the budget a sample of whole batches (online.sampling): the search reads every training
+        # embedding of the reference once a call, which is memory traffic the forward lanes pay for too
+        self.sampler = RateSampler(max_texts_per_s)
 
     def after(self, batches: list[Batch]) -> bool:
-        current = [b for b in batches if b.predictor.version == self.window.version]
+        current = [
+            b for b in batches if b.predictor.version == self.window.version and self.sampler.take(len(b.texts))
+        ]
         dist = self.window.distances(np.concatenate([b.embeddings_np for b in current])) if current else None
         offset = 0
         for b in current:  # batch by batch: a window closes at the batch that fills it, as it always did

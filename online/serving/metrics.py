@@ -1,8 +1,45 @@
-"""Prometheus metrics of an API replica (one registry per app, so tests can build many apps)."""
+"""Prometheus metrics of an API replica (one registry per app, so tests can build many apps).
+
+When the replica is one of `online serve`'s workers, prometheus_client runs in its multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR``, set by the parent before any worker starts): counters and histograms are
+summed over the workers at scrape time, each gauge is a series per live worker (a ``pid`` label). In
+that mode a removed label stays in the samples file, so a gauge that names one of several values (the
+engine, the canary's version) sets the others to 0 instead of clearing them (:func:`only`)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+from functools import partial
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import Gauge as _Gauge
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when first imported
+Gauge = partial(_Gauge, multiprocess_mode="liveall")  # used only in the multiprocess mode: per live worker
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """What ``/metrics`` answers: this replica's samples, or every worker's when it is one of several."""
+    if not os.environ.get(MULTIPROCESS_ENV):
+        return generate_latest(registry)
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged)
+    return generate_latest(merged)
+
+
+def worker_stopped() -> None:
+    """A worker's gauges leave the merged samples when it stops (its counters stay in the sums)."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        multiprocess.mark_process_dead(os.getpid())
+
+
+def only(gauge: _Gauge, label: str | None, value: float = 0.0) -> None:
+    """``gauge`` at ``value`` for ``label`` (None: none) and 0 for every other label it was set for."""
+    for (other,) in list(gauge._metrics):
+        if other != label:
+            gauge.labels(other).set(0)
+    if label is not None:
+        gauge.labels(label).set(value)
 
 
 class ApiMetrics:

@@ -14,9 +14,9 @@ from typing import Protocol
 import redis
 import redis.asyncio as aredis
 
+from online.contract import CanarySlot
 from online.feedback.prediction_log import PredictionLog
 from online.feedback.review_queue import ReviewQueue
-from online.contract import CanarySlot
 from online.lifecycle.canary import ArmCounts, CanaryLedger, Role, Run, routed_to_canary, run_of
 from online.lifecycle.registry import IntegrityError
 from online.lifecycle.shadow import ShadowLedger
@@ -41,7 +41,7 @@ from online.serving.forward import (
     one_openmp_thread,
 )
 from online.serving.memory_follower import MemoryFollower, MemoryStores
-from online.serving.metrics import ApiMetrics
+from online.serving.metrics import ApiMetrics, only
 
 log = logging.getLogger("online.serving")
 
@@ -103,7 +103,7 @@ class ModelService:
             ShadowHook(lambda: self.follower.shadow_state(), stores.shadow),  # first: compares weights
             MemoryHook(self._memory_for, s.max_top_k, metrics),  # before the log: it may change the answer
             PredictionLogHook(stores.predictions, metrics),
-            DriftHook(self.window),
+            DriftHook(self.window, s.drift_max_texts_per_s),
             ReviewHook(stores.review, self.window, s.review_max_margin),  # after drift: uses its distances
         ]
         # the hooks' after-answer work (Redis writes, drift, review) on a thread of its own
@@ -238,9 +238,8 @@ class ModelService:
         )  # fmt: skip
 
         canary = self.follower.canary_state()
-        self.metrics.canary_share.clear()
-        if canary is not None:
-            self.metrics.canary_share.labels(str(canary[1].version)).set(canary[1].share)
+        slot = canary[1] if canary is not None else None
+        only(self.metrics.canary_share, str(slot.version) if slot else None, slot.share if slot else 0.0)
 
         def write() -> None:
             self.stores.replicas.beat(beat)

@@ -18,7 +18,6 @@ every line.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 import uuid
@@ -27,6 +26,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from online.logs import request_id
+from online.sampling import RateSampler
 
 log = logging.getLogger("online.access")
 
@@ -38,26 +38,6 @@ def incoming_id(headers: list[tuple[bytes, bytes]]) -> str:
     """The caller's id when it is a sane token, else a fresh one (never echo arbitrary bytes into logs)."""
     given = dict(headers).get(HEADER, b"").decode("latin-1")
     return given if _SANE.match(given) else uuid.uuid4().hex
-
-
-class _Sampler:
-    """1 in k of the events of a second, k from the previous second's rate, so about ``max_per_s`` a second."""
-
-    def __init__(self, max_per_s: float) -> None:
-        self.max_per_s = max_per_s
-        self._second = 0  # the current whole second (monotonic)
-        self._seen = 0  # events in it
-        self._every = 1  # keep 1 in this many (from the previous second's rate)
-
-    def take(self) -> int | None:
-        """k for an event kept to stand for k, None for one not kept."""
-        now = int(time.monotonic())
-        if now != self._second:
-            rate = self._seen if now == self._second + 1 else 0  # an idle gap: back to every line
-            self._every = max(1, math.ceil(rate / self.max_per_s))
-            self._second, self._seen = now, 0
-        self._seen += 1
-        return self._every if self._seen % self._every == 0 else None
 
 
 REFUSALS = (429, 503)  # load shedding: sampled like successes, on a budget of their own
@@ -75,8 +55,8 @@ class AccessLog:
         self.enabled = enabled  # request ids are always given; the line per request is optional
         self.tag = tag  # e.g. put the id on the request's trace span (services.api.tracing)
         self.max_per_s = max_per_s  # 0: every line
-        self._ok = _Sampler(max_per_s)
-        self._refused = _Sampler(max_per_s)
+        self._ok = RateSampler(max_per_s)
+        self._refused = RateSampler(max_per_s)
 
     def _sample(self, status: int) -> int | None:
         """1 for a line to write in full, k for one that stands for k requests, None for none."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -24,7 +26,7 @@ from online.generate_contract import chat_request_model, generate_request_model
 from online.lifecycle.store import StoreUnavailable
 from online.serving.batcher import Overloaded
 from online.serving.generation import GenerationService
-from online.serving.metrics import ApiMetrics
+from online.serving.metrics import ApiMetrics, worker_stopped
 from online.serving.service import ModelService, NotReady
 from online.settings import Settings
 from online.wiring.stores import Stores
@@ -64,6 +66,22 @@ def _issue(error: dict) -> ValidationIssue:
     return ValidationIssue(field=error_field(error["loc"], error.get("type", "")), reason=error["msg"])
 
 
+WORKER_READY_S = 180.0  # the longest a worker waits for its first version before it takes connections
+
+
+async def _until_serving(service: ModelService | GenerationService, stores: Stores, timeout_s: float) -> None:
+    """Until the service serves the registry's live version (none yet, or Redis away: at once). A worker
+    of `online serve --workers N` only accepts connections once its lifespan started, so a request is
+    never handed to a worker still loading its model while another one serves (the port is shared)."""
+    try:
+        live = await asyncio.to_thread(stores.registry.live)
+    except redis.RedisError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while live is not None and service.version is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
 def create_app(settings: Settings) -> FastAPI:
     metrics = ApiMetrics()
     generating = settings.task == "generate"  # a causal LM answering prompts, not the classifier
@@ -78,10 +96,13 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.service = service
         app.state.intake = FeedbackIntake(stores, service.redis_health, service.broker_health)
         await service.start()
+        if settings.api_workers > 1:  # one of several on a shared port: it takes connections once it serves
+            await _until_serving(service, stores, WORKER_READY_S)
         try:
             yield
         finally:
             await service.stop()
+            worker_stopped()
             await asyncio.to_thread(app.state.intake.close)
             await async_client.aclose()
             stores.close()

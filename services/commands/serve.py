@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
@@ -102,34 +101,44 @@ def stack() -> None:
 def serve(
     host: str | None = typer.Option(None, "--host", help="Bind address (default: ONLINE_API_HOST)."),
     port: int | None = typer.Option(None, "--port", help="Port (default: ONLINE_API_PORT)."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="Worker processes on the one port, each a replica (default: ONLINE_API_WORKERS)."
+    ),
 ) -> None:
-    """Run the HTTP API (one replica)."""
+    """Run the HTTP API (one replica, or one per worker process on the same port)."""
     import os
 
-    # The replica's thread budget: the forward thread (ONNX Runtime's intra-op pool, or torch, sized by
-    # ONLINE_NUM_THREADS), the event loop, the side-effect thread. numpy's BLAS (the drift window's
-    # statistics, the review picks) runs on one thread: with a pool per core it spun beside the forward
-    # pass (measured: 12x the CPU of one thread for the drift window's statistics on 2 busy cores).
-    # Set before numpy is first imported, which is below.
+    # The replica's thread budget: the forward lanes (ONNX Runtime's intra-op pool, or torch, sized by
+    # ONLINE_NUM_THREADS, split between workers), the event loop, the side-effect thread. numpy's BLAS
+    # (the drift window's statistics, the review picks) runs on one thread: with a pool per core it spun
+    # beside the forward pass (measured: 12x the CPU of one thread for the drift window's statistics on 2
+    # busy cores). Set before numpy is first imported, which is below (and inherited by workers).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import uvicorn
 
-    from online.learning.fit import configure_threads
-    from services.api.app import create_app
+    from services.api.main import prepare_process, worker_environment
 
     wiring = current()
     wiring.logging()
     given = {k: v for k, v in {"api_host": host, "api_port": port}.items() if v is not None}
     settings = wiring.stack.model_copy(update=given) if given else wiring.stack
-    configure_threads(settings.num_threads)
-    # The event loop, the forward lanes and the side-effect thread take turns on the GIL; at Python's
-    # 5 ms a lane back from ONNX Runtime (which ran without it) waits on whoever holds it (issue 34).
-    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+    workers = workers or settings.api_workers
     # access_log=False: uvicorn's own line per request stays off (services.api.access writes one, with the id)
-    uvicorn.run(
-        create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning", access_log=False,
-        proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
-    )  # fmt: skip
+    options = {
+        "host": settings.api_host, "port": settings.api_port, "log_level": "warning", "access_log": False,
+        "proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips,
+    }  # fmt: skip
+    if workers == 1:
+        from services.api.app import create_app
+
+        prepare_process(settings)
+        uvicorn.run(create_app(settings), **options)
+        return
+    # uvicorn binds the port here and spawns the workers, which read their settings from this environment
+    os.environ.update(worker_environment(settings, workers))
+    if given:
+        os.environ.update({f"ONLINE_{k.upper()}": str(v) for k, v in given.items()})
+    uvicorn.run("services.api.main:worker_app", factory=True, workers=workers, **options)
 
 
 def consume() -> None:

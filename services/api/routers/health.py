@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from online.serving.metrics import exposition
 from services.api.deps import MetricsDep, ServiceDep
 
 api = APIRouter(tags=["health"])
@@ -36,4 +37,4 @@ async def readyz(service: ServiceDep) -> JSONResponse:
 
 @api.get("/metrics", include_in_schema=False)
 async def metrics(metrics: MetricsDep) -> Response:
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(metrics.registry), media_type=CONTENT_TYPE_LATEST)

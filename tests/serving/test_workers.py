@@ -1,0 +1,63 @@
+"""`online serve --workers 2`: two worker processes on one port, each a replica serving the live version.
+
+/metrics answers for all of them (counters summed, each worker's gauges under its pid), a request never
+reaches a worker that has no model yet, and stopping the parent stops every worker."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import httpx
+
+from online.serving.metrics import MULTIPROCESS_ENV
+from online.wiring.stores import Stores
+from services.api.main import worker_environment, worker_threads
+from services.supervisor import api_process
+from tests import helpers
+from tests.helpers import wait_for
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_two_workers_serve_one_port_with_one_metrics_page(settings, tmp_path):
+    golden = helpers.write_golden(tmp_path / "golden.jsonl", helpers.examples(helpers.OLD, 40, seed=7))
+    s = settings.model_copy(update={"golden_path": golden, "model_poll_s": 0.5})
+    stores = Stores.from_settings(s)
+    helpers.train_v1(s, stores.registry)
+    texts = [t for t, _ in helpers.examples(helpers.OLD, 30, seed=5)]
+    with api_process(s, ONLINE_API_WORKERS="2") as url:
+        for text in texts:  # a connection each: the kernel hands them to either worker
+            with httpx.Client(base_url=url, timeout=30) as client:
+                answer = client.post("/v1/predict", json={"text": text})
+                assert answer.status_code == 200, answer.text  # never a worker still loading (503)
+                assert answer.json()["model_version"] == 1
+        page = httpx.get(f"{url}/metrics", timeout=10).text
+        pids = {int(p) for p in re.findall(r'^online_model_version\{pid="(\d+)"\} 1\.0$', page, re.M)}
+        assert len(pids) == 2  # both workers loaded version 1, each its own series
+        served = re.search(r'^online_predictions_total\{version="1"\} ([0-9.e+]+)$', page, re.M)
+        assert served and float(served.group(1)) == len(texts)  # summed over the workers
+
+        def listed() -> bool:  # `online status`: each worker is a replica (host:pid)
+            return {int(h.replica.rsplit(":", 1)[1]) for h in stores.replicas.all()} >= pids
+
+        wait_for(listed, timeout=30, what="both workers in the replica table")
+        assert all(_alive(p) for p in pids)
+    wait_for(lambda: not any(_alive(p) for p in pids), timeout=30, what="every worker stopped with the parent")
+
+
+def test_each_worker_gets_its_share_of_the_cores_and_a_fresh_metrics_directory(settings):
+    s = settings.model_copy(update={"num_threads": 8, "api_port": 8123})
+    assert worker_threads(s, 2) == 4 and worker_threads(s, 3) == 2 and worker_threads(s, 16) == 1
+    stale = s.state_dir / "run" / "metrics-8123" / "counter_123.db"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"a previous run's samples")
+    env = worker_environment(s, 2)
+    assert env["ONLINE_NUM_THREADS"] == "4" and env["ONLINE_API_WORKERS"] == "2"
+    assert env[MULTIPROCESS_ENV] == str(stale.parent) and not any(stale.parent.iterdir())
