@@ -27,10 +27,11 @@ def exposition(registry: CollectorRegistry) -> bytes:
     return generate_latest(merged)
 
 
-def worker_stopped() -> None:
-    """A worker's gauges leave the merged samples when it stops (its counters stay in the sums)."""
+def worker_stopped(pid: int | None = None) -> None:
+    """A worker's gauges leave the merged samples when it stops (its counters stay in the sums): called
+    by the worker itself on a clean stop, by the supervisor for one that died."""
     if os.environ.get(MULTIPROCESS_ENV):
-        multiprocess.mark_process_dead(os.getpid())
+        multiprocess.mark_process_dead(pid or os.getpid())
 
 
 def only(gauge: _Gauge, label: str | None, value: float = 0.0) -> None:

@@ -116,7 +116,7 @@ def serve(
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import uvicorn
 
-    from services.api.main import prepare_process, worker_environment
+    from services.api.main import prepare_process, serve_workers, worker_environment
 
     wiring = current()
     wiring.logging()
@@ -134,11 +134,11 @@ def serve(
         prepare_process(settings)
         uvicorn.run(create_app(settings), **options)
         return
-    # uvicorn binds the port here and spawns the workers, which read their settings from this environment
+    # the port is bound here (a socket per worker) and the workers, spawned, read their settings from this environment
     os.environ.update(worker_environment(settings, workers))
     if given:
         os.environ.update({f"ONLINE_{k.upper()}": str(v) for k, v in given.items()})
-    uvicorn.run("services.api.main:worker_app", factory=True, workers=workers, **options)
+    serve_workers(workers, **options)
 
 
 def consume() -> None:

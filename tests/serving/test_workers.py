@@ -1,12 +1,14 @@
 """`online serve --workers 2`: two worker processes on one port, each a replica serving the live version.
 
 /metrics answers for all of them (counters summed, each worker's gauges under its pid), a request never
-reaches a worker that has no model yet, and stopping the parent stops every worker."""
+reaches a worker that has no model yet, a worker that dies is replaced, and stopping the parent stops
+every worker."""
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 
 import httpx
 
@@ -49,7 +51,20 @@ def test_two_workers_serve_one_port_with_one_metrics_page(settings, tmp_path):
 
         wait_for(listed, timeout=30, what="both workers in the replica table")
         assert all(_alive(p) for p in pids)
-    wait_for(lambda: not any(_alive(p) for p in pids), timeout=30, what="every worker stopped with the parent")
+
+        killed = min(pids)
+        os.kill(killed, signal.SIGKILL)  # a worker dies: another takes its place (and its socket)
+
+        def replaced() -> set[int]:
+            page = httpx.get(f"{url}/metrics", timeout=10).text
+            now = {int(p) for p in re.findall(r'^online_model_version\{pid="(\d+)"\} 1\.0$', page, re.M)}
+            return now if len(now) == 2 and killed not in now else set()  # the dead one's gauges gone
+
+        workers = wait_for(replaced, timeout=120, what="a new worker serving in place of the killed one")
+        for text in texts[:10]:
+            with httpx.Client(base_url=url, timeout=30) as client:
+                assert client.post("/v1/predict", json={"text": text}).status_code == 200
+    wait_for(lambda: not any(_alive(p) for p in workers), timeout=30, what="every worker stopped with the parent")
 
 
 def test_each_worker_gets_its_share_of_the_cores_and_a_fresh_metrics_directory(settings):
