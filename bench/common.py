@@ -275,7 +275,8 @@ def cpu_seconds(pid: int | None) -> float | None:
 
 def listening_pid(url: str) -> int | None:
     """The process listening on ``url``'s TCP port on this machine (Linux ``/proc``), None when unknown:
-    the socket's inode from ``/proc/net/tcp``, then the process holding it."""
+    the socket's inode from ``/proc/net/tcp``, then the process holding it (of a parent and its workers,
+    the parent)."""
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -287,15 +288,17 @@ def listening_pid(url: str) -> int | None:
             cols = line.split()
             if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
                 inodes.add(f"socket:[{cols[9]}]")
+    holders: dict[int, int] = {}  # pid -> parent pid
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
-                return int(proc.name)
-        except OSError:
+                holders[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
-    return None
+    # `online serve --workers N`: the parent and its workers all hold the sockets; the server is the parent
+    return next((pid for pid, parent in holders.items() if parent not in holders), None)
 
 
 def _delta(after: float | None, before: float | None) -> float | None:

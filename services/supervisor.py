@@ -39,7 +39,7 @@ def child_env(settings: Settings, **overrides: str) -> dict[str, str]:
     return {**inherited, **settings.to_env(), **overrides}
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Children get SIGTERM if the supervisor itself is killed (Linux prctl PR_SET_PDEATHSIG)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
@@ -290,7 +290,7 @@ def _child(settings: Settings, part: str, log_path: Path | None, **overrides) ->
                 stdout=out,
                 stderr=subprocess.STDOUT if out else None,
                 start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         finally:
             if out:

@@ -425,7 +425,7 @@ class DriftHook:
         self.window = window
         # above the budget a sample of whole batches (online.sampling): the search reads every training
         # embedding of the reference once a call, which is memory traffic the forward lanes pay for too
-        self.sampler = RateSampler(max_texts_per_s)
+        self.sampler = RateSampler(max_texts_per_s, at_random=True)
 
     def after(self, batches: list[Batch]) -> bool:
         current = [

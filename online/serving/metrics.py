@@ -35,8 +35,11 @@ def worker_stopped(pid: int | None = None) -> None:
 
 
 def only(gauge: _Gauge, label: str | None, value: float = 0.0) -> None:
-    """``gauge`` at ``value`` for ``label`` (None: none) and 0 for every other label it was set for."""
-    for (other,) in list(gauge._metrics):
+    """``gauge`` at ``value`` for ``label`` (None: none), its other labels gone (in one process) or at 0
+    (in the multiprocess mode, where a removed label would keep its last value in the samples file)."""
+    if not os.environ.get(MULTIPROCESS_ENV):
+        gauge.clear()
+    for (other,) in list(gauge._metrics):  # prometheus_client has no public list of a metric's children
         if other != label:
             gauge.labels(other).set(0)
     if label is not None:

@@ -65,8 +65,10 @@ def worker_environment(settings: Settings, workers: int) -> dict[str, str]:
 def worker_app() -> FastAPI:
     """One worker's app (uvicorn calls it in each worker process: ``factory=True``)."""
     from services.api.app import create_app
+    from services.supervisor import die_with_parent
     from services.wiring import current
 
+    die_with_parent()  # a parent killed outright (SIGKILL) takes its workers with it: none serves on, orphaned
     wiring = current()
     wiring.logging()
     settings = wiring.stack
@@ -78,25 +80,33 @@ def listening_sockets(host: str, port: int, n: int) -> list[socket.socket]:
     """``n`` sockets bound to one address with ``SO_REUSEPORT``: the kernel spreads new connections
     over them by a hash of each connection's addresses. A single socket shared by the workers was not
     shared fairly: the first worker awake accepts every connection waiting, so 32 clients connecting at
-    once split 30/2, 25/7 and 18/14 in three runs (issue 34)."""
+    once split 30/2, 25/7 and 18/14 in three runs (issue 34). The address is first bound once without
+    ``SO_REUSEPORT``, so a port another server listens on is refused (:class:`OSError`) instead of
+    joined: two servers would otherwise share its connections without a word."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        port = probe.getsockname()[1]  # port 0: one chosen here, for them all
     sockets = []
     for _ in range(n):
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        port = sock.getsockname()[1]  # port 0: the others join the first one's
-        sock.set_inheritable(True)
         sockets.append(sock)
     return sockets
 
 
+RESTART_READY_S = 300.0  # SIGHUP: how long a replacement may take to serve (model load included)
+
+
 class Workers(Multiprocess):
-    """uvicorn's worker supervisor (restarts a worker that dies, stops them all on SIGINT/SIGTERM),
-    with a listening socket of its own for each worker (:func:`listening_sockets`). A replacement worker
-    takes over its predecessor's socket: connections the kernel queued there meanwhile are served, not
-    refused."""
+    """uvicorn's worker supervisor (restarts a worker that dies, stops them all on SIGINT/SIGTERM,
+    replaces them one by one on SIGHUP), with a listening socket of its own for each worker
+    (:func:`listening_sockets`). A replacement takes over its predecessor's socket: connections the
+    kernel queued there meanwhile wait for it (the seconds of its model load) instead of being reset.
+    Scaling by SIGTTIN/SIGTTOU is not offered: a worker count is ONLINE_API_WORKERS, set at start."""
 
     def _process(self, index: int) -> Process:
         return Process(self.config, [self.sockets[index]])
@@ -128,25 +138,48 @@ class Workers(Multiprocess):
             replacement.start()
             self.processes[index] = replacement
 
-    def restart_all(self) -> None:  # SIGHUP: one worker after the other, each on its own socket
+    def restart_all(self) -> None:
         for index, old in enumerate(self.processes):
             if self.should_exit.is_set():
                 return
             new = self._process(index)
             new.start()
-            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+            if not new.wait_until_ready(RESTART_READY_S, self.should_exit):
                 new.kill()
                 new.join()
+                if new.pid is not None:
+                    worker_stopped(new.pid)
+                log.error("API worker %s did not serve within %.0f s: restart aborted, %s kept", new.pid,
+                          RESTART_READY_S, old.pid)  # fmt: skip
                 return
             old.terminate()
             old.join()
             self.processes[index] = new
 
+    def handle_ttin(self) -> None:
+        log.warning("SIGTTIN ignored: the worker count is ONLINE_API_WORKERS (--workers), set at start")
 
-def serve_workers(workers: int, **options) -> None:
-    """`online serve --workers N`: the workers of :func:`worker_app`, each on its own socket."""
-    config = Config("services.api.main:worker_app", factory=True, workers=workers, **options)
+    def handle_ttou(self) -> None:
+        log.warning("SIGTTOU ignored: the worker count is ONLINE_API_WORKERS (--workers), set at start")
+
+
+def serve_workers(settings: Settings, workers: int, **options: object) -> int:
+    """`online serve --workers N`: the workers of :func:`worker_app`, each on its own socket; bound here,
+    before the workers start, which read their settings from the environment prepared here. Returns the
+    process's exit code."""
     try:
-        Workers(config, listening_sockets(config.host, config.port, workers)).run()
+        sockets = listening_sockets(settings.api_host, settings.api_port, workers)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", settings.api_host, settings.api_port, exc)
+        return STARTUP_FAILURE
+    port = sockets[0].getsockname()[1]
+    os.environ.update(worker_environment(settings.model_copy(update={"api_port": port}), workers))
+    os.environ.update({"ONLINE_API_HOST": settings.api_host, "ONLINE_API_PORT": str(port)})
+    log.info("API on %s:%d: %d worker processes", settings.api_host, port, workers)
+    options = {**options, "port": port}
+    config = Config("services.api.main:worker_app", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+    try:
+        Workers(config, sockets).run()
     except KeyboardInterrupt:
         pass
+    return 0

@@ -116,7 +116,7 @@ def serve(
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import uvicorn
 
-    from services.api.main import prepare_process, serve_workers, worker_environment
+    from services.api.main import prepare_process, serve_workers
 
     wiring = current()
     wiring.logging()
@@ -128,17 +128,13 @@ def serve(
         "host": settings.api_host, "port": settings.api_port, "log_level": "warning", "access_log": False,
         "proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips,
     }  # fmt: skip
-    if workers == 1:
-        from services.api.app import create_app
+    if workers > 1:  # the port is bound here (a socket per worker); the workers read their settings anew
+        raise typer.Exit(serve_workers(settings, workers, **options))
+    from services.api.app import create_app
 
-        prepare_process(settings)
-        uvicorn.run(create_app(settings), **options)
-        return
-    # the port is bound here (a socket per worker) and the workers, spawned, read their settings from this environment
-    os.environ.update(worker_environment(settings, workers))
-    if given:
-        os.environ.update({f"ONLINE_{k.upper()}": str(v) for k, v in given.items()})
-    serve_workers(workers, **options)
+    settings = settings.model_copy(update={"api_workers": 1})  # --workers 1 over ONLINE_API_WORKERS=2
+    prepare_process(settings)
+    uvicorn.run(create_app(settings), **options)
 
 
 def consume() -> None:
