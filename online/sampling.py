@@ -18,9 +18,9 @@ class RateSampler:
     """``at_random``: each call kept with probability 1/k instead of every k-th one. Batches of a
     replica's lanes alternate between groups of clients: every k-th batch could be the same group's."""
 
-    def __init__(self, max_per_s: float, at_random: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_per_s: float, at_random: bool = False, clock: Callable[[], float] | None = None) -> None:
         self.max_per_s = max_per_s  # 0: keep every event
-        self.clock = clock
+        self.clock = clock or time.monotonic  # looked up now, not when this module loaded
         self._random = random.Random() if at_random else None
         self._second = 0  # the current whole second (monotonic)
         self._seen = 0  # weight seen in it (events, or the texts of batches)
