@@ -211,7 +211,7 @@ class Settings(BaseSettings):
     api_workers: int = Field(
         1,
         ge=1,
-        description="Worker processes of `online serve` on its one port, each a replica with its own event loop and forward lanes; the cores (ONLINE_NUM_THREADS, unset: all) are split between them. 2 on 2 cores served 5-15% more requests a second at 32 clients than one process with two lanes (docs/benchmarks.md).",
+        description="Worker processes of `online serve` on its one port, each a replica with its own event loop and forward lanes; the cores (ONLINE_NUM_THREADS, unset: all) are split between them. 2 on 2 cores served 6-11% more requests a second at 32 clients than one process with two lanes, but a lone request runs on one thread (docs/benchmarks.md).",
     )
     forwarded_allow_ips: str = Field(
         "127.0.0.1",
