@@ -1,15 +1,16 @@
 """The API process: what `online serve` runs, in its own process or in each of its worker processes.
 
-With ``ONLINE_API_WORKERS`` > 1, uvicorn starts the workers itself, by import string
-(``services.api.main:worker_app``), so each worker reads its settings once, here, from the environment
-the parent prepared (:func:`worker_environment`): its share of the cores and a shared directory for
-the Prometheus samples of every worker. Each worker is a replica of its own (its model, event loop,
-forward lanes and side-effect thread, its name ``host:pid`` in `online status`); they share the port.
+With ``ONLINE_API_WORKERS`` > 1, uvicorn's worker supervisor (:class:`Workers`) spawns the workers, by
+import string (``services.api.main:worker_app``), so each worker reads its settings once, here, from
+the environment the parent prepared (:func:`worker_environment`): its share of the cores and a shared
+directory for the Prometheus samples of every worker. Each worker is a replica of its own (its model,
+event loop, forward lane and side-effect thread, its name ``host:pid`` in `online status`) on a socket
+of its own; they share the port.
 
 Why workers: one event loop serves every connection of a replica and its lanes take the GIL in turns
 with it, so at 32 clients the lanes wait on the loop between batches. Two processes of one lane each
-served 1,074-1,168 against 1,004-1,076 requests a second on 2 cores (issue 34, docs/benchmarks.md).
-"""
+served 6-11% more requests a second than one process of two lanes at 32 clients, 4-23% at 8, on 2
+cores; a lone request then runs on one thread (issue 34, docs/benchmarks.md)."""
 
 from __future__ import annotations
 
