@@ -22,6 +22,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from pydantic import ValidationError
 
 from online import generation_samples as gen
+from online.contract import error_field
 from online.credentials import Credential, Signer
 from online.events import MAX_EVENT_BYTES, AnyEvent, CorrectionEvent, LabelEvent, ThumbsEvent, parse_event
 from online.feedback.buffer import Incoming, normalise
@@ -293,6 +294,8 @@ def _judge_shadow(
 
 
 def _first_error(exc: ValidationError) -> str:
+    """The first problem, naming the field as the API's 422 does (``timestamp``, not pydantic's
+    ``label.timestamp`` with the event kind's tag in it); ``event`` for the record as a whole."""
     err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "event"
-    return f"{where}: {err['msg']}"
+    where = error_field(("event", *err["loc"]), err.get("type", ""))
+    return f"{'event' if where == 'body' else where}: {err['msg']}"
