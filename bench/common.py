@@ -248,6 +248,15 @@ def native_client() -> str | None:
     return shutil.which("wrk")
 
 
+def _stat_fields(proc: Path) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, parent pid, ...; utime is [11]),
+    None for a process gone meanwhile."""
+    try:
+        return (proc / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def cpu_seconds(pid: int | None) -> float | None:
     """User + system CPU seconds of a running process and of its living children (Linux ``/proc``: an
     `online serve --workers N` parent and its workers), None when unknown."""
@@ -256,13 +265,8 @@ def cpu_seconds(pid: int | None) -> float | None:
     stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, CPU seconds)
     tick = os.sysconf("SC_CLK_TCK")
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        stats[int(proc.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+        if proc.name.isdigit() and (fields := _stat_fields(proc)):
+            stats[int(proc.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
     if pid not in stats:
         return None
     tree, total = {pid}, 0.0
@@ -293,10 +297,11 @@ def listening_pid(url: str) -> int | None:
         if not proc.name.isdigit():
             continue
         try:
-            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
-                holders[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
+            held = any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir())
+        except OSError:
             continue
+        if held and (fields := _stat_fields(proc)):
+            holders[int(proc.name)] = int(fields[1])
     # `online serve --workers N`: the parent and its workers all hold the sockets; the server is the parent
     return next((pid for pid, parent in holders.items() if parent not in holders), None)
 

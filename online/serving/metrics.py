@@ -39,9 +39,10 @@ def only(gauge: _Gauge, label: str | None, value: float = 0.0) -> None:
     (in the multiprocess mode, where a removed label would keep its last value in the samples file)."""
     if not os.environ.get(MULTIPROCESS_ENV):
         gauge.clear()
-    for (other,) in list(gauge._metrics):  # prometheus_client has no public list of a metric's children
-        if other != label:
-            gauge.labels(other).set(0)
+    else:
+        for (other,) in list(gauge._metrics):  # prometheus_client has no public list of a metric's children
+            if other != label:
+                gauge.labels(other).set(0)
     if label is not None:
         gauge.labels(label).set(value)
 
