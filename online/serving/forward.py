@@ -141,6 +141,7 @@ class SideEffectWriter:
         self._jobs: deque[Batch | Callable[[], None]] = deque()
         self._wake = threading.Condition(threading.Lock())
         self._urgent = False  # a call or a settled() waits: no lingering
+        self._lingering = False  # the thread waits out linger_s: a new batch need not wake it
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="side-effects", daemon=True)
         self._thread.start()
@@ -153,7 +154,10 @@ class SideEffectWriter:
             if accepted:
                 self._pending += n
                 self._jobs.append(batch)
-                self._wake.notify()
+                # a lingering thread wakes at its deadline anyway; waking it for each batch would take a
+                # core from the next forward (at one client, 0.2 ms a request: issue 34)
+                if not self._lingering or self._pending >= self.gather:
+                    self._wake.notify()
         if not accepted:
             for hook in self.hooks:
                 self.metrics.side_effects_dropped.labels(hook.name).inc(n)
@@ -203,11 +207,13 @@ class SideEffectWriter:
                 while not self._jobs and not self._stopping:
                     self._wake.wait()
                 deadline = time.monotonic() + self.linger_s
+                self._lingering = True
                 while not (self._stopping or self._urgent or self._pending >= self.gather):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._wake.wait(remaining)
+                self._lingering = False
                 if not self._jobs:
                     return  # stopping, nothing left
                 jobs = list(self._jobs)
@@ -416,21 +422,24 @@ class PredictionLogHook:
 
 class DriftHook:
     """Each batch into this replica's drift window; distances to the training data for the review hook
-    (a batch left out of the sample has none: its review picks are by margin alone)."""
+    (a batch left out of the sample has none: its review picks are by margin alone).
+
+    Above ``max_texts_per_s`` (online.sampling) the sample is of whole hand-overs (the batches the
+    side-effect thread takes at once), not of single batches: the search reads every training embedding
+    of the reference once a call, memory traffic the forward lanes pay for too, so the same texts in
+    fewer, larger calls cost less (issue 34, docs/benchmarks.md)."""
 
     name = "drift"
     uses_redis = False  # local; the window's own Redis write at its close goes through the breaker
 
     def __init__(self, window: DriftWindow, max_texts_per_s: float = 0.0) -> None:
         self.window = window
-        # above the budget a sample of whole batches (online.sampling): the search reads every training
-        # embedding of the reference once a call, which is memory traffic the forward lanes pay for too
         self.sampler = RateSampler(max_texts_per_s, at_random=True)
 
     def after(self, batches: list[Batch]) -> bool:
-        current = [
-            b for b in batches if b.predictor.version == self.window.version and self.sampler.take(len(b.texts))
-        ]
+        current = [b for b in batches if b.predictor.version == self.window.version]
+        if current and not self.sampler.take(_texts(current)):
+            current = []  # the sample is of whole hand-overs: one search a hand-over kept (see the class)
         dist = self.window.distances(np.concatenate([b.embeddings_np for b in current])) if current else None
         offset = 0
         for b in current:  # batch by batch: a window closes at the batch that fills it, as it always did
