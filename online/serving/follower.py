@@ -3,8 +3,8 @@ canary it serves to a share of users.
 
 Pub/sub on the registry's channel wakes the follower at once; the same loop's timeout makes it a
 polling fallback, so a replica that missed a message (or lost Redis for a while) still converges. A new
-version is verified (sha256 once per file, on a low-priority thread so the forward thread keeps its
-core), its engine opened (the int8 session on another thread at normal priority; torch weights on the
+version is verified (sha256 once per file it loads, on a low-priority thread so the forward thread keeps
+its core), its engine opened (the int8 session on another thread at normal priority; torch weights on the
 forward thread), warmed up on the forward thread one small batch at a time between live batches, then swapped in with
 one reference assignment: a request keeps the predictor it started with.
 
@@ -16,6 +16,7 @@ every ``MAX_BACKOFF_S``, until the registry names another version.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -29,7 +30,7 @@ import redis.asyncio as aredis
 import torch
 
 from online.contract import CanarySlot, ShadowSlot
-from online.engines import INT8_FILE
+from online.engines import INT8_FILE, cpu_threads
 from online.lifecycle.registry import IntegrityError, Manifest, ModelRegistry
 from online.lifecycle.store import StoreUnavailable
 from online.predictor import Predictor, int8_predictor, serves_int8, torch_predictor
@@ -265,12 +266,18 @@ class VersionFollower:
 
     async def _build(self, version: int) -> Predictor:
         """Verify and open the engine off the forward thread; warm up on it one small batch at a time, so
-        live batches interleave with the swap instead of waiting for all of it."""
-        manifest = await _at_low_priority(self.registry.verify, version)
+        live batches interleave with the swap instead of waiting for all of it.
+
+        A replica hashes the files it loads: on the int8 engine its artifact, not the torch weights
+        beside it (those only when it falls back to them). Hashing the 90 MB of weights at every swap,
+        even at nice 19, streamed them through the caches the forward lanes use: 11% of a replica's
+        samples during `online bench swap` (issue 34, docs/benchmarks.md)."""
         predictor = None
         if serves_int8(self.s):
+            manifest = await asyncio.to_thread(self.registry.get, version)
             predictor = await self._int8(version, manifest)
         if predictor is None:
+            await _at_low_priority(self.registry.verify, version)
             model, _ = await self.batcher.call(lambda: self.registry.load(version, verify=False))
             predictor = await self.batcher.call(lambda: torch_predictor(model, version, self.s, copy_model=False))
             await self._warm_up(predictor)
@@ -283,7 +290,7 @@ class VersionFollower:
     async def _int8(self, version: int, manifest: Manifest) -> Predictor | None:
         """The version on its int8 artifact, warmed up, or None (logged) when it has none or it cannot be
         used (checksum, session, a run that fails or answers the wrong shape): the caller then serves it
-        with torch. A Redis error is raised: the whole build is retried, nothing is concluded."""
+        with torch. A Redis error or an unreachable store is raised: the whole build is retried."""
         if INT8_FILE not in manifest.artifacts:
             check = manifest.gate.engine if manifest.gate else None
             log.warning(
@@ -294,17 +301,24 @@ class VersionFollower:
             return None
         try:
             path = await _at_low_priority(self.registry.artifact, version, INT8_FILE, manifest)
-            # At normal priority: the session's thread pool is created here and a thread inherits its
-            # creator's nice value, so pool threads made at nice 19 would starve the forward under load.
-            predictor = await asyncio.to_thread(
+            build = functools.partial(
                 int8_predictor, path, version, manifest.labels, manifest.base_model, self.s, lanes=self.batcher.lanes
             )
+            if cpu_threads(self.s.num_threads) == 1:
+                # One thread: ONNX Runtime makes no pool, the session runs on the lane that calls it, so
+                # it is built at nice 19 like the hashing: a replica of one core (a worker, or one of two
+                # replicas on 2 cores) swaps a little later rather than slowing the answers it serves.
+                predictor = await _at_low_priority(build)
+            else:
+                # At normal priority: the session's thread pool is created here and a thread inherits
+                # its creator's nice value, so pool threads made at nice 19 would starve the forward.
+                predictor = await asyncio.to_thread(build)
             await self._warm_up(predictor)
             probs = await self.batcher.call(lambda: predictor.probabilities(["a shape check"]))
             if tuple(probs.shape) != (1, len(manifest.labels)):
                 raise IntegrityError(f"it answers {tuple(probs.shape)} for {len(manifest.labels)} labels")
-        except redis.RedisError:
-            raise
+        except (redis.RedisError, StoreUnavailable):
+            raise  # nothing is concluded: the whole build is retried
         except Exception as exc:  # corrupted, unreadable or broken: the weights are still good
             log.error("version %s: int8 artifact refused (%s): served by torch", version, exc)
             self.metrics.engine_fallbacks.labels("refused").inc()

@@ -147,6 +147,25 @@ def test_a_corrupted_artifact_is_refused_and_torch_serves_the_version(int8_setti
         assert 'online_engine_fallbacks_total{reason="refused"} 1.0' in client.get("/metrics").text
 
 
+def test_an_int8_replica_checks_the_artifact_it_loads_not_the_weights_beside_it(int8_settings):
+    """The weights are hashed only where they are loaded (a fallback to torch, the trainer): hashing
+    them at every swap cost the forward lanes their caches (issue 34)."""
+    registry = Stores.from_settings(int8_settings).registry
+    model, v1 = train_v1(int8_settings, registry)
+    v2 = _publish_next(int8_settings, registry, copy.deepcopy(model), v1.version)
+    weights = registry.path(v2) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16] + b"\0" * 16)
+    with pytest.raises(IntegrityError):
+        registry.verify(v2)
+
+    with served_app(int8_settings) as client:
+        registry.promote(v2)
+        wait_for(lambda: client.get("/readyz").json()["model_version"] == v2, what="the swap to v2")
+        assert client.get("/readyz").json()["engine"] == "onnx-int8"  # its artifact is intact
+        body = client.post("/v1/predict", json={"text": "play that song on my playlist"}).json()
+        assert body["model_version"] == v2 and body["predictions"][0]["label"] == "music"
+
+
 def test_a_failed_export_publishes_the_version_for_torch(int8_settings, monkeypatch):
     def broken(model, target):
         raise RuntimeError("this architecture does not export")
