@@ -131,7 +131,9 @@ def bench_canary(
 @app.command("swap")
 def bench_swap(
     versions: int = typer.Option(5, help="Versions promoted one after another (then one rollback)."),
-    steady_requests: int = typer.Option(3000, help="Requests of the steady phase."),
+    steady_requests: int = typer.Option(
+        10_000, help="Requests of the steady phase (about as many as the swap windows hold: its p99 is the baseline)."
+    ),
     concurrency: int = typer.Option(32, help="Concurrent clients, spread over the two replicas."),
     interval: float = typer.Option(3.0, help="Seconds between swaps."),
     stores: str = typer.Option("folder,s3", help="Model stores measured side by side: folder, s3 (moto's server)."),
