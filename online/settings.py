@@ -511,7 +511,7 @@ class Settings(BaseSettings):
     drift_max_texts_per_s: float = Field(
         200.0,
         ge=0,
-        description="Texts a second a replica puts through its drift window (the nearest-neighbour search against the version's training data); above it, a uniform sample of whole batches: the window's signals and the review queue's far-from-training picks come from the sample, every text is still answered and logged (at 1,000 texts/s the search of every text cost the forward lanes 12% of their throughput through the shared cache); 0: every text.",
+        description="Texts a second a replica puts through its drift window (the nearest-neighbour search against the version's training data); above it, a uniform sample of whole hand-overs (the batches the side-effect thread takes at once, searched in one call): the window's signals and the review queue's far-from-training picks come from the sample, every text is still answered and logged (at 1,000 texts/s the search of every text cost the forward lanes 12% of their throughput through the shared cache); 0: every text.",
     )
     drift_reference_size: int = Field(2000, ge=50, description="Training embeddings in a version's faiss index.")
     drift_knn_max_rate: float = Field(0.25, gt=0, le=1, description="Alert: share of a window far from training data.")
