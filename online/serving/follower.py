@@ -4,8 +4,8 @@ canary it serves to a share of users.
 Pub/sub on the registry's channel wakes the follower at once; the same loop's timeout makes it a
 polling fallback, so a replica that missed a message (or lost Redis for a while) still converges. A new
 version is verified (sha256 once per file it loads, on a low-priority thread so the forward thread keeps
-its core), its engine opened (the int8 session on another thread at normal priority; torch weights on the
-forward thread), warmed up on the forward thread one small batch at a time between live batches, then swapped in with
+its core), its engine opened (the int8 session on another thread, at normal priority unless the replica
+has one thread; torch weights on the forward thread), warmed up on the forward thread one small batch at a time between live batches, then swapped in with
 one reference assignment: a request keeps the predictor it started with.
 
 A version that fails to load is retried with exponential backoff from ``model_poll_s`` (live and shadow alike), never in a hot loop;
