@@ -193,12 +193,19 @@ class ModelRegistry:
         except IntegrityError:
             self.store.evict(f"v{version}")  # a damaged cached copy: fetched once more from the store
             self._verified.check(self.fetch(version) / WEIGHTS_FILE, manifest.sha256, f"version {version} weights")
+        self.fetch_base(manifest)
+        return manifest
+
+    def fetch_base(self, manifest: Manifest) -> None:
+        """An imported classifier's shared base (its config and tokenizer, ``base_ref``) into the local
+        cache: a version needs it whichever engine serves it, the int8 one included."""
         if manifest.base_ref:
             try:
                 self.store.fetch_tree(manifest.base_ref)
             except KeyError:
-                raise IntegrityError(f"version {version}: its base {manifest.base_ref} is missing from the store") from None
-        return manifest
+                raise IntegrityError(
+                    f"version {manifest.version}: its base {manifest.base_ref} is missing from the store"
+                ) from None
 
     def artifact(self, version: int, name: str, manifest: Manifest | None = None) -> Path:
         """The path of a version's serving artifact, checked against its manifest's sha256."""

@@ -299,6 +299,7 @@ class VersionFollower:
             )  # fmt: skip
             self.metrics.engine_fallbacks.labels("missing").inc()
             return None
+        await _at_low_priority(self._fetch, version, manifest)  # files missing: the build fails, not the engine
         try:
             path = await _at_low_priority(self.registry.artifact, version, INT8_FILE, manifest)
             build = functools.partial(
@@ -324,6 +325,11 @@ class VersionFollower:
             self.metrics.engine_fallbacks.labels("refused").inc()
             return None
         return predictor
+
+    def _fetch(self, version: int, manifest: Manifest) -> None:
+        """The version's files and its imported base into the local cache (a no-op once cached)."""
+        self.registry.fetch(version)
+        self.registry.fetch_base(manifest)
 
     async def _watch(self) -> None:
         """Pub/sub wakes us at once; every ``model_poll_s`` the same loop polls anyway (the fallback when a

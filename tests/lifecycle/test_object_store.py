@@ -114,6 +114,25 @@ def test_an_imported_classifier_is_served_by_a_host_that_did_not_import_it(s3, s
     assert served.base_model.startswith(str(api.models_dir)) and model.labels == manifest.labels
 
 
+def test_an_imported_classifier_is_served_on_int8_by_a_host_that_did_not_import_it(s3, settings, tmp_path):
+    """An int8 replica hashes only the artifact it loads, but it still needs the imported base (the
+    tokenizer) from the bucket: without it the artifact was refused and torch served."""
+    from online.lifecycle.importer import import_classifier
+    from tests.helpers import served_app
+    from tests.services.test_own_data import _fine_tuned_bert, _seed_rows
+
+    _fine_tuned_bert(tmp_path / "my-bert", _seed_rows("en", 20, seed=1))
+    host = _host(settings, tmp_path, "importer").model_copy(update={"gate_latency_ratio": 5.0, "engine": "onnx-int8"})
+    manifest, report = import_classifier(host, Stores.from_settings(host).registry, tmp_path / "my-bert", _seed_rows("en", 8, seed=50))
+    assert report.passed and manifest.base_ref and INT8_FILE in manifest.artifacts
+
+    api = _host(settings, tmp_path, "api").model_copy(update={"engine": "onnx-int8"})
+    with served_app(api) as client:
+        ready = client.get("/readyz").json()
+        assert ready["model_version"] == manifest.version and ready["engine"] == "onnx-int8", ready
+        assert 'online_engine_fallbacks_total{reason="refused"} 1.0' not in client.get("/metrics").text
+
+
 def test_a_canary_published_on_one_host_is_served_from_the_bucket_by_another(s3, settings, tmp_path):
     from online.lifecycle import canary
     from tests.helpers import served_app, wait_for
