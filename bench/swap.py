@@ -160,13 +160,11 @@ def _one_store(
                 model.head.weight.add_(torch.randn(model.head.weight.shape, generator=gen) * 1e-3)
             parent = publish_gated(env, model, parent=parent).version
             candidates.append(parent)
-        # Hashed once here, before any load, as a promotion hashes them (the weights, then every artifact):
-        # each promotion then checks a stat. This process is the load's client; hashing 90 MB beside it
-        # right before each promote delayed the answers it timed (issue 34).
+        # Checked once here, before any load, as a promotion checks them: each promotion then checks a stat.
+        # This process is the load's client; hashing 90 MB beside it right before each promote delayed the
+        # answers it timed (issue 34).
         for v in candidates:
-            checked = registry.verify(v)
-            for name in checked.artifacts:
-                registry.artifact(v, name, checked)
+            promotion.check(registry, v)
         console.print(f"[{store}] 2 API processes, concurrency {concurrency}; promoting {versions} versions then one rollback")
         # Two replicas share the machine: each gets half the cores, or their OpenMP teams fight (measured:
         # with every replica on all cores, throughput fell to a quarter).

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from online.lifecycle.registry import IntegrityError, LiveChange, LiveMoved, ModelRegistry
+from online.lifecycle.registry import IntegrityError, LiveChange, LiveMoved, Manifest, ModelRegistry
 from online.lifecycle.shadow import ShadowLedger, verdict
 from online.settings import Settings
 
@@ -30,16 +30,23 @@ def promote(
     expect_live: int | None = None,
     action: Action = "promote",
 ) -> LiveChange:
-    """Make ``version`` live after checking its weights (raises KeyError, ValueError,
-    ``IntegrityError`` or :class:`LiveMoved`). A serving artifact that fails its checksum does not stop
-    it (the weights serve, by torch): it is logged here, before replicas find out one by one."""
+    """Make ``version`` live after :func:`check` (raises KeyError, ValueError, ``IntegrityError`` or
+    :class:`LiveMoved`)."""
+    check(registry, version)
+    return registry.promote(version, action=action, reason=reason, expect_live=expect_live)
+
+
+def check(registry: ModelRegistry, version: int) -> Manifest:
+    """What a promotion checks: the weights (raises ``IntegrityError``), then every serving artifact. An
+    artifact that fails its checksum does not stop it (the weights serve, by torch): it is logged here,
+    before replicas find out one by one. Each file is hashed once per process (a later check is a stat)."""
     manifest = registry.verify(version)
     for name in manifest.artifacts:
         try:
             registry.artifact(version, name, manifest)
         except IntegrityError as exc:
             log.warning("%s: replicas will refuse it and serve version %s with torch", exc, version)
-    return registry.promote(version, action=action, reason=reason, expect_live=expect_live)
+    return manifest
 
 
 def rollback(
