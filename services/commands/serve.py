@@ -116,6 +116,7 @@ def serve(
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import uvicorn
 
+    from services.api.http_protocol import HttpProtocol
     from services.api.main import prepare_process, serve_workers
 
     wiring = current()
@@ -126,7 +127,7 @@ def serve(
     # access_log=False: uvicorn's own line per request stays off (services.api.access writes one, with the id)
     options = {
         "host": settings.api_host, "port": settings.api_port, "log_level": "warning", "access_log": False,
-        "proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips,
+        "proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips, "http": HttpProtocol,
     }  # fmt: skip
     if workers > 1:  # the port is bound here (a socket per worker); the workers read their settings anew
         raise typer.Exit(serve_workers(settings, workers, **options))

@@ -1,0 +1,105 @@
+"""`online serve`'s HTTP protocol (services.api.http_protocol): an answer sent in one turn of the event
+loop reaches the socket as one write, a streamed answer's parts still leave as they are sent, and a
+closed connection loses nothing it was given."""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from services.api.http_protocol import HttpProtocol
+
+REQUEST = b"POST /v1/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+
+
+class Socket:
+    """What the event loop's transport would send: each write as the socket got it."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default=None):
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+async def _answer(scope, receive, send) -> None:
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"7")]})
+    await send({"type": "http.response.body", "body": b'{"a":1}'})
+
+
+async def _stream(scope, receive, send) -> None:
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"first", "more_body": True})
+    await asyncio.sleep(0.05)  # a token generated later
+    await send({"type": "http.response.body", "body": b"second"})
+
+
+async def _serve(app, requests: bytes, until: int) -> Socket:
+    protocol = HttpProtocol(Config(app=app, lifespan="off"), ServerState(), {}, _loop=asyncio.get_running_loop())
+    socket = Socket()
+    protocol.connection_made(socket)  # type: ignore[arg-type]
+    protocol.data_received(requests)
+    for _ in range(200):
+        if sum(w.count(b"HTTP/1.1 200") for w in socket.writes) >= until and not protocol.server_state.tasks:
+            break
+        await asyncio.sleep(0.01)
+    return socket
+
+
+def test_an_answer_is_one_write_and_keep_alive_answers_each_request():
+    socket = asyncio.run(_serve(_answer, REQUEST, 1))
+    assert len(socket.writes) == 1  # status line, headers and body together (uvicorn alone: two)
+    assert socket.writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and socket.writes[0].endswith(b'\r\n\r\n{"a":1}')
+
+    socket = asyncio.run(_serve(_answer, REQUEST + REQUEST, 2))  # pipelined on one connection
+    assert len(socket.writes) == 2 and all(w.endswith(b'{"a":1}') for w in socket.writes)
+
+
+def test_a_streamed_answer_leaves_as_it_is_sent():
+    async def run() -> Socket:
+        socket = await _serve(_stream, REQUEST, 1)
+        await asyncio.sleep(0.2)
+        return socket
+
+    socket = asyncio.run(run())
+    joined = b"".join(socket.writes)
+    first = next(w for w in socket.writes if b"first" in w)
+    assert b"second" not in first  # the first part left before the second was sent, not held for it
+    assert joined.endswith(b"second\r\n0\r\n\r\n")
+
+
+def test_what_is_held_is_written_before_the_connection_closes():
+    async def run() -> Socket:
+        protocol = HttpProtocol(
+            Config(app=_answer, lifespan="off"), ServerState(), {}, _loop=asyncio.get_running_loop()
+        )
+        socket = Socket()
+        protocol.connection_made(socket)  # type: ignore[arg-type]
+        protocol.transport.write(b"held")
+        protocol.transport.close()  # in the same turn: the close writes it first
+        return socket
+
+    socket = asyncio.run(run())
+    assert socket.writes == [b"held"] and socket.closed
