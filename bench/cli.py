@@ -57,14 +57,17 @@ def bench_ingest(
 def bench_serve(
     task: str = typer.Option("classify", help="classify (the text classifier) or generate (the generative model)."),
     requests: int | None = typer.Option(
-        None, help="Requests per cell: the raw ones, and the HTTP ones of the Python client (600; generate: 12 a client, at least 48)."
+        None,
+        help="Requests per cell: the raw ones, and the HTTP ones of the Python client (600; generate: 12 a client, at least 48).",
     ),
     concurrency: str | None = typer.Option(None, help="Comma-separated concurrency levels (1,8,32; generate: 1,8)."),
     eval_limit: int = typer.Option(0, help="CLINC150 test texts for the accuracy check (0: all 4500)."),
     client: str = typer.Option(
         "auto", help="HTTP load generator: wrk (native), python (asyncio, in this process), auto (wrk if installed)."
     ),
-    seconds: float = typer.Option(10.0, help="With wrk: seconds per HTTP cell (after 1 s of warm-up)."),
+    seconds: float = typer.Option(
+        12.0, help="With wrk: seconds per HTTP cell, in 3 runs on fresh connections (after 1 s of warm-up)."
+    ),
     max_new_tokens: int = typer.Option(32, help="--task generate: tokens each answer may have at most."),
     workers: str | None = typer.Option(
         None, help="Comma-separated API worker counts, one API row each (default: 1,2 on 2+ cores, else 1)."
@@ -123,7 +126,14 @@ def bench_canary(
 
     settings, console = _start("canary")
     run_bench_canary(
-        settings, console, users=users, rate=rate, feedback=feedback, steady_s=steady, step_s=step_s, max_phase_s=max_phase
+        settings,
+        console,
+        users=users,
+        rate=rate,
+        feedback=feedback,
+        steady_s=steady,
+        step_s=step_s,
+        max_phase_s=max_phase,
     )
     _save(console, json_out)
 

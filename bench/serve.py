@@ -43,6 +43,7 @@ from online.wiring.stores import Stores
 from services.supervisor import api_process
 
 ROUNDS = 3  # each raw cell is measured in this many slices, engines interleaved
+WRK_SLICES = 3  # each wrk cell: this many runs, each on fresh connections (bench.common.wrk_load)
 LANES_SLICE = 1600  # texts, at least, in a slice of an engine's lanes side by side
 
 
@@ -75,7 +76,9 @@ def _lanes_slice(predictor: Predictor, texts: list[str], total: int, batch: int,
         t.start()
     for t in threads:
         t.join()
-    return LoadResult(sum(p.requests for p in parts), 0, time.perf_counter() - started, [x for p in parts for x in p.latencies])
+    return LoadResult(
+        sum(p.requests for p in parts), 0, time.perf_counter() - started, [x for p in parts for x in p.latencies]
+    )
 
 
 def _raw(predictors: dict[str, Predictor], texts: list[str], total: int, batch: int) -> dict[str, LoadResult]:
@@ -128,7 +131,7 @@ def run_bench_serve(
     eval_limit: int,
     console: BenchConsole,
     client: str = "auto",
-    seconds: float = 10.0,
+    seconds: float = 12.0,
     workers: list[int] | None = None,
 ) -> None:
     clinc = Clinc150.open(settings.data_dir)
@@ -177,13 +180,18 @@ def run_bench_serve(
         used = _client(client)
         console.print(
             f"HTTP rows measured by {'wrk (native)' if used == 'wrk' else 'the Python asyncio client'}"
-            + (f", {seconds:g} s a cell after 1 s of warm-up" if used == "wrk" else f", {requests} requests a cell")
+            + (
+                f", {seconds:g} s a cell ({WRK_SLICES} runs of {seconds / WRK_SLICES:g} s, each on fresh connections) "
+                "after 1 s of warm-up"
+                if used == "wrk"
+                else f", {requests} requests a cell"
+            )
         )
 
         def measure(url: str, c: int) -> LoadResult:
             pid = listening_pid(url)
             if used == "wrk":
-                return wrk_load(url, texts, seconds, c, server_pid=pid)
+                return wrk_load(url, texts, seconds, c, server_pid=pid, slices=WRK_SLICES)
             return http_load(url, texts, requests, c, server_pid=pid)
 
         api: dict[int, dict[int, LoadResult]] = {}  # workers -> concurrency -> result

@@ -59,6 +59,14 @@ def test_wrk_posts_the_texts_and_reports_percentiles_errors_and_its_cpu(server):
     assert r.client_cpu is not None and r.client_cpu >= 0 and r.seconds > 0.5
 
 
+@pytest.mark.skipif(native_client() is None, reason="wrk is not installed (.ci/run installs it)")
+def test_wrk_in_slices_sums_its_runs(server):
+    r = wrk_load(server, ["a", "refuse me"], 2, 2, warm_s=0, slices=2)  # two runs of 1 s, each its own connections
+    assert r.client == "wrk" and 1.8 < r.seconds < 2.5 and r.requests > 20
+    assert 0.3 < r.errors / r.requests < 0.7  # the errors of both runs, against the requests of both
+    assert 0 < r.pct(0.5) <= r.pct(0.99)
+
+
 def test_a_servers_cpu_counts_its_worker_processes():
     """`online serve --workers N`: the parent only waits; the CPU is its workers'."""
     import subprocess
