@@ -125,9 +125,7 @@ class ReviewQueue:
     encoding for most batches. The floor is forgotten after ``floor_ttl_s``, so a queue emptied by
     answers or expiry takes new items again within that time."""
 
-    def __init__(
-        self, client: redis.Redis, keys: Keys, capacity: int, ttl_s: int, floor_ttl_s: float = 10.0
-    ) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, capacity: int, ttl_s: int, floor_ttl_s: float = 10.0) -> None:
         self.r = client
         self.p = keys.review
         self.capacity = capacity
@@ -136,11 +134,16 @@ class ReviewQueue:
         self._add = client.register_script(_ADD)
         self._floor: tuple[float, float] | None = None  # (lowest kept uncertainty, monotonic time read)
 
+    def floor(self) -> float | None:
+        """The uncertainty a candidate must exceed to be taken, as this replica last read it (None: room,
+        or read too long ago); lets a caller skip building the items it would refuse."""
+        floor = self._floor
+        return floor[0] if floor is not None and time.monotonic() - floor[1] < self.floor_ttl_s else None
+
     def add(self, items: list[ReviewItem]) -> int:
         """Queue what is more uncertain than the queue's floor; returns how many were sent to Redis."""
-        floor = self._floor
-        if floor is not None and time.monotonic() - floor[1] < self.floor_ttl_s:
-            items = [it for it in items if it.uncertainty > floor[0]]
+        if (floor := self.floor()) is not None:
+            items = [it for it in items if it.uncertainty > floor]
         if not items:
             return 0
         args: list[str | int | float] = [self.capacity, f"{self.p}:item:", self.ttl_s]
@@ -190,11 +193,16 @@ def candidates(
     far_threshold: float | None,
     max_margin: float,
     version: int,
+    above: float | None = None,
 ) -> list[ReviewItem]:
-    """The predictions of one batch that belong on the review queue."""
+    """The predictions of one batch that belong on the review queue (``above``: only those more uncertain
+    than that, the queue's floor)."""
     m = margins(probs)
     far = (distances > far_threshold) if distances is not None and far_threshold is not None else np.zeros(len(m), bool)
     u = uncertainty(m, far)
+    keep = (m < max_margin) | far
+    if above is not None:
+        keep &= u > above
     now = time.time()
     return [
         ReviewItem(
@@ -210,5 +218,5 @@ def candidates(
             at=now,
             embedding=embeddings[i],
         )
-        for i in np.flatnonzero((m < max_margin) | far)
+        for i in np.flatnonzero(keep)
     ]

@@ -410,9 +410,7 @@ class PredictionLogHook:
 
     def after(self, batches: list[Batch]) -> bool:
         try:
-            records = [
-                r.model_copy(update={"text": text}) for b in batches for r, text in zip(b.records, b.masked())
-            ]
+            records = [r.model_copy(update={"text": text}) for b in batches for r, text in zip(b.records, b.masked())]
             self.prediction_log.record_many(records, masked=True)  # one round trip
         except Exception:
             self.metrics.log_failures.inc()
@@ -464,10 +462,11 @@ class ReviewHook:
 
     def after(self, batches: list[Batch]) -> bool:
         queued = []
+        floor = self.queue.floor()  # a full queue refuses the less uncertain: they are not built
         for b in batches:
             queued += review_candidates(
                 [p.prediction_id for p in b.served], b.masked(), [p.label for p in b.served],
                 b.probs_np, b.embeddings_np, b.distances, self.window.far_threshold,
-                self.max_margin, b.predictor.version,
+                self.max_margin, b.predictor.version, above=floor,
             )  # fmt: skip
         return self.queue.add(queued) > 0  # texts masked already (Batch.masked); most refused before Redis once full

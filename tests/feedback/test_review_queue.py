@@ -131,3 +131,33 @@ def test_a_full_queue_refuses_the_less_uncertain_without_asking_redis(settings):
     review.floor_ttl_s = 0.0  # ...until it is forgotten
     assert review.add([item("late", 0.3)]) == 1
     assert "late" in {i.prediction_id for i in review.pick(20)}
+
+
+def test_candidates_under_the_queues_floor_are_not_built(settings):
+    """A replica that knows the queue's floor builds only the candidates that beat it (the queue would
+    refuse the rest), and builds them all again once the floor is forgotten."""
+    from online.feedback.review_queue import ReviewItem, candidates
+
+    stores = Stores.from_settings(settings.model_copy(update={"review_capacity": 2}))
+    review = stores.review
+    assert review.floor() is None  # room: every candidate goes
+    probs = np.array([[0.50, 0.45, 0.05], [0.60, 0.35, 0.05], [0.90, 0.05, 0.05]], np.float32)  # margins .05 .25 .85
+
+    def built(above: float | None) -> list[str]:
+        return [c.prediction_id for c in candidates(
+            ["a", "b", "c"], ["x", "y", "z"], ["l"] * 3, probs, np.zeros((3, 4), np.float32), None, None, 0.5, 1,
+            above=above,
+        )]  # fmt: skip
+
+    assert built(None) == ["a", "b"]  # margin under 0.5
+    review.add(
+        [
+            ReviewItem(p, "t", "l", 0.5, 0.1, None, False, u, 1, 0.0, np.zeros(4, np.float32))
+            for p, u in (("q1", 0.8), ("q2", 0.9))
+        ]
+    )
+    floor = review.floor()
+    assert floor == pytest.approx(0.8)  # full: its least uncertain
+    assert built(floor) == ["a"]  # uncertainty 0.95 beats it; b's 0.75 would be refused
+    review.floor_ttl_s = 0.0
+    assert review.floor() is None
