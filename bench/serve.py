@@ -44,6 +44,9 @@ from services.supervisor import api_process
 
 ROUNDS = 3  # each raw cell is measured in this many slices, engines interleaved
 WRK_SLICES = 3  # each wrk cell: this many runs, each on fresh connections (bench.common.wrk_load)
+# The int8 rows (the engine the API serves, whose ratio is the goal) are measured before the HTTP rows and
+# again after them, and reported as one: a machine whose speed drifts over the minutes of a run (the same
+# engine measured 1,298 and 1,382 texts/s in two runs of one hour, issue 34) weighs on both sides alike.
 LANES_SLICE = 1600  # texts, at least, in a slice of an engine's lanes side by side
 
 
@@ -94,11 +97,13 @@ def _raw(predictors: dict[str, Predictor], texts: list[str], total: int, batch: 
                 part = _raw_slice(p, texts, max(batch, total // ROUNDS), batch, r * total)
             else:  # threads and the engine's switch to its lane sessions take a moment: 1,600 texts a slice
                 part = _lanes_slice(p, texts, max(batch, total // ROUNDS, LANES_SLICE), batch, r * total)
-            acc = out[name]
-            out[name] = LoadResult(
-                acc.requests + part.requests, 0, acc.seconds + part.seconds, acc.latencies + part.latencies
-            )
+            out[name] = _merged(out[name], part)
     return out
+
+
+def _merged(a: LoadResult, b: LoadResult) -> LoadResult:
+    """Two in-process measurements of one cell as one (requests, seconds and latencies together)."""
+    return LoadResult(a.requests + b.requests, 0, a.seconds + b.seconds, a.latencies + b.latencies)
 
 
 def _engine_of(url: str) -> str:
@@ -149,17 +154,23 @@ def run_bench_serve(
         def on_torch(precision: str) -> Predictor:
             return torch_predictor(model, version, env, precision=precision)
 
+        def on_int8() -> dict[str, Predictor]:
+            """The int8 engine as one caller runs it, and as a replica's lanes run it side by side."""
+            int8 = registry.artifact(version, INT8_FILE)
+            engines = {"onnx-int8": int8_predictor(int8, version, model.labels, model.base_model, env)}
+            if (lanes := forward_lanes(env)) > 1:
+                engines[f"onnx-int8 x{lanes}"] = int8_predictor(
+                    int8, version, model.labels, model.base_model, env, lanes=lanes
+                )
+            return engines
+
         predictors = {"torch-fp32": on_torch("fp32")}
         if resolve_precision("auto", device) != "fp32":
             name = f"torch-{resolve_precision('auto', device)}"
             predictors[name] = on_torch("auto")
-        if device.type == "cpu" and INT8_FILE in manifest.artifacts:
-            int8 = registry.artifact(version, INT8_FILE)
-            predictors["onnx-int8"] = int8_predictor(int8, version, model.labels, model.base_model, env)
-            if (lanes := forward_lanes(env)) > 1:  # as a replica serves it: its lanes side by side
-                predictors[f"onnx-int8 x{lanes}"] = int8_predictor(
-                    int8, version, model.labels, model.base_model, env, lanes=lanes
-                )
+        int8_rows = device.type == "cpu" and INT8_FILE in manifest.artifacts
+        if int8_rows:
+            predictors.update(on_int8())
         elif device.type == "cpu":
             check = manifest.gate.engine if manifest.gate else None
             console.print(f"[yellow]no int8 artifact ({check.detail if check else 'not built'}): no onnx-int8 rows")
@@ -188,6 +199,9 @@ def run_bench_serve(
             )
         )
 
+        if int8_rows:
+            console.print("raw onnx-int8 rows: measured before the HTTP rows and again after them, as one")
+
         def measure(url: str, c: int) -> LoadResult:
             pid = listening_pid(url)
             if used == "wrk":
@@ -207,6 +221,12 @@ def run_bench_serve(
             naive_engine = _engine_of(url)
             for c in levels:
                 naive[c] = measure(url, c)
+        if int8_rows:  # the engine the API serves, measured again after the HTTP rows (see RAW_AFTER)
+            predictors = on_int8()
+            for c in levels:
+                for name, part in _raw(predictors, texts, requests, c).items():
+                    raw[c][name] = _merged(raw[c][name], part)
+            predictors = p = None
 
     def load_row(server: str, engine: str, c: int, r: LoadResult, client: str = "in-process") -> None:
         console.row(

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bench.common import cpu_seconds, http_load, listening_pid, native_client, wrk_load
+from bench.common import LoadResult, cpu_seconds, http_load, listening_pid, native_client, wrk_load
 
 
 class _Predict(BaseHTTPRequestHandler):
@@ -85,3 +85,11 @@ def test_a_servers_cpu_counts_its_worker_processes():
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_an_engine_measured_before_and_after_the_http_rows_is_one_row():
+    from bench.serve import _merged
+
+    before, after = LoadResult(1300, 0, 1.0, [0.02] * 4), LoadResult(1200, 0, 1.0, [0.03] * 4)
+    both = _merged(before, after)
+    assert both.throughput == 1250 and both.requests == 2500 and len(both.latencies) == 8
