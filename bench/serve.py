@@ -221,8 +221,10 @@ def run_bench_serve(
             naive_engine = _engine_of(url)
             for c in levels:
                 naive[c] = measure(url, c)
-        if int8_rows:  # the engine the API serves, measured again after the HTTP rows (see RAW_AFTER)
+        if int8_rows:  # the engine the API serves, measured again after the HTTP rows (see WRK_SLICES)
             predictors = on_int8()
+            for p in predictors.values():  # warmed as the first pass's were, by the accuracy texts
+                p.probabilities([t for t, _ in test])
             for c in levels:
                 for name, part in _raw(predictors, texts, requests, c).items():
                     raw[c][name] = _merged(raw[c][name], part)

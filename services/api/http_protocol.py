@@ -6,7 +6,9 @@ for the client, for a 300-byte answer. :class:`CoalescingTransport` holds what i
 of the event loop and writes it at the end of that turn (``loop.call_soon``), so an app that sends
 start and body without waiting in between (every JSON answer, the predict fast path) costs one send.
 Nothing waits longer than the turn it was written in: a streamed answer's headers and chunks still
-leave as they are sent. Measured on `online serve --workers 2` at 32 clients (issue 34,
+leave as they are sent, a whole answer leaves as soon as its last part is sent (before the app's access
+log line), and more than uvicorn's high-water mark held in one turn is written at once, so the
+socket's flow control still pauses a fast stream. Measured on `online serve --workers 2` at 32 clients (issue 34,
 docs/benchmarks.md).
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
@@ -25,13 +28,17 @@ class CoalescingTransport:
         self._transport = transport
         self._loop = loop
         self._held: list[bytes] = []
+        self._size = 0  # bytes held
 
     def write(self, data: bytes) -> None:
         if not data:
             return
         if not self._held:
             self._loop.call_soon(self.flush)
-        self._held.append(data)
+        self._held.append(data if isinstance(data, bytes) else bytes(data))  # a buffer the app may reuse
+        self._size += len(data)
+        if self._size >= HIGH_WATER_LIMIT:  # a stream written without a pause: the socket's flow control
+            self.flush()
 
     def writelines(self, chunks: list[bytes]) -> None:
         for chunk in chunks:
@@ -42,6 +49,7 @@ class CoalescingTransport:
         if self._held:
             data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
             self._held.clear()
+            self._size = 0
             if not self._transport.is_closing():
                 self._transport.write(data)
 
@@ -55,10 +63,11 @@ class CoalescingTransport:
 
     def abort(self) -> None:
         self._held.clear()
+        self._size = 0
         self._transport.abort()
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(len(c) for c in self._held)
+        return self._transport.get_write_buffer_size() + self._size
 
     def __getattr__(self, name: str) -> Any:  # everything else is the socket transport's
         return getattr(self._transport, name)
@@ -67,5 +76,17 @@ class CoalescingTransport:
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol on a :class:`CoalescingTransport` (``Config(http=HttpProtocol)``)."""
 
+    transport: CoalescingTransport  # type: ignore[assignment]
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_response_complete(self) -> None:
+        """A whole answer leaves now, not after what the app does once it sent it (the access log line)."""
+        self.transport.flush()
+        super().on_response_complete()
+
+    def eof_received(self) -> bool | None:
+        """The client half-closed: the loop closes the socket itself on return, so what is held goes first."""
+        self.transport.flush()
+        return super().eof_received()

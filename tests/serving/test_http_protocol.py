@@ -103,3 +103,48 @@ def test_what_is_held_is_written_before_the_connection_closes():
 
     socket = asyncio.run(run())
     assert socket.writes == [b"held"] and socket.closed
+
+
+def test_an_answer_leaves_before_what_the_app_does_after_sending_it():
+    seen: list[int] = []
+    socket_box: list[Socket] = []
+
+    async def app(scope, receive, send) -> None:
+        await _answer(scope, receive, send)
+        seen.append(len(socket_box[0].writes))  # e.g. the access log line, written after the answer
+
+    async def run() -> Socket:
+        protocol = HttpProtocol(Config(app=app, lifespan="off"), ServerState(), {}, _loop=asyncio.get_running_loop())
+        socket_box.append(Socket())
+        protocol.connection_made(socket_box[0])  # type: ignore[arg-type]
+        protocol.data_received(REQUEST)
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        return socket_box[0]
+
+    socket = asyncio.run(run())
+    assert seen == [1] and socket.writes[0].endswith(b'{"a":1}')
+
+
+def test_a_half_closed_connection_and_a_fast_stream_get_what_is_held():
+    async def run() -> tuple[Socket, Socket]:
+        loop = asyncio.get_running_loop()
+        half_closed = Socket()
+        protocol = HttpProtocol(Config(app=_answer, lifespan="off"), ServerState(), {}, _loop=loop)
+        protocol.connection_made(half_closed)  # type: ignore[arg-type]
+        protocol.transport.write(b"part of a stream")
+        protocol.eof_received()  # the loop closes the socket itself when this returns
+        half_closed.close()
+
+        fast = Socket()
+        protocol = HttpProtocol(Config(app=_answer, lifespan="off"), ServerState(), {}, _loop=loop)
+        protocol.connection_made(fast)  # type: ignore[arg-type]
+        for _ in range(100):  # 100 KB in one turn: past the high-water mark, written at once
+            protocol.transport.write(bytearray(b"x" * 1000))
+        return half_closed, fast
+
+    half_closed, fast = asyncio.run(run())
+    assert half_closed.writes == [b"part of a stream"]
+    assert fast.writes and len(fast.writes[0]) >= 64 * 1024 and all(isinstance(w, bytes) for w in fast.writes)
