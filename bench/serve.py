@@ -227,6 +227,10 @@ def run_bench_serve(
                 p.probabilities([t for t, _ in test])
             for c in levels:
                 for name, part in _raw(predictors, texts, requests, c).items():
+                    console.print(
+                        f"raw {name} at concurrency {c}: {raw[c][name].throughput:.0f} texts/s before the HTTP "
+                        f"rows, {part.throughput:.0f} after"
+                    )
                     raw[c][name] = _merged(raw[c][name], part)
             predictors = p = None
 
