@@ -87,6 +87,11 @@ class HttpProtocol(HttpToolsProtocol):
         super().on_response_complete()
 
     def eof_received(self) -> bool | None:
-        """The client half-closed: the loop closes the socket itself on return, so what is held goes first."""
+        """The client half-closed its side (``shutdown(SHUT_WR)`` after its request, as ``nc -N`` does).
+        uvicorn lets the loop close the socket at once, so an answer still being computed was never
+        sent: here a request in flight is answered, then the connection closed. What is held goes first."""
         self.transport.flush()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # the answer's last part closes the connection
+            return True  # keep the socket open for it
         return super().eof_received()

@@ -148,3 +148,23 @@ def test_a_half_closed_connection_and_a_fast_stream_get_what_is_held():
     half_closed, fast = asyncio.run(run())
     assert half_closed.writes == [b"part of a stream"]
     assert fast.writes and len(fast.writes[0]) >= 64 * 1024 and all(isinstance(w, bytes) for w in fast.writes)
+
+
+def test_a_client_that_half_closes_after_its_request_still_gets_the_answer():
+    async def run() -> tuple[Socket, bool | None]:
+        protocol = HttpProtocol(
+            Config(app=_stream, lifespan="off"), ServerState(), {}, _loop=asyncio.get_running_loop()
+        )
+        socket = Socket()
+        protocol.connection_made(socket)  # type: ignore[arg-type]
+        protocol.data_received(REQUEST)
+        kept = protocol.eof_received()  # the answer takes 50 ms (uvicorn alone: the loop closes now)
+        for _ in range(100):
+            if socket.closed:
+                break
+            await asyncio.sleep(0.01)
+        return socket, kept
+
+    socket, kept = asyncio.run(run())
+    assert kept is True
+    assert b"".join(socket.writes).endswith(b"second\r\n0\r\n\r\n") and socket.closed  # answered, then closed
