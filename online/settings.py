@@ -213,10 +213,6 @@ class Settings(BaseSettings):
         ge=1,
         description="Worker processes of `online serve` on its one port, each a replica with its own event loop and forward lanes; the cores (ONLINE_NUM_THREADS, unset: all) are split between them. 2 on 2 cores served 6-11% more requests a second at 32 clients than one process with two lanes, but a lone request runs on one thread (docs/benchmarks.md).",
     )
-    api_worker_affinity: bool = Field(
-        True,
-        description="With ONLINE_API_WORKERS > 1: each worker process (all its threads) on its own share of the cores, so one worker's event loop never waits on the other's lane. 2 workers on 2 cores: the cores idle 0.3-0.8% of the time at 32 clients instead of 4.1-5.5%, and 1,185 against 1,132 requests a second (mean of 6 runs each, docs/benchmarks.md). Off: the kernel places them, which helps where other busy processes share those cores.",
-    )
     forwarded_allow_ips: str = Field(
         "127.0.0.1",
         description='Proxies whose X-Forwarded-For names the client (comma-separated, or "*" when only a proxy can reach the API): the client address rate limits and anonymous feedback\'s independence count.',
@@ -297,47 +293,32 @@ class Settings(BaseSettings):
     )
     generate_max_batch: int = Field(8, ge=1, description="Most prompts decoded together in one micro-batch.")
     generate_join_window_s: float = Field(
-        5.0,
-        ge=0,
-        description="For how long a running decode takes in newly arrived requests between its steps "
+        5.0, ge=0, description="For how long a running decode takes in newly arrived requests between its steps "
         "(continuous batching), after which it stops as soon as other work waits for the forward thread: bounds how long a "
-        "version swap or another version's batch waits under steady traffic.",
+        "version swap or another version's batch waits under steady traffic."
     )
     generate_max_prompt_tokens: int = Field(
         1024, ge=16, description="Prompt tokens kept (the oldest are dropped beyond), never past the model's limit."
     )
     generate_max_prompt_chars: int = Field(16_000, ge=1, description="Longest prompt or message a request may send.")
     generate_max_messages: int = Field(100, ge=1, description="Most chat messages in one request.")
-    generate_lora_r: int = Field(
-        16, ge=1, description="Rank of a generative round's LoRA adapter (all linear layers; alpha 2r)."
-    )
+    generate_lora_r: int = Field(16, ge=1, description="Rank of a generative round's LoRA adapter (all linear layers; alpha 2r).")
     generate_learning_rate: float = Field(5e-4, gt=0, description="A generative round's AdamW learning rate.")
-    generate_train_epochs: int = Field(
-        5, ge=1, description="Passes of a generative round over its corrections and rehearsal."
-    )
+    generate_train_epochs: int = Field(5, ge=1, description="Passes of a generative round over its corrections and rehearsal.")
     generate_train_batch: int = Field(8, ge=1, description="Chats per step of a generative round.")
     generate_distill_weight: float = Field(
-        1.0,
-        ge=0,
-        description="Weight of the KL to the parent on rehearsed general prompts in a generative round (0: their answers as plain targets).",
+        1.0, ge=0, description="Weight of the KL to the parent on rehearsed general prompts in a generative round (0: their answers as plain targets)."
     )
     generate_preference_weight: float = Field(
-        1.0,
-        ge=0,
-        description="Weight of a generative round's preference losses: DPO on corrections of served "
-        "answers (the correction preferred), KTO on answers voted down; 0: supervised only.",
+        1.0, ge=0, description="Weight of a generative round's preference losses: DPO on corrections of served "
+        "answers (the correction preferred), KTO on answers voted down; 0: supervised only."
     )
-    generate_dpo_beta: float = Field(
-        0.1, gt=0, description="DPO/KTO temperature: how far from the parent a preference may pull."
-    )
+    generate_dpo_beta: float = Field(0.1, gt=0, description="DPO/KTO temperature: how far from the parent a preference may pull.")
     generate_rehearsal: int = Field(
-        24,
-        ge=0,
-        description="General prompts whose parent answers a generative round rehearses (at most the built-in 24).",
+        24, ge=0, description="General prompts whose parent answers a generative round rehearses (at most the built-in 24)."
     )
     generate_golden_path: Path | None = Field(
-        None,
-        description="JSONL of prompt/reference pairs: the generative gate's golden set; unset: built-in prompts with the base's answers.",
+        None, description="JSONL of prompt/reference pairs: the generative gate's golden set; unset: built-in prompts with the base's answers."
     )
     generate_gate_max_golden_nll_rise: float = Field(
         0.02, ge=0, description="Most relative rise of the golden set's NLL a generative candidate may cause."
@@ -490,35 +471,21 @@ class Settings(BaseSettings):
         description="Shares a canary steps through after its first (JSON list, each in (0, 1)); past the last it is promoted to 100%.",
     )
     canary_min_judged: int = Field(
-        50,
-        ge=1,
-        description="Judged canary predictions needed at each share before it may step up (and in all before any verdict).",
+        50, ge=1, description="Judged canary predictions needed at each share before it may step up (and in all before any verdict)."
     )
     canary_min_step_s: float = Field(60.0, ge=0, description="Least time a canary stays at each share.")
     canary_max_s: float = Field(
-        6 * 3600,
-        gt=0,
-        description="A canary still undecided after this long is aborted (no round runs while one does).",
+        6 * 3600, gt=0, description="A canary still undecided after this long is aborted (no round runs while one does)."
     )
     canary_alpha: float = Field(
-        0.05,
-        gt=0,
-        lt=1,
-        description="Level of the canary's sequential test (mSPRT: valid however often it is checked).",
+        0.05, gt=0, lt=1, description="Level of the canary's sequential test (mSPRT: valid however often it is checked)."
     )
     canary_margin: float = Field(
-        0.02,
-        ge=0,
-        lt=1,
-        description="Non-inferiority margin: a canary steps up once the sequential test shows it loses less than this accuracy against live.",
+        0.02, ge=0, lt=1, description="Non-inferiority margin: a canary steps up once the sequential test shows it loses less than this accuracy against live."
     )
-    canary_min_requests: int = Field(
-        200, ge=1, description="Requests a canary needs before its error rate and latency count."
-    )
+    canary_min_requests: int = Field(200, ge=1, description="Requests a canary needs before its error rate and latency count.")
     canary_max_error_rate: float = Field(0.01, ge=0, le=1, description="Most error rate a canary may add to live's.")
-    canary_max_latency_ratio: float = Field(
-        2.0, gt=1, description="Most p95 latency of canary / live over the same window."
-    )
+    canary_max_latency_ratio: float = Field(2.0, gt=1, description="Most p95 latency of canary / live over the same window.")
 
     # --- gate ---------------------------------------------------------------------------------
     golden_path: Path | None = Field(None, description="Golden set JSONL (text, label); unset: frozen at v1.")

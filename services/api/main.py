@@ -49,33 +49,6 @@ def worker_threads(settings: Settings, workers: int) -> int:
     return max(1, cores // workers)
 
 
-CORES_ENV = "ONLINE_API_WORKER_CORES"  # set by the supervisor for each worker it starts: the cores it runs on
-
-
-def worker_cores(settings: Settings, workers: int) -> list[list[int]] | None:
-    """Each worker's cores (``ONLINE_API_WORKER_AFFINITY``): worker i gets the i-th run of its
-    :func:`worker_threads` cores among those this process may run on; None when not pinned (one worker,
-    the setting off, or fewer cores than workers).
-
-    Why: with 2 workers on 2 cores left to the kernel, the cores idled 4-5% of the time at 32 clients,
-    and one worker's event loop ran on the core of the other's lane; pinned, they idled under 1% and
-    served 5% more requests a second (issue 34, docs/benchmarks.md)."""
-    allowed = sorted(os.sched_getaffinity(0))
-    if not settings.api_worker_affinity or workers < 2 or len(allowed) < workers:
-        return None
-    each = min(worker_threads(settings, workers), len(allowed) // workers)
-    return [allowed[i * each : (i + 1) * each] for i in range(workers)]
-
-
-def pin_process(cores: list[int]) -> None:
-    """This process and every thread it has to ``cores`` (threads started later inherit it)."""
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), cores)
-        except (ProcessLookupError, PermissionError, OSError) as exc:  # a thread gone, or not allowed
-            log.info("thread %s keeps its cores: %r", tid, exc)
-
-
 def worker_environment(settings: Settings, workers: int) -> dict[str, str]:
     """What the parent puts in its environment before uvicorn spawns ``workers`` workers: their thread
     share, their count (so each knows it is one of several), and an empty directory for their metrics
@@ -97,8 +70,6 @@ def worker_app() -> FastAPI:
     from services.wiring import current
 
     die_with_parent()  # a parent killed outright (SIGKILL) takes its workers with it: none serves on, orphaned
-    if cores := os.environ.get(CORES_ENV):  # before the model's threads start: they inherit it
-        pin_process([int(c) for c in cores.split(",")])
     wiring = current()
     wiring.logging()
     settings = wiring.stack
@@ -138,15 +109,7 @@ class Workers(Multiprocess):
     kernel queued there meanwhile wait for it (the seconds of its model load) instead of being reset.
     Scaling by SIGTTIN/SIGTTOU is not offered: a worker count is ONLINE_API_WORKERS, set at start."""
 
-    def __init__(self, config: Config, sockets: list[socket.socket], cores: list[list[int]] | None = None) -> None:
-        super().__init__(config, sockets)
-        self.cores = cores
-
     def _process(self, index: int) -> Process:
-        """Worker ``index``, on its socket; on its cores (:func:`worker_cores`) through the environment
-        it is spawned with (read by :func:`worker_app`: the process is started right after this)."""
-        if self.cores is not None:
-            os.environ[CORES_ENV] = ",".join(str(c) for c in self.cores[index])
         return Process(self.config, [self.sockets[index]])
 
     def init_processes(self) -> None:
@@ -213,13 +176,11 @@ def serve_workers(settings: Settings, workers: int, **options: object) -> int:
     port = sockets[0].getsockname()[1]
     os.environ.update(worker_environment(settings.model_copy(update={"api_port": port}), workers))
     os.environ.update({"ONLINE_API_HOST": settings.api_host, "ONLINE_API_PORT": str(port)})
-    cores = worker_cores(settings, workers)
-    log.info("API on %s:%d: %d worker processes%s", settings.api_host, port, workers,
-             f", on cores {' / '.join(','.join(map(str, c)) for c in cores)}" if cores else "")  # fmt: skip
+    log.info("API on %s:%d: %d worker processes", settings.api_host, port, workers)
     options = {**options, "port": port}
     config = Config("services.api.main:worker_app", factory=True, workers=workers, **options)  # type: ignore[arg-type]
     try:
-        Workers(config, sockets, cores).run()
+        Workers(config, sockets).run()
     except KeyboardInterrupt:
         pass
     return 0

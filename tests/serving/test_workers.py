@@ -50,13 +50,6 @@ def test_two_workers_serve_one_port_with_one_metrics_page(settings, tmp_path):
             return now if len(now) == 2 else set()
 
         pids = wait_for(both_loaded, timeout=120, what="both workers serving version 1")
-        if len(os.sched_getaffinity(0)) >= 2:  # each worker, every thread of it, on its own share of the cores
-            cores = [os.sched_getaffinity(p) for p in pids]
-            assert cores[0] and cores[1] and not cores[0] & cores[1]
-            for p in pids:
-                assert all(
-                    os.sched_getaffinity(int(t)) == os.sched_getaffinity(p) for t in os.listdir(f"/proc/{p}/task")
-                )
         for text in texts:  # a connection each: the kernel spreads them over the workers' sockets
             with httpx.Client(base_url=url, timeout=30) as client:
                 answer = client.post("/v1/predict", json={"text": text})
@@ -98,18 +91,6 @@ def test_a_port_in_use_is_refused_not_shared():
     finally:
         for sock in group:
             sock.close()
-
-
-def test_workers_are_pinned_to_shares_of_the_cores_unless_told_not_to(settings, monkeypatch):
-    from services.api.main import worker_cores
-
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2, 3, 5})
-    settings = settings.model_copy(update={"num_threads": None})  # the cores it may run on
-    assert worker_cores(settings, 2) == [[0, 1], [2, 3]]
-    assert worker_cores(settings.model_copy(update={"num_threads": 2}), 2) == [[0], [1]]
-    assert worker_cores(settings, 1) is None  # one process: the kernel places its threads
-    assert worker_cores(settings, 6) is None  # more workers than cores
-    assert worker_cores(settings.model_copy(update={"api_worker_affinity": False}), 2) is None
 
 
 def test_each_worker_gets_its_share_of_the_cores_and_a_fresh_metrics_directory(settings):
