@@ -357,10 +357,13 @@ def wrk_load(
         server_cpu = _delta(cpu_seconds(server_pid), server0)
     requests = sum(summary["requests"] for summary, _ in runs)
     errors = sum(summary[k] for summary, _ in runs for k in ("connect", "read", "write", "status", "timeout"))
-    pct: dict[float, float] = {}
+    pct: dict[float, float] = {}  # each quantile: the runs' own, weighted by their requests
     for summary, _ in runs:
-        for k, v in summary["percentiles_us"].items() if summary["requests"] else ():
-            pct[float(k) / 100] = pct.get(float(k) / 100, 0.0) + v / 1e6 * summary["requests"] / requests
+        if not summary["requests"]:
+            continue
+        share = summary["requests"] / requests
+        for k, v in summary["percentiles_us"].items():
+            pct[float(k) / 100] = pct.get(float(k) / 100, 0.0) + v / 1e6 * share
     return LoadResult(
         requests=requests,
         errors=errors,

@@ -149,6 +149,7 @@ def run_bench_serve(
         model, manifest = registry.load(version)
         known = set(model.labels)
         test = [ex for ex in clinc.split("test") if ex[1] in known][: eval_limit or None]
+        test_texts = [t for t, _ in test]
         texts = [t for t, _ in clinc.split("test")]
 
         def on_torch(precision: str) -> Predictor:
@@ -179,7 +180,7 @@ def run_bench_serve(
         for name, p in predictors.items():
             if p.lanes > 1:
                 continue  # the same graph and session options as its one-caller row
-            predicted = [p.labels[i] for i in p.probabilities([t for t, _ in test]).argmax(-1).tolist()]
+            predicted = [p.labels[i] for i in p.probabilities(test_texts).argmax(-1).tolist()]
             fp32_labels = fp32_labels or predicted
             acc = sum(guess == lab for guess, (_, lab) in zip(predicted, test)) / max(len(test), 1)
             agreement = sum(a == b for a, b in zip(predicted, fp32_labels)) / max(len(test), 1)
@@ -224,7 +225,7 @@ def run_bench_serve(
         if int8_rows:  # the engine the API serves, measured again after the HTTP rows (see WRK_SLICES)
             predictors = on_int8()
             for p in predictors.values():  # warmed as the first pass's were, by the accuracy texts
-                p.probabilities([t for t, _ in test])
+                p.probabilities(test_texts)
             for c in levels:
                 for name, part in _raw(predictors, texts, requests, c).items():
                     console.print(

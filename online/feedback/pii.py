@@ -42,7 +42,7 @@ _IPV4_RE = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
 _IPV6_RE = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 _DIGITS_7 = re.compile(r"(?:\d\D{0,3}){7}")  # a phone number has at least 7 digits: most texts skip the parser
 # Every kind above has a digit, an @ or a colon in it: a text with none of them (most questions) skips
-# the five passes (9 us a text on the serving side-effect thread, issue 34)
+# the five passes (6-11 us a text on the serving side-effect thread, issue 34)
 _MAYBE_PII = re.compile(r"[\d@:]")
 
 
